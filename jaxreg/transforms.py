@@ -1,0 +1,258 @@
+"""optax bridges: a penalty's gradient, its proximal step and a projection as transformations.
+
+Where each goes in an ``optax.chain``:
+
+* ``add_penalty_grad(p)`` before the optimizer: coupled regularization (L2 in the gradient,
+  rescaled by Adam like the data gradient).
+* ``add_penalty_grad(p)`` after ``scale_by_adam`` and before ``scale_by_learning_rate``:
+  decoupled regularization (AdamW, Loshchilov & Hutter 2019).
+* ``proximal(p, learning_rate)`` last: ``params <- prox(params + updates, learning_rate)``
+  (proximal gradient; exact zeros for L1).
+* ``project(c)`` last: ``params <- c(params + updates)`` (projected gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from jaxreg import _checks
+from jaxreg.penalties import Penalty
+
+PyTree = Any
+
+__all__ = [
+    "ProximalAdamState",
+    "ProximalState",
+    "add_penalty_grad",
+    "project",
+    "proximal",
+    "proximal_adam",
+]
+
+
+def _need_params(name: str, params: Any) -> None:
+    if params is None:
+        raise ValueError(
+            f"{name}: params = None; this transformation needs the current params. Call "
+            "optimizer.update(updates, state, params), with the transformation in the chain."
+        )
+
+
+def _check_penalty(name: str, penalty: Any) -> None:
+    if not isinstance(penalty, Penalty):
+        raise ValueError(f"{name}: penalty must be a jaxreg Penalty, got penalty = {penalty!r}.")
+
+
+def _check_learning_rate(name: str, learning_rate: Any) -> None:
+    if not callable(learning_rate):
+        _checks.check_nonnegative("learning_rate", learning_rate, name)
+
+
+def add_penalty_grad(penalty: Penalty) -> optax.GradientTransformation:
+    r"""Adds the gradient of a penalty at the current params to the updates.
+
+    .. math:: u \leftarrow u + \nabla \Omega(w)
+
+    Placed first, before the optimizer, it is coupled regularization. Placed after
+    ``optax.scale_by_adam()`` and before ``optax.scale_by_learning_rate(lr)``, it is
+    decoupled (AdamW): with ``l2(wd / 2)``, whose gradient is ``wd * w``, the chain equals
+    ``optax.adamw(lr, weight_decay=wd)``.
+
+    Args:
+      penalty: a :class:`jaxreg.penalties.Penalty`.
+
+    Returns:
+      An ``optax.GradientTransformation`` with an ``optax.EmptyState``.
+
+    Raises:
+      ValueError: at ``update`` time, if ``params`` is not passed.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg as jr
+      >>> opt = optax.chain(optax.scale_by_adam(), jr.add_penalty_grad(jr.l2(5e-3)),
+      ...                   optax.scale_by_learning_rate(1e-3))
+      >>> params = {"w": jnp.ones(3)}
+      >>> updates, state = opt.update({"w": jnp.zeros(3)}, opt.init(params), params)
+      >>> updates["w"]
+      Array([-1.e-05, -1.e-05, -1.e-05], dtype=float32)
+    """
+    _check_penalty("add_penalty_grad", penalty)
+
+    def init_fn(params: PyTree) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates: PyTree, state: optax.EmptyState, params: PyTree | None = None):
+        _need_params("add_penalty_grad", params)
+        grads = jax.grad(penalty)(params)
+        return jax.tree.map(lambda u, g: u + g.astype(u.dtype), updates, grads), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ProximalState(NamedTuple):
+    """State of :func:`proximal`: the number of steps taken (for a schedule)."""
+
+    count: jax.Array
+
+
+def _learning_rate_at(learning_rate: Any, count: jax.Array) -> jax.Array:
+    return learning_rate(count) if callable(learning_rate) else jnp.asarray(learning_rate)
+
+
+def _delta(new: PyTree, params: PyTree) -> PyTree:
+    # params + (new - params) rounds back to new; zeros come back exactly.
+    return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new, params)
+
+
+def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+    r"""The proximal step of a penalty, last in a chain (proximal gradient / ISTA).
+
+    .. math:: w_{t+1} = \mathrm{prox}_{\eta_t \Omega}(w_t + u_t)
+
+    where :math:`u_t` are the incoming updates (already scaled by :math:`-\eta_t`) and
+    :math:`\eta_t` is ``learning_rate``, a scalar or an ``optax`` schedule evaluated at the
+    step count. The emitted updates are ``prox(...) - params``, so ``optax.apply_updates``
+    gives the proximal point; L1 thresholds to exact zeros. For the per-coordinate step of
+    Adam use :func:`proximal_adam`.
+
+    Args:
+      penalty: a :class:`jaxreg.penalties.Penalty` with a closed-form ``prox``.
+      learning_rate: the step of the optimizer before it (the same value or schedule).
+
+    Returns:
+      An ``optax.GradientTransformation`` with a :class:`ProximalState`.
+
+    Raises:
+      ValueError: if ``learning_rate`` is negative, or at ``update`` time without ``params``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg as jr
+      >>> opt = optax.chain(optax.sgd(0.1), jr.proximal(jr.l1(1.0), 0.1))
+      >>> params = jnp.array([0.05, -2.0])
+      >>> updates, _ = opt.update(jnp.zeros(2), opt.init(params), params)
+      >>> optax.apply_updates(params, updates)
+      Array([ 0. , -1.9], dtype=float32)
+    """
+    _check_penalty("proximal", penalty)
+    _check_learning_rate("proximal", learning_rate)
+
+    def init_fn(params: PyTree) -> ProximalState:
+        del params
+        return ProximalState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates: PyTree, state: ProximalState, params: PyTree | None = None):
+        _need_params("proximal", params)
+        step = _learning_rate_at(learning_rate, state.count)
+        new = penalty.prox(optax.apply_updates(params, updates), step)
+        return _delta(new, params), ProximalState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ProximalAdamState(NamedTuple):
+    """State of :func:`proximal_adam`: Adam's moments and the schedule's step count."""
+
+    adam: optax.ScaleByAdamState
+    count: jax.Array
+
+
+def proximal_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    penalty: Penalty,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+) -> optax.GradientTransformation:
+    r"""Adam with the proximal step taken in Adam's own per-coordinate metric.
+
+    After Adam, coordinate :math:`i` moves with step
+    :math:`\eta_i = \eta / (\sqrt{\hat v_i + \epsilon_\text{root}} + \epsilon)`, so the
+    threshold differs per coordinate. This takes
+
+    .. math::
+      w_{t+1} = \arg\min_u \sum_i \frac{(u_i - z_i)^2}{2 \eta_i} + \Omega(u),
+      \quad z = w_t - \eta \, \hat m / (\sqrt{\hat v + \epsilon_\text{root}} + \epsilon)
+
+    which for a separable penalty (``l1``, ``l2``, ``elastic_net``) is the penalty's prox with
+    a per-coordinate step (for L1: threshold :math:`\eta_i \lambda`). With a zero penalty it
+    is ``optax.adam``. Non-separable penalties (``group_lasso``, ``tie``) are refused.
+
+    Args:
+      learning_rate: scalar or schedule.
+      penalty: a separable penalty.
+      b1, b2, eps, eps_root: as in ``optax.scale_by_adam``.
+
+    Returns:
+      A complete optimizer, an ``optax.GradientTransformation``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg as jr
+      >>> opt = jr.proximal_adam(0.1, jr.l1(1.0))
+      >>> params = jnp.array([0.05, -2.0])
+      >>> updates, _ = opt.update(jnp.array([1.0, 1.0]), opt.init(params), params)
+      >>> optax.apply_updates(params, updates)
+      Array([ 0., -2.], dtype=float32)
+    """
+    _check_penalty("proximal_adam", penalty)
+    _check_learning_rate("proximal_adam", learning_rate)
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
+
+    def init_fn(params: PyTree) -> ProximalAdamState:
+        return ProximalAdamState(adam=adam.init(params), count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates: PyTree, state: ProximalAdamState, params: PyTree | None = None):
+        _need_params("proximal_adam", params)
+        lr = _learning_rate_at(learning_rate, state.count)
+        direction, adam_state = adam.update(updates, state.adam, params)
+        nu_hat = optax.tree.bias_correction(adam_state.nu, b2, adam_state.count)
+        steps = jax.tree.map(lambda v: lr / (jnp.sqrt(v + eps_root) + eps), nu_hat)
+        z = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+        new = penalty.prox(z, steps)
+        return _delta(new, params), ProximalAdamState(adam=adam_state, count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformation:
+    r"""Projects the stepped params onto a constraint set, last in a chain.
+
+    .. math:: w_{t+1} = P_C(w_t + u_t)
+
+    Args:
+      constraint: ``params -> params``, e.g. ``jr.max_norm(3.0, mask=jr.masks.kernels)``.
+
+    Returns:
+      An ``optax.GradientTransformation`` with an ``optax.EmptyState``.
+
+    Raises:
+      ValueError: if ``constraint`` is not callable, or at ``update`` time without ``params``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, jaxreg as jr
+      >>> opt = optax.chain(optax.sgd(1.0), jr.project(jr.non_negative()))
+      >>> params = jnp.array([0.5, 0.5])
+      >>> updates, _ = opt.update(jnp.array([1.0, -1.0]), opt.init(params), params)
+      >>> optax.apply_updates(params, updates)
+      Array([0. , 1.5], dtype=float32)
+    """
+    if not callable(constraint):
+        raise ValueError(f"project: constraint must be a callable params -> params, got constraint = {constraint!r}.")
+
+    def init_fn(params: PyTree) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates: PyTree, state: optax.EmptyState, params: PyTree | None = None):
+        _need_params("project", params)
+        return _delta(constraint(optax.apply_updates(params, updates)), params), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
