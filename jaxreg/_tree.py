@@ -142,9 +142,7 @@ class _ByPath:
 
     def __call__(self, params: PyTree) -> PyTree:
         regex = re.compile(self.pattern)
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: regex.search(key_path_str(path)) is not None, params
-        )
+        return jax.tree_util.tree_map_with_path(lambda path, _: regex.search(key_path_str(path)) is not None, params)
 
 
 def _everything(params: PyTree) -> PyTree:
@@ -228,7 +226,5 @@ def resolve_mask(mask: Any, params: PyTree) -> PyTree:
         ) from e
     for leaf in jax.tree.leaves(full):
         if not isinstance(leaf, (bool, np.bool_)):
-            raise ValueError(
-                f"mask leaves must be Python bools known at trace time, got a {type(leaf).__name__}."
-            )
+            raise ValueError(f"mask leaves must be Python bools known at trace time, got a {type(leaf).__name__}.")
     return jax.tree.map(bool, full)

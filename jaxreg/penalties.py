@@ -56,8 +56,10 @@ def _total(terms: list[jax.Array]) -> jax.Array:
 def _step_leaves(step: Any, tree: PyTree, where: str) -> list[Any]:
     """A scalar step for every leaf, or a per-coordinate step pytree shaped like ``tree``."""
     leaves = jax.tree.leaves(tree)
-    if jax.tree.structure(step) == jax.tree.structure(tree) and len(leaves) > 0 and not (
-        jax.tree_util.treedef_is_leaf(jax.tree.structure(tree))
+    if (
+        jax.tree.structure(step) == jax.tree.structure(tree)
+        and len(leaves) > 0
+        and not (jax.tree_util.treedef_is_leaf(jax.tree.structure(tree)))
     ):
         return jax.tree.leaves(step)
     if not jax.tree_util.treedef_is_leaf(jax.tree.structure(step)):
@@ -147,9 +149,7 @@ class L2(Penalty):
     def __call__(self, tree: PyTree) -> jax.Array:
         keep, centers = _selected(tree, self.mask), self._centers(tree)
         terms = [
-            jnp.sum(jnp.square(x if c is None else x - c))
-            for x, c, k in zip(jax.tree.leaves(tree), centers, keep)
-            if k
+            jnp.sum(jnp.square(x if c is None else x - c)) for x, c, k in zip(jax.tree.leaves(tree), centers, keep) if k
         ]
         return self.scale * _total(terms)
 
@@ -342,7 +342,9 @@ class GroupLasso(Penalty):
                 out.append(x)
                 continue
             norm = self._norms(p, x)
-            factor = jnp.where(norm > 0, jnp.maximum(0.0, 1.0 - step * self.scale / jnp.where(norm > 0, norm, 1.0)), 0.0)
+            factor = jnp.where(
+                norm > 0, jnp.maximum(0.0, 1.0 - step * self.scale / jnp.where(norm > 0, norm, 1.0)), 0.0
+            )
             out.append((x * factor).astype(x.dtype))
         return jax.tree.unflatten(treedef, out)
 
