@@ -44,8 +44,8 @@ def regularize(
       >>> import jax, jax.numpy as jnp, jaxreg as jr
       >>> fn = jr.regularize(lambda w, x: jnp.sum((x @ w) ** 2), jr.l2(0.1))
       >>> (total, terms), grads = jax.value_and_grad(fn, has_aux=True)(jnp.ones(2), jnp.eye(2))
-      >>> float(total), float(terms.loss), float(terms.penalty)
-      (2.2, 2.0, 0.2)
+      >>> [round(float(v), 4) for v in (total, terms.loss, terms.penalty)]
+      [2.2, 2.0, 0.2]
     """
     if not isinstance(penalty, Penalty):
         raise ValueError(f"regularize: penalty must be a jaxreg Penalty, got penalty = {penalty!r}.")
