@@ -9,7 +9,7 @@ from jaxreg.transforms import add_penalty_grad, project, proximal, proximal_adam
 
 # [issue 3: dropout, uncertainty, ensemble]
 # [issue 4: early stopping, training]
-# [issue 6: benchmark]
+from jaxreg import benchmark
 # [issue 7: variational, es]
 
 __version__ = "0.1.0"
@@ -35,6 +35,6 @@ __all__ = [
     "unit_norm",
     # [__all__ issue 3]
     # [__all__ issue 4]
-    # [__all__ issue 6]
+    "benchmark",
     # [__all__ issue 7]
 ]
