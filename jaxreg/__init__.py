@@ -10,7 +10,8 @@ from jaxreg.transforms import add_penalty_grad, project, proximal, proximal_adam
 # [issue 3: dropout, uncertainty, ensemble]
 # [issue 4: early stopping, training]
 from jaxreg import benchmark
-# [issue 7: variational, es]
+from jaxreg import es, variational
+from jaxreg.variational import kl_normal
 
 __version__ = "0.1.0"
 
@@ -36,5 +37,7 @@ __all__ = [
     # [__all__ issue 3]
     # [__all__ issue 4]
     "benchmark",
-    # [__all__ issue 7]
+    "es",
+    "kl_normal",
+    "variational",
 ]

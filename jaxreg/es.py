@@ -1,0 +1,315 @@
+r"""Evolution-strategy gradient estimates, the population evaluated in parallel with ``vmap``.
+
+The estimate is the gradient of the Gaussian-smoothed loss
+:math:`L_\sigma(\theta) = \mathbb E_{\varepsilon \sim \mathcal N(0, I)}[L(\theta + \sigma\varepsilon)]`,
+which needs only evaluations of :math:`L`: it trains through non-differentiable objectives
+(accuracy, a simulator, a quantized forward pass) and smooths away narrow local minima. The
+result is a params-shaped pytree, so it feeds any optax optimizer in place of ``jax.grad``, and
+every step is pure, so it runs inside ``jit`` and ``lax.scan`` (``sigma`` may be traced; the
+population size is static).
+
+References:
+  Salimans et al., *Evolution Strategies as a Scalable Alternative to Reinforcement Learning*, 2017.
+  Wierstra et al., *Natural Evolution Strategies*, JMLR 2014.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxreg import _checks
+from jaxreg._tree import key_path_str
+
+PyTree = Any
+FitnessShaping = Literal["centered_ranks", "centred_ranks"] | Callable[[jax.Array], jax.Array] | None
+
+__all__ = ["centered_ranks", "gradient", "value_and_gradient"]
+
+_RANKS = ("centered_ranks", "centred_ranks")
+
+
+def centered_ranks(losses: ArrayLike) -> jax.Array:
+    r"""Centred ranks in :math:`[-\tfrac12, \tfrac12]`, ties sharing their average rank.
+
+    .. math:: u_i = \frac{\mathrm{rank}(f_i)}{n - 1} - \frac12,
+      \qquad \mathrm{rank}(f_i) = \#\{j : f_j < f_i\} + \tfrac12 \big(\#\{j : f_j = f_i\} - 1\big)
+
+    The utilities sum to zero and are invariant to any increasing transformation of the losses,
+    which makes the ES update robust to outliers and to the scale of the objective.
+
+    Args:
+      losses: a 1-D array of :math:`n \geq 2` values.
+
+    Returns:
+      The utilities, float32 (or wider), shaped like ``losses``.
+
+    Raises:
+      ValueError: if ``losses`` is not 1-D with at least 2 elements.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg as jr
+      >>> jr.es.centered_ranks(jnp.array([3.0, -1.0, 10.0, 3.0, 0.5])).tolist()
+      [0.125, -0.5, 0.5, 0.125, -0.25]
+    """
+    losses = jnp.asarray(losses)
+    if losses.ndim != 1 or losses.shape[0] < 2:
+        raise ValueError(f"centered_ranks: losses must be 1-D with at least 2 elements, got shape {losses.shape}.")
+    n = losses.shape[0]
+    dtype = jnp.promote_types(losses.dtype, jnp.float32)
+    ordered = jnp.sort(losses)
+    below = jnp.searchsorted(ordered, losses, side="left")
+    below_or_equal = jnp.searchsorted(ordered, losses, side="right")
+    ranks = (below + below_or_equal - 1).astype(dtype) / 2.0
+    return ranks / (n - 1) - 0.5
+
+
+def _check_args(
+    params: PyTree, sigma: Any, population: Any, antithetic: bool, fitness_shaping: Any, chunk_size: Any, where: str
+) -> tuple[int, int | None]:
+    if jnp.ndim(sigma) != 0:
+        raise ValueError(f"{where}: sigma must be a scalar, got sigma with shape {jnp.shape(sigma)}.")
+    _checks.check_positive("sigma", sigma, where)
+    population = _checks.check_int_at_least("population", population, 2, where)
+    if antithetic and population % 2:
+        raise ValueError(
+            f"{where}: with antithetic=True the population is made of +/- pairs, so it must be even, "
+            f"got population = {population}."
+        )
+    if chunk_size is not None:
+        chunk_size = _checks.check_int_at_least("chunk_size", chunk_size, 2 if antithetic else 1, where)
+        if antithetic and chunk_size % 2:
+            raise ValueError(
+                f"{where}: with antithetic=True chunks hold whole +/- pairs, so chunk_size must be even, "
+                f"got chunk_size = {chunk_size}."
+            )
+    if not (fitness_shaping is None or fitness_shaping in _RANKS or callable(fitness_shaping)):
+        raise ValueError(
+            f"{where}: fitness_shaping must be None, 'centered_ranks' or a callable losses -> utilities, "
+            f"got fitness_shaping = {fitness_shaping!r}."
+        )
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+            raise ValueError(
+                f"{where}: every params leaf must be floating point to be perturbed, got leaf "
+                f"{key_path_str(path)!r} with dtype {jnp.result_type(x)}."
+            )
+    return population, chunk_size
+
+
+def _estimate(
+    loss_fn: Callable[[PyTree], Any],
+    params: PyTree,
+    rng: jax.Array,
+    sigma: ArrayLike,
+    population: int,
+    antithetic: bool,
+    fitness_shaping: FitnessShaping,
+    chunk_size: int | None,
+    where: str,
+) -> PyTree:
+    leaves, treedef = jax.tree.flatten(params)
+    if not leaves:
+        return params
+    num_dirs = population // 2 if antithetic else population
+    signs = 2 if antithetic else 1
+    sigma = jnp.asarray(sigma)
+
+    def noise(i: jax.Array) -> list[jax.Array]:
+        keys = jax.random.split(jax.random.fold_in(rng, i), len(leaves))
+        return [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
+
+    def evaluate(eps: list[jax.Array]) -> jax.Array:
+        """Losses of a block of directions (leading axis b) -> [b, signs]."""
+        perturbed = []
+        for x, e in zip(leaves, eps):
+            step = sigma.astype(e.dtype) * e
+            block = [x + step, x - step] if antithetic else [x + step]
+            perturbed.append(jnp.concatenate(block, axis=0))
+        losses = jax.vmap(lambda ls: loss_fn(jax.tree.unflatten(treedef, ls)))(perturbed)
+        b = eps[0].shape[0]
+        if jnp.shape(losses) != (signs * b,):
+            raise ValueError(
+                f"{where}: loss_fn must return a scalar, got an output of shape {jnp.shape(losses)[1:]}."
+            )
+        losses = losses.astype(jnp.promote_types(losses.dtype, jnp.float32))
+        return losses.reshape(signs, b).T
+
+    def weighted_sum(coef: jax.Array, eps: list[jax.Array]) -> list[jax.Array]:
+        return [jnp.tensordot(coef.astype(e.dtype), e, axes=1) for e in eps]
+
+    def utilities(losses: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[num_dirs, signs] losses -> (coefficient per direction, scale)."""
+        flat = losses.T.reshape(-1)  # all '+' members, then all '-' members
+        n = flat.shape[0]
+        if fitness_shaping is None:
+            if antithetic:  # the mean cancels exactly between the two members of a pair
+                u, denom = flat, n
+            else:  # subtracting the mean: unbiased with n - 1, and much less variance
+                u, denom = flat - jnp.mean(flat), n - 1
+        else:
+            shape_fn = centered_ranks if fitness_shaping in _RANKS else fitness_shaping
+            u, denom = jnp.asarray(shape_fn(flat)), n
+            if u.shape != flat.shape:
+                raise ValueError(
+                    f"{where}: fitness_shaping must return one utility per member, got shape {u.shape} "
+                    f"for losses of shape {flat.shape}."
+                )
+            u = u.astype(flat.dtype)
+        u = u.reshape(signs, num_dirs)
+        coef = u[0] - u[1] if antithetic else u[0]
+        return coef, 1.0 / (denom * sigma.astype(flat.dtype))
+
+    idx = jnp.arange(num_dirs, dtype=jnp.uint32)
+    dirs_per_chunk = None if chunk_size is None else chunk_size // signs
+    if dirs_per_chunk is None or dirs_per_chunk >= num_dirs:
+        eps = jax.vmap(noise)(idx)
+        coef, scale = utilities(evaluate(eps))
+        sums = weighted_sum(coef, eps)
+    else:
+        num_chunks, rest = divmod(num_dirs, dirs_per_chunk)
+        full = idx[: num_chunks * dirs_per_chunk].reshape(num_chunks, dirs_per_chunk)
+        losses = jax.lax.map(lambda block: evaluate(jax.vmap(noise)(block)), full).reshape(-1, signs)
+        if rest:
+            losses = jnp.concatenate([losses, evaluate(jax.vmap(noise)(idx[num_chunks * dirs_per_chunk :]))], axis=0)
+        coef, scale = utilities(losses)
+
+        def body(acc: list[jax.Array], block: tuple[jax.Array, jax.Array]) -> tuple[list[jax.Array], None]:
+            block_idx, block_coef = block
+            return [a + s for a, s in zip(acc, weighted_sum(block_coef, jax.vmap(noise)(block_idx)))], None
+
+        zeros = [jnp.zeros(jnp.shape(x), jnp.result_type(x)) for x in leaves]
+        full_coef = coef[: num_chunks * dirs_per_chunk].reshape(num_chunks, dirs_per_chunk)
+        sums, _ = jax.lax.scan(body, zeros, (full, full_coef))
+        if rest:
+            tail = weighted_sum(coef[num_chunks * dirs_per_chunk :], jax.vmap(noise)(idx[num_chunks * dirs_per_chunk :]))
+            sums = [a + t for a, t in zip(sums, tail)]
+    grads = [(scale.astype(s.dtype) * s).astype(jnp.result_type(x)) for s, x in zip(sums, leaves)]
+    return jax.tree.unflatten(treedef, grads)
+
+
+def gradient(
+    loss_fn: Callable[[PyTree], Any],
+    params: PyTree,
+    rng: jax.Array,
+    *,
+    sigma: ArrayLike,
+    population: int,
+    antithetic: bool = True,
+    fitness_shaping: FitnessShaping = None,
+    chunk_size: int | None = None,
+) -> PyTree:
+    r"""Evolution-strategy estimate of the gradient of ``loss_fn`` at ``params``.
+
+    With :math:`n` = ``population`` losses :math:`f_i = L(\theta + \sigma \varepsilon_i)`,
+    :math:`\varepsilon_i \sim \mathcal N(0, I)` over every leaf:
+
+    .. math::
+      \hat g = \frac{1}{n \sigma} \sum_{j=1}^{n/2} (f_j^+ - f_j^-)\, \varepsilon_j
+      \quad\text{(antithetic: } f_j^\pm = L(\theta \pm \sigma \varepsilon_j)\text{)},
+      \qquad
+      \hat g = \frac{1}{(n - 1) \sigma} \sum_{i=1}^{n} (f_i - \bar f)\, \varepsilon_i
+      \quad\text{(otherwise)}
+
+    Both are unbiased estimates of :math:`\nabla_\theta\, \mathbb E_\varepsilon[L(\theta + \sigma
+    \varepsilon)]`, which equals :math:`\nabla L(\theta)` for a quadratic :math:`L`. With
+    ``fitness_shaping``, the losses are replaced by utilities :math:`u_i` (e.g. centred ranks)
+    and :math:`\hat g = \frac{1}{n\sigma}\sum_i u_i \varepsilon_i`: a descent direction robust to
+    the scale of :math:`L`, no longer its gradient in magnitude.
+
+    The population is evaluated with ``vmap`` (``loss_fn`` sees one params pytree; it is batched
+    for you), or ``chunk_size`` members at a time (``lax.map`` over chunks, the noise regenerated
+    from its key instead of stored, so memory is bounded by one chunk). The noise of direction
+    ``j`` depends only on ``(rng, j)``, so the estimate does not depend on ``chunk_size``.
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar`` to minimize; need not be differentiable. Close over
+        the batch (``lambda p: loss(p, x, y)``); inside ``jit`` the batch may be traced.
+      params: any pytree of floating-point arrays.
+      rng: a PRNG key; reuse it to reuse the same perturbations.
+      sigma: the perturbation scale :math:`\sigma > 0`, a scalar (may be traced).
+      population: :math:`n \geq 2` loss evaluations per estimate (static; even if antithetic).
+      antithetic: evaluate mirrored pairs :math:`\theta \pm \sigma\varepsilon_j` (lower variance).
+      fitness_shaping: ``None`` (raw losses), ``"centered_ranks"`` (alias ``"centred_ranks"``;
+        see :func:`centered_ranks`), or a callable ``losses[n] -> utilities[n]``, applied to the
+        losses ordered as all ``+`` members then all ``-`` members.
+      chunk_size: members evaluated at once (even if antithetic); ``None`` evaluates all.
+
+    Returns:
+      The gradient estimate, a pytree with the structure and dtypes of ``params``.
+
+    Raises:
+      ValueError: if ``sigma`` is not a scalar or (concrete) not positive, ``population`` is not
+        an int >= 2 or is odd with ``antithetic=True``, ``chunk_size`` is invalid,
+        ``fitness_shaping`` is unknown, ``loss_fn`` does not return a scalar, or a leaf is not
+        floating point.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, jaxreg as jr
+      >>> loss = lambda p: jnp.sum((p["w"] - 3.0) ** 2)
+      >>> params, opt = {"w": jnp.zeros(4)}, optax.adam(0.1)
+      >>> state = opt.init(params)
+      >>> def step(carry, key):
+      ...     params, state = carry
+      ...     grads = jr.es.gradient(loss, params, key, sigma=0.1, population=32)
+      ...     updates, state = opt.update(grads, state, params)
+      ...     return (optax.apply_updates(params, updates), state), None
+      >>> (params, _), _ = jax.lax.scan(step, (params, state), jax.random.split(jax.random.key(0), 300))
+      >>> bool(jnp.allclose(params["w"], 3.0, atol=0.05))
+      True
+    """
+    where = "es.gradient"
+    population, chunk_size = _check_args(params, sigma, population, antithetic, fitness_shaping, chunk_size, where)
+    return _estimate(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where)
+
+
+def value_and_gradient(
+    loss_fn: Callable[[PyTree], Any],
+    params: PyTree,
+    rng: jax.Array,
+    *,
+    sigma: ArrayLike,
+    population: int,
+    antithetic: bool = True,
+    fitness_shaping: FitnessShaping = None,
+    chunk_size: int | None = None,
+) -> tuple[jax.Array, PyTree]:
+    r"""``(loss_fn(params), gradient(...))``: the unperturbed loss and the ES gradient estimate.
+
+    .. math:: \big(L(\theta),\ \hat g\big), \qquad \hat g \text{ as in } :func:`gradient`
+
+    The value costs one more evaluation of ``loss_fn`` (at the unperturbed ``params``), so it
+    reports the objective itself, e.g. the accuracy of the current model, not a smoothed one.
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar``.
+      params: any pytree of floating-point arrays.
+      rng: a PRNG key.
+      sigma: the perturbation scale, a positive scalar (may be traced).
+      population: loss evaluations per estimate (static).
+      antithetic: evaluate mirrored pairs.
+      fitness_shaping: ``None``, ``"centered_ranks"`` or a callable (see :func:`gradient`).
+      chunk_size: members evaluated at once; ``None`` evaluates all.
+
+    Returns:
+      ``(value, grads)``: ``value`` as returned by ``loss_fn``; ``grads`` shaped like ``params``.
+
+    Raises:
+      ValueError: as :func:`gradient`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg as jr
+      >>> loss = lambda p: jnp.sum(p ** 2)
+      >>> value, grads = jr.es.value_and_gradient(loss, jnp.ones(3), jax.random.key(0),
+      ...                                         sigma=0.01, population=4000)
+      >>> round(float(value), 4), [round(float(g)) for g in grads]  # the true gradient is 2 p
+      (3.0, [2, 2, 2])
+    """
+    where = "es.value_and_gradient"
+    population, chunk_size = _check_args(params, sigma, population, antithetic, fitness_shaping, chunk_size, where)
+    grads = _estimate(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where)
+    return loss_fn(params), grads
