@@ -1,0 +1,377 @@
+"""Dropout with cheap random bits, and MC-dropout: many masks averaged in one compiled program.
+
+Random bits are most of the cost of dropout on a CPU. :func:`dropout` hashes one counter per
+32-bit word with threefry and cuts each word into four 8-bit thresholds (the default; two 16-bit
+ones, or one 32-bit one, on request). The drop rate is rounded to the nearest multiple of
+``2**-precision``, and the surviving units are scaled by the *same* quantized keep probability,
+so the output is exactly unbiased: :math:`\\mathbb{E}[\\mathrm{dropout}(x)] = x`.
+
+:func:`mc_dropout` evaluates ``num_samples`` masks with ``vmap``, or in chunks of ``chunk_size``
+masks inside a loop, so that peak memory grows with the chunk, not with ``num_samples``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.random import threefry_2x32
+from jax.typing import ArrayLike
+
+from jaxreg import _checks
+from jaxreg.uncertainty import Prediction
+
+PyTree = Any
+
+__all__ = ["dropout", "keep_mask", "mc_dropout", "mc_dropout_samples", "quantize_rate"]
+
+_PRECISIONS = (8, 16, 32)
+_UINT = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}
+# Largest float32 strictly below 2**32, so that a 32-bit threshold never overflows uint32.
+_MAX_F32_BELOW_2_32 = float(np.nextafter(np.float32(2.0**32), np.float32(0.0)))
+
+
+def _check_precision(precision: Any, where: str) -> int:
+    if isinstance(precision, bool) or precision not in _PRECISIONS:
+        raise ValueError(
+            f"{where}: precision must be one of {_PRECISIONS} (bits per threshold), got precision = {precision!r}."
+        )
+    return int(precision)
+
+
+def _check_rate(rate: Any, where: str) -> None:
+    if jnp.ndim(rate) != 0:
+        raise ValueError(f"{where}: rate must be a scalar, got rate with shape {jnp.shape(rate)}.")
+    value = _checks.concrete(rate)
+    if value is None:
+        return
+    if not np.issubdtype(value.dtype, np.number) or not np.isfinite(value) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{where}: rate is the probability of dropping a unit, in [0, 1); got rate = {rate!r}.")
+
+
+def quantize_rate(rate: ArrayLike, precision: int = 8) -> jax.Array:
+    r"""The drop rate that :func:`dropout` actually uses: ``rate`` rounded to a multiple of ``2**-precision``.
+
+    .. math:: \tilde p = \mathrm{round}(p \, 2^b) / 2^b
+
+    With the default ``precision=8`` the rate moves by at most 1/512: 0.5 stays 0.5, 0.1 becomes
+    26/256 = 0.1015625. With ``precision=32`` the resolution is that of float32.
+
+    Args:
+      rate: drop probability in [0, 1); may be traced.
+      precision: bits per random threshold, 8, 16 or 32.
+
+    Returns:
+      The quantized rate, a float32 scalar.
+
+    Examples:
+      >>> from jaxreg.dropout import quantize_rate
+      >>> float(quantize_rate(0.1)), float(quantize_rate(0.1, precision=16))
+      (0.1015625, 0.100006103515625)
+    """
+    precision = _check_precision(precision, "quantize_rate")
+    levels = float(2**precision)
+    return jnp.round(jnp.asarray(rate, jnp.float32) * levels) / levels
+
+
+def _random_words(rng: jax.Array, num_words: int) -> jax.Array:
+    """``num_words`` uint32 words: threefry of a counter (non-partitionable stream, cheap on CPU)."""
+    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(jnp.asarray(rng))
+    if jnp.shape(rng) != ():
+        raise ValueError(f"dropout: rng must be a single key, got a key array of shape {jnp.shape(rng)}.")
+    if str(jax.random.key_impl(rng)) != "threefry2x32":
+        return jax.random.bits(rng, (num_words,), jnp.uint32)
+    return threefry_2x32(jax.random.key_data(rng), jax.lax.iota(jnp.uint32, num_words))
+
+
+def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precision: int = 8) -> jax.Array:
+    r"""A boolean mask of kept units, each kept independently with probability ``1 - quantize_rate(rate)``.
+
+    .. math:: m_i = [u_i \ge \mathrm{round}(p\,2^b)], \quad u_i \sim \mathrm{Uniform}\{0, \dots, 2^b - 1\}
+
+    Args:
+      rng: a PRNG key (typed or raw ``uint32[2]``).
+      shape: the mask's shape.
+      rate: drop probability; may be traced.
+      precision: bits per threshold: 8 (four thresholds per random 32-bit word, the default),
+        16 (two per word) or 32 (one per word).
+
+    Returns:
+      A bool array of ``shape``.
+    """
+    precision = _check_precision(precision, "keep_mask")
+    shape = tuple(int(s) for s in shape)
+    size = math.prod(shape)
+    per_word = 32 // precision
+    words = _random_words(rng, max(1, -(-size // per_word)))
+    dtype = _UINT[precision]
+    u = words if precision == 32 else jax.lax.bitcast_convert_type(words, dtype).reshape(-1)
+    if u.shape[0] != size:
+        u = u[:size]
+    u = u.reshape(shape)
+    levels = float(2**precision)
+    drop_levels = jnp.round(jnp.asarray(rate, jnp.float32) * levels)
+    cap = _MAX_F32_BELOW_2_32 if precision == 32 else levels - 1.0
+    threshold = jnp.clip(drop_levels, 0.0, cap).astype(dtype)
+    return u >= threshold
+
+
+def dropout(
+    rng: jax.Array,
+    x: ArrayLike,
+    rate: ArrayLike,
+    *,
+    broadcast_dims: Sequence[int] = (),
+    precision: int = 8,
+) -> jax.Array:
+    r"""Inverted dropout: zero each unit with probability ``rate``, scale the survivors by ``1 / (1 - rate)``.
+
+    .. math::
+      y_i = \frac{m_i\, x_i}{1 - \tilde p}, \quad m_i \sim \mathrm{Bernoulli}(1 - \tilde p),
+      \quad \tilde p = \mathrm{round}(p\, 2^b) / 2^b
+
+    ``rate`` is the probability of *dropping* a unit (as in flax). It is quantized to a multiple
+    of ``2**-precision`` (``precision=8``: steps of 1/256; see :func:`quantize_rate`), and the
+    scaling uses the same quantized keep probability, so :math:`\mathbb{E}[y] = x` exactly. A
+    traced rate that rounds to 1 gives zeros. Random bits come from threefry hashing one counter
+    per 32-bit word (the stream ``jax.random.bits`` gives with ``jax_threefry_partitionable``
+    off, whatever that flag says), cut into ``32 / precision`` thresholds each: on a 2-core CPU,
+    about 4x cheaper than ``jax.random.bernoulli`` at the default precision.
+
+    Args:
+      rng: a PRNG key.
+      x: the input array.
+      rate: drop probability in [0, 1); may be a traced scalar (a sweep over rates is a vmap).
+        A concrete 0 returns ``x`` unchanged without drawing bits.
+      broadcast_dims: axes along which one mask value is shared (e.g. ``(0,)`` drops the same
+        units for every example; the default is an independent mask per element).
+      precision: bits per random threshold: 8 (default), 16 or 32.
+
+    Returns:
+      An array of ``x``'s shape and dtype.
+
+    Raises:
+      ValueError: if a concrete ``rate`` is outside [0, 1) or not a scalar, ``precision`` is not
+        8, 16 or 32, or ``broadcast_dims`` names an axis ``x`` does not have.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg as jr
+      >>> y = jr.dropout(jax.random.key(0), jnp.ones((4, 1000)), 0.25)
+      >>> sorted({round(float(v), 4) for v in jnp.unique(y)})
+      [0.0, 1.3333]
+      >>> bool(jnp.all(jr.dropout(jax.random.key(0), jnp.ones(3), 0.0) == 1.0))
+      True
+    """
+    _check_rate(rate, "dropout")
+    precision = _check_precision(precision, "dropout")
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise ValueError(f"dropout: x must be a floating-point array, got x.dtype = {x.dtype}.")
+    rate_value = _checks.concrete(rate)
+    if rate_value is not None and float(rate_value) == 0.0:
+        return x
+    dims = set()
+    for d in broadcast_dims:
+        if not -x.ndim <= int(d) < x.ndim:
+            raise ValueError(
+                f"dropout: broadcast_dims must be axes of x (ndim {x.ndim}), got broadcast_dims = {tuple(broadcast_dims)}."
+            )
+        dims.add(int(d) % x.ndim)
+    mask_shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape))
+    keep = keep_mask(rng, mask_shape, rate, precision=precision)
+    if mask_shape != x.shape:
+        keep = jnp.broadcast_to(keep, x.shape)
+    keep_prob = 1.0 - quantize_rate(rate, precision)
+    scale = jnp.where(keep_prob > 0.0, 1.0 / jnp.where(keep_prob > 0.0, keep_prob, 1.0), 0.0).astype(x.dtype)
+    return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
+
+
+# ----------------------------------------------------------------------------------------------
+# MC-dropout
+
+
+def _check_num_samples(num_samples: Any, where: str) -> int:
+    return _checks.check_int_at_least("num_samples", num_samples, 1, where)
+
+
+def _check_chunk_size(chunk_size: Any, where: str) -> int | None:
+    if chunk_size is None:
+        return None
+    return _checks.check_int_at_least("chunk_size", chunk_size, 1, where)
+
+
+def _auto_mc_chunk(num_samples: int) -> int:
+    """Default masks per chunk (measured on a 2-core CPU; see the module docstring of mc_dropout)."""
+    return min(num_samples, _MC_DEFAULT_CHUNK)
+
+
+_MC_DEFAULT_CHUNK = 16
+
+
+def _moments(outputs: PyTree) -> tuple[PyTree, PyTree]:
+    mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), outputs)
+    m2 = jax.tree.map(lambda o, m: jnp.sum(jnp.square(o - m[None]), axis=0), outputs, mean)
+    return mean, m2
+
+
+def _merge(a: tuple[PyTree, PyTree, Any], b: tuple[PyTree, PyTree, Any]) -> tuple[PyTree, PyTree, Any]:
+    """Chan et al.'s pairwise merge of (mean, sum of squared deviations, count)."""
+    mean_a, m2_a, n_a = a
+    mean_b, m2_b, n_b = b
+    n = n_a + n_b
+    frac = n_b / n
+    delta = jax.tree.map(lambda ma, mb: mb - ma, mean_a, mean_b)
+    mean = jax.tree.map(lambda ma, d: ma + d * jnp.asarray(frac, d.dtype), mean_a, delta)
+    w = n_a * n_b / n
+    m2 = jax.tree.map(lambda x, y, d: x + y + jnp.square(d) * jnp.asarray(w, d.dtype), m2_a, m2_b, delta)
+    return mean, m2, n
+
+
+def mc_dropout(
+    apply_fn: Callable[[PyTree, Any, jax.Array], PyTree],
+    params: PyTree,
+    x: Any,
+    rng: jax.Array,
+    num_samples: int,
+    *,
+    chunk_size: int | None = None,
+) -> Prediction:
+    r"""Monte Carlo dropout: the mean and variance of a stochastic model's outputs over many masks.
+
+    .. math::
+      \mu = \frac{1}{K} \sum_{k=1}^K f(x; \theta, \xi_k), \qquad
+      \sigma^2 = \frac{1}{K} \sum_{k=1}^K \big(f(x; \theta, \xi_k) - \mu\big)^2
+
+    Each mask gets its own key from ``jax.random.split(rng, num_samples)``. The masks are
+    evaluated with ``vmap`` in chunks of ``chunk_size`` inside a loop, and the chunks' moments
+    merged (Chan et al.), so peak memory grows with the chunk, not with ``num_samples``.
+
+    Args:
+      apply_fn: ``apply_fn(params, x, rng) -> outputs`` (an array or a pytree of arrays), with
+        dropout driven by ``rng`` (for flax linen: ``model.apply(params, x, rngs={"dropout": rng})``).
+      params: the model's parameters, shared by every mask.
+      x: the inputs, shared by every mask.
+      rng: a PRNG key.
+      num_samples: the number of masks, ``K >= 1``.
+      chunk_size: masks evaluated together by one ``vmap``. ``None`` picks a default measured
+        to be fastest on CPU (16 masks; all of them when ``num_samples <= 16``);
+        ``chunk_size >= num_samples`` is a plain ``vmap``.
+
+    Returns:
+      ``Prediction(mean, variance)`` with the structure of ``outputs``; the variance is over
+      masks with ``ddof=0``.
+
+    Raises:
+      ValueError: if ``num_samples < 1`` or ``chunk_size < 1``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg as jr
+      >>> apply_fn = lambda w, x, rng: jr.dropout(rng, x, 0.5) @ w
+      >>> pred = jr.mc_dropout(apply_fn, jnp.ones((100, 1)), jnp.ones((1, 100)), jax.random.key(0), 256)
+      >>> round(float(pred.mean[0, 0]) / 100, 1), round(float(pred.variance[0, 0]) / 100, 1)
+      (1.0, 1.0)
+    """
+    num_samples = _check_num_samples(num_samples, "mc_dropout")
+    chunk = _check_chunk_size(chunk_size, "mc_dropout")
+    chunk = _auto_mc_chunk(num_samples) if chunk is None else min(chunk, num_samples)
+    keys = jax.random.split(rng, num_samples)
+    one = jax.vmap(lambda k: apply_fn(params, x, k))
+
+    num_chunks, rem = divmod(num_samples, chunk)
+    if num_chunks == 1 and rem == 0:
+        mean, m2 = _moments(one(keys))
+        return Prediction(mean, jax.tree.map(lambda s: s / num_samples, m2))
+
+    main = keys[: num_chunks * chunk].reshape((num_chunks, chunk, *keys.shape[1:]))
+    first_mean, first_m2 = _moments(one(main[0]))
+
+    def body(carry, chunk_keys):
+        mean, m2, n = carry
+        cm, cm2 = _moments(one(chunk_keys))
+        mean, m2, _ = _merge((mean, m2, n), (cm, cm2, float(chunk)))
+        return (mean, m2, n + float(chunk)), None
+
+    init = (first_mean, first_m2, jnp.asarray(float(chunk), jnp.float32))
+    if num_chunks > 1:
+        (mean, m2, n), _ = jax.lax.scan(body, init, main[1:])
+    else:
+        mean, m2, n = init
+    acc = (mean, m2, n)
+    if rem:
+        rm, rm2 = _moments(one(keys[num_chunks * chunk :]))
+        acc = _merge(acc, (rm, rm2, float(rem)))
+    mean, m2, _ = acc
+    return Prediction(mean, jax.tree.map(lambda s: s / num_samples, m2))
+
+
+def mc_dropout_samples(
+    apply_fn: Callable[[PyTree, Any, jax.Array], PyTree],
+    params: PyTree,
+    x: Any,
+    rng: jax.Array,
+    num_samples: int,
+    *,
+    chunk_size: int | None = None,
+) -> PyTree:
+    """The outputs of ``num_samples`` dropout masks, stacked on a leading axis.
+
+    The same keys as :func:`mc_dropout`, so ``mc_dropout`` is the mean and ``ddof=0`` variance
+    of these samples. Feed them to :mod:`jaxreg.uncertainty` (predictive entropy, BALD).
+
+    Args:
+      apply_fn: ``apply_fn(params, x, rng) -> outputs``.
+      params: shared parameters.
+      x: shared inputs.
+      rng: a PRNG key.
+      num_samples: the number of masks, ``>= 1``.
+      chunk_size: masks per ``vmap`` inside a ``lax.map``; ``None`` as in :func:`mc_dropout`.
+
+    Returns:
+      ``outputs`` with a leading axis of ``num_samples``.
+
+    Raises:
+      ValueError: if ``num_samples < 1`` or ``chunk_size < 1``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg as jr
+      >>> s = jr.mc_dropout_samples(lambda p, x, k: jr.dropout(k, x, 0.5), None, jnp.ones(3), jax.random.key(0), 5)
+      >>> s.shape
+      (5, 3)
+    """
+    num_samples = _check_num_samples(num_samples, "mc_dropout_samples")
+    chunk = _check_chunk_size(chunk_size, "mc_dropout_samples")
+    chunk = _auto_mc_chunk(num_samples) if chunk is None else min(chunk, num_samples)
+    keys = jax.random.split(rng, num_samples)
+    one = jax.vmap(lambda k: apply_fn(params, x, k))
+    num_chunks, rem = divmod(num_samples, chunk)
+    if num_chunks == 1 and rem == 0:
+        return one(keys)
+    main = keys[: num_chunks * chunk].reshape((num_chunks, chunk, *keys.shape[1:]))
+    out = jax.lax.map(one, main)
+    out = jax.tree.map(lambda o: o.reshape((num_chunks * chunk, *o.shape[2:])), out)
+    if rem:
+        tail = one(keys[num_chunks * chunk :])
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), out, tail)
+    return out
+
+
+class _CallableModule(types.ModuleType):
+    """``jaxreg.dropout`` is both this module and the function :func:`dropout`.
+
+    Importing the submodule by path (as ``pytest --import-mode=importlib`` does for doctests)
+    rebinds the package attribute ``jaxreg.dropout`` to the module; calling the module calls
+    :func:`dropout`, so ``jr.dropout(rng, x, rate)`` works either way.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
+        return dropout(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
