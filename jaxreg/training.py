@@ -149,7 +149,7 @@ def fit(
     chunk_size: int | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     progress: bool = True,
-    callback: Callable[[int, History], None] | None = None,
+    callback: Callable[[int, History, PyTree], None] | None = None,
 ) -> FitResult:
     r"""Trains with ``step_fn`` for ``num_steps`` steps, evaluating every ``eval_every`` steps, scan-fused.
 
@@ -161,7 +161,10 @@ def fit(
 
     where :math:`\pi_e` is the permutation of the :math:`n` training examples drawn from
     ``fold_in(member_data_key, e)`` (a fresh shuffle every epoch, different per member, the last
-    partial batch dropped), and the rng ``fold_in(member_step_key, s)``. After steps
+    partial batch dropped), and the rng ``fold_in(member_step_key, s)``, with
+    ``data_key, step_key = jax.random.split(key)`` and member :math:`m`'s keys
+    ``jax.random.split(data_key, N)[m]``, ``jax.random.split(step_key, N)[m]`` (:math:`N = 1` for
+    a single model). After steps
     :math:`s = k \cdot \text{eval\_every} - 1` the loop evaluates, records the history, and feeds
     the monitored value to ``early_stopping`` with ``snapshot_fn(state)``; a stopped member's state
     is frozen from then on (its later steps are computed and discarded).
@@ -195,8 +198,8 @@ def fit(
         every chunk and, if the directory already holds a checkpoint of this schedule, resumes
         from the latest one (pass the same ``key`` and initial ``state`` structure).
       progress: show a tqdm bar with the current (member-mean) train and validation loss.
-      callback: optional ``callback(num_steps_done, history_so_far)`` called after every chunk
-        (after the checkpoint is saved).
+      callback: optional ``callback(num_steps_done, history_so_far, state)`` called after every
+        chunk (after the checkpoint is saved); raising from it ends the run there.
 
     Returns:
       A :class:`FitResult`. Without ``num_members`` the member axis is absent everywhere.
@@ -359,10 +362,16 @@ def fit(
 
     def history_so_far(num_done: int) -> History:
         k = num_done * evals_per_chunk
-        return History(
+        history = History(
             step=jnp.asarray(eval_steps[:k]),
             **{name: jnp.asarray(value[:k]) for name, value in hist.items()},
         )
+        if single:
+            history = history._replace(**{f: getattr(history, f)[:, 0] for f in History._fields[1:]})
+        return history
+
+    def unstack(tree: PyTree) -> PyTree:
+        return jax.tree.map(lambda a: a[0], tree) if single else tree
 
     bar = _progress_bar(num_steps, progress, done_chunks * chunk_size)
     try:
@@ -382,7 +391,7 @@ def fit(
                 bar.update(chunk_size)
                 bar.set_postfix(_postfix(hist, rows, es.stopped, tracking))
             if callback is not None:
-                callback(chunk_index * chunk_size, history_so_far(chunk_index))
+                callback(chunk_index * chunk_size, history_so_far(chunk_index), unstack(state))
     finally:
         if bar is not None:
             bar.close()
@@ -396,10 +405,7 @@ def fit(
     best_num_steps = jnp.minimum(best_num_steps, budget).astype(jnp.int32)
     stopping = es if tracking else None
     best = es.best_params if tracking else None
-    if single:
-        take0 = lambda t: jax.tree.map(lambda a: a[0], t)  # noqa: E731
-        state, best, stopping, best_num_steps = take0(state), take0(best), take0(stopping), best_num_steps[0]
-        history = history._replace(**{f: getattr(history, f)[:, 0] for f in History._fields[1:]})
+    state, best, stopping, best_num_steps = unstack(state), unstack(best), unstack(stopping), unstack(best_num_steps)
     return FitResult(state, best, history, stopping, best_num_steps, chunk_index * chunk_size)
 
 
