@@ -15,6 +15,7 @@ from jax.typing import ArrayLike
 
 from jaxreg import _checks, _pytree
 from jaxreg._tree import as_mask, key_path_str, resolve_mask
+from jaxreg.penalties import _asarray
 
 PyTree = Any
 
@@ -71,7 +72,7 @@ class MaxNorm(Constraint):
         _checks.check_positive("max_value", max_value, "max_norm")
         _pytree.set_fields(
             self,
-            max_value=jnp.asarray(max_value),
+            max_value=_asarray(max_value),
             axis=_check_axis("max_norm", axis),
             mask=None if mask is None else as_mask(mask),
         )

@@ -79,7 +79,15 @@ def _check_steps_scalar(step: Any, where: str) -> None:
 
 
 def _asarray(x: ArrayLike) -> jax.Array:
-    return x if isinstance(x, jax.Array) else jnp.asarray(x)
+    """A hyperparameter as a strongly typed float array (default float dtype), tracers as they are.
+
+    Python floats and float32 arrays then give the same jit cache key: no retrace between them.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return x
+    x = jnp.asarray(x)
+    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+    return jnp.asarray(x, dtype=dtype)
 
 
 class Penalty:

@@ -24,6 +24,15 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
+class _Slot:
+    """A placeholder leaf: ``where`` applied to a tree of slots reveals which leaves it selects."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+
 class Share:
     r"""Hard sharing: the places ``where(params)`` selects hold one stored copy.
 
@@ -69,8 +78,11 @@ class Share:
 
     def _uses(self, params: PyTree) -> tuple[list[list[int]], Any, list[Any]]:
         leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
-        index_tree = jax.tree.unflatten(treedef, list(range(len(leaves))))
-        uses = self.where(index_tree)
+        index_tree = jax.tree.unflatten(treedef, [_Slot(i) for i in range(len(leaves))])
+        try:
+            uses = self.where(index_tree)
+        except Exception as e:
+            raise ValueError(f"Share: where must select subtrees of the params, not compute new values ({e}).") from e
         if not isinstance(uses, (tuple, list)) or len(uses) < 2:
             raise ValueError(f"Share: where(params) must return a sequence of at least two uses, got {uses!r}.")
         if self.transforms is not None and len(self.transforms) != len(uses):
@@ -79,10 +91,10 @@ class Share:
             )
         positions = []
         for use in uses:
-            idx = jax.tree.leaves(use)
-            if not all(isinstance(i, int) for i in idx):
+            slots = jax.tree.leaves(use)
+            if not all(isinstance(i, _Slot) for i in slots):
                 raise ValueError("Share: where must select subtrees of the params, not compute new values.")
-            positions.append(idx)
+            positions.append([i.index for i in slots])
         use_defs = [jax.tree.structure(u) for u in uses]
         return positions, treedef, use_defs
 

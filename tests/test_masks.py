@@ -1,0 +1,118 @@
+"""Masks select the same leaves on flax linen variables, flax nnx states and plain containers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxreg as jr
+
+
+class LinenMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(5)(x)
+        x = nn.LayerNorm()(x)
+        return nn.Dense(2)(nn.relu(x))
+
+
+class NnxMLP(nnx.Module):
+    def __init__(self, rngs):
+        self.dense_0 = nnx.Linear(3, 5, rngs=rngs)
+        self.norm = nnx.LayerNorm(5, rngs=rngs)
+        self.dense_1 = nnx.Linear(5, 2, rngs=rngs)
+
+
+def _linen():
+    return LinenMLP().init(jax.random.key(0), jnp.ones((1, 3)))
+
+
+def _nnx():
+    return nnx.state(NnxMLP(nnx.Rngs(0)), nnx.Param)
+
+
+def _selected_paths(tree, mask):
+    sel = jr.masks.resolve_mask(mask, tree)
+    return sorted(
+        jr.masks.key_path_str(p)
+        for (p, _), keep in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(sel))
+        if keep
+    )
+
+
+def test_kernels_selects_matrices_only_on_linen_nnx_and_plain():
+    assert _selected_paths(_linen(), jr.masks.kernels) == ["params/Dense_0/kernel", "params/Dense_1/kernel"]
+    assert _selected_paths(_nnx(), jr.masks.kernels) == ["dense_0/kernel", "dense_1/kernel"]
+    plain = [{"w": jnp.ones((3, 5)), "b": jnp.ones(5)}, (jnp.ones((5, 2)), jnp.ones(2))]
+    assert _selected_paths(plain, jr.masks.kernels) == ["0/w", "1/0"]
+
+
+def test_by_path_and_combinations():
+    v = _linen()
+    no_norm = jr.masks.everything & ~jr.masks.by_path("LayerNorm")
+    assert _selected_paths(v, no_norm) == [
+        "params/Dense_0/bias",
+        "params/Dense_0/kernel",
+        "params/Dense_1/bias",
+        "params/Dense_1/kernel",
+    ]
+    assert _selected_paths(v, jr.masks.by_path(r"Dense_1/(kernel|bias)$")) == [
+        "params/Dense_1/bias",
+        "params/Dense_1/kernel",
+    ]
+    assert _selected_paths(v, jr.masks.kernels | jr.masks.by_path("scale$")) == [
+        "params/Dense_0/kernel",
+        "params/Dense_1/kernel",
+        "params/LayerNorm_0/scale",
+    ]
+    # On nnx the trailing ``value`` is dropped, so an anchored regex works the same.
+    assert _selected_paths(_nnx(), jr.masks.by_path("bias$")) == ["dense_0/bias", "dense_1/bias", "norm/bias"]
+
+
+def test_penalty_with_mask_equals_penalty_on_selected_leaves_on_nnx_state():
+    state = _nnx()
+    expected = sum(float(jnp.sum(x**2)) for x in [state["dense_0"]["kernel"][...], state["dense_1"]["kernel"][...]])
+    assert float(jr.l2(1.0, mask=jr.masks.kernels)(state)) == pytest.approx(expected, rel=1e-6)
+    # Same gradient pipeline as optax.masked on the nnx State.
+    g = jax.grad(jr.l2(0.5, mask=jr.masks.kernels))(state)
+    np.testing.assert_allclose(g["dense_0"]["kernel"][...], state["dense_0"]["kernel"][...], rtol=1e-6)
+    np.testing.assert_array_equal(g["dense_0"]["bias"][...], 0.0)
+
+
+def test_mask_agrees_with_optax_masked_on_linen():
+    v = _linen()
+    mask = jr.masks.kernels & ~jr.masks.by_path("Dense_1")
+    ours = optax.chain(jr.add_penalty_grad(jr.l2(0.5, mask=mask)), optax.sgd(0.1))
+    ref = optax.chain(optax.masked(optax.add_decayed_weights(1.0), mask(v)), optax.sgd(0.1))
+    g = jax.tree.map(jnp.ones_like, v)
+    a, _ = ours.update(g, ours.init(v), v)
+    b, _ = ref.update(g, ref.init(v), v)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+
+
+def test_pytree_and_prefix_masks():
+    tree = {"enc": {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, "dec": {"w": jnp.ones((2, 2))}}
+    assert _selected_paths(tree, {"enc": True, "dec": False}) == ["enc/b", "enc/w"]
+    assert _selected_paths(tree, lambda p: {"enc": {"w": False, "b": True}, "dec": {"w": True}}) == ["dec/w", "enc/b"]
+    assert float(jr.l1(1.0, mask={"enc": False, "dec": True})(tree)) == 4.0
+
+
+def test_mask_errors_name_the_problem():
+    tree = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    with pytest.raises(ValueError, match="mask does not match the structure of the params"):
+        jr.l2(1.0, mask={"a": True, "c": False})(tree)
+    with pytest.raises(ValueError, match="mask must be a pytree of Python bools"):
+        jr.l2(1.0, mask={"a": jnp.array(True), "b": False})
+    with pytest.raises(ValueError, match=r"by_path: invalid regular expression, got pattern = '\('"):
+        jr.masks.by_path("(")
+
+
+def test_masks_are_hashable_and_equal_by_value():
+    a = jr.masks.kernels & ~jr.masks.by_path("bias")
+    b = jr.masks.kernels & ~jr.masks.by_path("bias")
+    assert a == b and hash(a) == hash(b)
+    assert a != (jr.masks.kernels & ~jr.masks.by_path("scale"))

@@ -1,0 +1,254 @@
+"""Penalties: values, gradients and proximal operators against closed forms and numpy."""
+
+import chex
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import jaxreg as jr
+
+SETTINGS = settings(max_examples=25, deadline=None)
+
+floats = st.floats(-3.0, 3.0, allow_nan=False, width=32)
+shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
+
+
+@st.composite
+def pytrees(draw):
+    """Random nested dict/list pytrees of float32 arrays."""
+    n = draw(st.integers(1, 4))
+    leaves = [draw(hnp.arrays(np.float32, draw(shapes), elements=floats)) for _ in range(n)]
+    keys = [f"k{i}" for i in range(n)]
+    if draw(st.booleans()):
+        return {k: jnp.asarray(v) for k, v in zip(keys, leaves)}
+    return [{"w": jnp.asarray(v)} for v in leaves]
+
+
+def _np_leaves(tree):
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+@SETTINGS
+@given(pytrees(), st.floats(0.0, 2.0), st.data())
+def test_values_match_numpy(tree, scale, data):
+    keep = [data.draw(st.booleans()) for _ in jax.tree.leaves(tree)]
+    mask = jax.tree.unflatten(jax.tree.structure(tree), keep)
+    leaves = [x for x, k in zip(_np_leaves(tree), keep) if k]
+    np.testing.assert_allclose(
+        jr.l2(scale, mask=mask)(tree), scale * sum(np.sum(x**2) for x in leaves), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        jr.l1(scale, mask=mask)(tree), scale * sum(np.sum(np.abs(x)) for x in leaves), rtol=1e-5, atol=1e-5
+    )
+    expected = sum(0.3 * np.sum(np.abs(x)) + scale * np.sum(x**2) for x in leaves)
+    np.testing.assert_allclose(jr.elastic_net(0.3, scale, mask=mask)(tree), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_l2_center_is_distance_to_reference():
+    w = {"a": jnp.array([1.0, 2.0]), "b": jnp.array([[3.0]])}
+    c = {"a": jnp.array([0.5, 0.0]), "b": jnp.array([[1.0]])}
+    assert float(jr.l2(2.0, center=c)(w)) == pytest.approx(2.0 * (0.25 + 4.0 + 4.0))
+    assert float(jr.l2(2.0, center=w)(w)) == 0.0
+
+
+def test_group_lasso_value_matches_numpy_row_and_column_norms():
+    w = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    rows = np.linalg.norm(w, axis=1).sum()
+    cols = np.linalg.norm(w, axis=0).sum()
+    np.testing.assert_allclose(jr.group_lasso(0.5, axis=0)(jnp.asarray(w)), 0.5 * rows, rtol=1e-6)
+    np.testing.assert_allclose(jr.group_lasso(0.5, axis=1)(jnp.asarray(w)), 0.5 * cols, rtol=1e-6)
+    np.testing.assert_allclose(jr.group_lasso(0.5, axis=-1)(jnp.asarray(w)), 0.5 * cols, rtol=1e-6)
+
+
+def test_tie_value_and_gradient():
+    p = {"a": jnp.array([1.0, 2.0]), "b": jnp.array([0.0, 4.0]), "c": jnp.array(7.0)}
+    pen = jr.tie(0.5, lambda t: (t["a"], t["b"]))
+    assert float(pen(p)) == pytest.approx(0.5 * (1.0 + 4.0))
+    g = jax.grad(pen)(p)
+    np.testing.assert_allclose(g["a"], 2 * 0.5 * (p["a"] - p["b"]))
+    np.testing.assert_allclose(g["b"], -2 * 0.5 * (p["a"] - p["b"]))
+    assert float(g["c"]) == 0.0
+
+
+def test_sum_and_scale_algebra():
+    w = {"k": jnp.array([[1.0, -2.0]]), "b": jnp.array([3.0])}
+    a, b = jr.l2(0.1), jr.l1(0.2, mask=jr.masks.kernels)
+    np.testing.assert_allclose((a + b)(w), a(w) + b(w), rtol=1e-6)
+    np.testing.assert_allclose((3.0 * a)(w), 3.0 * a(w), rtol=1e-6)
+    np.testing.assert_allclose((a * 3.0 + b + a)(w), 4.0 * a(w) + b(w), rtol=1e-6)
+    assert len((a + b + a).terms) == 3  # sums flatten
+
+
+# Finite-difference gradients of every penalty, at points away from kinks.
+_W = {"k": jnp.array([[0.7, -1.3, 0.4], [2.1, -0.6, 1.1]]), "b": jnp.array([0.9, -0.8, 1.5])}
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        jr.l2(0.3),
+        jr.l2(0.3, center=jax.tree.map(lambda x: 0.5 * x + 0.1, _W)),
+        jr.l1(0.2),
+        jr.elastic_net(0.2, 0.1, mask=jr.masks.kernels),
+        jr.tie(0.4, lambda t: (t["k"][0], t["b"])),
+        jr.group_lasso(0.3, axis=0, mask=jr.masks.kernels),
+        jr.group_lasso(0.3, axis=1, mask=jr.masks.kernels),
+        jr.l2(0.1) + 2.0 * jr.l1(0.05),
+    ],
+    ids=repr,
+)
+def test_gradients_match_finite_differences(penalty):
+    w64 = _W
+    check_grads(penalty, (w64,), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-3)
+
+
+def _prox_objective(penalty, u, v, t):
+    sq = sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(v)))
+    return sq / (2 * t) + penalty(u)
+
+
+@SETTINGS
+@given(pytrees(), st.floats(0.01, 1.0), st.floats(0.01, 2.0), st.integers(0, 2**31 - 1))
+def test_prox_is_the_minimizer(tree, scale, step, seed):
+    """prox(v) minimizes |u - v|^2 / 2t + penalty(u): no random perturbation does better."""
+    penalties = [jr.l2(scale), jr.l1(scale), jr.elastic_net(scale, 0.5 * scale), jr.group_lasso(scale, axis=-1)]
+    rng = np.random.default_rng(seed)
+    for penalty in penalties:
+        u = penalty.prox(tree, step)
+        best = float(_prox_objective(penalty, u, tree, step))
+        for _ in range(5):
+            delta = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape) * 1e-2, jnp.float32), u)
+            other = jax.tree.map(jnp.add, u, delta)
+            assert best <= float(_prox_objective(penalty, other, tree, step)) + 1e-4, penalty
+
+
+def test_prox_closed_forms_match_numpy():
+    v = np.array([-3.0, -0.2, 0.0, 0.4, 2.5], np.float32)
+    t, lam = 0.5, 1.0
+    soft = np.sign(v) * np.maximum(np.abs(v) - t * lam, 0)
+    np.testing.assert_allclose(jr.l1(lam).prox(jnp.asarray(v), t), soft)
+    np.testing.assert_allclose(jr.l2(lam).prox(jnp.asarray(v), t), v / (1 + 2 * t * lam), rtol=1e-6)
+    np.testing.assert_allclose(jr.elastic_net(lam, 0.3).prox(jnp.asarray(v), t), soft / (1 + 2 * t * 0.3), rtol=1e-6)
+    # L1 then L2 in a Sum is the elastic net's prox, whatever the order written.
+    np.testing.assert_allclose((jr.l2(0.3) + jr.l1(lam)).prox(jnp.asarray(v), t), soft / (1 + 2 * t * 0.3), rtol=1e-6)
+    c = np.array([1.0, 1.0, 1.0, 1.0, 1.0], np.float32)
+    np.testing.assert_allclose(
+        jr.l2(lam, center=jnp.asarray(c)).prox(jnp.asarray(v), t), (v + 2 * t * lam * c) / (1 + 2 * t * lam), rtol=1e-6
+    )
+    # Scaled prox: prox_{t c p} = prox_p with step c t.
+    np.testing.assert_allclose((2.0 * jr.l1(lam)).prox(jnp.asarray(v), t), jr.l1(lam).prox(jnp.asarray(v), 2 * t))
+
+
+def test_l1_prox_gives_exact_zeros_and_group_lasso_zeroes_whole_groups():
+    w = jnp.array([[0.1, -0.2], [3.0, 4.0], [0.3, 0.0]])
+    out = jr.l1(1.0).prox(w, 0.25)
+    np.testing.assert_array_equal(np.asarray(out) == 0.0, [[True, True], [False, False], [False, True]])
+    g = jr.group_lasso(1.0, axis=0).prox(w, 1.0)
+    np.testing.assert_array_equal(np.asarray(g[0]), 0.0)  # norm 0.22 < 1: whole row zero
+    np.testing.assert_array_equal(np.asarray(g[2]), 0.0)
+    np.testing.assert_allclose(np.asarray(g[1]), np.array([3.0, 4.0]) * (1 - 1 / 5), rtol=1e-6)
+
+
+def test_masked_leaves_untouched_by_prox():
+    w = {"kernel": jnp.full((2, 2), 0.1), "bias": jnp.full((2,), 0.1)}
+    out = jr.l1(1.0, mask=jr.masks.kernels).prox(w, 1.0)
+    np.testing.assert_array_equal(out["kernel"], 0.0)
+    np.testing.assert_array_equal(out["bias"], w["bias"])
+
+
+def test_tie_prox_pulls_pair_to_mean_and_is_optimal():
+    p = {"a": jnp.array([1.0, -1.0]), "b": jnp.array([0.0, 1.0]), "c": jnp.array([5.0])}
+    pen, t = jr.tie(0.7, lambda q: (q["a"], q["b"])), 0.3
+    u = pen.prox(p, t)
+    np.testing.assert_allclose(u["a"] + u["b"], p["a"] + p["b"], rtol=1e-6)
+    np.testing.assert_allclose(u["a"] - u["b"], (p["a"] - p["b"]) / (1 + 4 * t * 0.7), rtol=1e-6)
+    np.testing.assert_array_equal(u["c"], p["c"])
+    # Optimality: gradient of the prox objective vanishes at u.
+    g = jax.grad(lambda q: _prox_objective(pen, q, p, t))(u)
+    for leaf in jax.tree.leaves(g):
+        np.testing.assert_allclose(leaf, 0.0, atol=1e-5)
+
+
+def test_integer_leaves_are_never_penalized():
+    tree = {"w": jnp.array([2.0]), "count": jnp.array([5], jnp.int32)}
+    assert float(jr.l2(1.0)(tree)) == 4.0
+    out = jr.l1(10.0).prox(tree, 1.0)
+    assert int(out["count"][0]) == 5 and float(out["w"][0]) == 0.0
+
+
+def test_sweep_of_scales_is_one_vmap_and_one_trace():
+    w = {"w": jnp.arange(4.0)}
+    scales = jnp.array([0.0, 0.5, 1.0, 2.0])
+    values = jax.vmap(lambda s: jr.l2(s)(w))(scales)
+    np.testing.assert_allclose(values, scales * 14.0)
+    # A penalty is a pytree: passing a new scale into a jitted function does not retrace.
+    f = jax.jit(chex.assert_max_traces(lambda pen, t: pen(t) + jnp.sum(pen.prox(t, 0.1)["w"]), n=1))
+    chex.clear_trace_counter()
+    for s in [0.1, 0.2, 0.3]:
+        f(jr.l1(s, mask=jr.masks.kernels | jr.masks.by_path("w")), w)
+        f(jr.l1(jnp.float32(s), mask=jr.masks.kernels | jr.masks.by_path("w")), w)
+    # vmap over a stack of penalties.
+    stacked = jr.elastic_net(jnp.array([0.1, 0.2]), jnp.array([0.3, 0.4]))
+    np.testing.assert_allclose(jax.vmap(lambda p: p(w))(stacked), [0.1 * 6 + 0.3 * 14, 0.2 * 6 + 0.4 * 14], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jr.l2(-0.1),
+        lambda: jr.l1(float("nan")),
+        lambda: jr.elastic_net(0.1, -1.0),
+        lambda: jr.tie(-1.0, lambda p: p),
+        lambda: jr.group_lasso(-2.0),
+        lambda: 2.0 * jr.l1(0.1) * -1.0,
+    ],
+)
+def test_negative_or_nan_scale_raises(make):
+    with pytest.raises(ValueError, match=r"must be finite and >= 0, got \w+ = "):
+        make()
+
+
+def test_structure_and_shape_mismatches_raise():
+    w = {"a": jnp.ones(2), "b": jnp.ones(3)}
+    with pytest.raises(ValueError, match="tie: the tied groups differ in shape"):
+        jr.tie(1.0, lambda p: (p["a"], p["b"]))(w)
+    with pytest.raises(ValueError, match="tie: the tied groups differ in structure"):
+        jr.tie(1.0, lambda p: ((p["a"],), p["b"]))(w)
+    with pytest.raises(ValueError, match="l2: center must have the structure"):
+        jr.l2(1.0, center={"a": jnp.ones(2)})(w)
+    with pytest.raises(ValueError, match="l2: center leaf 'b' has shape"):
+        jr.l2(1.0, center={"a": jnp.ones(2), "b": jnp.ones(4)})(w)
+    with pytest.raises(ValueError, match="group_lasso: axis = 1 is out of range for leaf 'a'"):
+        jr.group_lasso(1.0, axis=1)(w)
+    with pytest.raises(ValueError, match="closed form for a scalar step only"):
+        jr.group_lasso(1.0).prox(w, {"a": jnp.ones(2), "b": jnp.ones(3)})
+
+
+@pytest.mark.parametrize(
+    "penalty",
+    [
+        jr.l2(0.3, center=_W),
+        jr.l1(0.2, mask=jr.masks.kernels),
+        jr.elastic_net(0.2, 0.1),
+        jr.tie(0.4, lambda t: (t["k"][0], t["b"])),
+        jr.group_lasso(0.3, axis=1, mask=jr.masks.kernels),
+        jr.l2(0.1) + 2.0 * jr.l1(0.05),
+    ],
+    ids=repr,
+)
+def test_value_and_prox_under_jit_and_vmap_equal_per_member(penalty):
+    members = [jax.tree.map(lambda x, i=i: x * (i + 1) - 0.5 * i, _W) for i in range(3)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+    values = jax.jit(jax.vmap(penalty))(stacked)
+    proxed = jax.jit(jax.vmap(lambda t: penalty.prox(t, 0.1)))(stacked)
+    for i, m in enumerate(members):
+        np.testing.assert_allclose(values[i], penalty(m), rtol=1e-5)
+        for a, b in zip(
+            jax.tree.leaves(jax.tree.map(lambda x, i=i: x[i], proxed)), jax.tree.leaves(penalty.prox(m, 0.1))
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

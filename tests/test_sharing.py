@@ -1,0 +1,59 @@
+"""Hard sharing: one copy, gradients summed over its uses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxreg as jr
+
+
+def test_expand_compress_roundtrip_and_one_stored_copy():
+    params = {"a": {"w": jnp.arange(6.0).reshape(2, 3)}, "b": {"w": jnp.zeros((2, 3))}, "c": jnp.ones(2)}
+    share = jr.Share(lambda p: (p["a"], p["b"]))
+    compact = share.compress(params)
+    assert jax.tree.leaves(compact.params["a"]) == [] and jax.tree.leaves(compact.params["b"]) == []
+    n_stored = sum(x.size for x in jax.tree.leaves(compact))
+    assert n_stored == 6 + 2  # one copy of the shared weights
+    full = share.expand(compact)
+    np.testing.assert_array_equal(full["a"]["w"], params["a"]["w"])
+    np.testing.assert_array_equal(full["b"]["w"], params["a"]["w"])
+    np.testing.assert_array_equal(full["c"], params["c"])
+
+
+def test_gradient_of_shared_copy_is_sum_over_uses_including_a_transposed_use():
+    # Tied autoencoder: decoder kernel is the encoder kernel transposed.
+    x = jax.random.normal(jax.random.key(0), (7, 4))
+    params = {"enc": jax.random.normal(jax.random.key(1), (4, 3)), "dec": jnp.zeros((3, 4))}
+    share = jr.Share(lambda p: (p["enc"], p["dec"]), transforms=(None, jnp.transpose))
+
+    def full_loss(p):
+        return jnp.sum((jnp.tanh(x @ p["enc"]) @ p["dec"] - x) ** 2)
+
+    compact = share.compress(params)
+    g = jax.grad(lambda c: full_loss(share.expand(c)))(compact)
+    full = share.expand(compact)
+    gf = jax.grad(full_loss)(full)
+    np.testing.assert_allclose(g.shared, gf["enc"] + gf["dec"].T, rtol=1e-5, atol=1e-5)
+
+
+def test_shape_mismatch_and_bad_where_raise():
+    params = {"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))}
+    with pytest.raises(
+        ValueError, match=r"Share: use 1 has shapes \[\(3, 3\)\] but the transformed source has \[\(2, 3\)\]"
+    ):
+        jr.Share(lambda p: (p["a"], p["b"])).compress(params)
+    with pytest.raises(ValueError, match="at least two uses"):
+        jr.Share(lambda p: (p["a"],)).compress(params)
+    with pytest.raises(ValueError, match="must select subtrees"):
+        jr.Share(lambda p: (p["a"], p["a"] * 2)).compress(params)
+    with pytest.raises(ValueError, match=r"transforms\[0\] must be None"):
+        jr.Share(lambda p: (p["a"], p["b"]), transforms=(jnp.transpose, None))
+
+
+def test_expand_under_jit_and_vmap():
+    share = jr.Share(lambda p: (p[0], p[1]))
+    compact = share.compress([jnp.ones(3), jnp.ones(3)])
+    stacked = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), compact)
+    out = jax.jit(jax.vmap(share.expand))(stacked)
+    np.testing.assert_array_equal(out[1][1], [2.0, 2.0, 2.0])

@@ -1,0 +1,214 @@
+"""optax bridges against optax's own transforms and scikit-learn's ridge / lasso / elastic net."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.linear_model import ElasticNet, Lasso, Ridge
+
+import jaxreg as jr
+
+
+def _params():
+    k = jax.random.split(jax.random.key(0), 3)
+    return {
+        "dense": {"kernel": jax.random.normal(k[0], (4, 3)), "bias": jax.random.normal(k[1], (3,))},
+        "scale": jax.random.normal(k[2], (3,)),
+    }
+
+
+def _run(opt, params, steps=5, seed=1):
+    """Applies `steps` updates with deterministic pseudo-gradients; returns the params after each."""
+    state, history = opt.init(params), []
+    keys = jax.random.split(jax.random.key(seed), steps)
+    for k in keys:
+        leaves, treedef = jax.tree.flatten(params)
+        ks = jax.random.split(k, len(leaves))
+        grads = jax.tree.unflatten(treedef, [jax.random.normal(kk, x.shape) for kk, x in zip(ks, leaves)])
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(params)
+    return history
+
+
+def _assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+
+
+def test_decoupled_l2_reproduces_adamw_update_for_update():
+    lr, wd = 1e-2, 0.1
+    mask = jax.tree.map(lambda x: x.ndim >= 2, _params())
+    ours = optax.chain(
+        optax.scale_by_adam(),
+        jr.add_penalty_grad(jr.l2(wd / 2, mask=jr.masks.kernels)),
+        optax.scale_by_learning_rate(lr),
+    )
+    ref = optax.adamw(lr, weight_decay=wd, mask=mask)
+    for a, b in zip(_run(ours, _params()), _run(ref, _params())):
+        _assert_trees_close(a, b)
+
+
+def test_coupled_l2_reproduces_add_decayed_weights_before_the_optimizer():
+    wd = 0.05
+    ours = optax.chain(jr.add_penalty_grad(jr.l2(wd / 2)), optax.adam(1e-2))
+    ref = optax.chain(optax.add_decayed_weights(wd), optax.adam(1e-2))
+    for a, b in zip(_run(ours, _params()), _run(ref, _params())):
+        _assert_trees_close(a, b)
+
+
+def test_add_penalty_grad_equals_gradient_of_regularized_loss():
+    params = _params()
+    penalty = jr.elastic_net(0.01, 0.02, mask=jr.masks.by_path("kernel")) + jr.tie(
+        0.3, lambda p: (p["scale"], p["dense"]["bias"])
+    )
+    loss = lambda p: jnp.sum(p["dense"]["kernel"] ** 3) + jnp.sum(jnp.sin(p["scale"]))  # noqa: E731
+    (_, terms), g = jax.value_and_grad(jr.regularize(loss, penalty), has_aux=True)(params)
+    u, _ = jr.add_penalty_grad(penalty).update(jax.grad(loss)(params), optax.EmptyState(), params)
+    _assert_trees_close(g, u, rtol=1e-5)
+    np.testing.assert_allclose(terms.penalty, penalty(params), rtol=1e-6)
+
+
+def _design(n=60, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    w = np.array([2.0, -1.5, 0.0, 0.0, 1.0, 0.0, 0.5, 0.0])[:d]
+    y = x @ w + 0.3 * rng.normal(size=n)
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def test_ridge_solution_through_regularize_matches_sklearn():
+    x, y = _design()
+    alpha = 3.0
+    ref = Ridge(alpha=alpha, fit_intercept=False, solver="cholesky").fit(x, y).coef_
+    fn = jr.regularize(lambda w, x, y: jnp.sum((x @ w - y) ** 2), jr.l2(alpha))
+    solver = optax.lbfgs()
+
+    def step(carry, _):
+        w, state = carry
+        (value, _), g = jax.value_and_grad(fn, has_aux=True)(w, x, y)
+        updates, state = solver.update(g, state, w, value=value, grad=g, value_fn=lambda w: fn(w, x, y)[0])
+        return (optax.apply_updates(w, updates), state), None
+
+    w0 = jnp.zeros(x.shape[1])
+    (w, _), _ = jax.lax.scan(step, (w0, solver.init(w0)), length=100)
+    np.testing.assert_allclose(w, ref, rtol=1e-4, atol=1e-4)
+
+
+def _ista(penalty, x, y, steps=3000):
+    """Proximal gradient on (1/2n)|Xw - y|^2 + penalty, step 1/L."""
+    n = x.shape[0]
+    lr = float(n / np.linalg.eigvalsh(x.T @ x).max())
+    opt = optax.chain(optax.sgd(lr), jr.proximal(penalty, lr))
+    loss = lambda w: 0.5 * jnp.mean((x @ w - y) ** 2)  # noqa: E731
+
+    def step(carry, _):
+        w, state = carry
+        updates, state = opt.update(jax.grad(loss)(w), state, w)
+        return (optax.apply_updates(w, updates), state), None
+
+    w0 = jnp.zeros(x.shape[1])
+    (w, _), _ = jax.jit(lambda w0: jax.lax.scan(step, (w0, opt.init(w0)), length=steps))(w0)
+    return np.asarray(w)
+
+
+def test_lasso_solution_through_proximal_matches_sklearn_with_exact_zeros():
+    x, y = _design()
+    alpha = 0.2
+    ref = (
+        Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=100_000)
+        .fit(x.astype(np.float64), y.astype(np.float64))
+        .coef_
+    )
+    w = _ista(jr.l1(alpha), x, y)
+    np.testing.assert_allclose(w, ref, atol=2e-4)
+    np.testing.assert_array_equal(w == 0.0, ref == 0.0)
+    assert np.sum(w == 0.0) >= 2  # the true zeros come out exactly zero
+
+
+def test_elastic_net_solution_matches_sklearn():
+    x, y = _design()
+    alpha, ratio = 0.3, 0.6
+    ref = (
+        ElasticNet(alpha=alpha, l1_ratio=ratio, fit_intercept=False, tol=1e-12, max_iter=100_000)
+        .fit(x.astype(np.float64), y.astype(np.float64))
+        .coef_
+    )
+    w = _ista(jr.elastic_net(alpha * ratio, 0.5 * alpha * (1 - ratio)), x, y)
+    np.testing.assert_allclose(w, ref, atol=2e-4)
+    np.testing.assert_array_equal(w == 0.0, ref == 0.0)
+
+
+def test_proximal_follows_a_schedule():
+    schedule = optax.exponential_decay(0.5, transition_steps=1, decay_rate=0.5)
+    opt = jr.proximal(jr.l1(1.0), schedule)
+    w = jnp.array([3.0, -3.0])
+    state = opt.init(w)
+    for t in range(4):
+        u, state = opt.update(jnp.zeros(2), state, w)
+        new = optax.apply_updates(w, u)
+        np.testing.assert_allclose(new, np.sign(w) * (np.abs(w) - 0.5 * 0.5**t), rtol=1e-6)
+        w = new
+    assert int(state.count) == 4 and state.count.dtype == jnp.int32
+
+
+def test_proximal_adam_zero_penalty_is_adam_and_l1_threshold_is_per_coordinate():
+    params = _params()
+    for a, b in zip(_run(jr.proximal_adam(1e-2, jr.l1(0.0)), params), _run(optax.adam(1e-2), params)):
+        _assert_trees_close(a, b)
+    # One step from w with gradient g: Adam's first step has v_hat = g^2, so the per-coordinate
+    # step is lr / (|g| + eps), the threshold lr * lam / (|g| + eps), the point z = w - lr * sign(g).
+    w, g, lr, lam = jnp.array([0.3, 0.3, -1.0]), jnp.array([0.1, 4.0, -2.0]), 0.1, 0.5
+    opt = jr.proximal_adam(lr, jr.l1(lam))
+    u, _ = opt.update(g, opt.init(w), w)
+    step = lr / (np.abs(np.asarray(g)) + 1e-8)
+    z = np.asarray(w) - lr * np.asarray(g) / (np.abs(np.asarray(g)) + 1e-8)
+    np.testing.assert_allclose(optax.apply_updates(w, u), np.sign(z) * np.maximum(np.abs(z) - step * lam, 0), rtol=1e-5)
+
+
+def test_project_max_norm_in_chain():
+    w = {"kernel": jnp.array([[3.0, 0.1], [4.0, 0.1]]), "bias": jnp.array([10.0, 10.0])}
+    opt = optax.chain(optax.sgd(1.0), jr.project(jr.max_norm(1.0, mask=jr.masks.kernels)))
+    u, _ = opt.update(jax.tree.map(jnp.zeros_like, w), opt.init(w), w)
+    new = optax.apply_updates(w, u)
+    np.testing.assert_allclose(new["kernel"], [[0.6, 0.1], [0.8, 0.1]], rtol=1e-6)
+    np.testing.assert_array_equal(new["bias"], w["bias"])
+
+
+@pytest.mark.parametrize(
+    "tx",
+    [
+        jr.add_penalty_grad(jr.l2(0.1)),
+        jr.proximal(jr.l1(0.1), 0.1),
+        jr.project(jr.non_negative()),
+        jr.proximal_adam(0.1, jr.l1(0.1)),
+    ],
+)
+def test_missing_params_raise(tx):
+    w = jnp.ones(2)
+    with pytest.raises(ValueError, match="params = None; this transformation needs the current params"):
+        tx.update(w, tx.init(w))
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="learning_rate must be finite and >= 0, got learning_rate = -0.1"):
+        jr.proximal(jr.l1(0.1), -0.1)
+    with pytest.raises(ValueError, match="penalty must be a jaxreg Penalty"):
+        jr.add_penalty_grad(lambda p: 0.0)
+    with pytest.raises(ValueError, match="constraint must be a callable"):
+        jr.project(3.0)
+
+
+def test_transforms_jit_and_vmap_over_scales():
+    w = jnp.array([1.0, -0.05, 0.5])
+
+    def one(scale):
+        opt = optax.chain(optax.sgd(0.1), jr.add_penalty_grad(jr.l2(scale)), jr.proximal(jr.l1(scale), 0.1))
+        u, _ = opt.update(jnp.zeros(3), opt.init(w), w)
+        return optax.apply_updates(w, u)
+
+    scales = jnp.array([0.0, 0.5, 1.0])
+    batched = jax.jit(jax.vmap(one))(scales)
+    for i, s in enumerate([0.0, 0.5, 1.0]):
+        np.testing.assert_allclose(batched[i], one(s), rtol=1e-6)
