@@ -192,7 +192,7 @@ def test_missing_params_raise(tx):
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="learning_rate must be finite and >= 0, got learning_rate = -0.1"):
+    with pytest.raises(ValueError, match=r"learning_rate must be finite and >= 0, got learning_rate = -0\.1"):
         jr.proximal(jr.l1(0.1), -0.1)
     with pytest.raises(ValueError, match="penalty must be a jaxreg Penalty"):
         jr.add_penalty_grad(lambda p: 0.0)
