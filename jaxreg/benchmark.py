@@ -45,6 +45,7 @@ import numpy as np
 from jaxreg import _checks
 
 __all__ = [
+    "CompileLog",
     "Comparison",
     "CompiledFn",
     "ExternalTimer",
@@ -56,6 +57,7 @@ __all__ = [
     "allocator",
     "compare",
     "compile_fn",
+    "compile_log",
     "cost_flops",
     "fraction_of_peak",
     "interleave",
@@ -279,6 +281,71 @@ def compile_fn(
         flops=_cost_value(analysis, "flops"),
         bytes_accessed=_cost_value(analysis, "bytes accessed"),
     )
+
+
+_COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+    "/jax/core/compile/backend_compile_duration": "compile_s",
+}
+
+
+@dataclasses.dataclass
+class CompileLog:
+    """Time JAX spent tracing, lowering and compiling inside a :func:`compile_log` block.
+
+    Attributes:
+      trace_s: seconds tracing Python to jaxprs.
+      lower_s: seconds lowering jaxprs to StableHLO.
+      compile_s: seconds in the XLA backend compiler.
+      compiles: number of backend compilations.
+    """
+
+    trace_s: float = 0.0
+    lower_s: float = 0.0
+    compile_s: float = 0.0
+    compiles: int = 0
+
+    @property
+    def total_s(self) -> float:
+        return self.trace_s + self.lower_s + self.compile_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "total_s": self.total_s}
+
+
+class compile_log:
+    """Context manager recording JAX's own compile-time events inside the block.
+
+    Separates compile time from run time where ahead-of-time compilation is not at hand, e.g.
+    inside a library call that jits internally (a training loop). Uses ``jax.monitoring``'s
+    duration events; everything compiled in the process during the block counts.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxreg as jr
+      >>> x = jnp.ones(5)
+      >>> with jr.benchmark.compile_log() as log:
+      ...     _ = jax.jit(lambda x: jnp.cos(x) + 1)(x)
+      >>> log.compiles, log.compile_s > 0
+      (1, True)
+    """
+
+    def __init__(self) -> None:
+        self.log = CompileLog()
+
+    def _listener(self, event: str, duration: float, **kwargs: Any) -> None:
+        field = _COMPILE_EVENTS.get(event)
+        if field is not None:
+            setattr(self.log, field, getattr(self.log, field) + float(duration))
+            if field == "compile_s":
+                self.log.compiles += 1
+
+    def __enter__(self) -> CompileLog:
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self.log
+
+    def __exit__(self, *exc: Any) -> None:
+        jax.monitoring.unregister_event_duration_listener(self._listener)
 
 
 class ExternalTimer:

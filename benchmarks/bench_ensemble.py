@@ -1,0 +1,203 @@
+"""Comparisons 2 and 7: ensemble training step, N members, member-steps/s.
+
+jaxreg's ensemble step (``jr.ensemble.train_step``: ``jr.ensemble.map`` of the step) against plain ``jax.vmap``
+of the hand-written step and a Python loop of the jitted hand-written single step, timed in
+alternation. Every member sees the same batch with its own dropout key. Also each ensemble
+step's achieved GFLOP/s (FLOPs from XLA's cost analysis) as a fraction of the matmul peak
+measured in the same run (comparison 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+import jaxreg as jr
+from benchmarks import common
+from benchmarks.common import Row, Settings
+
+IN_AXES = (0, 0, None, None, 0)
+
+
+def ensemble_map() -> tuple[Callable | None, str]:
+    """``jr.ensemble.train_step`` if it exists yet, else ``(None, why)``."""
+    ens = getattr(jr, "ensemble", None)
+    fn = getattr(ens, "train_step", None)
+    if fn is None:
+        return None, "jr.ensemble.train_step not available"
+    return fn, ""
+
+
+def jaxreg_ensemble_step() -> tuple[Callable, Any]:
+    """``jr.ensemble.train_step`` of the jaxreg loss (``jr.regularize`` + ``jr.dropout``), unjitted."""
+    train_step, why = ensemble_map()
+    if train_step is None:
+        raise RuntimeError(why)
+    drop, _ = common.jaxreg_dropout()
+    opt = optax.adam(common.LR)
+    loss = jr.regularize(
+        lambda params, batch, rng, hparams: common.cross_entropy(
+            common.mlp_apply(params, batch[0], rng, dropout=drop), batch[1]
+        ),
+        jr.l2(common.L2, mask=jr.masks.kernels),
+        has_aux=False,
+    )
+    return train_step(loss, opt, has_aux=True), opt
+
+
+def stacked_inputs(n: int, opt: Any) -> tuple[Any, ...]:
+    """(params, opt_state, x, y, keys) with a leading member axis of size ``n``."""
+    x, y = common.batch()
+    params = jax.vmap(common.init_mlp)(jax.random.split(jax.random.key(0), n))
+    opt_state = jax.vmap(opt.init)(params)
+    keys = jax.random.split(jax.random.key(1), n)
+    return params, opt_state, x, y, keys
+
+
+def unstack(tree: Any, n: int) -> list[Any]:
+    return [jax.tree.map(lambda a, i=i: a[i], tree) for i in range(n)]
+
+
+_BUILT: dict[tuple[int, str], tuple[Callable, tuple[Any, ...], float]] = {}
+
+
+def build(n: int, which: str) -> tuple[Callable, tuple[Any, ...], float]:
+    """As :func:`build_new`, cached per process (sections 2 and 3 share the compiled steps)."""
+    if (n, which) not in _BUILT:
+        _BUILT[(n, which)] = build_new(n, which)
+    return _BUILT[(n, which)]
+
+
+def build_new(n: int, which: str) -> tuple[Callable, tuple[Any, ...], float]:
+    """An N-member ensemble step ``(fn, args, flops_per_call)``; ``which`` is "jaxreg", "vmap" or "loop".
+
+    "jaxreg": ``jr.ensemble.train_step`` of the jaxreg loss, jitted; "vmap": ``jax.jit(jax.vmap(step))``
+    of the hand-written step; "loop": a Python loop over members of the jitted hand-written step.
+    """
+    if which == "jaxreg":
+        step, opt = jaxreg_ensemble_step()
+        params, opt_state, x, y, _ = stacked_inputs(n, opt)
+        args = (params, opt_state, (x, y), jax.random.key(1))
+        c = jr.benchmark.compile_fn(step, *args)
+        return c, args, c.flops
+    step, opt = common.make_hand_step()
+    args = stacked_inputs(n, opt)
+    if which == "vmap":
+        c = jr.benchmark.compile_fn(jax.vmap(step, in_axes=IN_AXES), *args)
+        return c, args, c.flops
+    if which == "loop":
+        params, opt_state, x, y, keys = args
+        single = jr.benchmark.compile_fn(step, *unstack(args[:2], 1)[0], x, y, keys[0])
+        members = list(zip(unstack(params, n), unstack(opt_state, n), list(keys)))
+
+        def loop(members=members, x=x, y=y):
+            return [single(p, s, x, y, k) for p, s, k in members]
+
+        return loop, (), single.flops * n
+    raise ValueError(f"which must be 'jaxreg', 'vmap' or 'loop', got which = {which!r}.")
+
+
+def _paired_row(section, workload, jlabel, blabel, tj, tb, n, target="", note="", extra=None) -> Row:
+    speedups = [b / a for a, b in zip(tj.times, tb.times)]
+    return Row(
+        section=section,
+        workload=workload,
+        jaxreg=jlabel,
+        baseline=blabel,
+        unit="member-steps/s",
+        jaxreg_value=n / tj.median,
+        baseline_value=n / tb.median,
+        ratio=float(np.median(speedups)),
+        ratio_q25=float(np.quantile(speedups, 0.25)),
+        ratio_q75=float(np.quantile(speedups, 0.75)),
+        ratios=speedups,
+        jaxreg_rel_iqr=tj.rel_iqr,
+        baseline_rel_iqr=tb.rel_iqr,
+        target=target,
+        note=note,
+        extra=extra or {},
+    )
+
+
+def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    peak = ctx.get("peak")
+    emap, why = ensemble_map()
+    ctx.setdefault("ensemble_jax", {})
+    for n in settings.members:
+        workload = f"ensemble step, N = {n}"
+        vmap_fn, vmap_args, vmap_flops = build(n, "vmap")
+        loop_fn, loop_args, loop_flops = build(n, "loop")
+        fns, args, labels = [vmap_fn, loop_fn], [vmap_args, loop_args], ["vmap", "loop"]
+        if emap is not None:
+            j_fn, j_args, j_flops = build(n, "jaxreg")
+            fns, args, labels = [j_fn, *fns], [j_args, *args], ["jaxreg", *labels]
+        ts = jr.benchmark.interleave(
+            fns, args, rounds=settings.pairs, warmup=settings.warmup, number=settings.number, min_time=settings.min_time
+        )
+        t = dict(zip(labels, ts))
+        compile_s = {k: getattr(f, "compile_s", None) for k, f in zip(labels, fns)}
+        best_jax = min(("vmap", "loop") + (("jaxreg",) if emap is not None else ()), key=lambda k: t[k].median)
+        ctx["ensemble_jax"][n] = {k: n / v.median for k, v in t.items()} | {"best": best_jax}
+        if emap is None:
+            rows.append(common.unavailable("2 ensemble", workload, why))
+            rows.append(
+                _paired_row(
+                    "2 ensemble",
+                    workload,
+                    "plain vmap (hand step)",
+                    "loop of jitted steps",
+                    t["vmap"],
+                    t["loop"],
+                    n,
+                    note="no jaxreg helper yet: vmap vs loop",
+                    extra={"compile_s": compile_s},
+                )
+            )
+            j_label, j_flops, tj = "plain vmap", vmap_flops, t["vmap"]
+        else:
+            for base, blabel in (("vmap", "plain jax.vmap"), ("loop", "loop of jitted steps")):
+                rows.append(
+                    _paired_row(
+                        "2 ensemble",
+                        workload,
+                        "jr.ensemble.train_step",
+                        blabel,
+                        t["jaxreg"],
+                        t[base],
+                        n,
+                        target=">= 1.0",
+                        extra={"compile_s": compile_s},
+                    )
+                )
+            j_label, j_flops, tj = "jr.ensemble.train_step", j_flops, t["jaxreg"]
+        if peak is not None:
+            gflops = j_flops / tj.median / 1e9
+            frac = jr.benchmark.fraction_of_peak(j_flops, tj.median, peak)
+            rows.append(
+                Row(
+                    "7 peak fraction",
+                    workload,
+                    j_label,
+                    "matmul peak",
+                    unit="GFLOP/s",
+                    jaxreg_value=gflops,
+                    baseline_value=peak.gflops,
+                    ratio=frac,
+                    target=">= 0.65" if n >= 8 else "",
+                    status="info",
+                    note=f"{frac:.0%} of the peak; XLA cost analysis {j_flops / n / 1e6:.1f} MFLOP per member-step",
+                    extra={
+                        "flops_per_call": j_flops,
+                        "fraction_by_method": {
+                            k: jr.benchmark.fraction_of_peak(f, t[k].median, peak)
+                            for k, f in zip(labels, [j_flops, vmap_flops, loop_flops][-len(labels) :])
+                        },
+                    },
+                )
+            )
+    return rows
