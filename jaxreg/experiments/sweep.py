@@ -1,0 +1,167 @@
+"""``jaxreg sweep``: one regularizer over a range of strengths, trained as one vmapped program.
+
+Each strength is a member whose leaf holds that value (times ``replicates`` members with
+different initializations), plus one unregularized baseline member; all of them train together
+through :func:`jaxreg.experiments.regimes.train`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from jaxreg import data as jdata
+from jaxreg import plots
+from jaxreg.experiments import regimes as R
+
+__all__ = ["REGULARIZERS", "SWEEP_COLUMNS", "format_rows", "strengths", "sweep"]
+
+REGULARIZERS = {
+    "l2": ("l2", "coupled L2 scale (in the loss)"),
+    "wd": ("wd", "decoupled weight decay (AdamW-style)"),
+    "l1": ("l1", "L1 scale (proximal step)"),
+    "max_norm": ("max_norm", "max-norm bound per unit"),
+    "dropout": ("dropout", "dropout rate of hidden units"),
+}
+"""``--reg`` choices: the :class:`~jaxreg.experiments.regimes.Member` field each one sets."""
+
+SWEEP_COLUMNS = (
+    ("strength", "strength", "{:.3g}"),
+    ("train_loss", "train_loss", "{:.4f}"),
+    ("val_loss", "val_loss", "{:.4f}"),
+    ("val_acc", "val_acc", "{:.3f}"),
+    ("test_acc", "test_acc", "{:.3f}"),
+    ("test_acc_std", "test_sd", "{:.3f}"),
+    ("gap", "gap", "{:.3f}"),
+    ("zero_frac", "zero_frac", "{:.3f}"),
+    ("weight_norm", "w_norm", "{:.3f}"),
+)
+
+
+def strengths(low: float, high: float, num: int, *, log: bool = True) -> list[float]:
+    """``num`` strengths from ``low`` to ``high``, log- or evenly spaced.
+
+    Raises:
+      ValueError: if ``num < 1``, ``low > high``, or a log range does not start above 0.
+    """
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got num = {num}.")
+    if low > high:
+        raise ValueError(f"the range must have min <= max, got min = {low}, max = {high}.")
+    if log and low <= 0:
+        raise ValueError(f"a log-spaced range needs min > 0, got min = {low}; pass --linear for a range from 0.")
+    values = np.geomspace(low, high, num) if log else np.linspace(low, high, num)
+    return [float(v) for v in values]
+
+
+def _check_values(reg: str, values: list[float]) -> None:
+    for v in values:
+        if not np.isfinite(v) or v < 0:
+            raise ValueError(f"{reg} strengths must be finite and >= 0, got {v}.")
+        if reg == "max_norm" and v <= 0:
+            raise ValueError(f"max_norm bounds must be > 0, got {v}.")
+        if reg == "dropout" and v >= 1:
+            raise ValueError(f"dropout rates must be in [0, 1), got {v}.")
+
+
+def sweep(
+    reg: str,
+    values: list[float],
+    split: jdata.Split,
+    out_dir: str,
+    *,
+    seed: int = 0,
+    steps: int = 600,
+    hidden: int = 256,
+    replicates: int = 1,
+    eval_every: int = 20,
+    learning_rate: float = 1e-3,
+    progress: bool = True,
+    echo: Any = print,
+) -> dict[str, Any]:
+    """Trains ``len(values) * replicates + 1`` members as one program and writes the results."""
+    if reg not in REGULARIZERS:
+        raise ValueError(f"unknown regularizer, got reg = {reg!r}; choose one of {', '.join(REGULARIZERS)}.")
+    _check_values(reg, values)
+    field, label = REGULARIZERS[reg]
+    os.makedirs(out_dir, exist_ok=True)
+    members = [R.Member("none", init=r) for r in range(replicates)]
+    for v in values:
+        members += [R.Member(f"{reg}={v:.3g}", init=r, **{field: v}) for r in range(replicates)]
+    config = R.Config(hidden=(hidden, hidden), learning_rate=learning_rate, steps=steps, eval_every=eval_every)
+    hyper = R.stack_hypers(members, seed, len(split.y_train))
+    echo(
+        f"jaxreg sweep: {label} over {len(values)} values x {replicates} replicate(s) + baseline = "
+        f"{len(members)} members, {R.num_steps_for(config)} steps, one vmapped program"
+    )
+    arrays = {"x_train": split.x_train, "y_train": split.y_train, "x_val": split.x_val, "y_val": split.y_val}
+    trained = R.train(config, hyper, arrays, split.num_classes, seed=seed, progress=progress)
+    sig = np.asarray(hyper.sigmoid)
+    probs = {
+        "train": (R.member_probs(trained.final, sig, split.x_train), split.y_train),
+        "val": (R.member_probs(trained.final, sig, split.x_val), split.y_val),
+        "test": (R.member_probs(trained.final, sig, split.x_test), split.y_test),
+    }
+    per_member = []
+    for i in range(len(members)):
+        m = {k: R.classification_metrics(p[i], y) for k, (p, y) in probs.items()}
+        stats = R.weight_stats({k: {n: np.asarray(a[i]) for n, a in d.items()} for k, d in trained.final.items()})
+        per_member.append(
+            {
+                "train_loss": m["train"]["loss"],
+                "val_loss": m["val"]["loss"],
+                "val_acc": m["val"]["acc"],
+                "test_acc": m["test"]["acc"],
+                "test_nll": m["test"]["loss"],
+                "gap": m["val"]["loss"] - m["train"]["loss"],
+                **stats,
+            }
+        )
+    rows = []
+    groups = [("none", None)] + [(f"{reg}={v:.3g}", v) for v in values]
+    for g, (name, v) in enumerate(groups):
+        chunk = per_member[g * replicates : (g + 1) * replicates]
+        row = {"name": name, "strength": v}
+        for key in chunk[0]:
+            row[key] = float(np.mean([c[key] for c in chunk]))
+        row["test_acc_std"] = float(np.std([c["test_acc"] for c in chunk]))
+        rows.append(row)
+    results = {
+        "regularizer": reg,
+        "label": label,
+        "values": values,
+        "replicates": replicates,
+        "seed": seed,
+        "num_steps": trained.num_steps,
+        "data": {"name": split.name, **split.sizes()},
+        "rows": rows,
+        "train_wall_s": trained.wall_s,
+    }
+    plots.sweep(
+        os.path.join(out_dir, "sweep.png"),
+        values,
+        {"validation": [r["val_acc"] for r in rows[1:]], "test": [r["test_acc"] for r in rows[1:]]},
+        baseline=rows[0]["val_acc"],
+        xlabel=label,
+        title=f"{split.name}: accuracy vs {reg}",
+        log_x=min(values) > 0,
+    )
+    with open(os.path.join(out_dir, "sweep.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out_dir, "sweep.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["name", *[c[0] for c in SWEEP_COLUMNS]])
+        for r in rows:
+            w.writerow([r["name"], *["" if r[c[0]] is None else r[c[0]] for c in SWEEP_COLUMNS]])
+    return results
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    """The sweep table as text, one line per strength (the baseline first)."""
+    from jaxreg.experiments.run import format_table
+
+    return format_table(rows, (("name", "member", "{}"), *SWEEP_COLUMNS[1:]))
