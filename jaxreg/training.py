@@ -21,6 +21,7 @@ from its state and returns them unchanged, so a grid of regimes trains as one pr
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -128,6 +129,65 @@ def _split_eval(out: Any) -> tuple[jax.Array, jax.Array]:
 def _keys(key: ArrayLike, num_members: int) -> tuple[jax.Array, jax.Array]:
     data_key, step_key = jax.random.split(key)
     return jax.random.split(data_key, num_members), jax.random.split(step_key, num_members)
+
+
+def _identity(tree: PyTree) -> PyTree:
+    return tree
+
+
+class _ChunkConfig(NamedTuple):
+    """Static part of the chunk program (functions hash by identity, so repeated fits reuse it)."""
+
+    step_fn: StepFn
+    eval_fn: EvalFn | None
+    snapshot_fn: Callable[[PyTree], PyTree]
+    monitor: str
+    num_examples: int
+    batch_size: int
+    eval_every: int
+    chunk_size: int
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _run_chunk(state, es, start, consts, *, cfg: _ChunkConfig):
+    """``chunk_size`` steps from global step ``start`` (traced: one program for every chunk)."""
+    train_data, val_data, stopper, budget, data_keys, step_keys = consts
+    n, batch_size, eval_every = cfg.num_examples, cfg.batch_size, cfg.eval_every
+    steps_per_epoch = n // batch_size
+    num_members = budget.shape[0]
+
+    def perms_for(epoch):
+        return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(data_keys)
+
+    def one_step(carry, s):
+        state, perm, stopped = carry
+        epoch, pos = s // steps_per_epoch, s % steps_per_epoch
+        perm = jax.lax.cond(pos == 0, lambda: perms_for(epoch), lambda: perm)
+        idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size, axis=1)
+        batch = jax.vmap(lambda i: jax.tree.map(lambda a: jnp.take(a, i, axis=0), train_data))(idx)
+        rngs = jax.vmap(lambda k: jax.random.fold_in(k, s))(step_keys)
+        new_state, loss = jax.vmap(cfg.step_fn)(state, batch, rngs)
+        new_state = freeze_stopped(jnp.logical_or(stopped, s >= budget), new_state, state)
+        return (new_state, perm, stopped), jnp.asarray(loss, jnp.float32)
+
+    def period(carry, k):
+        state, es, perm = carry
+        steps = start + k * eval_every + jnp.arange(eval_every, dtype=jnp.int32)
+        (state, perm, _), losses = jax.lax.scan(one_step, (state, perm, es.stopped), steps)
+        train_loss = jnp.mean(losses, axis=0)
+        if cfg.eval_fn is not None:
+            val_loss, metric = jax.vmap(lambda s: _split_eval(cfg.eval_fn(s, val_data)))(state)
+            watched = val_loss if cfg.monitor == "val_loss" else metric
+            snapshot = jax.vmap(cfg.snapshot_fn)(state)
+            es = jax.vmap(lambda st, e, m, p: st.update(e, m, p))(stopper, es, watched, snapshot)
+        else:
+            val_loss = metric = jnp.full((num_members,), jnp.nan, jnp.float32)
+        return (state, es, perm), (train_loss, val_loss, metric, es.stopped)
+
+    perm0 = perms_for(start // steps_per_epoch)
+    periods = jnp.arange(cfg.chunk_size // eval_every, dtype=jnp.int32)
+    (state, es, _), records = jax.lax.scan(period, (state, es, perm0), periods)
+    return state, es, records
 
 
 def fit(
@@ -288,47 +348,10 @@ def fit(
     stopper = early_stopping if early_stopping is not None else EarlyStopping(_NEVER)
     stopper = per_member("early_stopping", stopper)
     budget = per_member("member_steps", jnp.asarray(num_steps if member_steps is None else member_steps, jnp.int32))
-    snapshot = snapshot_fn if snapshot_fn is not None else (lambda s: s)
+    snapshot = snapshot_fn if snapshot_fn is not None else _identity
     data_keys, step_keys = _keys(key, N)
-    steps_per_epoch = n // batch_size
 
-    # ---- the chunk program ------------------------------------------------------------------
-    def chunk(state, es, start, consts):
-        train_data, val_data, stopper, budget, data_keys, step_keys = consts
-
-        def perms_for(epoch):
-            return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), n))(data_keys)
-
-        def one_step(carry, s):
-            state, perm, stopped = carry
-            epoch, pos = s // steps_per_epoch, s % steps_per_epoch
-            perm = jax.lax.cond(pos == 0, lambda: perms_for(epoch), lambda: perm)
-            idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size, axis=1)
-            batch = jax.vmap(lambda i: jax.tree.map(lambda a: jnp.take(a, i, axis=0), train_data))(idx)
-            rngs = jax.vmap(lambda k: jax.random.fold_in(k, s))(step_keys)
-            new_state, loss = jax.vmap(step_fn)(state, batch, rngs)
-            new_state = freeze_stopped(jnp.logical_or(stopped, s >= budget), new_state, state)
-            return (new_state, perm, stopped), jnp.asarray(loss, jnp.float32)
-
-        def period(carry, k):
-            state, es, perm = carry
-            steps = start + k * eval_every + jnp.arange(eval_every, dtype=jnp.int32)
-            (state, perm, _), losses = jax.lax.scan(one_step, (state, perm, es.stopped), steps)
-            train_loss = jnp.mean(losses, axis=0)
-            if tracking:
-                val_loss, metric = jax.vmap(lambda s: _split_eval(eval_fn(s, val_data)))(state)
-                watched = val_loss if monitor == "val_loss" else metric
-                es = jax.vmap(lambda st, e, m, p: st.update(e, m, p))(stopper, es, watched, jax.vmap(snapshot)(state))
-            else:
-                val_loss = metric = jnp.full((N,), jnp.nan, jnp.float32)
-            return (state, es, perm), (train_loss, val_loss, metric, es.stopped)
-
-        perm0 = perms_for(start // steps_per_epoch)
-        periods = jnp.arange(chunk_size // eval_every, dtype=jnp.int32)
-        (state, es, _), records = jax.lax.scan(period, (state, es, perm0), periods)
-        return state, es, records
-
-    run_chunk = jax.jit(chunk)
+    cfg = _ChunkConfig(step_fn, eval_fn, snapshot, monitor, n, batch_size, eval_every, chunk_size)
     consts = (train_data, val_data, stopper, budget, data_keys, step_keys)
 
     # ---- host loop ----------------------------------------------------------------------------
@@ -380,7 +403,7 @@ def fit(
             if bool(jnp.all(jnp.logical_or(es.stopped, chunk_index * chunk_size >= budget))):
                 break
             start = jnp.asarray(chunk_index * chunk_size, jnp.int32)
-            state, es, records = run_chunk(state, es, start, consts)
+            state, es, records = _run_chunk(state, es, start, consts, cfg=cfg)
             rows = slice(chunk_index * evals_per_chunk, (chunk_index + 1) * evals_per_chunk)
             for name, value in zip(("train_loss", "val_loss", "metric", "stopped"), records):
                 hist[name][rows] = np.asarray(value)

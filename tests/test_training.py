@@ -1,0 +1,392 @@
+"""The scan-fused training loop: against a plain Python loop, history, freezing, resume, linen and nnx."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jaxreg as jr
+
+N_EX, N_VAL, D, C = 40, 16, 4, 3
+
+
+def make_data(seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(D, C))
+    x = rng.normal(size=(N_EX + N_VAL, D)).astype(np.float32)
+    y = np.argmax(x @ w + 0.5 * rng.normal(size=(N_EX + N_VAL, C)), axis=1).astype(np.int32)
+    return (jnp.asarray(x[:N_EX]), jnp.asarray(y[:N_EX])), (jnp.asarray(x[N_EX:]), jnp.asarray(y[N_EX:]))
+
+
+TRAIN, VAL = make_data()
+
+
+# ---- flax linen model, dropout rate as a per-member hyperparameter in the state -----------------
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, rate, rng):
+        h = nn.relu(nn.Dense(8)(x))
+        keep = jax.random.bernoulli(rng, 1.0 - rate, h.shape)
+        h = jnp.where(keep, h / (1.0 - rate), 0.0)
+        return nn.Dense(C)(h)
+
+
+model = MLP()
+opt = optax.adam(0.05)
+
+
+def xent(logits, y):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+@jax.jit
+def init_state(seed, rate=0.0):
+    params = model.init(jax.random.key(seed), jnp.zeros((1, D)), 0.0, jax.random.key(0))
+    return {"params": params, "opt": opt.init(params), "rate": jnp.asarray(rate, jnp.float32)}
+
+
+def step(state, batch, rng):
+    x, y = batch
+
+    def loss_fn(p):
+        return xent(model.apply(p, x, state["rate"], rng), y)
+
+    loss, g = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = opt.update(g, state["opt"], state["params"])
+    return {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt_state}, loss
+
+
+def evaluate(state, data):
+    x, y = data
+    logits = model.apply(state["params"], x, 0.0, jax.random.key(0))
+    return xent(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+jit_step, jit_eval = jax.jit(step), jax.jit(evaluate)
+
+
+def stack(states):
+    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+
+def member(tree, i):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def reference_loop(state, key, num_steps, batch_size, eval_every, member_index=0, num_members=1):
+    """The documented sampling and rng rule, one step at a time in Python."""
+    data_key, step_key = jax.random.split(key)
+    dk, sk = (
+        jax.random.split(data_key, num_members)[member_index],
+        jax.random.split(step_key, num_members)[member_index],
+    )
+    per_epoch = N_EX // batch_size
+    losses, train_hist, val_hist = [], [], []
+    for s in range(num_steps):
+        perm = np.asarray(
+            jax.jit(jax.random.permutation, static_argnums=1)(jax.random.fold_in(dk, s // per_epoch), N_EX)
+        )
+        idx = perm[(s % per_epoch) * batch_size : (s % per_epoch + 1) * batch_size]
+        batch = (TRAIN[0][idx], TRAIN[1][idx])
+        state, loss = jit_step(state, batch, jax.random.fold_in(sk, s))
+        losses.append(float(loss))
+        if (s + 1) % eval_every == 0:
+            train_hist.append(np.mean(losses[-eval_every:]))
+            val_hist.append(float(jit_eval(state, VAL)[0]))
+    return state, np.array(train_hist), np.array(val_hist)
+
+
+def test_single_model_matches_python_loop_and_history_matches_direct_evaluation():
+    key = jax.random.key(3)
+    s0 = init_state(0, rate=0.25)
+    # 5 steps per epoch, evaluations every 4 steps, chunks of 8: epochs straddle evaluations and chunks
+    result = jr.fit(
+        step, evaluate, s0, TRAIN, VAL, key=key, num_steps=16, batch_size=8, eval_every=4, chunk_size=8, progress=False
+    )
+    ref_state, ref_train, ref_val = reference_loop(s0, key, 16, 8, 4)
+    chex.assert_trees_all_close(result.state, ref_state, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(result.history.train_loss, ref_train, rtol=2e-5)
+    np.testing.assert_allclose(result.history.val_loss, ref_val, rtol=2e-5)
+    np.testing.assert_array_equal(result.history.step, [4, 8, 12, 16])
+    assert result.num_steps == 16
+    # the last recorded validation loss is that of the final params, and the best is the minimum
+    val, acc = evaluate(result.state, VAL)
+    assert float(result.history.val_loss[-1]) == pytest.approx(float(val), rel=1e-6)
+    assert float(result.history.metric[-1]) == pytest.approx(float(acc), rel=1e-6)
+    best = int(np.argmin(result.history.val_loss))
+    assert int(result.stopping.best_step) == best
+    assert int(result.best_num_steps) == 4 * (best + 1)
+    assert float(evaluate(result.best, VAL)[0]) == pytest.approx(float(result.history.val_loss[best]), rel=1e-6)
+
+
+def test_ensemble_members_shuffle_differently_and_see_every_example_once_per_epoch():
+    n, bs = 12, 4
+
+    def count_step(state, batch, rng):
+        (i,) = batch
+        counts = state["counts"] + jnp.zeros_like(state["counts"]).at[i].add(1)
+        first = jnp.where(state["t"] == 0, i, state["first"])
+        return {"counts": counts, "first": first, "t": state["t"] + 1}, jnp.zeros(())
+
+    s = {
+        "counts": jnp.zeros((3, n), jnp.int32),
+        "first": jnp.zeros((3, bs), jnp.int32),
+        "t": jnp.zeros((3,), jnp.int32),
+    }
+    result = jr.fit(
+        count_step,
+        None,
+        s,
+        (jnp.arange(n),),
+        key=jax.random.key(0),
+        num_steps=6,
+        batch_size=bs,
+        eval_every=3,
+        num_members=3,
+        progress=False,
+    )
+    np.testing.assert_array_equal(result.state["counts"], np.full((3, n), 2))  # two epochs, each a permutation
+    firsts = {tuple(np.sort(np.asarray(f)).tolist()) for f in result.state["first"]}
+    assert len(firsts) == 3, firsts  # each member its own shuffle
+    assert result.best is None and result.stopping is None
+    assert np.all(np.isnan(np.asarray(result.history.val_loss)))
+
+
+def test_ensemble_member_equals_python_loop_of_that_member():
+    key = jax.random.key(7)
+    states = [init_state(i, rate=r) for i, r in enumerate([0.0, 0.5])]
+    result = jr.fit(
+        step,
+        evaluate,
+        stack(states),
+        TRAIN,
+        VAL,
+        key=key,
+        num_steps=8,
+        batch_size=8,
+        eval_every=4,
+        chunk_size=8,
+        num_members=2,
+        progress=False,
+    )
+    for i in range(2):
+        ref_state, ref_train, ref_val = reference_loop(states[i], key, 8, 8, 4, member_index=i, num_members=2)
+        chex.assert_trees_all_close(member(result.state, i), ref_state, rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose(result.history.val_loss[:, i], ref_val, rtol=2e-5)
+        np.testing.assert_allclose(result.history.train_loss[:, i], ref_train, rtol=2e-5)
+
+
+def test_early_stopping_freezes_stopped_members_and_ends_when_all_stopped():
+    """Metric constant per member -> member i stops at evaluation patience_i; its state freezes there."""
+
+    def flat_metric(state, data):
+        return evaluate(state, data)[0], state["rate"]  # the metric never improves after the first
+
+    states = stack([init_state(i) for i in range(3)])
+    patience = jnp.array([1, 2, 4])
+    seen = []
+    result = jr.fit(
+        step,
+        flat_metric,
+        states,
+        TRAIN,
+        VAL,
+        key=jax.random.key(1),
+        num_steps=40,
+        batch_size=8,
+        eval_every=2,
+        chunk_size=2,
+        num_members=3,
+        early_stopping=jr.EarlyStopping(patience),
+        monitor="metric",
+        callback=lambda k, hist, state: seen.append((k, state)),
+        progress=False,
+    )
+    stopped = np.asarray(result.history.stopped)
+    first_stop = [int(np.argmax(stopped[:, i])) for i in range(3)]
+    assert first_stop == [1, 2, 4]
+    # all stopped after evaluation 4 (chunk 5): the run ends there and the history is cut
+    assert result.num_steps == 10 and result.history.val_loss.shape == (5, 3)
+    np.testing.assert_array_equal(result.stopping.best_step, [0, 0, 0])
+    np.testing.assert_array_equal(result.best_num_steps, [2, 2, 2])
+    for i in range(3):
+        at_stop = seen[first_stop[i]][1]
+        for _, later in seen[first_stop[i] :]:
+            chex.assert_trees_all_equal(member(later, i), member(at_stop, i))  # params AND optimizer state
+        chex.assert_trees_all_equal(member(result.state, i), member(at_stop, i))
+        # the snapshot is the state at the first evaluation (the only improvement)
+        chex.assert_trees_all_equal(member(result.best, i), member(seen[0][1], i))
+    # still-running members kept changing while member 0 was frozen
+    assert not np.allclose(
+        seen[1][1]["params"]["params"]["Dense_0"]["kernel"][2], seen[2][1]["params"]["params"]["Dense_0"]["kernel"][2]
+    )
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    states = stack([init_state(i, rate=0.25) for i in range(2)])
+    kwargs = dict(
+        key=jax.random.key(5),
+        num_steps=32,
+        batch_size=8,
+        eval_every=4,
+        chunk_size=8,
+        num_members=2,
+        early_stopping=jr.EarlyStopping(jnp.array([2, 50]), min_delta=1e-3),
+        progress=False,
+    )
+    full = jr.fit(step, evaluate, states, TRAIN, VAL, **kwargs)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(k, hist, state):
+        if k == 16:
+            raise Killed
+
+    with pytest.raises(Killed):
+        jr.fit(step, evaluate, states, TRAIN, VAL, checkpoint_dir=tmp_path / "ckpt", callback=kill_after_two, **kwargs)
+    chunks_run = []
+    resumed = jr.fit(
+        step,
+        evaluate,
+        states,
+        TRAIN,
+        VAL,
+        checkpoint_dir=tmp_path / "ckpt",
+        callback=lambda k, h, s: chunks_run.append(k),
+        **kwargs,
+    )
+    assert chunks_run == [24, 32]  # it resumed after the second chunk
+    chex.assert_trees_all_equal(resumed.state, full.state)
+    chex.assert_trees_all_equal(resumed.best, full.best)
+    chex.assert_trees_all_equal(resumed.history, full.history)
+    chex.assert_trees_all_equal(resumed.stopping, full.stopping)
+    # a checkpoint of another schedule is refused
+    with pytest.raises(ValueError, match="checkpoint_dir holds a run of another schedule"):
+        jr.fit(step, evaluate, states, TRAIN, VAL, checkpoint_dir=tmp_path / "ckpt", **{**kwargs, "chunk_size": 4})
+
+
+def test_compiled_once_whatever_the_number_of_steps():
+    traces = []
+
+    def counted_step(state, batch, rng):
+        traces.append(1)
+        return step(state, batch, rng)
+
+    s0 = init_state(0)
+    for num_steps in (4, 20):  # 1 chunk, then 5 chunks: the same program, traced once
+        r = jr.fit(
+            counted_step,
+            evaluate,
+            s0,
+            TRAIN,
+            VAL,
+            key=jax.random.key(0),
+            num_steps=num_steps,
+            batch_size=8,
+            eval_every=2,
+            chunk_size=4,
+            progress=False,
+        )
+        assert r.num_steps == num_steps
+    assert len(traces) == 1, f"step traced {len(traces)} times"
+
+
+def test_nnx_model_via_split_merge():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(D, 8, rngs=rngs)
+            self.b = nnx.Linear(8, C, rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(nnx.relu(self.a(x)))
+
+    graphdef, params = nnx.split(Net(nnx.Rngs(0)))
+    tx = optax.sgd(0.1, momentum=0.9)
+
+    def nnx_loss(params, x, y):
+        return xent(nnx.merge(graphdef, params)(x), y)
+
+    def nnx_step(state, batch, rng):
+        params, opt_state = state
+        loss, g = jax.value_and_grad(nnx_loss)(params, *batch)
+        updates, opt_state = tx.update(g, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    def nnx_eval(state, data):
+        return nnx_loss(state[0], *data), 0.0
+
+    result = jr.fit(
+        nnx_step,
+        nnx_eval,
+        (params, tx.init(params)),
+        TRAIN,
+        VAL,
+        key=jax.random.key(2),
+        num_steps=30,
+        batch_size=10,
+        eval_every=10,
+        snapshot_fn=lambda s: s[0],
+        progress=False,
+    )
+    assert float(result.history.val_loss[-1]) == pytest.approx(float(nnx_loss(result.state[0], *VAL)), rel=1e-6)
+    best = int(np.argmin(result.history.val_loss))
+    assert float(nnx_loss(result.best, *VAL)) == pytest.approx(float(result.history.val_loss[best]), rel=1e-6)
+    assert float(result.history.train_loss[-1]) < float(result.history.train_loss[0])  # SGD on this data learns
+    assert isinstance(result.best, nnx.State)
+
+
+def test_retrain_runs_each_member_for_its_budget_on_all_data():
+    def count_step(state, batch, rng):
+        (i,) = batch
+        return {"n": state["n"] + 1, "seen": state["seen"].at[i].add(1)}, jnp.zeros(())
+
+    n_train, n_val, bs = 12, 4, 4
+    budgets = jnp.array([3, 5])
+    s = {"n": jnp.zeros((2,), jnp.int32), "seen": jnp.zeros((2, n_train + n_val), jnp.int32)}
+    r = jr.retrain(
+        count_step, s, (jnp.arange(n_train),), (n_train + jnp.arange(n_val),), budgets, key=jax.random.key(0),
+        batch_size=bs, policy="epochs", num_members=2, progress=False,
+    )  # fmt: skip
+    # 3 updates = 1 epoch of 3; on 16 examples 1 epoch = 4 updates. 5 updates -> ceil(5 * 4 / 3) = 7
+    np.testing.assert_array_equal(r.state["n"], [4, 7])
+    np.testing.assert_array_equal(r.state["seen"][0], np.ones(16))  # exactly one epoch of all the data
+    assert int(r.state["seen"][1].sum()) == 7 * bs
+
+
+def test_bad_arguments():
+    s0 = init_state(0)
+    base = dict(key=jax.random.key(0), num_steps=12, batch_size=8, eval_every=4, progress=False)
+    with pytest.raises(ValueError, match=r"eval_every must divide num_steps .* got eval_every = 5 for num_steps = 12"):
+        jr.fit(step, evaluate, s0, TRAIN, VAL, **{**base, "eval_every": 5})
+    with pytest.raises(ValueError, match=r"chunk_size must be a multiple of eval_every = 4 .* got chunk_size = 6"):
+        jr.fit(step, evaluate, s0, TRAIN, VAL, chunk_size=6, **base)
+    with pytest.raises(ValueError, match=r"batch_size must be at most the 40 training examples, got batch_size = 41"):
+        jr.fit(step, evaluate, s0, TRAIN, VAL, **{**base, "batch_size": 41})
+    with pytest.raises(ValueError, match=r"monitor must be \"val_loss\" or \"metric\", got monitor = 'acc'"):
+        jr.fit(step, evaluate, s0, TRAIN, VAL, monitor="acc", **base)
+    with pytest.raises(ValueError, match=r"early_stopping needs an eval_fn"):
+        jr.fit(step, None, s0, TRAIN, VAL, early_stopping=jr.EarlyStopping(2), **base)
+    stacked = stack([init_state(0), init_state(1)])
+    with pytest.raises(ValueError, match=r"leading member axis of size num_members = 3, got state.* with shape \(2"):
+        jr.fit(step, evaluate, stacked, TRAIN, VAL, num_members=3, **base)
+    with pytest.raises(
+        ValueError,
+        match=r"early_stopping.patience must be a scalar or have shape \(num_members,\) = \(2,\), got shape \(3,\)",
+    ):
+        jr.fit(
+            step,
+            evaluate,
+            stacked,
+            TRAIN,
+            VAL,
+            num_members=2,
+            early_stopping=jr.EarlyStopping(jnp.array([1, 2, 3])),
+            **base,
+        )
+    with pytest.raises(ValueError, match=r"same leading \(example\) axis"):
+        jr.fit(step, evaluate, s0, (TRAIN[0], TRAIN[1][:5]), VAL, **base)
