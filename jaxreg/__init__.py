@@ -8,7 +8,8 @@ from jaxreg.sharing import Share, Shared
 from jaxreg.transforms import add_penalty_grad, project, proximal, proximal_adam
 
 # [issue 3: dropout, uncertainty, ensemble]
-# [issue 4: early stopping, training]
+from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stopped, retrain_budget
+from jaxreg.training import FitResult, History, fit, retrain
 from jaxreg import benchmark
 from jaxreg import es, variational
 from jaxreg.variational import kl_normal
@@ -35,7 +36,14 @@ __all__ = [
     "tie",
     "unit_norm",
     # [__all__ issue 3]
-    # [__all__ issue 4]
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "FitResult",
+    "History",
+    "fit",
+    "freeze_stopped",
+    "retrain",
+    "retrain_budget",
     "benchmark",
     "es",
     "kl_normal",
