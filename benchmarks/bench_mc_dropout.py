@@ -67,61 +67,58 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     if mc is None:
         return [common.unavailable("4 mc-dropout", f"MC-dropout, K = {k}", why) for k in settings.mc_samples]
     rows: list[Row] = []
-    workers = bench_torch.start_workers() if bench_torch.torch_available() else {}
-    try:
-        for k in settings.mc_samples:
-            jfn, jargs = build_jaxreg(k)
-            lfn, largs = build_loop(k)
-            fns, args, labels = [jfn, lfn], [jargs, largs], ["jaxreg", "loop"]
-            ids = []
-            for wname, w in workers.items():
-                wid = w.setup("mc_loop", k)
-                ids.append((w, wid))
-                fns.append(w.timer(wid))
-                args.append(())
-                labels.append(f"torch loop, {wname}")
-            ts = jr.benchmark.interleave(
-                fns,
-                args,
-                rounds=settings.pairs,
-                warmup=settings.warmup,
-                number=settings.number,
-                min_time=settings.min_time,
-            )
-            t = dict(zip(labels, ts))
-            workload = f"MC-dropout, 1797 inputs, K = {k}"
-            baselines = [("loop", "JAX loop of jitted passes", ">= 1.0")]
-            if workers:
-                best = min(labels[2:], key=lambda name: t[name].median)
-                baselines.append((best, f"best torch: {best}", ">= 1.5" if k == 64 else ""))
-            for key, blabel, target in baselines:
-                sp = [b / a for a, b in zip(t["jaxreg"].times, t[key].times)]
-                rows.append(
-                    Row(
-                        "4 mc-dropout",
-                        workload,
-                        "jr.mc_dropout",
-                        blabel,
-                        unit="ms",
-                        jaxreg_value=1e3 * t["jaxreg"].median,
-                        baseline_value=1e3 * t[key].median,
-                        ratio=float(np.median(sp)),
-                        ratio_q25=float(np.quantile(sp, 0.25)),
-                        ratio_q75=float(np.quantile(sp, 0.75)),
-                        ratios=sp,
-                        jaxreg_rel_iqr=t["jaxreg"].rel_iqr,
-                        baseline_rel_iqr=t[key].rel_iqr,
-                        target=target,
-                        note="; ".join(f"{n}: {1e3 * v.median:.0f} ms" for n, v in t.items() if n.startswith("torch"))
-                        if key != "loop"
-                        else "",
-                        extra={"ms": {n: 1e3 * v.median for n, v in t.items()}, "jaxreg_compile": jfn.to_dict()},
-                    )
+    workers = bench_torch.workers(ctx) if bench_torch.torch_available() else {}
+    for k in settings.mc_samples:
+        jfn, jargs = build_jaxreg(k)
+        lfn, largs = build_loop(k)
+        fns, args, labels = [jfn, lfn], [jargs, largs], ["jaxreg", "loop"]
+        ids = []
+        for wname, w in workers.items():
+            wid = w.setup("mc_loop", k)
+            ids.append((w, wid))
+            fns.append(w.timer(wid))
+            args.append(())
+            labels.append(f"torch loop, {wname}")
+        ts = jr.benchmark.interleave(
+            fns,
+            args,
+            rounds=settings.pairs,
+            warmup=settings.warmup,
+            number=settings.number,
+            min_time=settings.min_time,
+        )
+        t = dict(zip(labels, ts))
+        workload = f"MC-dropout, 1797 inputs, K = {k}"
+        baselines = [("loop", "JAX loop of jitted passes", ">= 1.0")]
+        if workers:
+            best = min(labels[2:], key=lambda name: t[name].median)
+            baselines.append((best, f"best torch: {best}", ">= 1.5" if k == 64 else ""))
+        for key, blabel, target in baselines:
+            sp = [b / a for a, b in zip(t["jaxreg"].times, t[key].times)]
+            rows.append(
+                Row(
+                    "4 mc-dropout",
+                    workload,
+                    "jr.mc_dropout",
+                    blabel,
+                    unit="ms",
+                    jaxreg_value=1e3 * t["jaxreg"].median,
+                    baseline_value=1e3 * t[key].median,
+                    ratio=float(np.median(sp)),
+                    ratio_q25=float(np.quantile(sp, 0.25)),
+                    ratio_q75=float(np.quantile(sp, 0.75)),
+                    ratios=sp,
+                    jaxreg_rel_iqr=t["jaxreg"].rel_iqr,
+                    baseline_rel_iqr=t[key].rel_iqr,
+                    target=target,
+                    note="; ".join(f"{n}: {1e3 * v.median:.0f} ms" for n, v in t.items() if n.startswith("torch"))
+                    if key != "loop"
+                    else "",
+                    extra={"ms": {n: 1e3 * v.median for n, v in t.items()}, "jaxreg_compile": jfn.to_dict()},
                 )
-            for w, wid in ids:
-                w.drop(wid)
-    finally:
-        bench_torch.close_workers(workers)
+            )
+        for w, wid in ids:
+            w.drop(wid)
     if not workers:
         rows.append(
             Row("4 mc-dropout", "MC-dropout vs PyTorch", "-", "-", status="skipped", note="torch not installed")

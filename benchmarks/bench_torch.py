@@ -100,9 +100,13 @@ class Worker:
             self.proc.kill()
 
 
-def start_workers() -> dict[str, Worker]:
-    """One worker per thread setting, started together (torch's import overlaps)."""
-    return {name: Worker(s["threads"], s["env"]) for name, s in THREAD_SETTINGS.items()}
+def workers(ctx: dict[str, Any]) -> dict[str, Worker]:
+    """The torch workers of this run, one per thread setting, started once (in parallel) and kept
+    in ``ctx``; the runner closes them at the end (``ctx["cleanup"]``)."""
+    if "torch_workers" not in ctx:
+        ctx["torch_workers"] = {name: Worker(s["threads"], s["env"]) for name, s in THREAD_SETTINGS.items()}
+        ctx.setdefault("cleanup", []).append(lambda: close_workers(ctx.pop("torch_workers", {})))
+    return ctx["torch_workers"]
 
 
 def close_workers(workers: dict[str, Worker]) -> None:
@@ -127,60 +131,57 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
         ]
     emap, _ = bench_ensemble.ensemble_map()
     rows: list[Row] = []
-    workers = start_workers()
-    try:
-        ctx["torch_info"] = {k: w.info for k, w in workers.items()}
-        for n in settings.torch_members:
-            # The JAX side: jaxreg's helper if present, else the faster of plain vmap / loop measured in section 2.
-            which = "jaxreg" if emap is not None else ctx.get("ensemble_jax", {}).get(n, {}).get("best", "vmap")
-            if which == "jaxreg" and emap is None:
-                which = "vmap"
-            jfn, jargs, _ = bench_ensemble.build(n, which)
-            fns, args, labels = [jfn], [jargs], ["jax"]
-            ids = []
-            for wname, w in workers.items():
-                for kind in ("loop", "vmap"):
-                    wid = w.setup(kind, n)
-                    ids.append((w, wid))
-                    fns.append(w.timer(wid))
-                    args.append(())
-                    labels.append(f"torch {kind}, {wname}")
-            ts = jr.benchmark.interleave(
-                fns,
-                args,
-                rounds=settings.pairs,
-                warmup=settings.warmup,
-                number=settings.number,
-                min_time=settings.min_time,
+    pool = workers(ctx)
+    ctx["torch_info"] = {k: w.info for k, w in pool.items()}
+    for n in settings.torch_members:
+        # The JAX side: jaxreg's helper if present, else the faster of plain vmap / loop measured in section 2.
+        which = "jaxreg" if emap is not None else ctx.get("ensemble_jax", {}).get(n, {}).get("best", "vmap")
+        if which == "jaxreg" and emap is None:
+            which = "vmap"
+        jfn, jargs, _ = bench_ensemble.build(n, which)
+        fns, args, labels = [jfn], [jargs], ["jax"]
+        ids = []
+        for wname, w in pool.items():
+            for kind in ("loop", "vmap"):
+                wid = w.setup(kind, n)
+                ids.append((w, wid))
+                fns.append(w.timer(wid))
+                args.append(())
+                labels.append(f"torch {kind}, {wname}")
+        ts = jr.benchmark.interleave(
+            fns,
+            args,
+            rounds=settings.pairs,
+            warmup=settings.warmup,
+            number=settings.number,
+            min_time=settings.min_time,
+        )
+        t = dict(zip(labels, ts))
+        best = min(labels[1:], key=lambda k: t[k].median)
+        speedups = [b / a for a, b in zip(t["jax"].times, t[best].times)]
+        jlabel = {"jaxreg": "jr.ensemble.train_step", "vmap": "jax.vmap (hand)", "loop": "JAX loop (hand)"}[which]
+        rows.append(
+            Row(
+                "3 torch",
+                f"ensemble step, N = {n}",
+                jlabel,
+                f"best torch: {best}",
+                unit="member-steps/s",
+                jaxreg_value=n / t["jax"].median,
+                baseline_value=n / t[best].median,
+                ratio=float(np.median(speedups)),
+                ratio_q25=float(np.quantile(speedups, 0.25)),
+                ratio_q75=float(np.quantile(speedups, 0.75)),
+                ratios=speedups,
+                jaxreg_rel_iqr=t["jax"].rel_iqr,
+                baseline_rel_iqr=t[best].rel_iqr,
+                target=">= 2.0",
+                note="; ".join(f"{k}: {n / v.median:.0f}" for k, v in t.items() if k != "jax"),
+                extra={"member_steps_per_s": {k: n / v.median for k, v in t.items()}, "jax_method": which},
             )
-            t = dict(zip(labels, ts))
-            best = min(labels[1:], key=lambda k: t[k].median)
-            speedups = [b / a for a, b in zip(t["jax"].times, t[best].times)]
-            jlabel = {"jaxreg": "jr.ensemble.train_step", "vmap": "jax.vmap (hand)", "loop": "JAX loop (hand)"}[which]
-            rows.append(
-                Row(
-                    "3 torch",
-                    f"ensemble step, N = {n}",
-                    jlabel,
-                    f"best torch: {best}",
-                    unit="member-steps/s",
-                    jaxreg_value=n / t["jax"].median,
-                    baseline_value=n / t[best].median,
-                    ratio=float(np.median(speedups)),
-                    ratio_q25=float(np.quantile(speedups, 0.25)),
-                    ratio_q75=float(np.quantile(speedups, 0.75)),
-                    ratios=speedups,
-                    jaxreg_rel_iqr=t["jax"].rel_iqr,
-                    baseline_rel_iqr=t[best].rel_iqr,
-                    target=">= 2.0",
-                    note="; ".join(f"{k}: {n / v.median:.0f}" for k, v in t.items() if k != "jax"),
-                    extra={"member_steps_per_s": {k: n / v.median for k, v in t.items()}, "jax_method": which},
-                )
-            )
-            for w, wid in ids:
-                w.drop(wid)
-    finally:
-        close_workers(workers)
+        )
+        for w, wid in ids:
+            w.drop(wid)
     return rows
 
 

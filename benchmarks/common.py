@@ -48,7 +48,7 @@ class Settings:
     @staticmethod
     def for_mode(mode: str) -> Settings:
         if mode == "tiny":
-            return Settings("tiny", 5, 1, 0.0, (2,), (4,), 2, 40, (40,), 16, (2,), False, 256)
+            return Settings("tiny", 5, 1, 0.0, (2,), (4,), 2, 40, (), 16, (2,), False, 256)
         if mode == "quick":
             return Settings("quick", 5, 1, 0.05, (1, 8, 32), (16, 64), 32, 40, (40, 400), 256, (8, 32), True, 1024)
         if mode == "full":
@@ -195,7 +195,7 @@ def mlp_apply(
     h = x
     for i in range(n):
         layer = params[f"Dense_{i}"]
-        h = h @ layer["kernel"] + layer["bias"]
+        h = h @ layer["kernel"] + layer["bias"][None, :]
         if i < n - 1:
             h = jax.nn.relu(h)
             if key is not None and rate > 0:

@@ -143,6 +143,8 @@ def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -
             )
         timings[name] = time.perf_counter() - t0
         print(f"[bench] {name}: {timings[name]:.1f} s", file=sys.stderr, flush=True)
+    for cleanup in ctx.get("cleanup", []):
+        cleanup()
     result = {
         "jaxreg": jr.__version__,
         "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run", *sys.argv[1:]]),
@@ -153,6 +155,7 @@ def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -
         "duration_s": time.time() - started,
         "section_seconds": timings,
         "rows": [r.to_dict() for r in rows],
+        "torch_workers": ctx.get("torch_info"),
     }
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)

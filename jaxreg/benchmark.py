@@ -381,8 +381,8 @@ def _as_timer(fn: Any, args: Sequence[Any]) -> Callable[[int], float]:
     return timer
 
 
-def _check_counts(where: str, repeats: int, warmup: int, number: int | None) -> None:
-    _checks.check_int_at_least("repeats", repeats, 1, where)
+def _check_counts(where: str, repeats: int, warmup: int, number: int | None, repeats_name: str = "repeats") -> None:
+    _checks.check_int_at_least(repeats_name, repeats, 1, where)
     _checks.check_int_at_least("warmup", warmup, 0, where)
     if number is not None:
         _checks.check_int_at_least("number", number, 1, where)
@@ -480,7 +480,7 @@ def interleave(
       >>> [len(t.times) for t in ts]
       [5, 5]
     """
-    _check_counts("interleave", rounds, warmup, number)
+    _check_counts("interleave", rounds, warmup, number, "rounds")
     if len(fns) == 0:
         raise ValueError("interleave: fns must name at least one workload, got fns = [].")
     if args is None:
@@ -540,6 +540,7 @@ def compare(
       >>> len(c.ratios), c.median_ratio > 1.0
       (5, True)
     """
+    _check_counts("compare", pairs, warmup, number, "pairs")
     timings = interleave(
         [a, b],
         [tuple(args_a), tuple(args_a if args_b is None else args_b)],

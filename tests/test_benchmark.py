@@ -1,0 +1,288 @@
+"""Tests of jaxreg.benchmark and of the benchmark runner (no assertion on any measured time)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxreg as jr
+from jaxreg import benchmark as bm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # the benchmarks/ package of the checkout
+
+
+# ----------------------------------------------------------------------------- cost analysis
+
+
+@pytest.mark.parametrize(("m", "k", "n"), [(8, 4, 2), (64, 32, 16), (128, 256, 10)])
+def test_matmul_flops_from_cost_analysis_are_2mnk(m, k, n):
+    c = bm.compile_fn(jnp.matmul, jnp.ones((m, k)), jnp.ones((k, n)))
+    assert c.flops == 2 * m * n * k
+    assert bm.cost_flops(c.compiled) == 2 * m * n * k
+    assert bm.cost_flops(c) == 2 * m * n * k
+
+
+def test_compile_fn_result_computes_the_function():
+    a = jax.random.normal(jax.random.key(0), (5, 3))
+    b = jax.random.normal(jax.random.key(1), (3, 4))
+    c = bm.compile_fn(lambda a, b: jnp.tanh(a @ b), a, b)
+    np.testing.assert_allclose(c(a, b), np.tanh(np.asarray(a) @ np.asarray(b)), rtol=1e-5, atol=1e-6)
+    assert c.lower_s >= 0 and c.compile_s >= 0
+
+
+def test_fraction_of_peak_closed_form():
+    assert bm.fraction_of_peak(30e9, 0.5, 120.0) == pytest.approx(0.5)
+    peak = bm.Peak(gflops=60.0, size=2, dtype="float32", backend="cpu", timing=bm.Timing((1.0,)))
+    assert bm.fraction_of_peak(6e9, 1.0, peak) == pytest.approx(0.1)
+
+
+# ----------------------------------------------------------------------------- retraces
+
+
+def test_trace_counter_counts_new_shapes_and_dtypes_not_new_values():
+    counted = bm.TraceCounter(lambda x: jnp.sum(x * 2))
+    f = jax.jit(counted)
+    f(jnp.ones(3))
+    f(jnp.zeros(3))
+    f(jnp.arange(3.0))
+    assert counted.count == 1
+    f(jnp.ones(4))
+    assert counted.count == 2
+    f(jnp.ones(4, jnp.int32))
+    assert counted.count == 3
+    counted.reset()
+    f(jnp.ones(4))  # cached: no trace
+    assert counted.count == 0
+
+
+def test_trace_counter_sees_no_retrace_for_a_new_penalty_scale():
+    counted = bm.TraceCounter(lambda pen, w: pen(w))
+    f = jax.jit(counted)
+    for scale in (0.1, 0.2, 0.3):
+        f(jr.l2(scale), jnp.ones(3))
+    assert counted.count == 1
+
+
+def test_compile_log_counts_compiles():
+    x = jnp.ones(7)
+    f = jax.jit(lambda x: jnp.sin(x) * 3)
+    with bm.compile_log() as log:
+        f(x).block_until_ready()
+    assert log.compiles == 1 and log.compile_s > 0
+    with bm.compile_log() as again:
+        f(x).block_until_ready()
+    assert again.compiles == 0 and again.total_s == 0.0
+
+
+# ----------------------------------------------------------------------------- timing logic
+
+
+def _fake(per_call: float, log: list[str] | None = None, name: str = ""):
+    def timer(number: int) -> float:
+        if log is not None:
+            log.append(name)
+        return per_call * number
+
+    return bm.ExternalTimer(timer)
+
+
+def test_timing_statistics_match_numpy():
+    times = (3.0, 1.0, 4.0, 1.5, 9.0, 2.6)
+    t = bm.Timing(times)
+    assert t.median == np.median(times)
+    assert t.q25 == pytest.approx(np.percentile(times, 25))
+    assert t.q75 == pytest.approx(np.percentile(times, 75))
+    assert t.iqr == pytest.approx(np.percentile(times, 75) - np.percentile(times, 25))
+    assert (t.min, t.max) == (1.0, 9.0)
+    assert t.per_second(10.0) == pytest.approx(10.0 / np.median(times))
+    assert json.loads(json.dumps(t.to_dict()))["median_s"] == np.median(times)
+
+
+def test_time_fn_calibrates_number_to_min_time():
+    t = bm.time_fn(_fake(0.01), repeats=5, warmup=0, min_time=0.05)
+    assert t.number == 8  # 4 calls last 0.04 s < 0.05, 8 calls 0.08 s
+    assert len(t.times) == 5
+    assert all(v == pytest.approx(0.01) for v in t.times)
+
+
+def test_compare_ratios_are_a_over_b_per_pair():
+    c = bm.compare(_fake(0.002), _fake(0.001), pairs=6, warmup=1, number=3)
+    assert len(c.ratios) == 6 == len(c.a.times) == len(c.b.times)
+    for r, a, b in zip(c.ratios, c.a.times, c.b.times):
+        assert r == a / b
+    assert c.median_ratio == pytest.approx(2.0)
+    assert c.speedup == pytest.approx(0.5)
+
+
+def test_compare_of_real_functions_records_a_ratio_per_pair():
+    x = jnp.ones((32, 32))
+    f = jax.jit(lambda x: x @ x)
+    c = bm.compare(f, f, (x,), pairs=5, warmup=1, number=2)
+    assert len(c.ratios) == 5 and c.a.number == c.b.number == 2
+    assert all(r == a / b and r > 0 for r, a, b in zip(c.ratios, c.a.times, c.b.times))
+
+
+def test_interleave_alternates_which_goes_first():
+    order: list[str] = []
+    bm.interleave([_fake(1e-3, order, "A"), _fake(1e-3, order, "B")], rounds=4, warmup=0, number=1)
+    assert order == ["A", "B", "B", "A", "A", "B", "B", "A"]
+    order.clear()
+    bm.interleave([_fake(1e-3, order, x) for x in "ABC"], rounds=3, warmup=0, number=1)
+    assert order == ["A", "B", "C", "B", "C", "A", "C", "A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pairs": 0}, r"compare: pairs must be >= 1, got pairs = 0\."),
+        ({"number": 0}, r"compare: number must be >= 1, got number = 0\."),
+    ],
+)
+def test_compare_rejects_bad_counts(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        bm.compare(_fake(1.0), _fake(1.0), **kwargs)
+
+
+def test_interleave_rejects_mismatched_args():
+    with pytest.raises(ValueError, match="one tuple per workload, got 1 for 2 fns"):
+        bm.interleave([_fake(1.0), _fake(1.0)], [()])
+
+
+# ----------------------------------------------------------------------------- memory, machine
+
+
+def test_peak_rss_of_sees_a_200_mib_allocation():
+    small = bm.peak_rss_of("x = bytearray(1)")
+    big = bm.peak_rss_of("x = bytearray(200 * 2**20)")
+    assert big - small > 150 * 2**20
+
+
+def test_peak_rss_of_reports_a_failing_subprocess():
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        bm.peak_rss_of("1 / 0")
+
+
+def test_allocator_reflects_the_environment(monkeypatch):
+    for k in [k for k in __import__("os").environ if k.startswith("MALLOC_") or k == "LD_PRELOAD"]:
+        monkeypatch.delenv(k)
+    assert bm.allocator() == "glibc malloc (default)"
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "268435456")
+    assert bm.allocator() == "glibc malloc (tuned: MALLOC_TOP_PAD_=268435456)"
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc.so.4")
+    assert bm.allocator() == "tcmalloc (LD_PRELOAD)"
+
+
+def test_machine_description():
+    m = bm.machine()
+    d = json.loads(json.dumps(m.to_dict()))
+    assert d["jax"] == jax.__version__
+    assert d["backend"] == jax.default_backend()
+    assert d["has_gpu"] == (jax.default_backend() == "gpu")
+    assert d["logical_cpus"] >= d["usable_cpus"] >= 1
+    assert d["cpu_model"]
+
+
+# ----------------------------------------------------------------------------- the benchmarks' workloads
+
+
+def test_comparison_0_jaxreg_chain_is_the_hand_written_math():
+    from benchmarks import bench_step, common
+
+    jstep, jopt, hstep, hopt = bench_step.make_prox_steps()
+    x, y = common.batch()
+    params = common.init_mlp(jax.random.key(0))
+    # Large weights so that max-norm binds; L1's threshold zeroes some.
+    params = jax.tree.map(lambda w: 8.0 * w, params)
+    jp, js, hp, hs = params, jopt.init(params), params, hopt.init(params)
+    js_step, hs_step = jax.jit(jstep), jax.jit(hstep)
+    for _ in range(3):
+        jp, js, jl = js_step(jp, js, x, y)
+        hp, hs, hl = hs_step(hp, hs, x, y)
+    assert jl == pytest.approx(float(hl), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(jp), jax.tree.leaves(hp)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    norms = jnp.sqrt(jnp.sum(jnp.square(jp["Dense_0"]["kernel"]), axis=0))
+    assert float(jnp.max(norms)) <= common.MAX_NORM * (1 + 1e-5)
+
+
+def test_comparison_1_steps_agree_without_dropout():
+    from benchmarks import common
+
+    jstep, jopt, _ = common.make_jaxreg_step(rate=0.0)
+    hstep, hopt = common.make_hand_step(rate=0.0)
+    x, y = common.batch()
+    params = common.init_mlp(jax.random.key(0))
+    key = jax.random.key(1)
+    jp, _, jl = jax.jit(jstep)(params, jopt.init(params), x, y, key)
+    hp, _, hl = jax.jit(hstep)(params, hopt.init(params), x, y, key)
+    assert float(jl) == pytest.approx(float(hl), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(jp), jax.tree.leaves(hp)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_ensemble_loop_and_vmap_baselines_compute_the_same_steps():
+    from benchmarks import bench_ensemble
+
+    vfn, vargs, vflops = bench_ensemble.build_new(3, "vmap")
+    lfn, _, lflops = bench_ensemble.build_new(3, "loop")
+    vp, _, vl = vfn(*vargs)
+    outs = lfn()
+    assert vflops == pytest.approx(lflops, rel=0.05)
+    for i, (p, _, loss) in enumerate(outs):
+        assert float(loss) == pytest.approx(float(vl[i]), rel=1e-5)
+        for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(jax.tree.map(lambda t, i=i: t[i], vp))):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _positive_finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_bench_command_end_to_end(tmp_path):
+    """``jaxreg bench --tiny --json PATH`` (the runner re-executes itself with the malloc tuning)."""
+    out = tmp_path / "bench.json"
+    code = "import sys; from jaxreg.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "bench", "--tiny", "--json", str(out), "--no-table"],
+        cwd=str(REPO_ROOT),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == "tiny"
+    m = result["machine"]
+    assert m["jax"] == jax.__version__ and m["cpu_model"] and m["usable_cpus"] >= 1
+    assert m["allocator"].startswith("glibc malloc (tuned") or "LD_PRELOAD" in m["allocator"]
+    rows = result["rows"]
+    sections = {r["section"].split()[0] for r in rows}
+    assert {"0", "1", "2", "3", "4", "5", "6", "7", "8", "memory"} <= sections
+    errors = [(r["section"], r["note"]) for r in rows if r["status"] == "error"]
+    assert errors == []
+    keys = {"workload", "jaxreg", "baseline", "jaxreg_value", "baseline_value", "ratio", "ratios", "unit", "status"}
+    for r in rows:
+        assert keys <= set(r)
+        assert r["status"] in {"ok", "info", "skipped", "not available"}
+        if r["ratio"] is not None:
+            assert _positive_finite(r["ratio"]), r
+        assert all(_positive_finite(v) for v in r["ratios"]), r
+        if r["status"] == "ok":
+            assert _positive_finite(r["jaxreg_value"]) and _positive_finite(r["baseline_value"]), r
+            assert len(r["ratios"]) == result["settings"]["pairs"] >= 5
+            assert r["ratio"] == pytest.approx(float(np.median(r["ratios"])))
+    peak = next(r for r in rows if r["section"] == "7 machine")
+    assert _positive_finite(peak["jaxreg_value"])
