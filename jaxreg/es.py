@@ -24,6 +24,7 @@ from jax.typing import ArrayLike
 
 from jaxreg import _checks
 from jaxreg._tree import key_path_str
+from jaxreg.variational import _normal_leaves
 
 PyTree = Any
 FitnessShaping = Literal["centered_ranks", "centred_ranks"] | Callable[[jax.Array], jax.Array] | None
@@ -120,8 +121,7 @@ def _estimate(
     sigma = jnp.asarray(sigma)
 
     def noise(i: jax.Array) -> list[jax.Array]:
-        keys = jax.random.split(jax.random.fold_in(rng, i), len(leaves))
-        return [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)]
+        return _normal_leaves(jax.random.fold_in(rng, i), leaves)
 
     def evaluate(eps: list[jax.Array]) -> jax.Array:
         """Losses of a block of directions (leading axis b) -> [b, signs]."""
@@ -133,9 +133,7 @@ def _estimate(
         losses = jax.vmap(lambda ls: loss_fn(jax.tree.unflatten(treedef, ls)))(perturbed)
         b = eps[0].shape[0]
         if jnp.shape(losses) != (signs * b,):
-            raise ValueError(
-                f"{where}: loss_fn must return a scalar, got an output of shape {jnp.shape(losses)[1:]}."
-            )
+            raise ValueError(f"{where}: loss_fn must return a scalar, got an output of shape {jnp.shape(losses)[1:]}.")
         losses = losses.astype(jnp.promote_types(losses.dtype, jnp.float32))
         return losses.reshape(signs, b).T
 
@@ -186,7 +184,9 @@ def _estimate(
         full_coef = coef[: num_chunks * dirs_per_chunk].reshape(num_chunks, dirs_per_chunk)
         sums, _ = jax.lax.scan(body, zeros, (full, full_coef))
         if rest:
-            tail = weighted_sum(coef[num_chunks * dirs_per_chunk :], jax.vmap(noise)(idx[num_chunks * dirs_per_chunk :]))
+            tail = weighted_sum(
+                coef[num_chunks * dirs_per_chunk :], jax.vmap(noise)(idx[num_chunks * dirs_per_chunk :])
+            )
             sums = [a + t for a, t in zip(sums, tail)]
     grads = [(scale.astype(s.dtype) * s).astype(jnp.result_type(x)) for s, x in zip(sums, leaves)]
     return jax.tree.unflatten(treedef, grads)

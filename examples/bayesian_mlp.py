@@ -1,0 +1,83 @@
+"""A Bayesian MLP (Bayes by Backprop) on scikit-learn digits, with predictive uncertainty.
+
+Every weight is a Gaussian N(mu, softplus(rho)^2) (``jr.variational.init``); training minimizes
+the negative ELBO per example, ``nll + KL(q || N(0, 1)) / N`` (``jr.variational.elbo_loss``),
+with reparameterized weight samples. Predictions average 100 sampled networks in one ``vmap``.
+The predictive entropy is low on held-out digits and high on inputs unlike any training digit
+(uniform noise images).
+
+Run: ``python examples/bayesian_mlp.py`` (a few seconds on a CPU).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+import jaxreg as jr
+
+
+def mlp(params, x):
+    h = jax.nn.relu(x @ params["w1"] + params["b1"][None, :])
+    return h @ params["w2"] + params["b2"][None, :]
+
+
+def main(steps: int = 600, hidden: int = 64, num_samples: int = 100, seed: int = 0) -> dict[str, float]:
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
+    y_train = jnp.asarray(y_train)
+
+    k1, k2, k_train, k_pred, k_noise = jax.random.split(jax.random.key(seed), 5)
+    params = {
+        "w1": jax.random.normal(k1, (64, hidden)) * np.sqrt(2.0 / 64),
+        "b1": jnp.zeros(hidden),
+        "w2": jax.random.normal(k2, (hidden, 10)) * np.sqrt(1.0 / hidden),
+        "b2": jnp.zeros(10),
+    }
+    vparams = jr.variational.init(params, init_std=1e-3)
+
+    def nll(params, x, y):  # mean negative log-likelihood over the batch
+        logp = jax.nn.log_softmax(mlp(params, x))
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    loss = jr.variational.elbo_loss(nll, num_examples=len(x_train), prior_std=1.0, num_samples=2)
+    opt = optax.adam(1e-2)
+
+    @jax.jit
+    def train(vparams, key):
+        def step(carry, key):
+            vparams, state = carry
+            (total, terms), grads = jax.value_and_grad(loss, has_aux=True)(vparams, key, x_train, y_train)
+            updates, state = opt.update(grads, state)
+            return (optax.apply_updates(vparams, updates), state), (total, terms.kl)
+
+        return jax.lax.scan(step, (vparams, opt.init(vparams)), jax.random.split(key, steps))
+
+    (vparams, _), (totals, kls) = train(vparams, k_train)
+
+    @jax.jit
+    def entropy(vparams, inputs):
+        logits = jr.variational.predict_samples(mlp, vparams, inputs, k_pred, num_samples)
+        return jnp.mean(jr.predictive_entropy(logits)), jr.predictive_probs(logits)
+
+    ent_test, probs_test = entropy(vparams, jnp.asarray(x_test))
+    ent_off, _ = entropy(vparams, jax.random.uniform(k_noise, (500, 64)))
+    ent_test, ent_off = float(ent_test), float(ent_off)
+    accuracy = float(jnp.mean(jnp.argmax(probs_test, axis=-1) == jnp.asarray(y_test)))
+    mean_std = float(np.mean([np.mean(s) for s in jax.tree.leaves(vparams.std)]))
+
+    print(f"negative ELBO per example: {float(totals[0]):.3f} -> {float(totals[-1]):.3f}")
+    print(f"KL to the prior: {float(kls[-1]):.1f} nats; mean weight std: {mean_std:.4f}")
+    print(f"test accuracy: {accuracy:.4f}")
+    print(f"entropy on test: {ent_test:.4f} nats (mean over {len(x_test)} held-out digits)")
+    print(f"entropy off data: {ent_off:.4f} nats (mean over 500 uniform-noise images; max log 10 = 2.3026)")
+    return {"accuracy": accuracy, "entropy_test": ent_test, "entropy_off": ent_off}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Tests of jaxreg.variational: kl_normal, mean-field Gaussians, the ELBO, predictions."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+import jaxreg as jr
+from jaxreg import variational as vi
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def np_kl(m, s, pm, ps):
+    m, s, pm, ps = (np.asarray(a, np.float64) for a in (m, s, pm, ps))
+    return float(np.sum(np.log(ps / s) + (s**2 + (m - pm) ** 2) / (2 * ps**2) - 0.5))
+
+
+def np_log_normal(x, m, s):
+    return -0.5 * np.log(2 * np.pi) - np.log(s) - 0.5 * ((x - m) / s) ** 2
+
+
+# ----------------------------------------------------------------------------- kl_normal
+
+
+def test_kl_normal_matches_numpy_closed_form():
+    rng = np.random.default_rng(0)
+    m, pm = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    s, ps = rng.uniform(0.1, 2.0, size=(3, 4)), rng.uniform(0.1, 2.0, size=(3, 4))
+    got = jr.kl_normal(jnp.asarray(m), jnp.asarray(s), jnp.asarray(pm), jnp.asarray(ps))
+    np.testing.assert_allclose(float(got), np_kl(m, s, pm, ps), rtol=1e-5)
+    # Scalar prior broadcast to every element.
+    np.testing.assert_allclose(
+        float(jr.kl_normal(jnp.asarray(m), jnp.asarray(s), 0.3, 2.0)), np_kl(m, s, 0.3, 2.0), rtol=1e-5
+    )
+
+
+def test_kl_normal_matches_monte_carlo():
+    rng = np.random.default_rng(1)
+    m, s = np.array([0.5, -1.0, 2.0]), np.array([0.7, 1.5, 0.3])
+    pm, ps = np.array([0.0, 0.5, 1.0]), np.array([1.0, 2.0, 0.5])
+    x = m + s * rng.normal(size=(400_000, 3))
+    terms = np.sum(np_log_normal(x, m, s) - np_log_normal(x, pm, ps), axis=1)
+    mc, stderr = terms.mean(), terms.std() / np.sqrt(len(terms))
+    got = float(jr.kl_normal(jnp.asarray(m), jnp.asarray(s), jnp.asarray(pm), jnp.asarray(ps)))
+    assert abs(got - mc) < 4 * stderr, (got, mc, stderr)
+
+
+@pytest.mark.parametrize("parameterization", ["std", "log_std", "softplus"])
+def test_kl_of_a_distribution_to_itself_is_zero(parameterization):
+    m = jnp.array([[0.3, -2.0], [5.0, 0.0]])
+    s = jnp.array([[0.01, 1.0], [3.0, 0.5]])
+    arg = {"std": s, "log_std": jnp.log(s), "softplus": vi.inverse_softplus(s)}[parameterization]
+    got = jr.kl_normal(m, arg, m, s, parameterization=parameterization)
+    assert abs(float(got)) < 1e-5, float(got)
+
+
+def test_parameterizations_agree():
+    m = jnp.array([0.3, -2.0, 1.0])
+    s = jnp.array([0.05, 1.0, 3.0])
+    expected = np_kl(m, s, 0.5, 1.5)
+    for name, arg in [("std", s), ("log_std", jnp.log(s)), ("softplus", vi.inverse_softplus(s))]:
+        np.testing.assert_allclose(float(jr.kl_normal(m, arg, 0.5, 1.5, parameterization=name)), expected, rtol=1e-5)
+
+
+def test_small_std_is_stable_with_log_std_and_softplus():
+    # sigma = exp(-200): its square and log underflow float32, but the KL is -log(sigma) - 1/2 + ...
+    expected = 200.0 + (0.0 + 0.0) / 2 - 0.5  # log(1 / sigma) + (sigma^2 + 0) / 2 - 1/2
+    got_log = jr.kl_normal(jnp.zeros(1), jnp.full(1, -200.0), parameterization="log_std")
+    got_sp = jr.kl_normal(jnp.zeros(1), jnp.full(1, -200.0), parameterization="softplus")
+    np.testing.assert_allclose(float(got_log), expected, rtol=1e-6)
+    np.testing.assert_allclose(float(got_sp), expected, rtol=1e-6)
+    g = jax.grad(lambda r: jr.kl_normal(jnp.zeros(1), r, parameterization="softplus"))(jnp.full(1, -200.0))
+    np.testing.assert_allclose(np.asarray(g), [-1.0], rtol=1e-6)  # d/drho of -log softplus(rho) -> -1
+
+
+def test_kl_normal_gradients_match_finite_differences():
+    m, log_s = jnp.array([0.3, -1.0]), jnp.array([-0.5, 0.2])
+    check_grads(
+        lambda a, b: jr.kl_normal(a, b, 0.2, 1.3, parameterization="log_std"),
+        (m, log_s),
+        order=1,
+        modes="rev",
+        eps=1e-3,
+    )
+    check_grads(
+        lambda a, b: jr.kl_normal(a, b, 0.2, 1.3, parameterization="softplus"),
+        (m, log_s),
+        order=1,
+        modes="rev",
+        eps=1e-3,
+    )
+
+
+def test_kl_normal_on_pytrees_sums_the_leaves():
+    mean = {"a": jnp.array([0.1, 0.2]), "b": (jnp.ones((2, 2)),)}
+    std = {"a": jnp.array([0.5, 2.0]), "b": (jnp.full((2, 2), 0.3),)}
+    prior = {"a": jnp.zeros(2), "b": (jnp.full((2, 2), 0.5),)}
+    expected = np_kl(mean["a"], std["a"], prior["a"], 0.8) + np_kl(mean["b"][0], std["b"][0], prior["b"][0], 0.8)
+    np.testing.assert_allclose(float(jr.kl_normal(mean, std, prior, 0.8)), expected, rtol=1e-5)
+
+
+def test_kl_normal_traced_std_and_vmap_over_prior_std():
+    m, s = jnp.array([0.5, -0.5]), jnp.array([0.4, 0.9])
+    prior_stds = jnp.array([0.5, 1.0, 2.0])
+    got = jax.jit(jax.vmap(lambda ps: jr.kl_normal(m, s, 0.0, ps)))(prior_stds)
+    np.testing.assert_allclose(np.asarray(got), [np_kl(m, s, 0.0, p) for p in [0.5, 1.0, 2.0]], rtol=1e-5)
+    # A traced non-positive std is not checked (no error inside jit), as documented.
+    assert np.isnan(float(jax.jit(lambda s: jr.kl_normal(0.0, s))(-1.0)))
+
+
+def test_kl_normal_bad_input():
+    with pytest.raises(ValueError, match=r"kl_normal: std must be finite and > 0, got std = \[0\. 1\.\]"):
+        jr.kl_normal(jnp.zeros(2), jnp.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"std must be finite and > 0, got std = -1.0"):
+        jr.kl_normal(0.0, -1.0)
+    with pytest.raises(ValueError, match=r"prior_std must be finite and > 0, got prior_std = 0.0"):
+        jr.kl_normal(0.0, 1.0, prior_std=0.0)
+    with pytest.raises(ValueError, match=r"parameterization must be one of"):
+        jr.kl_normal(0.0, 1.0, parameterization="logstd")
+    with pytest.raises(ValueError, match=r"prior_mean must be a scalar, an array, or a pytree"):
+        jr.kl_normal({"a": jnp.zeros(2), "b": jnp.zeros(2)}, 1.0, {"a": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"std of shape \(3,\) does not broadcast"):
+        jr.kl_normal(jnp.zeros(2), jnp.ones(3))
+    # A negative log-std is fine.
+    assert np.isfinite(float(jr.kl_normal(0.0, -3.0, parameterization="log_std")))
+
+
+# ----------------------------------------------------------------------------- mean field
+
+
+def test_init_sample_and_reparameterization():
+    params = {"w": jnp.zeros((50, 40)), "b": jnp.full(2000, 3.0)}
+    vparams = vi.init(params, init_std=0.2)
+    np.testing.assert_allclose(np.asarray(vparams.std["w"]), 0.2, rtol=1e-5)
+    draw = vi.sample(jax.random.key(0), vparams)
+    for leaf, mu in [(draw["w"], 0.0), (draw["b"], 3.0)]:
+        assert abs(float(leaf.mean()) - mu) < 0.02 and abs(float(leaf.std()) - 0.2) < 0.01
+    # w = mu + softplus(rho) * eps: dw/dmu = 1 and dw/drho = sigmoid(rho) * eps.
+    eps = (draw["b"] - 3.0) / 0.2
+    grads = jax.grad(lambda vp: jnp.sum(vi.sample(jax.random.key(0), vp)["b"]))(vparams)
+    np.testing.assert_allclose(np.asarray(grads.mean["b"]), 1.0)
+    np.testing.assert_allclose(
+        np.asarray(grads.raw_std["b"]), np.asarray(jax.nn.sigmoid(vparams.raw_std["b"]) * eps), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_kl_of_meanfield_against_closed_form_and_reference_prior():
+    params = {"w": jnp.array([[0.5, -1.0]]), "b": jnp.array([2.0])}
+    vparams = vi.init(params, init_std=0.3)
+    expected = np_kl(np.array([0.5, -1.0, 2.0]), 0.3, 0.0, 0.7)
+    np.testing.assert_allclose(float(vi.kl(vparams, prior_std=0.7)), expected, rtol=1e-5)
+    reference = {"w": jnp.array([[0.0, 1.0]]), "b": jnp.array([1.0])}
+    expected_ref = np_kl(np.array([0.5, -1.0, 2.0]), 0.3, np.array([0.0, 1.0, 1.0]), 0.7)
+    np.testing.assert_allclose(float(vi.kl(vparams, reference, 0.7)), expected_ref, rtol=1e-5)
+
+
+def test_elbo_loss_is_nll_plus_kl_per_example():
+    x = jnp.arange(6.0).reshape(3, 2)
+    y = jnp.array([1.0, 0.0, 2.0])
+    nll = lambda p, x, y: jnp.mean((x @ p["w"] + p["b"] - y) ** 2)  # noqa: E731
+    vparams = vi.init({"w": jnp.array([0.1, 0.2]), "b": jnp.zeros(())}, init_std=0.5)
+    fn = vi.elbo_loss(nll, num_examples=30, prior_std=2.0, num_samples=4)
+    rng = jax.random.key(3)
+    total, terms = fn(vparams, rng, x, y)
+    nlls = [nll(vi.sample(k, vparams), x, y) for k in jax.random.split(rng, 4)]
+    np.testing.assert_allclose(float(terms.nll), np.mean(nlls), rtol=1e-5)
+    np.testing.assert_allclose(float(terms.kl), np_kl([0.1, 0.2, 0.0], 0.5, 0.0, 2.0), rtol=1e-5)
+    np.testing.assert_allclose(float(total), np.mean(nlls) + float(terms.kl) / 30, rtol=1e-5)
+
+
+def test_elbo_optimum_is_the_exact_posterior_for_bayesian_linear_regression():
+    # With one weight the mean-field family contains the exact Gaussian posterior, so Bayes by
+    # Backprop must find it: precision = 1/prior^2 + sum(x^2)/noise^2, mean = sum(x y)/noise^2 / precision.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40).astype(np.float32)
+    noise = 0.5
+    y = (1.5 * x + noise * rng.normal(size=40)).astype(np.float32)
+    precision = 1.0 + np.sum(x**2) / noise**2
+    post_mean, post_std = np.sum(x * y) / noise**2 / precision, precision**-0.5
+
+    nll = lambda p: jnp.mean(0.5 * ((y - p * x) / noise) ** 2)  # noqa: E731  (+ const)
+    fn = vi.elbo_loss(nll, num_examples=40, num_samples=32)
+    opt = optax.adam(optax.exponential_decay(0.05, 1500, 0.01))
+    vparams = vi.init(jnp.zeros(()), init_std=0.5)
+
+    def step(carry, key):
+        vparams, state = carry
+        grads, _ = jax.grad(fn, has_aux=True)(vparams, key)
+        updates, state = opt.update(grads, state)
+        return (optax.apply_updates(vparams, updates), state), None
+
+    (vparams, _), _ = jax.jit(lambda c, k: jax.lax.scan(step, c, k))(
+        (vparams, opt.init(vparams)), jax.random.split(jax.random.key(0), 1500)
+    )
+    np.testing.assert_allclose(float(vparams.mean), post_mean, atol=0.01 * post_std + 1e-3)
+    np.testing.assert_allclose(float(vparams.std), post_std, rtol=0.05)
+
+
+def test_predict_matches_its_samples_and_the_linear_closed_form():
+    vparams = vi.init({"w": jnp.array([1.0, -2.0])}, init_std=0.5)
+    apply = lambda p, x: x * p["w"]  # noqa: E731
+    x = jnp.array([2.0, 3.0])
+    rng = jax.random.key(1)
+    pred = vi.predict(apply, vparams, x, rng, 20_000)
+    np.testing.assert_allclose(np.asarray(pred.mean), [2.0, -6.0], atol=0.05)
+    np.testing.assert_allclose(np.asarray(pred.variance), [0.25 * 4, 0.25 * 9], rtol=0.05)
+    samples = vi.predict_samples(apply, vparams, x, rng, 20_000)
+    np.testing.assert_allclose(np.asarray(pred.mean), np.asarray(samples).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pred.variance), np.asarray(samples).var(0), rtol=1e-4)
+    chunked = vi.predict(apply, vparams, x, rng, 20_000, chunk_size=3000)  # with a remainder chunk
+    np.testing.assert_allclose(np.asarray(chunked.mean), np.asarray(pred.mean), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(chunked.variance), np.asarray(pred.variance), rtol=1e-5)
+    assert isinstance(pred, jr.uncertainty.Prediction)
+
+
+def _mlp(params, x):
+    h = jax.nn.relu(x @ params["w1"] + params["b1"][None, :])
+    return h @ params["w2"] + params["b2"][None, :]
+
+
+def test_bayesian_mlp_variance_is_larger_off_the_data():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(64, 1)).astype(np.float32)
+    y = (np.sin(3 * x) + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {
+        "w1": jax.random.normal(k1, (1, 32)),
+        "b1": jnp.zeros(32),
+        "w2": jax.random.normal(k2, (32, 1)) / np.sqrt(32),
+        "b2": jnp.zeros(1),
+    }
+    nll = lambda p: jnp.mean(0.5 * ((_mlp(p, x) - y) / 0.1) ** 2)  # noqa: E731
+    fn = vi.elbo_loss(nll, num_examples=64, num_samples=4)
+    opt = optax.adam(1e-2)
+    vparams = vi.init(params, init_std=1e-2)
+
+    def step(carry, key):
+        vparams, state = carry
+        grads, _ = jax.grad(fn, has_aux=True)(vparams, key)
+        updates, state = opt.update(grads, state)
+        return (optax.apply_updates(vparams, updates), state), None
+
+    (vparams, _), _ = jax.jit(lambda c, k: jax.lax.scan(step, c, k))(
+        (vparams, opt.init(vparams)), jax.random.split(jax.random.key(1), 1500)
+    )
+    on = vi.predict(_mlp, vparams, jnp.linspace(-0.9, 0.9, 50)[:, None], jax.random.key(2), 200)
+    off = vi.predict(
+        _mlp,
+        vparams,
+        jnp.concatenate([jnp.linspace(-5, -3, 25), jnp.linspace(3, 5, 25)])[:, None],
+        jax.random.key(2),
+        200,
+    )
+    fit = float(jnp.mean((on.mean - jnp.sin(3 * jnp.linspace(-0.9, 0.9, 50))[:, None]) ** 2))
+    assert fit < 0.05, fit  # it learned the data
+    on_var, off_var = float(jnp.mean(on.variance)), float(jnp.mean(off.variance))
+    assert off_var > 3 * on_var, (on_var, off_var)
+
+
+def test_meanfield_bad_input():
+    with pytest.raises(ValueError, match=r"variational.init: init_std must be finite and > 0, got init_std = 0.0"):
+        vi.init({"w": jnp.zeros(2)}, init_std=0.0)
+    with pytest.raises(ValueError, match=r"leaf 'n' with dtype int32"):
+        vi.init({"n": jnp.zeros(2, jnp.int32)}, init_std=0.1)
+    with pytest.raises(ValueError, match=r"vparams must be a MeanField"):
+        vi.sample(jax.random.key(0), {"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"num_examples must be finite and > 0, got num_examples = 0"):
+        vi.elbo_loss(lambda p: 0.0, num_examples=0)
+    with pytest.raises(ValueError, match=r"num_samples must be >= 1, got num_samples = 0"):
+        vi.elbo_loss(lambda p: 0.0, num_examples=10, num_samples=0)
+    with pytest.raises(ValueError, match=r"prior_std must be finite and > 0, got prior_std = -1.0"):
+        vi.elbo_loss(lambda p: 0.0, num_examples=10, prior_std=-1.0)
+    vparams = vi.init({"w": jnp.zeros(2)}, init_std=0.1)
+    with pytest.raises(ValueError, match=r"num_samples must be >= 1, got num_samples = 0"):
+        vi.predict(lambda p, x: x, vparams, 0.0, jax.random.key(0), 0)
+    with pytest.raises(ValueError, match=r"chunk_size must be an int >= 1, got chunk_size = 2.5"):
+        vi.predict(lambda p, x: x, vparams, 0.0, jax.random.key(0), 4, chunk_size=2.5)
+
+
+# ----------------------------------------------------------------------------- examples
+
+
+def _run_example(name: str) -> str:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def _value(stdout: str, key: str) -> float:
+    lines = [line for line in stdout.splitlines() if line.startswith(key + ":")]
+    assert lines, stdout
+    return float(lines[-1].split(":", 1)[1].split()[0])
+
+
+def test_example_bayesian_mlp():
+    out = _run_example("bayesian_mlp.py")
+    assert _value(out, "test accuracy") > 0.85, out
+    # Predictive entropy is higher on inputs unlike the training data than on the test digits.
+    assert _value(out, "entropy off data") > _value(out, "entropy on test"), out
+
+
+def test_example_vae():
+    out = _run_example("vae.py")
+    assert _value(out, "final loss") < _value(out, "initial loss") - 5.0, out
+    assert _value(out, "final kl") > 0.0, out
