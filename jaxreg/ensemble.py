@@ -120,8 +120,10 @@ def init(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array, num_members: in
 
     .. math:: \\theta_i = \\mathrm{init}(k_i), \\quad (k_1, \\dots, k_N) = \\mathrm{split}(k, N)
 
+    ``vmap(init_fn)`` runs under ``jit`` (one compiled program instead of op-by-op dispatch).
+
     Args:
-      init_fn: ``init_fn(rng) -> params`` (e.g. ``lambda k: model.init(k, x)``).
+      init_fn: ``init_fn(rng) -> params`` (e.g. ``lambda k: model.init(k, x)``), pure.
       rng: a PRNG key.
       num_members: ``N >= 1``.
 
@@ -138,7 +140,7 @@ def init(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array, num_members: in
       (5, 3)
     """
     num_members = _check_num_members(num_members, "ensemble.init")
-    return jax.vmap(init_fn)(jax.random.split(rng, num_members))
+    return jax.jit(jax.vmap(init_fn))(jax.random.split(rng, num_members))
 
 
 def bootstrap_weights(rng: jax.Array, num_members: int, num_examples: int) -> jax.Array:

@@ -1,0 +1,213 @@
+"""Tests of jr.dropout, jr.mc_dropout and jr.mc_dropout_samples."""
+
+import math
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxreg as jr
+from jaxreg.dropout import keep_mask, quantize_rate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _within(observed, expected, std, sigmas=5.0):
+    assert abs(observed - expected) <= sigmas * std, f"observed {observed}, expected {expected} +- {sigmas} * {std}"
+
+
+@pytest.mark.parametrize("precision", [8, 16, 32])
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
+def test_keep_fraction_matches_quantized_rate(precision, rate):
+    n = 200_003  # not a multiple of 4: the last word is cut
+    mask = np.asarray(keep_mask(jax.random.key(0), (n,), rate, precision=precision))
+    q = round(rate * 2**precision) / 2**precision
+    _within(mask.mean(), 1 - q, math.sqrt(q * (1 - q) / n))
+
+
+def test_quantized_rate_and_exact_scale():
+    assert float(quantize_rate(0.1)) == 26 / 256
+    assert float(quantize_rate(0.1, 16)) == round(0.1 * 65536) / 65536
+    y = np.asarray(jr.dropout(jax.random.key(1), jnp.ones(10_000), 0.1))
+    values = set(np.unique(y).tolist())
+    assert values == {0.0, np.float32(256 / 230).item()}, values
+
+
+@pytest.mark.parametrize("precision", [8, 16, 32])
+def test_unbiased_mean(precision):
+    x = jnp.linspace(-1.0, 2.0, 64)
+    keys = jax.random.split(jax.random.key(2), 4000)
+    ys = jax.vmap(lambda k: jr.dropout(k, x, 0.3, precision=precision))(keys)
+    q = float(quantize_rate(0.3, precision))
+    std = np.abs(np.asarray(x)) * math.sqrt(q / (1 - q) / len(keys))
+    err = np.abs(np.asarray(ys.mean(0)) - np.asarray(x))
+    assert np.all(err <= 5 * std + 1e-6), err.max()
+
+
+def test_masks_independent_across_keys_and_positions():
+    a = np.asarray(keep_mask(jax.random.key(3), (100_000,), 0.5))
+    b = np.asarray(keep_mask(jax.random.key(4), (100_000,), 0.5))
+    # Two independent Bernoulli(1/2) masks agree half the time.
+    _within((a == b).mean(), 0.5, math.sqrt(0.25 / a.size))
+    # Neighbouring units (bytes of one 32-bit word) are independent too.
+    _within((a[:-1] == a[1:]).mean(), 0.5, math.sqrt(0.25 / a.size))
+    _within((a[:-4] == a[4:]).mean(), 0.5, math.sqrt(0.25 / a.size))
+
+
+def test_rate_zero_is_identity_and_traced_rate_sweeps():
+    x = jnp.arange(6.0)
+    assert jr.dropout(jax.random.key(0), x, 0.0) is x
+    rates = jnp.array([0.0, 0.25, 0.5])
+    ys = jax.vmap(lambda r: jr.dropout(jax.random.key(5), jnp.ones(40_000), r))(rates)
+    kept = np.asarray((ys != 0).mean(axis=1))
+    np.testing.assert_allclose(kept, [1.0, 0.75, 0.5], atol=0.015)
+    np.testing.assert_allclose(np.asarray(ys.max(axis=1)), [1.0, 4 / 3, 2.0], rtol=1e-6)
+
+
+def test_rate_rounding_to_one_gives_zeros_not_nan():
+    y = jax.jit(lambda r: jr.dropout(jax.random.key(0), jnp.ones(8), r))(0.999)
+    assert np.all(np.asarray(y) == 0.0)
+
+
+def test_broadcast_dims_share_the_mask():
+    y = np.asarray(jr.dropout(jax.random.key(6), jnp.ones((16, 300)), 0.5, broadcast_dims=(0,)))
+    assert np.all(y == y[:1]), "the mask must be the same for every row"
+    assert 0 < (y[0] == 0).sum() < 300
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rate": 1.0}, r"rate = 1.0"),
+        ({"rate": -0.1}, r"rate = -0.1"),
+        ({"rate": float("nan")}, r"rate = nan"),
+        ({"rate": jnp.array([0.1, 0.2])}, r"rate must be a scalar"),
+        ({"rate": 0.5, "precision": 12}, r"precision = 12"),
+        ({"rate": 0.5, "broadcast_dims": (2,)}, r"broadcast_dims = \(2,\)"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jr.dropout(jax.random.key(0), jnp.ones((2, 3)), **kwargs)
+
+
+def test_dropout_through_linear_map_analytic_moments():
+    # y = w . dropout(x): E[y] = w . x, Var[y] = sum (w x)^2 q / (1 - q), q the quantized rate.
+    x = jnp.linspace(0.5, 1.5, 20)
+    w = jnp.linspace(-1.0, 1.0, 20)
+    rate = 0.3
+    q = float(quantize_rate(rate))
+    mean = float(w @ x)
+    var = float(jnp.sum((w * x) ** 2)) * q / (1 - q)
+    k = 8192
+    pred = jr.mc_dropout(lambda w, x, rng: jr.dropout(rng, x, rate) @ w, w, x, jax.random.key(7), k, chunk_size=512)
+    _within(float(pred.mean), mean, math.sqrt(var / k))
+    # The sample variance of K draws has standard error about var * sqrt(2 / K) (near-Gaussian sums).
+    _within(float(pred.variance), var, var * math.sqrt(2.0 / k) * 1.5)
+
+
+def _mlp_apply(params, x, rng):
+    h = jax.nn.relu(x @ params["w1"])
+    h = jr.dropout(rng, h, 0.5)
+    return h @ params["w2"]
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 3, 8, 40])
+def test_mc_dropout_equals_stacked_samples(chunk_size):
+    params = {"w1": jax.random.normal(jax.random.key(0), (5, 16)), "w2": jax.random.normal(jax.random.key(1), (16, 3))}
+    x = jax.random.normal(jax.random.key(2), (4, 5))
+    rng, k = jax.random.key(3), 10
+    keys = jax.random.split(rng, k)
+    samples = np.stack([np.asarray(_mlp_apply(params, x, keys[i])) for i in range(k)])
+    pred = jax.jit(lambda p, x, r: jr.mc_dropout(_mlp_apply, p, x, r, k, chunk_size=chunk_size))(params, x, rng)
+    np.testing.assert_allclose(np.asarray(pred.mean), samples.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pred.variance), samples.var(0, ddof=0), rtol=1e-4, atol=1e-5)
+    stacked = jr.mc_dropout_samples(_mlp_apply, params, x, rng, k, chunk_size=chunk_size)
+    np.testing.assert_allclose(np.asarray(stacked), samples, rtol=1e-5, atol=1e-6)
+
+
+def test_mc_dropout_pytree_outputs():
+    def apply_fn(p, x, rng):
+        y = jr.dropout(rng, x, 0.5) * p
+        return {"y": y, "twice": 2 * y}
+
+    pred = jr.mc_dropout(apply_fn, 1.0, jnp.ones(3), jax.random.key(0), 6, chunk_size=4)
+    np.testing.assert_allclose(np.asarray(pred.mean["twice"]), 2 * np.asarray(pred.mean["y"]), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(pred.variance["twice"]), 4 * np.asarray(pred.variance["y"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"num_samples": 0}, "num_samples = 0"), ({"chunk_size": 0}, "chunk_size = 0")])
+def test_mc_dropout_bad_arguments(kwargs, match):
+    args = {"num_samples": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        jr.mc_dropout(_mlp_apply, None, None, jax.random.key(0), **args)
+
+
+class _Linen(nn.Module):
+    @nn.compact
+    def __call__(self, x, deterministic: bool = False):
+        x = nn.relu(nn.Dense(16)(x))
+        x = nn.Dropout(0.5, deterministic=deterministic)(x)
+        return nn.Dense(3)(x)
+
+
+def test_flax_linen_dropout_rng_stream_feeds_mc_dropout():
+    model = _Linen()
+    x = jax.random.normal(jax.random.key(0), (4, 5))
+    variables = model.init(jax.random.key(1), x, deterministic=True)
+
+    def apply_fn(v, x, rng):
+        return model.apply(v, x, rngs={"dropout": rng})
+
+    rng, k = jax.random.key(2), 12
+    keys = jax.random.split(rng, k)
+    samples = np.stack([np.asarray(apply_fn(variables, x, keys[i])) for i in range(k)])
+    pred = jr.mc_dropout(apply_fn, variables, x, rng, k, chunk_size=5)
+    np.testing.assert_allclose(np.asarray(pred.mean), samples.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pred.variance), samples.var(0), rtol=1e-4, atol=1e-5)
+    assert float(pred.variance.max()) > 0.0  # the masks differ
+
+
+class _Nnx(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.l1 = nnx.Linear(5, 16, rngs=rngs)
+        self.drop = nnx.Dropout(0.5)
+        self.l2 = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x, rng):
+        return self.l2(self.drop(nnx.relu(self.l1(x)), rngs=rng))
+
+
+def test_flax_nnx_model_feeds_mc_dropout():
+    graphdef, state = nnx.split(_Nnx(nnx.Rngs(0)))
+
+    def apply_fn(state, x, rng):
+        return nnx.merge(graphdef, state)(x, rng)
+
+    x = jax.random.normal(jax.random.key(0), (4, 5))
+    rng, k = jax.random.key(2), 8
+    keys = jax.random.split(rng, k)
+    samples = np.stack([np.asarray(apply_fn(state, x, keys[i])) for i in range(k)])
+    pred = jr.mc_dropout(apply_fn, state, x, rng, k)
+    np.testing.assert_allclose(np.asarray(pred.mean), samples.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(pred.variance), samples.var(0), rtol=1e-4, atol=1e-5)
+
+
+def test_example_mc_dropout_flax_runs():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "mc_dropout_flax.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    accs = [float(line.split()[-1]) for line in out.stdout.splitlines() if line.startswith("accuracy")]
+    assert len(accs) >= 4, out.stdout
+    assert min(accs) > 0.5, out.stdout  # 10 classes: chance is 0.1
