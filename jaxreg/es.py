@@ -128,7 +128,7 @@ def _estimate(
         perturbed = []
         for x, e in zip(leaves, eps):
             step = sigma.astype(e.dtype) * e
-            block = [x + step, x - step] if antithetic else [x + step]
+            block = [x[None] + step, x[None] - step] if antithetic else [x[None] + step]
             perturbed.append(jnp.concatenate(block, axis=0))
         losses = jax.vmap(lambda ls: loss_fn(jax.tree.unflatten(treedef, ls)))(perturbed)
         b = eps[0].shape[0]
