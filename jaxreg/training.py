@@ -126,9 +126,35 @@ def _split_eval(out: Any) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(loss, jnp.float32), jnp.asarray(metric, jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _keys(key: ArrayLike, num_members: int) -> tuple[jax.Array, jax.Array]:
     data_key, step_key = jax.random.split(key)
     return jax.random.split(data_key, num_members), jax.random.split(step_key, num_members)
+
+
+# Host-side setup as single small programs (eager ops would compile one program each).
+@jax.jit
+def _add_member_axis(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda a: jnp.expand_dims(a, 0), tree)
+
+
+@jax.jit
+def _drop_member_axis(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda a: a[0], tree)
+
+
+@jax.jit
+def _concatenate(a: PyTree, b: PyTree) -> PyTree:
+    return jax.tree.map(lambda x, y: jnp.concatenate([x, y], axis=0), a, b)
+
+
+@functools.partial(jax.jit, static_argnames=("snapshot_fn",))
+def _init_stopping(stopper: EarlyStopping, state: PyTree, *, snapshot_fn) -> EarlyStoppingState:
+    if snapshot_fn is not None:
+        return jax.vmap(stopper.init)(jax.vmap(snapshot_fn)(state))
+    num_members = jax.tree.leaves(stopper)[0].shape[0]
+    es = jax.vmap(stopper.init)(jnp.zeros((num_members,)))
+    return es._replace(best_params=None)
 
 
 def _identity(tree: PyTree) -> PyTree:
@@ -324,7 +350,7 @@ def fit(
     single = num_members is None
     if single:
         num_members = 1
-        state = jax.tree.map(lambda a: jnp.expand_dims(jnp.asarray(a), 0), state)
+        state = _add_member_axis(state)
     else:
         num_members = _checks.check_int_at_least("num_members", num_members, 1, "fit")
         _check_member_axis("state", state, num_members)
@@ -332,9 +358,9 @@ def fit(
 
     def per_member(name: str, tree: PyTree) -> PyTree:
         def widen(path, leaf):
-            leaf = jnp.asarray(leaf)
+            leaf = np.asarray(leaf)
             if leaf.ndim == 0:
-                return jnp.broadcast_to(leaf, (N,))
+                return np.broadcast_to(leaf, (N,))
             if leaf.shape != (N,):
                 raise ValueError(
                     f"fit: {name}{jax.tree_util.keystr(path)} must be a scalar or have shape (num_members,) = "
@@ -347,7 +373,7 @@ def fit(
     tracking = eval_fn is not None
     stopper = early_stopping if early_stopping is not None else EarlyStopping(_NEVER)
     stopper = per_member("early_stopping", stopper)
-    budget = per_member("member_steps", jnp.asarray(num_steps if member_steps is None else member_steps, jnp.int32))
+    budget = per_member("member_steps", np.asarray(num_steps if member_steps is None else member_steps, np.int32))
     snapshot = snapshot_fn if snapshot_fn is not None else _identity
     data_keys, step_keys = _keys(key, N)
 
@@ -355,16 +381,7 @@ def fit(
     consts = (train_data, val_data, stopper, budget, data_keys, step_keys)
 
     # ---- host loop ----------------------------------------------------------------------------
-    es = jax.vmap(stopper.init)(jax.vmap(snapshot)(state)) if tracking else None
-    if not tracking:
-        es = EarlyStoppingState(
-            best_metric=jnp.zeros((N,), jnp.float32),
-            best_params=None,
-            best_step=jnp.full((N,), -1, jnp.int32),
-            step=jnp.zeros((N,), jnp.int32),
-            wait=jnp.zeros((N,), jnp.int32),
-            stopped=jnp.zeros((N,), jnp.bool_),
-        )
+    es = _init_stopping(stopper, state, snapshot_fn=snapshot if tracking else None)
     hist = {
         "train_loss": np.full((num_evals, N), np.nan, np.float32),
         "val_loss": np.full((num_evals, N), np.nan, np.float32),
@@ -394,13 +411,13 @@ def fit(
         return history
 
     def unstack(tree: PyTree) -> PyTree:
-        return jax.tree.map(lambda a: a[0], tree) if single else tree
+        return _drop_member_axis(tree) if single else tree
 
     bar = _progress_bar(num_steps, progress, done_chunks * chunk_size)
     try:
         chunk_index = done_chunks
         while chunk_index < num_chunks:
-            if bool(jnp.all(jnp.logical_or(es.stopped, chunk_index * chunk_size >= budget))):
+            if np.all(np.asarray(es.stopped) | (chunk_index * chunk_size >= budget)):
                 break
             start = jnp.asarray(chunk_index * chunk_size, jnp.int32)
             state, es, records = _run_chunk(state, es, start, consts, cfg=cfg)
@@ -423,9 +440,9 @@ def fit(
             manager.close()
 
     history = history_so_far(chunk_index)
-    best_step = es.best_step
-    best_num_steps = jnp.where(best_step >= 0, jnp.asarray(eval_steps)[jnp.maximum(best_step, 0)], 0)
-    best_num_steps = jnp.minimum(best_num_steps, budget).astype(jnp.int32)
+    best_step = np.asarray(es.best_step)
+    best_num_steps = np.where(best_step >= 0, eval_steps[np.maximum(best_step, 0)], 0)
+    best_num_steps = jnp.asarray(np.minimum(best_num_steps, budget).astype(np.int32))
     stopping = es if tracking else None
     best = es.best_params if tracking else None
     state, best, stopping, best_num_steps = unstack(state), unstack(best), unstack(stopping), unstack(best_num_steps)
@@ -566,9 +583,7 @@ def retrain(
         eval_every = max(1, -(-total // 20))
     eval_every = _checks.check_int_at_least("eval_every", eval_every, 1, "retrain")
     num_steps = -(-total // eval_every) * eval_every
-    all_data = jax.tree.map(
-        lambda a, b: jnp.concatenate([jnp.asarray(a), jnp.asarray(b)], axis=0), train_data, val_data
-    )
+    all_data = _concatenate(train_data, val_data)
     return fit(
         step_fn,
         eval_fn,
