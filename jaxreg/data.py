@@ -262,16 +262,21 @@ def load_npz(
     if os.path.isdir(path):
         raise DataError(f"data path is a directory, not an .npz file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise DataError(f"{path} is a .npy array, not an .npz archive with arrays x and y")
+        archive = np.load(path, allow_pickle=False)
+    except Exception as e:  # zipfile.BadZipFile, OSError, ValueError (pickled objects), EOFError
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"cannot read {path} as an .npz archive ({type(e).__name__}: {msg})") from e
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{path} is a .npy array, not an .npz archive with arrays x and y")
+    try:
+        with archive:
             missing = [k for k in ("x", "y") if k not in archive.files]
             if missing:
                 raise DataError(f"{path} lacks array(s) {', '.join(missing)}; it holds {sorted(archive.files)}")
             x, y = archive["x"], archive["y"]
     except DataError:
         raise
-    except Exception as e:  # zipfile.BadZipFile, OSError, ValueError (pickled objects), EOFError
+    except Exception as e:  # a member that is pickled or corrupt
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"cannot read {path} as an .npz archive ({type(e).__name__}: {msg})") from e
     try:

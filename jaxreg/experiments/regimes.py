@@ -24,6 +24,7 @@ the bootstrap resamples, all drawn from the seed.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 from typing import Any, NamedTuple
@@ -83,7 +84,7 @@ class Hyper(NamedTuple):
     dropout: jax.Array  # drop probability of hidden units
     sigmoid: jax.Array  # 1.0: sigmoid hidden units, 0.0: ReLU
     weights: jax.Array  # (n_train,) bootstrap counts (ones: the plain training set)
-    init_key: jax.Array  # PRNG key data of the initialization
+    init: jax.Array  # int32 index of the initialization (same index: same initial weights)
 
 
 @dataclasses.dataclass
@@ -103,7 +104,7 @@ class Member:
 
 def stack_hypers(members: list[Member], seed: int, num_train: int) -> Hyper:
     """Stacks the members' leaves on a leading member axis."""
-    k_init, k_boot = jax.random.split(jax.random.PRNGKey(seed))
+    k_boot = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     num_boot = max([m.bootstrap for m in members] + [-1]) + 1
     boot = jr.ensemble.bootstrap_weights(k_boot, num_boot, num_train) if num_boot else None
     weights = [jnp.ones(num_train, jnp.float32) if m.bootstrap < 0 else boot[m.bootstrap] for m in members]
@@ -119,19 +120,23 @@ def stack_hypers(members: list[Member], seed: int, num_train: int) -> Hyper:
         dropout=f("dropout"),
         sigmoid=f("sigmoid"),
         weights=jnp.stack(weights),
-        init_key=jnp.stack([jax.random.fold_in(k_init, m.init) for m in members]),
+        init=jnp.asarray([m.init for m in members], jnp.int32),
     )
 
 
-def init_params(key: jax.Array, sizes: tuple[int, ...]) -> dict[str, dict[str, jax.Array]]:
-    """Glorot-uniform kernels ``(in, out)`` and zero biases, layers ``dense0``, ``dense1``, ..."""
+def init_params(seed: int, init: int, sizes: tuple[int, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """Glorot-uniform kernels ``(in, out)`` and zero biases, layers ``dense0``, ``dense1``, ...
+
+    Drawn on the host with numpy from ``(seed, init)``: no random-bit program to compile, and
+    members with the same ``init`` start from the same weights.
+    """
+    rng = np.random.default_rng([seed, init])
     params = {}
-    keys = jax.random.split(key, len(sizes) - 1)
-    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         limit = math.sqrt(6.0 / (n_in + n_out))
         params[f"dense{i}"] = {
-            "kernel": jax.random.uniform(k, (n_in, n_out), jnp.float32, -limit, limit),
-            "bias": jnp.zeros((n_out,), jnp.float32),
+            "kernel": rng.uniform(-limit, limit, (n_in, n_out)).astype(np.float32),
+            "bias": np.zeros((n_out,), np.float32),
         }
     return params
 
@@ -264,11 +269,9 @@ def train(
         logits = apply(state.params, x, state.hyper.sigmoid)
         return jnp.mean(cross_entropy(logits, y)), jnp.mean(jnp.argmax(logits, -1) == y)
 
-    def init_member(h: Hyper) -> TrainState:
-        params = init_params(h.init_key, sizes)
-        return TrainState(params, _optimizer(h, lr).init(params), h)
-
-    state = jax.jit(jax.vmap(init_member))(hyper)
+    inits = [init_params(seed, int(i), sizes) for i in np.asarray(hyper.init)]
+    params0 = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *inits)
+    state = jax.jit(jax.vmap(lambda p, h: TrainState(p, _optimizer(h, lr).init(p), h)))(params0, hyper)
     t0 = time.perf_counter()
     result = jr.fit(
         step_fn,
@@ -285,12 +288,12 @@ def train(
         chunk_size=_chunk_size(num_steps, config.eval_every),
         progress=progress,
     )
-    final = jax.block_until_ready(result.state.params)
+    final = jax.device_get(result.state.params)  # numpy from here on: no eager op compiles
     wall = time.perf_counter() - t0
     h = result.history
     return Trained(
         final=final,
-        best=result.best,
+        best=jax.device_get(result.best),
         best_step=np.asarray(result.best_num_steps),
         step=np.asarray(h.step),
         train_loss=np.asarray(h.train_loss).T,
@@ -319,9 +322,14 @@ def weight_stats(params: PyTree) -> dict[str, float]:
 
 def saturation(params: PyTree, x: np.ndarray, threshold: float) -> float:
     """Fraction of hidden sigmoid activations within ``threshold`` of 0 or 1 (on inputs ``x``)."""
-    acts = hidden_activations(params, jnp.asarray(x), jnp.ones([], jnp.float32))
+    acts = _hidden_sigmoid(params, jnp.asarray(x))
     flat = np.concatenate([np.asarray(a).ravel() for a in acts])
     return float(np.mean((flat < threshold) | (flat > 1.0 - threshold)))
+
+
+@jax.jit
+def _hidden_sigmoid(params, x):
+    return hidden_activations(params, x, jnp.ones([], jnp.float32))
 
 
 def member_probs(stacked: PyTree, sigmoid: jax.Array, x: jax.Array) -> np.ndarray:
@@ -334,11 +342,18 @@ def _probs(stacked, sigmoid, x):
     return jax.vmap(lambda p, s: jax.nn.softmax(apply(p, x, s), axis=-1))(stacked, sigmoid)
 
 
-def classification_metrics(probs: Any, labels: Any) -> dict[str, float]:
-    """Accuracy, mean negative log-likelihood and expected calibration error (15 bins)."""
+def classification_metrics(probs: Any, labels: Any, *, ece: bool = True) -> dict[str, float]:
+    """Accuracy, mean negative log-likelihood and (with ``ece``) expected calibration error, 15 bins."""
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels)
     correct = probs.argmax(-1) == labels
     nll = -np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)))
-    ece = jr.expected_calibration_error(jnp.asarray(probs, jnp.float32), jnp.asarray(labels), num_bins=15)
-    return {"acc": float(np.mean(correct)), "loss": float(nll), "ece": float(ece)}
+    out = {"acc": float(np.mean(correct)), "loss": float(nll)}
+    if ece:
+        out["ece"] = float(_ece(jnp.asarray(probs, jnp.float32), jnp.asarray(labels)))
+    return out
+
+
+@jax.jit
+def _ece(probs, labels):
+    return jr.expected_calibration_error(probs, labels, num_bins=15)

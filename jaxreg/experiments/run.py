@@ -47,7 +47,7 @@ class Settings:
     max_norm: float = 0.5
     dropout: float = 0.5
     sweep: tuple[float, ...] = tuple(float(v) for v in np.geomspace(1e-5, 1e-1, 9))
-    eval_every: int = 20
+    eval_every: int = 10
     learning_rate: float = 1e-3
     target_loss: float = 0.05
     saturation: float = 0.05
@@ -184,8 +184,8 @@ def _probs_fn(sigmoid: float):
 
 
 def _metrics_from_probs(split: jdata.Split, probs: dict[str, np.ndarray]) -> dict[str, float]:
-    tr = R.classification_metrics(probs["train"], split.y_train)
-    va = R.classification_metrics(probs["val"], split.y_val)
+    tr = R.classification_metrics(probs["train"], split.y_train, ece=False)
+    va = R.classification_metrics(probs["val"], split.y_val, ece=False)
     te = R.classification_metrics(probs["test"], split.y_test)
     return {
         "train_loss": tr["loss"],
@@ -314,7 +314,9 @@ def run(
     ens = _by_part(np.asarray(ens_all), sizes)
     bag_row = add_row("bagging", "ensemble", bag, stacked, ens, time.perf_counter() - t0)
     bag_row["member_test_acc"] = [float(np.mean(final_probs["test"][j].argmax(-1) == split.y_test)) for j in bag]
-    bag_row["member_test_nll"] = [R.classification_metrics(final_probs["test"][j], split.y_test)["loss"] for j in bag]
+    bag_row["member_test_nll"] = [
+        R.classification_metrics(final_probs["test"][j], split.y_test, ece=False)["loss"] for j in bag
+    ]
 
     # MC-dropout: the dropout member predicted with K masks (jr.mc_dropout); the curve over
     # K = 1, 2, 4, ... takes running means of the same masks (jr.mc_dropout_samples).
@@ -331,10 +333,9 @@ def run(
     mc = _by_part(np.asarray(mc_all), sizes)
     mc_row = add_row("mc_dropout", "mc_dropout", [d], dparams, mc, time.perf_counter() - t0)
     mc_row["num_masks"] = s.mc_samples
-    x_test = jnp.asarray(split.x_test)
     samples = np.asarray(
-        jax.jit(lambda p, x: jr.mc_dropout_samples(stochastic, p, x, mc_key, s.mc_samples))(dparams, x_test)
-    )
+        jax.jit(lambda p, x: jr.mc_dropout_samples(stochastic, p, x, mc_key, s.mc_samples))(dparams, x_all)
+    )[:, -len(split.y_test) :]  # the same masks as the row above; the test part is last
     running = np.cumsum(samples.astype(np.float64), axis=0) / np.arange(1, s.mc_samples + 1)[:, None, None]
     ks = [2**j for j in range(int(math.log2(s.mc_samples)) + 1)]
     if ks[-1] != s.mc_samples:

@@ -108,7 +108,7 @@ def sweep(
     }
     per_member = []
     for i in range(len(members)):
-        m = {k: R.classification_metrics(p[i], y) for k, (p, y) in probs.items()}
+        m = {k: R.classification_metrics(p[i], y, ece=False) for k, (p, y) in probs.items()}
         stats = R.weight_stats({k: {n: np.asarray(a[i]) for n, a in d.items()} for k, d in trained.final.items()})
         per_member.append(
             {
