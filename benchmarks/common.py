@@ -50,7 +50,7 @@ class Settings:
         if mode == "tiny":
             return Settings("tiny", 5, 1, 0.0, (2,), (4,), 2, 40, (), 16, (2,), False, 256)
         if mode == "quick":
-            return Settings("quick", 5, 1, 0.05, (1, 8, 32), (16, 64), 32, 40, (40, 400), 256, (8, 32), True, 1024)
+            return Settings("quick", 5, 1, 0.05, (8, 32), (64,), 32, 40, (40, 400), 256, (8, 32), True, 1024)
         if mode == "full":
             return Settings(
                 "full",

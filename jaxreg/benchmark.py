@@ -230,6 +230,8 @@ def cost_flops(compiled: Any) -> float:
 
     Returns:
       The ``"flops"`` entry of ``compiled.cost_analysis()``, or NaN where the backend has none.
+      XLA counts the body of a loop (``lax.scan``, ``fori_loop``, ``lax.map``) once, not once per
+      iteration: for such programs take the FLOPs of the body's own function times the trip count.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
