@@ -30,6 +30,7 @@ from benchmarks import common
 from benchmarks.common import BATCH, Row, Settings
 
 EVAL_EVERY = 20
+ROUNDS = 5  # whole training runs per side (each run is long; 5 is the minimum for a median)
 
 
 def fit_available() -> tuple[Any, str]:
@@ -175,7 +176,7 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     dispatch_run = make_dispatch_run(n, steps)
     walls: dict[str, list[float]] = {"fit": [], "dispatch": []}
     compile_s: dict[str, list[float]] = {"fit": [], "dispatch": []}
-    for r in range(settings.pairs):
+    for r in range(ROUNDS):
         order = [("fit", fit_run), ("dispatch", dispatch_run)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
             wall, log = _timed(fn)

@@ -147,7 +147,7 @@ def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -
         cleanup()
     result = {
         "jaxreg": jr.__version__,
-        "command": " ".join([Path(sys.executable).name, "-m", "benchmarks.run", *sys.argv[1:]]),
+        "command": os.environ.get("JAXREG_BENCH_COMMAND") or " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
         "mode": mode,
         "settings": {k: v for k, v in settings.__dict__.items()},
         "machine": jr.benchmark.machine().to_dict(),
@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if "JAXREG_BENCH_COMMAND" not in os.environ:
+        shown = sys.argv[1:] if argv is None else list(argv)
+        os.environ["JAXREG_BENCH_COMMAND"] = " ".join(["bench", *shown])
     mode = args.mode or "full"
     result = run(
         quick=mode == "quick",
