@@ -26,7 +26,7 @@ def mlp(params, x):
     return h @ params["w2"] + params["b2"][None, :]
 
 
-def main(steps: int = 600, hidden: int = 64, num_samples: int = 100, seed: int = 0) -> dict[str, float]:
+def main(steps: int = 400, hidden: int = 64, num_samples: int = 100, seed: int = 0) -> dict[str, float]:
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)

@@ -34,7 +34,7 @@ def cross_entropy(params, x, y):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits(params, x), y))
 
 
-def main(steps: int = 300, population: int = 128, sigma: float = 0.05, seed: int = 0) -> dict[str, float]:
+def main(steps: int = 150, population: int = 128, sigma: float = 0.05, seed: int = 0) -> dict[str, float]:
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
     scaler = StandardScaler().fit(x_train)

@@ -49,7 +49,7 @@ def loss_fn(params, x, key):
     return reconstruction + kl, (reconstruction, kl)
 
 
-def main(steps: int = 1000, hidden: int = 64, seed: int = 0) -> dict[str, float]:
+def main(steps: int = 600, hidden: int = 64, seed: int = 0) -> dict[str, float]:
     x = jnp.asarray(load_digits().data / 16.0, jnp.float32)  # pixel intensities in [0, 1]
     keys = jax.random.split(jax.random.key(seed), 5)
     params = {

@@ -92,18 +92,22 @@ def test_antithetic_estimate_on_a_quadratic_does_not_depend_on_sigma():
     np.testing.assert_allclose(np.asarray(grads[2]), np.asarray(grads[0]), rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize(("antithetic", "chunk_size"), [(True, 6), (True, 16), (False, 5)])
+@pytest.mark.parametrize(("antithetic", "chunk_size"), [(True, 6), (False, 5)])
 def test_chunked_estimate_equals_unchunked(antithetic, chunk_size):
     kwargs = dict(sigma=0.1, population=20, antithetic=antithetic, fitness_shaping="centered_ranks")
-    full = jr.es.gradient(quadratic, PARAMS, jax.random.key(3), **kwargs)
-    chunked = jr.es.gradient(quadratic, PARAMS, jax.random.key(3), chunk_size=chunk_size, **kwargs)
+    full = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, **kwargs))(PARAMS, jax.random.key(3))
+    chunked = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, chunk_size=chunk_size, **kwargs))(
+        PARAMS, jax.random.key(3)
+    )
     np.testing.assert_allclose(np.asarray(flat(chunked)), np.asarray(flat(full)), rtol=1e-5, atol=1e-6)
 
 
 def test_centered_ranks_make_the_estimate_invariant_to_monotone_transforms():
     kwargs = dict(sigma=0.1, population=64, fitness_shaping="centered_ranks")
-    g1 = jr.es.gradient(quadratic, PARAMS, jax.random.key(4), **kwargs)
-    g2 = jr.es.gradient(lambda p: jnp.exp(quadratic(p) / 10.0) - 3.0, PARAMS, jax.random.key(4), **kwargs)
+    g1 = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, **kwargs))(PARAMS, jax.random.key(4))
+    g2 = jax.jit(lambda p, k: jr.es.gradient(lambda q: jnp.exp(quadratic(q) / 10.0) - 3.0, p, k, **kwargs))(
+        PARAMS, jax.random.key(4)
+    )
     np.testing.assert_allclose(np.asarray(flat(g2)), np.asarray(flat(g1)), rtol=1e-6)
     # A callable shaping gets the population's losses and is used as given.
     g3 = jr.es.gradient(
@@ -114,9 +118,13 @@ def test_centered_ranks_make_the_estimate_invariant_to_monotone_transforms():
 
 
 def test_value_and_gradient():
-    value, grads = jr.es.value_and_gradient(quadratic, PARAMS, jax.random.key(5), sigma=0.1, population=16)
+    value, grads = jax.jit(lambda p, k: jr.es.value_and_gradient(quadratic, p, k, sigma=0.1, population=16))(
+        PARAMS, jax.random.key(5)
+    )
     np.testing.assert_allclose(float(value), float(quadratic(PARAMS)), rtol=1e-6)
-    expected = jr.es.gradient(quadratic, PARAMS, jax.random.key(5), sigma=0.1, population=16)
+    expected = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, sigma=0.1, population=16))(
+        PARAMS, jax.random.key(5)
+    )
     np.testing.assert_allclose(np.asarray(flat(grads)), np.asarray(flat(expected)), rtol=1e-6)
 
 

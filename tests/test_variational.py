@@ -209,13 +209,15 @@ def test_predict_matches_its_samples_and_the_linear_closed_form():
     apply = lambda p, x: x * p["w"]  # noqa: E731
     x = jnp.array([2.0, 3.0])
     rng = jax.random.key(1)
-    pred = vi.predict(apply, vparams, x, rng, 20_000)
+    pred = jax.jit(lambda vp: vi.predict(apply, vp, x, rng, 20_000))(vparams)
     np.testing.assert_allclose(np.asarray(pred.mean), [2.0, -6.0], atol=0.05)
     np.testing.assert_allclose(np.asarray(pred.variance), [0.25 * 4, 0.25 * 9], rtol=0.05)
-    samples = vi.predict_samples(apply, vparams, x, rng, 20_000)
+    samples = jax.jit(lambda vp: vi.predict_samples(apply, vp, x, rng, 20_000))(vparams)
     np.testing.assert_allclose(np.asarray(pred.mean), np.asarray(samples).mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(pred.variance), np.asarray(samples).var(0), rtol=1e-4)
-    chunked = vi.predict(apply, vparams, x, rng, 20_000, chunk_size=3000)  # with a remainder chunk
+    chunked = jax.jit(lambda vp: vi.predict(apply, vp, x, rng, 20_000, chunk_size=3000))(
+        vparams
+    )  # with a remainder chunk
     np.testing.assert_allclose(np.asarray(chunked.mean), np.asarray(pred.mean), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(chunked.variance), np.asarray(pred.variance), rtol=1e-5)
     assert isinstance(pred, jr.uncertainty.Prediction)
