@@ -154,7 +154,7 @@ def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": time.time() - started,
         "section_seconds": timings,
-        "rows": [r.to_dict() for r in rows],
+        "rows": [r.to_dict() | {"target_met": target_met(r.to_dict())} for r in rows],
         "torch_workers": ctx.get("torch_info"),
     }
     if json_path:
@@ -164,6 +164,18 @@ def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -
     if table:
         print_table(result)
     return result
+
+
+def target_met(row: dict[str, Any]) -> bool | None:
+    """Whether the row's ratio meets its target (``">= x ..."``); ``None`` without either."""
+    target, ratio = row.get("target") or "", row.get("ratio")
+    if not target.startswith(">=") or ratio is None:
+        return None
+    try:
+        bound = float(target[2:].split()[0])
+    except ValueError:
+        return None
+    return bool(ratio >= bound)
 
 
 def _json_default(x: Any) -> Any:
@@ -202,7 +214,7 @@ def format_rows(result: dict[str, Any]) -> list[list[str]]:
                 _fmt(r["baseline_value"]),
                 r["unit"],
                 ratio,
-                r["target"],
+                r["target"] + {True: " (met)", False: " (missed)", None: ""}[target_met(r)],
                 r["note"],
             ]
         )
