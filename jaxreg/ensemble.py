@@ -352,16 +352,20 @@ def _chunked(vcall: Callable[..., PyTree], xs: list[jax.Array], n: int, c: int) 
     main_n = num_chunks * c
     # Chunk j = members {j, j + num_chunks, ...}: a free reshape (c, num_chunks, ...).
     grid = [x[:main_n].reshape((c, num_chunks, *x.shape[1:])) for x in xs]
-    take = [jax.lax.index_in_dim(g, 0, axis=1, keepdims=False) for g in grid]
-    out_struct = jax.eval_shape(vcall, *take)
-    buffers = jax.tree.map(lambda s: jnp.zeros((c, num_chunks, *s.shape[1:]), s.dtype), out_struct)
+
+    def chunk_out(j: Any) -> PyTree:
+        return vcall(*[jax.lax.dynamic_index_in_dim(g, j, axis=1, keepdims=False) for g in grid])
+
+    # The first chunk is peeled to build the output buffers: they inherit its dtype and (under
+    # an explicit mesh) its sharding, which zeros of a given shape would not.
+    first = chunk_out(0)
+    buffers = jax.tree.map(lambda o: jnp.repeat(jnp.expand_dims(o, 1), num_chunks, axis=1), first)
 
     def body(j: jax.Array, bufs: PyTree) -> PyTree:
-        chunk = [jax.lax.dynamic_index_in_dim(g, j, axis=1, keepdims=False) for g in grid]
-        out = vcall(*chunk)
+        out = chunk_out(j)
         return jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j, axis=1), bufs, out)
 
-    buffers = jax.lax.fori_loop(0, num_chunks, body, buffers)
+    buffers = jax.lax.fori_loop(1, num_chunks, body, buffers)
     out = jax.tree.map(lambda b: b.reshape((main_n, *b.shape[2:])), buffers)
     if rem:
         tail = vcall(*[x[main_n:] for x in xs])

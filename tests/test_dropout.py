@@ -142,7 +142,9 @@ def test_mc_dropout_pytree_outputs():
     np.testing.assert_allclose(np.asarray(pred.variance["twice"]), 4 * np.asarray(pred.variance["y"]), rtol=1e-5)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"num_samples": 0}, "num_samples = 0"), ({"chunk_size": 0}, "chunk_size = 0")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"num_samples": 0}, "num_samples = 0"), ({"chunk_size": 0}, "chunk_size = 0")]
+)
 def test_mc_dropout_bad_arguments(kwargs, match):
     args = {"num_samples": 4, **kwargs}
     with pytest.raises(ValueError, match=match):

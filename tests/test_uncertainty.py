@@ -85,7 +85,7 @@ def test_ece_perfect_calibration_is_zero():
 def test_prediction_namedtuple():
     p = jr.Prediction(jnp.zeros(2), jnp.array([4.0, 9.0]))
     mean, variance = p
-    assert mean.shape == (2,)
+    assert mean.shape == (2,) and variance is p.variance
     np.testing.assert_allclose(np.asarray(p.std), [2.0, 3.0])
 
 

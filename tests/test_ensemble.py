@@ -1,0 +1,293 @@
+"""Tests of jr.ensemble: init, bootstrap, map, predict, train_step, shard, checkpoints."""
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxreg as jr
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _init(rng):
+    k1, k2 = jax.random.split(rng)
+    return {
+        "dense": {"kernel": jax.random.normal(k1, (3, 4)), "bias": jax.random.normal(k2, (4,))},
+        "out": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)},
+    }
+
+
+def _apply(p, x):
+    h = jnp.tanh(x @ p["dense"]["kernel"] + p["dense"]["bias"][None])
+    return h @ p["out"]["kernel"] + p["out"]["bias"][None]
+
+
+def _assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_init_equals_init_fn_per_split_key():
+    stacked = jr.ensemble.init(_init, jax.random.key(0), 3)
+    keys = jax.random.split(jax.random.key(0), 3)
+    for i, member in enumerate(jr.ensemble.unstack(stacked)):
+        _assert_trees_close(member, _init(keys[i]))
+
+
+def test_stack_unstack_roundtrip():
+    members = [_init(k) for k in jax.random.split(jax.random.key(1), 4)]
+    stacked = jr.ensemble.stack(members)
+    assert stacked["dense"]["bias"].shape == (4, 4)
+    for a, b in zip(jr.ensemble.unstack(stacked), members):
+        _assert_trees_close(a, b, rtol=0, atol=0)
+
+
+def test_bootstrap_counts_sum_to_n_and_leave_out_about_e_inverse():
+    n, members = 3000, 8
+    w = np.asarray(jr.ensemble.bootstrap_weights(jax.random.key(2), members, n))
+    assert w.shape == (members, n) and w.dtype == np.float32
+    np.testing.assert_array_equal(w.sum(axis=1), np.full(members, n))
+    assert np.all(w == np.round(w)) and np.all(w >= 0)
+    zeros = (w == 0).mean(axis=1)
+    # P(example never drawn) = (1 - 1/n)^n ~ e^-1; per-member sd ~ sqrt(p(1-p)/n) ~ 0.0088.
+    expected = (1 - 1 / n) ** n
+    assert np.all(np.abs(zeros - expected) < 0.04), zeros
+    assert abs(zeros.mean() - expected) < 0.015, zeros.mean()
+    assert not np.array_equal(w[0], w[1])  # members get different resamples
+
+
+def test_permutations_are_independent_permutations():
+    p = np.asarray(jr.ensemble.permutations(jax.random.key(3), 5, 50))
+    for row in p:
+        np.testing.assert_array_equal(np.sort(row), np.arange(50))
+    assert len({tuple(r) for r in p}) == 5
+
+
+@pytest.mark.parametrize("chunk_size", [None, 1, 2, 3])
+def test_map_equals_vmap(chunk_size):
+    params = jr.ensemble.init(_init, jax.random.key(4), 5)
+    x = jax.random.normal(jax.random.key(5), (6, 3))
+    xs = jax.random.normal(jax.random.key(6), (6, 5, 3))  # member axis 1
+
+    def fn(p, x, x_member):
+        return {"shared": _apply(p, x), "own": _apply(p, x_member)}
+
+    expected = jax.vmap(fn, in_axes=(0, None, 1))(params, x, xs)
+    got = jax.jit(jr.ensemble.map(fn, in_axes=(0, None, 1), chunk_size=chunk_size))(params, x, xs)
+    _assert_trees_close(got, expected)
+
+
+def test_predict_mean_and_population_variance():
+    params = jr.ensemble.init(_init, jax.random.key(7), 4)
+    x = jax.random.normal(jax.random.key(8), (5, 3))
+    outs = np.stack([np.asarray(_apply(m, x)) for m in jr.ensemble.unstack(params)])
+    pred = jr.ensemble.predict(_apply, params, x, chunk_size=3)
+    np.testing.assert_allclose(np.asarray(pred.mean), outs.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pred.variance), outs.var(0, ddof=0), rtol=1e-4, atol=1e-6)
+
+
+def test_mismatched_member_axes_name_the_leaf():
+    bad = {"a": jnp.zeros((3, 2)), "b": {"c": jnp.zeros((4, 2))}}
+    with pytest.raises(ValueError, match=r"leaf 'b/c' has 4 members, leaf 'a' has 3"):
+        jr.ensemble.num_members(bad)
+    with pytest.raises(ValueError, match=r"'b/c' has 4 members"):
+        jr.ensemble.predict(lambda p, x: p["a"], bad, None)
+    with pytest.raises(ValueError, match=r"has 4 members"):
+        jr.ensemble.map(lambda a, b: a + b)(jnp.zeros(3), jnp.zeros(4))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: jr.ensemble.init(_init, jax.random.key(0), 0), "num_members = 0"),
+        (lambda: jr.ensemble.bootstrap_weights(jax.random.key(0), 0, 5), "num_members = 0"),
+        (lambda: jr.ensemble.bootstrap_weights(jax.random.key(0), 2, 0), "num_examples = 0"),
+        (lambda: jr.ensemble.map(jnp.sin, chunk_size=0), "chunk_size = 0"),
+        (lambda: jr.ensemble.stack([]), "num_members >= 1"),
+        (lambda: jr.ensemble.num_members({"a": jnp.zeros(())}), "scalar"),
+    ],
+)
+def test_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# A per-member training step: dropout rate and L2 scale are per-member hyperparameters.
+
+
+def _loss(p, batch, rng, h):
+    x, y = batch
+    h1 = jnp.tanh(x @ p["dense"]["kernel"] + p["dense"]["bias"][None])
+    h1 = jr.dropout(rng, h1, h["rate"])
+    pred = h1 @ p["out"]["kernel"] + p["out"]["bias"][None]
+    return jnp.mean((pred - y) ** 2) + h["l2"](p)
+
+
+_OPT = optax.adam(1e-2)
+
+
+def _setup(n=4):
+    params = jr.ensemble.init(_init, jax.random.key(9), n)
+    opt_state = jax.vmap(_OPT.init)(params)
+    xb = jax.random.normal(jax.random.key(10), (n, 8, 3))
+    yb = jax.random.normal(jax.random.key(11), (n, 8, 2))
+    hparams = {
+        "rate": jnp.linspace(0.0, 0.5, n),
+        "l2": jr.l2(jnp.linspace(0.0, 0.3, n), mask=jr.masks.kernels),
+    }
+    return params, opt_state, (xb, yb), hparams
+
+
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_train_step_equals_stepping_each_member_alone(chunk_size):
+    n = 4
+    params, opt_state, batch, hparams = _setup(n)
+    keys = jax.random.split(jax.random.key(12), n)
+    step = jax.jit(jr.ensemble.train_step(_loss, _OPT, batch_axis=0, chunk_size=chunk_size))
+    p2, s2, losses = step(params, opt_state, batch, keys, hparams)
+    p2, s2, losses = step(p2, s2, batch, keys, hparams)
+
+    @jax.jit
+    def one_member(p, s, b, key, rate, scale):
+        h = {"rate": rate, "l2": jr.l2(scale, mask=jr.masks.kernels)}
+        loss, g = jax.value_and_grad(_loss)(p, b, key, h)
+        u, s = _OPT.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    for i in range(n):
+        p = jax.tree.map(lambda leaf, i=i: leaf[i], params)
+        s = jax.tree.map(lambda leaf, i=i: leaf[i], opt_state)
+        b = (batch[0][i], batch[1][i])
+        for _ in range(2):
+            p, s, loss = one_member(p, s, b, keys[i], hparams["rate"][i], hparams["l2"].scale[i])
+        _assert_trees_close(jax.tree.map(lambda leaf, i=i: leaf[i], p2), p, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(float(losses[i]), float(loss), rtol=1e-5)
+
+
+def test_penalty_mask_sees_one_member_biases_not_kernels():
+    # A stacked bias (N, d) has ndim 2; inside train_step each member's bias has ndim 1, so
+    # jr.masks.kernels leaves it alone: a pure-penalty loss must not move any bias.
+    params, _, _, _ = _setup(3)
+    pen = jr.l2(1.0, mask=jr.masks.kernels)
+    step = jax.jit(jr.ensemble.train_step(lambda p, b, r, h: pen(p), optax.sgd(0.1)))
+    new, _, losses = step(params, jax.vmap(optax.sgd(0.1).init)(params), None, jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(new["dense"]["bias"]), np.asarray(params["dense"]["bias"]))
+    np.testing.assert_allclose(
+        np.asarray(new["dense"]["kernel"]), 0.8 * np.asarray(params["dense"]["kernel"]), rtol=1e-6
+    )
+    per_member = [float(pen(m)) for m in jr.ensemble.unstack(params)]
+    np.testing.assert_allclose(np.asarray(losses), per_member, rtol=1e-6)
+
+
+def test_train_step_single_key_is_split_per_member():
+    params, opt_state, batch, hparams = _setup(4)
+    step = jax.jit(jr.ensemble.train_step(_loss, _OPT, batch_axis=0, chunk_size=2))
+    a = step(params, opt_state, batch, jax.random.key(5), hparams)
+    b = step(params, opt_state, batch, jax.random.split(jax.random.key(5), 4), hparams)
+    _assert_trees_close(a, b, rtol=0, atol=0)
+
+
+def test_checkpoint_roundtrip_resumes_to_identical_numbers(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    params, opt_state, batch, hparams = _setup(4)
+    step = jax.jit(jr.ensemble.train_step(_loss, _OPT, batch_axis=0))
+    key = jax.random.key(13)
+    for t in range(2):
+        params, opt_state, _ = step(params, opt_state, batch, jax.random.fold_in(key, t), hparams)
+    path = tmp_path / "ckpt"
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(path, {"params": params, "opt_state": opt_state})
+    ckptr.wait_until_finished()
+
+    def run(p, s):
+        for t in range(2, 4):
+            p, s, losses = step(p, s, batch, jax.random.fold_in(key, t), hparams)
+        return p, s, losses
+
+    direct = run(params, opt_state)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": params, "opt_state": opt_state})
+    restored = ckptr.restore(path, target)
+    assert jax.tree.structure(restored["opt_state"]) == jax.tree.structure(opt_state)
+    resumed = run(restored["params"], restored["opt_state"])
+    _assert_trees_close(resumed, direct, rtol=0, atol=0)
+
+
+_SHARD_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np, optax
+    import jaxreg as jr
+    assert jax.device_count() == 8, jax.devices()
+
+    def init(rng):
+        k1, k2 = jax.random.split(rng)
+        return {"w": jax.random.normal(k1, (3, 4)), "b": jnp.zeros(4), "v": jax.random.normal(k2, (4, 1))}
+
+    def loss(p, batch, rng, h):
+        x, y = batch
+        hid = jr.dropout(rng, jnp.tanh(x @ p["w"] + p["b"]), 0.25)
+        return jnp.mean((hid @ p["v"] - y) ** 2) + h(p)
+
+    n = 16
+    opt = optax.adam(1e-2)
+    params = jr.ensemble.init(init, jax.random.key(0), n)
+    state = jax.vmap(opt.init)(params)
+    batch = (jax.random.normal(jax.random.key(1), (n, 8, 3)), jax.random.normal(jax.random.key(2), (n, 8, 1)))
+    pens = jr.l2(jnp.linspace(0.0, 0.1, n), mask=jr.masks.kernels)
+    keys = jax.random.split(jax.random.key(3), n)
+    mesh = jax.make_mesh((8,), ("members",))
+    for chunk in (None, 8):
+        step = jax.jit(jr.ensemble.train_step(loss, opt, batch_axis=0, chunk_size=chunk))
+        ref = step(params, state, batch, keys, pens)
+        sp, ss, sb, sk, sh = jr.ensemble.shard((params, state, batch, keys, pens), mesh)
+        assert len(sp["w"].sharding.device_set) == 8
+        out = step(sp, ss, sb, sk, sh)
+        assert len(out[0]["w"].sharding.device_set) == 8, out[0]["w"].sharding
+        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        pred = jr.ensemble.predict(lambda p, x: jnp.tanh(x @ p["w"] + p["b"]) @ p["v"], sp, batch[0][0])
+        ref_pred = jr.ensemble.predict(lambda p, x: jnp.tanh(x @ p["w"] + p["b"]) @ p["v"], params, batch[0][0])
+        np.testing.assert_allclose(np.asarray(pred.mean), np.asarray(ref_pred.mean), rtol=1e-5, atol=1e-6)
+    try:
+        jr.ensemble.shard({"w": jnp.zeros((12, 2))}, mesh)
+    except ValueError as e:
+        assert "multiple of the mesh axis" in str(e), e
+    else:
+        raise AssertionError("no ValueError for 12 members on 8 devices")
+    print("SHARDED_EQUAL_OK")
+    """
+)
+
+
+def test_shard_on_eight_cpu_devices_equals_unsharded():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARD_SCRIPT], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SHARDED_EQUAL_OK" in out.stdout
+
+
+def test_example_bagged_ensemble_runs():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "bagged_ensemble.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("accuracy bagged ensemble"))
+    assert float(line.split()[-1]) > 0.8, out.stdout  # chance is 0.1
+    oob = next(x for x in out.stdout.splitlines() if x.startswith("out-of-bag"))
+    assert abs(float(oob.split()[4]) - 0.368) < 0.03, oob
