@@ -161,6 +161,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = _out_dir(args)
     _prepare_out(out)
     results = job.run(settings, split, out)
+    from jaxreg import plots
+
+    plots.draw_run(out)
     main_rows = [r for r in results["regimes"] if r["kind"] != "sweep"]
     sweep_rows = [r for r in results["regimes"] if r["kind"] == "sweep"]
     print()
@@ -208,6 +211,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
+    from jaxreg import plots
+
+    plots.draw_sweep(out)
     print()
     print(sw.format_rows(results["rows"]))
     print()

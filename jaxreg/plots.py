@@ -7,12 +7,14 @@ from a run's ``history.npz`` and ``results.json``.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["curves", "mc_dropout", "sweep", "weight_histograms"]
+__all__ = ["curves", "draw_run", "draw_sweep", "mc_dropout", "sweep", "weight_histograms"]
 
 
 def _plt():
@@ -179,3 +181,81 @@ def mc_dropout(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _kernels(path: str) -> np.ndarray:
+    with np.load(path) as z:
+        return np.concatenate([np.ravel(z[k]) for k in z.files if k.endswith("/kernel")])
+
+
+def draw_run(out_dir: str) -> dict[str, str]:
+    """Draws the figures of a ``jaxreg run`` from the files it saved in ``out_dir``.
+
+    Reads ``results.json``, ``history.npz`` and ``params/*.npz``; writes ``curves.png`` (train
+    and validation loss per regime), ``l2_sweep.png`` (accuracy vs L2 scale), ``weights.png``
+    (kernel histograms) and ``mc_dropout.png`` (accuracy and NLL vs number of masks).
+
+    Returns:
+      ``name -> path`` of the figures written.
+    """
+    with open(os.path.join(out_dir, "results.json")) as f:
+        res = json.load(f)
+    names = res["figures"]
+    rows = {r["regime"]: r for r in res["regimes"]}
+    sweep_rows = [r for r in res["regimes"] if r["kind"] == "sweep"]
+    with np.load(os.path.join(out_dir, "history.npz")) as h:
+        members = [str(m) for m in h["members"]]
+        step, train_loss, val_loss = h["step"], h["train_loss"], h["val_loss"]
+    shown = ["none", "l2", "weight_decay", "l1", "elastic_net", "max_norm", "dropout", "sigmoid", "sigmoid_l2"]
+    out = {}
+    out["curves"] = curves(
+        os.path.join(out_dir, names["curves"]),
+        step,
+        {n: (train_loss[members.index(n)], val_loss[members.index(n)]) for n in shown if n in members},
+        target=res["settings"]["target_loss"],
+        best_step=rows["early_stopping"]["best_step"],
+    )
+    out["l2_sweep"] = sweep(
+        os.path.join(out_dir, names["l2_sweep"]),
+        [r["hyper"]["l2"] for r in sweep_rows],
+        {"validation": [r["val_acc"] for r in sweep_rows], "test": [r["test_acc"] for r in sweep_rows]},
+        baseline=rows["none"]["val_acc"],
+        xlabel="L2 scale (coupled, in the loss)",
+        title=f"{res['data']['name']}: accuracy vs L2 scale",
+    )
+    out["weights"] = weight_histograms(
+        os.path.join(out_dir, names["weights"]),
+        {
+            n: _kernels(os.path.join(out_dir, rows[n]["params_file"]))
+            for n in ["none", "l2", "weight_decay", "l1", "max_norm", "dropout"]
+        },
+    )
+    curve = res["mc_dropout_curve"]
+    out["mc_dropout"] = mc_dropout(
+        os.path.join(out_dir, names["mc_dropout"]),
+        curve["num_masks"],
+        curve["test_acc"],
+        curve["test_nll"],
+        reference={
+            "dropout, weight scaling": (rows["dropout"]["test_acc"], rows["dropout"]["test_nll"]),
+            "none": (rows["none"]["test_acc"], rows["none"]["test_nll"]),
+            "bagging": (rows["bagging"]["test_acc"], rows["bagging"]["test_nll"]),
+        },
+    )
+    return out
+
+
+def draw_sweep(out_dir: str) -> str:
+    """Draws ``sweep.png`` (validation and test accuracy vs strength) from ``sweep.json``."""
+    with open(os.path.join(out_dir, "sweep.json")) as f:
+        res = json.load(f)
+    rows = res["rows"]
+    return sweep(
+        os.path.join(out_dir, "sweep.png"),
+        res["values"],
+        {"validation": [r["val_acc"] for r in rows[1:]], "test": [r["test_acc"] for r in rows[1:]]},
+        baseline=rows[0]["val_acc"],
+        xlabel=res["label"],
+        title=f"{res['data']['name']}: accuracy vs {res['regularizer']}",
+        log_x=min(res["values"]) > 0,
+    )

@@ -18,6 +18,7 @@ from jaxreg import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--quick", "--steps", "40", "--hidden", "32", "--members", "2", "--mc-samples", "4", "--no-progress"]
+TINY_SWEEP = ["--quick", "--steps", "40", "--hidden", "32", "--no-progress"]
 EXAMPLES = ["weight_decay_chain", "l1_proximal", "sweep_vmap", "activity_sow"]
 
 
@@ -47,7 +48,7 @@ def procs(tmp_path_factory):
                 "1",
                 "--num",
                 "3",
-                *TINY[2:],
+                *TINY_SWEEP,
                 "--out",
                 str(base / "s"),
             ],

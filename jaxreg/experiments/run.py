@@ -4,8 +4,9 @@
 trains them together (:func:`jaxreg.experiments.regimes.train`), derives the regimes that need
 no extra training (early stopping: each member's best-validation snapshot; MC-dropout: the
 dropout member predicted with many masks; bagging: the ensemble's mean probabilities), and
-writes ``results.json``, ``results.csv``, ``history.npz``, ``data.npz``, one ``params/*.npz``
-per regime and PNG figures into the output folder.
+writes ``results.json``, ``results.csv``, ``history.npz``, ``data.npz`` and one ``params/*.npz``
+per regime into the output folder; :func:`jaxreg.plots.draw_run` draws the figures from them
+(plots sit above experiments in the module order).
 """
 
 from __future__ import annotations
@@ -25,10 +26,19 @@ import numpy as np
 
 import jaxreg as jr
 from jaxreg import data as jdata
-from jaxreg import plots
 from jaxreg.experiments import regimes as R
 
-__all__ = ["COLUMNS", "Settings", "findings", "format_table", "load_data", "load_params", "run", "save_params"]
+__all__ = [
+    "COLUMNS",
+    "FIGURES",
+    "Settings",
+    "findings",
+    "format_table",
+    "load_data",
+    "load_params",
+    "run",
+    "save_params",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +80,14 @@ class Settings:
     def default(cls, **overrides: Any) -> Settings:
         return cls(**{k: v for k, v in overrides.items() if v is not None})
 
+
+FIGURES = {
+    "curves": "curves.png",
+    "l2_sweep": "l2_sweep.png",
+    "weights": "weights.png",
+    "mc_dropout": "mc_dropout.png",
+}
+"""The figures of a run; :func:`jaxreg.plots.draw_run` draws them from the saved results."""
 
 COLUMNS = (
     ("regime", "regime", "{}"),
@@ -347,7 +365,6 @@ def run(
         "test_nll": [c["loss"] for c in curve],
         "test_ece": [c["ece"] for c in curve],
     }
-    accs, nlls = mc_curve["test_acc"], mc_curve["test_nll"]
 
     for name in ["sigmoid", "sigmoid_l2"]:
         i = index[name][0]
@@ -380,45 +397,6 @@ def run(
         x_test=split.x_test,
         y_test=split.y_test,
     )
-    figures = {}
-    curve_names = ["none", "l2", "weight_decay", "l1", "elastic_net", "max_norm", "dropout", "sigmoid", "sigmoid_l2"]
-    figures["curves"] = plots.curves(
-        os.path.join(out_dir, "curves.png"),
-        trained.step,
-        {n: (trained.train_loss[index[n][0]], trained.val_loss[index[n][0]]) for n in curve_names},
-        target=s.target_loss,
-        best_step=int(trained.best_step[index["none"][0]]),
-    )
-    figures["l2_sweep"] = plots.sweep(
-        os.path.join(out_dir, "l2_sweep.png"),
-        [r["l2"] for r in sweep_rows],
-        {"validation": [r["val_acc"] for r in sweep_rows], "test": [r["test_acc"] for r in sweep_rows]},
-        baseline=next(r["val_acc"] for r in rows if r["regime"] == "none"),
-        xlabel="L2 scale (coupled, in the loss)",
-        ylabel="accuracy",
-        title=f"{split.name}: accuracy vs L2 scale",
-    )
-    figures["weights"] = plots.weight_histograms(
-        os.path.join(out_dir, "weights.png"),
-        {
-            n: np.concatenate([np.ravel(v["kernel"]) for v in _take(trained.final, index[n][0]).values()])
-            for n in ["none", "l2", "weight_decay", "l1", "max_norm", "dropout"]
-        },
-    )
-    det = next(r for r in rows if r["regime"] == "dropout")
-    figures["mc_dropout"] = plots.mc_dropout(
-        os.path.join(out_dir, "mc_dropout.png"),
-        ks,
-        accs,
-        nlls,
-        reference={
-            "dropout, weight scaling": (det["test_acc"], det["test_nll"]),
-            "none": (rows[0]["test_acc"], rows[0]["test_nll"]),
-            "bagging": (bag_row["test_acc"], bag_row["test_nll"]),
-        },
-    )
-    figures = {k: os.path.basename(v) for k, v in figures.items()}
-
     results = {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
         "data": {"name": split.name, **split.sizes(), "num_classes": split.num_classes, "features": split.num_features},
@@ -437,7 +415,7 @@ def run(
         "regimes": rows,
         "mc_dropout_curve": mc_curve,
         "train_wall_s": trained.wall_s,
-        "figures": figures,
+        "figures": dict(FIGURES),
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=_json_default)

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from jaxreg import data as jdata
-from jaxreg import plots
 from jaxreg.experiments import regimes as R
 
 __all__ = ["REGULARIZERS", "SWEEP_COLUMNS", "format_rows", "strengths", "sweep"]
@@ -141,15 +140,6 @@ def sweep(
         "rows": rows,
         "train_wall_s": trained.wall_s,
     }
-    plots.sweep(
-        os.path.join(out_dir, "sweep.png"),
-        values,
-        {"validation": [r["val_acc"] for r in rows[1:]], "test": [r["test_acc"] for r in rows[1:]]},
-        baseline=rows[0]["val_acc"],
-        xlabel=label,
-        title=f"{split.name}: accuracy vs {reg}",
-        log_x=min(values) > 0,
-    )
     with open(os.path.join(out_dir, "sweep.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out_dir, "sweep.csv"), "w", newline="") as f:
