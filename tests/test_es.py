@@ -102,6 +102,23 @@ def test_chunked_estimate_equals_unchunked(antithetic, chunk_size):
     np.testing.assert_allclose(np.asarray(flat(chunked)), np.asarray(flat(full)), rtol=1e-5, atol=1e-6)
 
 
+def test_automatic_chunks_give_the_same_estimate_as_one_vmap():
+    # Large activations make chunk_size=None split the population on CPU; the estimate must not change.
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(512, 64)), jnp.float32)
+    params = {"w1": 0.1 * jnp.ones((64, 256)), "w2": 0.1 * jnp.ones((256, 1))}
+    loss = lambda p: jnp.mean(jax.nn.relu(x @ p["w1"]) @ p["w2"])  # noqa: E731
+    leaves, treedef = jax.tree.flatten(params)
+    assert jr.es._auto_dirs_per_chunk(loss, leaves, treedef, 32, True) < 32  # it does chunk here
+    for shaping in [None, "centered_ranks"]:
+        kwargs = dict(sigma=0.1, population=64, fitness_shaping=shaping)
+        auto = jax.jit(lambda p, k, kw=kwargs: jr.es.gradient(loss, p, k, **kw))(params, jax.random.key(9))
+        whole = jax.jit(lambda p, k, kw=kwargs: jr.es.gradient(loss, p, k, chunk_size=64, **kw))(
+            params, jax.random.key(9)
+        )
+        scale = float(jnp.max(jnp.abs(flat(whole))))  # summation order differs: compare to the largest entry
+        np.testing.assert_allclose(np.asarray(flat(auto)), np.asarray(flat(whole)), rtol=1e-4, atol=1e-4 * scale)
+
+
 def test_centered_ranks_make_the_estimate_invariant_to_monotone_transforms():
     kwargs = dict(sigma=0.1, population=64, fitness_shaping="centered_ranks")
     g1 = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, **kwargs))(PARAMS, jax.random.key(4))
