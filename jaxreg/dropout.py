@@ -207,13 +207,16 @@ def _check_chunk_size(chunk_size: Any, where: str) -> int | None:
     return _checks.check_int_at_least("chunk_size", chunk_size, 1, where)
 
 
-# Auto chunking, measured on a 2-core AMD EPYC (Zen 3, 32 MiB L3), jax 0.10.2: the fastest chunk
-# of masks (or ensemble members) is the one whose summed jaxpr intermediates stay near 48 MiB:
-# MLP 64-256-256-10 on 1797 inputs (~30 MB per mask): 1 mask per chunk, 1.9x a Python loop and
-# 2x a plain vmap at K = 64; 8-256-1 on 256 inputs (2.1 MB): 16; on 1024 inputs (8.4 MB): 4;
-# 8-32-1 on 16 inputs (0.13 MB): all masks in one vmap; the digits MLP's Adam step with batch
-# 128 (10.5 MB per member): 4 members per chunk (1.6x a loop, 1.9x a plain vmap at N = 128).
+# Auto chunking, measured on a 2-core AMD EPYC (Zen 3, 32 MiB L3), jax 0.10.2. The working set of
+# one item is proxied by the summed bytes of its jaxpr's intermediates. MC-dropout (forward only):
+# the fastest chunk of masks keeps that near 48 MiB: MLP 64-256-256-10 on 1797 inputs (~30 MB per
+# mask): 1 mask per chunk, 1.9x a Python loop and 2x a plain vmap at K = 64; 8-256-1 on 256
+# inputs (2.1 MB): 8-16; on 1024 inputs (8.4 MB): 4-16; 8-32-1 on 16 inputs (0.13 MB): all masks
+# in one vmap. Ensemble training steps (ensemble.map) tolerate more: for the digits MLP's Adam
+# step at batch 128 (10.5 MB per member) a plain vmap is best at N = 8, and chunks of 4-8
+# members beat both the vmap (1.6-1.9x) and a loop (1.6-1.7x) at N = 128: budget 128 MiB.
 _CHUNK_BUDGET_BYTES = 48 << 20
+_MAP_CHUNK_BUDGET_BYTES = 128 << 20
 _FALLBACK_CHUNK = 4
 
 
@@ -257,11 +260,11 @@ def _working_set_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
         return None
 
 
-def _auto_chunk(num: int, item_bytes: int | None) -> int:
-    """Items per chunk: the largest power of two whose working set fits the budget (at least 1)."""
+def _auto_chunk(num: int, item_bytes: int | None, budget: int = _CHUNK_BUDGET_BYTES) -> int:
+    """Items per chunk: the largest power of two whose working set fits ``budget`` (at least 1)."""
     if item_bytes is None:
         return min(num, _FALLBACK_CHUNK)
-    target = max(1, _CHUNK_BUDGET_BYTES // max(1, item_bytes))
+    target = max(1, budget // max(1, item_bytes))
     if target >= num:
         return num
     return 1 << (int(target).bit_length() - 1)
