@@ -15,8 +15,9 @@ example. Every member runs the same optimizer chain
 
 on the loss ``jr.regularize(weighted_cross_entropy, jr.l2(l2, mask=kernels))``, with dropout
 on the hidden units at the member's rate. A regime that turns a regularizer off sets its leaf
-to zero (or the max-norm bound to a huge value), so all regimes are one compiled program: a
-``lax.scan`` over steps, ``vmap``-ped over members. Training is full batch (the training split
+to zero (or the max-norm bound to a huge value), so all regimes are one compiled program:
+``jr.fit``'s ``lax.scan`` over steps, ``vmap``-ped over members, the same compiled chunk called
+once per progress-bar tick. Training is full batch (the training split
 is deliberately small), so the only randomness is the initialization, the dropout masks and
 the bootstrap resamples, all drawn from the seed.
 """
