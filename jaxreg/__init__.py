@@ -7,7 +7,16 @@ from jaxreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, tie
 from jaxreg.sharing import Share, Shared
 from jaxreg.transforms import add_penalty_grad, project, proximal, proximal_adam
 
-# [issue 3: dropout, uncertainty, ensemble]
+from jaxreg import ensemble
+from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
+from jaxreg.uncertainty import (
+    Prediction,
+    expected_calibration_error,
+    expected_entropy,
+    mutual_information,
+    predictive_entropy,
+    predictive_probs,
+)
 from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stopped, retrain_budget
 from jaxreg.training import FitResult, History, fit, retrain
 from jaxreg import benchmark
@@ -35,7 +44,16 @@ __all__ = [
     "regularize",
     "tie",
     "unit_norm",
-    # [__all__ issue 3]
+    "Prediction",
+    "dropout",
+    "ensemble",
+    "expected_calibration_error",
+    "expected_entropy",
+    "mc_dropout",
+    "mc_dropout_samples",
+    "mutual_information",
+    "predictive_entropy",
+    "predictive_probs",
     "EarlyStopping",
     "EarlyStoppingState",
     "FitResult",

@@ -213,3 +213,22 @@ def test_example_mc_dropout_flax_runs():
     accs = [float(line.split()[-1]) for line in out.stdout.splitlines() if line.startswith("accuracy")]
     assert len(accs) >= 4, out.stdout
     assert min(accs) > 0.5, out.stdout  # 10 classes: chance is 0.1
+
+
+def test_chunked_mc_dropout_memory_flat_in_num_samples():
+    # XLA's own accounting of temporaries: with chunk_size the peak does not grow with K,
+    # with a plain vmap it grows about linearly.
+    params = {"w1": jnp.ones((5, 64)), "w2": jnp.ones((64, 3))}
+    x = jnp.ones((256, 5))
+
+    def temp_bytes(k, chunk):
+        f = jax.jit(lambda p, r: jr.mc_dropout(_mlp_apply, p, x, r, k, chunk_size=chunk))
+        analysis = f.lower(params, jax.random.key(0)).compile().memory_analysis()
+        if analysis is None:
+            pytest.skip("no memory analysis on this backend")
+        return analysis.temp_size_in_bytes
+
+    chunked = [temp_bytes(k, 4) for k in (16, 128)]
+    plain = [temp_bytes(k, k) for k in (16, 128)]
+    assert chunked[1] <= 1.1 * chunked[0] + 4096, chunked
+    assert plain[1] >= 4 * plain[0], plain
