@@ -16,7 +16,7 @@ import math
 import sys
 import types
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +25,23 @@ from jax.extend.random import threefry_2x32
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg.uncertainty import Prediction
 
 PyTree = Any
 
-__all__ = ["dropout", "keep_mask", "mc_dropout", "mc_dropout_samples", "quantize_rate"]
+__all__ = ["Prediction", "dropout", "keep_mask", "mc_dropout", "mc_dropout_samples", "quantize_rate"]
+
+
+class Prediction(NamedTuple):
+    """Mean and variance over masks or members (``ddof=0``: the variance of the uniform mixture)."""
+
+    mean: Any
+    variance: Any
+
+    @property
+    def std(self) -> Any:
+        """The standard deviation, ``sqrt(variance)``."""
+        return jax.tree.map(jnp.sqrt, self.variance)
+
 
 _PRECISIONS = (8, 16, 32)
 _UINT = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}
