@@ -82,8 +82,8 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
         ts = jr.benchmark.interleave(
             fns,
             args,
-            rounds=settings.pairs,
-            warmup=settings.warmup,
+            rounds=5,  # calls last up to seconds; the calibration call doubles as warm-up
+            warmup=0 if settings.number is None else settings.warmup,
             number=settings.number,
             min_time=settings.min_time,
         )
