@@ -60,7 +60,7 @@ def test_estimate_on_quadratic_is_aligned_with_the_true_gradient():
 
 @pytest.mark.parametrize("antithetic", [True, False])
 def test_estimate_is_unbiased_and_its_variance_matches_theory(antithetic):
-    population, repeats = 32, 1000
+    population, repeats = 32, 500
     keys = jax.random.split(jax.random.key(1), repeats)
     estimate = jax.jit(
         jax.vmap(
@@ -126,11 +126,6 @@ def test_centered_ranks_make_the_estimate_invariant_to_monotone_transforms():
         PARAMS, jax.random.key(4)
     )
     np.testing.assert_allclose(np.asarray(flat(g2)), np.asarray(flat(g1)), rtol=1e-6)
-    # A callable shaping gets the population's losses and is used as given.
-    g3 = jr.es.gradient(
-        quadratic, PARAMS, jax.random.key(4), sigma=0.1, population=64, fitness_shaping=jr.es.centered_ranks
-    )
-    np.testing.assert_allclose(np.asarray(flat(g3)), np.asarray(flat(g1)), rtol=1e-6)
     assert cosine(flat(g1), TRUE_GRAD) > 0.5
 
 

@@ -251,7 +251,7 @@ def test_bayesian_mlp_variance_is_larger_off_the_data():
         return (optax.apply_updates(vparams, updates), state), None
 
     (vparams, _), _ = jax.jit(lambda c, k: jax.lax.scan(step, c, k))(
-        (vparams, opt.init(vparams)), jax.random.split(jax.random.key(1), 1500)
+        (vparams, opt.init(vparams)), jax.random.split(jax.random.key(1), 600)
     )
     on = vi.predict(_mlp, vparams, jnp.linspace(-0.9, 0.9, 50)[:, None], jax.random.key(2), 200)
     off = vi.predict(
