@@ -402,13 +402,8 @@ def fit(
 
     def history_so_far(num_done: int) -> History:
         k = num_done * evals_per_chunk
-        history = History(
-            step=jnp.asarray(eval_steps[:k]),
-            **{name: jnp.asarray(value[:k]) for name, value in hist.items()},
-        )
-        if single:
-            history = history._replace(**{f: getattr(history, f)[:, 0] for f in History._fields[1:]})
-        return history
+        rows = {name: value[:k, 0] if single else value[:k] for name, value in hist.items()}
+        return History(step=jnp.asarray(eval_steps[:k]), **{name: jnp.asarray(v) for name, v in rows.items()})
 
     def unstack(tree: PyTree) -> PyTree:
         return _drop_member_axis(tree) if single else tree
