@@ -94,7 +94,7 @@ def test_antithetic_estimate_on_a_quadratic_does_not_depend_on_sigma():
 
 @pytest.mark.parametrize(("antithetic", "chunk_size"), [(True, 6), (False, 5)])
 def test_chunked_estimate_equals_unchunked(antithetic, chunk_size):
-    kwargs = dict(sigma=0.1, population=20, antithetic=antithetic, fitness_shaping="centered_ranks")
+    kwargs = dict(sigma=0.1, population=20, antithetic=antithetic)  # raw fitness: the one-pass path
     full = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, **kwargs))(PARAMS, jax.random.key(3))
     chunked = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, chunk_size=chunk_size, **kwargs))(
         PARAMS, jax.random.key(3)
@@ -104,12 +104,12 @@ def test_chunked_estimate_equals_unchunked(antithetic, chunk_size):
 
 def test_automatic_chunks_give_the_same_estimate_as_one_vmap():
     # Large activations make chunk_size=None split the population on CPU; the estimate must not change.
-    x = jnp.asarray(np.random.default_rng(8).normal(size=(512, 64)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(256, 64)), jnp.float32)
     params = {"w1": 0.1 * jnp.ones((64, 256)), "w2": 0.1 * jnp.ones((256, 1))}
     loss = lambda p: jnp.mean(jax.nn.relu(x @ p["w1"]) @ p["w2"])  # noqa: E731
     leaves, treedef = jax.tree.flatten(params)
     assert jr.es._auto_dirs_per_chunk(loss, leaves, treedef, 32, True) < 32  # it does chunk here
-    for shaping in [None, "centered_ranks"]:
+    for shaping in ["centered_ranks"]:  # the two-pass path (one-pass: test_chunked_...)
         kwargs = dict(sigma=0.1, population=64, fitness_shaping=shaping)
         auto = jax.jit(lambda p, k, kw=kwargs: jr.es.gradient(loss, p, k, **kw))(params, jax.random.key(9))
         whole = jax.jit(lambda p, k, kw=kwargs: jr.es.gradient(loss, p, k, chunk_size=64, **kw))(
