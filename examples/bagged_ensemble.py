@@ -38,7 +38,7 @@ def apply_mlp(params, x):
     return x @ params[-1]["w"] + params[-1]["b"]
 
 
-def main(members: int = 8, steps: int = 100, seed: int = 0) -> dict[str, float]:
+def main(members: int = 8, steps: int = 60, seed: int = 0) -> dict[str, float]:
     (x, y), (x_test, y_test) = load()
     n = x.shape[0]
     k_init, k_boot = jax.random.split(jax.random.key(seed))

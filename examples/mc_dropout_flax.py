@@ -104,7 +104,7 @@ def report(name, apply_stochastic, apply_deterministic, params, test_data, num_s
     return accuracy(mc.mean, y), accuracy(ens.mean, y)
 
 
-def main(steps: int = 80, members: int = 3, num_samples: int = 16) -> dict[str, float]:
+def main(steps: int = 50, members: int = 3, num_samples: int = 8) -> dict[str, float]:
     train_data, test_data = load()
     results = {}
 
