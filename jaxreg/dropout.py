@@ -154,8 +154,10 @@ def dropout(
     scaling uses the same quantized keep probability, so :math:`\mathbb{E}[y] = x` exactly. A
     traced rate that rounds to 1 gives zeros. Random bits come from threefry hashing one counter
     per 32-bit word (the stream ``jax.random.bits`` gives with ``jax_threefry_partitionable``
-    off, whatever that flag says), cut into ``32 / precision`` thresholds each: on a 2-core CPU,
-    about 4x cheaper than ``jax.random.bernoulli`` at the default precision.
+    off, whatever that flag says), cut into ``32 / precision`` thresholds each: on a 2-core CPU
+    at 64x512x512, 3.5x faster than ``jax.random.bernoulli`` dropout at the default precision
+    (16 bits: 2.8x; 32 bits: 1.25x). The counter spans the whole mask, so shard the member or
+    mask axis (``vmap``-ed keys), not the axes of one mask.
 
     Args:
       rng: a PRNG key.
