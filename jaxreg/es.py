@@ -166,23 +166,17 @@ def _estimate(
         return [jnp.tensordot(coef.astype(e.dtype), e, axes=1) for e in eps]
 
     def utilities(losses: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """[num_dirs, signs] losses -> (coefficient per direction, scale)."""
+        """Shaped fitness: [num_dirs, signs] losses -> (coefficient per direction, scale)."""
         flat = losses.T.reshape(-1)  # all '+' members, then all '-' members
         n = flat.shape[0]
-        if fitness_shaping is None:
-            if antithetic:  # the mean cancels exactly between the two members of a pair
-                u, denom = flat, n
-            else:  # subtracting the mean: unbiased with n - 1, and much less variance
-                u, denom = flat - jnp.mean(flat), n - 1
-        else:
-            shape_fn = centered_ranks if fitness_shaping in _RANKS else fitness_shaping
-            u, denom = jnp.asarray(shape_fn(flat)), n
-            if u.shape != flat.shape:
-                raise ValueError(
-                    f"{where}: fitness_shaping must return one utility per member, got shape {u.shape} "
-                    f"for losses of shape {flat.shape}."
-                )
-            u = u.astype(flat.dtype)
+        shape_fn = centered_ranks if fitness_shaping in _RANKS else fitness_shaping
+        u, denom = jnp.asarray(shape_fn(flat)), n
+        if u.shape != flat.shape:
+            raise ValueError(
+                f"{where}: fitness_shaping must return one utility per member, got shape {u.shape} "
+                f"for losses of shape {flat.shape}."
+            )
+        u = u.astype(flat.dtype)
         u = u.reshape(signs, num_dirs)
         coef = u[0] - u[1] if antithetic else u[0]
         return coef, 1.0 / (denom * sigma.astype(flat.dtype))
