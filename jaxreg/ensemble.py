@@ -290,8 +290,8 @@ def map(
       The mapped function.
 
     Raises:
-      ValueError: when called, if the mapped leaves disagree on the member axis (naming the
-        leaf), or if ``chunk_size < 1``.
+      ValueError: if ``chunk_size < 1``; when called, if the mapped leaves disagree on the
+        member axis (naming the leaf) or ``in_axes`` does not fit the arguments.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
