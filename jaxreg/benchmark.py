@@ -465,8 +465,9 @@ def interleave(
       args: one argument tuple per workload (default: no arguments).
       rounds: timed rounds, >= 1.
       warmup: untimed calls of each workload first.
-      number: calls per timed repeat, the same for all; ``None`` calibrates on the slowest.
-      min_time: seconds the slowest workload's repeat should last when ``number`` is ``None``.
+      number: calls per timed repeat, the same for all; ``None`` calibrates each workload (a
+        power of two of calls such that its repeat lasts ``min_time``).
+      min_time: seconds each workload's repeat should last when ``number`` is ``None``.
 
     Returns:
       One :class:`Timing` per workload; ``timings[j].times[r]`` was measured in round ``r``.
@@ -492,14 +493,16 @@ def interleave(
     for _ in range(warmup):
         for t in timers:
             t(1)
-    n = number if number is not None else _calibrate(timers, min_time)
+    # Each workload gets its own calls per repeat, so a fast one is not timed on a single call
+    # because a slow one lasts min_time already; the per-call times of a round stay comparable.
+    ns = [number if number is not None else _calibrate([t], min_time) for t in timers]
     times: list[list[float]] = [[] for _ in timers]
     k = len(timers)
     for r in range(rounds):
         for j in range(k):
             idx = (r + j) % k
-            times[idx].append(timers[idx](n) / n)
-    return [Timing(times=tuple(ts), number=n) for ts in times]
+            times[idx].append(timers[idx](ns[idx]) / ns[idx])
+    return [Timing(times=tuple(ts), number=n) for ts, n in zip(times, ns)]
 
 
 def compare(
@@ -523,8 +526,8 @@ def compare(
       args_b: arguments of ``b`` (default: ``args_a``).
       pairs: number of timed pairs, >= 1.
       warmup: untimed calls of each first.
-      number: calls per timed repeat (the same for both); ``None`` calibrates.
-      min_time: seconds the slower one's repeat should last when ``number`` is ``None``.
+      number: calls per timed repeat (the same for both); ``None`` calibrates each.
+      min_time: seconds each repeat should last when ``number`` is ``None``.
 
     Returns:
       A :class:`Comparison`; ``ratios[i] == a.times[i] / b.times[i]``.
