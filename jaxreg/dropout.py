@@ -221,16 +221,17 @@ def _check_chunk_size(chunk_size: Any, where: str) -> int | None:
     return _checks.check_int_at_least("chunk_size", chunk_size, 1, where)
 
 
-# Auto chunking, measured on a 2-core AMD EPYC (Zen 3, 32 MiB L3), jax 0.10.2. The working set of
-# one item is proxied by the summed bytes of its jaxpr's intermediates. MC-dropout (forward only):
-# the fastest chunk of masks keeps that near 48 MiB: MLP 64-256-256-10 on 1797 inputs (~30 MB per
-# mask): 1 mask per chunk, 1.9x a Python loop and 2x a plain vmap at K = 64; 8-256-1 on 256
-# inputs (2.1 MB): 8-16; on 1024 inputs (8.4 MB): 4-16; 8-32-1 on 16 inputs (0.13 MB): all masks
-# in one vmap. Ensemble training steps (ensemble.map) tolerate more: for the digits MLP's Adam
-# step at batch 128 (10.5 MB per member) a plain vmap is best at N = 8, and chunks of 4-8
-# members beat both the vmap (1.6-1.9x) and a loop (1.6-1.7x) at N = 128: budget 128 MiB.
+# Auto chunking, measured on a 2-core AMD EPYC (Zen 3, 32 MiB L3), jax 0.10.2, for MC-dropout
+# masks and ensemble members alike. One item's working set is proxied by the summed bytes of
+# its jaxpr's intermediates. When all items together stay within 128 MiB, one plain vmap is
+# fastest (8-32-1 on 16 inputs, 0.13 MB per mask; the digits MLP's Adam step at batch 128,
+# 10.5 MB per member, at N = 8). Beyond, chunks of the largest power of two within 48 MiB:
+# MLP 64-256-256-10 on 1797 inputs (~30 MB per mask): 1 mask per chunk, 1.8-1.9x a Python loop
+# of jitted passes and ~3x a plain vmap at K = 64; 8-256-1 on 256 inputs (2.1 MB): 16 (a plain
+# vmap of 256 masks is 2-4x slower); on 1024 inputs (8.4 MB): 4; the Adam step at N = 32-128:
+# 4 members per chunk (0.9-1.9x a plain vmap over runs on a shared, noisy machine).
 _CHUNK_BUDGET_BYTES = 48 << 20
-_MAP_CHUNK_BUDGET_BYTES = 128 << 20
+_VMAP_ALL_BYTES = 128 << 20
 _FALLBACK_CHUNK = 4
 
 
@@ -274,10 +275,20 @@ def _working_set_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
         return None
 
 
-def _auto_chunk(num: int, item_bytes: int | None, budget: int = _CHUNK_BUDGET_BYTES) -> int:
-    """Items per chunk: the largest power of two whose working set fits ``budget`` (at least 1)."""
+def _auto_chunk(
+    num: int, item_bytes: int | None, budget: int = _CHUNK_BUDGET_BYTES, vmap_all_bytes: int | None = None
+) -> int:
+    """Items per chunk: all of them if they fit ``vmap_all_bytes``, else the largest power of two within ``budget``.
+
+    ``vmap_all_bytes=None`` means ``_VMAP_ALL_BYTES`` with the default budget, and no such
+    shortcut with another budget (a caller's own budget keeps its meaning).
+    """
     if item_bytes is None:
         return min(num, _FALLBACK_CHUNK)
+    if vmap_all_bytes is None:
+        vmap_all_bytes = _VMAP_ALL_BYTES if budget == _CHUNK_BUDGET_BYTES else 0
+    if num * item_bytes <= vmap_all_bytes:
+        return num
     target = max(1, budget // max(1, item_bytes))
     if target >= num:
         return num
@@ -337,10 +348,11 @@ def mc_dropout(
       num_samples: the number of masks, ``K >= 1``.
       chunk_size: masks evaluated together by one ``vmap``; ``chunk_size >= num_samples`` is a
         plain ``vmap``, 1 a loop over masks. ``None`` chooses from the size of one mask's
-        intermediates (traced once, abstractly): the largest power of two keeping a chunk's
-        intermediates within 48 MiB, the rule measured fastest on a 2-core CPU (for a
-        64-256-256-10 MLP on 1797 inputs, one mask at a time: about 1.9x a Python loop of
-        jitted passes at ``num_samples=64``; for a tiny model, all masks in one ``vmap``).
+        intermediates (traced once, abstractly): one ``vmap`` if all masks' intermediates fit
+        in 128 MiB, else the largest power of two keeping a chunk's within 48 MiB, the rule
+        measured fastest on a 2-core CPU (for a 64-256-256-10 MLP on 1797 inputs, one mask at
+        a time: about 1.8x a Python loop of jitted passes at ``num_samples=64``; for a tiny
+        model, all masks in one ``vmap``).
 
     Returns:
       ``Prediction(mean, variance)`` with the structure of ``outputs``; the variance is over

@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxreg import _checks
 from jaxreg._tree import key_path_str
-from jaxreg.dropout import _MAP_CHUNK_BUDGET_BYTES, _auto_chunk, _working_set_bytes
+from jaxreg.dropout import _auto_chunk, _working_set_bytes
 from jaxreg.uncertainty import Prediction
 
 PyTree = Any
@@ -281,10 +281,10 @@ def map(
         the arguments holding ints and ``None``.
       chunk_size: members per chunk. ``chunk_size >= N`` is a plain ``vmap``, 1 a loop over
         members. ``None`` chooses from the size of one member's intermediates (``fn`` traced
-        once, abstractly): the largest power of two keeping a chunk's intermediates within
-        128 MiB, the rule measured fastest on a 2-core CPU (for the Adam step of a
-        64-256-256-10 MLP at batch 128, 8 members per chunk: about 1.6x a Python loop and
-        a plain ``vmap`` at ``N = 128``; up to 8 members of it run as one ``vmap``).
+        once, abstractly): one ``vmap`` if all members' intermediates fit in 128 MiB, else the
+        largest power of two keeping a chunk's within 48 MiB (for the Adam step of a
+        64-256-256-10 MLP at batch 128: one ``vmap`` up to 8 members, chunks of 4 beyond; on
+        a 2-core CPU 0.9-1.9x a plain ``vmap`` at ``N = 32-128``, within noise of a loop).
 
     Returns:
       The mapped function.
@@ -337,7 +337,7 @@ def map(
         xs = [moved[i] for i in positions]
         if chunk_arg is None:
             one = [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs]
-            c = _auto_chunk(n, _working_set_bytes(call, *one), _MAP_CHUNK_BUDGET_BYTES)
+            c = _auto_chunk(n, _working_set_bytes(call, *one))
         else:
             c = min(chunk_arg, n)
         if c >= n:
