@@ -7,8 +7,9 @@ Usage (from the repository root)::
 or ``jaxreg bench`` with the same options. Every comparison is timed in alternation with its
 baseline in this one run (paired ratios; the ratio column is always "times better than the
 baseline", > 1 meaning jaxreg is faster), as the median of >= 5 timed repeats after warm-up, with
-compile time reported apart. Modes: ``--tiny`` (seconds; the test suite's end-to-end check, its
-figures mean little), ``--quick`` (about 2 minutes), default full (about 15 minutes).
+compile time reported apart. Modes: ``--tiny`` (under a minute on a quiet 2-core machine; the
+test suite's end-to-end check, its figures mean little), ``--quick`` (a few minutes), default full
+(about 11 minutes on 2 shared cores). ``--markdown`` also prints the table as markdown.
 
 Allocator: with glibc's default malloc XLA returns its multi-MB temporaries to the OS and faults
 them back every step (PERF-NOTES). Unless ``--no-tune-malloc`` is given or ``MALLOC_*`` /
