@@ -13,10 +13,8 @@ masks inside a loop, so that peak memory grows with the chunk, not with ``num_sa
 from __future__ import annotations
 
 import math
-import sys
-import types
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,22 +23,12 @@ from jax.extend.random import threefry_2x32
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
+from jaxreg._chunking import _auto_chunk, _working_set_bytes
+from jaxreg.uncertainty import Prediction
 
 PyTree = Any
 
 __all__ = ["Prediction", "dropout", "keep_mask", "mc_dropout", "mc_dropout_samples", "quantize_rate"]
-
-
-class Prediction(NamedTuple):
-    """Mean and variance over masks or members (``ddof=0``: the variance of the uniform mixture)."""
-
-    mean: Any
-    variance: Any
-
-    @property
-    def std(self) -> Any:
-        """The standard deviation, ``sqrt(variance)``."""
-        return jax.tree.map(jnp.sqrt, self.variance)
 
 
 _PRECISIONS = (8, 16, 32)
@@ -221,80 +209,6 @@ def _check_chunk_size(chunk_size: Any, where: str) -> int | None:
     return _checks.check_int_at_least("chunk_size", chunk_size, 1, where)
 
 
-# Auto chunking, measured on a 2-core AMD EPYC (Zen 3, 32 MiB L3), jax 0.10.2, for MC-dropout
-# masks and ensemble members alike. One item's working set is proxied by the summed bytes of
-# its jaxpr's intermediates. When all items together stay within 128 MiB, one plain vmap is
-# fastest (8-32-1 on 16 inputs, 0.13 MB per mask; the digits MLP's Adam step at batch 128,
-# 10.5 MB per member, at N = 8). Beyond, chunks of the largest power of two within 48 MiB:
-# MLP 64-256-256-10 on 1797 inputs (~30 MB per mask): 1 mask per chunk, 1.8-1.9x a Python loop
-# of jitted passes and ~3x a plain vmap at K = 64; 8-256-1 on 256 inputs (2.1 MB): 16 (a plain
-# vmap of 256 masks is 2-4x slower); on 1024 inputs (8.4 MB): 4; the Adam step at N = 32-128:
-# 4 members per chunk (0.9-1.9x a plain vmap over runs on a shared, noisy machine).
-_CHUNK_BUDGET_BYTES = 48 << 20
-_VMAP_ALL_BYTES = 128 << 20
-_FALLBACK_CHUNK = 4
-
-
-def _abstract(tree: PyTree) -> PyTree:
-    def one(a: Any) -> Any:
-        if isinstance(a, (jax.Array, np.ndarray, np.generic)):
-            return jax.ShapeDtypeStruct(jnp.shape(a), a.dtype)
-        return a
-
-    return jax.tree.map(one, tree)
-
-
-def _jaxpr_bytes(jaxpr: Any) -> int:
-    from jax.extend.core import jaxprs_in_params
-
-    total = 0
-    for eqn in jaxpr.eqns:
-        inner = list(jaxprs_in_params(eqn.params))
-        if inner:
-            total += sum(_jaxpr_bytes(j) for j in inner)
-            continue
-        for v in eqn.outvars:
-            aval = v.aval
-            shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
-            if shape is None or dtype is None:
-                continue
-            try:
-                itemsize = int(np.dtype(dtype).itemsize)
-            except TypeError:
-                itemsize = 8  # PRNG key arrays
-            total += math.prod(shape) * itemsize
-    return total
-
-
-def _working_set_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
-    """The bytes of all intermediates in ``fn``'s jaxpr for one item (a proxy for its working set)."""
-    try:
-        closed = jax.make_jaxpr(fn)(*_abstract(args))
-        return _jaxpr_bytes(closed.jaxpr)
-    except Exception:  # a function that cannot be traced abstractly: use the fallback chunk
-        return None
-
-
-def _auto_chunk(
-    num: int, item_bytes: int | None, budget: int = _CHUNK_BUDGET_BYTES, vmap_all_bytes: int | None = None
-) -> int:
-    """Items per chunk: all of them if they fit ``vmap_all_bytes``, else the largest power of two within ``budget``.
-
-    ``vmap_all_bytes=None`` means ``_VMAP_ALL_BYTES`` with the default budget, and no such
-    shortcut with another budget (a caller's own budget keeps its meaning).
-    """
-    if item_bytes is None:
-        return min(num, _FALLBACK_CHUNK)
-    if vmap_all_bytes is None:
-        vmap_all_bytes = _VMAP_ALL_BYTES if budget == _CHUNK_BUDGET_BYTES else 0
-    if num * item_bytes <= vmap_all_bytes:
-        return num
-    target = max(1, budget // max(1, item_bytes))
-    if target >= num:
-        return num
-    return 1 << (int(target).bit_length() - 1)
-
-
 def _mc_chunk(chunk: int | None, num_samples: int, apply_fn: Callable[..., Any], params: Any, x: Any, rng: Any) -> int:
     if chunk is not None:
         return min(chunk, num_samples)
@@ -450,18 +364,3 @@ def mc_dropout_samples(
         tail = one(keys[num_chunks * chunk :])
         out = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), out, tail)
     return out
-
-
-class _CallableModule(types.ModuleType):
-    """``jaxreg.dropout`` is both this module and the function :func:`dropout`.
-
-    Importing the submodule by path (as ``pytest --import-mode=importlib`` does for doctests)
-    rebinds the package attribute ``jaxreg.dropout`` to the module; calling the module calls
-    :func:`dropout`, so ``jr.dropout(rng, x, rate)`` works either way.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> jax.Array:
-        return dropout(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -19,8 +19,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxreg import _checks
+from jaxreg._chunking import _auto_chunk, _working_set_bytes
 from jaxreg._tree import key_path_str
-from jaxreg.dropout import _auto_chunk, _working_set_bytes
 from jaxreg.uncertainty import Prediction
 
 PyTree = Any

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
+from jaxreg._chunking import _auto_chunk, _working_set_bytes
 from jaxreg._tree import key_path_str
-from jaxreg.dropout import _auto_chunk, _working_set_bytes
 from jaxreg.variational import _normal_leaves
 
 PyTree = Any

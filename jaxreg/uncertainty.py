@@ -1,7 +1,7 @@
 """Predictive uncertainty from stacked samples: MC-dropout masks or ensemble members alike.
 
-:class:`Prediction` (mean and variance over masks or members) is defined next to
-:func:`jaxreg.mc_dropout`, the lower module, and re-exported here.
+:class:`Prediction` is what :func:`jaxreg.mc_dropout`, :func:`jaxreg.ensemble.predict` and
+:func:`jaxreg.variational.predict` return: mean and variance over masks, members or weight draws.
 
 Every function takes ``samples`` with a leading sample (or member) axis and classes on the last
 axis, as logits (``from_logits=True``, the default) or probabilities. Entropies are in nats.
@@ -9,12 +9,13 @@ axis, as logits (``from_logits=True``, the default) or probabilities. Entropies 
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg.dropout import Prediction
 
 __all__ = [
     "Prediction",
@@ -24,6 +25,18 @@ __all__ = [
     "predictive_entropy",
     "predictive_probs",
 ]
+
+
+class Prediction(NamedTuple):
+    """Mean and variance over masks or members (``ddof=0``: the variance of the uniform mixture)."""
+
+    mean: Any
+    variance: Any
+
+    @property
+    def std(self) -> Any:
+        """The standard deviation, ``sqrt(variance)``."""
+        return jax.tree.map(jnp.sqrt, self.variance)
 
 
 def _check_samples(samples: ArrayLike, where: str) -> jax.Array:

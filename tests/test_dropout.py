@@ -235,3 +235,15 @@ def test_chunked_mc_dropout_memory_flat_in_num_samples():
     plain = [temp_bytes(k, k) for k in (16, 128)]
     assert chunked[1] <= 1.1 * chunked[0] + 4096, chunked
     assert plain[1] >= 4 * plain[0], plain
+
+
+def test_jr_dropout_stays_the_function_after_importing_the_submodule():
+    import importlib
+
+    import types
+
+    module = importlib.import_module("jaxreg.dropout")
+    assert isinstance(module, types.ModuleType)
+    y = jr.dropout(jax.random.key(0), jnp.ones((2, 64)), 0.5)
+    assert isinstance(jr.dropout, types.FunctionType)
+    assert set(np.unique(np.asarray(y)).tolist()) <= {0.0, 2.0}
