@@ -239,7 +239,6 @@ def test_chunked_mc_dropout_memory_flat_in_num_samples():
 
 def test_jr_dropout_stays_the_function_after_importing_the_submodule():
     import importlib
-
     import types
 
     module = importlib.import_module("jaxreg.dropout")
