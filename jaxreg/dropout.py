@@ -55,13 +55,14 @@ def _check_rate(rate: Any, where: str) -> None:
         raise ValueError(f"{where}: rate is the probability of dropping a unit, in [0, 1); got rate = {rate!r}.")
 
 
-def quantize_rate(rate: ArrayLike, precision: int = 8) -> jax.Array:
+def quantize_rate(rate: ArrayLike, precision: int = 16) -> jax.Array:
     r"""The drop rate that :func:`dropout` actually uses: ``rate`` rounded to a multiple of ``2**-precision``.
 
     .. math:: \tilde p = \mathrm{round}(p \, 2^b) / 2^b
 
-    With the default ``precision=8`` the rate moves by at most 1/512: 0.5 stays 0.5, 0.1 becomes
-    26/256 = 0.1015625. With ``precision=32`` the resolution is that of float32.
+    With ``precision=16`` (``dropout``'s default) the rate moves by at most 2**-17; with
+    ``precision=8`` by at most 1/512 (0.5 stays 0.5, 0.1 becomes 26/256 = 0.1015625); with
+    ``precision=32`` the resolution is that of float32.
 
     Args:
       rate: drop probability in [0, 1); may be traced.
@@ -72,7 +73,7 @@ def quantize_rate(rate: ArrayLike, precision: int = 8) -> jax.Array:
 
     Examples:
       >>> from jaxreg.dropout import quantize_rate
-      >>> float(quantize_rate(0.1)), float(quantize_rate(0.1, precision=16))
+      >>> float(quantize_rate(0.1, precision=8)), float(quantize_rate(0.1))
       (0.1015625, 0.100006103515625)
     """
     precision = _check_precision(precision, "quantize_rate")
@@ -91,7 +92,7 @@ def _random_words(rng: jax.Array, num_words: int) -> jax.Array:
     return threefry_2x32(jax.random.key_data(rng), jax.lax.iota(jnp.uint32, num_words))
 
 
-def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precision: int = 8) -> jax.Array:
+def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precision: int = 16) -> jax.Array:
     r"""A boolean mask of kept units, each kept independently with probability ``1 - quantize_rate(rate)``.
 
     .. math:: m_i = [u_i \ge \mathrm{round}(p\,2^b)], \quad u_i \sim \mathrm{Uniform}\{0, \dots, 2^b - 1\}
@@ -100,8 +101,8 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
       rng: a PRNG key (typed or raw ``uint32[2]``).
       shape: the mask's shape.
       rate: drop probability; may be traced.
-      precision: bits per threshold: 8 (four thresholds per random 32-bit word, the default),
-        16 (two per word) or 32 (one per word).
+      precision: bits per threshold: 8 (four thresholds per random 32-bit word), 16 (the default,
+        two per word) or 32 (one per word).
 
     Returns:
       A bool array of ``shape``.
@@ -129,23 +130,30 @@ def dropout(
     rate: ArrayLike,
     *,
     broadcast_dims: Sequence[int] = (),
-    precision: int = 8,
+    precision: int = 16,
 ) -> jax.Array:
     r"""Inverted dropout: zero each unit with probability ``rate``, scale the survivors by ``1 / (1 - rate)``.
 
     .. math::
-      y_i = \frac{m_i\, x_i}{1 - \tilde p}, \quad m_i \sim \mathrm{Bernoulli}(1 - \tilde p),
+      y_i = \frac{m_i\, x_i}{1 - p}, \quad m_i \sim \mathrm{Bernoulli}(1 - \tilde p),
       \quad \tilde p = \mathrm{round}(p\, 2^b) / 2^b
 
-    ``rate`` is the probability of *dropping* a unit (as in flax). It is quantized to a multiple
-    of ``2**-precision`` (``precision=8``: steps of 1/256; see :func:`quantize_rate`), and the
-    scaling uses the same quantized keep probability, so :math:`\mathbb{E}[y] = x` exactly. A
-    traced rate that rounds to 1 gives zeros. Random bits come from threefry hashing one counter
-    per 32-bit word (the stream ``jax.random.bits`` gives with ``jax_threefry_partitionable``
-    off, whatever that flag says), cut into ``32 / precision`` thresholds each: on a 2-core CPU
-    at 64x512x512, 3.5x faster than ``jax.random.bernoulli`` dropout at the default precision
-    (16 bits: 2.8x; 32 bits: 1.25x). The counter spans the whole mask, so shard the member or
-    mask axis (``vmap``-ed keys), not the axes of one mask.
+    ``rate`` (:math:`p`) is the probability of *dropping* a unit (as in flax). Survivors are
+    scaled by exactly :math:`1 / (1 - p)`, as ``flax.linen.Dropout`` does. The keep decision
+    compares ``precision``-bit random integers with a threshold, so the drop probability
+    actually used is :math:`\tilde p`, ``rate`` rounded to a multiple of ``2**-precision``
+    (:func:`quantize_rate`): with the default ``precision=16`` it is within
+    :math:`2^{-17} \approx 7.6 \cdot 10^{-6}` of ``rate`` and
+    :math:`\mathbb{E}[y] = x (1 - \tilde p) / (1 - p)`, unbiased to that resolution (exactly for
+    rates that are multiples of ``2**-precision``, such as 0.5 or 0.25); ``precision=8`` has
+    steps of 1/256, ``precision=32`` that of float32. A traced rate of 1 gives zeros.
+
+    Random bits come from threefry hashing one counter per 32-bit word (the stream
+    ``jax.random.bits`` gives with ``jax_threefry_partitionable`` off, whatever that flag says),
+    cut into ``32 / precision`` thresholds each: on a 2-core CPU at 64x512x512, 2.8x faster than
+    ``jax.random.bernoulli`` dropout at the default 16 bits (8 bits: 3.5x; 32 bits: 1.25x). The
+    counter spans the whole mask, so shard the member or mask axis (``vmap``-ed keys), not the
+    axes of one mask.
 
     Args:
       rng: a PRNG key.
@@ -154,7 +162,7 @@ def dropout(
         A concrete 0 returns ``x`` unchanged without drawing bits.
       broadcast_dims: axes along which one mask value is shared (e.g. ``(0,)`` drops the same
         units for every example; the default is an independent mask per element).
-      precision: bits per random threshold: 8 (default), 16 or 32.
+      precision: bits per random threshold: 8, 16 (default) or 32.
 
     Returns:
       An array of ``x``'s shape and dtype.
@@ -190,7 +198,8 @@ def dropout(
     keep = keep_mask(rng, mask_shape, rate, precision=precision)
     if mask_shape != x.shape:
         keep = jnp.broadcast_to(keep, x.shape)
-    keep_prob = 1.0 - quantize_rate(rate, precision)
+    keep_prob = 1.0 - jnp.asarray(rate, jnp.float32)
+    # Guarded so that a traced rate of 1 gives zeros (and zero gradients), not inf * 0.
     scale = jnp.where(keep_prob > 0.0, 1.0 / jnp.where(keep_prob > 0.0, keep_prob, 1.0), 0.0).astype(x.dtype)
     return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))
 

@@ -301,7 +301,17 @@ def map(
     """
     chunk_arg = None if chunk_size is None else _checks.check_int_at_least("chunk_size", chunk_size, 1, "ensemble.map")
 
-    def mapped(*args: Any) -> PyTree:
+    def mapped(*args: Any, **kwargs: Any) -> PyTree:
+        if kwargs:
+            # As jax.vmap: keyword arguments are mapped over their leading axis.
+            names = tuple(sorted(kwargs))
+            positional = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+
+            def positional_fn(*all_args: Any) -> PyTree:
+                return fn(*all_args[: len(args)], **dict(zip(names, all_args[len(args) :])))
+
+            inner = map(positional_fn, in_axes=(*positional, *(0,) * len(names)), chunk_size=chunk_size)
+            return inner(*args, *(kwargs[k] for k in names))
         axes = _broadcast_axes(in_axes, args)
         flat, treedef = jax.tree_util.tree_flatten_with_path(args)
         leaves = [leaf for _, leaf in flat]

@@ -105,9 +105,7 @@ def _broadcast(x: Any, shape: tuple[int, ...], name: str, where: str) -> jax.Arr
     try:
         return jnp.broadcast_to(x, shape)
     except ValueError:
-        raise ValueError(
-            f"{where}: {name} of shape {x.shape} does not broadcast to the mean's shape {shape}."
-        ) from None
+        raise ValueError(f"{where}: {name} of shape {x.shape} does not broadcast to shape {shape}.") from None
 
 
 def kl_normal(
@@ -184,10 +182,15 @@ def kl_normal(
         m = jnp.asarray(m)
         dtype = jnp.result_type(m, s, pm, ps, jnp.float32)
         leaf_name = f" (leaf {path!r})" if path else ""
-        m = m.astype(dtype)
-        s = _broadcast(s, m.shape, "std" + leaf_name, where).astype(dtype)
-        pm = _broadcast(pm, m.shape, "prior_mean" + leaf_name, where).astype(dtype)
-        ps = _broadcast(ps, m.shape, "prior_std" + leaf_name, where).astype(dtype)
+        # Broadcast jointly, as the numpy formula would (a scalar mean with an array std is fine).
+        try:
+            shape = jnp.broadcast_shapes(m.shape, jnp.shape(s), jnp.shape(pm), jnp.shape(ps))
+        except ValueError:
+            shape = m.shape  # _broadcast below names the argument that does not fit
+        m = _broadcast(m, shape, "mean" + leaf_name, where).astype(dtype)
+        s = _broadcast(s, shape, "std" + leaf_name, where).astype(dtype)
+        pm = _broadcast(pm, shape, "prior_mean" + leaf_name, where).astype(dtype)
+        ps = _broadcast(ps, shape, "prior_std" + leaf_name, where).astype(dtype)
         if parameterization == "std":
             log_s, var = jnp.log(s), jnp.square(s)
         elif parameterization == "log_std":

@@ -32,11 +32,24 @@ def test_keep_fraction_matches_quantized_rate(precision, rate):
 
 
 def test_quantized_rate_and_exact_scale():
-    assert float(quantize_rate(0.1)) == 26 / 256
-    assert float(quantize_rate(0.1, 16)) == round(0.1 * 65536) / 65536
-    y = np.asarray(jr.dropout(jax.random.key(1), jnp.ones(10_000), 0.1))
-    values = set(np.unique(y).tolist())
-    assert values == {0.0, np.float32(256 / 230).item()}, values
+    assert float(quantize_rate(0.1, 8)) == 26 / 256
+    assert float(quantize_rate(0.1)) == round(0.1 * 65536) / 65536
+    for precision in (8, 16, 32):
+        y = np.asarray(jr.dropout(jax.random.key(1), jnp.ones(10_000), 0.1, precision=precision))
+        values = set(np.unique(y).tolist())
+        # Survivors are scaled by exactly 1 / (1 - rate), whatever the threshold resolution.
+        assert values == {0.0, (np.float32(1.0) / (np.float32(1.0) - np.float32(0.1))).item()}, values
+
+
+def test_survivors_equal_flax_dropout_values():
+    x = jnp.linspace(0.5, 2.0, 4000).reshape(40, 100)
+    rate = 0.37
+    ours = np.asarray(jr.dropout(jax.random.key(5), x, rate))
+    ref = np.asarray(nn.Dropout(rate, deterministic=False).apply({}, x, rngs={"dropout": jax.random.key(6)}))
+    kept_ours, kept_ref = ours != 0, ref != 0
+    np.testing.assert_allclose(ours[kept_ours], np.asarray(x)[kept_ours] / (1 - rate), rtol=1e-6)
+    np.testing.assert_allclose(ours[kept_ours & kept_ref], ref[kept_ours & kept_ref], rtol=1e-6)
+    _within(kept_ours.mean(), 1 - rate, math.sqrt(rate * (1 - rate) / x.size))
 
 
 @pytest.mark.parametrize("precision", [8, 16, 32])
@@ -46,7 +59,8 @@ def test_unbiased_mean(precision):
     ys = jax.vmap(lambda k: jr.dropout(k, x, 0.3, precision=precision))(keys)
     q = float(quantize_rate(0.3, precision))
     std = np.abs(np.asarray(x)) * math.sqrt(q / (1 - q) / len(keys))
-    err = np.abs(np.asarray(ys.mean(0)) - np.asarray(x))
+    expected = np.asarray(x) * (1 - q) / (1 - 0.3)  # x itself to within 2**-(precision+1) / 0.7
+    err = np.abs(np.asarray(ys.mean(0)) - expected)
     assert np.all(err <= 5 * std + 1e-6), err.max()
 
 

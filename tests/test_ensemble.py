@@ -284,3 +284,15 @@ def test_example_bagged_ensemble_runs():
     assert float(line.split()[-1]) > 0.8, out.stdout  # chance is 0.1
     oob = next(x for x in out.stdout.splitlines() if x.startswith("out-of-bag"))
     assert abs(float(oob.split()[4]) - 0.368) < 0.03, oob
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_map_maps_keyword_arguments_like_vmap(chunk_size):
+    w, x, b = jnp.arange(16.0).reshape(4, 2, 2), jnp.ones(2), jnp.arange(8.0).reshape(4, 2)
+
+    def fn(w, x, b):
+        return w @ x + b
+
+    ours = jr.ensemble.map(fn, in_axes=(0, None), chunk_size=chunk_size)(w, x, b=b)
+    ref = jax.vmap(fn, in_axes=(0, None))(w, x, b=b)
+    np.testing.assert_allclose(ours, ref)

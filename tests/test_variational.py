@@ -316,3 +316,9 @@ def test_example_vae():
     out = _run_example("vae.py")
     assert _value(out, "final loss") < _value(out, "initial loss") - 5.0, out
     assert _value(out, "final kl") > 0.0, out
+
+
+def test_kl_normal_broadcasts_jointly_like_numpy():
+    std = np.linspace(0.5, 2.0, 20).reshape(4, 5)
+    expected = np.sum(np.log(1.5 / std) + (std**2 + (0.3 - 0.1) ** 2) / (2 * 1.5**2) - 0.5)
+    np.testing.assert_allclose(jr.kl_normal(0.3, jnp.asarray(std), 0.1, 1.5), expected, rtol=1e-5)
