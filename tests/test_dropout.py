@@ -18,7 +18,7 @@ from jaxreg.dropout import keep_mask, quantize_rate
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _within(observed, expected, std, sigmas=5.0):
+def _assert_within(observed, expected, std, sigmas=5.0):
     assert abs(observed - expected) <= sigmas * std, f"observed {observed}, expected {expected} +- {sigmas} * {std}"
 
 
@@ -28,7 +28,7 @@ def test_keep_fraction_matches_quantized_rate(precision, rate):
     n = 200_003  # not a multiple of 4: the last word is cut
     mask = np.asarray(keep_mask(jax.random.key(0), (n,), rate, precision=precision))
     q = round(rate * 2**precision) / 2**precision
-    _within(mask.mean(), 1 - q, math.sqrt(q * (1 - q) / n))
+    _assert_within(mask.mean(), 1 - q, math.sqrt(q * (1 - q) / n))
 
 
 def test_quantized_rate_and_exact_scale():
@@ -49,7 +49,7 @@ def test_survivors_equal_flax_dropout_values():
     kept_ours, kept_ref = ours != 0, ref != 0
     np.testing.assert_allclose(ours[kept_ours], np.asarray(x)[kept_ours] / (1 - rate), rtol=1e-6)
     np.testing.assert_allclose(ours[kept_ours & kept_ref], ref[kept_ours & kept_ref], rtol=1e-6)
-    _within(kept_ours.mean(), 1 - rate, math.sqrt(rate * (1 - rate) / x.size))
+    _assert_within(kept_ours.mean(), 1 - rate, math.sqrt(rate * (1 - rate) / x.size))
 
 
 @pytest.mark.parametrize("precision", [8, 16, 32])
@@ -68,10 +68,10 @@ def test_masks_independent_across_keys_and_positions():
     a = np.asarray(keep_mask(jax.random.key(3), (100_000,), 0.5))
     b = np.asarray(keep_mask(jax.random.key(4), (100_000,), 0.5))
     # Two independent Bernoulli(1/2) masks agree half the time.
-    _within((a == b).mean(), 0.5, math.sqrt(0.25 / a.size))
+    _assert_within((a == b).mean(), 0.5, math.sqrt(0.25 / a.size))
     # Neighbouring units (bytes of one 32-bit word) are independent too.
-    _within((a[:-1] == a[1:]).mean(), 0.5, math.sqrt(0.25 / a.size))
-    _within((a[:-4] == a[4:]).mean(), 0.5, math.sqrt(0.25 / a.size))
+    _assert_within((a[:-1] == a[1:]).mean(), 0.5, math.sqrt(0.25 / a.size))
+    _assert_within((a[:-4] == a[4:]).mean(), 0.5, math.sqrt(0.25 / a.size))
 
 
 def test_rate_zero_is_identity_and_traced_rate_sweeps():
@@ -121,9 +121,9 @@ def test_dropout_through_linear_map_analytic_moments():
     var = float(jnp.sum((w * x) ** 2)) * q / (1 - q)
     k = 8192
     pred = jr.mc_dropout(lambda w, x, rng: jr.dropout(rng, x, rate) @ w, w, x, jax.random.key(7), k, chunk_size=512)
-    _within(float(pred.mean), mean, math.sqrt(var / k))
+    _assert_within(float(pred.mean), mean, math.sqrt(var / k))
     # The sample variance of K draws has standard error about var * sqrt(2 / K) (near-Gaussian sums).
-    _within(float(pred.variance), var, var * math.sqrt(2.0 / k) * 1.5)
+    _assert_within(float(pred.variance), var, var * math.sqrt(2.0 / k) * 1.5)
 
 
 def _mlp_apply(params, x, rng):
