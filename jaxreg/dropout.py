@@ -224,6 +224,22 @@ def _mc_chunk(chunk: int | None, num_samples: int, apply_fn: Callable[..., Any],
     return _auto_chunk(num_samples, _working_set_bytes(apply_fn, params, x, rng))
 
 
+def _mask_chunks(
+    apply_fn: Callable[..., Any], params: Any, x: Any, rng: Any, num_samples: Any, chunk_size: Any, where: str
+) -> tuple[Callable[[jax.Array], PyTree], jax.Array, jax.Array, int]:
+    """The vmapped pass and the mask keys: ``(num_chunks, chunk)`` full chunks and a remainder.
+
+    ``mc_dropout`` and ``mc_dropout_samples`` share it, so both see the same keys in the same order.
+    """
+    num_samples = _check_num_samples(num_samples, where)
+    chunk = _check_chunk_size(chunk_size, where)
+    keys = jax.random.split(rng, num_samples)
+    chunk = _mc_chunk(chunk, num_samples, apply_fn, params, x, keys[0])
+    num_chunks = num_samples // chunk
+    main = keys[: num_chunks * chunk].reshape((num_chunks, chunk, *keys.shape[1:]))
+    return jax.vmap(lambda k: apply_fn(params, x, k)), main, keys[num_chunks * chunk :], num_samples
+
+
 def _moments(outputs: PyTree) -> tuple[PyTree, PyTree]:
     mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), outputs)
     m2 = jax.tree.map(lambda o, m: jnp.sum(jnp.square(o - m[None]), axis=0), outputs, mean)
@@ -291,18 +307,8 @@ def mc_dropout(
       >>> round(float(pred.mean[0, 0]) / 100, 1), round(float(pred.variance[0, 0]) / 100, 1)
       (1.0, 1.0)
     """
-    num_samples = _check_num_samples(num_samples, "mc_dropout")
-    chunk = _check_chunk_size(chunk_size, "mc_dropout")
-    keys = jax.random.split(rng, num_samples)
-    chunk = _mc_chunk(chunk, num_samples, apply_fn, params, x, keys[0])
-    one = jax.vmap(lambda k: apply_fn(params, x, k))
-
-    num_chunks, rem = divmod(num_samples, chunk)
-    if num_chunks == 1 and rem == 0:
-        mean, m2 = _moments(one(keys))
-        return Prediction(mean, jax.tree.map(lambda s: s / num_samples, m2))
-
-    main = keys[: num_chunks * chunk].reshape((num_chunks, chunk, *keys.shape[1:]))
+    one, main, tail, num_samples = _mask_chunks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout")
+    num_chunks, chunk, rem = main.shape[0], main.shape[1], tail.shape[0]
     first_mean, first_m2 = _moments(one(main[0]))
 
     def body(carry, chunk_keys):
@@ -318,7 +324,7 @@ def mc_dropout(
         mean, m2, n = init
     acc = (mean, m2, n)
     if rem:
-        rm, rm2 = _moments(one(keys[num_chunks * chunk :]))
+        rm, rm2 = _moments(one(tail))
         acc = _merge(acc, (rm, rm2, float(rem)))
     mean, m2, _ = acc
     return Prediction(mean, jax.tree.map(lambda s: s / num_samples, m2))
@@ -358,18 +364,11 @@ def mc_dropout_samples(
       >>> s.shape
       (5, 3)
     """
-    num_samples = _check_num_samples(num_samples, "mc_dropout_samples")
-    chunk = _check_chunk_size(chunk_size, "mc_dropout_samples")
-    keys = jax.random.split(rng, num_samples)
-    chunk = _mc_chunk(chunk, num_samples, apply_fn, params, x, keys[0])
-    one = jax.vmap(lambda k: apply_fn(params, x, k))
-    num_chunks, rem = divmod(num_samples, chunk)
-    if num_chunks == 1 and rem == 0:
-        return one(keys)
-    main = keys[: num_chunks * chunk].reshape((num_chunks, chunk, *keys.shape[1:]))
+    one, main, tail, _ = _mask_chunks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout_samples")
+    if main.shape[0] == 1 and tail.shape[0] == 0:
+        return one(main[0])
     out = jax.lax.map(one, main)
-    out = jax.tree.map(lambda o: o.reshape((num_chunks * chunk, *o.shape[2:])), out)
-    if rem:
-        tail = one(keys[num_chunks * chunk :])
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), out, tail)
+    out = jax.tree.map(lambda o: o.reshape((-1, *o.shape[2:])), out)
+    if tail.shape[0]:
+        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), out, one(tail))
     return out
