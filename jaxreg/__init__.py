@@ -1,6 +1,7 @@
 """jaxreg: regularization for JAX, as pure functions that compose with optax."""
 
 from jaxreg import benchmark, ensemble, es, masks, variational
+from jaxreg._checks import traced_checks
 from jaxreg.constraints import max_norm, non_negative, unit_norm
 from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
 from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stopped, retrain_budget
@@ -60,6 +61,7 @@ __all__ = [
     "Shared",
     "Terms",
     "tie",
+    "traced_checks",
     "unit_norm",
     "variational",
 ]

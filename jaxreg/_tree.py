@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 PyTree = Any
@@ -22,25 +23,36 @@ MaskLike = "Mask | Callable[[PyTree], PyTree] | PyTree | None"
 
 __all__ = [
     "Mask",
+    "Slot",
     "as_mask",
     "by_path",
+    "compute_dtype",
     "everything",
+    "is_float",
+    "is_mask_function",
     "key_path_str",
     "kernels",
+    "pytree_dataclass",
     "resolve_mask",
+    "selected_positions",
+    "selection",
 ]
 
 
-def _key_str(key: Any) -> str:
-    if isinstance(key, jax.tree_util.DictKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    if isinstance(key, jax.tree_util.FlattenedIndexKey):
-        return str(key.key)
-    return str(key)
+def pytree_dataclass(*, data: list[str], meta: list[str]) -> Callable[[type], type]:
+    """Class decorator: a frozen dataclass registered as a pytree (``jax.tree_util.register_dataclass``).
+
+    ``data`` fields are leaves (numeric hyperparameters: a new value does not recompile, and
+    ``vmap`` maps over them); ``meta`` fields are static (masks, axes, selectors). Unflattening
+    calls the dataclass ``__init__``, so argument checks live in the factory functions.
+    """
+
+    def wrap(cls: type) -> type:
+        return jax.tree_util.register_dataclass(
+            dataclasses.dataclass(frozen=True)(cls), data_fields=data, meta_fields=meta
+        )
+
+    return wrap
 
 
 def key_path_str(path: tuple[Any, ...]) -> str:
@@ -49,10 +61,38 @@ def key_path_str(path: tuple[Any, ...]) -> str:
     A trailing ``value`` attribute (how flax nnx ``Variable`` leaves flatten) is dropped,
     so the same regex selects a leaf in linen variables and in an nnx ``State``.
     """
-    parts = [_key_str(k) for k in path]
-    if parts and isinstance(path[-1], jax.tree_util.GetAttrKey) and parts[-1] == "value":
-        parts = parts[:-1]
-    return "/".join(parts)
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
+def is_float(x: Any) -> bool:
+    """Whether a leaf is a floating-point (or complex) array: the only leaves regularizers touch."""
+    return x is not None and jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """The dtype regularizers compute a floating leaf in: float32 for half precision, else its own.
+
+    Reductions of float16 or bfloat16 values in their own dtype overflow (float16 stops at 65504)
+    or lose most of their bits; XLA's own ``jnp.sum(..., dtype=jnp.float32)`` accumulates the same
+    way. Written out because ``jnp.promote_types`` refuses mixed floats under strict promotion.
+    """
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
+def is_mask_function(mask: Any) -> bool:
+    """Whether ``mask`` is a function ``params -> bools`` rather than a pytree of bools.
+
+    As in ``optax.masked``: a callable pytree (an equinox ``Module`` of bools, a registered
+    dataclass with ``__call__``) is a pytree mask; only a callable that is itself a leaf, or a
+    pytree whose every leaf is callable, is a mask function (optax#913, #1007, #1373).
+    """
+    callable_leaves = jax.tree.leaves(jax.tree.map(callable, mask))
+    return len(callable_leaves) > 0 and all(callable_leaves)
 
 
 def _is_concrete_bool_tree(tree: PyTree) -> bool:
@@ -139,10 +179,21 @@ def _ndim_at_least_2(params: PyTree) -> PyTree:
 @dataclasses.dataclass(frozen=True)
 class _ByPath:
     pattern: str
+    allow_empty: bool = False
 
     def __call__(self, params: PyTree) -> PyTree:
         regex = re.compile(self.pattern)
-        return jax.tree_util.tree_map_with_path(lambda path, _: regex.search(key_path_str(path)) is not None, params)
+        selected = jax.tree_util.tree_map_with_path(
+            lambda path, _: regex.search(key_path_str(path)) is not None, params
+        )
+        if not self.allow_empty and not any(jax.tree.leaves(selected)):
+            paths = [key_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+            shown = ", ".join(repr(p) for p in paths[:6]) + (", ..." if len(paths) > 6 else "")
+            raise ValueError(
+                f"by_path: pattern = {self.pattern!r} selects no leaf of the params; their paths are {shown or 'none'}. "
+                "Fix the pattern, or pass allow_empty=True if an empty selection is intended."
+            )
+        return selected
 
 
 def _everything(params: PyTree) -> PyTree:
@@ -156,7 +207,7 @@ everything = Mask(_everything, "everything")
 """Every leaf."""
 
 
-def by_path(pattern: str) -> Mask:
+def by_path(pattern: str, *, allow_empty: bool = False) -> Mask:
     """Leaves whose key path, joined by ``"/"``, the regular expression ``pattern`` searches.
 
     Paths look like ``"params/Dense_0/kernel"`` for flax linen variables, ``"0/kernel"`` for
@@ -165,27 +216,37 @@ def by_path(pattern: str) -> Mask:
 
     Args:
       pattern: a regular expression, searched (``re.search``) in each leaf's path.
+      allow_empty: if ``False`` (the default), resolving the mask on params where the pattern
+        selects no leaf raises, since that is almost always a typo (``"kernal"``) that would
+        silently turn a penalty into 0.
 
     Returns:
       A :class:`Mask`.
 
     Raises:
-      ValueError: if ``pattern`` is not a valid regular expression.
+      ValueError: if ``pattern`` is not a valid regular expression; when resolved, if it
+        selects no leaf and ``allow_empty`` is ``False`` (the message lists the paths).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg as jr
+      >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+      >>> jr.masks.by_path("kernel$")(params)
+      {'dense': {'bias': False, 'kernel': True}}
     """
     try:
         re.compile(pattern)
     except (re.error, TypeError) as e:
         raise ValueError(f"by_path: invalid regular expression, got pattern = {pattern!r} ({e}).") from e
-    return Mask(_ByPath(pattern), f"by_path({pattern!r})")
+    return Mask(_ByPath(pattern, bool(allow_empty)), f"by_path({pattern!r})")
 
 
 def as_mask(mask: Any) -> Mask:
-    """Normalizes ``None``, a :class:`Mask`, a callable or a pytree of bools to a :class:`Mask`."""
+    """Normalizes ``None``, a :class:`Mask`, a mask function or a pytree of bools to a :class:`Mask`."""
     if mask is None:
         return everything
     if isinstance(mask, Mask):
         return mask
-    if callable(mask) and not isinstance(mask, (bool, np.bool_)):
+    if is_mask_function(mask):
         return Mask(mask, getattr(mask, "__name__", "callable"))
     if not _is_concrete_bool_tree(mask):
         bad = [type(x).__name__ for x in jax.tree.leaves(mask) if not isinstance(x, (bool, np.bool_))]
@@ -200,9 +261,9 @@ def as_mask(mask: Any) -> Mask:
 def resolve_mask(mask: Any, params: PyTree) -> PyTree:
     """Returns a pytree of Python bools with exactly the structure of ``params``.
 
-    ``mask`` may be ``None`` (every leaf), a :class:`Mask`, a callable, or a pytree of bools
+    ``mask`` may be ``None`` (every leaf), a :class:`Mask`, a mask function, or a pytree of bools
     whose structure is that of ``params`` or a prefix of it (a ``True`` at a node selects the
-    whole subtree, as in ``optax.masked``).
+    whole subtree, as in ``optax.masked``). ``None`` subtrees of ``params`` stay ``None``.
 
     Raises:
       ValueError: if the mask's structure does not match ``params``.
@@ -211,20 +272,57 @@ def resolve_mask(mask: Any, params: PyTree) -> PyTree:
         return _everything(params)
     if isinstance(mask, Mask):
         return mask(params)
-    if callable(mask):
+    if is_mask_function(mask):
         mask = mask(params)
-    params_def = jax.tree.structure(params)
     try:
-        # Broadcast a prefix mask over the subtrees it covers.
-        full = jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, params)
-        full = jax.tree.unflatten(params_def, jax.tree.leaves(full))
+        full = jax.tree.broadcast(mask, params)
     except (ValueError, TypeError) as e:
         raise ValueError(
             "mask does not match the structure of the params: "
-            f"mask = {jax.tree.structure(mask)}, params = {params_def}. Build it with "
+            f"mask = {jax.tree.structure(mask)}, params = {jax.tree.structure(params)}. Build it with "
             "jax.tree.map over the params, or pass a callable such as jr.masks.kernels."
         ) from e
     for leaf in jax.tree.leaves(full):
         if not isinstance(leaf, (bool, np.bool_)):
             raise ValueError(f"mask leaves must be Python bools known at trace time, got a {type(leaf).__name__}.")
     return jax.tree.map(bool, full)
+
+
+def selection(mask: Any, params: PyTree) -> PyTree:
+    """``resolve_mask(mask, params)`` restricted to floating-point leaves: what a regularizer acts on."""
+    return jax.tree.map(lambda keep, x: keep and is_float(x), resolve_mask(mask, params), params)
+
+
+class Slot:
+    """A placeholder leaf: a selector applied to a tree of slots reveals which leaves it selects."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+
+def selected_positions(where: Any, params: PyTree, what: str) -> tuple[Any, list[list[int]], list[Any]]:
+    """Runs ``where`` on a tree of :class:`Slot` placeholders shaped like ``params``.
+
+    Returns ``(treedef, positions, use_defs)``: for each subtree ``where`` returns, the flat
+    indices of the params leaves it selects, and its structure.
+
+    Raises:
+      ValueError: naming ``what`` if ``where`` computes new values instead of selecting subtrees.
+    """
+    leaves, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None)
+    slots = jax.tree.unflatten(treedef, [Slot(i) for i in range(len(leaves))])
+    try:
+        uses = where(slots)
+    except Exception as e:  # any failure on placeholders means ``where`` does more than select
+        raise ValueError(f"{what}: where must select subtrees of the params, not compute new values ({e}).") from e
+    if not isinstance(uses, (tuple, list)):
+        raise ValueError(f"{what}: where(params) must return a tuple of selected subtrees, got {type(uses).__name__}.")
+    positions = []
+    for use in uses:
+        picked = jax.tree.leaves(use)
+        if not all(isinstance(s, Slot) for s in picked):
+            raise ValueError(f"{what}: where must select subtrees of the params, not compute new values.")
+        positions.append([s.index for s in picked])
+    return treedef, positions, [jax.tree.structure(u) for u in uses]

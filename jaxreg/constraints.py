@@ -13,17 +13,21 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _pytree
-from jaxreg._tree import as_mask, key_path_str, resolve_mask
-from jaxreg.penalties import _asarray
+from jaxreg import _checks
+from jaxreg._tree import as_mask, compute_dtype, key_path_str, pytree_dataclass, selection
 
 PyTree = Any
+Axis = int | tuple[int, ...]
 
 __all__ = ["Constraint", "MaxNorm", "NonNegative", "UnitNorm", "max_norm", "non_negative", "unit_norm"]
 
 
 class Constraint:
-    """Base class: a projection applied leaf by leaf to the masked floating-point leaves."""
+    """Base class: a projection applied leaf by leaf to the masked floating-point leaves.
+
+    Each leaf is projected in float32 at least (a half-precision kernel's norms cannot
+    overflow) and returned in its own dtype; integer leaves and ``None`` subtrees pass through.
+    """
 
     mask: Any = None
 
@@ -31,90 +35,102 @@ class Constraint:
         raise NotImplementedError
 
     def __call__(self, params: PyTree) -> PyTree:
-        keep = jax.tree.leaves(resolve_mask(self.mask, params))
-        paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-        out = [
-            self._project_leaf(p, x).astype(x.dtype) if k and jnp.issubdtype(jnp.result_type(x), jnp.inexact) else x
-            for (p, x), k in zip(paths, keep)
-        ]
-        return jax.tree.unflatten(treedef, out)
+        def one(path: Any, keep: bool, x: Any) -> Any:
+            if not keep:
+                return x
+            return self._project_leaf(path, x.astype(compute_dtype(x.dtype))).astype(x.dtype)
+
+        return jax.tree_util.tree_map_with_path(one, selection(self.mask, params), params)
 
 
-def _norm_along(where: str, axis: int, path: Any, x: jax.Array) -> jax.Array:
+def _norm_over(where: str, axis: Axis, path: Any, x: jax.Array) -> jax.Array:
+    """The L2 norm over ``axis`` (an int or a tuple of ints), kept as size-1 dims."""
     ndim = jnp.ndim(x)
-    if not -ndim <= axis < ndim:
-        raise ValueError(
-            f"{where}: axis = {axis} is out of range for leaf {key_path_str(path)!r} of shape {jnp.shape(x)}; "
-            "restrict the constraint with mask=jr.masks.kernels."
-        )
-    sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise ValueError(
+                f"{where}: axis = {axis} is out of range for leaf {key_path_str(path)!r} of shape {jnp.shape(x)}; "
+                "restrict the constraint with mask=jr.masks.kernels."
+            )
+    sq = jnp.sum(jnp.square(x), axis=axes, keepdims=True)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
 
-def _check_axis(where: str, axis: Any) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise ValueError(f"{where}: axis must be an int, got axis = {axis!r}.")
-    return axis
+def _check_axis(where: str, axis: Any) -> Axis:
+    def is_int(a: Any) -> bool:
+        return isinstance(a, int) and not isinstance(a, bool)
+
+    if is_int(axis):
+        return axis
+    if isinstance(axis, (tuple, list)) and len(axis) > 0 and all(is_int(a) for a in axis):
+        if len(set(axis)) != len(axis):
+            raise ValueError(f"{where}: axis must not repeat an axis, got axis = {axis!r}.")
+        return tuple(axis)
+    raise ValueError(f"{where}: axis must be an int or a non-empty tuple of ints, got axis = {axis!r}.")
 
 
-@_pytree.register(data=("max_value",), meta=("axis", "mask"))
+@pytree_dataclass(data=["max_value"], meta=["axis", "mask"])
 class MaxNorm(Constraint):
-    r"""Rescales each weight vector whose L2 norm along ``axis`` exceeds ``max_value``.
+    r"""Rescales each weight vector whose L2 norm over ``axis`` exceeds ``max_value``.
 
     .. math:: w \leftarrow w \cdot \min\left(1, \frac{c}{\|w\|_{2,\text{axis}}}\right)
 
-    As in Keras, the norm is taken along ``axis``: on a Dense kernel ``(in, out)`` with
-    ``axis=0`` each output unit's incoming weight vector is bounded (Srivastava et al. 2014).
+    As in Keras (``MaxNorm(axis=...)``), ``axis`` names the axes the norm runs over: on a Dense
+    kernel ``(in, out)`` with ``axis=0`` each output unit's incoming weight vector is bounded
+    (Srivastava et al. 2014); on a conv kernel ``(h, w, in, out)`` use ``axis=(0, 1, 2)``.
     """
 
-    def __init__(self, max_value: ArrayLike, *, axis: int = 0, mask: Any = None):
-        _checks.check_positive("max_value", max_value, "max_norm")
-        _pytree.set_fields(
-            self,
-            max_value=_asarray(max_value),
-            axis=_check_axis("max_norm", axis),
-            mask=None if mask is None else as_mask(mask),
-        )
+    max_value: jax.Array
+    axis: Axis = 0
+    mask: Any = None
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
-        norm = _norm_along("max_norm", self.axis, path, x)
-        return x * jnp.where(norm > self.max_value, self.max_value / jnp.where(norm > 0, norm, 1.0), 1.0)
+        norm = _norm_over("max_norm", self.axis, path, x)
+        bound = jnp.asarray(self.max_value).astype(x.dtype)
+        return x * jnp.where(norm > bound, bound / jnp.where(norm > 0, norm, 1.0), 1.0)
 
 
-@_pytree.register(data=(), meta=("axis", "mask"))
+@pytree_dataclass(data=[], meta=["axis", "mask"])
 class UnitNorm(Constraint):
-    r"""Scales each weight vector along ``axis`` to unit L2 norm; a zero vector stays zero.
+    r"""Scales each weight vector over ``axis`` to unit L2 norm; a zero vector stays zero.
 
     .. math:: w \leftarrow w / \|w\|_{2,\text{axis}}
     """
 
-    def __init__(self, *, axis: int = 0, mask: Any = None):
-        _pytree.set_fields(self, axis=_check_axis("unit_norm", axis), mask=None if mask is None else as_mask(mask))
+    axis: Axis = 0
+    mask: Any = None
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
-        norm = _norm_along("unit_norm", self.axis, path, x)
+        norm = _norm_over("unit_norm", self.axis, path, x)
         return x / jnp.where(norm > 0, norm, 1.0)
 
 
-@_pytree.register(data=(), meta=("mask",))
+@pytree_dataclass(data=[], meta=["mask"])
 class NonNegative(Constraint):
     r"""Clips to the non-negative orthant: :math:`w \leftarrow \max(w, 0)`."""
 
-    def __init__(self, *, mask: Any = None):
-        _pytree.set_fields(self, mask=None if mask is None else as_mask(mask))
+    mask: Any = None
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         del path
         return jnp.maximum(x, 0)
 
 
-def max_norm(max_value: ArrayLike, *, axis: int = 0, mask: Any = None) -> MaxNorm:
-    """Max-norm constraint: each vector along ``axis`` has L2 norm at most ``max_value``.
+def _mask_or_none(mask: Any) -> Any:
+    return None if mask is None else as_mask(mask)
+
+
+def max_norm(max_value: ArrayLike, *, axis: Axis = 0, mask: Any = None) -> MaxNorm:
+    """Max-norm constraint: each vector over ``axis`` has L2 norm at most ``max_value``.
 
     Args:
-      max_value: the bound, > 0.
-      axis: the axis the norm is taken along (``0``: per output unit of a Dense kernel).
+      max_value: the bound, > 0; an array leaf (a sweep over bounds is a ``vmap``).
+      axis: the axis, or tuple of axes, the norm runs over (keras's ``MaxNorm(axis=...)``):
+        ``0`` bounds each output unit of a Dense kernel ``(in, out)``; ``(0, 1, 2)`` each output
+        channel of a conv kernel ``(h, w, in, out)``. ``group_lasso``'s ``axis`` means the
+        opposite (the axis that indexes the groups).
       mask: which leaves to constrain (e.g. ``jr.masks.kernels``); default every leaf.
 
     Returns:
@@ -129,11 +145,12 @@ def max_norm(max_value: ArrayLike, *, axis: int = 0, mask: Any = None) -> MaxNor
       Array([[0.6, 0.1],
              [0.8, 0.1]], dtype=float32)
     """
-    return MaxNorm(max_value, axis=axis, mask=mask)
+    _checks.check_positive("max_value", max_value, "max_norm")
+    return MaxNorm(_checks.as_float_array(max_value), axis=_check_axis("max_norm", axis), mask=_mask_or_none(mask))
 
 
-def unit_norm(*, axis: int = 0, mask: Any = None) -> UnitNorm:
-    """Unit-norm constraint along ``axis`` (a zero vector stays zero).
+def unit_norm(*, axis: Axis = 0, mask: Any = None) -> UnitNorm:
+    """Unit-norm constraint over ``axis`` (an int or a tuple of ints, as in :func:`max_norm`; a zero vector stays zero).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -141,7 +158,7 @@ def unit_norm(*, axis: int = 0, mask: Any = None) -> UnitNorm:
       Array([[0.6],
              [0.8]], dtype=float32)
     """
-    return UnitNorm(axis=axis, mask=mask)
+    return UnitNorm(axis=_check_axis("unit_norm", axis), mask=_mask_or_none(mask))
 
 
 def non_negative(*, mask: Any = None) -> NonNegative:
@@ -152,4 +169,4 @@ def non_negative(*, mask: Any = None) -> NonNegative:
       >>> jr.non_negative()(jnp.array([-1.0, 2.0]))
       Array([0., 2.], dtype=float32)
     """
-    return NonNegative(mask=mask)
+    return NonNegative(mask=_mask_or_none(mask))

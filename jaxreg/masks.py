@@ -1,5 +1,5 @@
 """Masks: which leaves a regularizer acts on (``jr.masks.kernels``, ``jr.masks.by_path``)."""
 
-from jaxreg._tree import Mask, as_mask, by_path, everything, kernels, key_path_str, resolve_mask
+from jaxreg._tree import Mask, by_path, everything, kernels
 
-__all__ = ["Mask", "as_mask", "by_path", "everything", "key_path_str", "kernels", "resolve_mask"]
+__all__ = ["Mask", "by_path", "everything", "kernels"]

@@ -9,6 +9,7 @@ static. Only floating-point leaves are ever penalized; others pass through uncha
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -16,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _pytree
-from jaxreg._tree import as_mask, key_path_str, resolve_mask
+from jaxreg import _checks
+from jaxreg._tree import as_mask, compute_dtype, key_path_str, pytree_dataclass, selection
 
 PyTree = Any
 
@@ -38,39 +39,56 @@ __all__ = [
 ]
 
 
-def _is_float(x: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+def _acc(x: jax.Array) -> jax.Array:
+    """``x`` in the dtype penalties compute in: float32 at least, so half precision cannot overflow."""
+    return x.astype(compute_dtype(x.dtype))
 
 
-def _selected(tree: PyTree, mask: Any) -> list[bool]:
-    m = resolve_mask(mask, tree)
-    return [keep and _is_float(x) for x, keep in zip(jax.tree.leaves(tree), jax.tree.leaves(m))]
+def _as(value: Any, x: jax.Array) -> jax.Array:
+    """A hyperparameter or step cast to the compute dtype of leaf ``x`` (explicit: strict promotion)."""
+    return jnp.asarray(value).astype(compute_dtype(x.dtype))
 
 
 def _total(terms: list[jax.Array]) -> jax.Array:
     if not terms:
         return jnp.zeros([], jnp.float32)
-    return sum(terms[1:], terms[0])
+    dtype = jnp.result_type(*terms)
+    return functools.reduce(jnp.add, [t.astype(dtype) for t in terms])
 
 
-def _step_leaves(step: Any, tree: PyTree, where: str) -> list[Any]:
-    """A scalar step for every leaf, or a per-coordinate step pytree shaped like ``tree``."""
-    leaves = jax.tree.leaves(tree)
-    if (
-        jax.tree.structure(step) == jax.tree.structure(tree)
-        and len(leaves) > 0
-        and not (jax.tree_util.treedef_is_leaf(jax.tree.structure(tree)))
-    ):
-        return jax.tree.leaves(step)
-    if not jax.tree_util.treedef_is_leaf(jax.tree.structure(step)):
-        raise ValueError(
-            f"{where}: step must be a scalar or a pytree shaped like the params, got a step with "
-            f"structure {jax.tree.structure(step)} for params {jax.tree.structure(tree)}."
-        )
-    return [step] * len(leaves)
+def _scaled_total(scale: jax.Array, terms: list[jax.Array]) -> jax.Array:
+    total = _total(terms)
+    return jnp.asarray(scale).astype(total.dtype) * total
 
 
-def _check_steps_scalar(step: Any, where: str) -> None:
+def _map_selected(fn: Callable[..., jax.Array], tree: PyTree, mask: Any, *rest: PyTree) -> PyTree:
+    """``fn(x, *r)`` on the selected floating-point leaves (in their own dtype), others unchanged."""
+
+    def one(keep: bool, x: Any, *r: Any) -> Any:
+        return fn(x, *r).astype(x.dtype) if keep else x
+
+    return jax.tree.map(one, selection(mask, tree), tree, *rest)
+
+
+def _selected_terms(fn: Callable[[jax.Array], jax.Array], tree: PyTree, mask: Any) -> list[jax.Array]:
+    keep = jax.tree.leaves(selection(mask, tree))
+    return [fn(_acc(x)) for x, k in zip(jax.tree.leaves(tree), keep) if k]
+
+
+def _steps_like(step: Any, tree: PyTree, where: str) -> PyTree:
+    """A step for every leaf: a scalar (or array) broadcast to all leaves, or a params-shaped pytree."""
+    tree_def, step_def = jax.tree.structure(tree), jax.tree.structure(step)
+    if not jax.tree_util.treedef_is_leaf(step_def) and step_def == tree_def:
+        return step
+    if jax.tree_util.treedef_is_leaf(step_def) and step is not None:
+        return jax.tree.map(lambda _: step, tree)
+    raise ValueError(
+        f"{where}: step must be a scalar or a pytree shaped like the params, got a step with "
+        f"structure {step_def} for params {tree_def}."
+    )
+
+
+def _check_scalar_step(step: Any, where: str) -> None:
     if not jax.tree_util.treedef_is_leaf(jax.tree.structure(step)) or jnp.ndim(step) != 0:
         raise ValueError(
             f"{where}: this proximal operator has a closed form for a scalar step only, got a step "
@@ -78,24 +96,21 @@ def _check_steps_scalar(step: Any, where: str) -> None:
         )
 
 
-def _asarray(x: ArrayLike) -> jax.Array:
-    """A hyperparameter as a strongly typed float array (default float dtype), tracers as they are.
-
-    Python floats and float32 arrays then give the same jit cache key: no retrace between them.
-    """
-    if isinstance(x, jax.core.Tracer):
-        return x
-    x = jnp.asarray(x)
-    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
-    return jnp.asarray(x, dtype=dtype)
+def _mask_or_none(mask: Any) -> Any:
+    return None if mask is None else as_mask(mask)
 
 
 class Penalty:
     """Base class of penalties: ``tree -> scalar``, ``prox``, ``+`` and scalar ``*``.
 
-    Subclasses implement ``__call__`` and ``prox``. ``penalty_a + penalty_b`` is a
+    Subclasses are frozen dataclasses registered as pytrees (numeric hyperparameters are leaves)
+    and implement ``__call__`` and ``prox``; build them with the factory functions
+    (:func:`l2`, ...), which check their arguments. ``penalty_a + penalty_b`` is a
     :class:`Sum`; ``c * penalty`` is a :class:`Scaled` penalty whose prox is exact
-    (``prox_{c p}(v, t) = prox_p(v, c t)``).
+    (``prox_{c p}(v, t) = prox_p(v, c t)``). Values are reduced in float32 at least (half
+    precision leaves do not overflow) and returned in that dtype; ``prox`` returns each leaf in
+    its own dtype. Only floating-point leaves are penalized; integer leaves and ``None``
+    subtrees pass through.
     """
 
     def __call__(self, tree: PyTree) -> jax.Array:
@@ -115,12 +130,13 @@ class Penalty:
     def __mul__(self, factor: ArrayLike) -> Scaled:
         if isinstance(factor, Penalty):
             return NotImplemented
-        return Scaled(factor, self)
+        _checks.check_nonnegative("factor", factor, "Scaled")
+        return Scaled(_checks.as_float_array(factor), self)
 
     __rmul__ = __mul__
 
 
-@_pytree.register(data=("scale", "center"), meta=("mask",))
+@pytree_dataclass(data=["scale", "center"], meta=["mask"])
 class L2(Penalty):
     r"""Squared L2 norm (weight decay), optionally centred on reference params.
 
@@ -132,58 +148,61 @@ class L2(Penalty):
     ``add_penalty_grad(l2(wd / 2))`` equals ``optax.add_decayed_weights(wd)``.
     """
 
-    def __init__(self, scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None):
-        _checks.check_nonnegative("scale", scale, "l2")
-        _pytree.set_fields(self, scale=_asarray(scale), center=center, mask=None if mask is None else as_mask(mask))
+    scale: jax.Array
+    center: PyTree | None = None
+    mask: Any = None
 
-    def _centers(self, tree: PyTree) -> list[Any]:
-        leaves = jax.tree.leaves(tree)
+    def _centers(self, tree: PyTree) -> PyTree:
         if self.center is None:
-            return [None] * len(leaves)
+            return jax.tree.map(lambda _: None, tree)
         if jax.tree.structure(self.center) != jax.tree.structure(tree):
             raise ValueError(
                 "l2: center must have the structure of the params, got center = "
                 f"{jax.tree.structure(self.center)} for params {jax.tree.structure(tree)}."
             )
-        centers = jax.tree.leaves(self.center)
-        for (path, x), c in zip(jax.tree_util.tree_flatten_with_path(tree)[0], centers):
+        for (path, x), c in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(self.center)):
             if jnp.shape(x) != jnp.shape(c):
                 raise ValueError(
                     f"l2: center leaf {key_path_str(path)!r} has shape {jnp.shape(c)}, "
                     f"params leaf has shape {jnp.shape(x)}."
                 )
-        return centers
+        return self.center
+
+    def _diffs(self, tree: PyTree) -> PyTree:
+        centers = self._centers(tree)
+        if self.center is None:
+            return tree
+        return jax.tree.map(lambda x, c: _acc(x) - _as(c, x) if _is_float_leaf(x) else x, tree, centers)
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        keep, centers = _selected(tree, self.mask), self._centers(tree)
-        terms = [
-            jnp.sum(jnp.square(x if c is None else x - c)) for x, c, k in zip(jax.tree.leaves(tree), centers, keep) if k
-        ]
-        return self.scale * _total(terms)
+        diffs = self._diffs(tree)
+        keep = jax.tree.leaves(selection(self.mask, tree))
+        terms = [jnp.sum(jnp.square(_acc(d))) for d, k in zip(jax.tree.leaves(diffs), keep) if k]
+        return _scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        leaves, treedef = jax.tree.flatten(tree)
-        keep, centers = _selected(tree, self.mask), self._centers(tree)
-        steps = _step_leaves(step, tree, "l2.prox")
-        out = []
-        for x, c, k, t in zip(leaves, centers, keep, steps):
-            if not k:
-                out.append(x)
-                continue
-            shrink = 1.0 + 2.0 * t * self.scale
-            y = x / shrink if c is None else (x + 2.0 * t * self.scale * c) / shrink
-            out.append(y.astype(x.dtype))
-        return jax.tree.unflatten(treedef, out)
+        steps = _steps_like(step, tree, "l2.prox")
+        if self.center is None:
+            return _map_selected(
+                lambda x, t: _acc(x) / (1.0 + 2.0 * _as(t, x) * _as(self.scale, x)), tree, self.mask, steps
+            )
 
-    def __repr__(self) -> str:
-        return f"l2(scale={self.scale}, mask={self.mask}, center={'None' if self.center is None else '...'})"
+        def one(x: jax.Array, t: Any, c: jax.Array) -> jax.Array:
+            rate = 2.0 * _as(t, x) * _as(self.scale, x)
+            return (_acc(x) + rate * _as(c, x)) / (1.0 + rate)
+
+        return _map_selected(one, tree, self.mask, steps, self._centers(tree))
+
+
+def _is_float_leaf(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
 def _soft_threshold(x: jax.Array, threshold: jax.Array) -> jax.Array:
     return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
 
 
-@_pytree.register(data=("scale",), meta=("mask",))
+@pytree_dataclass(data=["scale"], meta=["mask"])
 class L1(Penalty):
     r"""L1 norm (sparsity).
 
@@ -194,25 +213,20 @@ class L1(Penalty):
     The proximal step (soft threshold) gives exact zeros; a subgradient step never does.
     """
 
-    def __init__(self, scale: ArrayLike, *, mask: Any = None):
-        _checks.check_nonnegative("scale", scale, "l1")
-        _pytree.set_fields(self, scale=_asarray(scale), mask=None if mask is None else as_mask(mask))
+    scale: jax.Array
+    mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        keep = _selected(tree, self.mask)
-        return self.scale * _total([jnp.sum(jnp.abs(x)) for x, k in zip(jax.tree.leaves(tree), keep) if k])
+        return _scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(jnp.abs(x)), tree, self.mask))
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        leaves, treedef = jax.tree.flatten(tree)
-        keep, steps = _selected(tree, self.mask), _step_leaves(step, tree, "l1.prox")
-        out = [_soft_threshold(x, t * self.scale).astype(x.dtype) if k else x for x, k, t in zip(leaves, keep, steps)]
-        return jax.tree.unflatten(treedef, out)
-
-    def __repr__(self) -> str:
-        return f"l1(scale={self.scale}, mask={self.mask})"
+        steps = _steps_like(step, tree, "l1.prox")
+        return _map_selected(
+            lambda x, t: _soft_threshold(_acc(x), _as(t, x) * _as(self.scale, x)), tree, self.mask, steps
+        )
 
 
-@_pytree.register(data=("l1", "l2"), meta=("mask",))
+@pytree_dataclass(data=["l1", "l2"], meta=["mask"])
 class ElasticNet(Penalty):
     r"""L1 plus squared L2.
 
@@ -221,48 +235,63 @@ class ElasticNet(Penalty):
       \qquad \mathrm{prox}_{t\Omega}(v) = \frac{\mathrm{sign}(v)\max(|v| - t\lambda_1, 0)}{1 + 2t\lambda_2}
     """
 
-    def __init__(self, l1: ArrayLike, l2: ArrayLike, *, mask: Any = None):
-        _checks.check_nonnegative("l1", l1, "elastic_net")
-        _checks.check_nonnegative("l2", l2, "elastic_net")
-        _pytree.set_fields(self, l1=_asarray(l1), l2=_asarray(l2), mask=None if mask is None else as_mask(mask))
+    l1: jax.Array
+    l2: jax.Array
+    mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        keep = _selected(tree, self.mask)
-        leaves = [x for x, k in zip(jax.tree.leaves(tree), keep) if k]
-        return self.l1 * _total([jnp.sum(jnp.abs(x)) for x in leaves]) + self.l2 * _total(
-            [jnp.sum(jnp.square(x)) for x in leaves]
-        )
+        absolute = _scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(jnp.abs(x)), tree, self.mask))
+        squared = _scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(jnp.square(x)), tree, self.mask))
+        return absolute + squared.astype(absolute.dtype)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        leaves, treedef = jax.tree.flatten(tree)
-        keep, steps = _selected(tree, self.mask), _step_leaves(step, tree, "elastic_net.prox")
-        out = [
-            (_soft_threshold(x, t * self.l1) / (1.0 + 2.0 * t * self.l2)).astype(x.dtype) if k else x
-            for x, k, t in zip(leaves, keep, steps)
-        ]
-        return jax.tree.unflatten(treedef, out)
+        steps = _steps_like(step, tree, "elastic_net.prox")
 
-    def __repr__(self) -> str:
-        return f"elastic_net(l1={self.l1}, l2={self.l2}, mask={self.mask})"
+        def one(x: jax.Array, t: Any) -> jax.Array:
+            t = _as(t, x)
+            return _soft_threshold(_acc(x), t * _as(self.l1, x)) / (1.0 + 2.0 * t * _as(self.l2, x))
+
+        return _map_selected(one, tree, self.mask, steps)
 
 
-@_pytree.register(data=("scale",), meta=("where",))
+# Primitives that only move data: a ``where`` built from them selects (each output element is
+# one element of the params), so the transpose of its linearization scatters back exactly.
+_SELECTION_PRIMITIVES = frozenset(
+    {"slice", "dynamic_slice", "gather", "squeeze", "reshape", "expand_dims", "transpose", "rev", "copy", "copy_p"}
+)
+
+
+def _computes(jaxpr: Any) -> list[str]:
+    """Names of the primitives in ``jaxpr`` (recursively) that compute rather than select."""
+    from jax.extend.core import jaxprs_in_params
+
+    found = []
+    for eqn in jaxpr.eqns:
+        inner = list(jaxprs_in_params(eqn.params))
+        if inner:
+            for j in inner:
+                found += _computes(getattr(j, "jaxpr", j))
+        elif eqn.primitive.name not in _SELECTION_PRIMITIVES:
+            found.append(eqn.primitive.name)
+    return found
+
+
+@pytree_dataclass(data=["scale"], meta=["where"])
 class Tie(Penalty):
     r"""Soft parameter tying: squared distance between two parameter groups.
 
     .. math::
       \Omega(w) = \lambda \sum_i (a_i - b_i)^2, \quad (a, b) = \mathrm{where}(w)
 
-    The prox pulls the pair toward its mean:
-    :math:`a - b \leftarrow (a - b) / (1 + 4 t \lambda)` with :math:`a + b` unchanged, exact
-    when ``a`` and ``b`` are disjoint parts of the params.
+    ``where`` must select: return two parts of the params with the same structure and shapes,
+    picked by key, index or slice (``p["k"][0]``), never computed (``2 * p["a"]`` is refused
+    with a ``ValueError``: the prox below would be wrong for it). The prox pulls the pair
+    toward its mean: :math:`a - b \leftarrow (a - b) / (1 + 4 t \lambda)` with :math:`a + b`
+    unchanged, exact when ``a`` and ``b`` do not overlap.
     """
 
-    def __init__(self, scale: ArrayLike, where: Callable[[PyTree], tuple[PyTree, PyTree]]):
-        _checks.check_nonnegative("scale", scale, "tie")
-        if not callable(where):
-            raise ValueError(f"tie: where must be a callable params -> (a, b), got where = {where!r}.")
-        _pytree.set_fields(self, scale=_asarray(scale), where=where)
+    scale: jax.Array
+    where: Callable[[PyTree], tuple[PyTree, PyTree]]
 
     def _pair(self, tree: PyTree) -> tuple[PyTree, PyTree]:
         pair = self.where(tree)
@@ -276,27 +305,41 @@ class Tie(Penalty):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             if jnp.shape(x) != jnp.shape(y):
                 raise ValueError(f"tie: the tied groups differ in shape: a has {jnp.shape(x)}, b has {jnp.shape(y)}.")
+        computed = _computes(jax.make_jaxpr(self.where)(tree).jaxpr)
+        if computed:
+            raise ValueError(
+                f"tie: where must select parts of the params (keys, indices, slices), not compute new values; "
+                f"it uses {sorted(set(computed))}."
+            )
         return a, b
 
     def __call__(self, tree: PyTree) -> jax.Array:
         a, b = self._pair(tree)
-        return self.scale * _total([jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
+        terms = [jnp.sum(jnp.square(_acc(x) - _as(y, x))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+        return _scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        _check_steps_scalar(step, "tie.prox")
+        _check_scalar_step(step, "tie.prox")
         a, b = self._pair(tree)
-        removed = 1.0 - 1.0 / (1.0 + 4.0 * step * self.scale)
-        half = jax.tree.map(lambda x, y: 0.5 * removed * (x - y), a, b)
-        # ``where`` selects; its transpose scatters the change back into the params.
+
+        def half_change(x: jax.Array, y: jax.Array) -> jax.Array:
+            removed = 1.0 - 1.0 / (1.0 + 4.0 * _as(step, x) * _as(self.scale, x))
+            return (0.5 * removed * (_acc(x) - _as(y, x))).astype(x.dtype)
+
+        half = jax.tree.map(half_change, a, b)
+        # ``where`` selects; the transpose of its linearization scatters the change back.
         _, scatter = jax.vjp(self.where, tree)
         (delta,) = scatter((jax.tree.map(jnp.negative, half), half))
-        return jax.tree.map(lambda x, d: (x + d).astype(x.dtype), tree, delta)
-
-    def __repr__(self) -> str:
-        return f"tie(scale={self.scale}, where={getattr(self.where, '__name__', self.where)})"
+        return jax.tree.map(lambda x, d: (_acc(x) + _as(d, x)).astype(x.dtype) if _is_float_leaf(x) else x, tree, delta)
 
 
-@_pytree.register(data=("scale",), meta=("axis", "mask"))
+def _check_axis(where: str, axis: Any) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise ValueError(f"{where}: axis must be an int, got axis = {axis!r}.")
+    return axis
+
+
+@pytree_dataclass(data=["scale"], meta=["axis", "mask"])
 class GroupLasso(Penalty):
     r"""Group lasso: the sum of the L2 norms of groups, which zeroes whole groups.
 
@@ -308,14 +351,16 @@ class GroupLasso(Penalty):
       \Omega(W) = \lambda \sum_g \|W_g\|_2,
       \qquad \mathrm{prox}_{t\Omega}(V)_g = V_g \max\left(0, 1 - \frac{t\lambda}{\|V_g\|_2}\right)
 
-    A 0-d leaf is a group of its own; a 1-d leaf with ``axis=0`` has one-element groups (L1).
+    ``axis`` here indexes the groups: the norm runs over the *other* axes. That is the opposite
+    of ``max_norm``'s and ``unit_norm``'s ``axis``, which names the axes the norm runs over: on a
+    Dense kernel ``(in, out)``, ``group_lasso(axis=1)`` and ``max_norm(axis=0)`` both take one
+    norm per output unit. A 0-d leaf is a group of its own; a 1-d leaf with ``axis=0`` has
+    one-element groups (L1).
     """
 
-    def __init__(self, scale: ArrayLike, *, axis: int = 0, mask: Any = None):
-        _checks.check_nonnegative("scale", scale, "group_lasso")
-        if isinstance(axis, bool) or not isinstance(axis, int):
-            raise ValueError(f"group_lasso: axis must be an int, got axis = {axis!r}.")
-        _pytree.set_fields(self, scale=_asarray(scale), axis=axis, mask=None if mask is None else as_mask(mask))
+    scale: jax.Array
+    axis: int = 0
+    mask: Any = None
 
     def _other_axes(self, path: Any, x: Any) -> tuple[int, ...]:
         ndim = jnp.ndim(x)
@@ -330,37 +375,31 @@ class GroupLasso(Penalty):
         return tuple(i for i in range(ndim) if i != axis)
 
     def _norms(self, path: Any, x: jax.Array) -> jax.Array:
-        sq = jnp.sum(jnp.square(x), axis=self._other_axes(path, x), keepdims=True)
+        sq = jnp.sum(jnp.square(_acc(x)), axis=self._other_axes(path, x), keepdims=True)
         positive = sq > 0
         # Double where: the norm's gradient at a zero group is 0 (a subgradient), not NaN.
         return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        keep = _selected(tree, self.mask)
+        keep = jax.tree.leaves(selection(self.mask, tree))
         paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return self.scale * _total([jnp.sum(self._norms(p, x)) for (p, x), k in zip(paths, keep) if k])
+        return _scaled_total(self.scale, [jnp.sum(self._norms(p, x)) for (p, x), k in zip(paths, keep) if k])
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        _check_steps_scalar(step, "group_lasso.prox")
-        keep = _selected(tree, self.mask)
-        paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-        out = []
-        for (p, x), k in zip(paths, keep):
-            if not k:
-                out.append(x)
-                continue
-            norm = self._norms(p, x)
-            factor = jnp.where(
-                norm > 0, jnp.maximum(0.0, 1.0 - step * self.scale / jnp.where(norm > 0, norm, 1.0)), 0.0
-            )
-            out.append((x * factor).astype(x.dtype))
-        return jax.tree.unflatten(treedef, out)
+        _check_scalar_step(step, "group_lasso.prox")
 
-    def __repr__(self) -> str:
-        return f"group_lasso(scale={self.scale}, axis={self.axis}, mask={self.mask})"
+        def one(path: Any, keep: bool, x: Any) -> Any:
+            if not keep:
+                return x
+            norm = self._norms(path, x)
+            threshold = _as(step, x) * _as(self.scale, x)
+            factor = jnp.where(norm > 0, jnp.maximum(0.0, 1.0 - threshold / jnp.where(norm > 0, norm, 1.0)), 0.0)
+            return (_acc(x) * factor).astype(x.dtype)
+
+        return jax.tree_util.tree_map_with_path(one, selection(self.mask, tree), tree)
 
 
-@_pytree.register(data=("terms",))
+@pytree_dataclass(data=["terms"], meta=[])
 class Sum(Penalty):
     r"""The sum of penalties.
 
@@ -370,11 +409,7 @@ class Sum(Penalty):
     one-pass splitting approximation.
     """
 
-    def __init__(self, terms: tuple[Penalty, ...]):
-        for t in terms:
-            if not isinstance(t, Penalty):
-                raise ValueError(f"Sum: every term must be a Penalty, got {type(t).__name__}.")
-        _pytree.set_fields(self, terms=tuple(terms))
+    terms: tuple[Penalty, ...]
 
     def __call__(self, tree: PyTree) -> jax.Array:
         return _total([t(tree) for t in self.terms])
@@ -387,26 +422,20 @@ class Sum(Penalty):
             tree = t.prox(tree, step)
         return tree
 
-    def __repr__(self) -> str:
-        return " + ".join(repr(t) for t in self.terms)
 
-
-@_pytree.register(data=("factor", "penalty"))
+@pytree_dataclass(data=["factor", "penalty"], meta=[])
 class Scaled(Penalty):
     r"""``factor * penalty``; its prox is exact: :math:`\mathrm{prox}_{t c \Omega} = \mathrm{prox}_{(c t) \Omega}`."""
 
-    def __init__(self, factor: ArrayLike, penalty: Penalty):
-        _checks.check_nonnegative("factor", factor, "Scaled")
-        _pytree.set_fields(self, factor=_asarray(factor), penalty=penalty)
+    factor: jax.Array
+    penalty: Penalty
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        return self.factor * self.penalty(tree)
+        value = self.penalty(tree)
+        return jnp.asarray(self.factor).astype(value.dtype) * value
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         return self.penalty.prox(tree, jax.tree.map(lambda t: self.factor * t, step))
-
-    def __repr__(self) -> str:
-        return f"{self.factor} * ({self.penalty!r})"
 
 
 def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L2:
@@ -428,7 +457,8 @@ def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L
       >>> float(jr.l2(0.5)({"w": jnp.array([1.0, 2.0])}))
       2.5
     """
-    return L2(scale, mask=mask, center=center)
+    _checks.check_nonnegative("scale", scale, "l2")
+    return L2(_checks.as_float_array(scale), center=center, mask=_mask_or_none(mask))
 
 
 def l1(scale: ArrayLike, *, mask: Any = None) -> L1:
@@ -439,7 +469,8 @@ def l1(scale: ArrayLike, *, mask: Any = None) -> L1:
       >>> jr.l1(1.0).prox(jnp.array([-3.0, 0.5, 2.0]), 1.0)
       Array([-2.,  0.,  1.], dtype=float32)
     """
-    return L1(scale, mask=mask)
+    _checks.check_nonnegative("scale", scale, "l1")
+    return L1(_checks.as_float_array(scale), mask=_mask_or_none(mask))
 
 
 def elastic_net(l1: ArrayLike, l2: ArrayLike, *, mask: Any = None) -> ElasticNet:
@@ -450,7 +481,9 @@ def elastic_net(l1: ArrayLike, l2: ArrayLike, *, mask: Any = None) -> ElasticNet
       >>> float(jr.elastic_net(1.0, 0.5)(jnp.array([-2.0, 1.0])))
       5.5
     """
-    return ElasticNet(l1, l2, mask=mask)
+    _checks.check_nonnegative("l1", l1, "elastic_net")
+    _checks.check_nonnegative("l2", l2, "elastic_net")
+    return ElasticNet(_checks.as_float_array(l1), _checks.as_float_array(l2), mask=_mask_or_none(mask))
 
 
 def tie(scale: ArrayLike, where: Callable[[PyTree], tuple[PyTree, PyTree]]) -> Tie:
@@ -462,7 +495,10 @@ def tie(scale: ArrayLike, where: Callable[[PyTree], tuple[PyTree, PyTree]]) -> T
       >>> float(jr.tie(0.5, lambda p: (p["task_a"], p["task_b"]))(params))
       2.5
     """
-    return Tie(scale, where)
+    _checks.check_nonnegative("scale", scale, "tie")
+    if not callable(where):
+        raise ValueError(f"tie: where must be a callable params -> (a, b), got where = {where!r}.")
+    return Tie(_checks.as_float_array(scale), where)
 
 
 def group_lasso(scale: ArrayLike, *, axis: int = 0, mask: Any = None) -> GroupLasso:
@@ -474,4 +510,5 @@ def group_lasso(scale: ArrayLike, *, axis: int = 0, mask: Any = None) -> GroupLa
       >>> float(jr.group_lasso(1.0)(w))   # rows: 5 + 1
       6.0
     """
-    return GroupLasso(scale, axis=axis, mask=mask)
+    _checks.check_nonnegative("scale", scale, "group_lasso")
+    return GroupLasso(_checks.as_float_array(scale), axis=_check_axis("group_lasso", axis), mask=_mask_or_none(mask))

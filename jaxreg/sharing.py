@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxreg._tree import selected_positions
+
 PyTree = Any
 
 __all__ = ["Shared", "Share"]
@@ -22,15 +24,6 @@ class Shared(NamedTuple):
 
 def _is_none(x: Any) -> bool:
     return x is None
-
-
-class _Slot:
-    """A placeholder leaf: ``where`` applied to a tree of slots reveals which leaves it selects."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int):
-        self.index = index
 
 
 class Share:
@@ -77,25 +70,13 @@ class Share:
         self.transforms = transforms
 
     def _uses(self, params: PyTree) -> tuple[list[list[int]], Any, list[Any]]:
-        leaves, treedef = jax.tree.flatten(params, is_leaf=_is_none)
-        index_tree = jax.tree.unflatten(treedef, [_Slot(i) for i in range(len(leaves))])
-        try:
-            uses = self.where(index_tree)
-        except Exception as e:
-            raise ValueError(f"Share: where must select subtrees of the params, not compute new values ({e}).") from e
-        if not isinstance(uses, (tuple, list)) or len(uses) < 2:
-            raise ValueError(f"Share: where(params) must return a sequence of at least two uses, got {uses!r}.")
-        if self.transforms is not None and len(self.transforms) != len(uses):
+        treedef, positions, use_defs = selected_positions(self.where, params, "Share")
+        if len(positions) < 2:
+            raise ValueError(f"Share: where(params) must return a sequence of at least two uses, got {len(positions)}.")
+        if self.transforms is not None and len(self.transforms) != len(positions):
             raise ValueError(
-                f"Share: transforms has {len(self.transforms)} entries for {len(uses)} uses; give one per use."
+                f"Share: transforms has {len(self.transforms)} entries for {len(positions)} uses; give one per use."
             )
-        positions = []
-        for use in uses:
-            slots = jax.tree.leaves(use)
-            if not all(isinstance(i, _Slot) for i in slots):
-                raise ValueError("Share: where must select subtrees of the params, not compute new values.")
-            positions.append([i.index for i in slots])
-        use_defs = [jax.tree.structure(u) for u in uses]
         return positions, treedef, use_defs
 
     def _transform(self, k: int, source: PyTree) -> PyTree:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg import _checks
+from jaxreg._tree import is_float
 from jaxreg.penalties import Penalty
 
 PyTree = Any
@@ -74,12 +75,11 @@ def add_penalty_grad(penalty: Penalty) -> optax.GradientTransformation:
 
     Examples:
       >>> import jax.numpy as jnp, optax, jaxreg as jr
-      >>> opt = optax.chain(optax.scale_by_adam(), jr.add_penalty_grad(jr.l2(5e-3)),
-      ...                   optax.scale_by_learning_rate(1e-3))
-      >>> params = {"w": jnp.ones(3)}
-      >>> updates, state = opt.update({"w": jnp.zeros(3)}, opt.init(params), params)
-      >>> [round(float(u), 8) for u in updates["w"]]
-      [-1e-05, -1e-05, -1e-05]
+      >>> opt = optax.chain(jr.add_penalty_grad(jr.l2(0.5)), optax.sgd(0.1))
+      >>> params = {"w": jnp.ones(3), "step": jnp.array(7)}   # integer leaves pass through
+      >>> updates, state = opt.update({"w": jnp.zeros(3), "step": jnp.array(0)}, opt.init(params), params)
+      >>> updates["w"]
+      Array([-0.1, -0.1, -0.1], dtype=float32)
     """
     _check_penalty("add_penalty_grad", penalty)
 
@@ -89,8 +89,15 @@ def add_penalty_grad(penalty: Penalty) -> optax.GradientTransformation:
 
     def update_fn(updates: PyTree, state: optax.EmptyState, params: PyTree | None = None):
         _need_params("add_penalty_grad", params)
-        grads = jax.grad(penalty)(params)
-        return jax.tree.map(lambda u, g: u + g.astype(u.dtype), updates, grads), state
+        # allow_int: integer leaves (a step counter) get a float0 gradient and pass through.
+        grads = jax.grad(penalty, allow_int=True)(params)
+
+        def add(u: Any, g: Any) -> Any:
+            if u is None or g is None or g.dtype == jax.dtypes.float0:
+                return u
+            return u + g.astype(u.dtype)
+
+        return jax.tree.map(add, updates, grads, is_leaf=_is_none), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -105,9 +112,27 @@ def _learning_rate_at(learning_rate: Any, count: jax.Array) -> jax.Array:
     return learning_rate(count) if callable(learning_rate) else jnp.asarray(learning_rate)
 
 
-def _delta(new: PyTree, params: PyTree) -> PyTree:
-    # params + (new - params) rounds back to new; zeros come back exactly.
-    return jax.tree.map(lambda n, p: (n - p).astype(p.dtype), new, params)
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _stepped(params: PyTree, updates: PyTree) -> PyTree:
+    """``params + updates``; a ``None`` update (a frozen leaf, as optax allows) leaves the param as is."""
+    return jax.tree.map(lambda u, p: p if u is None else optax.apply_updates(p, u), updates, params, is_leaf=_is_none)
+
+
+def _delta(new: PyTree, params: PyTree, updates: PyTree) -> PyTree:
+    """The updates that move ``params`` to ``new``; ``None`` updates stay ``None``.
+
+    ``params + (new - params)`` rounds back to ``new``; zeros come back exactly.
+    """
+
+    def one(u: Any, n: Any, p: Any) -> Any:
+        if u is None:
+            return None
+        return (n - p).astype(jnp.result_type(u))
+
+    return jax.tree.map(one, updates, new, params, is_leaf=_is_none)
 
 
 def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
@@ -149,8 +174,8 @@ def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.G
     def update_fn(updates: PyTree, state: ProximalState, params: PyTree | None = None):
         _need_params("proximal", params)
         step = _learning_rate_at(learning_rate, state.count)
-        new = penalty.prox(optax.apply_updates(params, updates), step)
-        return _delta(new, params), ProximalState(count=optax.safe_increment(state.count))
+        new = penalty.prox(_stepped(params, updates), step)
+        return _delta(new, params, updates), ProximalState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -163,8 +188,8 @@ class ProximalAdamState(NamedTuple):
 
 
 def proximal_adam(
-    learning_rate: optax.ScalarOrSchedule,
     penalty: Penalty,
+    learning_rate: optax.ScalarOrSchedule,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -186,8 +211,10 @@ def proximal_adam(
     is ``optax.adam``. Non-separable penalties (``group_lasso``, ``tie``) are refused.
 
     Args:
-      learning_rate: scalar or schedule.
       penalty: a separable penalty.
+      learning_rate: scalar or schedule (the argument order is that of :func:`proximal`; before
+        0.2 it was ``proximal_adam(learning_rate, penalty)``, which now raises a ``ValueError``
+        saying so).
       b1, b2, eps, eps_root: as in ``optax.scale_by_adam``.
 
     Returns:
@@ -195,12 +222,17 @@ def proximal_adam(
 
     Examples:
       >>> import jax.numpy as jnp, optax, jaxreg as jr
-      >>> opt = jr.proximal_adam(0.1, jr.l1(1.0))
+      >>> opt = jr.proximal_adam(jr.l1(1.0), 0.1)
       >>> params = jnp.array([0.05, -2.0])
       >>> updates, _ = opt.update(jnp.array([1.0, 1.0]), opt.init(params), params)
       >>> optax.apply_updates(params, updates)
       Array([ 0., -2.], dtype=float32)
     """
+    if isinstance(learning_rate, Penalty) and not isinstance(penalty, Penalty):
+        raise ValueError(
+            "proximal_adam: the arguments are (penalty, learning_rate), as in proximal; got "
+            f"penalty = {penalty!r} and learning_rate = {learning_rate!r} (the order before 0.2)."
+        )
     _check_penalty("proximal_adam", penalty)
     _check_learning_rate("proximal_adam", learning_rate)
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
@@ -211,12 +243,23 @@ def proximal_adam(
     def update_fn(updates: PyTree, state: ProximalAdamState, params: PyTree | None = None):
         _need_params("proximal_adam", params)
         lr = _learning_rate_at(learning_rate, state.count)
-        direction, adam_state = adam.update(updates, state.adam, params)
-        nu_hat = optax.tree.bias_correction(adam_state.nu, b2, adam_state.count)
+        # optax's bias correction computes ``decay ** count`` (a float to an int32 power), which
+        # strict dtype promotion refuses; only that part runs under standard promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            direction, adam_state = adam.update(updates, state.adam, params)
+            nu_hat = optax.tree.bias_correction(adam_state.nu, b2, adam_state.count)
         steps = jax.tree.map(lambda v: lr / (jnp.sqrt(v + eps_root) + eps), nu_hat)
-        z = jax.tree.map(lambda p, d: p - lr * d, params, direction)
+        z = jax.tree.map(lambda p, d: p - (lr * d).astype(p.dtype), params, direction)
         new = penalty.prox(z, steps)
-        return _delta(new, params), ProximalAdamState(adam=adam_state, count=optax.safe_increment(state.count))
+        # Adam only moves floating-point leaves: an integer leaf's update passes through unchanged.
+        deltas = jax.tree.map(
+            lambda u, d, p: d if u is None or is_float(p) else u,
+            updates,
+            _delta(new, params, updates),
+            params,
+            is_leaf=_is_none,
+        )
+        return deltas, ProximalAdamState(adam=adam_state, count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -252,6 +295,6 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
 
     def update_fn(updates: PyTree, state: optax.EmptyState, params: PyTree | None = None):
         _need_params("project", params)
-        return _delta(constraint(optax.apply_updates(params, updates)), params), state
+        return _delta(constraint(_stepped(params, updates)), params, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 import jaxreg as jr
+from jaxreg._tree import key_path_str, resolve_mask
 
 
 class LinenMLP(nn.Module):
@@ -35,9 +36,9 @@ def _nnx():
 
 
 def _selected_paths(tree, mask):
-    sel = jr.masks.resolve_mask(mask, tree)
+    sel = resolve_mask(mask, tree)
     return sorted(
-        jr.masks.key_path_str(p)
+        key_path_str(p)
         for (p, _), keep in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(sel))
         if keep
     )
@@ -101,14 +102,37 @@ def test_pytree_and_prefix_masks():
     assert float(jr.l1(1.0, mask={"enc": False, "dec": True})(tree)) == 4.0
 
 
-def test_mask_errors_name_the_problem():
-    tree = {"a": jnp.ones(2), "b": jnp.ones(2)}
-    with pytest.raises(ValueError, match="mask does not match the structure of the params"):
-        jr.l2(1.0, mask={"a": True, "c": False})(tree)
-    with pytest.raises(ValueError, match="mask must be a pytree of Python bools"):
-        jr.l2(1.0, mask={"a": jnp.array(True), "b": False})
-    with pytest.raises(ValueError, match=r"by_path: invalid regular expression, got pattern = '\('"):
-        jr.masks.by_path("(")
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: jr.l2(1.0, mask={"a": True, "c": False})({"a": jnp.ones(2), "b": jnp.ones(2)}),
+            "mask does not match the structure of the params",
+        ),
+        (lambda: jr.l2(1.0, mask={"a": jnp.array(True), "b": False}), "mask must be a pytree of Python bools"),
+        (lambda: jr.masks.by_path("("), r"by_path: invalid regular expression, got pattern = '\('"),
+        (
+            lambda: jr.l2(1.0, mask=jr.masks.by_path("kernal"))(_linen()),
+            r"by_path: pattern = 'kernal' selects no leaf of the params; their paths are 'params/Dense_0/bias', "
+            r"'params/Dense_0/kernel'",
+        ),
+        (
+            lambda: jr.l2(1.0, mask=jr.masks.kernels & jr.masks.by_path("Dense_9"))(_linen()),
+            "by_path: pattern = 'Dense_9' selects no leaf",
+        ),
+    ],
+    ids=["structure", "traced-leaf", "bad-regex", "typo", "typo-in-combination"],
+)
+def test_mask_errors_name_the_problem(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_by_path_allow_empty_selects_nothing_silently():
+    v = _linen()
+    assert _selected_paths(v, jr.masks.by_path("embedding", allow_empty=True)) == []
+    # The usual "everything but the embedding" on a model without one.
+    assert len(_selected_paths(v, ~jr.masks.by_path("embedding", allow_empty=True))) == len(jax.tree.leaves(v))
 
 
 def test_masks_are_hashable_and_equal_by_value():

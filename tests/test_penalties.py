@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 import jaxreg as jr
 
+EPS = float(np.finfo(np.float32).eps)
 SETTINGS = settings(max_examples=25, deadline=None)
 
 floats = st.floats(-3.0, 3.0, allow_nan=False, width=32)
@@ -213,20 +214,79 @@ def test_negative_or_nan_scale_raises(make):
         make()
 
 
-def test_structure_and_shape_mismatches_raise():
-    w = {"a": jnp.ones(2), "b": jnp.ones(3)}
-    with pytest.raises(ValueError, match="tie: the tied groups differ in shape"):
-        jr.tie(1.0, lambda p: (p["a"], p["b"]))(w)
-    with pytest.raises(ValueError, match="tie: the tied groups differ in structure"):
-        jr.tie(1.0, lambda p: ((p["a"],), p["b"]))(w)
-    with pytest.raises(ValueError, match="l2: center must have the structure"):
-        jr.l2(1.0, center={"a": jnp.ones(2)})(w)
-    with pytest.raises(ValueError, match="l2: center leaf 'b' has shape"):
-        jr.l2(1.0, center={"a": jnp.ones(2), "b": jnp.ones(4)})(w)
-    with pytest.raises(ValueError, match="group_lasso: axis = 1 is out of range for leaf 'a'"):
-        jr.group_lasso(1.0, axis=1)(w)
-    with pytest.raises(ValueError, match="closed form for a scalar step only"):
-        jr.group_lasso(1.0).prox(w, {"a": jnp.ones(2), "b": jnp.ones(3)})
+_ERR_W = {"a": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(3)}
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: jr.tie(1.0, lambda p: (p["a"], p["b"]))(_ERR_W), "tie: the tied groups differ in shape"),
+        (lambda: jr.tie(1.0, lambda p: ((p["a"],), p["b"]))(_ERR_W), "tie: the tied groups differ in structure"),
+        (
+            lambda: jr.tie(1.0, lambda p: (2 * p["b"], p["c"])).prox(_ERR_W, 0.1),
+            r"tie: where must select parts of the params \(keys, indices, slices\), not compute new values; it uses \['mul'\]",
+        ),
+        (lambda: jr.tie(1.0, lambda p: p["b"] + p["c"])(_ERR_W), "tie: where\\(params\\) must return a pair"),
+        (lambda: jr.l2(1.0, center={"a": jnp.ones(2)})(_ERR_W), "l2: center must have the structure"),
+        (
+            lambda: jr.l2(1.0, center={"a": jnp.ones(2), "b": jnp.ones(4), "c": jnp.ones(3)})(_ERR_W),
+            "l2: center leaf 'b' has shape",
+        ),
+        (lambda: jr.group_lasso(1.0, axis=1)(_ERR_W), "group_lasso: axis = 1 is out of range for leaf 'a'"),
+        (lambda: jr.group_lasso(1.0, axis=(0, 1)), r"group_lasso: axis must be an int, got axis = \(0, 1\)"),
+        (
+            lambda: jr.group_lasso(1.0).prox(_ERR_W, jax.tree.map(jnp.ones_like, _ERR_W)),
+            "closed form for a scalar step only",
+        ),
+        (
+            lambda: jr.l1(1.0).prox(_ERR_W, {"a": 1.0}),
+            "l1.prox: step must be a scalar or a pytree shaped like the params",
+        ),
+    ],
+    ids=[
+        "tie-shape",
+        "tie-structure",
+        "tie-computes",
+        "tie-not-a-pair",
+        "center-structure",
+        "center-shape",
+        "group-axis-range",
+        "group-axis-tuple",
+        "group-step-tree",
+        "step-structure",
+    ],
+)
+def test_structure_and_shape_mismatches_raise(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_tie_prox_with_a_sliced_selection_is_exact():
+    # where selects a row of a kernel: still a selection, so the prox is the closed form.
+    p = {"k": jnp.array([[1.0, 2.0], [5.0, 6.0]]), "b": jnp.array([3.0, -2.0])}
+    t, lam = 0.25, 0.5
+    out = jr.tie(lam, lambda q: (q["k"][0], q["b"])).prox(p, t)
+    a, b = np.array([1.0, 2.0]), np.array([3.0, -2.0])
+    diff = (a - b) / (1 + 4 * t * lam)
+    np.testing.assert_allclose(out["k"][0], (a + b) / 2 + diff / 2, rtol=4 * EPS)
+    np.testing.assert_allclose(out["b"], (a + b) / 2 - diff / 2, rtol=4 * EPS)
+    np.testing.assert_array_equal(out["k"][1], p["k"][1])
+
+
+def test_traced_negative_scale_is_reported_under_traced_checks():
+    from jax.experimental import checkify
+
+    def value(scale):
+        return jr.l2(scale)(jnp.ones(3))
+
+    with jr.traced_checks():
+        err, _ = checkify.checkify(jax.jit(value))(-1.0)
+    assert "l2: scale must be finite and >= 0, got scale = -1.0 (traced)" in err.get()
+    with jr.traced_checks():
+        err, out = checkify.checkify(jax.jit(value))(0.5)
+    assert err.get() is None and float(out) == 1.5
+    # Outside the context a traced value is not checked (a sweep stays one program).
+    assert float(jax.jit(value)(-1.0)) == -3.0
 
 
 @pytest.mark.parametrize(

@@ -37,18 +37,28 @@ def test_gradient_of_shared_copy_is_sum_over_uses_including_a_transposed_use():
     np.testing.assert_allclose(g.shared, gf["enc"] + gf["dec"].T, rtol=1e-5, atol=1e-5)
 
 
-def test_shape_mismatch_and_bad_where_raise():
-    params = {"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))}
-    with pytest.raises(
-        ValueError, match=r"Share: use 1 has shapes \[\(3, 3\)\] but the transformed source has \[\(2, 3\)\]"
-    ):
-        jr.Share(lambda p: (p["a"], p["b"])).compress(params)
-    with pytest.raises(ValueError, match="at least two uses"):
-        jr.Share(lambda p: (p["a"],)).compress(params)
-    with pytest.raises(ValueError, match="must select subtrees"):
-        jr.Share(lambda p: (p["a"], p["a"] * 2)).compress(params)
-    with pytest.raises(ValueError, match=r"transforms\[0\] must be None"):
-        jr.Share(lambda p: (p["a"], p["b"]), transforms=(jnp.transpose, None))
+_PARAMS = {"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))}
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: jr.Share(lambda p: (p["a"], p["b"])).compress(_PARAMS),
+            r"Share: use 1 has shapes \[\(3, 3\)\] but the transformed source has \[\(2, 3\)\]",
+        ),
+        (lambda: jr.Share(lambda p: (p["a"],)).compress(_PARAMS), "Share: .* at least two uses"),
+        (lambda: jr.Share(lambda p: (p["a"], p["a"] * 2)).compress(_PARAMS), "Share: where must select subtrees"),
+        (
+            lambda: jr.Share(lambda p: (p["a"], p["b"]), transforms=(jnp.transpose, None)),
+            r"transforms\[0\] must be None",
+        ),
+    ],
+    ids=["shape", "one-use", "computes", "first-transform"],
+)
+def test_shape_mismatch_and_bad_where_raise(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
 
 
 def test_expand_under_jit_and_vmap():
