@@ -1,6 +1,6 @@
 """jaxreg: regularization for JAX, as pure functions that compose with optax."""
 
-from jaxreg import benchmark, ensemble, es, masks, variational
+from jaxreg import benchmark, ensemble, es, masks, stats, variational
 from jaxreg._checks import traced_checks
 from jaxreg.constraints import max_norm, non_negative, unit_norm
 from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
@@ -59,6 +59,7 @@ __all__ = [
     "retrain_budget",
     "Share",
     "Shared",
+    "stats",
     "Terms",
     "tie",
     "traced_checks",

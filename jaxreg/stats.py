@@ -1,0 +1,150 @@
+"""Answers with error bars: intervals over seeds, and verdicts that respect them.
+
+A result trained under S seeds (a seed axis of an ensemble, see ``jr.ensemble``) is S numbers.
+:func:`mean_interval` gives their mean with a 95% interval (Student's t, or a percentile
+bootstrap); :func:`paired_difference` the interval of the difference of two regimes trained
+under the same seeds (paired: the seed's shared noise cancels); :func:`verdict` turns that
+interval into words only when it excludes zero. These run on the host, on numpy arrays: they
+summarize finished runs, they are not part of a compiled step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import numpy as np
+from jax.typing import ArrayLike
+
+__all__ = ["Interval", "mean_interval", "paired_difference", "verdict"]
+
+Method = Literal["t", "bootstrap"]
+
+
+class Interval(NamedTuple):
+    """A mean and the bounds of its confidence interval (arrays when the input had more axes)."""
+
+    mean: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+    def format(self, digits: int = 3) -> str:
+        """``"0.925 ± 0.012"`` (the half-width; ``±`` alone when the interval is symmetric)."""
+        mean, lo, hi = (float(np.asarray(v)) for v in self)
+        half = max(mean - lo, hi - mean)
+        return f"{mean:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{mean:.{digits}f}"
+
+
+def _check(values: ArrayLike, confidence: float, where: str) -> np.ndarray:
+    x = np.asarray(values, np.float64)
+    if x.ndim == 0:
+        raise ValueError(f"{where}: values must have a seed axis, got a scalar {float(x)!r}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"{where}: confidence must be in (0, 1), got confidence = {confidence!r}.")
+    return x
+
+
+def mean_interval(
+    values: ArrayLike,
+    *,
+    axis: int = 0,
+    confidence: float = 0.95,
+    method: Method = "t",
+    num_resamples: int = 10_000,
+    seed: int = 0,
+) -> Interval:
+    r"""The mean over ``axis`` (the seeds) with a ``confidence`` interval.
+
+    With ``method="t"`` (the default) the interval is Student's:
+
+    .. math:: \bar x \pm t_{(1 + c)/2,\, S - 1} \, \frac{s}{\sqrt S}
+
+    with :math:`s` the sample standard deviation (ddof = 1). With ``method="bootstrap"`` it is
+    the percentile bootstrap: the :math:`(1 - c)/2` and :math:`(1 + c)/2` quantiles of the
+    means of ``num_resamples`` resamples of the seeds with replacement (numpy generator seeded
+    with ``seed``). With one seed, or NaN values, the bounds are NaN: no interval is claimed.
+
+    Args:
+      values: results with a seed axis.
+      axis: the seed axis.
+      confidence: the coverage, in (0, 1).
+      method: ``"t"`` or ``"bootstrap"``.
+      num_resamples: bootstrap resamples.
+      seed: the bootstrap's generator seed.
+
+    Returns:
+      An :class:`Interval` of numpy arrays (0-d for a 1-d input).
+
+    Raises:
+      ValueError: for a scalar input, a confidence outside (0, 1) or an unknown method.
+
+    Examples:
+      >>> import jaxreg as jr
+      >>> iv = jr.stats.mean_interval([0.91, 0.93, 0.92])
+      >>> round(float(iv.mean), 3), round(float(iv.hi - iv.mean), 4)
+      (0.92, 0.0248)
+    """
+    x = np.moveaxis(_check(values, confidence, "mean_interval"), axis, 0)
+    n = x.shape[0]
+    mean = x.mean(axis=0)
+    if method == "t":
+        if n < 2:
+            nan = np.full_like(mean, np.nan)
+            return Interval(mean, nan, nan)
+        from scipy import stats as scipy_stats
+
+        half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(axis=0, ddof=1) / np.sqrt(n)
+        return Interval(mean, mean - half, mean + half)
+    if method == "bootstrap":
+        if n < 2:
+            nan = np.full_like(mean, np.nan)
+            return Interval(mean, nan, nan)
+        idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
+        means = x[idx].mean(axis=1)
+        lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2], axis=0)
+        return Interval(mean, lo, hi)
+    raise ValueError(f"mean_interval: method must be 't' or 'bootstrap', got method = {method!r}.")
+
+
+def paired_difference(
+    a: ArrayLike, b: ArrayLike, *, axis: int = 0, confidence: float = 0.95, method: Method = "t", seed: int = 0
+) -> Interval:
+    """The interval of ``mean(a - b)``, paired by seed (``a[s]`` and ``b[s]`` share seed ``s``).
+
+    Pairing removes the noise the two regimes share through their seed (the same init, data
+    order and masks), so the interval of the difference is narrower than the two intervals
+    side by side suggest.
+
+    Raises:
+      ValueError: if ``a`` and ``b`` differ in shape.
+
+    Examples:
+      >>> import jaxreg as jr
+      >>> iv = jr.stats.paired_difference([0.93, 0.94, 0.95], [0.91, 0.92, 0.93])
+      >>> jr.stats.verdict(iv)
+      'higher'
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(
+            f"paired_difference: a and b must have one value per seed each, got shapes {a.shape} and {b.shape}."
+        )
+    return mean_interval(a - b, axis=axis, confidence=confidence, method=method, seed=seed)
+
+
+def verdict(
+    difference: Interval,
+    *,
+    higher: str = "higher",
+    lower: str = "lower",
+    same: str = "no difference detected at this size",
+) -> str:
+    """``higher`` if the interval of a difference lies above 0, ``lower`` if below, else ``same``.
+
+    A NaN bound (one seed) is never a difference.
+    """
+    lo, hi = float(np.asarray(difference.lo)), float(np.asarray(difference.hi))
+    if np.isfinite(lo) and lo > 0:
+        return higher
+    if np.isfinite(hi) and hi < 0:
+        return lower
+    return same

@@ -1,0 +1,89 @@
+"""Intervals over seeds against scipy's, and verdicts that flip when the interval covers 0."""
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+import jaxreg as jr
+
+EPS64 = float(np.finfo(np.float64).eps)
+
+
+def test_t_interval_equals_scipy():
+    x = np.random.default_rng(0).normal(0.9, 0.02, size=7)
+    lo, hi = scipy_stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=scipy_stats.sem(x))
+    iv = jr.stats.mean_interval(x)
+    np.testing.assert_allclose([iv.mean, iv.lo, iv.hi], [x.mean(), lo, hi], rtol=16 * EPS64)
+
+
+def test_t_interval_over_an_axis_equals_scipy_per_column():
+    x = np.random.default_rng(1).normal(size=(5, 3))
+    iv = jr.stats.mean_interval(x, axis=0, confidence=0.9)
+    for j in range(3):
+        lo, hi = scipy_stats.t.interval(0.9, 4, loc=x[:, j].mean(), scale=scipy_stats.sem(x[:, j]))
+        # mean - half can cancel: the error is relative to the magnitudes combined, not the result.
+        np.testing.assert_allclose([iv.lo[j], iv.hi[j]], [lo, hi], rtol=0, atol=16 * EPS64 * np.abs(x).max())
+
+
+def test_bootstrap_interval_agrees_with_scipy_within_monte_carlo_error():
+    x = np.random.default_rng(2).exponential(size=20)
+    ours = jr.stats.mean_interval(x, method="bootstrap", num_resamples=20_000)
+    ref = scipy_stats.bootstrap((x,), np.mean, method="percentile", n_resamples=20_000, random_state=3)
+    # Quantiles of 20,000 resampled means: Monte Carlo error of a 2.5% quantile is about
+    # sqrt(q (1 - q) / n) / density ~ 0.1 standard errors of the mean; allow 0.3.
+    se = x.std(ddof=1) / np.sqrt(len(x))
+    assert abs(ours.lo - ref.confidence_interval.low) < 0.3 * se
+    assert abs(ours.hi - ref.confidence_interval.high) < 0.3 * se
+
+
+def test_t_interval_covers_the_true_mean_at_its_nominal_rate():
+    # 2,000 experiments of 5 seeds from N(0, 1): coverage 0.95, binomial sd 0.0049; allow 4 sd.
+    x = np.random.default_rng(4).normal(size=(5, 2000))
+    iv = jr.stats.mean_interval(x)
+    coverage = np.mean((iv.lo <= 0) & (0 <= iv.hi))
+    assert abs(coverage - 0.95) < 4 * np.sqrt(0.95 * 0.05 / 2000)
+
+
+def test_verdict_flips_from_higher_to_no_difference_when_the_interval_covers_zero():
+    base = np.array([0.90, 0.92, 0.91, 0.93])
+    clearly = jr.stats.paired_difference(base + 0.02, base)  # the same +0.02 under every seed
+    assert jr.stats.verdict(clearly) == "higher"
+    noisy = jr.stats.paired_difference(base + np.array([0.02, -0.03, 0.01, -0.01]), base)
+    assert noisy.lo < 0 < noisy.hi
+    assert jr.stats.verdict(noisy) == "no difference detected at this size"
+    assert jr.stats.verdict(jr.stats.paired_difference(base - 0.02, base)) == "lower"
+
+
+def test_pairing_narrows_the_interval_when_seeds_share_noise():
+    seed_noise = np.random.default_rng(5).normal(scale=0.05, size=6)
+    a, b = 0.9 + seed_noise + 0.01, 0.9 + seed_noise
+    paired = jr.stats.paired_difference(a, b)
+    unpaired = jr.stats.mean_interval(a).hi - jr.stats.mean_interval(a).lo
+    assert paired.hi - paired.lo < 1e-6 < unpaired
+
+
+def test_one_seed_claims_no_interval():
+    iv = jr.stats.mean_interval([0.9])
+    assert np.isnan(iv.lo) and np.isnan(iv.hi)
+    assert jr.stats.verdict(jr.stats.paired_difference([0.95], [0.9])) == "no difference detected at this size"
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: jr.stats.mean_interval(0.5), "mean_interval: values must have a seed axis"),
+        (
+            lambda: jr.stats.mean_interval([1.0, 2.0], confidence=1.5),
+            r"confidence must be in \(0, 1\), got confidence = 1.5",
+        ),
+        (lambda: jr.stats.mean_interval([1.0, 2.0], method="z"), "method must be 't' or 'bootstrap', got method = 'z'"),
+        (
+            lambda: jr.stats.paired_difference([1.0, 2.0], [1.0]),
+            "paired_difference: a and b must have one value per seed",
+        ),
+    ],
+    ids=["scalar", "confidence", "method", "unpaired"],
+)
+def test_bad_input_raises(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
