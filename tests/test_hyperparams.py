@@ -473,5 +473,6 @@ def test_example_sweep_learning_rate_runs():
     assert out.returncode == 0, out.stderr[-3000:]
     lines = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
     assert lines["traces"] == "1", out.stdout
-    assert lines["max_abs_diff_to_separate_optax_runs"] == "0.0", out.stdout
+    # Batched vs unbatched matmul rounding carried over 300 steps at stable rates (measured 6e-7).
+    assert float(lines["max_rel_diff_to_separate_optax_runs"]) < 1e-5, out.stdout
     assert float(lines["best_learning_rate"]) < float(lines["largest_learning_rate"]), out.stdout
