@@ -183,15 +183,18 @@ def test_a_new_value_never_recompiles():
         u, s = opt.update(jax.grad(_loss)(w), s, w)
         return optax.apply_updates(w, u), s
 
+    # Python floats, an int, numpy and jax scalars: all become the same float32 leaf (no retrace
+    # from a weak type or another dtype, optax#577), and the updated state feeds back in unchanged.
+    values = [(1e-3, 1e-4), (np.float64(3e-2), 0), (jnp.float32(0.1), np.float32(0.5))]
     outs = []
-    for lr, wd in [(1e-3, 1e-4), (3e-2, 0.0), (0.1, 0.5)]:
+    for lr, wd in values:
         w, s = W0, make(learning_rate=lr, weight_decay=wd).init(W0)
         for _ in range(3):
             w, s = step(w, s)
         outs.append(w["w"])
     # The values took effect (not the closure's): each run equals its own unwrapped adamw.
-    for (lr, wd), got in zip([(1e-3, 1e-4), (3e-2, 0.0), (0.1, 0.5)], outs):
-        chex.assert_trees_all_equal(got, _train(optax.adamw(lr, weight_decay=wd), 3)[0]["w"])
+    for (lr, wd), got in zip(values, outs):
+        chex.assert_trees_all_equal(got, _train(optax.adamw(float(lr), weight_decay=float(wd)), 3)[0]["w"])
 
 
 def test_changing_a_value_in_the_state_takes_effect_at_the_next_update():
