@@ -376,8 +376,9 @@ def sweepable(
       traced value, ``jax.vmap(lambda p, lr: jr.sweepable(optax.adam)(learning_rate=lr).init(p))``,
       and update with any instance built with the same arguments' *kinds*, e.g.
       ``jr.sweepable(optax.adam)(learning_rate=1e-3).update``: each member reads its own values;
-    * a new value (a new state) never recompiles the step; changing a value mid-run is
-      ``state._replace(hyperparams={**state.hyperparams, "learning_rate": new})``;
+    * a new value (a new state) never recompiles the step; reading or changing a value
+      mid-run is ``optax.tree.get(state, "learning_rate")`` and
+      ``optax.tree.set(state, learning_rate=jnp.float32(new))``;
     * the hyperparameters are differentiable inputs of ``update``.
 
     Which arguments become leaves. Only those passed (positionally or by keyword); defaults
