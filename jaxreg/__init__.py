@@ -5,6 +5,9 @@ from jaxreg._checks import traced_checks
 from jaxreg.constraints import max_norm, non_negative, unit_norm
 from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
 from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stopped, retrain_budget
+
+# issue 13: optimizer hyperparameters as state leaves (sweep)
+from jaxreg.hyperparams import SweepableSchedule, SweepableState, schedule, sweepable
 from jaxreg.loss import Terms, regularize
 from jaxreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, tie
 from jaxreg.sharing import Share, Shared
@@ -65,4 +68,9 @@ __all__ = [
     "traced_checks",
     "unit_norm",
     "variational",
+    # issue 13: optimizer hyperparameters as state leaves (sweep)
+    "schedule",
+    "SweepableSchedule",
+    "SweepableState",
+    "sweepable",
 ]

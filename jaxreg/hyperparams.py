@@ -1,0 +1,514 @@
+"""Optimizer hyperparameters as state leaves: any optax factory, swept by ``vmap``, never recompiled.
+
+:func:`sweepable` wraps an optax optimizer factory (``optax.sgd``, ``optax.adam``, a user's
+function returning a ``GradientTransformation``) so that the numbers passed to it live in the
+optimizer state as array leaves (``state.hyperparams[name]``), and :func:`schedule` does the same
+for a schedule's own numbers (the peak of a warmup-cosine schedule). ``update`` rebuilds the
+factory from the state's values at every step, so
+
+* building the optimizer inside ``jax.vmap`` (or ``jr.ensemble.map``) with a traced value gives
+  every member its own values: a sweep is one program;
+* a new value is new data, never a new program;
+* arguments you do not pass stay the factory's own Python defaults, so the arithmetic is the
+  unwrapped optimizer's wherever it can be (see :func:`sweepable` for what is bitwise and why).
+
+It differs from ``optax.inject_hyperparams`` in three ways, each the cause of a known issue
+there: only the arguments you pass become leaves (``inject_hyperparams`` also converts the
+defaults, so ``adam``'s ``1 - b1`` is computed from a float32 ``b1`` and its trajectory drifts
+from plain ``adam``: optax#583, #1532); a callable argument is passed through to the factory
+untouched unless it is a :func:`schedule` (``inject_hyperparams`` treats every callable as a
+schedule, which breaks callable masks and callable param pytrees: optax#913, #1373); and bools,
+strings and integer structure arguments are static, and a traced value or an array for one is a
+``ValueError`` naming it, at construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+PyTree = Any
+
+__all__ = ["SweepableSchedule", "SweepableState", "schedule", "sweepable"]
+
+_CONCRETIZATION_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.TracerArrayConversionError,
+)
+
+
+class SweepableState(NamedTuple):
+    """The state of a :func:`sweepable` optimizer.
+
+    Attributes:
+      count: int32, the number of updates done; schedules are evaluated at it (0 first).
+      hyperparams: ``{name: value}`` for every numeric argument passed to the factory (a scalar
+        of the default float dtype, float32 unless x64 is on) and ``{name: {arg: value}}`` for
+        every :func:`schedule` (its numeric arguments). ``update`` reads them from here.
+      inner_state: the wrapped optimizer's own state.
+    """
+
+    count: jax.Array
+    hyperparams: dict[str, Any]
+    inner_state: optax.OptState
+
+
+def _float_dtype() -> np.dtype:
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def _contains_tracer(value: Any) -> bool:
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, np.bool_)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, jax.core.Tracer):
+        return f"a traced value of dtype {value.dtype} (static arguments cannot be vmapped or jitted over)"
+    if _is_array(value):
+        return f"an array of dtype {np.asarray(value).dtype}"
+    return repr(value)
+
+
+def _static_kind(param: inspect.Parameter | None) -> str | None:
+    """'bool', 'str' or 'int' when the signature says the argument is one (default or annotation)."""
+    if param is None:
+        return None
+    default = param.default
+    for kind in (bool, str, int):  # bool before int: a bool default is an int too
+        if default is not inspect.Parameter.empty and type(default) is kind:
+            return kind.__name__
+    ann = param.annotation
+    for kind in (bool, str, int):
+        if ann is kind or ann == kind.__name__:
+            return kind.__name__
+    return None
+
+
+def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None, static_args: frozenset) -> str:
+    """'static', 'numeric' or 'schedule' for one argument; raises for a static one given a traced value."""
+    if isinstance(value, SweepableSchedule):
+        return "static" if name in static_args else "schedule"
+    kind = _static_kind(param)
+    if kind in ("bool", "str") and (_is_array(value) or _contains_tracer(value)):
+        raise ValueError(
+            f"{where}: {name} is a {kind} argument, static (it selects the optimizer's structure, it is not "
+            f"a number in its math), so it cannot be swept; got {name} = {_describe(value)}. Pass a Python {kind}."
+        )
+    if name in static_args or kind == "int":
+        if _contains_tracer(value):
+            why = "named in static_args" if name in static_args else "an int argument (structure, e.g. a step count)"
+            raise ValueError(
+                f"{where}: {name} is {why}, static, so it cannot be swept; got {name} = {_describe(value)}."
+            )
+        return "static"
+    if value is None or isinstance(value, (bool, np.bool_, str)) or callable(value):
+        return "static"
+    if isinstance(value, (float, int)) or _is_array(value):
+        dtype = np.dtype(value.dtype if hasattr(value, "dtype") else np.result_type(value))
+        if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer):
+            if np.ndim(value) != 0:
+                raise ValueError(
+                    f"{where}: {name} must be a scalar (one value per optimizer; to sweep, build the optimizer "
+                    f"inside jax.vmap with one value per member), got {name} with shape {np.shape(value)}."
+                )
+            return "numeric"
+        if isinstance(value, jax.core.Tracer):
+            raise ValueError(
+                f"{where}: {name} cannot be swept: only float (or int) numbers are hyperparameters, got "
+                f"{name} = {_describe(value)}."
+            )
+        return "static"  # a concrete bool array: a mask
+    if _contains_tracer(value):
+        raise ValueError(
+            f"{where}: {name} is not a number, so it stays static and cannot be swept; got {name} = a pytree "
+            f"holding traced values. Sweep scalar float arguments (or a jr.schedule's numbers) instead."
+        )
+    return "static"
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(getattr(fn, "func", None), "__qualname__", None) or repr(fn)
+
+
+def _split(
+    where: str, fn: Callable, args: tuple, kwargs: dict, static_args: frozenset
+) -> tuple[tuple, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Binds ``fn(*args, **kwargs)`` into (positional, static, numeric, schedules); defaults are not bound."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        signature = None
+    if signature is None:
+        if args:
+            raise ValueError(f"{where}: pass the arguments by keyword (the signature of {fn!r} is unknown).")
+        items = [(name, value, None) for name, value in kwargs.items()]
+        positional: tuple = ()
+    else:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"{where}: the arguments do not fit {_fn_name(fn)}{signature}: {e}.") from None
+        items, positional = [], ()
+        for name, value in bound.arguments.items():
+            param = signature.parameters[name]
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                items.extend((k, v, None) for k, v in value.items())
+            elif param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+                if _contains_tracer(value):
+                    raise ValueError(
+                        f"{where}: {name} is positional-only, static, so it cannot be swept; got {name} = "
+                        f"{_describe(value)}. Sweep keyword arguments."
+                    )
+                positional = (*positional, *(value if param.kind is inspect.Parameter.VAR_POSITIONAL else (value,)))
+            else:
+                items.append((name, value, param))
+    static, numeric, schedules = {}, {}, {}
+    dtype = _float_dtype()
+    for name, value, param in items:
+        kind = _classify(where, name, value, param, static_args)
+        if kind == "numeric":
+            numeric[name] = jnp.asarray(value, dtype)
+        elif kind == "schedule":
+            schedules[name] = value
+        else:
+            static[name] = value
+    return positional, static, numeric, schedules
+
+
+def _abstract(tree: PyTree) -> PyTree:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def _probe(where: str, what: str, build: Callable[[dict], Any], values: dict[str, Any], hint: str) -> None:
+    """Traces ``build`` with abstract values: a Python ``if`` on a hyperparameter fails here, not in the step."""
+
+    def run(vals):
+        build(vals)
+        return jnp.zeros((), jnp.float32)
+
+    try:
+        jax.eval_shape(run, _abstract(values))
+    except _CONCRETIZATION_ERRORS:
+        # Find the culprit: one abstract value at a time, the others concrete placeholders.
+        ones = {name: np.ones(jnp.shape(v), jnp.result_type(v)) for name, v in values.items()}
+        for name in values:
+            try:
+                jax.eval_shape(lambda v, name=name: run({**ones, name: v}), _abstract(values[name]))
+            except _CONCRETIZATION_ERRORS:
+                raise ValueError(
+                    f"{where}: {what} uses {name} in Python control flow (an `if` or int() on its value), so it "
+                    f"cannot be a state leaf; {hint.format(name=name)}."
+                ) from None
+        raise ValueError(
+            f"{where}: {what} uses its hyperparameters {sorted(values)} in Python control flow together; "
+            f"{hint.format(name='them')}."
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# schedules
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["values"], meta_fields=["fn", "static"])
+@dataclasses.dataclass(frozen=True, eq=False)
+class SweepableSchedule:
+    """A schedule factory with its numeric arguments as leaves; made by :func:`schedule`.
+
+    Calling it, ``s(count)``, is the schedule ``fn(**static, **values)(count)``: it works wherever
+    optax takes a schedule. As an argument of a :func:`sweepable` factory its ``values`` become
+    ``state.hyperparams[name]`` and it is evaluated at ``state.count``.
+
+    Attributes:
+      fn: the schedule factory, e.g. ``optax.warmup_cosine_decay_schedule``.
+      static: ``((name, value), ...)``, the arguments that stay Python values (ints, bools...).
+      values: ``{name: scalar array}``, the numeric arguments (the default float dtype).
+    """
+
+    fn: Callable[..., optax.Schedule]
+    static: tuple[tuple[str, Any], ...]
+    values: dict[str, jax.Array]
+
+    def build(self, values: dict[str, jax.Array] | None = None) -> optax.Schedule:
+        """The optax schedule ``fn(**static, **values)`` (``values`` default: this object's)."""
+        return self.fn(**dict(self.static), **(self.values if values is None else values))
+
+    def __call__(self, count: jax.typing.ArrayLike) -> jax.Array:
+        return _evaluate(self.fn, self.static, self.values, count)
+
+
+def _evaluate(fn: Callable, static: tuple, values: dict, count: jax.typing.ArrayLike) -> jax.Array:
+    # optax's schedules compute float ** int32 (e.g. cosine decay's exponent, polynomial decay),
+    # which strict dtype promotion rejects: only this trace runs with standard promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.asarray(fn(**dict(static), **values)(count), _float_dtype())
+
+
+def _warmup_cosine_decay_schedule(
+    init_value: jax.typing.ArrayLike,
+    peak_value: jax.typing.ArrayLike,
+    warmup_steps: int,
+    decay_steps: int,
+    end_value: jax.typing.ArrayLike = 0.0,
+    exponent: jax.typing.ArrayLike = 1.0,
+) -> optax.Schedule:
+    """``optax.warmup_cosine_decay_schedule``'s own composition, its Python branch on ``peak_value`` a ``where``.
+
+    optax computes ``alpha = 0.0 if peak_value == 0.0 else end_value / peak_value``, a Python
+    ``if`` on the value that a sweep traces; the rest is the same calls in the same order.
+    """
+    zero = jnp.equal(peak_value, 0.0)
+    alpha = jnp.where(zero, 0.0, jnp.divide(end_value, jnp.where(zero, 1.0, peak_value)))
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(init_value=init_value, end_value=peak_value, transition_steps=warmup_steps),
+            optax.cosine_decay_schedule(
+                init_value=peak_value, decay_steps=decay_steps - warmup_steps, alpha=alpha, exponent=exponent
+            ),
+        ],
+        [warmup_steps],
+    )
+
+
+# optax schedules that branch in Python on a number users sweep -> the same schedule without the branch.
+_TRACEABLE = {optax.warmup_cosine_decay_schedule: _warmup_cosine_decay_schedule}
+
+
+def schedule(fn: Callable[..., optax.Schedule], /, **kwargs: Any) -> SweepableSchedule:
+    r"""A schedule whose own numbers (a peak, an end value, a decay rate) can be swept.
+
+    ``jr.schedule(optax.warmup_cosine_decay_schedule, init_value=0.0, peak_value=lr,
+    warmup_steps=100, decay_steps=1000)`` is the schedule
+
+    .. math:: \eta_t = \text{fn}(\theta_\text{numeric}, \theta_\text{static})(t),
+
+    with the numeric arguments :math:`\theta_\text{numeric}` (floats, float arrays, traced values)
+    stored as scalar leaves of the default float dtype and the rest (ints such as
+    ``warmup_steps``, bools, strings) kept as Python values, as in :func:`sweepable`. Pass it
+    as an argument of a :func:`sweepable` factory: its numbers then live in
+    ``state.hyperparams[name]`` and it is evaluated at ``state.count`` (0 at the first update,
+    as optax's ``scale_by_schedule``). Called directly, ``s(count)`` is the plain schedule.
+
+    ``optax.warmup_cosine_decay_schedule`` branches in Python on ``peak_value`` (``alpha = 0 if
+    peak_value == 0 else end_value / peak_value``); ``schedule`` runs the same composition of
+    ``optax.linear_schedule``, ``optax.cosine_decay_schedule`` and ``optax.join_schedules`` with
+    that branch as a ``jnp.where``, so its peak can be swept. Another factory that branches on a
+    number raises ``ValueError`` naming it: keep that number a Python value
+    (``functools.partial``).
+
+    Only the arguments passed become leaves; defaults stay ``fn``'s Python numbers. The values
+    equal those of ``fn`` with Python floats within float32 rounding, not bitwise: ``fn``'s
+    arithmetic on its arguments (``peak - init``, ``end / peak``) runs in float32 instead of
+    float64 (a relative difference of a few ``eps``, about ``1e-7``).
+
+    Args:
+      fn: a schedule factory (keyword arguments to numbers, returning ``count -> value``).
+      **kwargs: its arguments.
+
+    Returns:
+      A :class:`SweepableSchedule` (a pytree: its ``values`` are the leaves).
+
+    Raises:
+      ValueError: if ``fn`` is not callable, an argument does not fit its signature, a bool,
+        str or int argument is given a traced value or an array, a numeric argument is not a
+        scalar, or ``fn`` uses a numeric argument in Python control flow.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, jaxreg as jr
+      >>> def peak_at_step_2(peak):
+      ...     s = jr.schedule(optax.warmup_cosine_decay_schedule, init_value=0.0, peak_value=peak,
+      ...                     warmup_steps=2, decay_steps=10)
+      ...     return s(2)
+      >>> jax.vmap(peak_at_step_2)(jnp.array([0.1, 1.0])).tolist()
+      [0.10000000149011612, 1.0]
+    """
+    where = f"schedule({_fn_name(fn)})"
+    if not callable(fn):
+        raise ValueError(f"schedule: fn must be a schedule factory (callable), got fn = {fn!r}.")
+    positional, static, numeric, nested = _split(where, fn, (), kwargs, frozenset())
+    del positional
+    if nested:
+        name = next(iter(nested))
+        raise ValueError(f"{where}: {name} is itself a jr.schedule; nested sweepable schedules are not supported.")
+    static_items = tuple(static.items())
+    fn = _TRACEABLE.get(fn, fn) if numeric else fn
+
+    def build(vals):
+        _evaluate(fn, static_items, vals, jnp.zeros((), jnp.int32))
+
+    _probe(where, _fn_name(fn), build, numeric, "keep {name} a Python value with functools.partial(fn, ...)")
+    return SweepableSchedule(fn, static_items, numeric)
+
+
+# ----------------------------------------------------------------------------------------------
+# sweepable
+
+
+def sweepable(
+    factory: Callable[..., optax.GradientTransformation], *, static_args: str | Iterable[str] = ()
+) -> Callable[..., optax.GradientTransformationExtraArgs]:
+    r"""Wraps an optax optimizer factory so that the numbers passed to it are leaves of its state.
+
+    ``jr.sweepable(optax.adam)(learning_rate=lr, b1=b1)`` behaves as ``optax.adam(lr, b1=b1)``
+    with ``lr`` and ``b1`` stored in ``state.hyperparams`` (scalars of the default float dtype,
+    float32 unless x64 is on). Each ``update`` rebuilds the factory from the state,
+
+    .. math::
+      (u_t, s^\text{inner}_{t+1}) = \text{factory}(h, \eta(t))\text{.update}(g_t, s^\text{inner}_t, w_t),
+      \qquad h = \texttt{state.hyperparams},\ t = \texttt{state.count},
+
+    where :math:`\eta(t)` are the :func:`schedule` arguments evaluated at the count. The
+    values are never read from the closure, so:
+
+    * per-member optimizers: build it inside ``jax.vmap`` (or ``jr.ensemble.map``) with a
+      traced value, ``jax.vmap(lambda p, lr: jr.sweepable(optax.adam)(learning_rate=lr).init(p))``,
+      and update with any instance built with the same arguments' *kinds*, e.g.
+      ``jr.sweepable(optax.adam)(learning_rate=1e-3).update``: each member reads its own values;
+    * a new value (a new state) never recompiles the step; reading or changing a value
+      mid-run is ``optax.tree.get(state, "learning_rate")`` and
+      ``optax.tree.set(state, learning_rate=jnp.float32(new))``;
+    * the hyperparameters are differentiable inputs of ``update``.
+
+    Which arguments become leaves. Only those passed (positionally or by keyword); defaults
+    stay the factory's Python numbers. Python floats and ints, and float or int scalars
+    (numpy, jax, traced) are leaves, except: bools, strings, ``None`` and callables (masks,
+    plain optax schedules, which the factory handles itself) stay static; so does an argument
+    whose signature says ``bool``, ``str`` or ``int`` (by its default or annotation: structure,
+    not math), an argument named in ``static_args``, and a pytree (a mask). Passing a traced
+    value or an array for a bool or str argument, or a traced value for any static one, raises
+    ``ValueError`` naming it. To sweep a schedule's numbers pass a :func:`schedule`.
+
+    Numerics against the unwrapped ``factory(**concrete_values)`` (float32 params):
+
+    * bitwise, for every argument the factory only multiplies or adds with (the learning rate of
+      every optax optimizer, ``scale(-lr)``; a weight decay, ``g + wd * w``; sgd's momentum,
+      ``g + m * t``): a Python float enters float32 arithmetic rounded to float32 exactly as
+      the stored leaf is, so both programs do the same operations on the same values (bitwise
+      on the CPUs tested; the tests allow weight decay ``rtol = 1e-5`` over 200 steps, since XLA
+      may fuse a program holding a constant differently from one holding a parameter);
+    * within rounding, for arguments the factory does arithmetic on before using them: Adam's,
+      Lion's and RMSProp's decay rates enter as ``1 - b``, which the unwrapped factory
+      computes in float64 from the Python float and rounds once, and the wrapped one computes
+      in float32 from the rounded ``b`` (exact, but of the rounded value): ``1 - 0.999`` differs by
+      a relative 1.3e-5. Over 100 Adam steps the params agree within 2e-4 relative (5e-5
+      measured with ``b2 = 0.999``);
+    * schedules: within float32 rounding of the schedule's own arithmetic (see :func:`schedule`).
+
+    This is why defaults are not converted: ``optax.inject_hyperparams`` turns ``adam``'s
+    default ``b1``, ``b2`` into float32 arrays too, and its trajectory drifts from plain
+    ``adam`` even when only the learning rate is injected (optax#583, #1532).
+
+    Strict dtype promotion: the factory's own trace (e.g. ``scale_by_adam``'s bias correction,
+    ``b ** count`` with an int32 count) runs under standard promotion inside ``init`` and
+    ``update``, so a user running ``jax_numpy_dtype_promotion="strict"`` can use any optax
+    optimizer.
+
+    Args:
+      factory: a function returning an ``optax.GradientTransformation`` (``optax.sgd``,
+        ``optax.adamw``, a user's ``lambda lr, wd: optax.chain(...)``...).
+      static_args: names of numeric arguments to keep as Python values (e.g. an int used as a
+        shape or a float the factory branches on).
+
+    Returns:
+      A function taking ``factory``'s arguments and returning an
+      ``optax.GradientTransformationExtraArgs`` whose state is a :class:`SweepableState`.
+
+    Raises:
+      ValueError: when called, if the arguments do not fit ``factory``'s signature, a static
+        argument is given a traced value (or a bool/str argument an array), a numeric argument
+        is not a scalar, or ``factory`` uses a numeric argument in Python control flow; at
+        ``update`` time, if the state was not made by a sweepable optimizer with the same
+        hyperparameter names.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, jaxreg as jr
+      >>> params = jnp.ones(2)
+      >>> lrs = jnp.array([0.1, 0.5])
+      >>> make = jr.sweepable(optax.sgd)
+      >>> states = jax.vmap(lambda lr: make(learning_rate=lr).init(params))(lrs)
+      >>> states.hyperparams["learning_rate"].tolist()
+      [0.10000000149011612, 0.5]
+      >>> opt = make(learning_rate=0.0)  # any value: update reads each member's from its state
+      >>> grads = jnp.ones(2)
+      >>> updates, states = jax.vmap(opt.update, in_axes=(None, 0))(grads, states)
+      >>> updates[:, 0].tolist()
+      [-0.10000000149011612, -0.5]
+
+    References:
+      optax ``inject_hyperparams`` (``optax/schedules/_inject.py``) and its issues #577, #583,
+      #913, #932, #1373, #1532.
+    """
+    if not callable(factory):
+        raise ValueError(
+            f"sweepable: factory must be a callable returning an optax optimizer, got factory = {factory!r}."
+        )
+    static_names = frozenset([static_args] if isinstance(static_args, str) else static_args)
+    fname = _fn_name(factory)
+
+    @functools.wraps(factory)
+    def make(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+        where = f"sweepable({fname})"
+        positional, static, numeric, schedules = _split(where, factory, args, kwargs, static_names)
+        sched_specs = {name: (s.fn, s.static) for name, s in schedules.items()}
+
+        def inner(values: dict[str, Any]) -> optax.GradientTransformationExtraArgs:
+            return optax.with_extra_args_support(factory(*positional, **static, **values))
+
+        def values_at(hyperparams: dict[str, Any], count: jax.Array) -> dict[str, Any]:
+            values = {name: hyperparams[name] for name in numeric}
+            for name, (fn, fn_static) in sched_specs.items():
+                values[name] = _evaluate(fn, fn_static, hyperparams[name], count)
+            return values
+
+        probe_values = {**numeric, **{name: jnp.zeros((), _float_dtype()) for name in schedules}}
+        _probe(where, fname, inner, probe_values, "keep {name} static with static_args or functools.partial")
+        # The only numbers the closure holds are init's; update reads the state's.
+        initial = {**numeric, **{name: dict(s.values) for name, s in schedules.items()}}
+
+        def init_fn(params: PyTree) -> SweepableState:
+            count = jnp.zeros([], jnp.int32)
+            # The factory's own math may need standard promotion (scale_by_adam: b ** count, int32).
+            with jax.numpy_dtype_promotion("standard"):
+                inner_state = inner(values_at(initial, count)).init(params)
+            return SweepableState(count=count, hyperparams=dict(initial), inner_state=inner_state)
+
+        def update_fn(updates, state, params=None, **extra_args):
+            _check_state(where, state, numeric, schedules)
+            values = values_at(state.hyperparams, state.count)
+            # The factory's own math may need standard promotion (scale_by_adam: b ** count, int32).
+            with jax.numpy_dtype_promotion("standard"):
+                updates, inner_state = inner(values).update(updates, state.inner_state, params, **extra_args)
+            new_state = SweepableState(
+                count=optax.safe_increment(state.count), hyperparams=state.hyperparams, inner_state=inner_state
+            )
+            return updates, new_state
+
+        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+    return make
+
+
+def _check_state(where: str, state: Any, numeric: dict, schedules: dict) -> None:
+    if not isinstance(state, SweepableState):
+        raise ValueError(
+            f"{where}: update needs the state made by a sweepable optimizer's init, got a {type(state).__name__}."
+        )
+    expected = {**{name: None for name in numeric}, **{name: sorted(s.values) for name, s in schedules.items()}}
+    got = {name: sorted(value) if isinstance(value, dict) else None for name, value in dict(state.hyperparams).items()}
+    if got != expected:
+        raise ValueError(
+            f"{where}: the state's hyperparameters {got} are not this optimizer's {expected} (None: a number, "
+            f"a list: a schedule's numbers); build the optimizer with the same arguments that built the state."
+        )
