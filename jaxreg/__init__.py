@@ -19,6 +19,9 @@ from jaxreg.uncertainty import (
 )
 from jaxreg.variational import kl_normal
 
+# issue 15: regularizers through the optimizer (weight averaging, SAM, gradient noise, plateaus)
+from jaxreg.early_stopping import PlateauState, ReduceOnPlateau  # isort: skip
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -62,4 +65,7 @@ __all__ = [
     "tie",
     "unit_norm",
     "variational",
+    # issue 15
+    "PlateauState",
+    "ReduceOnPlateau",
 ]
