@@ -20,6 +20,16 @@ from jaxreg.uncertainty import (
 from jaxreg.variational import kl_normal
 
 # issue 15: regularizers through the optimizer (weight averaging, SAM, gradient noise, plateaus)
+from jaxreg.averaging import (  # isort: skip
+    EmaState,
+    SwagState,
+    SwaState,
+    averaged_params,
+    ema,
+    swa,
+    swag,
+    swag_sample,
+)
 from jaxreg.early_stopping import PlateauState, ReduceOnPlateau  # isort: skip
 
 __version__ = "0.1.0"
@@ -66,6 +76,14 @@ __all__ = [
     "unit_norm",
     "variational",
     # issue 15
+    "averaged_params",
+    "ema",
+    "EmaState",
     "PlateauState",
     "ReduceOnPlateau",
+    "swa",
+    "SwaState",
+    "swag",
+    "swag_sample",
+    "SwagState",
 ]
