@@ -31,6 +31,8 @@ from jaxreg.averaging import (  # isort: skip
     swag_sample,
 )
 from jaxreg.early_stopping import PlateauState, ReduceOnPlateau  # isort: skip
+from jaxreg.gradient_noise import GradientNoiseState, add_gradient_noise  # isort: skip
+from jaxreg.sharpness import sam_gradient  # isort: skip
 
 __version__ = "0.1.0"
 
@@ -76,11 +78,14 @@ __all__ = [
     "unit_norm",
     "variational",
     # issue 15
+    "add_gradient_noise",
     "averaged_params",
     "ema",
     "EmaState",
+    "GradientNoiseState",
     "PlateauState",
     "ReduceOnPlateau",
+    "sam_gradient",
     "swa",
     "SwaState",
     "swag",
