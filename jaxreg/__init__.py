@@ -23,6 +23,21 @@ from jaxreg.uncertainty import (
 )
 from jaxreg.variational import kl_normal
 
+# issue 15: regularizers through the optimizer (weight averaging, SAM, gradient noise, plateaus)
+from jaxreg.averaging import (  # isort: skip
+    EmaState,
+    SwagState,
+    SwaState,
+    averaged_params,
+    ema,
+    swa,
+    swag,
+    swag_sample,
+)
+from jaxreg.early_stopping import PlateauState, ReduceOnPlateau  # isort: skip
+from jaxreg.gradient_noise import GradientNoiseState, add_gradient_noise  # isort: skip
+from jaxreg.sharpness import sam_gradient  # isort: skip
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -73,4 +88,18 @@ __all__ = [
     "SweepableSchedule",
     "SweepableState",
     "sweepable",
+    # issue 15
+    "add_gradient_noise",
+    "averaged_params",
+    "ema",
+    "EmaState",
+    "GradientNoiseState",
+    "PlateauState",
+    "ReduceOnPlateau",
+    "sam_gradient",
+    "swa",
+    "SwaState",
+    "swag",
+    "swag_sample",
+    "SwagState",
 ]

@@ -1,10 +1,12 @@
 """Early stopping as data: a metric-driven state machine that runs inside ``jit``, ``scan`` and ``vmap``.
 
-``EarlyStopping`` holds the hyperparameters (``patience`` and ``min_delta`` are pytree leaves, so
-a sweep over patience is a ``vmap``; ``mode`` is static). Its state, :class:`EarlyStoppingState`,
+``EarlyStopping`` holds the hyperparameters (``patience``, ``min_delta``, ``baseline`` and
+``start_from`` are pytree leaves, so a sweep over patience is a ``vmap``; ``mode`` is static). Its state, :class:`EarlyStoppingState`,
 is a ``NamedTuple`` of arrays with a snapshot of the best params. Under ``vmap`` over an ensemble
 each member stops on its own; :func:`freeze_stopped` keeps the params and optimizer state of
 stopped members unchanged while the others train on in the same ``lax.scan``.
+``ReduceOnPlateau`` is the same kind of state machine for keras's ``ReduceLROnPlateau``: its
+state's ``scale`` multiplies a learning rate.
 
 :func:`retrain_budget` gives the number of updates for retraining on train + validation data
 after a run with a held-out set (Goodfellow, Bengio & Courville 2016, Algorithm 7.2), under the
@@ -13,6 +15,8 @@ policy "same number of parameter updates" or "same number of epochs".
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -20,11 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _pytree
+from jaxreg import _checks
 
 PyTree = Any
 
-__all__ = ["EarlyStopping", "EarlyStoppingState", "freeze_stopped", "retrain_budget"]
+__all__ = [
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "PlateauState",
+    "ReduceOnPlateau",
+    "freeze_stopped",
+    "retrain_budget",
+]
 
 _MODES = ("min", "max")
 _POLICIES = ("updates", "epochs")
@@ -34,13 +45,13 @@ class EarlyStoppingState(NamedTuple):
     """State of :class:`EarlyStopping`; every leaf is an array.
 
     Attributes:
-      best_metric: best metric seen so far (float32; ``+inf`` for "min", ``-inf`` for "max" before
-        any improvement).
+      best_metric: best metric seen so far (the float dtype given to ``init``, by default the
+        default float dtype; ``+inf`` for "min", ``-inf`` for "max" before any improvement).
       best_params: the params passed with the update that gave ``best_metric`` (the initial params
         until then).
       best_step: 0-based index of the update that gave ``best_metric`` (int32; ``-1`` before any).
       step: number of updates seen while not stopped (int32).
-      wait: number of updates since the last improvement (int32).
+      wait: number of counted updates since the last improvement that beat the baseline (int32).
       stopped: whether ``wait >= patience`` has been reached (bool).
     """
 
@@ -101,8 +112,22 @@ def freeze_stopped(stopped: ArrayLike, new: PyTree, old: PyTree) -> PyTree:
     return _select(jnp.logical_not(jnp.asarray(stopped, jnp.bool_)), new, old)
 
 
-def _check_patience(patience: Any) -> None:
-    arr = _checks.concrete(patience)
+def _float_dtype() -> np.dtype:
+    """The default float dtype: float32, or float64 with ``jax_enable_x64``."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
+def _int_leaf(x: ArrayLike) -> jax.Array:
+    return jnp.asarray(x, jnp.int32)
+
+
+def _float_leaf(x: ArrayLike) -> jax.Array:
+    return jnp.asarray(x, _float_dtype())
+
+
+def _check_int_leaf(where: str, name: str, value: Any, minimum: int) -> None:
+    """An integer hyperparameter (a Python int or an int/float array of integral values) >= ``minimum``."""
+    arr = _checks.concrete(value)
     if arr is None:
         return
     if (
@@ -110,40 +135,106 @@ def _check_patience(patience: Any) -> None:
         or not np.issubdtype(arr.dtype, np.number)
         or np.any(~np.isfinite(arr))
         or np.any(arr != np.round(arr))
-        or np.any(arr < 1)
+        or np.any(arr < minimum)
     ):
-        raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got patience = {_checks._fmt(arr)}.")
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {name} = {_checks._fmt(arr)}.")
 
 
-@_pytree.register(data=("patience", "min_delta"), meta=("mode",))
-class EarlyStopping:
+def _check_mode(where: str, mode: Any) -> None:
+    if mode not in _MODES:
+        raise ValueError(f'{where}: mode must be "min" or "max", got mode = {mode!r}.')
+
+
+def _metric_and_dtype(metric: ArrayLike, state_dtype: Any) -> tuple[jax.Array, Any]:
+    """The metric in its own float dtype (ints and bools in the state's), and the comparison dtype.
+
+    The comparison runs in the wider of the metric's and the state's float dtypes (an explicit
+    promotion, so strict dtype promotion holds): no rounding of the metric before it is compared.
+    """
+    metric = jnp.asarray(metric)
+    if not jnp.issubdtype(metric.dtype, jnp.floating):
+        metric = metric.astype(state_dtype)
+    a, b = jnp.dtype(metric.dtype), jnp.dtype(state_dtype)
+    if a == b:
+        return metric, a
+    bits_a, bits_b = jnp.finfo(a).bits, jnp.finfo(b).bits
+    if bits_a != bits_b:
+        return metric, a if bits_a > bits_b else b
+    return metric, jnp.dtype(jnp.float32)  # bfloat16 against float16: float32 holds both exactly
+
+
+class _CheckedConstruction(type):
+    """Metaclass of the public hyperparameter classes of this module.
+
+    ``EarlyStopping(...)`` (the public class) runs its ``_create`` classmethod: argument checks on
+    concrete values and conversion to array leaves, then it builds an instance of the registered
+    data subclass. jax's unflatten and ``dataclasses.replace`` call the data subclass, whose
+    constructor is the plain dataclass ``__init__`` (it only stores fields), so tracers and the
+    placeholder objects jax unflattens with (e.g. in ``vmap``'s ``in_axes``) never meet the checks.
+    ``isinstance(x, EarlyStopping)`` holds for every instance.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        create = cls.__dict__.get("_create")
+        if create is None:  # the registered data subclass: a plain dataclass constructor
+            return super().__call__(*args, **kwargs)
+        return create.__func__(cls, *args, **kwargs)
+
+
+def _repr(obj: Any, name: str) -> str:
+    fields = ", ".join(f"{f.name}={getattr(obj, f.name)!r}" for f in dataclasses.fields(obj))
+    return f"{name}({fields})"
+
+
+class EarlyStopping(metaclass=_CheckedConstruction):
     r"""Early stopping on a monitored metric, as pure state that runs inside ``jit``, ``scan`` and ``vmap``.
 
-    With :math:`m_t` the metric passed to update :math:`t` and :math:`b` the best metric so far
-    (:math:`+\infty` before any update), mode "min" counts an improvement when
+    With :math:`m_t` the metric passed to update :math:`t` (0-based), :math:`b` the best metric so
+    far (:math:`+\infty` before any update), :math:`\delta` = ``min_delta``, :math:`\beta` =
+    ``baseline`` and :math:`s` = ``start_from``, mode "min" counts update :math:`t \ge s` as an
+    improvement, and as beating the baseline, when
 
-    .. math:: m_t < b - \delta
+    .. math:: m_t < b - \delta, \qquad m_t < \beta - \delta
 
-    ("max": :math:`m_t > b + \delta`); a NaN never improves. On an improvement the metric, the
-    params and the update index are kept and ``wait`` resets to 0; otherwise ``wait`` grows by one.
-    ``stopped`` becomes true once ``wait >= patience``; after that, ``update`` returns its state
-    unchanged (``step`` included).
+    ("max": :math:`m_t > b + \delta`, :math:`m_t > \beta + \delta`); a NaN never improves. On an
+    improvement the metric, the params and the update index are kept; ``wait`` resets to 0 when the
+    update improves *and* beats the baseline, and grows by one otherwise. ``stopped`` becomes true
+    once ``wait >= patience``; after that, ``update`` returns its state unchanged (``step``
+    included). Updates :math:`t < s` only advance ``step``: the state's ``best_metric``,
+    ``best_params``, ``wait`` and ``stopped`` equal those of a stopper fed only the updates from
+    :math:`s` on, while ``step`` and ``best_step`` keep indexing all updates.
 
-    ``patience`` and ``min_delta`` are pytree leaves: pass the stopper into a jitted function and a
-    new value does not recompile, and ``jax.vmap`` over a stopper with array leaves sweeps them.
-    The state's ``wait``/``stopped`` work per member under ``vmap``, or batched directly: with
-    ``state``, ``metric`` and the params stacked on a leading member axis, every member stops on
-    its own.
+    This follows keras's ``EarlyStopping`` (``min_delta``, ``baseline``, ``start_from_epoch``),
+    with these differences: the best starts at :math:`\pm\infty` and a NaN never improves (keras
+    takes a NaN for neither); the stop test runs on every counted update (keras skips it on an
+    update that improves on the best without beating the baseline, so a run that keeps improving
+    slowly while staying worse than the baseline never stops there; here it stops after
+    ``patience`` such updates, which is what the baseline promises); keras never stops on epoch 0.
+    ``baseline=None`` is stored as :math:`+\infty` ("min") or :math:`-\infty` ("max"), which every
+    improvement beats.
+
+    ``patience``, ``min_delta``, ``baseline`` and ``start_from`` are pytree leaves: pass the
+    stopper into a jitted function and a new value does not recompile, and ``jax.vmap`` over a
+    stopper with array leaves sweeps them. The state's ``wait``/``stopped`` work per member under
+    ``vmap``, or batched directly: with ``state``, ``metric`` and the params stacked on a leading
+    member axis, every member stops on its own.
+
+    ``EarlyStopping(...)`` checks its arguments and converts them to arrays; the instance is a
+    frozen dataclass registered with ``jax.tree_util.register_dataclass`` (``mode`` static), whose
+    unflattening (under ``jit``, ``vmap``, ``tree.map``) stores fields without checks.
 
     Args:
-      patience: number of updates without improvement after which to stop; an integer >= 1 (may be
-        traced, or an int array of one patience per member).
+      patience: number of counted updates without improvement (or without beating the baseline)
+        after which to stop; an integer >= 1 (may be traced, or an int array of one per member).
       min_delta: the margin an improvement must beat (>= 0; may be traced).
       mode: "min" (lower is better, e.g. a loss) or "max" (e.g. an accuracy). Static.
+      baseline: a value the metric must beat for ``wait`` to reset, or ``None`` (no baseline).
+      start_from: the index of the first update that counts (an integer >= 0; may be traced).
 
     Raises:
-      ValueError: if ``patience`` is below 1 or not an integer, ``min_delta`` is negative, or
-        ``mode`` is not "min" or "max".
+      ValueError: if ``patience`` is below 1 or not an integer, ``min_delta`` is negative,
+        ``mode`` is not "min" or "max", ``baseline`` is NaN or ``start_from`` is negative or not
+        an integer.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -158,39 +249,74 @@ class EarlyStopping:
       [False, False, False, True, True]
       >>> int(state.best_step), float(state.best_params["w"]), int(state.step)
       (1, 1.0, 4)
+
+      With a baseline, improvements that stay worse than it do not reset the patience:
+
+      >>> strict = jr.EarlyStopping(2, baseline=0.5)
+      >>> def strict_body(state, m):
+      ...     state = strict.update(state, m, {"w": m})
+      ...     return state, state.stopped
+      >>> _, stopped = jax.lax.scan(strict_body, strict.init({"w": jnp.zeros(())}), jnp.array([3.0, 2.0, 1.0]))
+      >>> stopped.tolist()
+      [False, True, True]
+
+    References:
+      Prechelt, "Early Stopping - But When?", in Neural Networks: Tricks of the Trade, 1998.
+
+      keras ``keras.callbacks.EarlyStopping``, https://keras.io/api/callbacks/early_stopping/
     """
 
     patience: jax.Array
     min_delta: jax.Array
+    baseline: jax.Array
+    start_from: jax.Array
     mode: str
 
-    def __init__(self, patience: ArrayLike, *, min_delta: ArrayLike = 0.0, mode: str = "min"):
-        _check_patience(patience)
+    @classmethod
+    def _create(
+        cls,
+        patience: ArrayLike,
+        *,
+        min_delta: ArrayLike = 0.0,
+        mode: str = "min",
+        baseline: ArrayLike | None = None,
+        start_from: ArrayLike = 0,
+    ) -> EarlyStopping:
+        _check_int_leaf("EarlyStopping", "patience", patience, 1)
         _checks.check_nonnegative("min_delta", min_delta, "EarlyStopping")
-        if mode not in _MODES:
-            raise ValueError(f'EarlyStopping: mode must be "min" or "max", got mode = {mode!r}.')
-        _pytree.set_fields(
-            self,
-            patience=jnp.asarray(patience, jnp.int32),
-            min_delta=jnp.asarray(min_delta, jnp.float32),
+        _check_mode("EarlyStopping", mode)
+        _check_int_leaf("EarlyStopping", "start_from", start_from, 0)
+        if baseline is None:
+            baseline = jnp.inf if mode == "min" else -jnp.inf
+        arr = _checks.concrete(baseline)
+        if arr is not None and (not np.issubdtype(arr.dtype, np.number) or np.any(np.isnan(arr))):
+            raise ValueError(f"EarlyStopping: baseline must be a number or None, got baseline = {_checks._fmt(arr)}.")
+        return _EarlyStoppingData(
+            patience=_int_leaf(patience),
+            min_delta=_float_leaf(min_delta),
+            baseline=_float_leaf(baseline),
+            start_from=_int_leaf(start_from),
             mode=mode,
         )
 
     def __repr__(self) -> str:
-        return f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta}, mode={self.mode!r})"
+        return _repr(self, "EarlyStopping")
 
-    def init(self, params: PyTree) -> EarlyStoppingState:
+    def init(self, params: PyTree, *, dtype: Any = None) -> EarlyStoppingState:
         """The state before any update: no best metric yet, ``best_params = params``.
 
         Args:
           params: the pytree to snapshot (params, or a whole training state).
+          dtype: the float dtype of ``best_metric`` (default: the default float dtype, float32 or
+            float64 with ``jax_enable_x64``); metrics of a narrower float dtype are kept exactly.
 
         Returns:
           An :class:`EarlyStoppingState` with scalar counters (``vmap`` ``init`` for a member axis).
         """
+        dtype = _float_dtype() if dtype is None else jnp.dtype(dtype)
         worst = jnp.inf if self.mode == "min" else -jnp.inf
         return EarlyStoppingState(
-            best_metric=jnp.full([], worst, jnp.float32),
+            best_metric=jnp.full([], worst, dtype),
             best_params=params,
             best_step=jnp.full([], -1, jnp.int32),
             step=jnp.zeros([], jnp.int32),
@@ -198,37 +324,246 @@ class EarlyStopping:
             stopped=jnp.zeros([], jnp.bool_),
         )
 
+    def _beats(self, metric: jax.Array, reference: jax.Array, dtype: Any) -> jax.Array:
+        metric, reference, delta = metric.astype(dtype), reference.astype(dtype), self.min_delta.astype(dtype)
+        if self.mode == "min":
+            return metric < reference - delta
+        return metric > reference + delta
+
     def improved(self, state: EarlyStoppingState, metric: ArrayLike) -> jax.Array:
         """Whether ``metric`` improves on ``state.best_metric`` by more than ``min_delta`` (False on NaN)."""
-        metric = jnp.asarray(metric, jnp.float32)
-        if self.mode == "min":
-            return metric < state.best_metric - self.min_delta
-        return metric > state.best_metric + self.min_delta
+        metric, dtype = _metric_and_dtype(metric, state.best_metric.dtype)
+        return self._beats(metric, state.best_metric, dtype)
 
     def update(self, state: EarlyStoppingState, metric: ArrayLike, params: PyTree) -> EarlyStoppingState:
         """Takes one metric (and the params it was measured on) into account.
 
         Args:
           state: the current state.
-          metric: the monitored value, a scalar (or one per member, batched like ``state``).
+          metric: the monitored value, a scalar (or one per member, batched like ``state``); any
+            float dtype (compared without rounding, stored in ``best_metric``'s dtype).
           params: the pytree to snapshot if ``metric`` improves, structured like ``best_params``.
 
         Returns:
           The new state; ``state`` itself (leaf for leaf) where already stopped.
         """
-        metric = jnp.asarray(metric, jnp.float32)
+        metric, dtype = _metric_and_dtype(metric, state.best_metric.dtype)
         active = jnp.logical_not(state.stopped)
-        better = jnp.logical_and(active, self.improved(state, metric))
-        wait = jnp.where(better, 0, state.wait + 1)
+        counted = jnp.logical_and(active, state.step >= self.start_from)
+        better = jnp.logical_and(counted, self._beats(metric, state.best_metric, dtype))
+        reset = jnp.logical_and(better, self._beats(metric, self.baseline, dtype))
+        wait = jnp.where(counted, jnp.where(reset, 0, state.wait + 1), state.wait)
         new = EarlyStoppingState(
-            best_metric=jnp.where(better, metric, state.best_metric),
+            best_metric=jnp.where(better, metric.astype(state.best_metric.dtype), state.best_metric),
             best_params=_select(better, params, state.best_params),
             best_step=jnp.where(better, state.step, state.best_step),
             step=state.step + 1,
             wait=wait,
-            stopped=wait >= self.patience,
+            stopped=jnp.logical_and(counted, wait >= self.patience),
         )
         return _select(active, new, state)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["patience", "min_delta", "baseline", "start_from"],
+    meta_fields=["mode"],
+)
+@dataclasses.dataclass(frozen=True, repr=False)
+class _EarlyStoppingData(EarlyStopping):
+    """The registered storage of :class:`EarlyStopping` (its constructor only stores the fields)."""
+
+    patience: jax.Array
+    min_delta: jax.Array
+    baseline: jax.Array
+    start_from: jax.Array
+    mode: str
+
+
+class PlateauState(NamedTuple):
+    """State of :class:`ReduceOnPlateau`; every leaf is an array.
+
+    Attributes:
+      scale: the factor to multiply the learning rate (or the updates) by (float32; starts at 1).
+      best: best metric so far (``+inf`` for "min", ``-inf`` for "max" before any improvement).
+      wait: number of updates without improvement outside cooldown since the last reduction
+        (int32).
+      cooldown_count: updates of cooldown left after the last reduction (int32).
+      count: number of updates seen (int32).
+    """
+
+    scale: jax.Array
+    best: jax.Array
+    wait: jax.Array
+    cooldown_count: jax.Array
+    count: jax.Array
+
+
+class ReduceOnPlateau(metaclass=_CheckedConstruction):
+    r"""A learning-rate scale that shrinks when a metric plateaus (keras's ``ReduceLROnPlateau``), as pure state.
+
+    With :math:`m_t` the metric of update :math:`t`, :math:`b` the best so far (:math:`+\infty`
+    first) and :math:`\delta` = ``min_delta``, each update applies keras's rules in order:
+
+    1. in cooldown (``cooldown_count > 0``): ``cooldown_count -= 1`` and ``wait = 0``;
+    2. improvement (mode "min"; "max" mirrored), a NaN never improving:
+
+       .. math:: m_t < b - \delta \ \Rightarrow\ b \leftarrow m_t,\ \text{wait} \leftarrow 0;
+
+    3. otherwise, if not in cooldown (after step 1): ``wait += 1``; once ``wait >= patience`` and
+       ``scale > min_scale``:
+
+       .. math:: \text{scale} \leftarrow \max(\text{factor} \cdot \text{scale},\ \text{min\_scale}),
+
+       ``cooldown_count = cooldown`` and ``wait = 0``.
+
+    The scale starts at 1, so ``learning_rate * state.scale`` is keras's learning rate with
+    ``min_lr = learning_rate * min_scale``. As in :class:`EarlyStopping` (and keras's own
+    ``ReduceLROnPlateau``), the best starts at :math:`\pm\infty` and a NaN never improves.
+
+    ``factor``, ``patience``, ``min_delta``, ``cooldown`` and ``min_scale`` are pytree leaves: a
+    new value does not recompile and ``jax.vmap`` over a plateau with array leaves is a sweep.
+    The scale is state, so it cannot sit inside a fixed ``optax.chain``; feed it to the
+    optimizer at each step, e.g. multiply the updates::
+
+        updates, opt_state = opt.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: plateau_state.scale.astype(u.dtype) * u, updates)
+
+    (exactly a learning rate times the scale for SGD or Adam, whose updates are linear in the
+    learning rate), or, with ``optax.inject_hyperparams`` (or a ``jr.sweepable`` optimizer), set
+    ``opt_state.hyperparams["learning_rate"] = lr * plateau_state.scale`` before the update.
+
+    Args:
+      factor: the factor the scale is multiplied by on a plateau, in (0, 1).
+      patience: updates without improvement (outside cooldown) before a reduction; integer >= 1.
+      min_delta: the margin an improvement must beat (>= 0).
+      cooldown: updates after a reduction during which ``wait`` stays 0; integer >= 0.
+      min_scale: the scale never goes below it (>= 0).
+      mode: "min" or "max". Static.
+
+    Raises:
+      ValueError: if ``factor`` is not in (0, 1), ``patience`` is not an integer >= 1,
+        ``cooldown`` not an integer >= 0, ``min_delta`` or ``min_scale`` negative, or ``mode``
+        not "min"/"max".
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxreg as jr
+      >>> plateau = jr.ReduceOnPlateau(0.5, 2)
+      >>> def body(state, m):
+      ...     state = plateau.update(state, m)
+      ...     return state, state.scale
+      >>> _, scales = jax.lax.scan(body, plateau.init(), jnp.array([3.0, 2.0, 2.0, 2.0, 2.0, 2.0, 1.0]))
+      >>> scales.tolist()
+      [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+
+    References:
+      keras ``keras.callbacks.ReduceLROnPlateau``, https://keras.io/api/callbacks/reduce_lr_on_plateau/
+    """
+
+    factor: jax.Array
+    patience: jax.Array
+    min_delta: jax.Array
+    cooldown: jax.Array
+    min_scale: jax.Array
+    mode: str
+
+    @classmethod
+    def _create(
+        cls,
+        factor: ArrayLike,
+        patience: ArrayLike,
+        *,
+        min_delta: ArrayLike = 0.0,
+        cooldown: ArrayLike = 0,
+        min_scale: ArrayLike = 0.0,
+        mode: str = "min",
+    ) -> ReduceOnPlateau:
+        arr = _checks.concrete(factor)
+        if arr is not None and (
+            not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_ or np.any(~((arr > 0) & (arr < 1)))
+        ):
+            raise ValueError(f"ReduceOnPlateau: factor must be in (0, 1), got factor = {_checks._fmt(arr)}.")
+        _check_int_leaf("ReduceOnPlateau", "patience", patience, 1)
+        _checks.check_nonnegative("min_delta", min_delta, "ReduceOnPlateau")
+        _check_int_leaf("ReduceOnPlateau", "cooldown", cooldown, 0)
+        _checks.check_nonnegative("min_scale", min_scale, "ReduceOnPlateau")
+        _check_mode("ReduceOnPlateau", mode)
+        return _ReduceOnPlateauData(
+            factor=jnp.asarray(factor, jnp.float32),
+            patience=_int_leaf(patience),
+            min_delta=_float_leaf(min_delta),
+            cooldown=_int_leaf(cooldown),
+            min_scale=jnp.asarray(min_scale, jnp.float32),
+            mode=mode,
+        )
+
+    def __repr__(self) -> str:
+        return _repr(self, "ReduceOnPlateau")
+
+    def init(self, *, dtype: Any = None) -> PlateauState:
+        """The state before any update: ``scale = 1``, no best yet.
+
+        Args:
+          dtype: the float dtype of ``best`` (default: the default float dtype).
+
+        Returns:
+          A :class:`PlateauState` of scalars (``vmap`` over a plateau for a member axis).
+        """
+        dtype = _float_dtype() if dtype is None else jnp.dtype(dtype)
+        worst = jnp.inf if self.mode == "min" else -jnp.inf
+        return PlateauState(
+            scale=jnp.ones([], jnp.float32),
+            best=jnp.full([], worst, dtype),
+            wait=jnp.zeros([], jnp.int32),
+            cooldown_count=jnp.zeros([], jnp.int32),
+            count=jnp.zeros([], jnp.int32),
+        )
+
+    def update(self, state: PlateauState, metric: ArrayLike) -> PlateauState:
+        """Takes one metric into account.
+
+        Args:
+          state: the current state.
+          metric: the monitored value, a scalar (or one per member, batched like ``state``).
+
+        Returns:
+          The new state.
+        """
+        metric, dtype = _metric_and_dtype(metric, state.best.dtype)
+        m, best, delta = metric.astype(dtype), state.best.astype(dtype), self.min_delta.astype(dtype)
+        better = m < best - delta if self.mode == "min" else m > best + delta
+        in_cooldown = state.cooldown_count > 0
+        cooldown_count = jnp.where(in_cooldown, state.cooldown_count - 1, state.cooldown_count)
+        wait = jnp.where(in_cooldown, 0, state.wait)
+        counts = jnp.logical_and(jnp.logical_not(better), cooldown_count <= 0)
+        wait = jnp.where(better, 0, jnp.where(counts, wait + 1, wait))
+        reduce = jnp.logical_and(jnp.logical_and(counts, wait >= self.patience), state.scale > self.min_scale)
+        scale = jnp.where(reduce, jnp.maximum(state.scale * self.factor, self.min_scale), state.scale)
+        return PlateauState(
+            scale=scale,
+            best=jnp.where(better, metric.astype(state.best.dtype), state.best),
+            wait=jnp.where(reduce, 0, wait),
+            cooldown_count=jnp.where(reduce, self.cooldown, cooldown_count),
+            count=state.count + 1,
+        )
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["factor", "patience", "min_delta", "cooldown", "min_scale"],
+    meta_fields=["mode"],
+)
+@dataclasses.dataclass(frozen=True, repr=False)
+class _ReduceOnPlateauData(ReduceOnPlateau):
+    """The registered storage of :class:`ReduceOnPlateau` (its constructor only stores the fields)."""
+
+    factor: jax.Array
+    patience: jax.Array
+    min_delta: jax.Array
+    cooldown: jax.Array
+    min_scale: jax.Array
+    mode: str
 
 
 def retrain_budget(

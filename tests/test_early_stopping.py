@@ -32,6 +32,39 @@ def reference(metrics, patience, min_delta=0.0, mode="min"):
     return out
 
 
+def keras_reference(metrics, patience, min_delta=0.0, mode="min", baseline=None, start_from=0, keras=False):
+    """keras's EarlyStopping.on_epoch_end rules in plain Python, one (best, best_step, step, wait, stopped) per update.
+
+    keras: updates before start_from_epoch are skipped; wait += 1; an improvement on the best
+    (``current - min_delta < best`` for "min", with keras's sign convention) sets the best, and
+    resets wait only if it also improves on the baseline. With ``keras=True`` this also keeps
+    keras's two quirks that jaxreg documents as differences: the stop test is skipped on an
+    update that improved on the best, and there is no stop on epoch 0.
+    """
+    less = mode == "min"
+    delta = -abs(min_delta) if less else abs(min_delta)
+
+    def is_improvement(value, reference):  # keras: monitor_op(value - min_delta, reference)
+        return (value - delta < reference) if less else (value - delta > reference)
+
+    best, best_step, step, wait, stopped = (math.inf if less else -math.inf), -1, 0, 0, False
+    out = []
+    for epoch, current in enumerate(metrics):
+        if not stopped:
+            if epoch >= start_from:
+                wait += 1
+                improved = is_improvement(current, best)
+                if improved:
+                    best, best_step = current, epoch
+                    if baseline is None or is_improvement(current, baseline):
+                        wait = 0
+                if not (keras and improved) and wait >= patience and (epoch > 0 or not keras):
+                    stopped = True
+            step += 1
+        out.append((best, best_step, step, wait, stopped))
+    return out
+
+
 def params_at(t):
     """Params tagged with the update index t, so a snapshot says which update it came from."""
     return {"w": jnp.full((2, 3), t, jnp.float32), "b": jnp.asarray(t, jnp.int32)}
@@ -109,7 +142,8 @@ def test_vmap_members_stop_on_their_own_with_traced_patience_and_min_delta():
     )
     patience = np.array([1, 2, 3, 4], np.int32)
     min_delta = np.array([0.0, 0.5, 0.25, 0.25], np.float32)
-    stoppers = jr.EarlyStopping(patience, min_delta=min_delta)
+    # vmap maps every leaf: baseline and start_from get the member axis too (tree.map unflattens)
+    stoppers = jax.tree.map(lambda a: jnp.broadcast_to(a, (4,)), jr.EarlyStopping(patience, min_delta=min_delta))
     traces = []
 
     @jax.jit
@@ -128,7 +162,10 @@ def test_vmap_members_stop_on_their_own_with_traced_patience_and_min_delta():
     first_stop = [int(np.argmax(np.asarray(records[4])[i])) for i in range(4)]
     assert len(set(first_stop)) > 1, first_stop
     # new patience values reuse the compiled program
-    run(jr.EarlyStopping(patience + 1, min_delta=min_delta), jnp.asarray(metrics))
+    run(
+        jax.tree.map(lambda a: jnp.broadcast_to(a, (4,)), jr.EarlyStopping(patience + 1, min_delta=min_delta)),
+        jnp.asarray(metrics),
+    )
     assert len(traces) == 1, f"retraced {len(traces)} times"
 
 
@@ -221,21 +258,34 @@ def test_frozen_members_unchanged_after_stop_in_scan():
     np.testing.assert_array_equal(es.best_params, [1.0, 2.0, 6.0])
 
 
-def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"patience must be an integer >= 1, got patience = 0\."):
-        jr.EarlyStopping(0)
-    with pytest.raises(ValueError, match=r"got patience = 1\.5"):
-        jr.EarlyStopping(1.5)
-    with pytest.raises(ValueError, match=r"got patience = \[2 0\]"):
-        jr.EarlyStopping(np.array([2, 0]))
-    with pytest.raises(ValueError, match=r"mode must be \"min\" or \"max\", got mode = 'avg'\."):
-        jr.EarlyStopping(3, mode="avg")
-    with pytest.raises(ValueError, match=r"min_delta must be finite and >= 0, got min_delta = -0\.1"):
-        jr.EarlyStopping(3, min_delta=-0.1)
-    with pytest.raises(ValueError, match=r"policy must be \"updates\" or \"epochs\", got policy = 'steps'"):
-        jr.retrain_budget(10, num_train=100, num_val=10, batch_size=10, policy="steps")
-    with pytest.raises(ValueError, match=r"num_train must be >= 10, got num_train = 5"):
-        jr.retrain_budget(10, num_train=5, num_val=10, batch_size=10)
+BAD = [
+    (lambda: jr.EarlyStopping(0), r"EarlyStopping: patience must be an integer >= 1, got patience = 0\."),
+    (lambda: jr.EarlyStopping(1.5), r"got patience = 1\.5"),
+    (lambda: jr.EarlyStopping(np.array([2, 0])), r"got patience = \[2 0\]"),
+    (lambda: jr.EarlyStopping(True), r"got patience = True"),
+    (lambda: jr.EarlyStopping(3, mode="avg"), r"mode must be \"min\" or \"max\", got mode = 'avg'\."),
+    (lambda: jr.EarlyStopping(3, min_delta=-0.1), r"min_delta must be finite and >= 0, got min_delta = -0\.1"),
+    (
+        lambda: jr.EarlyStopping(3, baseline=nan),
+        r"EarlyStopping: baseline must be a number or None, got baseline = nan",
+    ),
+    (lambda: jr.EarlyStopping(3, start_from=-1), r"start_from must be an integer >= 0, got start_from = -1\."),
+    (lambda: jr.EarlyStopping(3, start_from=2.5), r"start_from must be an integer >= 0, got start_from = 2\.5"),
+    (
+        lambda: jr.retrain_budget(10, num_train=100, num_val=10, batch_size=10, policy="steps"),
+        r"policy must be \"updates\" or \"epochs\", got policy = 'steps'",
+    ),
+    (
+        lambda: jr.retrain_budget(10, num_train=5, num_val=10, batch_size=10),
+        r"num_train must be >= 10, got num_train = 5",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "match"), BAD)
+def test_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
 
 
 def test_traced_patience_skips_checks():
@@ -256,3 +306,242 @@ def test_retrain_budget_closed_form(policy):
         assert np.all(expected[1:] > u[1:])
     np.testing.assert_array_equal(got, expected)
     assert got.dtype == np.int32
+
+
+# ---- baseline and start_from (keras's semantics) ------------------------------------------------
+
+
+def run_options(metrics, patience, min_delta, mode, baseline, start_from):
+    stopper = jr.EarlyStopping(patience, min_delta=min_delta, mode=mode, baseline=baseline, start_from=start_from)
+    return run_scan(stopper, jnp.asarray(metrics, jnp.float32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    metrics=st.lists(
+        st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, 1.5, nan, math.inf, -math.inf]), min_size=12, max_size=12
+    ),
+    patience=st.integers(1, 4),
+    min_delta=st.sampled_from([0.0, 0.25]),
+    mode=st.sampled_from(["min", "max"]),
+    baseline=st.sampled_from([None, 0.25, 0.75, 1.0]),
+    start_from=st.integers(0, 5),
+)
+def test_baseline_and_start_from_match_keras_rules(metrics, patience, min_delta, mode, baseline, start_from):
+    """Random dyadic sequences with NaNs and infinities (every value and difference exact in float32)."""
+    state, records = run_options(metrics, patience, min_delta, mode, baseline, start_from)
+    ref = keras_reference(metrics, patience, min_delta, mode, baseline, start_from)
+    best, best_step, step, wait, stopped = (np.asarray(r) for r in records)
+    np.testing.assert_array_equal(best, np.float32([r[0] for r in ref]))
+    np.testing.assert_array_equal(best_step, [r[1] for r in ref])
+    np.testing.assert_array_equal(step, [r[2] for r in ref])
+    np.testing.assert_array_equal(wait, [r[3] for r in ref])
+    np.testing.assert_array_equal(stopped, [r[4] for r in ref])
+    chex.assert_trees_all_equal(state.best_params, params_at(ref[-1][1]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    metrics=st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, nan]), min_size=10, max_size=10),
+    patience=st.integers(1, 3),
+    start_from=st.integers(0, 6),
+    baseline=st.sampled_from([None, 0.5]),
+)
+def test_start_from_equals_a_stopper_fed_only_the_later_values(metrics, patience, start_from, baseline):
+    state, _ = run_options(metrics, patience, 0.0, "min", baseline, start_from)
+    later = jr.EarlyStopping(patience, baseline=baseline)
+    ref = later.init(params_at(-1))
+    for t in range(start_from, len(metrics)):
+        ref = later.update(ref, metrics[t], params_at(t))
+    for name in ("best_metric", "wait", "stopped"):
+        np.testing.assert_array_equal(getattr(state, name), getattr(ref, name), err_msg=name)
+    chex.assert_trees_all_equal(state.best_params, ref.best_params)
+    # step and best_step index all updates: shifted by start_from
+    assert int(state.best_step) == (int(ref.best_step) + start_from if int(ref.best_step) >= 0 else -1)
+    assert int(state.step) == int(ref.step) + start_from
+
+
+def test_documented_differences_from_keras():
+    # improving on the best without beating the baseline: keras skips the stop test on such
+    # updates and never stops; jaxreg stops after `patience` of them
+    slow = [3.0, 2.0, 1.5, 1.25, 1.125, 1.0625]
+    assert not keras_reference(slow, 2, baseline=0.5, keras=True)[-1][4]
+    _, records = run_options(slow, 2, 0.0, "min", 0.5, 0)
+    assert np.asarray(records[4]).tolist() == [False, True, True, True, True, True]
+    # keras never stops on epoch 0; a NaN first metric with patience 1 stops here
+    assert not keras_reference([nan, 1.0], 1, keras=True)[0][4]
+    _, records = run_options([nan, 1.0], 1, 0.0, "min", None, 0)
+    assert np.asarray(records[4]).tolist() == [True, True]
+
+
+def test_unflatten_never_runs_the_checks():
+    """jax rebuilds a stopper from placeholders (vmap's in_axes), zeros or tracers: no check fires."""
+    stopper = jr.EarlyStopping(3, min_delta=0.5, baseline=1.0, start_from=2, mode="max")
+    leaves, treedef = jax.tree.flatten(stopper)
+    assert len(leaves) == 4  # patience, min_delta, baseline, start_from; mode is static
+    placeholder = jax.tree.unflatten(treedef, [object()] * 4)
+    assert isinstance(placeholder, jr.EarlyStopping)
+    zeros = jax.tree.map(jnp.zeros_like, stopper)  # patience 0 would fail the public constructor
+    assert int(zeros.patience) == 0 and zeros.mode == "max"
+    axes = jax.vmap(lambda s: s.patience, in_axes=(jax.tree.map(lambda _: 0, stopper),))
+    np.testing.assert_array_equal(axes(jax.tree.map(lambda a: jnp.stack([a, a]), stopper)), [3, 3])
+    assert isinstance(stopper, jr.EarlyStopping) and stopper == jax.tree.unflatten(treedef, leaves)
+    assert "EarlyStopping(patience=" in repr(stopper)
+
+
+def test_new_values_do_not_recompile():
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def run(stopper, metrics):
+        return run_scan_impl(stopper, metrics)[0].stopped
+
+    metrics = jnp.array([1.0, 2.0, 3.0, 0.5, 0.6, 0.7])
+    outs = [
+        bool(run(jr.EarlyStopping(p, min_delta=d, baseline=b, start_from=s), metrics))
+        for p, d, b, s in [(1, 0.0, None, 0), (2, 0.1, 0.4, 3), (3, 0.0, 2.0, 1)]
+    ]
+    assert outs == [True, True, False]
+
+
+def test_metric_dtype_is_kept():
+    """No forced float32: narrower metrics compare exactly; with x64 a float64 metric is not rounded."""
+    stopper = jr.EarlyStopping(2, mode="max")
+    for dtype in (jnp.bfloat16, jnp.float16, jnp.int32):
+        state = stopper.init(params_at(-1))
+        for t, m in enumerate([1, 3, 2]):
+            state = stopper.update(state, jnp.asarray(m, dtype), params_at(t))
+        assert state.best_metric.dtype == jnp.float32 and float(state.best_metric) == 3.0, dtype
+    with jax.enable_x64(True):
+        state = stopper.init(0.0)
+        assert state.best_metric.dtype == jnp.float64
+        state = stopper.update(state, jnp.asarray(1.0, jnp.float64), 1.0)
+        state = stopper.update(state, jnp.asarray(1.0 + 1e-12, jnp.float64), 2.0)  # 1 in float32
+        assert int(state.best_step) == 1 and float(state.best_metric) == 1.0 + 1e-12
+    state = stopper.init(0.0, dtype=jnp.bfloat16)
+    state = stopper.update(state, jnp.asarray(0.5, jnp.bfloat16), 1.0)
+    assert state.best_metric.dtype == jnp.bfloat16
+
+
+# ---- ReduceOnPlateau ------------------------------------------------------------------------------
+
+
+def keras_plateau(metrics, factor, patience, min_delta=0.0, cooldown=0, min_scale=0.0, mode="min"):
+    """keras's ReduceLROnPlateau.on_epoch_end rules in plain Python, with lr = scale (starting at 1).
+
+    The scale is kept in float32 (np.float32 arithmetic, as jaxreg stores it), so values compare
+    exactly; keras's rules: cooldown first (counter -1, wait 0), then improvement, else (outside
+    cooldown) wait += 1 and, once wait >= patience and lr > min_lr, lr = max(lr * factor, min_lr).
+    """
+    less = mode == "min"
+    lr, best, wait, cd = np.float32(1.0), (math.inf if less else -math.inf), 0, 0
+    out = []
+    for current in metrics:
+        if cd > 0:
+            cd -= 1
+            wait = 0
+        if (current < best - min_delta) if less else (current > best + min_delta):
+            best, wait = current, 0
+        elif not cd > 0:
+            wait += 1
+            if wait >= patience and lr > np.float32(min_scale):
+                lr = max(np.float32(lr * np.float32(factor)), np.float32(min_scale))
+                cd, wait = cooldown, 0
+        out.append((lr, best, wait, cd))
+    return out
+
+
+def run_plateau_impl(plateau, metrics):
+    def body(state, m):
+        state = plateau.update(state, m)
+        return state, (state.scale, state.best, state.wait, state.cooldown_count)
+
+    return jax.lax.scan(body, plateau.init(), metrics)[1]
+
+
+run_plateau = jax.jit(run_plateau_impl)
+
+
+def assert_plateau_matches(records, ref):
+    scale, best, wait, cd = (np.asarray(r) for r in records)
+    np.testing.assert_array_equal(scale, np.float32([r[0] for r in ref]))
+    np.testing.assert_array_equal(best, np.float32([r[1] for r in ref]))
+    np.testing.assert_array_equal(wait, [r[2] for r in ref])
+    np.testing.assert_array_equal(cd, [r[3] for r in ref])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    metrics=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1.0, 2.0, -1.0, nan]), min_size=16, max_size=16),
+    factor=st.sampled_from([0.5, 0.1, 0.3]),
+    patience=st.integers(1, 3),
+    min_delta=st.sampled_from([0.0, 0.25]),
+    cooldown=st.integers(0, 3),
+    min_scale=st.sampled_from([0.0, 0.01, 0.2]),
+    mode=st.sampled_from(["min", "max"]),
+)
+def test_plateau_matches_keras_rules(metrics, factor, patience, min_delta, cooldown, min_scale, mode):
+    """Random sequences with NaNs and negative values; factors that are not dyadic included (the
+    reference does the same float32 multiplications, so the scales agree exactly)."""
+    plateau = jr.ReduceOnPlateau(
+        factor, patience, min_delta=min_delta, cooldown=cooldown, min_scale=min_scale, mode=mode
+    )
+    records = run_plateau(plateau, jnp.asarray(metrics, jnp.float32))
+    assert_plateau_matches(records, keras_plateau(metrics, factor, patience, min_delta, cooldown, min_scale, mode))
+
+
+def test_plateau_vmap_sweep_without_recompiling():
+    metrics = jnp.asarray([3.0, 2.0, 2.0, 2.0, nan, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0], jnp.float32)
+    factor = np.array([0.5, 0.1, 0.5, 0.25], np.float32)
+    patience = np.array([1, 2, 3, 1], np.int32)
+    cooldown = np.array([0, 1, 0, 2], np.int32)
+    min_scale = np.array([0.0, 0.0, 0.3, 0.01], np.float32)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def sweep(plateaus, metrics):
+        return jax.vmap(run_plateau_impl, in_axes=(0, None))(plateaus, metrics)
+
+    plateaus = jax.tree.map(
+        lambda a: jnp.broadcast_to(a, (4,)),
+        jr.ReduceOnPlateau(factor, patience, cooldown=cooldown, min_scale=min_scale),
+    )
+    records = sweep(plateaus, metrics)
+    for i in range(4):
+        ref = keras_plateau(metrics.tolist(), factor[i], patience[i], 0.0, cooldown[i], min_scale[i])
+        assert_plateau_matches([np.asarray(r)[i] for r in records], ref)
+    assert len({tuple(np.asarray(records[0])[i]) for i in range(4)}) == 4  # four different schedules
+    sweep(jax.tree.map(lambda a: a[::-1], plateaus), metrics)  # new values, same program
+
+
+def test_plateau_scale_scales_the_updates_like_a_learning_rate():
+    """The documented recipe: scale * sgd(lr) updates == sgd(lr * scale) updates."""
+    import optax
+
+    grads = {"w": jnp.array([1.0, -2.0])}
+    plateau = jr.ReduceOnPlateau(0.5, 1)
+    state = plateau.update(plateau.update(plateau.init(), 1.0), 2.0)  # one reduction
+    assert float(state.scale) == 0.5
+    updates, _ = optax.sgd(0.1).update(grads, optax.sgd(0.1).init(grads))
+    scaled = jax.tree.map(lambda u: state.scale.astype(u.dtype) * u, updates)
+    expected, _ = optax.sgd(0.1 * 0.5).update(grads, optax.sgd(0.05).init(grads))
+    chex.assert_trees_all_close(scaled, expected, rtol=2 * float(jnp.finfo(jnp.float32).eps))
+
+
+PLATEAU_BAD = [
+    (lambda: jr.ReduceOnPlateau(1.0, 2), r"ReduceOnPlateau: factor must be in \(0, 1\), got factor = 1\.0\."),
+    (lambda: jr.ReduceOnPlateau(0.0, 2), r"got factor = 0\.0\."),
+    (lambda: jr.ReduceOnPlateau(0.5, 0), r"ReduceOnPlateau: patience must be an integer >= 1, got patience = 0\."),
+    (lambda: jr.ReduceOnPlateau(0.5, 2, cooldown=-1), r"cooldown must be an integer >= 0, got cooldown = -1\."),
+    (lambda: jr.ReduceOnPlateau(0.5, 2, min_delta=-1.0), r"min_delta must be finite and >= 0, got min_delta = -1\.0"),
+    (lambda: jr.ReduceOnPlateau(0.5, 2, min_scale=-0.1), r"min_scale must be finite and >= 0, got min_scale = -0\.1"),
+    (
+        lambda: jr.ReduceOnPlateau(0.5, 2, mode="up"),
+        r"ReduceOnPlateau: mode must be \"min\" or \"max\", got mode = 'up'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("make", "match"), PLATEAU_BAD)
+def test_plateau_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()

@@ -1,0 +1,452 @@
+"""Weight averaging through the optimizer: EMA (Polyak), SWA and SWAG as optax transformations.
+
+Each transformation goes last in an ``optax.chain``: it passes the updates through unchanged
+and folds the new params ``params + updates`` into an average kept in its state. So the average
+trains, checkpoints, ``vmap``s and freezes (:func:`jaxreg.freeze_stopped`) with the rest of the
+optimizer state, per ensemble member. The hyperparameters (``decay``, ``start``, ``every``) are
+leaves of the state, read by ``update``: build the states under ``jax.vmap`` over values and a
+sweep over decays is one program. :func:`averaged_params` reads the average out of any chain
+state; :func:`swag_sample` draws params from SWAG's Gaussian (diagonal plus low rank).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.typing import ArrayLike
+
+from jaxreg import _checks
+
+PyTree = Any
+
+__all__ = ["EmaState", "SwaState", "SwagState", "averaged_params", "ema", "swa", "swag", "swag_sample"]
+
+
+class EmaState(NamedTuple):
+    """State of :func:`ema`.
+
+    Attributes:
+      count: number of updates seen (int32).
+      decay: the decay (float32 leaf, read by ``update``).
+      average: the (debiased, if asked) exponential moving average of the params.
+    """
+
+    count: jax.Array
+    decay: jax.Array
+    average: PyTree
+
+
+class SwaState(NamedTuple):
+    """State of :func:`swa`.
+
+    Attributes:
+      count: number of updates seen (int32).
+      num_averaged: number of snapshots in the average (int32).
+      start: the first update whose params enter the average (int32 leaf).
+      every: updates between snapshots (int32 leaf).
+      average: the equal-weight average of the snapshots (the current params before the first).
+    """
+
+    count: jax.Array
+    num_averaged: jax.Array
+    start: jax.Array
+    every: jax.Array
+    average: PyTree
+
+
+class SwagState(NamedTuple):
+    """State of :func:`swag`.
+
+    Attributes:
+      count: number of updates seen (int32).
+      num_averaged: number of snapshots collected (int32).
+      start: the first update whose params are collected (int32 leaf).
+      every: updates between snapshots (int32 leaf).
+      mean: the mean of the snapshots (the SWA average).
+      sq_mean: the mean of their squares.
+      deviations: the last ``rank`` deviations ``snapshot - mean`` (mean after that snapshot), each
+        leaf of shape ``(rank, *param_shape)``, a ring buffer (zeros where not yet filled).
+    """
+
+    count: jax.Array
+    num_averaged: jax.Array
+    start: jax.Array
+    every: jax.Array
+    mean: PyTree
+    sq_mean: PyTree
+    deviations: PyTree
+
+
+_STATES = (EmaState, SwaState, SwagState)
+
+
+def _is_float(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _need_params(where: str, params: Any) -> None:
+    if params is None:
+        raise ValueError(
+            f"{where}: needs params (it averages params + updates); call update(updates, state, params), got params = None."
+        )
+
+
+def _check_int(where: str, name: str, value: Any, minimum: int) -> None:
+    arr = _checks.concrete(value)
+    if arr is None:
+        return
+    if (
+        arr.dtype == np.bool_
+        or not np.issubdtype(arr.dtype, np.number)
+        or np.any(~np.isfinite(arr))
+        or np.any(arr != np.round(arr))
+        or np.any(arr < minimum)
+    ):
+        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {name} = {_checks._fmt(arr)}.")
+
+
+def _lerp(average: PyTree, new: PyTree, weight: jax.Array) -> PyTree:
+    """``average + weight * (new - average)`` on float leaves (in the leaf's dtype); other leaves take ``new``."""
+
+    def one(a, w):
+        if not _is_float(a):
+            return jnp.asarray(w)
+        a, w = jnp.asarray(a), jnp.asarray(w, jnp.result_type(a))
+        t = weight.astype(a.dtype)
+        # torch.lerp's two-sided form: exact at weight 0 and 1, half an ulp of rounding otherwise
+        return jnp.where(t < 0.5, a + t * (w - a), w - (w - a) * (1 - t))
+
+    return jax.tree.map(one, average, new)
+
+
+def _snapshot(t: jax.Array, start: jax.Array, every: jax.Array) -> jax.Array:
+    """Whether the params after update ``t`` (``t = 0``: the initial params) are a snapshot."""
+    return jnp.logical_and(t >= start, jnp.remainder(t - start, every) == 0)
+
+
+def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformation:
+    r"""An exponential moving average of the params (Polyak averaging), kept in the optimizer state.
+
+    With :math:`w_t` the params after update :math:`t` (:math:`w_0` those given to ``init``) and
+    :math:`d` = ``decay``:
+
+    .. math::
+      \bar w_0 = w_0, \qquad \bar w_t = \bar w_{t-1} + \beta_t (w_t - \bar w_{t-1}), \qquad
+      \beta_t = 1 - d \ \text{ or, with debias, } \ \beta_t = \frac{1 - d}{1 - d^t},
+
+    so without ``debias`` the average starts at the initial params (``torch.optim.swa_utils``'s
+    ``AveragedModel`` with ``get_ema_multi_avg_fn(decay)``, first fed :math:`w_0`), and with
+    ``debias`` it is Adam's bias-corrected average
+    :math:`\sum_{s=1}^t (1-d) d^{t-s} w_s / (1 - d^t)` of the updated params only (exactly
+    :math:`w_1` after the first update; the uniform average when :math:`d = 1`). The updates pass
+    through unchanged: place it last in the chain. Non-float leaves are copied, not averaged.
+
+    Args:
+      decay: in [0, 1]; a leaf of the state (may be traced: build states under ``jax.vmap`` over
+        decays for a sweep; ``update`` reads the state's value).
+      debias: Adam-style bias correction. Static.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is an :class:`EmaState`.
+
+    Raises:
+      ValueError: if ``decay`` is outside [0, 1], or ``update`` gets no params.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> import jaxreg as jr
+      >>> opt = optax.chain(optax.sgd(1.0), jr.ema(0.5))
+      >>> w = jnp.zeros(())
+      >>> state = opt.init(w)
+      >>> for g in (-2.0, -2.0):  # params 0 -> 2 -> 4
+      ...     u, state = opt.update(jnp.asarray(g), state, w)
+      ...     w = optax.apply_updates(w, u)
+      >>> float(w), float(jr.averaged_params(state))  # 0.5 * (0.5 * 0 + 0.5 * 2) + 0.5 * 4
+      (4.0, 2.5)
+
+    References:
+      Polyak & Juditsky, "Acceleration of stochastic approximation by averaging", SIAM J. Control
+      Optim. 30(4), 1992.
+
+      Kingma & Ba, "Adam: a method for stochastic optimization", ICLR 2015 (bias correction).
+    """
+    arr = _checks.concrete(decay)
+    if arr is not None and (not np.issubdtype(arr.dtype, np.number) or np.any(~((arr >= 0) & (arr <= 1)))):
+        raise ValueError(f"ema: decay must be in [0, 1], got decay = {_checks._fmt(arr)}.")
+
+    def init_fn(params):
+        return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, jnp.float32), params)
+
+    def update_fn(updates, state, params=None):
+        _need_params("ema", params)
+        count = state.count + 1
+        one_minus = 1.0 - state.decay
+        if debias:
+            t = count.astype(jnp.float32)
+            # 1 - d**t without cancellation for d near 1: -expm1(t * log1p(-(1 - d)))
+            weight = jnp.where(one_minus > 0, one_minus / -jnp.expm1(t * jnp.log1p(-one_minus)), 1.0 / t)
+        else:
+            weight = one_minus
+        average = _lerp(state.average, optax.apply_updates(params, updates), weight)
+        return updates, EmaState(count, state.decay, average)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
+    r"""Stochastic weight averaging: the equal-weight average of snapshots of the params, in the optimizer state.
+
+    With :math:`w_t` the params after update :math:`t` (:math:`w_0` those given to ``init``), the
+    snapshots are :math:`w_t` for :math:`t \in S = \{\text{start}, \text{start} + \text{every},
+    \dots\}` and the average after update :math:`t` is
+
+    .. math:: \bar w_t = \frac{1}{|S_t|} \sum_{s \in S_t} w_s, \qquad S_t = S \cap [0, t],
+
+    computed incrementally as ``torch.optim.swa_utils.AveragedModel`` does,
+    :math:`\bar w \leftarrow \bar w + (w - \bar w) / (n + 1)`. Before the first snapshot the
+    "average" is the current params. The updates pass through unchanged: place it last in the
+    chain (after a learning-rate schedule such as SWA's constant or cyclic one).
+
+    Args:
+      start: the first update whose params enter the average; an integer >= 0 (leaf of the state).
+      every: updates between snapshots; an integer >= 1 (leaf of the state).
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a :class:`SwaState`.
+
+    Raises:
+      ValueError: if ``start`` or ``every`` is not an integer in range, or ``update`` gets no params.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> import jaxreg as jr
+      >>> opt = optax.chain(optax.sgd(1.0), jr.swa(start=2, every=2))
+      >>> w = jnp.zeros(())
+      >>> state = opt.init(w)
+      >>> for _ in range(5):  # params 1, 2, 3, 4, 5: snapshots after updates 2 and 4
+      ...     u, state = opt.update(jnp.asarray(-1.0), state, w)
+      ...     w = optax.apply_updates(w, u)
+      >>> float(jr.averaged_params(state)), int(state[1].num_averaged)
+      (3.0, 2)
+
+    References:
+      Izmailov, Podoprikhin, Garipov, Vetrov & Wilson, "Averaging weights leads to wider optima and
+      better generalization", UAI 2018.
+    """
+    _check_int("swa", "start", start, 0)
+    _check_int("swa", "every", every, 1)
+
+    def init_fn(params):
+        start_, every_ = jnp.asarray(start, jnp.int32), jnp.asarray(every, jnp.int32)
+        num = _snapshot(jnp.zeros([], jnp.int32), start_, every_).astype(jnp.int32)
+        return SwaState(jnp.zeros([], jnp.int32), num, start_, every_, params)
+
+    def update_fn(updates, state, params=None):
+        _need_params("swa", params)
+        count = state.count + 1
+        snap = _snapshot(count, state.start, state.every)
+        n = state.num_averaged
+        weight = jnp.where(snap, 1.0 / (n + 1).astype(jnp.float32), (n == 0).astype(jnp.float32))
+        average = _lerp(state.average, optax.apply_updates(params, updates), weight)
+        return updates, SwaState(count, n + snap.astype(jnp.int32), state.start, state.every, average)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.GradientTransformation:
+    r"""SWA-Gaussian: the moments of the SWA snapshots and their last ``rank`` deviations, in the optimizer state.
+
+    With the snapshots :math:`w_1, \dots, w_n` taken as in :func:`swa`, the state keeps
+
+    .. math::
+      \bar w = \frac{1}{n} \sum_i w_i, \qquad \overline{w^2} = \frac{1}{n} \sum_i w_i^2, \qquad
+      D = [\,w_i - \bar w_{(i)}\,]_{i = n-K+1}^{n},
+
+    where :math:`\bar w_{(i)}` is the mean of the first :math:`i` snapshots and
+    :math:`K = \min(n, \text{rank})` (the last ``rank`` deviations, a ring buffer). SWAG's
+    posterior is :math:`\mathcal N\big(\bar w,\ s\,(\Sigma_{\text{diag}} + D D^\top / (K - 1))\big)`,
+    :math:`\Sigma_{\text{diag}} = \operatorname{diag}(\max(\overline{w^2} - \bar w^2, 0))`, with
+    :math:`s = 1/2` in Maddox et al.; :func:`swag_sample` draws from it and :func:`averaged_params`
+    returns :math:`\bar w`. The updates pass through unchanged: place it last in the chain.
+
+    Args:
+      start: the first update whose params are collected; an integer >= 0 (leaf of the state).
+      every: updates between snapshots; an integer >= 1 (leaf of the state).
+      rank: number of deviation columns kept; a Python int >= 0 (0: SWAG-diagonal). Static (it is
+        a shape).
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is a :class:`SwagState`.
+
+    Raises:
+      ValueError: if ``start``, ``every`` or ``rank`` is out of range, or ``update`` gets no params.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxreg as jr
+      >>> opt = optax.chain(optax.sgd(1.0), jr.swag(start=1, rank=2))
+      >>> w = jnp.zeros(2)
+      >>> state = opt.init(w)
+      >>> for g in ([-1.0, 0.0], [0.0, -2.0], [-1.0, 0.0]):  # snapshots [1, 0], [1, 2], [2, 2]
+      ...     u, state = opt.update(jnp.asarray(g), state, w)
+      ...     w = optax.apply_updates(w, u)
+      >>> jr.averaged_params(state).tolist()
+      [1.3333333730697632, 1.3333333730697632]
+      >>> samples = jax.vmap(lambda k: jr.swag_sample(state, k))(jax.random.split(jax.random.key(0), 4))
+      >>> samples.shape
+      (4, 2)
+
+    References:
+      Maddox, Garipov, Izmailov, Vetrov & Wilson, "A simple baseline for Bayesian uncertainty in
+      deep learning", NeurIPS 2019.
+    """
+    _check_int("swag", "start", start, 0)
+    _check_int("swag", "every", every, 1)
+    rank = _checks.check_int_at_least("rank", rank, 0, "swag")
+
+    def init_fn(params):
+        start_, every_ = jnp.asarray(start, jnp.int32), jnp.asarray(every, jnp.int32)
+        num = _snapshot(jnp.zeros([], jnp.int32), start_, every_).astype(jnp.int32)
+        sq = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, params)
+        dev = jax.tree.map(lambda w: jnp.zeros((rank, *jnp.shape(w)), jnp.result_type(w)), params)
+        return SwagState(jnp.zeros([], jnp.int32), num, start_, every_, params, sq, dev)
+
+    def update_fn(updates, state, params=None):
+        _need_params("swag", params)
+        count = state.count + 1
+        snap = _snapshot(count, state.start, state.every)
+        n = state.num_averaged
+        weight = jnp.where(snap, 1.0 / (n + 1).astype(jnp.float32), (n == 0).astype(jnp.float32))
+        new = optax.apply_updates(params, updates)
+        mean = _lerp(state.mean, new, weight)
+        sq_mean = _lerp(state.sq_mean, jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, new), weight)
+        column = jnp.remainder(n, max(rank, 1))
+
+        def deviation(d, w, m):
+            if rank == 0 or not _is_float(w):
+                return d
+            written = jax.lax.dynamic_update_index_in_dim(d, (w - m).astype(d.dtype), column, axis=0)
+            return jnp.where(snap, written, d)
+
+        deviations = jax.tree.map(deviation, state.deviations, new, mean)
+        return updates, SwagState(
+            count, n + snap.astype(jnp.int32), state.start, state.every, mean, sq_mean, deviations
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _find(opt_state: PyTree, types: tuple[type, ...], where: str) -> Any:
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, _STATES)) if isinstance(s, types)]
+    names = " or ".join(t.__name__ for t in types)
+    if not found:
+        raise ValueError(
+            f"{where}: opt_state holds no {names}; put jr.ema, jr.swa or jr.swag last in the optax chain "
+            f"(for swag_sample: jr.swag), got an opt_state of structure {jax.tree.structure(opt_state)}."
+        )
+    if len(found) > 1:
+        raise ValueError(f"{where}: opt_state holds {len(found)} averaging states ({names}); use a chain with one.")
+    return found[0]
+
+
+def averaged_params(opt_state: PyTree) -> PyTree:
+    r"""The averaged params held by the :func:`ema`, :func:`swa` or :func:`swag` state inside ``opt_state``.
+
+    .. math:: \bar w = \text{the EMA, the SWA average, or SWAG's mean}
+
+    ``opt_state`` is any optimizer state (a chain's tuple, masked or injected states, with or
+    without a member axis): the state tree is searched for the one averaging state.
+
+    Args:
+      opt_state: an optimizer state with exactly one averaging state in it.
+
+    Returns:
+      The average, structured like the params (with the member axis, if the state has one).
+
+    Raises:
+      ValueError: if ``opt_state`` holds no averaging state, or more than one.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax
+      >>> import jaxreg as jr
+      >>> state = optax.chain(optax.adam(1e-3), jr.swa(start=10)).init({"w": jnp.ones(2)})
+      >>> jr.averaged_params(state)["w"].tolist()
+      [1.0, 1.0]
+    """
+    state = _find(opt_state, _STATES, "averaged_params")
+    return state.mean if isinstance(state, SwagState) else state.average
+
+
+def swag_sample(opt_state: PyTree, rng: jax.Array, *, scale: ArrayLike = 0.5) -> PyTree:
+    r"""Draws params from the SWAG posterior held by the :func:`swag` state inside ``opt_state``.
+
+    With :math:`z_1 \sim \mathcal N(0, I_p)` (one entry per parameter) and
+    :math:`z_2 \sim \mathcal N(0, I_{\text{rank}})` (shared by all leaves):
+
+    .. math::
+      w = \bar w + \sqrt{s} \Big( \Sigma_{\text{diag}}^{1/2} z_1 + \frac{D z_2}{\sqrt{\max(K - 1, 1)}} \Big),
+      \qquad w \sim \mathcal N\big(\bar w,\ s\,(\Sigma_{\text{diag}} + D D^\top / \max(K - 1, 1))\big),
+
+    with :math:`\bar w`, :math:`\Sigma_{\text{diag}}`, :math:`D` and :math:`K` as in :func:`swag`
+    (unfilled columns of :math:`D` are zero) and :math:`s` = ``scale`` (Maddox et al. use 1/2).
+    Pure: ``jax.vmap`` over keys gives stacked samples for :func:`jaxreg.ensemble.predict`, whose
+    ``Prediction`` is then SWAG's Bayesian model average and its variance.
+
+    Args:
+      opt_state: an optimizer state with one :class:`SwagState` in it (no member axis; ``vmap``
+        over members otherwise).
+      rng: a PRNG key.
+      scale: the covariance scale :math:`s \ge 0` (may be traced).
+
+    Returns:
+      A params pytree (non-float leaves are the mean's).
+
+    Raises:
+      ValueError: if ``opt_state`` holds no :class:`SwagState` (or several), or ``scale`` is negative.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import jaxreg as jr
+      >>> opt = optax.chain(optax.sgd(1.0), jr.swag(start=0, rank=0))
+      >>> state = opt.init(jnp.zeros(3))
+      >>> _, state = opt.update(-jnp.full(3, 2.0), state, jnp.zeros(3))  # snapshots 0 and 2
+      >>> keys = jax.random.split(jax.random.key(0), 20000)
+      >>> w = jax.vmap(lambda k: jr.swag_sample(state, k, scale=1.0))(keys)  # N(1, 1) per entry
+      >>> bool(jnp.all(jnp.abs(w.mean(0) - 1.0) < 0.05)), bool(jnp.all(jnp.abs(w.var(0) - 1.0) < 0.1))
+      (True, True)
+      >>> pred = jr.ensemble.predict(lambda p, x: p @ x, w, jnp.ones(3))
+      >>> pred.mean.shape, bool(jnp.abs(pred.variance - 3.0) < 0.2)
+      ((), True)
+
+    References:
+      Maddox, Garipov, Izmailov, Vetrov & Wilson, "A simple baseline for Bayesian uncertainty in
+      deep learning", NeurIPS 2019.
+    """
+    _checks.check_nonnegative("scale", scale, "swag_sample")
+    state = _find(opt_state, (SwagState,), "swag_sample")
+    leaves, treedef = jax.tree.flatten(state.mean)
+    sq_leaves = treedef.flatten_up_to(state.sq_mean)
+    dev_leaves = treedef.flatten_up_to(state.deviations)
+    key_diag, key_rank = jax.random.split(rng)
+    diag_keys = jax.random.split(key_diag, max(len(leaves), 1))
+    rank = dev_leaves[0].shape[0] if dev_leaves else 0
+    z2 = jax.random.normal(key_rank, (rank,), jnp.float32)
+    filled = jnp.minimum(state.num_averaged, rank)
+    denom = jnp.sqrt(jnp.maximum(filled - 1, 1).astype(jnp.float32))
+    root_scale = jnp.sqrt(jnp.asarray(scale, jnp.float32))
+    out = []
+    for key, m, sq, d in zip(diag_keys, leaves, sq_leaves, dev_leaves):
+        if not _is_float(m):
+            out.append(m)
+            continue
+        dtype = jnp.result_type(m)
+        std = jnp.sqrt(jnp.maximum(sq - jnp.square(m), 0))
+        noise = std * jax.random.normal(key, jnp.shape(m), dtype)
+        if rank:
+            noise = noise + jnp.tensordot(z2.astype(dtype), d, axes=1) / denom.astype(dtype)
+        out.append(m + root_scale.astype(dtype) * noise)
+    return jax.tree.unflatten(treedef, out)
