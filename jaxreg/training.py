@@ -329,28 +329,61 @@ class _Consts(NamedTuple):
 
 
 def _epochs_per_block(plan: _Plan) -> int:
-    """How many epochs one block of ``eval_every`` steps can touch."""
+    """How many epochs one block of ``eval_every`` steps can touch (the slots of the permutation cache)."""
     steps_per_epoch = plan.num_examples // plan.batch_size
     return (plan.eval_every - 1) // steps_per_epoch + 2
 
 
-def _permutations(plan: _Plan, data_keys: jax.Array, first_epoch: jax.Array) -> jax.Array:
-    """``(members, epochs_per_block, n)`` permutations of epochs ``first_epoch, first_epoch + 1, ...``."""
-    epochs = first_epoch + jnp.arange(_epochs_per_block(plan), dtype=jnp.int32)
+def _permutation(key: jax.Array, n: int) -> jax.Array:
+    """``jax.random.permutation(key, n)``, bit for bit, about 3x faster on CPU.
 
-    def one(key, epoch):
-        return jax.random.permutation(jax.random.fold_in(key, epoch), plan.num_examples)
+    jax shuffles by stable ``lax.sort_key_val`` rounds on random 32-bit keys; XLA's CPU sort of
+    two operands with a comparator is slow. Sorting the 64-bit words ``key << 32 | position``
+    (one operand, the default order) gives the same order (ties by position = stable), so the
+    same rounds are run on them. The 64-bit words exist only inside this function.
+    """
+    rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))  # as jax's _shuffle
+    x = jnp.arange(n, dtype=jnp.int32)
+    for _ in range(rounds):
+        key, sub = jax.random.split(key)
+        bits = jax.random.bits(sub, (n,), jnp.uint32)
+        with jax.enable_x64(True):
+            words = (bits.astype(jnp.uint64) << jnp.uint64(32)) | jnp.arange(n, dtype=jnp.uint64)
+            order = (jnp.sort(words) & jnp.uint64(0xFFFFFFFF)).astype(jnp.int32)
+        x = x[order]
+    return x
 
-    return jax.vmap(lambda k: jax.vmap(lambda e: one(k, e))(epochs))(data_keys)
+
+def _refresh_permutations(plan: _Plan, data_keys: jax.Array, cache, first_epoch: jax.Array):
+    """The permutation cache holding epochs ``first_epoch ... first_epoch + slots - 1``.
+
+    ``cache = (perms, epochs)``: ``perms[:, j]`` is the ``(members, n)`` permutation of epoch
+    ``epochs[j]``, and slot ``j`` holds an epoch ``e`` with ``e % slots == j``. Only slots holding
+    another epoch are recomputed (a ``lax.cond`` per slot, once per block), so every epoch's
+    permutations are drawn once per chunk.
+    """
+    slots = _epochs_per_block(plan)
+
+    def slot(perms, j):
+        want = first_epoch + (j - first_epoch) % slots
+
+        def draw(perms):
+            new = jax.vmap(lambda k: _permutation(jax.random.fold_in(k, want), plan.num_examples))(data_keys)
+            return jax.lax.dynamic_update_index_in_dim(perms, new, j, axis=1)
+
+        return jax.lax.cond(cache[1][j] == want, lambda p: p, draw, perms), want
+
+    perms, epochs = jax.lax.scan(slot, cache[0], jnp.arange(slots, dtype=jnp.int32))
+    return perms, epochs
 
 
-def _block_inputs(plan: _Plan, perms: jax.Array, first_epoch: jax.Array, steps: jax.Array, step_keys: jax.Array):
+def _block_inputs(plan: _Plan, perms: jax.Array, steps: jax.Array, step_keys: jax.Array):
     """Batch indices ``(eval_every, members, batch)`` and rngs ``(eval_every, members)`` of a block."""
     n, batch_size = plan.num_examples, plan.batch_size
     steps_per_epoch = n // batch_size
     num_members = perms.shape[0]
-    epoch = steps // steps_per_epoch - first_epoch
-    offset = epoch * n + (steps % steps_per_epoch) * batch_size  # (eval_every,)
+    slot = (steps // steps_per_epoch) % perms.shape[1]
+    offset = slot * n + (steps % steps_per_epoch) * batch_size  # (eval_every,)
     flat = offset[:, None] + jnp.arange(batch_size, dtype=jnp.int32)[None, :]
     idx = jnp.take(perms.reshape(num_members, -1), flat.reshape(-1), axis=1)
     idx = jnp.moveaxis(idx.reshape(num_members, plan.eval_every, batch_size), 1, 0)
@@ -419,28 +452,27 @@ def _run_chunk(state: PyTree, es: EarlyStoppingState, start: jax.Array, consts: 
     steps_per_epoch = plan.num_examples // plan.batch_size
 
     def block(carry, k):
-        state, es, perms, perms_epoch = carry
+        state, es, cache = carry
         t0 = start + k * plan.eval_every
         steps = t0 + jnp.arange(plan.eval_every, dtype=jnp.int32)
-        first_epoch = t0 // steps_per_epoch
-        perms = jax.lax.cond(
-            first_epoch == perms_epoch,
-            lambda: perms,
-            lambda: _permutations(plan, consts.data_keys, first_epoch),
-        )
-        idx, rngs = _block_inputs(plan, perms, first_epoch, steps, consts.step_keys)
+        cache = _refresh_permutations(plan, consts.data_keys, cache, t0 // steps_per_epoch)
+        idx, rngs = _block_inputs(plan, cache[0], steps, consts.step_keys)
         active = jnp.logical_and(jnp.logical_not(es.stopped), t0 < consts.budget)
         trained, losses = _train_block(plan, consts, state, idx, rngs, steps)
         state = freeze_stopped(jnp.logical_not(active), trained, state)
         train_loss = _block_train_loss(plan, losses, steps, consts.budget, active)
         eval_index = t0 // plan.eval_every + 1
         es, val_loss, metric, pruned = _evaluate(plan, consts, state, es, active, eval_index)
-        return (state, es, perms, first_epoch), (train_loss, val_loss, metric, es.stopped, pruned)
+        return (state, es, cache), (train_loss, val_loss, metric, es.stopped, pruned)
 
-    first_epoch = start // steps_per_epoch
-    perms = _permutations(plan, consts.data_keys, first_epoch)
+    slots = _epochs_per_block(plan)
+    num_members = consts.budget.shape[0]
+    cache = (
+        jnp.zeros((num_members, slots, plan.num_examples), jnp.int32),
+        jnp.full((slots,), -1, jnp.int32),  # no epoch is -1: every slot is drawn in the first block
+    )
     blocks = jnp.arange(plan.evals_per_chunk, dtype=jnp.int32)
-    (state, es, _, _), records = jax.lax.scan(block, (state, es, perms, first_epoch), blocks)
+    (state, es, _), records = jax.lax.scan(block, (state, es, cache), blocks)
     return state, es, records
 
 
