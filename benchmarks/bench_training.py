@@ -203,7 +203,7 @@ def make_hand_scan(w: Workload, n: int, num_steps: int, eval_every: int, stopper
 def make_dispatch(w: Workload, n: int, num_steps: int, eval_every: int, stopper):
     state0 = w.state(n)
     batches, rngs = fit_batches(w, n, num_steps)
-    per_step = [jax.tree.map(lambda a: a[s], (batches, rngs)) for s in range(num_steps)]
+    per_step = [jax.tree.map(lambda a, s=s: a[s], (batches, rngs)) for s in range(num_steps)]
     jax.block_until_ready(per_step)
     stopper = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,)), stopper)
     step = jax.jit(jax.vmap(w.step_fn))
