@@ -1,23 +1,39 @@
-"""Comparison 5: training a 32-member ensemble with early stopping: ``jr.fit`` vs per-step dispatch.
+"""Comparison 5: the training loop. ``jr.fit`` against hand-written loops of the same vmapped step.
 
-Digits split 1437 train / 360 validation (a fixed shuffle), batch 128, Adam, L2 + dropout 0.5,
-evaluation and an early-stopping update every ``EVAL_EVERY`` steps. Patience is set above the
-number of evaluations, so no member stops and both sides do every step (the early-stopping
-state, its best-snapshot copy and the freezing of stopped members still run every time).
+Digits split 1437 train / 360 validation (a fixed shuffle), Adam. Each ``jr.fit`` run is timed
+end to end in rounds that alternate the sides (``jr.benchmark.interleave``: A B C, B C A, ...),
+after an untimed warm-up call of each that compiles it; ratios are per round, medians reported.
+The hand-written sides get what a careful user would write, and every advantage:
 
-jaxreg: ``jr.fit`` (chunks of ``lax.scan`` over evaluation periods, one compiled program).
-Baseline, the same math dispatched per step from Python: a jitted ensemble step (batch gather
-from the epoch's permutations, ``vmap`` of the step, ``jr.freeze_stopped``), a jitted permutation
-per epoch and a jitted evaluation + early-stopping update per period.
+- bare scan: one jitted ``lax.scan`` over all steps of ``jax.vmap(step)``, its batches and rngs
+  gathered BEFORE the call (the batch order and rngs of ``jr.fit``, so both do the same work:
+  their final states are checked to agree), no evaluation at all;
+- hand scan: the same with an evaluation, early-stopping update and freezing of stopped members
+  every ``eval_every`` steps (an outer scan over evaluation blocks);
+- dispatch: a jitted ``vmap(step)`` called from Python per step on pre-sliced batches, and a jitted
+  evaluation + early-stopping update + freeze per block.
 
-Both are timed end to end in alternation; the compile time inside each call is read from JAX's
-own events (``jr.benchmark.compile_log``) and subtracted for the run-time ratio (the end-to-end
-ratio is in the note). ``jr.fit``'s compile time is also reported against the number of steps
-(one call stopped after its first chunk by a raising callback).
+Rows:
+
+- "5 fit/scan": the dispatch-bound workload (softmax regression 64-10, batch 32, 8 members, 400
+  steps, an evaluation every 50 steps): ``jr.fit`` with early stopping against the bare scan
+  (target >= 0.9) and against dispatch.
+- "5 fit/best": the digits MLP 64-256-256-10 (dropout 0.5, L2) at N = 1, 8, 32 with early stopping
+  on (patience above the number of evaluations: nobody stops, all the machinery runs): ``jr.fit``
+  against the best of the hand scan and dispatch (target >= 1.0).
+- "5 compaction": 64 MLP members whose stopping evaluations are spread out (member i stops at
+  evaluation ``ceil(E * ((i + 1) / 64) ** 2)``, by a per-member patience and a ``min_delta`` no
+  later evaluation beats), ``compact=True`` against ``compact=False`` (target >= 1.8x; the
+  fraction of member-steps saved in the note).
+- "5 halving": 64 MLP members over a log grid of learning rates, ``jr.SuccessiveHalving(eta=2)``
+  against the full grid: member-steps computed (target <= 35 %), the best surviving member's
+  validation loss beside the grid's best.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import jax
@@ -27,16 +43,9 @@ import optax
 
 import jaxreg as jr
 from benchmarks import common
-from benchmarks.common import BATCH, Row, Settings
+from benchmarks.common import Row, Settings
 
-EVAL_EVERY = 20
-ROUNDS = 5  # whole training runs per side (each run is long; 5 is the minimum for a median)
-
-
-def fit_available() -> tuple[Any, str]:
-    if getattr(jr, "fit", None) is None or getattr(jr, "EarlyStopping", None) is None:
-        return None, "jr.fit / jr.EarlyStopping not available"
-    return jr.fit, ""
+ROUNDS = 5  # timed rounds per comparison (each is a whole training run)
 
 
 def _split():
@@ -46,186 +55,344 @@ def _split():
     return (jnp.asarray(x[tr]), jnp.asarray(y[tr])), (jnp.asarray(x[va]), jnp.asarray(y[va]))
 
 
-def member_fns():
+def _adam_update(opt, grads, opt_state, params):
+    with jax.numpy_dtype_promotion("standard"):  # optax.scale_by_adam computes b ** count (int32)
+        return opt.update(grads, opt_state, params)
+
+
+# ----------------------------------------------------------------------------- workloads
+
+
+class Workload:
+    """A member step and evaluation, an initial stacked state, and the data."""
+
+    def __init__(self, step_fn, eval_fn, init_fn, batch_size: int):
+        self.step_fn, self.eval_fn, self.init_fn, self.batch_size = step_fn, eval_fn, init_fn, batch_size
+        self.train, self.val = _split()
+
+    def state(self, n: int) -> Any:
+        return jax.jit(jax.vmap(self.init_fn))(jax.random.split(jax.random.key(0), n))
+
+
+def mlp_workload(*, per_member_lr: bool = False) -> Workload:
+    """The digits MLP: CE + L2 on kernels, dropout 0.5, Adam (learning rate from the state if asked)."""
     drop, _ = common.jaxreg_dropout()
-    opt = optax.adam(common.LR)
+    opt = optax.adam(common.LR) if not per_member_lr else optax.scale_by_adam()
     loss = jr.regularize(
         lambda p, x, y, rng: common.cross_entropy(common.mlp_apply(p, x, rng, dropout=drop), y),
         jr.l2(common.L2, mask=jr.masks.kernels),
     )
 
+    def init_fn(key):
+        params = common.init_mlp(key)
+        return {"params": params, "opt": opt.init(params), "lr": jnp.asarray(common.LR, jnp.float32)}
+
     def step_fn(state, batch, rng):
-        params, opt_state = state
+        params = state["params"]
         (total, _), grads = jax.value_and_grad(loss, has_aux=True)(params, batch[0], batch[1], rng)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), total
+        updates, opt_state = _adam_update(opt, grads, state["opt"], params)
+        if per_member_lr:
+            updates = jax.tree.map(lambda u: -state["lr"] * u, updates)
+        return {**state, "params": optax.apply_updates(params, updates), "opt": opt_state}, total
 
     def eval_fn(state, val):
-        logits = common.mlp_apply(state[0], val[0], None)
+        logits = common.mlp_apply(state["params"], val[0], None)
         return common.cross_entropy(logits, val[1]), jnp.mean(jnp.argmax(logits, -1) == val[1])
 
-    return step_fn, eval_fn, opt
+    return Workload(step_fn, eval_fn, init_fn, common.BATCH)
 
 
-def initial_state(n: int, opt):
-    params = jax.vmap(common.init_mlp)(jax.random.split(jax.random.key(0), n))
-    return params, jax.vmap(opt.init)(params)
+def linear_workload() -> Workload:
+    """Dispatch-bound: softmax regression 64-10 with Adam, batch 32."""
+    opt = optax.adam(1e-2)
+
+    def loss(params, x, y):
+        return common.cross_entropy(x @ params["kernel"] + params["bias"][None, :], y)
+
+    def init_fn(key):
+        params = {"kernel": jax.random.normal(key, (64, 10), jnp.float32) / 8.0, "bias": jnp.zeros((10,), jnp.float32)}
+        return {"params": params, "opt": opt.init(params)}
+
+    def step_fn(state, batch, rng):
+        del rng
+        value, grads = jax.value_and_grad(loss)(state["params"], *batch)
+        updates, opt_state = _adam_update(opt, grads, state["opt"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}, value
+
+    def eval_fn(state, val):
+        return loss(state["params"], *val), jnp.float32(0)
+
+    return Workload(step_fn, eval_fn, init_fn, 32)
 
 
-class _StopAfterFirstChunk(Exception):
-    pass
+# ----------------------------------------------------------------------------- the sides
 
 
-def _stop(*args: Any) -> None:
-    raise _StopAfterFirstChunk
+def fit_batches(w: Workload, n: int, num_steps: int) -> tuple[Any, jax.Array]:
+    """``jr.fit``'s documented batches ``(steps, n, batch, ...)`` and rngs ``(steps, n)`` for rng key(1)."""
+    num_ex = w.train[0].shape[0]
+    per_epoch = num_ex // w.batch_size
+    data_key, step_key = jax.random.split(jax.random.key(1))
+    data_keys, step_keys = jax.random.split(data_key, n), jax.random.split(step_key, n)
+
+    @jax.jit
+    def make(train):
+        steps = jnp.arange(num_steps, dtype=jnp.int32)
+        epochs = jnp.arange(-(-num_steps // per_epoch), dtype=jnp.int32)
+        perms = jax.vmap(
+            lambda k: jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(k, e), num_ex))(epochs)
+        )(data_keys)  # (n, epochs, num_ex)
+        flat = (steps // per_epoch)[:, None] * num_ex + (steps % per_epoch)[:, None] * w.batch_size
+        flat = flat + jnp.arange(w.batch_size, dtype=jnp.int32)[None, :]
+        idx = jnp.moveaxis(jnp.take(perms.reshape(n, -1), flat, axis=1), 1, 0)  # (steps, n, batch)
+        rngs = jax.vmap(lambda s: jax.vmap(lambda k: jax.random.fold_in(k, s))(step_keys))(steps)
+        return jax.tree.map(lambda a: a[idx], train), rngs
+
+    return make(w.train)
 
 
-def make_fit_run(n: int, num_steps: int, *, first_chunk_only: bool = False):
-    step_fn, eval_fn, opt = member_fns()
-    train, val = _split()
-    state = initial_state(n, opt)
-    stopper = jr.EarlyStopping(num_steps // EVAL_EVERY + 1)
+def make_fit(w: Workload, n: int, num_steps: int, eval_every: int, stopper, **kwargs):
+    state = w.state(n)
 
     def run():
-        try:
-            result = jr.fit(
-                step_fn,
-                eval_fn,
-                state,
-                train,
-                val,
-                key=jax.random.key(1),
-                num_steps=num_steps,
-                batch_size=BATCH,
-                eval_every=EVAL_EVERY,
-                num_members=n,
-                early_stopping=stopper,
-                progress=False,
-                callback=_stop if first_chunk_only else None,
-            )
-        except _StopAfterFirstChunk:
-            return None
-        return result.state
+        return jr.fit(
+            w.step_fn, w.eval_fn, state, w.train, w.val, rng=jax.random.key(1), num_steps=num_steps,
+            batch_size=w.batch_size, eval_every=eval_every, num_members=n, early_stopping=stopper,
+            progress=False, **kwargs,
+        )  # fmt: skip
 
     return run
 
 
-def make_dispatch_run(n: int, num_steps: int):
-    step_fn, eval_fn, opt = member_fns()
-    (xtr, ytr), val = _split()
-    state0 = initial_state(n, opt)
-    stopper = jr.EarlyStopping(num_steps // EVAL_EVERY + 1)
-    num_ex = xtr.shape[0]
-    per_epoch = num_ex // BATCH
-    data_keys, step_keys = (jax.random.split(k, n) for k in jax.random.split(jax.random.key(1)))
+def make_bare_scan(w: Workload, n: int, num_steps: int):
+    state = w.state(n)
+    batches, rngs = fit_batches(w, n, num_steps)
+    step = jax.vmap(w.step_fn)
 
     @jax.jit
-    def perms(keys, epoch):
-        return jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, epoch), num_ex))(keys)
+    def scan(state, batches, rngs):
+        return jax.lax.scan(lambda s, xs: step(s, *xs), state, (batches, rngs))
+
+    return lambda: scan(state, batches, rngs)[0]
+
+
+def make_hand_scan(w: Workload, n: int, num_steps: int, eval_every: int, stopper):
+    state = w.state(n)
+    batches, rngs = fit_batches(w, n, num_steps)
+    blocks = num_steps // eval_every
+    batches, rngs = jax.tree.map(lambda a: a.reshape(blocks, eval_every, *a.shape[1:]), (batches, rngs))
+    step = jax.vmap(w.step_fn)
+    stopper = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,)), stopper)
 
     @jax.jit
-    def step(state, perm, s, keys, stopped, xtr, ytr):
-        idx = jax.lax.dynamic_slice_in_dim(perm, (s % per_epoch) * BATCH, BATCH, axis=1)
-        batch = jax.vmap(lambda i: (jnp.take(xtr, i, axis=0), jnp.take(ytr, i, axis=0)))(idx)
-        rngs = jax.vmap(lambda k: jax.random.fold_in(k, s))(keys)
-        new, loss = jax.vmap(step_fn)(state, batch, rngs)
-        return jr.freeze_stopped(stopped, new, state), loss
+    def run(state, batches, rngs, val):
+        def block(carry, xs):
+            state, es = carry
+            new, _ = jax.lax.scan(lambda s, x: step(s, *x), state, xs)
+            state = jr.freeze_stopped(es.stopped, new, state)
+            val_loss, _ = jax.vmap(lambda s: w.eval_fn(s, val))(state)
+            es = jax.vmap(lambda st, e, m, p: st.update(e, m, p))(stopper, es, val_loss, state)
+            return (state, es), val_loss
+
+        es = jax.vmap(stopper.init)(state)
+        return jax.lax.scan(block, (state, es), (batches, rngs))[0]
+
+    return lambda: run(state, batches, rngs, w.val)[0]
+
+
+def make_dispatch(w: Workload, n: int, num_steps: int, eval_every: int, stopper):
+    state0 = w.state(n)
+    batches, rngs = fit_batches(w, n, num_steps)
+    per_step = [jax.tree.map(lambda a, s=s: a[s], (batches, rngs)) for s in range(num_steps)]
+    jax.block_until_ready(per_step)
+    stopper = jax.tree.map(lambda a: jnp.broadcast_to(a, (n,)), stopper)
+    step = jax.jit(jax.vmap(w.step_fn))
 
     @jax.jit
-    def evaluate(state, es, val):
-        val_loss, _ = jax.vmap(lambda st: eval_fn(st, val))(state)
-        return jax.vmap(stopper.update)(es, val_loss, state), val_loss
+    def evaluate(old, new, es, val):
+        new = jr.freeze_stopped(es.stopped, new, old)
+        val_loss, _ = jax.vmap(lambda s: w.eval_fn(s, val))(new)
+        return new, jax.vmap(lambda st, e, m, p: st.update(e, m, p))(stopper, es, val_loss, new)
 
     init_es = jax.jit(jax.vmap(stopper.init))
 
     def run():
         state, es = state0, init_es(state0)
-        perm = None
+        block_start = state
         for s in range(num_steps):
-            if s % per_epoch == 0:
-                perm = perms(data_keys, s // per_epoch)
-            state, _ = step(state, perm, s, step_keys, es.stopped, xtr, ytr)
-            if (s + 1) % EVAL_EVERY == 0:
-                es, _ = evaluate(state, es, val)
+            batch, rng = per_step[s]
+            state, _ = step(state, batch, rng)
+            if (s + 1) % eval_every == 0:
+                state, es = evaluate(block_start, state, es, w.val)
+                block_start = state
         return state
 
     return run
 
 
-def _timed(fn):
-    """Wall seconds of ``fn()`` to completion, and the compile log inside it."""
-    import time
+def _interleaved(fns: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    timings = jr.benchmark.interleave(
+        [lambda f=f: jax.block_until_ready(f()) for f in fns.values()], rounds=rounds, warmup=1, number=1
+    )
+    return {name: list(t.times) for name, t in zip(fns, timings)}
 
-    with jr.benchmark.compile_log() as log:
-        t0 = time.perf_counter()
-        out = fn()
-        if out is not None:
-            jax.block_until_ready(out)
-        wall = time.perf_counter() - t0
-    return wall, log
+
+def _ratio_row(section, workload, jaxreg, baseline, t_jaxreg, t_base, *, work, target, note="", extra=None) -> Row:
+    sp = [b / a for a, b in zip(t_jaxreg, t_base)]
+    return Row(
+        section, workload, jaxreg, baseline, unit="member-steps/s",
+        jaxreg_value=work / float(np.median(t_jaxreg)), baseline_value=work / float(np.median(t_base)),
+        ratio=float(np.median(sp)), ratio_q25=float(np.quantile(sp, 0.25)), ratio_q75=float(np.quantile(sp, 0.75)),
+        ratios=sp, target=target, note=note, extra=extra or {},
+    )  # fmt: skip
+
+
+def _never_stops(num_evals: int):
+    return jr.EarlyStopping(num_evals + 1)
+
+
+def _check_same_work(fit_state, other_state, what: str) -> str:
+    """Both sides ran the same steps: their final params agree to float32 rounding (else a note)."""
+    a, b = jax.tree.leaves(fit_state["params"]), jax.tree.leaves(other_state["params"])
+    err = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(a, b))
+    return "" if err < 1e-3 else f"; WARNING: final params differ from {what} by {err:.2g}"
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def dispatch_bound_rows(mode: str) -> list[Row]:
+    n, steps, every = 8, 400, 50
+    if mode == "tiny":
+        steps, every = 40, 20
+    w = linear_workload()
+    stopper = _never_stops(steps // every)
+    fit = make_fit(w, n, steps, every, stopper)
+    fns = {"fit": fit, "bare": make_bare_scan(w, n, steps), "dispatch": make_dispatch(w, n, steps, every, stopper)}
+    note = _check_same_work(fit().state, fns["bare"](), "the bare scan")
+    t = _interleaved(fns, 3 if mode == "tiny" else 2 * ROUNDS + 1)
+    work = n * steps
+    label = f"softmax regression 64-10, batch 32, {n} members x {steps} steps, eval every {every}"
+    return [
+        _ratio_row("5 fit/scan", label, "jr.fit (early stopping on)", "bare lax.scan (no evaluation)",
+                   t["fit"], t["bare"], work=work, target=">= 0.9", note="batches gathered before the call" + note),
+        _ratio_row("5 fit/scan", label, "jr.fit (early stopping on)", "per-step dispatch", t["fit"], t["dispatch"],
+                   work=work, target=">= 1.0", extra={"bare_vs_dispatch": [d / b for b, d in zip(t["bare"], t["dispatch"])]}),
+    ]  # fmt: skip
+
+
+def mlp_rows(mode: str) -> list[Row]:
+    members, steps, every = (1, 8, 32), 100, 20
+    if mode == "tiny":
+        members, steps = (2,), 40
+    w = mlp_workload()
+    rows = []
+    for n in members:
+        stopper = _never_stops(steps // every)
+        fns = {
+            "fit": make_fit(w, n, steps, every, stopper),
+            "scan": make_hand_scan(w, n, steps, every, stopper),
+            "dispatch": make_dispatch(w, n, steps, every, stopper),
+        }
+        t = _interleaved(fns, 3 if mode == "tiny" else ROUNDS)
+        best = [min(s, d) for s, d in zip(t["scan"], t["dispatch"])]
+        rows.append(
+            _ratio_row(
+                "5 fit/best", f"digits MLP, {n} members x {steps} steps, eval + early stopping every {every}",
+                "jr.fit", "best of hand scan and dispatch (per round)", t["fit"], best, work=n * steps,
+                target=">= 1.0",
+                note=f"vs hand scan {np.median([s / f for f, s in zip(t['fit'], t['scan'])]):.2f}, "
+                f"vs dispatch {np.median([d / f for f, d in zip(t['fit'], t['dispatch'])]):.2f}",
+                extra={"seconds": t},
+            )
+        )  # fmt: skip
+    return rows
+
+
+def spread_patience(num_members: int, num_evals: int) -> np.ndarray:
+    """Patience such that member i stops at evaluation ``ceil(E * ((i + 1) / N) ** 2)`` (1-based)."""
+    stop_at = np.ceil(num_evals * ((np.arange(num_members) + 1) / num_members) ** 2).astype(np.int32)
+    return np.maximum(stop_at - 1, 1)  # the first evaluation improves, then patience more without
+
+
+def compaction_rows(mode: str) -> list[Row]:
+    n, steps, every = 64, 100, 5
+    if mode == "tiny":
+        n, steps = 8, 40
+    w = mlp_workload()
+    patience = spread_patience(n, steps // every)
+    stopper = jr.EarlyStopping(jnp.asarray(patience), min_delta=1e30)  # only the first evaluation improves
+    runs = {
+        "compact": make_fit(w, n, steps, every, stopper),
+        "full": make_fit(w, n, steps, every, stopper, compact=False),
+    }
+    r_compact, r_full = runs["compact"](), runs["full"]()
+    err = max(
+        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(r_compact.state), jax.tree.leaves(r_full.state))
+    )
+    saved = 1 - r_compact.member_steps_computed / r_full.member_steps_computed
+    t = _interleaved(runs, 3)
+    row = _ratio_row(
+        "5 compaction", f"digits MLP, {n} members x {steps} steps, stops spread (patience {patience.min()}..{patience.max()})",
+        "jr.fit (compact=True)", "jr.fit (compact=False)", t["compact"], t["full"], work=n * steps, target=">= 1.8",
+        note=f"member-steps computed {r_compact.member_steps_computed} vs {r_full.member_steps_computed} "
+        f"({100 * saved:.0f}% saved); max |state difference| {err:.2g}",
+        extra={"member_steps": [r_compact.member_steps_computed, r_full.member_steps_computed]},
+    )  # fmt: skip
+    return [row]
+
+
+def halving_rows(mode: str) -> list[Row]:
+    n, every, rung = 64, 5, 2
+    if mode == "tiny":
+        n = 8
+    evals = rung * 2 ** int(math.log2(n))  # the last rung keeps 1 member at the end of the run
+    steps = evals * every
+    w = mlp_workload(per_member_lr=True)
+    state = w.state(n)
+    state = {**state, "lr": jnp.asarray(np.logspace(-4, -1, n), jnp.float32)}
+
+    def run(prune):
+        return jr.fit(
+            w.step_fn, w.eval_fn, state, w.train, w.val, rng=jax.random.key(1), num_steps=steps,
+            batch_size=w.batch_size, eval_every=every, num_members=n, prune=prune, progress=False,
+        )  # fmt: skip
+
+    sh = jr.SuccessiveHalving(eta=2, first_rung=rung)
+    r_sh, r_grid = run(sh), run(None)
+    t = _interleaved({"sh": lambda: run(sh).state, "grid": lambda: run(None).state}, 3)
+    frac = r_sh.member_steps_computed / r_grid.member_steps_computed
+    survivors = ~np.asarray(r_sh.history.stopped[:, -1])
+    best_sh = float(np.nanmin(np.asarray(r_sh.stopping.best_metric)[survivors]))
+    best_grid = float(np.nanmin(np.asarray(r_grid.stopping.best_metric)))
+    return [
+        Row(
+            "5 halving", f"digits MLP, {n} learning rates (1e-4..1e-1) x {steps} steps, rungs every x2 from eval {rung}",
+            "SuccessiveHalving(eta=2)", "full grid", unit="member-steps", jaxreg_value=r_sh.member_steps_computed,
+            baseline_value=r_grid.member_steps_computed, ratio=float(frac), target="<= 0.35 (member-steps)",
+            note=f"best val loss: survivor {best_sh:.4f}, grid {best_grid:.4f}; wall time ratio grid/sh "
+            f"{np.median([g / s for s, g in zip(t['sh'], t['grid'])]):.2f}",
+            extra={"seconds": t, "best_val": [best_sh, best_grid]},
+        )
+    ]  # fmt: skip
 
 
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
-    fit, why = fit_available()
-    n, steps = settings.train_members, settings.train_steps
-    workload = f"train {n} members x {steps} steps, early stopping"
-    if fit is None:
-        return [common.unavailable("5 training", workload, why, target=">= 1.6")]
     rows: list[Row] = []
-    fit_run = make_fit_run(n, steps)
-    dispatch_run = make_dispatch_run(n, steps)
-    walls: dict[str, list[float]] = {"fit": [], "dispatch": []}
-    compile_s: dict[str, list[float]] = {"fit": [], "dispatch": []}
-    for r in range(ROUNDS):
-        order = [("fit", fit_run), ("dispatch", dispatch_run)]
-        for name, fn in order if r % 2 == 0 else order[::-1]:
-            wall, log = _timed(fn)
-            walls[name].append(wall)
-            compile_s[name].append(log.total_s)
-    # Run time = wall time minus the compile time JAX reported inside the call (jr.fit compiles
-    # its chunk program on every call; the dispatch loop compiles its jits on the first).
-    run_s = {k: [w - c for w, c in zip(walls[k], compile_s[k])] for k in walls}
-    sp = [d / f for f, d in zip(run_s["fit"], run_s["dispatch"])]
-    sp_wall = [d / f for f, d in zip(walls["fit"], walls["dispatch"])]
-    tf = jr.benchmark.Timing(tuple(run_s["fit"]))
-    td = jr.benchmark.Timing(tuple(run_s["dispatch"]))
-    rows.append(
-        Row(
-            "5 training",
-            workload,
-            "jr.fit (scan)",
-            "per-step dispatch",
-            unit="member-steps/s",
-            jaxreg_value=n * steps / tf.median,
-            baseline_value=n * steps / td.median,
-            ratio=float(np.median(sp)),
-            ratio_q25=float(np.quantile(sp, 0.25)),
-            ratio_q75=float(np.quantile(sp, 0.75)),
-            ratios=sp,
-            jaxreg_rel_iqr=tf.rel_iqr,
-            baseline_rel_iqr=td.rel_iqr,
-            target=">= 1.6",
-            note=(
-                f"run time excl. compile (fit compiles {np.median(compile_s['fit']):.1f} s per call); "
-                f"end to end incl. compile: {np.median(sp_wall):.2f}x; no member stops (patience > evaluations)"
-            ),
-            extra={"wall_s": walls, "compile_s": compile_s, "run_s": run_s, "ratios_end_to_end": sp_wall},
-        )
-    )
-    # Compile time against the number of steps: one call of jr.fit stopped after its first chunk.
-    for s in settings.train_steps_compile:
-        wall, log = _timed(make_fit_run(n, s, first_chunk_only=True))
-        rows.append(
-            Row(
-                "5 compile",
-                f"jr.fit compile, {n} members x {s} steps",
-                "jr.fit",
-                "-",
-                unit="s",
-                jaxreg_value=log.total_s,
-                status="info",
-                note=f"{log.compiles} compiles (trace+lower+compile); call to the first chunk {wall:.1f} s",
-                extra={"compile": log.to_dict(), "wall_s": wall},
-            )
-        )
+    for make in (dispatch_bound_rows, mlp_rows, compaction_rows, halving_rows):
+        t0 = time.perf_counter()
+        rows += make(settings.mode)
+        ctx.setdefault("training_s", {})[make.__name__] = time.perf_counter() - t0
     return rows
+
+
+if __name__ == "__main__":
+    import sys
+
+    mode = sys.argv[1] if len(sys.argv) > 1 else "quick"
+    which = sys.argv[2:] or ["dispatch_bound_rows", "mlp_rows", "compaction_rows", "halving_rows"]
+    print(jr.benchmark.machine().to_dict().get("cpu", ""), jr.benchmark.allocator())
+    for name in which:
+        for row in globals()[name](mode):
+            print(f"{row.section:14s} {row.workload[:70]:70s} {row.jaxreg} vs {row.baseline}: ratio {row.ratio:.3f} "
+                  f"[{row.ratio_q25 or 0:.2f}, {row.ratio_q75 or 0:.2f}] {row.note}", flush=True)  # fmt: skip

@@ -80,7 +80,7 @@ def main() -> None:
         fresh_states(jax.random.key(0)),
         train,
         val,
-        key=jax.random.key(1),
+        rng=jax.random.key(1),
         num_steps=600,
         batch_size=BATCH,
         eval_every=20,
@@ -89,7 +89,7 @@ def main() -> None:
         progress=False,
     )
     stopped_at = [
-        int(result.history.step[np.argmax(s)]) if s.any() else None for s in np.asarray(result.history.stopped).T
+        int(result.history.step[np.argmax(s)]) if s.any() else None for s in np.asarray(result.history.stopped)
     ]
     retrained = jr.retrain(
         step,
@@ -97,7 +97,7 @@ def main() -> None:
         train,
         val,
         result.best_num_steps,
-        key=jax.random.key(3),
+        rng=jax.random.key(3),
         batch_size=BATCH,
         policy="epochs",
         num_members=len(SCALES),

@@ -10,6 +10,7 @@ from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stop
 from jaxreg.hyperparams import SweepableSchedule, SweepableState, schedule, sweepable
 from jaxreg.loss import Terms, regularize
 from jaxreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, tie
+from jaxreg.pruning import SuccessiveHalving  # issue 13
 from jaxreg.sharing import Share, Shared
 from jaxreg.training import FitResult, History, fit, retrain
 from jaxreg.transforms import add_penalty_grad, project, proximal, proximal_adam
@@ -76,6 +77,8 @@ __all__ = [
     "retrain",
     "retrain_budget",
     "Share",
+    # issue 13
+    "SuccessiveHalving",
     "Shared",
     "stats",
     "Terms",

@@ -24,12 +24,28 @@ def make_data(seed=0):
 
 TRAIN, VAL = make_data()
 
+# Tolerances. fit vmaps the step over members and scans it; the references run it alone, eagerly
+# jitted. XLA may then order each float32 sum differently: a sum of n terms rounds by at most
+# n * eps relative to the sum of its magnitudes. The longest sums here are over a batch (8) times
+# the hidden width (8), and errors of successive steps add, so after s steps
+# rtol = s * 64 * eps (params are O(1), so atol is the same number). An evaluation is one forward
+# pass over the N_VAL = 16 validation examples through 8 hidden units: rel = (16 + 8) * eps.
+EPS = float(np.finfo(np.float32).eps)
+HIDDEN = 8
+
+
+def steps_tol(num_steps, batch_size=8):
+    return num_steps * batch_size * HIDDEN * EPS
+
+
+EVAL_REL = (N_VAL + HIDDEN) * EPS
+
 
 # ---- flax linen model, dropout rate as a per-member hyperparameter in the state -----------------
 class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, rate, rng):
-        h = nn.relu(nn.Dense(8)(x))
+        h = nn.relu(nn.Dense(HIDDEN)(x))
         keep = jax.random.bernoulli(rng, 1.0 - rate, h.shape)
         h = jnp.where(keep, h / (1.0 - rate), 0.0)
         return nn.Dense(C)(h)
@@ -56,7 +72,8 @@ def step(state, batch, rng):
         return xent(model.apply(p, x, state["rate"], rng), y)
 
     loss, g = jax.value_and_grad(loss_fn)(state["params"])
-    updates, opt_state = opt.update(g, state["opt"], state["params"])
+    with jax.numpy_dtype_promotion("standard"):  # optax.scale_by_adam computes b ** count (int32)
+        updates, opt_state = opt.update(g, state["opt"], state["params"])
     return {**state, "params": optax.apply_updates(state["params"], updates), "opt": opt_state}, loss
 
 
@@ -75,6 +92,11 @@ def stack(states):
 
 def member(tree, i):
     return jax.tree.map(lambda a: a[i], tree)
+
+
+BASE = dict(rng=jax.random.key(0), num_steps=12, batch_size=8, eval_every=4, progress=False)
+S0 = init_state(0)
+STACKED = stack([init_state(0), init_state(1)])
 
 
 def reference_loop(state, key, num_steps, batch_size, eval_every, member_index=0, num_members=1):
@@ -105,22 +127,33 @@ def test_single_model_matches_python_loop_and_history_matches_direct_evaluation(
     s0 = init_state(0, rate=0.25)
     # 5 steps per epoch, evaluations every 4 steps, chunks of 8: epochs straddle evaluations and chunks
     result = jr.fit(
-        step, evaluate, s0, TRAIN, VAL, key=key, num_steps=16, batch_size=8, eval_every=4, chunk_size=8, progress=False
+        step,
+        evaluate,
+        s0,
+        TRAIN,
+        VAL,
+        rng=key,
+        num_steps=16,
+        batch_size=8,
+        eval_every=4,
+        steps_per_chunk=8,
+        progress=False,
     )
     ref_state, ref_train, ref_val = reference_loop(s0, key, 16, 8, 4)
-    chex.assert_trees_all_close(result.state, ref_state, rtol=2e-5, atol=2e-6)
-    np.testing.assert_allclose(result.history.train_loss, ref_train, rtol=2e-5)
-    np.testing.assert_allclose(result.history.val_loss, ref_val, rtol=2e-5)
+    tol = steps_tol(16)
+    chex.assert_trees_all_close(result.state, ref_state, rtol=tol, atol=tol)
+    np.testing.assert_allclose(result.history.train_loss, ref_train, rtol=tol)
+    np.testing.assert_allclose(result.history.val_loss, ref_val, rtol=tol)
     np.testing.assert_array_equal(result.history.step, [4, 8, 12, 16])
     assert result.num_steps == 16
     # the last recorded validation loss is that of the final params, and the best is the minimum
     val, acc = evaluate(result.state, VAL)
-    assert float(result.history.val_loss[-1]) == pytest.approx(float(val), rel=1e-6)
-    assert float(result.history.metric[-1]) == pytest.approx(float(acc), rel=1e-6)
+    assert float(result.history.val_loss[-1]) == pytest.approx(float(val), rel=EVAL_REL)
+    assert float(result.history.metric[-1]) == pytest.approx(float(acc), rel=EVAL_REL)
     best = int(np.argmin(result.history.val_loss))
     assert int(result.stopping.best_step) == best
     assert int(result.best_num_steps) == 4 * (best + 1)
-    assert float(evaluate(result.best, VAL)[0]) == pytest.approx(float(result.history.val_loss[best]), rel=1e-6)
+    assert float(evaluate(result.best, VAL)[0]) == pytest.approx(float(result.history.val_loss[best]), rel=EVAL_REL)
 
 
 def test_ensemble_members_shuffle_differently_and_see_every_example_once_per_epoch():
@@ -142,7 +175,7 @@ def test_ensemble_members_shuffle_differently_and_see_every_example_once_per_epo
         None,
         s,
         (jnp.arange(n),),
-        key=jax.random.key(0),
+        rng=jax.random.key(0),
         num_steps=6,
         batch_size=bs,
         eval_every=3,
@@ -165,19 +198,20 @@ def test_ensemble_member_equals_python_loop_of_that_member():
         stack(states),
         TRAIN,
         VAL,
-        key=key,
+        rng=key,
         num_steps=8,
         batch_size=8,
         eval_every=4,
-        chunk_size=8,
+        steps_per_chunk=8,
         num_members=2,
         progress=False,
     )
     for i in range(2):
         ref_state, ref_train, ref_val = reference_loop(states[i], key, 8, 8, 4, member_index=i, num_members=2)
-        chex.assert_trees_all_close(member(result.state, i), ref_state, rtol=2e-5, atol=2e-6)
-        np.testing.assert_allclose(result.history.val_loss[:, i], ref_val, rtol=2e-5)
-        np.testing.assert_allclose(result.history.train_loss[:, i], ref_train, rtol=2e-5)
+        tol = steps_tol(8)
+        chex.assert_trees_all_close(member(result.state, i), ref_state, rtol=tol, atol=tol)
+        np.testing.assert_allclose(result.history.val_loss[i], ref_val, rtol=tol)
+        np.testing.assert_allclose(result.history.train_loss[i], ref_train, rtol=tol)
 
 
 def test_early_stopping_freezes_stopped_members_and_ends_when_all_stopped():
@@ -195,11 +229,11 @@ def test_early_stopping_freezes_stopped_members_and_ends_when_all_stopped():
         states,
         TRAIN,
         VAL,
-        key=jax.random.key(1),
+        rng=jax.random.key(1),
         num_steps=40,
         batch_size=8,
         eval_every=2,
-        chunk_size=2,
+        steps_per_chunk=2,
         num_members=3,
         early_stopping=jr.EarlyStopping(patience),
         monitor="metric",
@@ -207,10 +241,10 @@ def test_early_stopping_freezes_stopped_members_and_ends_when_all_stopped():
         progress=False,
     )
     stopped = np.asarray(result.history.stopped)
-    first_stop = [int(np.argmax(stopped[:, i])) for i in range(3)]
+    first_stop = [int(np.argmax(stopped[i])) for i in range(3)]
     assert first_stop == [1, 2, 4]
     # all stopped after evaluation 4 (chunk 5): the run ends there and the history is cut
-    assert result.num_steps == 10 and result.history.val_loss.shape == (5, 3)
+    assert result.num_steps == 10 and result.history.val_loss.shape == (3, 5)
     np.testing.assert_array_equal(result.stopping.best_step, [0, 0, 0])
     np.testing.assert_array_equal(result.best_num_steps, [2, 2, 2])
     for i in range(3):
@@ -229,11 +263,11 @@ def test_early_stopping_freezes_stopped_members_and_ends_when_all_stopped():
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     states = stack([init_state(i, rate=0.25) for i in range(2)])
     kwargs = dict(
-        key=jax.random.key(5),
+        rng=jax.random.key(5),
         num_steps=32,
         batch_size=8,
         eval_every=4,
-        chunk_size=8,
+        steps_per_chunk=8,
         num_members=2,
         early_stopping=jr.EarlyStopping(jnp.array([2, 50]), min_delta=1e-3),
         progress=False,
@@ -265,9 +299,31 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     chex.assert_trees_all_equal(resumed.best, full.best)
     chex.assert_trees_all_equal(resumed.history, full.history)
     chex.assert_trees_all_equal(resumed.stopping, full.stopping)
-    # a checkpoint of another schedule is refused
-    with pytest.raises(ValueError, match="checkpoint_dir holds a run of another schedule"):
-        jr.fit(step, evaluate, states, TRAIN, VAL, checkpoint_dir=tmp_path / "ckpt", **{**kwargs, "chunk_size": 4})
+
+
+CKPT_RUN = dict(rng=jax.random.key(5), num_steps=16, batch_size=8, eval_every=4, steps_per_chunk=8, progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_of_a_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ckpt")
+    jr.fit(step, evaluate, S0, TRAIN, VAL, checkpoint_dir=directory, **CKPT_RUN)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "changed, match",
+    [
+        ({"rng": jax.random.key(6)}, r"another schedule: rng = \[0, 5\] there, rng = \[0, 6\] in this call"),
+        ({"num_steps": 32}, r"another schedule: num_steps = 16 there, num_steps = 32 in this call"),
+        ({"batch_size": 4}, r"another schedule: batch_size = 8 there, batch_size = 4 in this call"),
+        ({"eval_every": 2}, r"another schedule: eval_every = 4 there, eval_every = 2 in this call"),
+        ({"steps_per_chunk": 4}, r"another schedule: steps_per_chunk = 8 there, steps_per_chunk = 4 in this call"),
+    ],
+)
+def test_resume_with_other_arguments_is_refused(checkpoint_of_a_run, changed, match):
+    with pytest.raises(ValueError, match=match):
+        jr.fit(step, evaluate, S0, TRAIN, VAL, checkpoint_dir=checkpoint_of_a_run, **{**CKPT_RUN, **changed})
 
 
 def test_compiled_once_whatever_the_number_of_steps():
@@ -278,22 +334,25 @@ def test_compiled_once_whatever_the_number_of_steps():
         return step(state, batch, rng)
 
     s0 = init_state(0)
-    for num_steps in (4, 20):  # 1 chunk, then 5 chunks: the same program, traced once
+    per_call = []
+    for num_steps in (4, 20):  # 1 chunk, then 5 chunks: the same program, traced on the first call only
         r = jr.fit(
             counted_step,
             evaluate,
             s0,
             TRAIN,
             VAL,
-            key=jax.random.key(0),
+            rng=jax.random.key(0),
             num_steps=num_steps,
             batch_size=8,
             eval_every=2,
-            chunk_size=4,
+            steps_per_chunk=4,
             progress=False,
         )
         assert r.num_steps == num_steps
-    assert len(traces) == 1, f"step traced {len(traces)} times"
+        per_call.append(len(traces))
+    # the first trace runs the step twice (the contract check by jax.eval_shape, then the scan)
+    assert per_call == [2, 2], f"step traced {per_call} times after each call"
 
 
 def test_nnx_model_via_split_merge():
@@ -326,16 +385,16 @@ def test_nnx_model_via_split_merge():
         (params, tx.init(params)),
         TRAIN,
         VAL,
-        key=jax.random.key(2),
+        rng=jax.random.key(2),
         num_steps=30,
         batch_size=10,
         eval_every=10,
         snapshot_fn=lambda s: s[0],
         progress=False,
     )
-    assert float(result.history.val_loss[-1]) == pytest.approx(float(nnx_loss(result.state[0], *VAL)), rel=1e-6)
+    assert float(result.history.val_loss[-1]) == pytest.approx(float(nnx_loss(result.state[0], *VAL)), rel=EVAL_REL)
     best = int(np.argmin(result.history.val_loss))
-    assert float(nnx_loss(result.best, *VAL)) == pytest.approx(float(result.history.val_loss[best]), rel=1e-6)
+    assert float(nnx_loss(result.best, *VAL)) == pytest.approx(float(result.history.val_loss[best]), rel=EVAL_REL)
     assert float(result.history.train_loss[-1]) < float(result.history.train_loss[0])  # SGD on this data learns
     assert isinstance(result.best, nnx.State)
 
@@ -349,7 +408,7 @@ def test_retrain_runs_each_member_for_its_budget_on_all_data():
     budgets = jnp.array([3, 5])
     s = {"n": jnp.zeros((2,), jnp.int32), "seen": jnp.zeros((2, n_train + n_val), jnp.int32)}
     r = jr.retrain(
-        count_step, s, (jnp.arange(n_train),), (n_train + jnp.arange(n_val),), budgets, key=jax.random.key(0),
+        count_step, s, (jnp.arange(n_train),), (n_train + jnp.arange(n_val),), budgets, rng=jax.random.key(0),
         batch_size=bs, policy="epochs", num_members=2, progress=False,
     )  # fmt: skip
     # 3 updates = 1 epoch of 3; on 16 examples 1 epoch = 4 updates. 5 updates -> ceil(5 * 4 / 3) = 7
@@ -358,35 +417,127 @@ def test_retrain_runs_each_member_for_its_budget_on_all_data():
     assert int(r.state["seen"][1].sum()) == 7 * bs
 
 
-def test_bad_arguments():
-    s0 = init_state(0)
-    base = dict(key=jax.random.key(0), num_steps=12, batch_size=8, eval_every=4, progress=False)
-    with pytest.raises(ValueError, match=r"eval_every must divide num_steps .* got eval_every = 5 for num_steps = 12"):
-        jr.fit(step, evaluate, s0, TRAIN, VAL, **{**base, "eval_every": 5})
-    with pytest.raises(ValueError, match=r"chunk_size must be a multiple of eval_every = 4 .* got chunk_size = 6"):
-        jr.fit(step, evaluate, s0, TRAIN, VAL, chunk_size=6, **base)
-    with pytest.raises(ValueError, match=r"batch_size must be at most the 40 training examples, got batch_size = 41"):
-        jr.fit(step, evaluate, s0, TRAIN, VAL, **{**base, "batch_size": 41})
-    with pytest.raises(ValueError, match=r"monitor must be \"val_loss\" or \"metric\", got monitor = 'acc'"):
-        jr.fit(step, evaluate, s0, TRAIN, VAL, monitor="acc", **base)
-    with pytest.raises(ValueError, match=r"early_stopping needs an eval_fn"):
-        jr.fit(step, None, s0, TRAIN, VAL, early_stopping=jr.EarlyStopping(2), **base)
-    stacked = stack([init_state(0), init_state(1)])
-    with pytest.raises(ValueError, match=r"leading member axis of size num_members = 3, got state.* with shape \(2"):
-        jr.fit(step, evaluate, stacked, TRAIN, VAL, num_members=3, **base)
-    with pytest.raises(
-        ValueError,
-        match=r"early_stopping.patience must be a scalar or have shape \(num_members,\) = \(2,\), got shape \(3,\)",
-    ):
-        jr.fit(
+def bad_step_pair(state, batch, rng):  # returns the new state only
+    return step(state, batch, rng)[0]
+
+
+def bad_step_structure(state, batch, rng):  # drops the optimizer state
+    new, loss = step(state, batch, rng)
+    return {"params": new["params"], "rate": new["rate"]}, loss
+
+
+def bad_step_shape(state, batch, rng):  # the rate grows an axis
+    new, loss = step(state, batch, rng)
+    return {**new, "rate": jnp.stack([new["rate"], new["rate"]])}, loss
+
+
+def bad_step_loss(state, batch, rng):  # per-example losses instead of their mean
+    new, _ = step(state, batch, rng)
+    return new, jnp.zeros((batch[0].shape[0],))
+
+
+def bad_eval_vector(state, data):  # per-example losses
+    return jnp.zeros((data[0].shape[0],)), 0.0
+
+
+BAD_CALLS = {
+    "eval_every": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, **{**BASE, "eval_every": 5}),
+        r"eval_every must divide num_steps .* got eval_every = 5 for num_steps = 12",
+    ),
+    "steps_per_chunk": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, steps_per_chunk=6, **BASE),
+        r"steps_per_chunk must be a multiple of eval_every = 4 .* got steps_per_chunk = 6",
+    ),
+    "batch_size": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, **{**BASE, "batch_size": 41}),
+        r"batch_size must be at most the 40 training examples, got batch_size = 41",
+    ),
+    "monitor": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, monitor="acc", **BASE),
+        r"monitor must be \"val_loss\" or \"metric\", got monitor = 'acc'",
+    ),
+    "early_stopping_without_eval": (
+        lambda: jr.fit(step, None, S0, TRAIN, VAL, early_stopping=jr.EarlyStopping(2), **BASE),
+        r"early_stopping needs an eval_fn",
+    ),
+    "prune_without_eval": (
+        lambda: jr.fit(step, None, S0, TRAIN, VAL, prune=jr.SuccessiveHalving(2, 1), **BASE),
+        r"prune needs an eval_fn",
+    ),
+    "prune_eta": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, prune=jr.SuccessiveHalving(eta=1), **BASE),
+        r"fit: SuccessiveHalving.eta must be an int >= 2, got eta = 1",
+    ),
+    "member_axis": (
+        lambda: jr.fit(step, evaluate, STACKED, TRAIN, VAL, num_members=3, **BASE),
+        r"leading member axis of size num_members = 3, got state.* with shape \(2",
+    ),
+    "stopper_member_axis": (
+        lambda: jr.fit(
             step,
             evaluate,
-            stacked,
+            STACKED,
             TRAIN,
             VAL,
             num_members=2,
             early_stopping=jr.EarlyStopping(jnp.array([1, 2, 3])),
-            **base,
-        )
-    with pytest.raises(ValueError, match=r"same leading \(example\) axis"):
-        jr.fit(step, evaluate, s0, (TRAIN[0], TRAIN[1][:5]), VAL, **base)
+            **BASE,
+        ),
+        r"early_stopping.patience must be a scalar or have shape \(num_members,\) = \(2,\), got shape \(3,\)",
+    ),
+    "member_steps_axis": (
+        lambda: jr.fit(step, evaluate, STACKED, TRAIN, VAL, num_members=2, member_steps=np.array([4, 8, 12]), **BASE),
+        r"member_steps must be a scalar or have shape \(num_members,\) = \(2,\), got shape \(3,\)",
+    ),
+    "example_axis": (
+        lambda: jr.fit(step, evaluate, S0, (TRAIN[0], TRAIN[1][:5]), VAL, **BASE),
+        r"same leading \(example\) axis",
+    ),
+    "key_and_rng": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, key=jax.random.key(1), **BASE),
+        r"fit: pass rng only \(key is its deprecated name\), got both",
+    ),
+    "step_not_a_pair": (
+        lambda: jr.fit(bad_step_pair, evaluate, S0, TRAIN, VAL, **BASE),
+        r"step_fn must return a pair \(new_state, loss\) for one member, got \{'opt'",
+    ),
+    "step_structure": (
+        lambda: jr.fit(bad_step_structure, evaluate, S0, TRAIN, VAL, **BASE),
+        r"step_fn must return a new_state with the structure of state, got new_state = \{'params'",
+    ),
+    "step_leaf_shape": (
+        lambda: jr.fit(bad_step_shape, evaluate, S0, TRAIN, VAL, **BASE),
+        r"step_fn must keep every leaf's shape and dtype .* got new_state\['rate'\] = float32\[2\] for "
+        r"state\['rate'\] = float32\[\]",
+    ),
+    "step_vector_loss": (
+        lambda: jr.fit(bad_step_loss, evaluate, S0, TRAIN, VAL, **BASE),
+        r"step_fn must return a scalar loss for one member, got loss = float32\[8\]",
+    ),
+    "step_in_ensemble": (
+        lambda: jr.fit(bad_step_loss, evaluate, STACKED, TRAIN, VAL, num_members=2, **BASE),
+        r"step_fn must return a scalar loss for one member, got loss = float32\[8\]",
+    ),
+    "eval_vector": (
+        lambda: jr.fit(step, bad_eval_vector, S0, TRAIN, VAL, **BASE),
+        r"eval_fn must return a scalar val_loss or a pair \(val_loss, metric\) of scalars for one member, "
+        r"got \('float32\[16\]', 'float32\[\]'\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_arguments(case):
+    call, match = BAD_CALLS[case]
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_deprecated_names_warn_and_keep_working():
+    kwargs = dict(num_steps=8, batch_size=8, eval_every=4, progress=False)
+    new = jr.fit(step, evaluate, S0, TRAIN, VAL, rng=jax.random.key(4), steps_per_chunk=4, **kwargs)
+    with pytest.warns(DeprecationWarning, match=r"fit: key= is deprecated, use rng="):
+        with pytest.warns(DeprecationWarning, match=r"fit: chunk_size= is deprecated, use steps_per_chunk="):
+            old = jr.fit(step, evaluate, S0, TRAIN, VAL, key=jax.random.key(4), chunk_size=4, **kwargs)
+    chex.assert_trees_all_equal(old.state, new.state)

@@ -280,13 +280,13 @@ def train(
         state,
         (x_tr, y_tr, jnp.arange(n, dtype=jnp.int32)),
         (jnp.asarray(data["x_val"]), jnp.asarray(data["y_val"])),
-        key=jax.random.fold_in(jax.random.PRNGKey(seed), 7),
+        rng=jax.random.fold_in(jax.random.PRNGKey(seed), 7),
         num_steps=num_steps,
         batch_size=n,
         eval_every=config.eval_every,
         num_members=num_members,
         snapshot_fn=lambda s: s.params,
-        chunk_size=_chunk_size(num_steps, config.eval_every),
+        steps_per_chunk=_chunk_size(num_steps, config.eval_every),
         progress=progress,
     )
     final = jax.device_get(result.state.params)  # numpy from here on: no eager op compiles
@@ -297,9 +297,9 @@ def train(
         best=jax.device_get(result.best),
         best_step=np.asarray(result.best_num_steps),
         step=np.asarray(h.step),
-        train_loss=np.asarray(h.train_loss).T,
-        val_loss=np.asarray(h.val_loss).T,
-        val_acc=np.asarray(h.metric).T,
+        train_loss=np.asarray(h.train_loss),
+        val_loss=np.asarray(h.val_loss),
+        val_acc=np.asarray(h.metric),
         num_steps=int(result.num_steps),
         wall_s=wall,
     )

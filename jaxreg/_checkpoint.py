@@ -1,0 +1,89 @@
+"""Orbax I/O of :func:`jaxreg.fit`'s resumable checkpoints (private).
+
+A checkpoint holds three items: ``meta`` (JSON: the schedule the run was started with, the
+rng's key data included, so another call cannot silently continue it), ``carry`` (the training
+state and the early-stopping state, flattened to numbered leaves) and ``history`` (the host-side
+records so far, plus the progress counters).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def open_manager(directory: str | os.PathLike) -> Any:
+    """An orbax ``CheckpointManager`` on ``directory`` keeping the last two checkpoints."""
+    ocp = _ocp()
+    return ocp.CheckpointManager(
+        os.path.abspath(os.fspath(directory)), options=ocp.CheckpointManagerOptions(max_to_keep=2)
+    )
+
+
+def _numbered(tree: PyTree) -> dict[str, Any]:
+    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def _describe(value: Any) -> str:
+    return repr(value) if not isinstance(value, list) or len(value) <= 8 else f"{value[:8]!r}..."
+
+
+def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.ndarray], meta: dict[str, Any]):
+    """The latest checkpoint as ``(progress, carry, records)``, or ``None`` if there is none.
+
+    Raises:
+      ValueError: if the checkpoint's ``meta`` differs from ``meta`` (another schedule or rng).
+    """
+    latest = manager.latest_step()
+    if latest is None:
+        return None
+    ocp = _ocp()
+    saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    for name, value in meta.items():
+        if saved.get(name) != value:
+            raise ValueError(
+                f"fit: checkpoint_dir holds a run of another schedule: {name} = {_describe(saved.get(name))} "
+                f"there, {name} = {_describe(value)} in this call; pass the arguments of that run to resume it, "
+                f"or another checkpoint_dir; got checkpoint_dir = {os.fspath(directory)!r}."
+            )
+    leaves, treedef = jax.tree.flatten(carry)
+    target = {"carry": _numbered(carry), "history": {**records}}
+    item = manager.restore(
+        latest,
+        args=ocp.args.Composite(
+            carry=ocp.args.StandardRestore(target["carry"]), history=ocp.args.StandardRestore(target["history"])
+        ),
+    )
+    carry = jax.tree.unflatten(treedef, [jnp.asarray(item["carry"][str(i)]) for i in range(len(leaves))])
+    records = {name: np.array(item["history"][name]) for name in records}
+    return records.pop("progress"), carry, records
+
+
+def save(manager: Any, index: int, carry: PyTree, records: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Saves checkpoint ``index`` (asynchronously; ``manager.wait_until_finished`` joins it)."""
+    ocp = _ocp()
+    manager.save(
+        index,
+        args=ocp.args.Composite(
+            meta=ocp.args.JsonSave(meta),
+            carry=ocp.args.StandardSave(_numbered(carry)),
+            history=ocp.args.StandardSave({name: np.array(value) for name, value in records.items()}),
+        ),
+    )
+
+
+def close(manager: Any) -> None:
+    manager.wait_until_finished()
+    manager.close()
