@@ -19,6 +19,13 @@ from jaxreg.uncertainty import (
 )
 from jaxreg.variational import kl_normal
 
+# isort: split
+# issue 16: regularizers on the model
+from jaxreg import mixing, noise, spectral
+from jaxreg.mixing import cutmix, mixup
+from jaxreg.noise import drop_path, dropconnect, gaussian_dropout, gaussian_noise, mc_dropconnect
+from jaxreg.spectral import orthogonal, orthogonalize, spectral_norm, spectral_penalty
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -62,4 +69,19 @@ __all__ = [
     "tie",
     "unit_norm",
     "variational",
+    # issue 16
+    "cutmix",
+    "dropconnect",
+    "drop_path",
+    "gaussian_dropout",
+    "gaussian_noise",
+    "mc_dropconnect",
+    "mixing",
+    "mixup",
+    "noise",
+    "orthogonal",
+    "orthogonalize",
+    "spectral",
+    "spectral_norm",
+    "spectral_penalty",
 ]
