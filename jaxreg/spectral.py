@@ -80,7 +80,9 @@ def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Arra
 
 
 def _as_matrix(x: jax.Array) -> jax.Array:
-    return jnp.reshape(x, (-1, x.shape[-1]))
+    """``x`` as ``(prod(shape[:-1]), shape[-1])``, in at least float32 (no bfloat16 SVDs or power iterations)."""
+    m = jnp.reshape(x, (-1, x.shape[-1]))
+    return m.astype(jnp.float32) if jnp.finfo(m.dtype).bits < 32 else m
 
 
 def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -133,6 +135,7 @@ def power_iteration(matrix: jax.Array, v: jax.Array, num_iters: int = 1) -> tupl
 
 
 def _start_vector(index: int, n: int, dtype: Any) -> jax.Array:
+    dtype = jnp.float32 if jnp.finfo(dtype).bits < 32 else dtype
     # A fixed random start (so that init needs no key): almost surely not orthogonal to the top
     # singular vector, unlike a constant vector.
     return jax.random.normal(jax.random.fold_in(jax.random.key(0), index), (n,), dtype)
@@ -155,7 +158,7 @@ class SpectralNormState(NamedTuple):
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["max_value"], meta_fields=["mask", "num_iters"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SpectralNorm:
     r"""Caps the largest singular value of each selected kernel at ``max_value``.
 
@@ -281,7 +284,7 @@ def _total(terms: list[jax.Array], dtype: Any) -> jax.Array:
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["scale"], meta_fields=["mask", "num_iters"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SpectralPenalty(Penalty):
     r"""``scale`` times the sum of the squared estimated top singular values; see :func:`spectral_penalty`."""
 
@@ -349,7 +352,7 @@ def _gram(m: jax.Array, mode: str) -> jax.Array:
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["scale"], meta_fields=["mode", "mask"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Orthogonal(Penalty):
     r"""Soft orthogonality :math:`\lambda \|M M^\top - I\|_F^2` (rows) or :math:`\lambda \|M^\top M - I\|_F^2`; see :func:`orthogonal`."""
 
@@ -419,7 +422,7 @@ def _polar(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["mask"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Orthogonalize:
     r"""Projects each selected kernel onto its polar factor; see :func:`orthogonalize`."""
 
