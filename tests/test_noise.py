@@ -212,6 +212,17 @@ def test_mc_dropconnect_is_mean_and_variance_of_dropconnect_samples():
     np.testing.assert_allclose(np.asarray(pred.variance), samples.var(0), atol=1e-6)
 
 
+def test_mc_dropconnect_rate_sweep_is_vmap():
+    w, x = jnp.ones((40, 1)), jnp.ones((1, 40))
+    rates = jnp.array([0.0, 0.5], jnp.float32)
+    preds = jax.jit(jax.vmap(lambda r: jr.mc_dropconnect(lambda p, v: v @ p, w, x, jax.random.key(16), 512, r)))(rates)
+    np.testing.assert_array_equal(np.asarray(preds.mean[0]), 40.0)  # rate 0: every mask keeps all
+    np.testing.assert_array_equal(np.asarray(preds.variance[0]), 0.0)
+    # rate 1/2: each output is 2 * Binomial(40, 1/2), variance 40; sample variance within 6 sd.
+    var = 40.0
+    _assert_within(float(preds.variance[1, 0, 0]), var, var * math.sqrt(2.0 / 511))
+
+
 def test_dropconnect_rate_sweep_is_vmap():
     params = {"w": jnp.ones((200, 100))}
     rates = jnp.array([0.0, 0.5], jnp.float32)

@@ -295,6 +295,25 @@ def test_orthogonalize_with_project_and_sweeps():
         jr.orthogonal(1.0).prox(params, 0.1)
 
 
+def test_orthogonalize_vmaps_over_members_and_penalties_compose():
+    stacked = jax.random.normal(jax.random.key(9), (3, 5, 4))  # 3 ensemble members
+    q = jax.jit(jax.vmap(jr.orthogonalize()))(stacked)
+    for i in range(3):
+        polar, _ = scipy.linalg.polar(np.asarray(stacked[i], np.float64))
+        cond = np.linalg.cond(np.asarray(stacked[i], np.float64))
+        np.testing.assert_allclose(np.asarray(q[i]), polar, atol=32 * EPS32 * cond)
+    params = _params()
+    total = jr.orthogonal(0.1) + 2.0 * jr.spectral_penalty(0.5, num_iters=30) + jr.l2(0.3)
+    expected = float(jr.orthogonal(0.1)(params)) + 2.0 * float(jr.spectral_penalty(0.5, num_iters=30)(params))
+    expected += float(jr.l2(0.3)(params))
+    np.testing.assert_allclose(float(jax.jit(total)(params)), expected, rtol=16 * EPS32)
+    fn = jr.regularize(lambda p: jnp.zeros([]), jr.orthogonal(0.1))
+    (value, terms), grads = jax.value_and_grad(fn, has_aux=True)(params)
+    np.testing.assert_allclose(float(terms.penalty), float(jr.orthogonal(0.1)(params)), rtol=4 * EPS32)
+    np.testing.assert_allclose(float(value), float(terms.penalty), rtol=4 * EPS32)
+    chex.assert_trees_all_close(grads, jax.grad(jr.orthogonal(0.1))(params), rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input: one case per test
 
