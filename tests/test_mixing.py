@@ -49,7 +49,7 @@ def test_mixup_mixes_inputs_and_labels_exactly_with_flipped_partner():
 
 def test_mixup_alpha_sweep_is_one_compile():
     x, y = _probe_batch(), jax.nn.one_hot(jnp.arange(5), 5)
-    keys = jax.random.split(jax.random.key(2), 4000)
+    keys = jax.random.split(jax.random.key(2), 1000)
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -61,8 +61,9 @@ def test_mixup_alpha_sweep_is_one_compile():
         var = 1.0 / (4.0 * (2.0 * alpha + 1.0))  # Var of Beta(a, a)
         assert abs(lam.mean() - 0.5) <= SIGMAS * math.sqrt(var / lam.size), (alpha, lam.mean())
     swept = jax.vmap(lambda a: jr.mixup(jax.random.key(3), x, y, a)[1])(jnp.array([0.5, 2.0], jnp.float32))
+    single = jax.jit(lambda a: jr.mixup(jax.random.key(3), x, y, a)[1])
     for i, a in enumerate((0.5, 2.0)):
-        np.testing.assert_array_equal(np.asarray(swept[i]), np.asarray(jr.mixup(jax.random.key(3), x, y, a)[1]))
+        np.testing.assert_array_equal(np.asarray(swept[i]), np.asarray(single(jnp.float32(a))))
 
 
 def _constant_images(n=4, h=9, w=7, c=2):
@@ -107,7 +108,7 @@ def _timm_box_areas(rng, alpha, h, w, k):
 
 
 def test_cutmix_box_distribution_matches_timm():
-    n, h, w, k, alpha = 2, 12, 10, 3000, 1.0
+    n, h, w, k, alpha = 2, 12, 10, 2000, 1.0
     x = _constant_images(n, h, w, 1)
     y = jax.nn.one_hot(jnp.arange(n), n)
     xm, ym = jax.jit(jax.vmap(lambda key: jr.cutmix(key, x, y, alpha)))(jax.random.split(jax.random.key(4), k))
@@ -126,8 +127,9 @@ def test_cutmix_alpha_sweep_is_vmap():
     y = jax.nn.one_hot(jnp.arange(2), 2)
     alphas = jnp.array([0.3, 3.0], jnp.float32)
     xm, ym = jax.jit(jax.vmap(lambda a: jr.cutmix(jax.random.key(6), x, y, a)))(alphas)
+    single = jax.jit(lambda a: jr.cutmix(jax.random.key(6), x, y, a))
     for i, a in enumerate(alphas.tolist()):
-        xi, yi = jr.cutmix(jax.random.key(6), x, y, a)
+        xi, yi = single(jnp.float32(a))
         np.testing.assert_array_equal(np.asarray(xm[i]), np.asarray(xi))
         np.testing.assert_allclose(np.asarray(ym[i]), np.asarray(yi), atol=EPS32)
 
