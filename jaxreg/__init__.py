@@ -38,6 +38,12 @@ from jaxreg.averaging import (  # isort: skip
 from jaxreg.early_stopping import PlateauState, ReduceOnPlateau  # isort: skip
 from jaxreg.gradient_noise import GradientNoiseState, add_gradient_noise  # isort: skip
 from jaxreg.sharpness import sam_gradient  # isort: skip
+# isort: split
+# issue 16: regularizers on the model
+from jaxreg import mixing, noise, spectral
+from jaxreg.mixing import cutmix, mixup
+from jaxreg.noise import drop_path, dropconnect, gaussian_dropout, gaussian_noise, mc_dropconnect
+from jaxreg.spectral import orthogonal, orthogonalize, spectral_norm, spectral_penalty
 
 __version__ = "0.1.0"
 
@@ -105,4 +111,19 @@ __all__ = [
     "swag",
     "swag_sample",
     "SwagState",
+    # issue 16
+    "cutmix",
+    "dropconnect",
+    "drop_path",
+    "gaussian_dropout",
+    "gaussian_noise",
+    "mc_dropconnect",
+    "mixing",
+    "mixup",
+    "noise",
+    "orthogonal",
+    "orthogonalize",
+    "spectral",
+    "spectral_norm",
+    "spectral_penalty",
 ]

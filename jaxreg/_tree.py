@@ -49,7 +49,7 @@ def pytree_dataclass(*, data: list[str], meta: list[str]) -> Callable[[type], ty
 
     def wrap(cls: type) -> type:
         return jax.tree_util.register_dataclass(
-            dataclasses.dataclass(frozen=True)(cls), data_fields=data, meta_fields=meta
+            dataclasses.dataclass(frozen=True, eq=False)(cls), data_fields=data, meta_fields=meta
         )
 
     return wrap

@@ -28,6 +28,7 @@ PyTree = Any
 
 __all__ = [
     "ProximalAdamState",
+    "ProjectState",
     "ProximalState",
     "add_penalty_grad",
     "project",
@@ -264,19 +265,34 @@ def proximal_adam(
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+class ProjectState(NamedTuple):
+    """State of :func:`project` with a stateful constraint: the constraint's own state."""
+
+    constraint: PyTree
+
+
 def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformation:
     r"""Projects the stepped params onto a constraint set, last in a chain.
 
     .. math:: w_{t+1} = P_C(w_t + u_t)
 
+    A constraint is either a callable ``params -> params`` (stateless, e.g. ``jr.max_norm``), or a
+    *stateful* constraint: an object with ``init(params) -> state`` and
+    ``update(params, state) -> (params, state)`` whose state (a pytree of arrays) this
+    transformation carries from step to step, e.g. ``jr.spectral_norm``'s power-iteration
+    vectors. An object with both forms is used through ``init``/``update``.
+
     Args:
-      constraint: ``params -> params``, e.g. ``jr.max_norm(3.0, mask=jr.masks.kernels)``.
+      constraint: ``params -> params``, e.g. ``jr.max_norm(3.0, mask=jr.masks.kernels)``, or a
+        stateful constraint such as ``jr.spectral_norm(1.0)``.
 
     Returns:
-      An ``optax.GradientTransformation`` with an ``optax.EmptyState``.
+      An ``optax.GradientTransformation`` with an ``optax.EmptyState`` (stateless constraint) or
+      a :class:`ProjectState` holding ``constraint.init(params)`` (stateful).
 
     Raises:
-      ValueError: if ``constraint`` is not callable, or at ``update`` time without ``params``.
+      ValueError: if ``constraint`` is neither callable nor stateful, or at ``update`` time
+        without ``params``.
 
     Examples:
       >>> import jax.numpy as jnp, optax, jaxreg as jr
@@ -286,15 +302,25 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
       >>> optax.apply_updates(params, updates)
       Array([0. , 1.5], dtype=float32)
     """
-    if not callable(constraint):
-        raise ValueError(f"project: constraint must be a callable params -> params, got constraint = {constraint!r}.")
+    stateful = callable(getattr(constraint, "init", None)) and callable(getattr(constraint, "update", None))
+    if not stateful and not callable(constraint):
+        raise ValueError(
+            "project: constraint must be a callable params -> params or an object with init(params) and "
+            f"update(params, state), got constraint = {constraint!r}."
+        )
 
-    def init_fn(params: PyTree) -> optax.EmptyState:
+    def init_fn(params: PyTree) -> optax.EmptyState | ProjectState:
+        if stateful:
+            return ProjectState(constraint=constraint.init(params))
         del params
         return optax.EmptyState()
 
-    def update_fn(updates: PyTree, state: optax.EmptyState, params: PyTree | None = None):
+    def update_fn(updates: PyTree, state: Any, params: PyTree | None = None):
         _need_params("project", params)
-        return _delta(constraint(_stepped(params, updates)), params, updates), state
+        stepped = _stepped(params, updates)
+        if stateful:
+            new, inner = constraint.update(stepped, state.constraint)
+            return _delta(new, params, updates), ProjectState(constraint=inner)
+        return _delta(constraint(stepped), params, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)
