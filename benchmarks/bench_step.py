@@ -38,7 +38,8 @@ def make_prox_steps() -> tuple[Any, Any, Any, Any]:
 
     def jaxreg_step(params, opt_state, x, y):
         loss, grads = jax.value_and_grad(data_loss)(params, x, y)
-        updates, opt_state = jopt.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = jopt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     hopt = optax.adam(LR)
@@ -56,7 +57,8 @@ def make_prox_steps() -> tuple[Any, Any, Any, Any]:
             name: {"kernel": g["kernel"] + 2.0 * L2 * params[name]["kernel"], "bias": g["bias"]}
             for name, g in grads.items()
         }
-        updates, opt_state = hopt.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = hopt.update(grads, opt_state, params)
         stepped = optax.apply_updates(params, updates)
         new = {
             name: {"kernel": max_norm(soft_threshold(p["kernel"], LR * L1)), "bias": p["bias"]}

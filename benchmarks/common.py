@@ -231,7 +231,8 @@ def make_hand_step(rate: float = RATE) -> tuple[Callable, optax.GradientTransfor
 
     def step(params, opt_state, x, y, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
-        updates, opt_state = opt.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return step, opt
@@ -252,7 +253,8 @@ def make_jaxreg_step(rate: float = RATE) -> tuple[Callable, optax.GradientTransf
 
     def step(params, opt_state, x, y, key):
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, key)
-        updates, opt_state = opt.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return step, opt, note

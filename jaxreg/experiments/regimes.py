@@ -262,7 +262,8 @@ def train(
         x, y, idx = batch
         h = state.hyper
         (_, terms), grads = objective(state.params, h, x, y, h.weights[idx], rng)
-        updates, opt_state = _optimizer(h, lr).update(grads, state.opt_state, state.params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = _optimizer(h, lr).update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state, h), terms.loss
 
     def eval_fn(state: TrainState, val):
