@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import jaxreg as jr
+from benchmarks import common
 from benchmarks.common import Row, Settings
 
 # (name, module) in run order; "peak" first: the others use its figure.
@@ -59,7 +60,7 @@ def _allocator_is_set() -> bool:
 def _rerun_with_malloc_tuning(args: argparse.Namespace) -> dict[str, Any]:
     """Re-runs the benchmark in a subprocess with the glibc tuning variables set."""
     env = dict(os.environ)
-    env.update(jr.benchmark.MALLOC_TUNING)
+    env.update(common.MALLOC_TUNING)
     json_path = args.json
     tmp = None
     if json_path is None:
@@ -151,7 +152,7 @@ def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -
         "command": os.environ.get("JAXREG_BENCH_COMMAND") or " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
         "mode": mode,
         "settings": {k: v for k, v in settings.__dict__.items()},
-        "machine": jr.benchmark.machine().to_dict(),
+        "machine": common.machine().to_dict(),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": time.time() - started,
         "section_seconds": timings,

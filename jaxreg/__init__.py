@@ -1,6 +1,6 @@
 """jaxreg: regularization for JAX, as pure functions that compose with optax."""
 
-from jaxreg import benchmark, ensemble, es, masks, variational
+from jaxreg import ensemble, es, masks, variational
 from jaxreg.constraints import max_norm, non_negative, unit_norm
 from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
 from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stopped, retrain_budget
@@ -20,6 +20,7 @@ from jaxreg.uncertainty import (
 from jaxreg.variational import kl_normal
 
 __version__ = "0.1.0"
+
 
 __all__ = [
     "add_penalty_grad",
@@ -63,3 +64,12 @@ __all__ = [
     "unit_norm",
     "variational",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy re-export (PEP 562), issue 11: `import jaxreg` stays free of the benchmark tools.
+    if name == "benchmark":
+        import importlib
+
+        return importlib.import_module("jaxreg.benchmark")
+    raise AttributeError(f"module 'jaxreg' has no attribute {name!r}")
