@@ -87,7 +87,7 @@ def _compare_steps(settings: Settings, jstep, jargs, hstep, hargs):
 
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     x, y = common.batch()
-    params = common.init_mlp(jax.random.key(0))
+    params = common.init_mlp(common.key(settings, 0))
     rows = []
 
     # 0. L2 + L1 (proximal) + max-norm (project), no dropout.
@@ -115,7 +115,7 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     # 1. regularize + dropout vs L2 term + bernoulli dropout.
     jstep, jopt, note = common.make_jaxreg_step()
     hstep, hopt = common.make_hand_step()
-    key = jax.random.key(1)
+    key = common.key(settings, 1)
     cj, ch, comp = _compare_steps(
         settings, jstep, (params, jopt.init(params), x, y, key), hstep, (params, hopt.init(params), x, y, key)
     )

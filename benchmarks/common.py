@@ -51,9 +51,16 @@ class Settings:
     torch_members: tuple[int, ...]
     memory: bool
     peak_size: int
+    seed: int = 0  # of the inputs, initializations and dropout keys (``key``)
+    gpu: bool = False  # on a GPU: no CPU-only sections (torch threads, host RSS)
 
     @staticmethod
-    def for_mode(mode: str) -> Settings:
+    def for_mode(mode: str, *, seed: int = 0, gpu: bool = False) -> Settings:
+        """The settings of ``mode`` (``"tiny"``, ``"quick"`` or ``"full"``)."""
+        return dataclasses.replace(Settings._preset(mode), seed=seed, gpu=gpu)
+
+    @staticmethod
+    def _preset(mode: str) -> Settings:
         if mode == "tiny":
             return Settings("tiny", 5, 1, 0.0, (2,), (4,), 2, 40, (), 16, (2,), False, 256)
         if mode == "quick":
@@ -80,6 +87,11 @@ class Settings:
     def number(self) -> int | None:
         """Calls per repeat: 1 in tiny mode, else calibrated to ``min_time``."""
         return 1 if self.mode == "tiny" else None
+
+
+def key(settings: Settings, i: int) -> jax.Array:
+    """The ``i``-th random key of a run: ``fold_in(key(settings.seed), i)``."""
+    return jax.random.fold_in(jax.random.key(settings.seed), i)
 
 
 @dataclasses.dataclass
