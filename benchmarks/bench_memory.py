@@ -1,7 +1,7 @@
 """Peak resident memory (from the OS) of the ensemble step and of MC-dropout, per member / mask.
 
 Peak RSS is a high-water mark, so every configuration runs in its own fresh process
-(``jr.benchmark.peak_rss_of``), and the per-member (per-mask) figure is the difference from a
+(``benchmarks.common.peak_rss_of``), and the per-member (per-mask) figure is the difference from a
 one-member (one-mask) process divided by the extra members (masks):
 
     per member = (peak(N) - peak(1)) / (N - 1)
@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jaxreg as jr
+from benchmarks import common
 from benchmarks.common import Row, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ jax.block_until_ready(out)
 
 def _peak(code: str) -> int:
     env = {"PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return jr.benchmark.peak_rss_of(code, env=env)
+    return common.peak_rss_of(code, env=env)
 
 
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:

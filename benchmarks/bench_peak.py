@@ -13,14 +13,15 @@ import jax
 import jax.numpy as jnp
 
 import jaxreg as jr
+from benchmarks import common
 from benchmarks.common import BATCH, Row, Settings
 
 
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     peak = jr.benchmark.matmul_peak(settings.peak_size, repeats=max(settings.pairs, 5))
     ctx["peak"] = peak
-    a = jax.random.normal(jax.random.key(0), (BATCH, 256), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (256, 256), jnp.float32)
+    a = jax.random.normal(common.key(settings, 0), (BATCH, 256), jnp.float32)
+    b = jax.random.normal(common.key(settings, 1), (256, 256), jnp.float32)
     layer = jr.benchmark.time_fn(jax.jit(jnp.matmul), a, b, repeats=max(settings.pairs, 5), min_time=0.05)
     layer_gflops = 2.0 * BATCH * 256 * 256 / layer.median / 1e9
     ctx["layer_gflops"] = layer_gflops

@@ -38,7 +38,8 @@ def make_prox_steps() -> tuple[Any, Any, Any, Any]:
 
     def jaxreg_step(params, opt_state, x, y):
         loss, grads = jax.value_and_grad(data_loss)(params, x, y)
-        updates, opt_state = jopt.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = jopt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     hopt = optax.adam(LR)
@@ -56,7 +57,8 @@ def make_prox_steps() -> tuple[Any, Any, Any, Any]:
             name: {"kernel": g["kernel"] + 2.0 * L2 * params[name]["kernel"], "bias": g["bias"]}
             for name, g in grads.items()
         }
-        updates, opt_state = hopt.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = hopt.update(grads, opt_state, params)
         stepped = optax.apply_updates(params, updates)
         new = {
             name: {"kernel": max_norm(soft_threshold(p["kernel"], LR * L1)), "bias": p["bias"]}
@@ -85,7 +87,7 @@ def _compare_steps(settings: Settings, jstep, jargs, hstep, hargs):
 
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     x, y = common.batch()
-    params = common.init_mlp(jax.random.key(0))
+    params = common.init_mlp(common.key(settings, 0))
     rows = []
 
     # 0. L2 + L1 (proximal) + max-norm (project), no dropout.
@@ -113,7 +115,7 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     # 1. regularize + dropout vs L2 term + bernoulli dropout.
     jstep, jopt, note = common.make_jaxreg_step()
     hstep, hopt = common.make_hand_step()
-    key = jax.random.key(1)
+    key = common.key(settings, 1)
     cj, ch, comp = _compare_steps(
         settings, jstep, (params, jopt.init(params), x, y, key), hstep, (params, hopt.init(params), x, y, key)
     )

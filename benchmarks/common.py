@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: settings per mode, the result row, the MLP workload.
+"""Shared pieces of the benchmarks: settings per mode, the result row, the MLP workload, and
+where the figures were measured (machine, allocator, peak memory of a subprocess).
 
 Workload unless a comparison says otherwise: MLP 64-256-256-10 (ReLU) on scikit-learn's digits,
 batch 128, Adam, L2 on the kernels and dropout 0.5 after each hidden layer. One member-step is
@@ -8,9 +9,15 @@ about 65 MFLOP (6 x 85,002 params x 128).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import math
+import os
+import platform
+import subprocess
+import sys
 from collections.abc import Callable
+from importlib import metadata
 from typing import Any
 
 import jax
@@ -44,9 +51,16 @@ class Settings:
     torch_members: tuple[int, ...]
     memory: bool
     peak_size: int
+    seed: int = 0  # of the inputs, initializations and dropout keys (``key``)
+    gpu: bool = False  # on a GPU: no CPU-only sections (torch threads, host RSS)
 
     @staticmethod
-    def for_mode(mode: str) -> Settings:
+    def for_mode(mode: str, *, seed: int = 0, gpu: bool = False) -> Settings:
+        """The settings of ``mode`` (``"tiny"``, ``"quick"`` or ``"full"``)."""
+        return dataclasses.replace(Settings._preset(mode), seed=seed, gpu=gpu)
+
+    @staticmethod
+    def _preset(mode: str) -> Settings:
         if mode == "tiny":
             return Settings("tiny", 5, 1, 0.0, (2,), (4,), 2, 40, (), 16, (2,), False, 256)
         if mode == "quick":
@@ -73,6 +87,11 @@ class Settings:
     def number(self) -> int | None:
         """Calls per repeat: 1 in tiny mode, else calibrated to ``min_time``."""
         return 1 if self.mode == "tiny" else None
+
+
+def key(settings: Settings, i: int) -> jax.Array:
+    """The ``i``-th random key of a run: ``fold_in(key(settings.seed), i)``."""
+    return jax.random.fold_in(jax.random.key(settings.seed), i)
 
 
 @dataclasses.dataclass
@@ -231,7 +250,8 @@ def make_hand_step(rate: float = RATE) -> tuple[Callable, optax.GradientTransfor
 
     def step(params, opt_state, x, y, key):
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
-        updates, opt_state = opt.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return step, opt
@@ -252,7 +272,8 @@ def make_jaxreg_step(rate: float = RATE) -> tuple[Callable, optax.GradientTransf
 
     def step(params, opt_state, x, y, key):
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y, key)
-        updates, opt_state = opt.update(grads, opt_state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
     return step, opt, note
@@ -262,3 +283,222 @@ def member_flops() -> float:
     """Analytic FLOPs of one member-step: 6 x params x batch (forward 2, backward 4)."""
     n_params = sum(a * b + b for a, b in itertools.pairwise(SIZES))
     return 6.0 * n_params * BATCH
+
+
+# ----------------------------------------------------------------------------- machine and memory
+
+# returning them to the OS and faulting them back in every step.
+MALLOC_TUNING = {
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+    "MALLOC_TRIM_THRESHOLD_": "17179869184",
+    "MALLOC_TOP_PAD_": "268435456",
+}
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process so far, in bytes, from the OS.
+
+    Reads ``VmHWM`` from ``/proc/self/status`` where it exists (Linux), else
+    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (KiB on Linux, bytes on macOS).
+
+    Returns:
+      Bytes.
+
+    Examples:
+      >>> import numpy as np
+      >>> from benchmarks import common
+      >>> x = np.ones(64 * 2**20 // 8)  # 64 MiB, written, so resident
+      >>> common.peak_rss() >= x.nbytes
+      True
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # POSIX only: imported where used
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _rss_epilogue() -> str:
+    """Python source appended to a subprocess's code: prints its peak RSS after a marker."""
+    return (
+        "\nimport sys\n"
+        + inspect.getsource(peak_rss)
+        + 'sys.stdout.flush()\nprint("\\n__JAXREG_PEAK_RSS__" + str(peak_rss()))\n'
+    )
+
+
+def peak_rss_of(code: str, *, env: dict[str, str] | None = None, timeout: float = 600.0) -> int:
+    """Peak resident memory, in bytes, of a fresh Python process that runs ``code``.
+
+    Peak memory is a high-water mark: within one process a configuration measured after a
+    larger one reports the larger one's peak. Run each configuration in its own process, and
+    subtract a baseline process (the same imports and setup without the work) to isolate it.
+
+    Args:
+      code: Python source run with ``python -c`` (it must finish its work before it ends,
+        e.g. with ``jax.block_until_ready``).
+      env: extra environment variables for the subprocess.
+      timeout: seconds before the subprocess is killed.
+
+    Returns:
+      The subprocess's peak resident memory in bytes (``VmHWM``).
+
+    Raises:
+      RuntimeError: if the subprocess fails (its stderr tail is in the message).
+
+    Examples:
+      >>> from benchmarks import common
+      >>> small = common.peak_rss_of("x = bytearray(1)")
+      >>> big = common.peak_rss_of("x = bytearray(200 * 2**20)")
+      >>> big - small > 150 * 2**20
+      True
+    """
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-c", code + _rss_epilogue()],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
+    )
+    marker = "__JAXREG_PEAK_RSS__"
+    if proc.returncode != 0 or marker not in proc.stdout:
+        raise RuntimeError(f"peak_rss_of: the subprocess failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return int(proc.stdout.rsplit(marker, 1)[1].strip())
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> list[str]:
+    wanted = ("avx", "avx2", "avx512f", "fma", "amx_tile", "neon", "asimd")
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith(("flags", "features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [w for w in wanted if w in have]
+    except OSError:
+        pass
+    return []
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def allocator() -> str:
+    """Which allocator this process runs with, from the environment it started with.
+
+    Returns:
+      ``"tcmalloc (LD_PRELOAD)"``, ``"jemalloc (LD_PRELOAD)"``, ``"glibc malloc (tuned: ...)"``
+      or ``"glibc malloc (default)"`` (or the preloaded library's path).
+
+    Examples:
+      >>> from benchmarks import common
+      >>> isinstance(common.allocator(), str)
+      True
+    """
+    preload = os.environ.get("LD_PRELOAD", "")
+    for name in ("tcmalloc", "jemalloc", "mimalloc"):
+        if name in preload:
+            return f"{name} (LD_PRELOAD)"
+    if preload:
+        return f"LD_PRELOAD={preload}"
+    tuned = sorted(k for k in os.environ if k.startswith("MALLOC_"))
+    if tuned:
+        return "glibc malloc (tuned: " + ", ".join(f"{k}={os.environ[k]}" for k in tuned) + ")"
+    return "glibc malloc (default)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """Where figures were measured: hardware, software and the settings that change speed."""
+
+    cpu_model: str
+    cpu_flags: list[str]
+    logical_cpus: int
+    usable_cpus: int
+    platform: str
+    python: str
+    jax: str
+    jaxlib: str | None
+    optax: str | None
+    flax: str | None
+    numpy: str
+    torch: str | None
+    backend: str
+    devices: list[str]
+    device_kind: str
+    allocator: str
+    env: dict[str, str]
+    threefry_partitionable: bool
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.backend in ("gpu", "cuda", "rocm")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["has_gpu"] = self.has_gpu
+        return d
+
+
+_ENV_KEYS = ("LD_PRELOAD", "XLA_FLAGS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "JAX_PLATFORMS")
+
+
+def machine() -> Machine:
+    """Describes this machine and process: CPU, cores, versions, backend, allocator, env.
+
+    Returns:
+      A :class:`Machine` (``to_dict()`` for JSON).
+
+    Examples:
+      >>> import jax
+      >>> from benchmarks import common
+      >>> m = common.machine()
+      >>> m.jax == jax.__version__, m.backend == jax.default_backend(), m.logical_cpus >= 1
+      (True, True, True)
+    """
+    devices = jax.devices()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k in _ENV_KEYS}
+    return Machine(
+        cpu_model=_cpu_model(),
+        cpu_flags=_cpu_flags(),
+        logical_cpus=os.cpu_count() or 1,
+        usable_cpus=usable,
+        platform=platform.platform(),
+        python=platform.python_version(),
+        jax=jax.__version__,
+        jaxlib=_version("jaxlib"),
+        optax=_version("optax"),
+        flax=_version("flax"),
+        numpy=np.__version__,
+        torch=_version("torch"),
+        backend=jax.default_backend(),
+        devices=[str(d) for d in devices],
+        device_kind=devices[0].device_kind if devices else "",
+        allocator=allocator(),
+        env=env,
+        threefry_partitionable=bool(jax.config.jax_threefry_partitionable),
+    )

@@ -2,9 +2,9 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.run [--quick | --tiny] [--json PATH] [--only step,ensemble,...] [--no-tune-malloc]
+    jaxreg bench [--quick | --tiny] [--json PATH] [--only step,ensemble,...] [--seed N] [--gpu] [--no-tune-malloc]
 
-or ``jaxreg bench`` with the same options. Every comparison is timed in alternation with its
+or ``python -m benchmarks.run`` with the same options. Every comparison is timed in alternation with its
 baseline in this one run (paired ratios; the ratio column is always "times better than the
 baseline", > 1 meaning jaxreg is faster), as the median of >= 5 timed repeats after warm-up, with
 compile time reported apart. Modes: ``--tiny`` (under a minute on a quiet 2-core machine; the
@@ -17,6 +17,11 @@ them back every step (PERF-NOTES). Unless ``--no-tune-malloc`` is given or ``MAL
 ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=268435456``
 (they must be set before the process starts). Worker processes (PyTorch, memory) inherit the
 same environment, so every side runs with the same allocator; the JSON records which one ran.
+
+GPU: ``--gpu`` runs the table on JAX's default device when it is a GPU and writes the same JSON;
+it sets nothing that only a CPU wants (no malloc re-run; the PyTorch section, whose thread
+settings are CPU ones, and the host-RSS memory section are skipped with a note). Without a GPU
+it prints one line saying so and exits 0.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import jaxreg as jr
+from benchmarks import common
 from benchmarks.common import Row, Settings
 
 # (name, module) in run order; "peak" first: the others use its figure.
@@ -49,6 +55,13 @@ SECTIONS = (
     ("gpu", "benchmarks.bench_gpu"),
 )
 
+SECTION_NAMES = tuple(name for name, _ in SECTIONS)
+CPU_ONLY = {
+    "torch": "CPU-only comparison (torch thread settings); not run with --gpu",
+    "memory": "host peak RSS; not run with --gpu",
+}
+"""Sections skipped on a GPU, with the note their row carries."""
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -59,13 +72,14 @@ def _allocator_is_set() -> bool:
 def _rerun_with_malloc_tuning(args: argparse.Namespace) -> dict[str, Any]:
     """Re-runs the benchmark in a subprocess with the glibc tuning variables set."""
     env = dict(os.environ)
-    env.update(jr.benchmark.MALLOC_TUNING)
+    env.update(common.MALLOC_TUNING)
     json_path = args.json
     tmp = None
     if json_path is None:
         tmp = REPO_ROOT / f".bench-{os.getpid()}.json"
         json_path = str(tmp)
     argv = [sys.executable, "-m", "benchmarks.run", "--no-tune-malloc", "--json", json_path, "--mode", args.mode]
+    argv += ["--seed", str(args.seed)]
     if args.only:
         argv += ["--only", args.only]
     if args.no_table:
@@ -73,7 +87,7 @@ def _rerun_with_malloc_tuning(args: argparse.Namespace) -> dict[str, Any]:
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(argv, env=env, cwd=str(REPO_ROOT), check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark subprocess failed with exit code {proc.returncode}")
+        raise SystemExit(proc.returncode)  # the subprocess has reported its error already
     with open(json_path) as f:
         result = json.load(f)
     if tmp is not None:
@@ -89,6 +103,8 @@ def run(
     only: str | list[str] | None = None,
     tune_malloc: bool = True,
     table: bool = True,
+    seed: int = 0,
+    gpu: bool = False,
 ) -> dict[str, Any]:
     """Runs the benchmarks and returns the results (also written to ``json_path`` if given).
 
@@ -100,6 +116,8 @@ def run(
       tune_malloc: re-run in a subprocess with the glibc malloc tuning unless an allocator
         setting is already in the environment.
       table: print the table.
+      seed: seed of the inputs, initializations and dropout keys.
+      gpu: run on the GPU without CPU-only settings (no malloc re-run; torch and memory skipped).
 
     Returns:
       ``{"machine", "settings", "command", "rows", "duration_s", ...}``.
@@ -107,18 +125,28 @@ def run(
     mode = "tiny" if tiny else ("quick" if quick else "full")
     if isinstance(only, list):
         only = ",".join(only)
-    if tune_malloc and not _allocator_is_set():
-        ns = argparse.Namespace(json=json_path, mode=mode, only=only, no_table=not table)
+    wanted = _sections(only)
+    if tune_malloc and not gpu and not _allocator_is_set():
+        ns = argparse.Namespace(json=json_path, mode=mode, only=only, no_table=not table, seed=seed)
         return _rerun_with_malloc_tuning(ns)
-    return _run_here(mode, json_path, only, table)
+    return _run_here(Settings.for_mode(mode, seed=seed, gpu=gpu), json_path, wanted, table)
 
 
-def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -> dict[str, Any]:
-    settings = Settings.for_mode(mode)
+def _sections(only: str | None) -> set[str] | None:
+    """The section names in ``only`` (comma-separated), or ``None`` for all.
+
+    Raises:
+      ValueError: naming the unknown sections and the known ones.
+    """
     wanted = None if not only else {s.strip() for s in only.split(",") if s.strip()}
-    unknown = (wanted or set()) - {name for name, _ in SECTIONS}
+    unknown = (wanted or set()) - set(SECTION_NAMES)
     if unknown:
-        raise ValueError(f"only: unknown sections {sorted(unknown)}; choose from {[n for n, _ in SECTIONS]}.")
+        raise ValueError(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTION_NAMES)}")
+    return wanted
+
+
+def _run_here(settings: Settings, json_path: str | None, wanted: set[str] | None, table: bool) -> dict[str, Any]:
+    mode = settings.mode
     started = time.time()
     ctx: dict[str, Any] = {}
     rows: list[Row] = []
@@ -127,6 +155,9 @@ def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -
         if wanted is not None and name not in wanted and not (name == "peak"):
             continue
         t0 = time.perf_counter()
+        if settings.gpu and name in CPU_ONLY:
+            rows.append(Row(name, "-", "-", "-", status="skipped", note=CPU_ONLY[name]))
+            continue
         try:
             module = importlib.import_module(module_name)
             rows.extend(module.run(settings, ctx))
@@ -148,10 +179,10 @@ def _run_here(mode: str, json_path: str | None, only: str | None, table: bool) -
         cleanup()
     result = {
         "jaxreg": jr.__version__,
-        "command": os.environ.get("JAXREG_BENCH_COMMAND") or " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
+        "command": os.environ.get("JAXREG_BENCH_COMMAND") or " ".join(["jaxreg bench", *sys.argv[1:]]),
         "mode": mode,
         "settings": {k: v for k, v in settings.__dict__.items()},
-        "machine": jr.benchmark.machine().to_dict(),
+        "machine": common.machine().to_dict(),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_s": time.time() - started,
         "section_seconds": timings,
@@ -255,14 +286,37 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _only(text: str) -> str:
+    try:
+        _sections(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.split("\n\n")[0])
+    from jaxreg.cli import Parser, int_at_least
+
+    p = Parser(prog="jaxreg bench", description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_const", dest="mode", const="quick", help="about 2 minutes")
-    g.add_argument("--tiny", action="store_const", dest="mode", const="tiny", help="seconds, for tests")
-    g.add_argument("--mode", choices=("tiny", "quick", "full"), default="full")
-    p.add_argument("--json", metavar="PATH", default=None, help="write results as JSON")
-    p.add_argument("--only", default=None, help="comma-separated sections: " + ",".join(n for n, _ in SECTIONS))
+    g.add_argument("--quick", action="store_const", dest="mode", const="quick", help="a few minutes")
+    g.add_argument("--tiny", action="store_const", dest="mode", const="tiny", help="seconds, for the tests")
+    g.add_argument("--mode", choices=("tiny", "quick", "full"), help="tiny, quick or full (default full)")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON (default: none)")
+    p.add_argument(
+        "--only",
+        type=_only,
+        default=None,
+        help="comma-separated sections (default: all; 'peak' always runs): " + ",".join(SECTION_NAMES),
+    )
+    p.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="seed of inputs, initializations, dropout keys (default 0)"
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="run on the GPU (JAX's default device) without CPU-only settings; one line and exit 0 without a GPU",
+    )
     p.add_argument("--no-tune-malloc", action="store_true", help="keep the allocator this process started with")
     p.add_argument("--no-table", action="store_true", help="do not print the table")
     p.add_argument("--markdown", action="store_true", help="also print the table as markdown")
@@ -273,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if "JAXREG_BENCH_COMMAND" not in os.environ:
         shown = sys.argv[1:] if argv is None else list(argv)
-        os.environ["JAXREG_BENCH_COMMAND"] = " ".join(["bench", *shown])
+        os.environ["JAXREG_BENCH_COMMAND"] = " ".join(["jaxreg bench", *shown])
+    if args.gpu:
+        import jax
+
+        backend = jax.default_backend()
+        if backend not in ("gpu", "cuda", "rocm"):
+            print(f"jaxreg bench: --gpu: no GPU (JAX's default backend is {backend}); skipped", file=sys.stderr)
+            return 0
     mode = args.mode or "full"
     result = run(
         quick=mode == "quick",
@@ -282,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         only=args.only,
         tune_malloc=not args.no_tune_malloc,
         table=not args.no_table,
+        seed=args.seed,
+        gpu=args.gpu,
     )
     if args.markdown:
         print(markdown_table(result))

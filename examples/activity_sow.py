@@ -46,7 +46,8 @@ def train(scale, split, steps=150, seed=0):
         def step(carry, _):
             p, s = carry
             g = jax.grad(loss_fn)(p)
-            u, s = opt.update(g, s, p)
+            with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+                u, s = opt.update(g, s, p)
             return (optax.apply_updates(p, u), s), None
 
         return jax.lax.scan(step, (p, opt.init(p)), None, length=steps)[0][0]

@@ -31,7 +31,8 @@ def train(opt, steps=200, seed=0):
     def step(carry, _):
         p, s = carry
         g = jax.grad(loss)(p)
-        u, s = opt.update(g, s, p)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            u, s = opt.update(g, s, p)
         return (optax.apply_updates(p, u), s), None
 
     (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)

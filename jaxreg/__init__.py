@@ -1,6 +1,6 @@
 """jaxreg: regularization for JAX, as pure functions that compose with optax."""
 
-from jaxreg import benchmark, ensemble, es, masks, stats, variational
+from jaxreg import ensemble, es, masks, stats, variational
 from jaxreg._checks import traced_checks
 from jaxreg.constraints import max_norm, non_negative, unit_norm
 from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
@@ -46,6 +46,7 @@ from jaxreg.noise import drop_path, dropconnect, gaussian_dropout, gaussian_nois
 from jaxreg.spectral import orthogonal, orthogonalize, spectral_norm, spectral_penalty
 
 __version__ = "0.1.0"
+
 
 __all__ = [
     "add_penalty_grad",
@@ -127,3 +128,12 @@ __all__ = [
     "spectral_norm",
     "spectral_penalty",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy re-export (PEP 562), issue 11: `import jaxreg` stays free of the benchmark tools.
+    if name == "benchmark":
+        import importlib
+
+        return importlib.import_module("jaxreg.benchmark")
+    raise AttributeError(f"module 'jaxreg' has no attribute {name!r}")

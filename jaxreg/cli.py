@@ -3,8 +3,9 @@
 ``jaxreg run`` trains a grid of regularization regimes on scikit-learn's digits as one vmapped,
 jitted program and prints a table per regime; ``jaxreg sweep --reg l1 --min 0.01 --max 1``
 sweeps one regularizer's strength as one ``vmap``; ``jaxreg bench`` runs the benchmarks of the
-source checkout. Bad input (a missing or malformed ``--data`` file, bad flags) ends with one
-line on stderr and exit status 2.
+source checkout (``benchmarks/run.py``). Bad input (a bad flag, a missing or malformed ``--data``
+file, a missing extra) ends with one line on stderr, in jaxreg's words, and exit status 2. The
+command needs the ``cli`` extra (``pip install "jaxreg[cli]"``: scikit-learn, matplotlib).
 """
 
 from __future__ import annotations
@@ -12,67 +13,136 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["main"]
+__all__ = ["Parser", "main", "missing_extra"]
 
 PROG = "jaxreg"
+EXTRA = "cli"
+EXTRA_MODULES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 
 
 class UsageError(Exception):
     """Bad input from the user: reported as one line on stderr, exit status 2."""
 
 
-def _positive_int(text: str) -> int:
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line, ``PROG: error: ... (see PROG --help)``, exit 2.
+
+    argparse prints the whole usage block before its error; here the one line names the command,
+    the argument, what was expected and where the help is. Subcommand parsers inherit the class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def missing_extra(modules: Sequence[str] = tuple(EXTRA_MODULES)) -> str | None:
+    """The one-line error for a missing ``cli`` extra, or ``None`` when all of ``modules`` import."""
+    missing = [EXTRA_MODULES.get(m, m) for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"{PROG}: error: the command needs the '{EXTRA}' extra ({', '.join(missing)} not installed): "
+        f'pip install "jaxreg[{EXTRA}]"'
+    )
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= low``, with the bad text in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+_positive_int = int_at_least(1)
+_seed = int_at_least(0)
+
+
+def _number(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
 
 
 def _size(text: str) -> float | int:
     try:
-        return int(text)
+        value: float | int = int(text)
     except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a count or a fraction in (0, 1), got {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a count or a fraction in (0, 1), got {text!r}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a count or a fraction in (0, 1), got {text!r}") from None
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(f"expected a count or a fraction in (0, 1), got {text!r}") from None
+        return value
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1 or a fraction in (0, 1), got {text!r}")
     return value
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, defaults: dict[str, tuple[Any, Any]]) -> None:
+    """Options of ``run`` and ``sweep``; ``defaults[name] = (default, quick default)`` for the help."""
+
+    def d(name: str) -> str:
+        full, quick = defaults[name][:2]
+        return f"default {full}; with --quick {quick}" if full != quick else f"default {full}"
+
     g = p.add_argument_group("common options")
-    g.add_argument("--seed", type=int, default=0, help="seed of the split, initialization, masks (default 0)")
+    g.add_argument("--seed", type=_seed, default=0, help="seed of the split, initialization and masks (default 0)")
     g.add_argument("--out", metavar="DIR", help="output folder (default ./jaxreg-out/<command>-<timestamp>)")
-    g.add_argument("--steps", type=_positive_int, help="training steps (full batch)")
-    g.add_argument("--members", type=_positive_int, help="run: bagging ensemble size; sweep: replicates per value")
+    g.add_argument(
+        "--steps",
+        type=_positive_int,
+        help=f"training steps, full batch, rounded up to a whole evaluation ({d('steps')})",
+    )
+    g.add_argument("--members", type=_positive_int, help=f"{defaults['members'][2]} ({d('members')})")
     g.add_argument("--data", metavar="PATH", help="a .npz with arrays x (n, d) and integer labels y (n,)")
     g.add_argument(
         "--dataset",
         default="digits",
         choices=["digits", "breast_cancer", "wine"],
-        help="bundled scikit-learn data set (default digits; ignored with --data)",
+        help="bundled scikit-learn data set, ignored with --data (default digits)",
     )
-    g.add_argument("--train-size", type=_size, help="training examples (count or fraction; digits: 200)")
-    g.add_argument("--val-size", type=_size, help="validation examples (count or fraction; digits: 500)")
-    g.add_argument("--hidden", type=_positive_int, help="width of the two hidden layers (256; quick: 128)")
+    g.add_argument(
+        "--train-size",
+        type=_size,
+        help="training examples, a count or a fraction (default: digits 200, other data 0.3)",
+    )
+    g.add_argument(
+        "--val-size",
+        type=_size,
+        help="validation examples, a count or a fraction (default: digits 500, other data 0.3)",
+    )
+    g.add_argument("--hidden", type=_positive_int, help=f"width of the two hidden layers ({d('hidden')})")
     g.add_argument("--quick", action="store_true", help="a small setting that finishes in under a minute")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> Parser:
+    from jaxreg.experiments import presets, sweep
+
+    full, quick = presets.Settings.default(), presets.Settings.quick()
+    parser = Parser(
         prog=PROG,
         description="Regularization experiments with jaxreg: every regime trained as one vmapped, jitted program.",
     )
@@ -86,34 +156,50 @@ def _parser() -> argparse.ArgumentParser:
             "(best-validation snapshot) and MC-dropout; prints a table and writes JSON, CSV, params and PNG figures."
         ),
     )
-    _common(run)
-    run.add_argument("--mc-samples", type=_positive_int, help="dropout masks for MC-dropout (64; quick: 16)")
-    sweep = sub.add_parser(
+    _common(
+        run,
+        {
+            "steps": (full.steps, quick.steps),
+            "members": (full.members, quick.members, "bagging ensemble size"),
+            "hidden": (full.hidden, quick.hidden),
+        },
+    )
+    run.add_argument(
+        "--mc-samples",
+        type=_positive_int,
+        help=f"dropout masks for MC-dropout (default {full.mc_samples}; with --quick {quick.mc_samples})",
+    )
+    sw = sub.add_parser(
         "sweep",
         help="one regularizer over a range of strengths, as one vmap",
         description="Trains one member per strength (plus an unregularized baseline) as one vmapped program.",
     )
-    _common(sweep)
-    sweep.add_argument("--reg", default="l2", choices=["l2", "wd", "l1", "max_norm", "dropout"], help="regularizer")
-    sweep.add_argument("--min", type=float, dest="low", help="smallest strength (default by regularizer)")
-    sweep.add_argument("--max", type=float, dest="high", help="largest strength (default by regularizer)")
-    sweep.add_argument("--num", type=_positive_int, help="number of strengths (default 8; quick: 4)")
-    sweep.add_argument("--linear", action="store_true", help="evenly spaced strengths (default: log-spaced)")
+    _common(
+        sw,
+        {
+            "steps": (sweep.DEFAULTS["steps"], sweep.QUICK["steps"]),
+            "members": (1, 1, "replicates per strength"),
+            "hidden": (sweep.DEFAULTS["hidden"], sweep.QUICK["hidden"]),
+        },
+    )
+    ranges = ", ".join(f"{k} {lo:g}..{hi:g}" for k, (lo, hi, _) in sweep.RANGES.items())
+    sw.add_argument("--reg", default="l2", choices=list(sweep.REGULARIZERS), help="regularizer (default l2)")
+    sw.add_argument("--min", type=_number, dest="low", help=f"smallest strength (default by regularizer: {ranges})")
+    sw.add_argument("--max", type=_number, dest="high", help="largest strength (default by regularizer, as above)")
+    sw.add_argument(
+        "--num",
+        type=_positive_int,
+        help=f"number of strengths (default {sweep.DEFAULTS['num']}; with --quick {sweep.QUICK['num']})",
+    )
+    sw.add_argument(
+        "--linear", action="store_true", help="evenly spaced strengths (default: log-spaced; dropout: linear)"
+    )
     sub.add_parser(
         "bench",
-        help="the benchmarks (benchmarks/run.py of the source checkout); arguments pass through",
+        help="the benchmarks of the source checkout (see 'jaxreg bench --help'); arguments pass through",
         add_help=False,
     )
     return parser
-
-
-_SWEEP_RANGES = {
-    "l2": (1e-5, 1e-1, False),
-    "wd": (0.1, 10.0, False),
-    "l1": (0.01, 1.0, False),
-    "max_norm": (0.25, 4.0, False),
-    "dropout": (0.0, 0.8, True),
-}
 
 
 def _out_dir(args: argparse.Namespace) -> str:
@@ -125,7 +211,7 @@ def _out_dir(args: argparse.Namespace) -> str:
 
 def _load(args: argparse.Namespace):
     from jaxreg import data as jdata
-    from jaxreg.experiments.run import load_data
+    from jaxreg.experiments.files import load_data
 
     try:
         return load_data(
@@ -144,55 +230,63 @@ def _prepare_out(path: str) -> None:
         raise UsageError(f"cannot create the output folder {path}: {e.strerror}") from None
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from jaxreg.experiments import run as job
-    from jaxreg.experiments.run import Settings
+def _whole_evaluations(command: str, steps: int | None, eval_every: int) -> int | None:
+    """``steps`` rounded up to a multiple of ``eval_every``, with a one-line warning if it changed."""
+    if steps is None or steps % eval_every == 0:
+        return steps
+    rounded = -(-steps // eval_every) * eval_every
+    print(
+        f"{PROG} {command}: warning: --steps {steps} rounded up to {rounded} "
+        f"(a whole number of evaluations, one every {eval_every} steps)",
+        file=sys.stderr,
+    )
+    return rounded
 
-    split = _load(args)
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from jaxreg import plots
+    from jaxreg.experiments import presets, report
+    from jaxreg.experiments import run as job
+
+    preset = presets.Settings.quick if args.quick else presets.Settings.default
+    eval_every = preset().eval_every
     overrides: dict[str, Any] = dict(
         seed=args.seed,
-        steps=args.steps,
+        steps=_whole_evaluations("run", args.steps, eval_every),
         members=args.members,
         hidden=args.hidden,
         mc_samples=args.mc_samples,
         progress=not args.no_progress,
     )
-    settings = Settings.quick(**overrides) if args.quick else Settings.default(**overrides)
+    settings = preset(**overrides)
+    split = _load(args)
     out = _out_dir(args)
     _prepare_out(out)
     results = job.run(settings, split, out)
-    from jaxreg import plots
-
-    plots.draw_run(out)
-    main_rows = [r for r in results["regimes"] if r["kind"] != "sweep"]
-    sweep_rows = [r for r in results["regimes"] if r["kind"] == "sweep"]
-    print()
-    print(job.format_table(main_rows))
-    print()
-    print("L2 sweep (coupled L2 scale in the loss):")
-    print(job.format_table(sweep_rows))
-    curve = results["mc_dropout_curve"]
-    print()
-    print(
-        "MC-dropout test accuracy by number of masks: "
-        + ", ".join(f"K={k}: {a:.3f}" for k, a in zip(curve["num_masks"], curve["test_acc"]))
-    )
-    for line in job.findings(results):
-        print(f"- {line}")
+    results["figures"] = plots.draw_run(out)
+    for line in report.run_summary(results):
+        print(line)
     print()
     print(f"results: {out}")
-    print(f"  results.json, results.csv, history.npz, data.npz, params/*.npz, {', '.join(results['figures'].values())}")
+    print(
+        "  results.json, results.csv, history.npz, data.npz, params/*.msgpack, "
+        + ", ".join(os.path.basename(p) for p in results["figures"].values())
+    )
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from jaxreg import plots
+    from jaxreg.experiments import report
     from jaxreg.experiments import sweep as sw
 
-    split = _load(args)
-    low, high, linear = _SWEEP_RANGES[args.reg]
+    preset = sw.QUICK if args.quick else sw.DEFAULTS
+    low, high, linear = sw.RANGES[args.reg]
     low = args.low if args.low is not None else low
     high = args.high if args.high is not None else high
-    num = args.num or (4 if args.quick else 8)
+    num = args.num or preset["num"]
+    steps = _whole_evaluations("sweep", args.steps, preset["eval_every"])
+    split = _load(args)
     try:
         values = sw.strengths(low, high, num, log=not (args.linear or linear))
         out = _out_dir(args)
@@ -203,22 +297,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             split,
             out,
             seed=args.seed,
-            steps=args.steps or (200 if args.quick else 600),
-            hidden=args.hidden or (128 if args.quick else 256),
+            steps=steps or preset["steps"],
+            hidden=args.hidden or preset["hidden"],
             replicates=args.members or 1,
-            eval_every=10 if args.quick else 20,
+            eval_every=preset["eval_every"],
             progress=not args.no_progress,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
-    from jaxreg import plots
-
-    plots.draw_sweep(out)
+    figure = plots.draw_sweep(out)
     print()
-    print(sw.format_rows(results["rows"]))
+    print(report.sweep_table(results["rows"]))
     print()
     print(f"results: {out}")
-    print("  sweep.json, sweep.csv, sweep.png")
+    print(f"  sweep.json, sweep.csv, {os.path.basename(figure)}")
     return 0
 
 
@@ -229,7 +321,7 @@ def _cmd_bench(argv: Sequence[str]) -> int:
     runner = root / "benchmarks" / "run.py"
     if not runner.is_file():
         print(
-            f"{PROG}: error: the benchmarks are not installed: {runner} is missing "
+            f"{PROG} bench: error: the benchmarks are not installed: {runner} is missing "
             "(run `jaxreg bench` from a source checkout of jaxreg)",
             file=sys.stderr,
         )
@@ -244,15 +336,24 @@ def _cmd_bench(argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxreg`` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    wants_help = any(a in ("-h", "--help") for a in argv)
     if argv and argv[0] == "bench":
+        message = None if wants_help else missing_extra(("sklearn",))
+        if message:
+            print(message, file=sys.stderr)
+            return 2
         return _cmd_bench(argv[1:])
+    message = None if wants_help else missing_extra()
+    if message:
+        print(message, file=sys.stderr)
+        return 2
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _cmd_run(args)
         return _cmd_sweep(args)
     except UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -102,7 +102,7 @@ def split(
     Raises:
       DataError: on wrong shapes, non-finite values, labels that are not integers, or a split
         that leaves a part empty or a class without a training example.
-      ValueError: on a bad ``train_size``, ``val_size`` or ``task``.
+      ValueError: on a bad ``seed``, ``train_size``, ``val_size`` or ``task``.
 
     Examples:
       >>> import numpy as np
@@ -113,6 +113,8 @@ def split(
     """
     from sklearn.model_selection import train_test_split
 
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"split: seed must be an integer >= 0, got seed = {seed!r}.")
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got task = {task!r}.")
     x = np.asarray(x)

@@ -6,10 +6,12 @@ well under a minute and a half; they start together and share the two cores.
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import flax.serialization
 import numpy as np
 import pytest
 
@@ -18,12 +20,23 @@ from jaxreg import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--quick", "--steps", "40", "--hidden", "32", "--members", "2", "--mc-samples", "4", "--no-progress"]
-TINY_SWEEP = ["--quick", "--steps", "40", "--hidden", "32", "--no-progress"]
+TINY_SWEEP = ["--quick", "--hidden", "32", "--no-progress"]
 EXAMPLES = ["weight_decay_chain", "l1_proximal", "sweep_vmap", "activity_sow"]
 
 
-def _start(args, cwd):
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+# The subprocesses run under the promotion rules of conftest.py too, and import this checkout.
+ENV = {
+    **os.environ,
+    "JAX_NUMPY_DTYPE_PROMOTION": "strict",
+    "JAX_NUMPY_RANK_PROMOTION": "raise",
+    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
+
+
+def _start(args, cwd, env=None):
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +46,8 @@ def procs(tmp_path_factory):
     bad = base / "bad.npz"
     bad.write_text("this is not a zip archive\n")
     started = {
-        "a": _start(["-m", "jaxreg", "run", *TINY, "--seed", "3", "--out", str(base / "a")], base),
-        "b": _start(["-m", "jaxreg", "run", *TINY, "--seed", "3", "--out", str(base / "b")], base),
+        "a": _start(["-m", "jaxreg", "run", *TINY, "--seed", "3", "--out", str(base / "a")], base, ENV),
+        "b": _start(["-m", "jaxreg", "run", *TINY, "--seed", "3", "--out", str(base / "b")], base, ENV),
         "sweep": _start(
             [
                 "-m",
@@ -49,13 +62,16 @@ def procs(tmp_path_factory):
                 "--num",
                 "3",
                 *TINY_SWEEP,
+                "--steps",
+                "35",  # rounded up to 40, a whole number of evaluations (every 10 steps), with a warning
                 "--out",
                 str(base / "s"),
             ],
             base,
+            ENV,
         ),
-        "bad": _start(["-m", "jaxreg", "run", "--data", str(bad), "--out", str(base / "x")], base),
-        **{name: _start([str(ROOT / "examples" / f"{name}.py")], base) for name in EXAMPLES},
+        "bad": _start(["-m", "jaxreg", "run", "--data", str(bad), "--out", str(base / "x")], base, ENV),
+        **{name: _start([str(ROOT / "examples" / f"{name}.py")], base, ENV) for name in EXAMPLES},
     }
     done = {}
 
@@ -86,12 +102,8 @@ def _mlp_probs(params, x, sigmoid=False):
 
 
 def _load_params(path):
-    out = {}
-    with np.load(path) as z:
-        for key in z.files:
-            layer, name = key.split("/")
-            out.setdefault(layer, {})[name] = z[key]
-    return out
+    with open(path, "rb") as f:
+        return flax.serialization.msgpack_restore(f.read())
 
 
 def _nll(p, y):
@@ -220,9 +232,10 @@ def test_same_seed_gives_the_same_numbers(procs):
     a = _strip_times(json.loads((base / "a" / "results.json").read_text()))
     b = _strip_times(json.loads((base / "b" / "results.json").read_text()))
     assert a == b
-    pa, pb = np.load(base / "a" / "params" / "l1.npz"), np.load(base / "b" / "params" / "l1.npz")
-    for k in pa.files:
-        np.testing.assert_array_equal(pa[k], pb[k])
+    pa, pb = _load_params(base / "a" / "params" / "l1.msgpack"), _load_params(base / "b" / "params" / "l1.msgpack")
+    for layer in pa:
+        for name in pa[layer]:
+            np.testing.assert_array_equal(pa[layer][name], pb[layer][name])
 
 
 def test_sweep_trains_one_member_per_strength(procs):
@@ -238,6 +251,10 @@ def test_sweep_trains_one_member_per_strength(procs):
     assert zeros == sorted(zeros) and zeros[-1] > 0.0  # a larger L1 scale never gives fewer zeros here
     assert (base / "s" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "l1=0.1" in out
+    assert res["num_steps"] == 40
+    assert err.strip().splitlines() == [
+        "jaxreg sweep: warning: --steps 35 rounded up to 40 (a whole number of evaluations, one every 10 steps)"
+    ]
 
 
 def test_bad_data_file_exits_2_with_one_line(procs):
@@ -246,7 +263,7 @@ def test_bad_data_file_exits_2_with_one_line(procs):
     assert code == 2
     assert "Traceback" not in err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jaxreg: error: cannot read"), err
+    assert len(lines) == 1 and lines[0].startswith("jaxreg run: error: cannot read"), err
 
 
 def _bad(tmp_path, name, **arrays):
@@ -269,35 +286,96 @@ def test_bad_data_in_process(tmp_path, capsys, make, message):
     assert cli.main(["run", "--data", make(tmp_path), "--out", str(tmp_path / "o")]) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jaxreg: error: ") and message in lines[0], captured.err
+    assert len(lines) == 1 and lines[0].startswith("jaxreg run: error: ") and message in lines[0], captured.err
     assert not (tmp_path / "o" / "results.json").exists()
 
 
 @pytest.mark.parametrize(
-    "command, flags", [("run", ["--quick", "--mc-samples"]), ("sweep", ["--reg", "--min", "--max", "--num"])]
+    "command, flags",
+    [
+        ("run", ["--quick", "--mc-samples", "default 1000; with --quick 300", "default 64; with --quick 16"]),
+        ("sweep", ["--reg", "--min", "--max", "--num", "default 600; with --quick 200", "(default l2)"]),
+    ],
 )
-def test_help(capsys, command, flags):
+def test_help_lists_the_options_and_their_defaults(capsys, command, flags):
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--help"])
     assert e.value.code == 0
-    text = capsys.readouterr().out
-    for flag in ["--seed", "--out", "--steps", "--members", "--data", "--quick", *flags]:
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for flag in ["--seed", "--out", "--steps", "--members", "--data", "--quick", "(default 0)", *flags]:
         assert flag in text
 
 
-def test_bad_flags_exit_2(capsys):
+def test_bench_help_calls_itself_jaxreg_bench(capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["run", "--steps", "0"])
-    assert e.value.code == 2
-    assert "expected a positive integer, got '0'" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        cli.main(["sweep", "--reg", "l7"])
-    assert e.value.code == 2
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert text.startswith("usage: jaxreg bench ")
+    for flag in ["--quick", "--tiny", "--json", "--only", "--seed", "--gpu", "(default 0)"]:
+        assert flag in text
 
 
-def test_sweep_bad_range_exits_2(capsys, tmp_path):
+# One case per bad argument: exit 2 and one line on stderr, in jaxreg's words, naming the
+# command and the argument, with where to find the help.
+BAD_ARGUMENTS = [
+    (["run", "--steps", "0"], "jaxreg run: error: argument --steps: expected an integer >= 1, got '0'"),
+    (["run", "--steps", "ten"], "jaxreg run: error: argument --steps: expected an integer >= 1, got 'ten'"),
+    (["run", "--seed", "-1"], "jaxreg run: error: argument --seed: expected an integer >= 0, got '-1'"),
+    (["run", "--members", "-3"], "jaxreg run: error: argument --members: expected an integer >= 1, got '-3'"),
+    (["run", "--train-size", "1.5"], "jaxreg run: error: argument --train-size: expected a count or a fraction"),
+    (["run", "--train-size", "0"], "jaxreg run: error: argument --train-size: expected a count >= 1"),
+    (["run", "--dataset", "mnist"], "jaxreg run: error: argument --dataset: invalid choice: 'mnist'"),
+    (["run", "--nosuch"], "jaxreg: error: unrecognized arguments: --nosuch"),
+    (["sweep", "--reg", "l7"], "jaxreg sweep: error: argument --reg: invalid choice: 'l7'"),
+    (["sweep", "--min", "abc"], "jaxreg sweep: error: argument --min: expected a number, got 'abc'"),
+    (["sweep", "--max", "inf"], "jaxreg sweep: error: argument --max: expected a finite number, got 'inf'"),
+    (["bench", "--only", "nosuch"], "jaxreg bench: error: argument --only: unknown section(s) nosuch; choose from"),
+    (["bench", "--seed", "-2"], "jaxreg bench: error: argument --seed: expected an integer >= 0, got '-2'"),
+    (["bench", "--mode", "huge"], "jaxreg bench: error: argument --mode: invalid choice: 'huge'"),
+    (["nosuch"], "jaxreg: error: argument {run,sweep,bench}: invalid choice: 'nosuch'"),
+]
+
+
+@pytest.mark.parametrize("argv, start", BAD_ARGUMENTS, ids=[" ".join(a) for a, _ in BAD_ARGUMENTS])
+def test_bad_argument_exits_2_with_one_line(capsys, argv, start):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start), captured.err
+    assert lines[0].endswith("--help')") and captured.out == ""
+
+
+def test_sweep_bad_range_exits_2_with_one_line(capsys, tmp_path):
     assert cli.main(["sweep", "--reg", "l2", "--min", "0", "--max", "1", "--out", str(tmp_path / "o")]) == 2
-    assert "a log-spaced range needs min > 0, got min = 0.0" in capsys.readouterr().err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
+        "jaxreg sweep: error: a log-spaced range needs min > 0, got min = 0.0; pass --linear for a range from 0."
+    ]
+
+
+@pytest.mark.parametrize("missing", ["sklearn", "matplotlib"])
+def test_run_without_the_cli_extra_names_it_and_exits_2(monkeypatch, capsys, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # importlib.util.find_spec -> None: "not installed"
+    assert cli.main(["run", "--quick"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    name = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}[missing]
+    assert lines == [
+        f"jaxreg: error: the command needs the 'cli' extra ({name} not installed): pip install \"jaxreg[cli]\""
+    ]
+
+
+def test_bench_gpu_without_a_gpu_is_one_line_and_exit_0(capsys):
+    import jax
+
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present: --gpu runs the benchmarks")
+    assert cli.main(["bench", "--gpu", "--tiny"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == ["jaxreg bench: --gpu: no GPU (JAX's default backend is cpu); skipped"]
+    assert captured.out == ""
 
 
 def test_bench_without_benchmarks_exits_2(monkeypatch, tmp_path, capsys):
@@ -306,7 +384,8 @@ def test_bench_without_benchmarks_exits_2(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(jaxreg, "__file__", str(fake))
     assert cli.main(["bench", "--tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "benchmarks are not installed" in err[0] and str(tmp_path) in err[0]
+    assert len(err) == 1 and err[0].startswith("jaxreg bench: error: the benchmarks are not installed")
+    assert str(tmp_path) in err[0]
 
 
 def _facts(out):

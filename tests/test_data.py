@@ -135,3 +135,9 @@ def test_load_npz_rejects_bad_files(tmp_path):
         data.load_npz(obj)
     with pytest.raises(data.DataError, match="is a directory"):
         data.load_npz(tmp_path)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True])
+def test_split_rejects_a_bad_seed(seed):
+    with pytest.raises(ValueError, match=rf"split: seed must be an integer >= 0, got seed = {seed!r}\."):
+        data.split(np.zeros((30, 2)), np.repeat([0, 1, 2], 10), seed=seed, train_size=9, val_size=9)

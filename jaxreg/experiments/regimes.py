@@ -234,12 +234,14 @@ def train(
     *,
     seed: int,
     progress: bool = True,
+    echo: Any = None,
 ) -> Trained:
     """Trains every member as one program: ``jr.fit`` scans over steps, ``vmap``-ped over members.
 
     Full batch (``batch_size`` = the training split); an evaluation on the validation split
     every ``eval_every`` steps keeps each member's best-validation-loss snapshot (early stopping
     as data: nobody is stopped, so the early-stopping regime can be read off any member).
+    ``echo`` (e.g. ``print``) receives a status line before the program compiles.
     """
     x_tr = jnp.asarray(data["x_train"])
     y_tr = jnp.asarray(data["y_train"])
@@ -262,7 +264,8 @@ def train(
         x, y, idx = batch
         h = state.hyper
         (_, terms), grads = objective(state.params, h, x, y, h.weights[idx], rng)
-        updates, opt_state = _optimizer(h, lr).update(grads, state.opt_state, state.params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
+            updates, opt_state = _optimizer(h, lr).update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state, h), terms.loss
 
     def eval_fn(state: TrainState, val):
@@ -273,6 +276,8 @@ def train(
     inits = [init_params(seed, int(i), sizes) for i in np.asarray(hyper.init)]
     params0 = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *inits)
     state = jax.jit(jax.vmap(lambda p, h: TrainState(p, _optimizer(h, lr).init(p), h)))(params0, hyper)
+    if echo is not None:
+        echo(f"compiling the training program ({num_members} members, {num_steps} steps)…")
     t0 = time.perf_counter()
     result = jr.fit(
         step_fn,

@@ -7,17 +7,16 @@ through :func:`jaxreg.experiments.regimes.train`.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 from typing import Any
 
 import numpy as np
 
 from jaxreg import data as jdata
+from jaxreg.experiments import files, report
 from jaxreg.experiments import regimes as R
 
-__all__ = ["REGULARIZERS", "SWEEP_COLUMNS", "format_rows", "strengths", "sweep"]
+__all__ = ["DEFAULTS", "QUICK", "RANGES", "REGULARIZERS", "strengths", "sweep"]
 
 REGULARIZERS = {
     "l2": ("l2", "coupled L2 scale (in the loss)"),
@@ -28,17 +27,18 @@ REGULARIZERS = {
 }
 """``--reg`` choices: the :class:`~jaxreg.experiments.regimes.Member` field each one sets."""
 
-SWEEP_COLUMNS = (
-    ("strength", "strength", "{:.3g}"),
-    ("train_loss", "train_loss", "{:.4f}"),
-    ("val_loss", "val_loss", "{:.4f}"),
-    ("val_acc", "val_acc", "{:.3f}"),
-    ("test_acc", "test_acc", "{:.3f}"),
-    ("test_acc_std", "test_sd", "{:.3f}"),
-    ("gap", "gap", "{:.3f}"),
-    ("zero_frac", "zero_frac", "{:.3f}"),
-    ("weight_norm", "w_norm", "{:.3f}"),
-)
+RANGES = {
+    "l2": (1e-5, 1e-1, False),
+    "wd": (0.1, 10.0, False),
+    "l1": (0.01, 1.0, False),
+    "max_norm": (0.25, 4.0, False),
+    "dropout": (0.0, 0.8, True),
+}
+"""Default ``(min, max, linear)`` of each regularizer's strengths."""
+
+DEFAULTS = {"steps": 600, "hidden": 256, "num": 8, "eval_every": 20}
+QUICK = {"steps": 200, "hidden": 128, "num": 4, "eval_every": 10}
+"""The sweep's settings without and with ``--quick``."""
 
 
 def strengths(low: float, high: float, num: int, *, log: bool = True) -> list[float]:
@@ -98,7 +98,7 @@ def sweep(
         f"{len(members)} members, {R.num_steps_for(config)} steps, one vmapped program"
     )
     arrays = {"x_train": split.x_train, "y_train": split.y_train, "x_val": split.x_val, "y_val": split.y_val}
-    trained = R.train(config, hyper, arrays, split.num_classes, seed=seed, progress=progress)
+    trained = R.train(config, hyper, arrays, split.num_classes, seed=seed, progress=progress, echo=echo)
     sig = np.asarray(hyper.sigmoid)
     probs = {
         "train": (R.member_probs(trained.final, sig, split.x_train), split.y_train),
@@ -138,20 +138,9 @@ def sweep(
         "num_steps": trained.num_steps,
         "data": {"name": split.name, **split.sizes()},
         "rows": rows,
-        "train_wall_s": trained.wall_s,
+        "train_program_s": trained.wall_s,
     }
-    with open(os.path.join(out_dir, "sweep.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(out_dir, "sweep.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["name", *[c[0] for c in SWEEP_COLUMNS]])
-        for r in rows:
-            w.writerow([r["name"], *["" if r[c[0]] is None else r[c[0]] for c in SWEEP_COLUMNS]])
+    files.write_json(os.path.join(out_dir, "sweep.json"), results)
+    keys = ["name", "strength", *(c[0] for c in report.SWEEP_COLUMNS[1:])]
+    files.write_csv(os.path.join(out_dir, "sweep.csv"), rows, keys)
     return results
-
-
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    """The sweep table as text, one line per strength (the baseline first)."""
-    from jaxreg.experiments.run import format_table
-
-    return format_table(rows, (("name", "member", "{}"), *SWEEP_COLUMNS[1:]))

@@ -1,0 +1,107 @@
+"""What ``jaxreg run`` trains: its settings (``default`` and ``quick`` presets) and the members.
+
+:class:`Settings` holds every number a run uses; :func:`members` turns it into the members of
+the one training program (one network per regime, a bagging ensemble, an L2 sweep) and the index
+of each regime's members; :func:`label` names a regime with its hyperparameters (``l2 (1e-03)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from jaxreg.experiments import regimes as R
+
+__all__ = ["FIGURES", "Settings", "label", "members"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What a run does; ``quick()`` and ``default()`` give the two presets."""
+
+    seed: int = 0
+    steps: int = 1000
+    hidden: int = 256
+    members: int = 8  # bagging ensemble size
+    mc_samples: int = 64
+    l2: float = 1e-3
+    wd: float = 3.0
+    l1: float = 0.3
+    elastic: tuple[float, float] = (0.1, 1e-3)  # (l1, l2)
+    max_norm: float = 0.5
+    dropout: float = 0.5
+    sweep: tuple[float, ...] = tuple(float(v) for v in np.geomspace(1e-5, 1e-1, 9))
+    eval_every: int = 10
+    learning_rate: float = 1e-3
+    target_loss: float = 0.05
+    saturation: float = 0.05
+    progress: bool = True
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> Settings:
+        base = dict(
+            steps=300,
+            hidden=128,
+            members=4,
+            mc_samples=16,
+            sweep=tuple(float(v) for v in np.geomspace(1e-5, 1e-1, 5)),
+            eval_every=10,
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+    @classmethod
+    def default(cls, **overrides: Any) -> Settings:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+
+
+FIGURES = {
+    "curves": "curves.png",
+    "l2_sweep": "l2_sweep.png",
+    "weights": "weights.png",
+    "mc_dropout": "mc_dropout.png",
+}
+"""The figures of a run; :func:`jaxreg.plots.draw_run` draws them from the saved results."""
+
+
+def members(s: Settings) -> tuple[list[R.Member], dict[str, list[int]]]:
+    """The members of the one training program and, per regime, the indices of its members."""
+    M = R.Member
+    out = [
+        M("none"),
+        M("l2", l2=s.l2),
+        M("weight_decay", wd=s.wd),
+        M("l1", l1=s.l1),
+        M("elastic_net", l1=s.elastic[0], l2=s.elastic[1]),
+        M("max_norm", max_norm=s.max_norm),
+        M("dropout", dropout=s.dropout),
+        M("sigmoid", sigmoid=True),
+        M("sigmoid_l2", sigmoid=True, l2=s.l2),
+    ]
+    index = {m.name: [i] for i, m in enumerate(out)}
+    start = len(out)
+    out += [M(f"bag{i}", init=1000 + i, bootstrap=i) for i in range(s.members)]
+    index["bagging"] = list(range(start, len(out)))
+    for v in s.sweep:
+        index[f"l2={v:.0e}"] = [len(out)]
+        out.append(M(f"l2={v:.0e}", l2=v))
+    return out, index
+
+
+def label(regime: str, s: Settings) -> str:
+    """The regime's name with the hyperparameters that define it, e.g. ``"l2 (1e-03)"``."""
+    hyper = {
+        "l2": f"{s.l2:.0e}",
+        "weight_decay": f"{s.wd:g}",
+        "l1": f"{s.l1:g}",
+        "elastic_net": f"l1 {s.elastic[0]:g}, l2 {s.elastic[1]:.0e}",
+        "max_norm": f"{s.max_norm:g}",
+        "dropout": f"{s.dropout:g}",
+        "sigmoid_l2": f"l2 {s.l2:.0e}",
+        "bagging": f"{s.members} members",
+        "mc_dropout": f"{s.mc_samples} masks",
+        "early_stopping": "best val loss",
+    }.get(regime)
+    return regime if hyper is None else f"{regime} ({hyper})"
