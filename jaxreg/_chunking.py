@@ -4,14 +4,18 @@
 (directions) and ``variational.predict`` (weight samples) all evaluate one function over many
 items. :func:`run_chunks` is how: ``vmap`` over a chunk of items, a loop (``lax.fori_loop``)
 over chunks, per-item outputs stacked in item order and per-chunk summaries combined (moments,
-running sums). :func:`resolve_chunk` is how many items go in a chunk when ``chunk_size=None``:
+running sums). :func:`run_auto` runs the program with the chunk :func:`resolve_chunk` chooses when
+``chunk_size=None``:
 
 1. **Measured** (the default, outside ``jit``): on the first call with concrete arguments, a few
    candidate chunkings of the actual program are compiled and timed on this machine (always one
    plain ``vmap`` = all items and chunks of 1 = a loop, plus a few powers of two between and the
    static rule's choice), a handful of calls each, interleaved, within a total budget of
-   ``JAXREG_AUTOTUNE_BUDGET`` seconds (default 1.0; a candidate whose compile and first call
-   alone exceed it is dropped). The fastest is cached per program (call site, the hash of the
+   ``JAXREG_AUTOTUNE_BUDGET`` seconds (default 1.0), compiles included, except that one
+   ``vmap`` and the loop are always compiled (a candidate whose first call alone exceeds the
+   budget is dropped). The cost is thus two to five compiles of the program (for the digits MLP's
+   Adam step on a shared 2-core CPU, 1.5-3 s each) plus up to the budget of timed calls, once per
+   program and shape in a process. The fastest is cached per program (call site, the hash of the
    per-item jaxpr, argument shapes and dtypes, number of items, device kind) for the process,
    and on disk if ``JAXREG_AUTOTUNE_CACHE`` is set (``1``: ``$XDG_CACHE_HOME/jaxreg`` or
    ``~/.cache/jaxreg``; any other value: that directory).
@@ -229,29 +233,31 @@ def pick_fastest(
     clock: Callable[[], float] = time.perf_counter,
     max_rounds: int = MAX_ROUNDS,
 ) -> tuple[int, dict[int, list[float]]]:
-    """The candidate whose calls take the least time, measured within ``budget_s`` seconds.
+    """The candidate whose calls take the least time, measured within about ``budget_s`` seconds.
 
     ``prepare(c)`` compiles candidate ``c`` and returns a blocking call. Candidates are prepared
-    in order (each prepared with one call, which is not timed as a sample; the first two always,
-    the rest while less than half the budget is spent); one whose preparation alone exceeds the
-    budget is dropped. Then up to ``max_rounds`` rounds call every candidate once, in alternating
-    order (A B C, C B A, ...) so that slow drifts of a shared machine hit all alike, until the
-    budget is spent (at least one round). The score is each candidate's fastest call.
+    in order, each followed by one untimed first call: the first two always (one ``vmap`` and a
+    loop, so the choice is never slower than either beyond noise), the rest while the time spent
+    so far (compiles included) is under half the budget. A candidate whose first call alone
+    exceeds the budget is dropped (a handful of its calls cannot fit). Then up to ``max_rounds``
+    rounds call every candidate once, in alternating order (A B C, C B A, ...) so that slow
+    drifts of a shared machine hit all alike, until the budget is spent (at least one round).
+    The score is each candidate's fastest call.
 
     Returns:
-      ``(chosen, samples)``, ``samples`` the timed calls per prepared candidate.
+      ``(chosen, samples)``, ``samples`` the timed calls per kept candidate.
     """
     start = clock()
     runners: dict[int, Callable[[], Any]] = {}
     for i, c in enumerate(cands):
-        if i >= 2 and runners and clock() - start >= 0.5 * budget_s:
+        if i >= 2 and clock() - start >= 0.5 * budget_s:
             break
-        t0 = clock()
         run = prepare(c)
+        t0 = clock()
         run()
         if clock() - t0 <= budget_s:
             runners[c] = run
-    if not runners:  # everything exceeds the budget: the first candidate, unmeasured
+    if not runners:  # every first call exceeds the budget: the first candidate, unmeasured
         return cands[0], {}
     order = list(runners)
     samples: dict[int, list[float]] = {c: [] for c in order}
@@ -361,7 +367,7 @@ def _is_traced(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
     return any(isinstance(c, jax.core.Tracer) for c in consts)
 
 
-def resolve_chunk(
+def _choose(
     chunk_size: int | None,
     num: int,
     *,
@@ -372,7 +378,7 @@ def resolve_chunk(
     static: int,
     extra: Hashable = (),
     clock: Callable[[], float] = time.perf_counter,
-) -> int:
+) -> tuple[int, Callable[[], Any] | None]:
     """Items per chunk: ``chunk_size`` if given, else the measured (or cached, or static) choice.
 
     Args:
@@ -389,24 +395,25 @@ def resolve_chunk(
       clock: the timer (a test injects a fake one).
 
     Returns:
-      The chunk size, in ``[1, num]``.
+      ``(chunk, run)``: the chunk size in ``[1, num]``, and when it was just measured, a call of
+      the compiled winner on ``args`` (else ``None``).
     """
     if chunk_size is not None:
-        return max(1, min(int(chunk_size), num))
+        return max(1, min(int(chunk_size), num)), None
     static = max(1, min(int(static), num))
     if num <= 1 or item_jaxpr is None or not autotune_enabled():
-        return static
+        return static, None
     program_hash = hashlib.sha1(str(item_jaxpr).encode()).hexdigest()
     key = (where, program_hash, _signature(args), num, _device_kind(), extra)
     if key in _CACHE:
-        return _CACHE[key]
+        return _CACHE[key], None
     disk_key = hashlib.sha1(repr((key, jax.__version__)).encode()).hexdigest()
     on_disk = _read_disk().get(disk_key)
     if isinstance(on_disk, int) and 1 <= on_disk <= num:
         _CACHE[key] = on_disk
-        return on_disk
+        return on_disk, None
     if _is_traced(args, item_jaxpr):
-        return static
+        return static, None
     leaves, treedef = jax.tree.flatten(args)
     is_arr = [_is_array(x) for x in leaves]
     arrays = [x for x, a in zip(leaves, is_arr) if a]
@@ -418,9 +425,28 @@ def resolve_chunk(
             return program(c)(*jax.tree.unflatten(treedef, full))
 
         compiled = jax.jit(flat_program).lower(arrays).compile()
+        runners[c] = lambda: compiled(arrays)
         return lambda: jax.block_until_ready(compiled(arrays))
 
+    runners: dict[int, Callable[[], Any]] = {}
     chosen, _ = pick_fastest(candidates(num, static), prepare, budget_s=_budget_s(), clock=clock)
     _CACHE[key] = chosen
     _write_disk(disk_key, chosen)
-    return chosen
+    return chosen, runners.get(chosen)
+
+
+def resolve_chunk(chunk_size: int | None, num: int, **kwargs: Any) -> int:
+    """The chunk size :func:`run_auto` would use (same arguments); measures on a cache miss."""
+    return _choose(chunk_size, num, **kwargs)[0]
+
+
+def run_auto(chunk_size: int | None, num: int, **kwargs: Any) -> Any:
+    """``program(chunk)(*args)`` with the chunk of :func:`resolve_chunk` (same arguments).
+
+    Right after a measurement the compiled winner's result is returned (no second, op-by-op
+    run of the program outside ``jit``).
+    """
+    chunk, run = _choose(chunk_size, num, **kwargs)
+    if run is not None:
+        return run()
+    return kwargs["program"](chunk)(*kwargs["args"])

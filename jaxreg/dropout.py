@@ -212,22 +212,30 @@ def dropout(
 # MC-dropout
 
 
-def _mask_plan(
-    apply_fn: Callable[..., Any], params: Any, x: Any, rng: Any, num_samples: Any, chunk_size: Any, where: str, program
-) -> tuple[jax.Array, int]:
-    """The mask keys and the masks per chunk (explicit, measured, cached or static).
+def _run_masks(
+    apply_fn: Callable[..., Any],
+    params: Any,
+    x: Any,
+    rng: Any,
+    num_samples: Any,
+    chunk_size: Any,
+    where: str,
+    program: Callable[[Any, Any, jax.Array, int], Any],
+) -> Any:
+    """``program(params, x, keys, chunk)`` with the mask keys and the masks per chunk.
 
-    ``mc_dropout`` and ``mc_dropout_samples`` share it, so both see the same keys in the same order.
+    ``mc_dropout`` and ``mc_dropout_samples`` share it, so both see the same keys in the same order;
+    the chunk is explicit, or measured, cached or static (``jaxreg._chunking``).
     """
     num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, where)
     chunk = _chunking.check_chunk_size(chunk_size, where)
     _random.check_key(rng, where)
     keys = jax.random.split(rng, num_samples)
     if chunk is not None:
-        return keys, min(chunk, num_samples)
+        return program(params, x, keys, min(chunk, num_samples))
     jaxpr = _chunking.trace_item(apply_fn, params, x, keys[0])
     static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
-    chunk = _chunking.resolve_chunk(
+    return _chunking.run_auto(
         None,
         num_samples,
         where=where,
@@ -236,7 +244,6 @@ def _mask_plan(
         item_jaxpr=jaxpr,
         static=static,
     )
-    return keys, chunk
 
 
 def mc_dropout(
@@ -294,8 +301,7 @@ def mc_dropout(
     def program(p: Any, x_: Any, keys: jax.Array, chunk: int) -> uncertainty.Prediction:
         return uncertainty.predict_chunked(lambda k: apply_fn(p, x_, k), keys, chunk)
 
-    keys, chunk = _mask_plan(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout", program)
-    return program(params, x, keys, chunk)
+    return _run_masks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout", program)
 
 
 def mc_dropout_samples(
@@ -337,5 +343,4 @@ def mc_dropout_samples(
     def program(p: Any, x_: Any, keys: jax.Array, chunk: int) -> PyTree:
         return _chunking.map_chunks(lambda k: apply_fn(p, x_, k), keys, chunk)
 
-    keys, chunk = _mask_plan(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout_samples", program)
-    return program(params, x, keys, chunk)
+    return _run_masks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout_samples", program)

@@ -364,14 +364,12 @@ def map(
             return lambda cs, ms: _chunking.map_chunks(lambda m: call(cs, m), ms, c)
 
         if chunk_arg is not None:
-            c = min(chunk_arg, n)
-        else:
-            jaxpr = _chunking.trace_item(call, consts, [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs])
-            static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
-            c = _chunking.resolve_chunk(
-                None, n, where="ensemble.map", program=program, args=(consts, xs), item_jaxpr=jaxpr, static=static
-            )
-        return program(c)(consts, xs)
+            return program(min(chunk_arg, n))(consts, xs)
+        jaxpr = _chunking.trace_item(call, consts, [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs])
+        static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
+        return _chunking.run_auto(
+            None, n, where="ensemble.map", program=program, args=(consts, xs), item_jaxpr=jaxpr, static=static
+        )
 
     return mapped
 
@@ -413,20 +411,14 @@ def predict(
     def program(c: int) -> Callable[..., Prediction]:
         return lambda ps, x_: predict_chunked(lambda p: apply_fn(p, x_), ps, c)
 
-    if chunk is None:
-        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), stacked_params)
-        jaxpr = _chunking.trace_item(apply_fn, one, x)
-        static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
-        chunk = _chunking.resolve_chunk(
-            None,
-            n,
-            where="ensemble.predict",
-            program=program,
-            args=(stacked_params, x),
-            item_jaxpr=jaxpr,
-            static=static,
-        )
-    return program(chunk)(stacked_params, x)
+    if chunk is not None:
+        return program(chunk)(stacked_params, x)
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), stacked_params)
+    jaxpr = _chunking.trace_item(apply_fn, one, x)
+    static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
+    return _chunking.run_auto(
+        None, n, where="ensemble.predict", program=program, args=(stacked_params, x), item_jaxpr=jaxpr, static=static
+    )
 
 
 def train_step(

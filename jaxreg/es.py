@@ -245,27 +245,25 @@ def _gradient(
         return lambda p, r, s: _estimate(loss_fn, p, r, s, population, antithetic, fitness_shaping, c, where)
 
     if chunk_size is not None:
-        dirs = max(1, min(num_dirs, chunk_size // signs))
+        return program(max(1, min(num_dirs, chunk_size // signs)))(params, rng, sigma)
+    jaxpr = _chunking.trace_item(
+        _one_direction(loss_fn, treedef, antithetic), leaves, rng, jnp.asarray(sigma), jnp.zeros([], jnp.uint32)
+    )
+    if jax.default_backend() != "cpu":
+        static = num_dirs
     else:
-        jaxpr = _chunking.trace_item(
-            _one_direction(loss_fn, treedef, antithetic), leaves, rng, jnp.asarray(sigma), jnp.zeros([], jnp.uint32)
-        )
-        if jax.default_backend() != "cpu":
-            static = num_dirs
-        else:
-            item_bytes = None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr)
-            static = _chunking.static_chunk(num_dirs, item_bytes, _CHUNK_BUDGET_BYTES)
-        dirs = _chunking.resolve_chunk(
-            None,
-            num_dirs,
-            where=where,
-            program=program,
-            args=(params, rng, sigma),
-            item_jaxpr=jaxpr,
-            static=static,
-            extra=(antithetic, fitness_shaping),
-        )
-    return program(dirs)(params, rng, sigma)
+        item_bytes = None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr)
+        static = _chunking.static_chunk(num_dirs, item_bytes, _CHUNK_BUDGET_BYTES)
+    return _chunking.run_auto(
+        None,
+        num_dirs,
+        where=where,
+        program=program,
+        args=(params, rng, sigma),
+        item_jaxpr=jaxpr,
+        static=static,
+        extra=(antithetic, fitness_shaping),
+    )
 
 
 def gradient(
@@ -342,7 +340,8 @@ def gradient(
       >>> def step(carry, key):
       ...     params, state = carry
       ...     grads = jr.es.gradient(loss, params, key, sigma=0.1, population=32)
-      ...     updates, state = opt.update(grads, state, params)
+      ...     with jax.numpy_dtype_promotion("standard"):  # adam: decay ** int32 count
+      ...         updates, state = opt.update(grads, state, params)
       ...     return (optax.apply_updates(params, updates), state), None
       >>> (params, _), _ = jax.lax.scan(step, (params, state), jax.random.split(jax.random.key(0), 300))
       >>> bool(jnp.allclose(params["w"], 3.0, atol=0.05))

@@ -460,11 +460,10 @@ def predict_samples(
       ...                                jax.random.key(0), 5).shape
       (5,)
     """
-    keys, chunk = _sample_plan(apply_fn, vparams, x, rng, num_samples, chunk_size, "variational.predict_samples")
-    return _chunking.map_chunks(lambda k: apply_fn(sample(k, vparams), x), keys, chunk)
+    return _run_samples(apply_fn, vparams, x, rng, num_samples, chunk_size, "variational.predict_samples")
 
 
-def _sample_plan(
+def _run_samples(
     apply_fn: Callable[[PyTree, Any], Any],
     vparams: MeanField,
     x: Any,
@@ -472,15 +471,16 @@ def _sample_plan(
     num_samples: Any,
     chunk_size: Any,
     where: str,
-) -> tuple[jax.Array, int]:
-    """The weight-sample keys and the samples per chunk (explicit, measured, cached or static)."""
+) -> Any:
+    """The stacked outputs (``predict_samples``) or their moments (``predict``) of the weight samples.
+
+    The samples per chunk are explicit, or measured, cached or static (``jaxreg._chunking``).
+    """
     _check_meanfield(vparams, where)
     num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, where)
     chunk = _chunking.check_chunk_size(chunk_size, where)
     _random.check_key(rng, where)
     keys = jax.random.split(rng, num_samples)
-    if chunk is not None:
-        return keys, min(chunk, num_samples)
 
     def one(vp: MeanField, x_: Any, key: jax.Array) -> Any:
         return apply_fn(sample(key, vp), x_)
@@ -490,12 +490,13 @@ def _sample_plan(
             return lambda vp, x_, ks: predict_chunked(lambda k: one(vp, x_, k), ks, c)
         return lambda vp, x_, ks: _chunking.map_chunks(lambda k: one(vp, x_, k), ks, c)
 
+    if chunk is not None:
+        return program(min(chunk, num_samples))(vparams, x, keys)
     jaxpr = _chunking.trace_item(one, vparams, x, keys[0])
     static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
-    chunk = _chunking.resolve_chunk(
+    return _chunking.run_auto(
         None, num_samples, where=where, program=program, args=(vparams, x, keys), item_jaxpr=jaxpr, static=static
     )
-    return keys, chunk
 
 
 def predict(
@@ -543,5 +544,4 @@ def predict(
       >>> round(float(pred.mean[0]), 1), round(float(pred.variance[0]) ** 0.5, 1)  # N(1, 0.5^2)
       (1.0, 0.5)
     """
-    keys, chunk = _sample_plan(apply_fn, vparams, x, rng, num_samples, chunk_size, "variational.predict")
-    return predict_chunked(lambda k: apply_fn(sample(k, vparams), x), keys, chunk)
+    return _run_samples(apply_fn, vparams, x, rng, num_samples, chunk_size, "variational.predict")
