@@ -1,34 +1,146 @@
-"""Automatic chunk sizes for vmapped work (MC-dropout masks, ensemble members, ES directions).
+"""The one chunking executor for vmapped work, and how its chunk size is chosen.
 
-One item's working set is estimated from the bytes of its jaxpr's intermediates, traced
-abstractly; the chunk is then chosen so that a chunk's working set stays cache- and
-allocator-friendly on a CPU. Shared by ``dropout``, ``ensemble`` and ``es``.
+``ensemble.map`` (members), ``mc_dropout`` / ``mc_dropout_samples`` (masks), ``es.gradient``
+(directions) and ``variational.predict`` (weight samples) all evaluate one function over many
+items. :func:`run_chunks` is how: ``vmap`` over a chunk of items, a loop (``lax.fori_loop``)
+over chunks, per-item outputs stacked in item order and per-chunk summaries combined (moments,
+running sums). :func:`run_auto` runs the program with the chunk :func:`resolve_chunk` chooses when
+``chunk_size=None``:
+
+1. **Measured** (the default, outside ``jit``): on the first call with concrete arguments, a few
+   candidate chunkings of the actual program are compiled and timed on this machine (always one
+   plain ``vmap`` = all items and chunks of 1 = a loop, plus a few powers of two between and the
+   static rule's choice), a handful of calls each, interleaved, within a total budget of
+   ``JAXREG_AUTOTUNE_BUDGET`` seconds (default 1.0), compiles included, except that one
+   ``vmap`` and the loop are always compiled (a candidate whose first call alone exceeds the
+   budget is dropped). The cost is thus two to five compiles of the program (for the digits MLP's
+   Adam step on a shared 2-core CPU, 1.5-3 s each) plus up to the budget of timed calls, once per
+   program and shape in a process. The fastest is cached per program (call site, the hash of the
+   per-item jaxpr, argument shapes and dtypes, number of items, device kind) for the process,
+   and on disk if ``JAXREG_AUTOTUNE_CACHE`` is set (``1``: ``$XDG_CACHE_HOME/jaxreg`` or
+   ``~/.cache/jaxreg``; any other value: that directory).
+2. **Inside a trace** (``jit``, ``vmap``, ``grad``: the arguments are tracers) nothing can be
+   timed: the cached choice for the same program is used if there is one (so calling a function
+   once outside ``jit`` tunes its jitted calls too), else the static rule.
+3. **Static rule** (``JAXREG_AUTOTUNE=0``, or no cached choice inside a trace): one ``vmap`` if
+   all items' intermediates (summed bytes of the per-item jaxpr, traced abstractly) fit in
+   128 MiB, else the largest power of two of items within a 48 MiB chunk (constants measured on
+   a 2-core AMD EPYC; a proxy, not a measurement of the machine that runs).
+
+An explicit ``chunk_size`` is never changed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Callable
+import os
+import tempfile
+import time
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg import _checks
+
 PyTree = Any
 
-# Auto chunking, measured on a 2-core AMD EPYC (Zen 3, 32 MiB L3), jax 0.10.2, for MC-dropout
-# masks and ensemble members alike. One item's working set is proxied by the summed bytes of
-# its jaxpr's intermediates. When all items together stay within 128 MiB, one plain vmap is
-# fastest (8-32-1 on 16 inputs, 0.13 MB per mask; the digits MLP's Adam step at batch 128,
-# 10.5 MB per member, at N = 8). Beyond, chunks of the largest power of two within 48 MiB:
-# MLP 64-256-256-10 on 1797 inputs (~30 MB per mask): 1 mask per chunk, 1.8-1.9x a Python loop
-# of jitted passes and ~3x a plain vmap at K = 64; 8-256-1 on 256 inputs (2.1 MB): 16 (a plain
-# vmap of 256 masks is 2-4x slower); on 1024 inputs (8.4 MB): 4; the Adam step at N = 32-128:
-# 4 members per chunk (0.9-1.9x a plain vmap over runs on a shared, noisy machine).
-_CHUNK_BUDGET_BYTES = 48 << 20
-_VMAP_ALL_BYTES = 128 << 20
-_FALLBACK_CHUNK = 4
+# The static rule (see the module docstring). Measured on a 2-core AMD EPYC (Zen 3, 32 MiB L3),
+# jax 0.10.2; on a 2-core Intel Xeon (AVX-512) a plain vmap of 32 members was 1.5x the chunks it
+# chose, which is why the default is to measure.
+CHUNK_BUDGET_BYTES = 48 << 20
+VMAP_ALL_BYTES = 128 << 20
+FALLBACK_CHUNK = 4
+
+DEFAULT_BUDGET_S = 1.0
+MAX_ROUNDS = 5
+
+# What abstract tracing (jax.make_jaxpr on ShapeDtypeStructs) raises for a function that needs
+# concrete values (a Python `if` on an array, numpy on an array, int() of an array). Any other
+# exception is a bug of the function and propagates: the real vmap would raise it too.
+ABSTRACT_TRACING_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+def check_chunk_size(chunk_size: Any, where: str, minimum: int = 1) -> int | None:
+    """``None`` or an int ``>= minimum``; a ``ValueError`` naming ``where`` otherwise."""
+    if chunk_size is None:
+        return None
+    return _checks.check_int_at_least("chunk_size", chunk_size, minimum, where)
+
+
+# ----------------------------------------------------------------------------------------------
+# The executor
+
+
+def _leading(tree: PyTree) -> int:
+    return int(jnp.shape(jax.tree.leaves(tree)[0])[0])
+
+
+def run_chunks(
+    block_fn: Callable[[PyTree], tuple[PyTree, PyTree]],
+    xs: PyTree,
+    chunk: int,
+    combine: Callable[[PyTree, PyTree], PyTree] | None = None,
+) -> tuple[PyTree, PyTree]:
+    """Evaluates ``block_fn`` on chunks of ``xs``'s leading axis; returns ``(summary, outputs)``.
+
+    ``block_fn(block) -> (summary, outputs)`` sees a block of ``b`` items (``b = chunk``, or the
+    remainder); ``outputs`` leaves have a leading axis ``b`` and are stacked back in item order;
+    ``summary`` of the blocks are reduced with ``combine(a, b)`` (``None``: no summary). Chunk
+    ``j`` holds items ``j, j + K, j + 2K, ...`` (``K`` chunks): the stacked arrays are only
+    reshaped, never transposed, so an item axis sharded across devices stays sharded in every
+    chunk. The first chunk is peeled to build the output buffers, which then inherit its dtype
+    and (under a mesh) its sharding.
+    """
+    n = _leading(xs)
+    chunk = max(1, min(int(chunk), n))
+    num_chunks, rem = divmod(n, chunk)
+    if num_chunks == 1 and not rem:
+        return block_fn(xs)
+    main_n = num_chunks * chunk
+    grid = jax.tree.map(lambda x: x[:main_n].reshape((chunk, num_chunks, *x.shape[1:])), xs)
+
+    def block(j: Any) -> tuple[PyTree, PyTree]:
+        return block_fn(jax.tree.map(lambda g: jax.lax.dynamic_index_in_dim(g, j, axis=1, keepdims=False), grid))
+
+    summary, first = block(0)
+    if num_chunks > 1:
+        buffers = jax.tree.map(lambda o: jnp.repeat(jnp.expand_dims(o, 1), num_chunks, axis=1), first)
+
+        def body(j: jax.Array, carry: tuple[PyTree, PyTree]) -> tuple[PyTree, PyTree]:
+            acc, bufs = carry
+            s, out = block(j)
+            acc = combine(acc, s) if combine is not None else acc
+            bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j, axis=1), bufs, out)
+            return acc, bufs
+
+        summary, buffers = jax.lax.fori_loop(1, num_chunks, body, (summary, buffers))
+        outputs = jax.tree.map(lambda b: b.reshape((main_n, *b.shape[2:])), buffers)
+    else:
+        outputs = first
+    if rem:
+        s, tail = block_fn(jax.tree.map(lambda x: x[main_n:], xs))
+        summary = combine(summary, s) if combine is not None else summary
+        outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), outputs, tail)
+    return summary, outputs
+
+
+def map_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int) -> PyTree:
+    """``jax.vmap(fn)(xs)``, evaluated ``chunk`` items at a time by :func:`run_chunks`."""
+    return run_chunks(lambda block: (None, jax.vmap(fn)(block)), xs, chunk)[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# The static rule
 
 
 def _abstract(tree: PyTree) -> PyTree:
@@ -40,52 +152,301 @@ def _abstract(tree: PyTree) -> PyTree:
     return jax.tree.map(one, tree)
 
 
-def _jaxpr_bytes(jaxpr: Any) -> int:
+def jaxpr_bytes(jaxpr: Any) -> int:
+    """The summed bytes of every intermediate of ``jaxpr`` (inner jaxprs included)."""
     from jax.extend.core import jaxprs_in_params
 
     total = 0
     for eqn in jaxpr.eqns:
         inner = list(jaxprs_in_params(eqn.params))
         if inner:
-            total += sum(_jaxpr_bytes(j) for j in inner)
+            total += sum(jaxpr_bytes(j) for j in inner)
             continue
         for v in eqn.outvars:
             aval = v.aval
             shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
             if shape is None or dtype is None:
                 continue
-            try:
+            if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+                itemsize = 8  # a threefry key: two uint32 words
+            else:
                 itemsize = int(np.dtype(dtype).itemsize)
-            except TypeError:
-                itemsize = 8  # PRNG key arrays
             total += math.prod(shape) * itemsize
     return total
 
 
-def _working_set_bytes(fn: Callable[..., Any], *args: Any) -> int | None:
-    """The bytes of all intermediates in ``fn``'s jaxpr for one item (a proxy for its working set)."""
+def trace_item(fn: Callable[..., Any], *args: Any) -> Any | None:
+    """``jax.make_jaxpr(fn)`` of one item, traced abstractly; ``None`` if ``fn`` needs concrete values."""
     try:
-        closed = jax.make_jaxpr(fn)(*_abstract(args))
-        return _jaxpr_bytes(closed.jaxpr)
-    except Exception:  # a function that cannot be traced abstractly: use the fallback chunk
+        return jax.make_jaxpr(fn)(*_abstract(args))
+    except ABSTRACT_TRACING_ERRORS:
         return None
 
 
-def _auto_chunk(
-    num: int, item_bytes: int | None, budget: int = _CHUNK_BUDGET_BYTES, vmap_all_bytes: int | None = None
+def static_chunk(
+    num: int, item_bytes: int | None, budget: int = CHUNK_BUDGET_BYTES, vmap_all_bytes: int | None = None
 ) -> int:
     """Items per chunk: all of them if they fit ``vmap_all_bytes``, else the largest power of two within ``budget``.
 
-    ``vmap_all_bytes=None`` means ``_VMAP_ALL_BYTES`` with the default budget, and no such
+    ``vmap_all_bytes=None`` means ``VMAP_ALL_BYTES`` with the default budget, and no such
     shortcut with another budget (a caller's own budget keeps its meaning).
     """
     if item_bytes is None:
-        return min(num, _FALLBACK_CHUNK)
+        return min(num, FALLBACK_CHUNK)
     if vmap_all_bytes is None:
-        vmap_all_bytes = _VMAP_ALL_BYTES if budget == _CHUNK_BUDGET_BYTES else 0
+        vmap_all_bytes = VMAP_ALL_BYTES if budget == CHUNK_BUDGET_BYTES else 0
     if num * item_bytes <= vmap_all_bytes:
         return num
     target = max(1, budget // max(1, item_bytes))
     if target >= num:
         return num
     return 1 << (int(target).bit_length() - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurement
+
+
+def candidates(num: int, static: int, *, max_between: int = 3) -> list[int]:
+    """Chunk sizes to time: ``num`` (one vmap), 1 (a loop), ``static``, and a few powers of two between.
+
+    The powers of two strictly between 1 and ``num`` are thinned to ``max_between``, spread
+    evenly in log scale. The order is the order of measurement (most informative first).
+    """
+    between = [1 << k for k in range(1, max(1, (num - 1).bit_length())) if 1 < (1 << k) < num]
+    if len(between) > max_between:
+        picks = np.linspace(0, len(between) - 1, max_between).round().astype(int)
+        between = [between[i] for i in sorted(set(picks.tolist()))]
+    out: list[int] = []
+    for c in [num, 1, static, *between]:
+        c = max(1, min(int(c), num))
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def pick_fastest(
+    cands: Sequence[int],
+    prepare: Callable[[int], Callable[[], Any]],
+    *,
+    budget_s: float,
+    clock: Callable[[], float] = time.perf_counter,
+    max_rounds: int = MAX_ROUNDS,
+) -> tuple[int, dict[int, list[float]]]:
+    """The candidate whose calls take the least time, measured within about ``budget_s`` seconds.
+
+    ``prepare(c)`` compiles candidate ``c`` and returns a blocking call. Candidates are prepared
+    in order, each followed by one untimed first call: the first two always (one ``vmap`` and a
+    loop, so the choice is never slower than either beyond noise), the rest while the time spent
+    so far (compiles included) is under half the budget. A candidate whose first call alone
+    exceeds the budget is dropped (a handful of its calls cannot fit). Then up to ``max_rounds``
+    rounds call every candidate once, in alternating order (A B C, C B A, ...) so that slow
+    drifts of a shared machine hit all alike, until the budget is spent (at least one round).
+    The score is each candidate's fastest call.
+
+    Returns:
+      ``(chosen, samples)``, ``samples`` the timed calls per kept candidate.
+    """
+    start = clock()
+    runners: dict[int, Callable[[], Any]] = {}
+    for i, c in enumerate(cands):
+        if i >= 2 and clock() - start >= 0.5 * budget_s:
+            break
+        run = prepare(c)
+        t0 = clock()
+        run()
+        if clock() - t0 <= budget_s:
+            runners[c] = run
+    if not runners:  # every first call exceeds the budget: the first candidate, unmeasured
+        return cands[0], {}
+    order = list(runners)
+    samples: dict[int, list[float]] = {c: [] for c in order}
+    if len(order) > 1:
+        for r in range(max_rounds):
+            if r >= 1 and clock() - start >= budget_s:
+                break
+            for c in order if r % 2 == 0 else order[::-1]:
+                t0 = clock()
+                runners[c]()
+                samples[c].append(clock() - t0)
+    chosen = min(order, key=lambda c: min(samples[c]) if samples[c] else math.inf)
+    return chosen, samples
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache and the choice
+
+_CACHE: dict[Hashable, int] = {}
+
+
+def autotune_enabled() -> bool:
+    """False when ``JAXREG_AUTOTUNE`` is ``0`` (or ``false``, ``off``, ``no``)."""
+    return os.environ.get("JAXREG_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def _budget_s() -> float:
+    try:
+        return float(os.environ.get("JAXREG_AUTOTUNE_BUDGET", DEFAULT_BUDGET_S))
+    except ValueError:
+        return DEFAULT_BUDGET_S
+
+
+def cache_dir() -> str | None:
+    """The on-disk cache directory, or ``None`` when ``JAXREG_AUTOTUNE_CACHE`` is unset or ``0``."""
+    value = os.environ.get("JAXREG_AUTOTUNE_CACHE", "").strip()
+    if value in ("", "0"):
+        return None
+    if value == "1":
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "jaxreg")
+    return value
+
+
+def _cache_file() -> str | None:
+    d = cache_dir()
+    return None if d is None else os.path.join(d, "chunks.json")
+
+
+def _read_disk() -> dict[str, int]:
+    path = _cache_file()
+    if path is None:
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_disk(key: str, chunk: int) -> None:
+    path = _cache_file()
+    if path is None:
+        return
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = _read_disk()
+        data[key] = int(chunk)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: the in-process cache still holds the choice
+        pass
+
+
+def clear_cache() -> None:
+    """Forgets the in-process choices (the on-disk file is left alone)."""
+    _CACHE.clear()
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    leaves, treedef = jax.tree.flatten(args)
+    sig = []
+    for leaf in leaves:
+        if _is_array(leaf) or isinstance(leaf, jax.core.Tracer):
+            sig.append((tuple(jnp.shape(leaf)), str(leaf.dtype)))
+        else:
+            sig.append((type(leaf).__name__,))
+    return (str(treedef), tuple(sig))
+
+
+def _device_kind() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{d.device_kind}:{jax.device_count()}"
+
+
+def _is_traced(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
+        return True
+    consts = [] if item_jaxpr is None else item_jaxpr.consts
+    return any(isinstance(c, jax.core.Tracer) for c in consts)
+
+
+def _choose(
+    chunk_size: int | None,
+    num: int,
+    *,
+    where: str,
+    program: Callable[[int], Callable[..., Any]],
+    args: tuple[Any, ...],
+    item_jaxpr: Any,
+    static: int,
+    extra: Hashable = (),
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[int, Callable[[], Any] | None]:
+    """Items per chunk: ``chunk_size`` if given, else the measured (or cached, or static) choice.
+
+    Args:
+      chunk_size: the caller's explicit choice (kept, capped at ``num``), or ``None``.
+      num: the number of items.
+      where: the call site, part of the cache key.
+      program: ``program(chunk)(*args)`` computes the whole result with that chunk.
+      args: the program's arguments (pytrees; their array leaves are passed to the compiled
+        candidates, other leaves are held static).
+      item_jaxpr: the per-item jaxpr (:func:`trace_item`), or ``None``: part of the cache key,
+        and how a closure over tracers is detected.
+      static: the static rule's choice.
+      extra: anything else the program depends on (hashable), part of the cache key.
+      clock: the timer (a test injects a fake one).
+
+    Returns:
+      ``(chunk, run)``: the chunk size in ``[1, num]``, and when it was just measured, a call of
+      the compiled winner on ``args`` (else ``None``).
+    """
+    if chunk_size is not None:
+        return max(1, min(int(chunk_size), num)), None
+    static = max(1, min(int(static), num))
+    if num <= 1 or item_jaxpr is None or not autotune_enabled():
+        return static, None
+    program_hash = hashlib.sha1(str(item_jaxpr).encode()).hexdigest()
+    key = (where, program_hash, _signature(args), num, _device_kind(), extra)
+    if key in _CACHE:
+        return _CACHE[key], None
+    disk_key = hashlib.sha1(repr((key, jax.__version__)).encode()).hexdigest()
+    on_disk = _read_disk().get(disk_key)
+    if isinstance(on_disk, int) and 1 <= on_disk <= num:
+        _CACHE[key] = on_disk
+        return on_disk, None
+    if _is_traced(args, item_jaxpr):
+        return static, None
+    leaves, treedef = jax.tree.flatten(args)
+    is_arr = [_is_array(x) for x in leaves]
+    arrays = [x for x, a in zip(leaves, is_arr) if a]
+
+    def prepare(c: int) -> Callable[[], Any]:
+        def flat_program(arrs: list[Any]) -> Any:
+            it = iter(arrs)
+            full = [next(it) if a else x for x, a in zip(leaves, is_arr)]
+            return program(c)(*jax.tree.unflatten(treedef, full))
+
+        compiled = jax.jit(flat_program).lower(arrays).compile()
+        runners[c] = lambda: compiled(arrays)
+        return lambda: jax.block_until_ready(compiled(arrays))
+
+    runners: dict[int, Callable[[], Any]] = {}
+    chosen, _ = pick_fastest(candidates(num, static), prepare, budget_s=_budget_s(), clock=clock)
+    _CACHE[key] = chosen
+    _write_disk(disk_key, chosen)
+    return chosen, runners.get(chosen)
+
+
+def resolve_chunk(chunk_size: int | None, num: int, **kwargs: Any) -> int:
+    """The chunk size :func:`run_auto` would use (same arguments); measures on a cache miss."""
+    return _choose(chunk_size, num, **kwargs)[0]
+
+
+def run_auto(chunk_size: int | None, num: int, **kwargs: Any) -> Any:
+    """``program(chunk)(*args)`` with the chunk of :func:`resolve_chunk` (same arguments).
+
+    Right after a measurement the compiled winner's result is returned (no second, op-by-op
+    run of the program outside ``jit``).
+    """
+    chunk, run = _choose(chunk_size, num, **kwargs)
+    if run is not None:
+        return run()
+    return kwargs["program"](chunk)(*kwargs["args"])

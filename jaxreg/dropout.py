@@ -1,13 +1,15 @@
 """Dropout with cheap random bits, and MC-dropout: many masks averaged in one compiled program.
 
 Random bits are most of the cost of dropout on a CPU. :func:`dropout` hashes one counter per
-32-bit word with threefry and cuts each word into four 8-bit thresholds (the default; two 16-bit
+32-bit word with threefry and cuts each word into two 16-bit thresholds (the default; four 8-bit
 ones, or one 32-bit one, on request). The drop rate is rounded to the nearest multiple of
 ``2**-precision``, and the surviving units are scaled by the *same* quantized keep probability,
 so the output is exactly unbiased: :math:`\\mathbb{E}[\\mathrm{dropout}(x)] = x`.
 
 :func:`mc_dropout` evaluates ``num_samples`` masks with ``vmap``, or in chunks of ``chunk_size``
-masks inside a loop, so that peak memory grows with the chunk, not with ``num_samples``.
+masks inside a loop (``jaxreg._chunking``, shared with ``ensemble.map``, ``es`` and
+``variational``), so that peak memory grows with the chunk, not with ``num_samples``; the
+moments become a :class:`jaxreg.Prediction` in :mod:`jaxreg.uncertainty`.
 """
 
 from __future__ import annotations
@@ -22,13 +24,11 @@ import numpy as np
 from jax.extend.random import threefry_2x32
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
-from jaxreg._chunking import _auto_chunk, _working_set_bytes
-from jaxreg.uncertainty import Prediction
+from jaxreg import _checks, _chunking, _random, uncertainty
 
 PyTree = Any
 
-__all__ = ["Prediction", "dropout", "keep_mask", "mc_dropout", "mc_dropout_samples", "quantize_rate"]
+__all__ = ["dropout", "keep_mask", "mc_dropout", "mc_dropout_samples", "quantize_rate"]
 
 
 _PRECISIONS = (8, 16, 32)
@@ -81,12 +81,11 @@ def quantize_rate(rate: ArrayLike, precision: int = 16) -> jax.Array:
     return jnp.round(jnp.asarray(rate, jnp.float32) * levels) / levels
 
 
-def _random_words(rng: jax.Array, num_words: int) -> jax.Array:
+def _random_words(rng: jax.Array, num_words: int, where: str) -> jax.Array:
     """``num_words`` uint32 words: threefry of a counter (non-partitionable stream, cheap on CPU)."""
-    if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    _random.check_key(rng, where)
+    if not _random.is_key_array(rng):
         rng = jax.random.wrap_key_data(jnp.asarray(rng))
-    if jnp.shape(rng) != ():
-        raise ValueError(f"dropout: rng must be a single key, got a key array of shape {jnp.shape(rng)}.")
     if str(jax.random.key_impl(rng)) != "threefry2x32":
         return jax.random.bits(rng, (num_words,), jnp.uint32)
     return threefry_2x32(jax.random.key_data(rng), jax.lax.iota(jnp.uint32, num_words))
@@ -106,12 +105,15 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
 
     Returns:
       A bool array of ``shape``.
+
+    Raises:
+      ValueError: if ``rng`` is not a PRNG key or ``precision`` is not 8, 16 or 32.
     """
     precision = _check_precision(precision, "keep_mask")
     shape = tuple(int(s) for s in shape)
     size = math.prod(shape)
     per_word = 32 // precision
-    words = _random_words(rng, max(1, -(-size // per_word)))
+    words = _random_words(rng, max(1, -(-size // per_word)), "keep_mask")
     dtype = _UINT[precision]
     u = words if precision == 32 else jax.lax.bitcast_convert_type(words, dtype).reshape(-1)
     if u.shape[0] != size:
@@ -168,8 +170,9 @@ def dropout(
       An array of ``x``'s shape and dtype.
 
     Raises:
-      ValueError: if a concrete ``rate`` is outside [0, 1) or not a scalar, ``precision`` is not
-        8, 16 or 32, or ``broadcast_dims`` names an axis ``x`` does not have.
+      ValueError: if ``rng`` is not a PRNG key (an int seed: use ``jax.random.key(seed)``), a
+        concrete ``rate`` is outside [0, 1) or not a scalar, ``precision`` is not 8, 16 or 32,
+        or ``broadcast_dims`` names an axis ``x`` does not have.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -179,6 +182,7 @@ def dropout(
       >>> bool(jnp.all(jr.dropout(jax.random.key(0), jnp.ones(3), 0.0) == 1.0))
       True
     """
+    _random.check_key(rng, "dropout")
     _check_rate(rate, "dropout")
     precision = _check_precision(precision, "dropout")
     x = jnp.asarray(x)
@@ -208,55 +212,38 @@ def dropout(
 # MC-dropout
 
 
-def _check_num_samples(num_samples: Any, where: str) -> int:
-    return _checks.check_int_at_least("num_samples", num_samples, 1, where)
+def _run_masks(
+    apply_fn: Callable[..., Any],
+    params: Any,
+    x: Any,
+    rng: Any,
+    num_samples: Any,
+    chunk_size: Any,
+    where: str,
+    program: Callable[[Any, Any, jax.Array, int], Any],
+) -> Any:
+    """``program(params, x, keys, chunk)`` with the mask keys and the masks per chunk.
 
-
-def _check_chunk_size(chunk_size: Any, where: str) -> int | None:
-    if chunk_size is None:
-        return None
-    return _checks.check_int_at_least("chunk_size", chunk_size, 1, where)
-
-
-def _mc_chunk(chunk: int | None, num_samples: int, apply_fn: Callable[..., Any], params: Any, x: Any, rng: Any) -> int:
-    if chunk is not None:
-        return min(chunk, num_samples)
-    return _auto_chunk(num_samples, _working_set_bytes(apply_fn, params, x, rng))
-
-
-def _mask_chunks(
-    apply_fn: Callable[..., Any], params: Any, x: Any, rng: Any, num_samples: Any, chunk_size: Any, where: str
-) -> tuple[Callable[[jax.Array], PyTree], jax.Array, jax.Array, int]:
-    """The vmapped pass and the mask keys: ``(num_chunks, chunk)`` full chunks and a remainder.
-
-    ``mc_dropout`` and ``mc_dropout_samples`` share it, so both see the same keys in the same order.
+    ``mc_dropout`` and ``mc_dropout_samples`` share it, so both see the same keys in the same order;
+    the chunk is explicit, or measured, cached or static (``jaxreg._chunking``).
     """
-    num_samples = _check_num_samples(num_samples, where)
-    chunk = _check_chunk_size(chunk_size, where)
+    num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, where)
+    chunk = _chunking.check_chunk_size(chunk_size, where)
+    _random.check_key(rng, where)
     keys = jax.random.split(rng, num_samples)
-    chunk = _mc_chunk(chunk, num_samples, apply_fn, params, x, keys[0])
-    num_chunks = num_samples // chunk
-    main = keys[: num_chunks * chunk].reshape((num_chunks, chunk, *keys.shape[1:]))
-    return jax.vmap(lambda k: apply_fn(params, x, k)), main, keys[num_chunks * chunk :], num_samples
-
-
-def _moments(outputs: PyTree) -> tuple[PyTree, PyTree]:
-    mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), outputs)
-    m2 = jax.tree.map(lambda o, m: jnp.sum(jnp.square(o - m[None]), axis=0), outputs, mean)
-    return mean, m2
-
-
-def _merge(a: tuple[PyTree, PyTree, Any], b: tuple[PyTree, PyTree, Any]) -> tuple[PyTree, PyTree, Any]:
-    """Chan et al.'s pairwise merge of (mean, sum of squared deviations, count)."""
-    mean_a, m2_a, n_a = a
-    mean_b, m2_b, n_b = b
-    n = n_a + n_b
-    frac = n_b / n
-    delta = jax.tree.map(lambda ma, mb: mb - ma, mean_a, mean_b)
-    mean = jax.tree.map(lambda ma, d: ma + d * jnp.asarray(frac, d.dtype), mean_a, delta)
-    w = n_a * n_b / n
-    m2 = jax.tree.map(lambda x, y, d: x + y + jnp.square(d) * jnp.asarray(w, d.dtype), m2_a, m2_b, delta)
-    return mean, m2, n
+    if chunk is not None:
+        return program(params, x, keys, min(chunk, num_samples))
+    jaxpr = _chunking.trace_item(apply_fn, params, x, keys[0])
+    static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
+    return _chunking.run_auto(
+        None,
+        num_samples,
+        where=where,
+        program=lambda c: lambda p, x_, k: program(p, x_, k, c),
+        args=(params, x, keys),
+        item_jaxpr=jaxpr,
+        static=static,
+    )
 
 
 def mc_dropout(
@@ -267,7 +254,7 @@ def mc_dropout(
     num_samples: int,
     *,
     chunk_size: int | None = None,
-) -> Prediction:
+) -> uncertainty.Prediction:
     r"""Monte Carlo dropout: the mean and variance of a stochastic model's outputs over many masks.
 
     .. math::
@@ -276,7 +263,8 @@ def mc_dropout(
 
     Each mask gets its own key from ``jax.random.split(rng, num_samples)``. The masks are
     evaluated with ``vmap`` in chunks of ``chunk_size`` inside a loop, and the chunks' moments
-    merged (Chan et al.), so peak memory grows with the chunk, not with ``num_samples``.
+    merged (:func:`jaxreg.uncertainty.predict_chunked`), so peak memory grows with the chunk,
+    not with ``num_samples``.
 
     Args:
       apply_fn: ``apply_fn(params, x, rng) -> outputs`` (an array or a pytree of arrays), with
@@ -286,19 +274,21 @@ def mc_dropout(
       rng: a PRNG key.
       num_samples: the number of masks, ``K >= 1``.
       chunk_size: masks evaluated together by one ``vmap``; ``chunk_size >= num_samples`` is a
-        plain ``vmap``, 1 a loop over masks. ``None`` chooses from the size of one mask's
-        intermediates (traced once, abstractly): one ``vmap`` if all masks' intermediates fit
-        in 128 MiB, else the largest power of two keeping a chunk's within 48 MiB, the rule
-        measured fastest on a 2-core CPU (for a 64-256-256-10 MLP on 1797 inputs, one mask at
-        a time: about 1.8x a Python loop of jitted passes at ``num_samples=64``; for a tiny
-        model, all masks in one ``vmap``).
+        plain ``vmap``, 1 a loop over masks. ``None`` chooses by measurement: on the first call
+        outside ``jit`` a few chunkings (one ``vmap``, a loop, powers of two between) are
+        compiled and timed on this machine within about 1 s (``JAXREG_AUTOTUNE_BUDGET``) and the
+        fastest is cached for the process; inside ``jit`` the cached choice for the same
+        program and shapes is used, else a static rule from the size of one mask's
+        intermediates (one ``vmap`` if all fit in 128 MiB, else chunks within 48 MiB).
+        ``JAXREG_AUTOTUNE=0`` always uses the static rule. The result does not depend on it
+        beyond float rounding.
 
     Returns:
       ``Prediction(mean, variance)`` with the structure of ``outputs``; the variance is over
       masks with ``ddof=0``.
 
     Raises:
-      ValueError: if ``num_samples < 1`` or ``chunk_size < 1``.
+      ValueError: if ``num_samples < 1``, ``chunk_size < 1`` or ``rng`` is not a PRNG key.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -307,27 +297,11 @@ def mc_dropout(
       >>> round(float(pred.mean[0, 0]) / 100, 1), round(float(pred.variance[0, 0]) / 100, 1)
       (1.0, 1.0)
     """
-    one, main, tail, num_samples = _mask_chunks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout")
-    num_chunks, chunk, rem = main.shape[0], main.shape[1], tail.shape[0]
-    first_mean, first_m2 = _moments(one(main[0]))
 
-    def body(carry, chunk_keys):
-        mean, m2, n = carry
-        cm, cm2 = _moments(one(chunk_keys))
-        mean, m2, _ = _merge((mean, m2, n), (cm, cm2, float(chunk)))
-        return (mean, m2, n + float(chunk)), None
+    def program(p: Any, x_: Any, keys: jax.Array, chunk: int) -> uncertainty.Prediction:
+        return uncertainty.predict_chunked(lambda k: apply_fn(p, x_, k), keys, chunk)
 
-    init = (first_mean, first_m2, jnp.asarray(float(chunk), jnp.float32))
-    if num_chunks > 1:
-        (mean, m2, n), _ = jax.lax.scan(body, init, main[1:])
-    else:
-        mean, m2, n = init
-    acc = (mean, m2, n)
-    if rem:
-        rm, rm2 = _moments(one(tail))
-        acc = _merge(acc, (rm, rm2, float(rem)))
-    mean, m2, _ = acc
-    return Prediction(mean, jax.tree.map(lambda s: s / num_samples, m2))
+    return _run_masks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout", program)
 
 
 def mc_dropout_samples(
@@ -350,13 +324,14 @@ def mc_dropout_samples(
       x: shared inputs.
       rng: a PRNG key.
       num_samples: the number of masks, ``>= 1``.
-      chunk_size: masks per ``vmap`` inside a ``lax.map``; ``None`` as in :func:`mc_dropout`.
+      chunk_size: masks per ``vmap`` inside a loop over chunks; ``None`` chooses by measurement
+        as in :func:`mc_dropout`.
 
     Returns:
       ``outputs`` with a leading axis of ``num_samples``.
 
     Raises:
-      ValueError: if ``num_samples < 1`` or ``chunk_size < 1``.
+      ValueError: if ``num_samples < 1``, ``chunk_size < 1`` or ``rng`` is not a PRNG key.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -364,11 +339,8 @@ def mc_dropout_samples(
       >>> s.shape
       (5, 3)
     """
-    one, main, tail, _ = _mask_chunks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout_samples")
-    if main.shape[0] == 1 and tail.shape[0] == 0:
-        return one(main[0])
-    out = jax.lax.map(one, main)
-    out = jax.tree.map(lambda o: o.reshape((-1, *o.shape[2:])), out)
-    if tail.shape[0]:
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), out, one(tail))
-    return out
+
+    def program(p: Any, x_: Any, keys: jax.Array, chunk: int) -> PyTree:
+        return _chunking.map_chunks(lambda k: apply_fn(p, x_, k), keys, chunk)
+
+    return _run_masks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout_samples", program)

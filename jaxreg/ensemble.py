@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxreg import _checks
-from jaxreg._chunking import _auto_chunk, _working_set_bytes
+from jaxreg import _checks, _chunking, _random
 from jaxreg._tree import key_path_str
-from jaxreg.uncertainty import Prediction
+from jaxreg.uncertainty import Prediction, predict_chunked
 
 PyTree = Any
 
@@ -95,7 +94,7 @@ def _check_num_members(value: Any, where: str) -> int:
 
 def _single_key(rng: Any) -> bool:
     rng_shape = jnp.shape(rng)
-    if jnp.issubdtype(jnp.result_type(rng), jax.dtypes.prng_key):
+    if _random.is_key_array(rng):
         return rng_shape == ()
     return rng_shape == (2,)
 
@@ -104,8 +103,15 @@ def split_keys(rng: jax.Array, num_members: int) -> jax.Array:
     """One key per member: ``jax.random.split(rng, num_members)``; stacked keys pass through.
 
     Raises:
-      ValueError: if ``num_members < 1`` or stacked keys have another number of members.
+      ValueError: if ``rng`` is not a PRNG key (or stacked keys), ``num_members < 1``, or
+        stacked keys have another number of members.
+
+    Examples:
+      >>> import jax, jaxreg as jr
+      >>> jr.ensemble.split_keys(jax.random.key(0), 3).shape
+      (3,)
     """
+    _random.check_key(rng, "split_keys", stacked=True)
     num_members = _check_num_members(num_members, "split_keys")
     if _single_key(rng):
         return jax.random.split(rng, num_members)
@@ -131,7 +137,7 @@ def init(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array, num_members: in
       ``params`` with a leading axis of ``N`` on every leaf.
 
     Raises:
-      ValueError: if ``num_members < 1``.
+      ValueError: if ``num_members < 1`` or ``rng`` is not a PRNG key.
 
     Examples:
       >>> import jax, jaxreg as jr
@@ -140,6 +146,7 @@ def init(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array, num_members: in
       (5, 3)
     """
     num_members = _check_num_members(num_members, "ensemble.init")
+    _random.check_key(rng, "ensemble.init")
     return jax.jit(jax.vmap(init_fn))(jax.random.split(rng, num_members))
 
 
@@ -162,7 +169,7 @@ def bootstrap_weights(rng: jax.Array, num_members: int, num_examples: int) -> ja
       float32 array ``(N, n)`` of counts.
 
     Raises:
-      ValueError: if ``num_members < 1`` or ``num_examples < 1``.
+      ValueError: if ``num_members < 1``, ``num_examples < 1`` or ``rng`` is not a PRNG key.
 
     Examples:
       >>> import jax, jaxreg as jr
@@ -172,6 +179,7 @@ def bootstrap_weights(rng: jax.Array, num_members: int, num_examples: int) -> ja
     """
     num_members = _check_num_members(num_members, "bootstrap_weights")
     n = _checks.check_int_at_least("num_examples", num_examples, 1, "bootstrap_weights")
+    _random.check_key(rng, "bootstrap_weights")
 
     def one(key: jax.Array) -> jax.Array:
         idx = jax.random.randint(key, (n,), 0, n)
@@ -184,7 +192,7 @@ def permutations(rng: jax.Array, num_members: int, num_examples: int) -> jax.Arr
     """An independent data order per member: int32 array ``(N, n)``, each row a permutation of ``range(n)``.
 
     Raises:
-      ValueError: if ``num_members < 1`` or ``num_examples < 1``.
+      ValueError: if ``num_members < 1``, ``num_examples < 1`` or ``rng`` is not a PRNG key.
 
     Examples:
       >>> import jax, jaxreg as jr
@@ -193,6 +201,7 @@ def permutations(rng: jax.Array, num_members: int, num_examples: int) -> jax.Arr
     """
     num_members = _check_num_members(num_members, "permutations")
     n = _checks.check_int_at_least("num_examples", num_examples, 1, "permutations")
+    _random.check_key(rng, "permutations")
     return jax.vmap(lambda k: jax.random.permutation(k, n).astype(jnp.int32))(jax.random.split(rng, num_members))
 
 
@@ -280,11 +289,16 @@ def map(
       in_axes: as in ``jax.vmap``: an int, ``None`` (broadcast), or a tuple/pytree prefix of
         the arguments holding ints and ``None``.
       chunk_size: members per chunk. ``chunk_size >= N`` is a plain ``vmap``, 1 a loop over
-        members. ``None`` chooses from the size of one member's intermediates (``fn`` traced
-        once, abstractly): one ``vmap`` if all members' intermediates fit in 128 MiB, else the
-        largest power of two keeping a chunk's within 48 MiB (for the Adam step of a
-        64-256-256-10 MLP at batch 128: one ``vmap`` up to 8 members, chunks of 4 beyond; on
-        a 2-core CPU 0.9-1.9x a plain ``vmap`` at ``N = 32-128``, within noise of a loop).
+        members. ``None`` chooses by measurement: on the first call with concrete arguments
+        (outside ``jit``), a few chunkings of this very program (one ``vmap``, a loop, the
+        static rule's choice and a few powers of two between) are compiled and timed on this
+        machine, interleaved, within ``JAXREG_AUTOTUNE_BUDGET`` seconds (default 1; a few
+        compiles of the member function), and the fastest is cached per program, argument
+        shapes, ``N`` and device (on disk too with ``JAXREG_AUTOTUNE_CACHE=1``). Inside ``jit``
+        nothing can be timed: the cached choice for the same program is used (so one call
+        outside ``jit`` tunes the jitted step), else the static rule (one ``vmap`` if all
+        members' intermediates fit in 128 MiB, else chunks within 48 MiB; constants measured on
+        a 2-core AMD EPYC). ``JAXREG_AUTOTUNE=0`` always uses the static rule.
 
     Returns:
       The mapped function.
@@ -337,50 +351,27 @@ def map(
                 )
             moved[i] = x
 
-        def call(*mapped_leaves: Any) -> PyTree:
-            full = list(leaves)
+        consts = [None if i in moved else leaf for i, leaf in enumerate(leaves)]
+        xs = [moved[i] for i in positions]
+
+        def call(const_leaves: list[Any], mapped_leaves: list[Any]) -> PyTree:
+            full = list(const_leaves)
             for i, v in zip(positions, mapped_leaves):
                 full[i] = v
             return fn(*jax.tree.unflatten(treedef, full))
 
-        vcall = jax.vmap(call)
-        xs = [moved[i] for i in positions]
-        if chunk_arg is None:
-            one = [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs]
-            c = _auto_chunk(n, _working_set_bytes(call, *one))
-        else:
-            c = min(chunk_arg, n)
-        if c >= n:
-            return vcall(*xs)
-        return _chunked(vcall, xs, n, c)
+        def program(c: int) -> Callable[..., PyTree]:
+            return lambda cs, ms: _chunking.map_chunks(lambda m: call(cs, m), ms, c)
+
+        if chunk_arg is not None:
+            return program(min(chunk_arg, n))(consts, xs)
+        jaxpr = _chunking.trace_item(call, consts, [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs])
+        static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
+        return _chunking.run_auto(
+            None, n, where="ensemble.map", program=program, args=(consts, xs), item_jaxpr=jaxpr, static=static
+        )
 
     return mapped
-
-
-def _chunked(vcall: Callable[..., PyTree], xs: list[jax.Array], n: int, c: int) -> PyTree:
-    num_chunks, rem = divmod(n, c)
-    main_n = num_chunks * c
-    # Chunk j = members {j, j + num_chunks, ...}: a free reshape (c, num_chunks, ...).
-    grid = [x[:main_n].reshape((c, num_chunks, *x.shape[1:])) for x in xs]
-
-    def chunk_out(j: Any) -> PyTree:
-        return vcall(*[jax.lax.dynamic_index_in_dim(g, j, axis=1, keepdims=False) for g in grid])
-
-    # The first chunk is peeled to build the output buffers: they inherit its dtype and (under
-    # an explicit mesh) its sharding, which zeros of a given shape would not.
-    first = chunk_out(0)
-    buffers = jax.tree.map(lambda o: jnp.repeat(jnp.expand_dims(o, 1), num_chunks, axis=1), first)
-
-    def body(j: jax.Array, bufs: PyTree) -> PyTree:
-        out = chunk_out(j)
-        return jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j, axis=1), bufs, out)
-
-    buffers = jax.lax.fori_loop(1, num_chunks, body, buffers)
-    out = jax.tree.map(lambda b: b.reshape((main_n, *b.shape[2:])), buffers)
-    if rem:
-        tail = vcall(*[x[main_n:] for x in xs])
-        out = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), out, tail)
-    return out
 
 
 def predict(
@@ -399,13 +390,14 @@ def predict(
       apply_fn: ``apply_fn(params, x) -> outputs`` for one member (an array or pytree).
       stacked_params: the members' params, stacked on a leading axis.
       x: the inputs, shared by every member.
-      chunk_size: as in :func:`map`.
+      chunk_size: members per chunk, as in :func:`map` (``None`` chooses by measurement); the
+        chunks' moments are merged (:func:`jaxreg.uncertainty.predict_chunked`).
 
     Returns:
       ``Prediction(mean, variance)``.
 
     Raises:
-      ValueError: if ``stacked_params``' leaves disagree on the member axis.
+      ValueError: if ``stacked_params``' leaves disagree on the member axis or ``chunk_size < 1``.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -413,11 +405,20 @@ def predict(
       >>> float(pred.mean), float(pred.variance)
       (4.0, 4.0)
     """
-    num_members(stacked_params, name="stacked_params")
-    outs = map(lambda p: apply_fn(p, x), chunk_size=chunk_size)(stacked_params)
-    mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), outs)
-    var = jax.tree.map(lambda o, m: jnp.mean(jnp.square(o - m[None]), axis=0), outs, mean)
-    return Prediction(mean, var)
+    n = num_members(stacked_params, name="stacked_params")
+    chunk = _chunking.check_chunk_size(chunk_size, "ensemble.predict")
+
+    def program(c: int) -> Callable[..., Prediction]:
+        return lambda ps, x_: predict_chunked(lambda p: apply_fn(p, x_), ps, c)
+
+    if chunk is not None:
+        return program(chunk)(stacked_params, x)
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), stacked_params)
+    jaxpr = _chunking.trace_item(apply_fn, one, x)
+    static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
+    return _chunking.run_auto(
+        None, n, where="ensemble.predict", program=program, args=(stacked_params, x), item_jaxpr=jaxpr, static=static
+    )
 
 
 def train_step(
@@ -468,9 +469,14 @@ def train_step(
       ([0.5, 1.0], [1.0, 2.0])
     """
 
+    chunk_size = _chunking.check_chunk_size(chunk_size, "ensemble.train_step")
+
     def member_step(params, opt_state, batch, rng, hparams):
         out, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(params, batch, rng, hparams)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        # optax's scale_by_adam computes decay ** count (float ** int32): standard promotion
+        # for the optimizer's own update only, so that a user running strict promotion can use it.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         if has_aux:
             loss, aux = out
@@ -479,12 +485,46 @@ def train_step(
 
     def step(params: PyTree, opt_state: PyTree, batch: Any, rng: jax.Array, hparams: PyTree = None):
         n = num_members(params, name="params")
-        keys = split_keys(rng, n)
+        _random.check_key(rng, "ensemble.train_step", stacked=True)
+        keys = _place_like(split_keys(rng, n), params) if _single_key(rng) else rng
         return map(member_step, in_axes=(0, 0, batch_axis, 0, 0), chunk_size=chunk_size)(
             params, opt_state, batch, keys, hparams
         )
 
     return step
+
+
+def _member_axes(sharding: Any) -> Any:
+    """The mesh axes of a ``NamedSharding``'s leading (member) dimension, or ``None``."""
+    if not isinstance(sharding, NamedSharding) or not sharding.spec or sharding.spec[0] is None:
+        return None
+    return sharding.spec[0]
+
+
+def _place_like(keys: jax.Array, params: PyTree) -> jax.Array:
+    """Keys split from one key, placed like the members (the first leaf's member-axis sharding).
+
+    Params sharded by :func:`shard` (``NamedSharding``; with ``jax.make_mesh``'s explicit axes,
+    the sharding is part of each array's type, and ``vmap`` requires every mapped input to
+    agree) get keys split on the same mesh axes: by ``device_put`` for concrete arrays, by
+    ``jax.sharding.reshard`` inside ``jit`` on explicit axes. Otherwise the placement is XLA's.
+    """
+    leaf = jax.tree.leaves(params)[0]
+    if not isinstance(leaf, jax.core.Tracer):
+        sharding = getattr(leaf, "sharding", None)
+        axes = _member_axes(sharding)
+        if axes is None:
+            return keys
+        return jax.device_put(keys, NamedSharding(sharding.mesh, PartitionSpec(axes)))
+    sharding = jax.typeof(leaf).sharding
+    axes = _member_axes(sharding)
+    if axes is None:
+        return keys
+    names = axes if isinstance(axes, tuple) else (axes,)
+    types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types))
+    if not all(types.get(a) == jax.sharding.AxisType.Explicit for a in names):
+        return keys
+    return jax.sharding.reshard(keys, sharding.update(spec=PartitionSpec(axes)))
 
 
 def shard(tree: PyTree, mesh: Mesh, *, axis_name: str | None = None) -> PyTree:

@@ -22,10 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
-from jaxreg._chunking import _auto_chunk, _working_set_bytes
+from jaxreg import _checks, _chunking, _random
 from jaxreg._tree import key_path_str
-from jaxreg.variational import _normal_leaves
 
 PyTree = Any
 FitnessShaping = Literal["centered_ranks", "centred_ranks"] | Callable[[jax.Array], jax.Array] | None
@@ -82,8 +80,8 @@ def _check_args(
             f"{where}: with antithetic=True the population is made of +/- pairs, so it must be even, "
             f"got population = {population}."
         )
+    chunk_size = _chunking.check_chunk_size(chunk_size, where, 2 if antithetic else 1)
     if chunk_size is not None:
-        chunk_size = _checks.check_int_at_least("chunk_size", chunk_size, 2 if antithetic else 1, where)
         if antithetic and chunk_size % 2:
             raise ValueError(
                 f"{where}: with antithetic=True chunks hold whole +/- pairs, so chunk_size must be even, "
@@ -103,28 +101,27 @@ def _check_args(
     return population, chunk_size
 
 
-# Auto chunking (chunk_size=None), measured on a 2-core AMD EPYC (Zen 3), jax 0.10.2, population
-# 256, a cross-entropy MLP on 128 digits: one vmap over the whole population is the slowest choice
-# once the model has a hidden layer (64-64-10: 63 ms vs 25 ms in chunks of 16-64 members;
-# 64-256-10: 410-460 ms vs 90-150 ms in chunks of 8-16), and the best for a linear model (4 ms).
-# The chunk is the largest power of two of directions whose intermediates (noise, perturbed
-# params, the loss's activations: dropout's jaxpr-bytes proxy) stay within 8 MiB. Accelerators
-# get one vmap.
+# The static rule (chunk_size=None inside a trace with nothing cached, or JAXREG_AUTOTUNE=0),
+# measured on a 2-core AMD EPYC (Zen 3), jax 0.10.2, population 256, a cross-entropy MLP on 128
+# digits: one vmap over the whole population was the slowest choice once the model has a hidden
+# layer (64-64-10: 63 ms vs 25 ms in chunks of 16-64 members; 64-256-10: 410-460 ms vs 90-150 ms
+# in chunks of 8-16), and the best for a linear model (4 ms). The chunk is the largest power of
+# two of directions whose intermediates stay within 8 MiB; accelerators get one vmap.
 _CHUNK_BUDGET_BYTES = 8 << 20
 
 
-def _auto_dirs_per_chunk(
-    loss_fn: Callable[[PyTree], Any], leaves: list[Any], treedef: Any, num_dirs: int, antithetic: bool
-) -> int:
-    if jax.default_backend() != "cpu":
-        return num_dirs
+def _one_direction(loss_fn: Callable[[PyTree], Any], treedef: Any, antithetic: bool) -> Callable[..., Any]:
+    """The losses of one direction: the per-item function whose jaxpr sizes and keys the chunking."""
 
-    def one_direction(i: jax.Array) -> list[Any]:
-        eps = _normal_leaves(jax.random.fold_in(jax.random.key(0), i), leaves)
+    def one(leaves: list[Any], rng: jax.Array, sigma: jax.Array, i: jax.Array) -> list[Any]:
+        eps = _random.normal_leaves(jax.random.fold_in(rng, i), leaves)
         signs = (1.0, -1.0) if antithetic else (1.0,)
-        return [loss_fn(jax.tree.unflatten(treedef, [x + s * e for x, e in zip(leaves, eps)])) for s in signs]
+        return [
+            loss_fn(jax.tree.unflatten(treedef, [x + (s * sigma).astype(e.dtype) * e for x, e in zip(leaves, eps)]))
+            for s in signs
+        ]
 
-    return _auto_chunk(num_dirs, _working_set_bytes(one_direction, jnp.zeros([], jnp.uint32)), _CHUNK_BUDGET_BYTES)
+    return one
 
 
 def _estimate(
@@ -135,7 +132,7 @@ def _estimate(
     population: int,
     antithetic: bool,
     fitness_shaping: FitnessShaping,
-    chunk_size: int | None,
+    dirs_per_chunk: int,
     where: str,
 ) -> PyTree:
     leaves, treedef = jax.tree.flatten(params)
@@ -146,7 +143,7 @@ def _estimate(
     sigma = jnp.asarray(sigma)
 
     def noise(i: jax.Array) -> list[jax.Array]:
-        return _normal_leaves(jax.random.fold_in(rng, i), leaves)
+        return _random.normal_leaves(jax.random.fold_in(rng, i), leaves)
 
     def evaluate(eps: list[jax.Array]) -> jax.Array:
         """Losses of a block of directions (leading axis b) -> [b, signs]."""
@@ -182,14 +179,6 @@ def _estimate(
         return coef, 1.0 / (denom * sigma.astype(flat.dtype))
 
     idx = jnp.arange(num_dirs, dtype=jnp.uint32)
-    if chunk_size is None:
-        dirs_per_chunk = _auto_dirs_per_chunk(loss_fn, leaves, treedef, num_dirs, antithetic)
-    else:
-        dirs_per_chunk = min(num_dirs, chunk_size // signs)
-    num_chunks, rest = divmod(num_dirs, dirs_per_chunk)
-    full = idx[: num_chunks * dirs_per_chunk].reshape(num_chunks, dirs_per_chunk)
-    tail = idx[num_chunks * dirs_per_chunk :]
-    zeros = [jnp.zeros(jnp.shape(x), jnp.result_type(x)) for x in leaves]
 
     def add(a: list[jax.Array], b: list[jax.Array]) -> list[jax.Array]:
         return [u + v for u, v in zip(a, b)]
@@ -198,25 +187,16 @@ def _estimate(
         # One pass: the raw-fitness estimate needs only running sums, so each chunk's noise is
         # drawn once and dropped. Antithetic: sum_j (f+ - f-) eps_j. Otherwise
         # sum_i (f_i - mean f) eps_i = sum_i f_i eps_i - mean(f) sum_i eps_i.
-        def block_sums(block_idx: jax.Array) -> tuple[list[jax.Array], list[jax.Array], jax.Array]:
+        def block_sums(block_idx: jax.Array) -> tuple[tuple[list[jax.Array], list[jax.Array]], jax.Array]:
             eps = jax.vmap(noise)(block_idx)
             losses = evaluate(eps)
             coef = losses[:, 0] - losses[:, 1] if antithetic else losses[:, 0]
             eps_sum = [] if antithetic else [jnp.sum(e, axis=0) for e in eps]
-            return weighted_sum(coef, eps), eps_sum, losses
+            return (weighted_sum(coef, eps), eps_sum), losses
 
-        def body(carry, block_idx):
-            sums, eps_sums = carry
-            s_, e_, losses = block_sums(block_idx)
-            return (add(sums, s_), add(eps_sums, e_)), losses
-
-        init = (zeros, [] if antithetic else zeros)
-        (sums, eps_sums), losses = jax.lax.scan(body, init, full)
-        losses = losses.reshape(-1, signs)
-        if rest:
-            s_, e_, tail_losses = block_sums(tail)
-            sums, eps_sums = add(sums, s_), add(eps_sums, e_)
-            losses = jnp.concatenate([losses, tail_losses], axis=0)
+        (sums, eps_sums), losses = _chunking.run_chunks(
+            block_sums, idx, dirs_per_chunk, combine=lambda a, b: (add(a[0], b[0]), add(a[1], b[1]))
+        )
         n = signs * num_dirs
         if antithetic:
             scale = 1.0 / (n * sigma.astype(losses.dtype))
@@ -224,27 +204,66 @@ def _estimate(
             mean = jnp.mean(losses)
             sums = [s_ - mean.astype(e_.dtype) * e_ for s_, e_ in zip(sums, eps_sums)]
             scale = 1.0 / ((n - 1) * sigma.astype(losses.dtype))
-    elif num_chunks == 1 and not rest:  # one block: keep its noise for the weighted sum
+    elif dirs_per_chunk >= num_dirs:  # one block: keep its noise for the weighted sum
         eps = jax.vmap(noise)(idx)
         coef, scale = utilities(evaluate(eps))
         sums = weighted_sum(coef, eps)
     else:
         # Two passes: the utilities need every loss first; the noise is regenerated from its key.
-        losses = jax.lax.map(lambda block: evaluate(jax.vmap(noise)(block)), full).reshape(-1, signs)
-        if rest:
-            losses = jnp.concatenate([losses, evaluate(jax.vmap(noise)(tail))], axis=0)
+        losses = _chunking.run_chunks(lambda block: (None, evaluate(jax.vmap(noise)(block))), idx, dirs_per_chunk)[1]
         coef, scale = utilities(losses)
-
-        def body2(acc: list[jax.Array], block: tuple[jax.Array, jax.Array]) -> tuple[list[jax.Array], None]:
-            block_idx, block_coef = block
-            return add(acc, weighted_sum(block_coef, jax.vmap(noise)(block_idx))), None
-
-        full_coef = coef[: num_chunks * dirs_per_chunk].reshape(num_chunks, dirs_per_chunk)
-        sums, _ = jax.lax.scan(body2, zeros, (full, full_coef))
-        if rest:
-            sums = add(sums, weighted_sum(coef[num_chunks * dirs_per_chunk :], jax.vmap(noise)(tail)))
+        sums, _ = _chunking.run_chunks(
+            lambda block: (weighted_sum(block[1], jax.vmap(noise)(block[0])), None),
+            (idx, coef),
+            dirs_per_chunk,
+            combine=add,
+        )
     grads = [(scale.astype(s.dtype) * s).astype(jnp.result_type(x)) for s, x in zip(sums, leaves)]
     return jax.tree.unflatten(treedef, grads)
+
+
+def _gradient(
+    loss_fn: Callable[[PyTree], Any],
+    params: PyTree,
+    rng: jax.Array,
+    sigma: ArrayLike,
+    population: int,
+    antithetic: bool,
+    fitness_shaping: FitnessShaping,
+    chunk_size: int | None,
+    where: str,
+) -> PyTree:
+    """Resolves the directions per chunk (explicit, measured, cached or static) and estimates."""
+    _random.check_key(rng, where)
+    leaves, treedef = jax.tree.flatten(params)
+    if not leaves:
+        return params
+    num_dirs = population // 2 if antithetic else population
+    signs = 2 if antithetic else 1
+
+    def program(c: int) -> Callable[..., PyTree]:
+        return lambda p, r, s: _estimate(loss_fn, p, r, s, population, antithetic, fitness_shaping, c, where)
+
+    if chunk_size is not None:
+        return program(max(1, min(num_dirs, chunk_size // signs)))(params, rng, sigma)
+    jaxpr = _chunking.trace_item(
+        _one_direction(loss_fn, treedef, antithetic), leaves, rng, jnp.asarray(sigma), jnp.zeros([], jnp.uint32)
+    )
+    if jax.default_backend() != "cpu":
+        static = num_dirs
+    else:
+        item_bytes = None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr)
+        static = _chunking.static_chunk(num_dirs, item_bytes, _CHUNK_BUDGET_BYTES)
+    return _chunking.run_auto(
+        None,
+        num_dirs,
+        where=where,
+        program=program,
+        args=(params, rng, sigma),
+        item_jaxpr=jaxpr,
+        static=static,
+        extra=(antithetic, fitness_shaping),
+    )
 
 
 def gradient(
@@ -277,7 +296,7 @@ def gradient(
     the scale of :math:`L`, no longer its gradient in magnitude.
 
     The population is evaluated with ``vmap`` (``loss_fn`` sees one params pytree; it is batched
-    for you), ``chunk_size`` members at a time in a loop over chunks (``lax.scan``): each chunk's
+    for you), ``chunk_size`` members at a time in a loop over chunks (``lax.fori_loop``): each chunk's
     noise is drawn, used and dropped (with fitness shaping, drawn again from its key for the
     weighted sum), so memory is bounded by one chunk. The noise of direction ``j`` depends only
     on ``(rng, j)``, so the estimate does not depend on ``chunk_size`` beyond rounding.
@@ -293,17 +312,23 @@ def gradient(
       fitness_shaping: ``None`` (raw losses), ``"centered_ranks"`` (alias ``"centred_ranks"``;
         see :func:`centered_ranks`), or a callable ``losses[n] -> utilities[n]``, applied to the
         losses ordered as all ``+`` members then all ``-`` members.
-      chunk_size: members evaluated at once (even if antithetic). ``None`` chooses: on CPU the
-        largest power of two of members whose intermediates fit about 8 MiB (one ``vmap`` over a
-        whole population is several times slower than chunks for models with hidden layers,
-        measured), on accelerators the whole population.
+      chunk_size: members evaluated at once (even if antithetic). ``None`` chooses by
+        measurement: on the first call outside ``jit`` a few chunkings (the whole population in
+        one ``vmap``, one direction at a time, powers of two between) are compiled and timed on
+        this machine within about 1 s (``JAXREG_AUTOTUNE_BUDGET``), and the fastest is cached
+        for the process (and on disk with ``JAXREG_AUTOTUNE_CACHE=1``). Inside ``jit`` the
+        cached choice for the same program and shapes is used, else the static rule: on CPU the
+        largest power of two of members whose intermediates fit about 8 MiB (measured on a
+        2-core AMD EPYC), on accelerators the whole population. ``JAXREG_AUTOTUNE=0`` always
+        uses the static rule.
 
     Returns:
       The gradient estimate, a pytree with the structure and dtypes of ``params``.
 
     Raises:
-      ValueError: if ``sigma`` is not a scalar or (concrete) not positive, ``population`` is not
-        an int >= 2 or is odd with ``antithetic=True``, ``chunk_size`` is invalid,
+      ValueError: if ``rng`` is not a PRNG key, ``sigma`` is not a scalar or (concrete) not
+        positive, ``population`` is not an int >= 2 or is odd with ``antithetic=True``,
+        ``chunk_size`` is invalid,
         ``fitness_shaping`` is unknown, ``loss_fn`` does not return a scalar, or a leaf is not
         floating point.
 
@@ -315,7 +340,8 @@ def gradient(
       >>> def step(carry, key):
       ...     params, state = carry
       ...     grads = jr.es.gradient(loss, params, key, sigma=0.1, population=32)
-      ...     updates, state = opt.update(grads, state, params)
+      ...     with jax.numpy_dtype_promotion("standard"):  # adam: decay ** int32 count
+      ...         updates, state = opt.update(grads, state, params)
       ...     return (optax.apply_updates(params, updates), state), None
       >>> (params, _), _ = jax.lax.scan(step, (params, state), jax.random.split(jax.random.key(0), 300))
       >>> bool(jnp.allclose(params["w"], 3.0, atol=0.05))
@@ -323,7 +349,7 @@ def gradient(
     """
     where = "es.gradient"
     population, chunk_size = _check_args(params, sigma, population, antithetic, fitness_shaping, chunk_size, where)
-    return _estimate(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where)
+    return _gradient(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where)
 
 
 def value_and_gradient(
@@ -370,5 +396,5 @@ def value_and_gradient(
     """
     where = "es.value_and_gradient"
     population, chunk_size = _check_args(params, sigma, population, antithetic, fitness_shaping, chunk_size, where)
-    grads = _estimate(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where)
+    grads = _gradient(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where)
     return loss_fn(params), grads

@@ -2,6 +2,9 @@
 
 :class:`Prediction` is what :func:`jaxreg.mc_dropout`, :func:`jaxreg.ensemble.predict` and
 :func:`jaxreg.variational.predict` return: mean and variance over masks, members or weight draws.
+All three build it here, one way: :meth:`Prediction.from_samples` for stacked samples, and
+:func:`predict_chunked` when the samples are evaluated a chunk at a time (chunk moments merged,
+so that memory grows with the chunk, not with the number of samples).
 
 Every function takes ``samples`` with a leading sample (or member) axis and classes on the last
 axis, as logits (``from_logits=True``, the default) or probabilities. Entropies are in nats.
@@ -9,19 +12,21 @@ axis, as logits (``from_logits=True``, the default) or probabilities. Entropies 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
+from jaxreg import _checks, _chunking
 
 __all__ = [
     "Prediction",
     "expected_calibration_error",
     "expected_entropy",
     "mutual_information",
+    "predict_chunked",
     "predictive_entropy",
     "predictive_probs",
 ]
@@ -37,6 +42,82 @@ class Prediction(NamedTuple):
     def std(self) -> Any:
         """The standard deviation, ``sqrt(variance)``."""
         return jax.tree.map(jnp.sqrt, self.variance)
+
+    @classmethod
+    def from_samples(cls, samples: Any) -> Prediction:
+        r"""Mean and ``ddof=0`` variance over the leading axis of every leaf of ``samples``.
+
+        .. math:: \mu = \frac1S \sum_s y_s, \qquad \sigma^2 = \frac1S \sum_s (y_s - \mu)^2
+
+        Args:
+          samples: an array or pytree of arrays, each with a leading sample axis.
+
+        Returns:
+          ``Prediction(mean, variance)`` with the structure of ``samples``, one axis fewer.
+
+        Examples:
+          >>> import jax.numpy as jnp, jaxreg as jr
+          >>> p = jr.Prediction.from_samples(jnp.array([1.0, 3.0]))
+          >>> float(p.mean), float(p.variance)
+          (2.0, 1.0)
+        """
+        mean, m2, count = _moments(samples)
+        return cls(mean, jax.tree.map(lambda s: s / count.astype(s.dtype), m2))
+
+
+def _moments(samples: Any) -> tuple[Any, Any, jax.Array]:
+    """(mean, sum of squared deviations, count) over the leading axis (two passes: exact)."""
+    mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), samples)
+    m2 = jax.tree.map(lambda o, m: jnp.sum(jnp.square(o - m[None]), axis=0), samples, mean)
+    count = jnp.asarray(jnp.shape(jax.tree.leaves(samples)[0])[0], jnp.float32)
+    return mean, m2, count
+
+
+def _merge(a: tuple[Any, Any, jax.Array], b: tuple[Any, Any, jax.Array]) -> tuple[Any, Any, jax.Array]:
+    """Chan et al.'s pairwise merge of (mean, sum of squared deviations, count)."""
+    mean_a, m2_a, n_a = a
+    mean_b, m2_b, n_b = b
+    n = n_a + n_b
+    frac, w = n_b / n, n_a * n_b / n
+    delta = jax.tree.map(lambda ma, mb: mb - ma, mean_a, mean_b)
+    mean = jax.tree.map(lambda ma, d: ma + d * frac.astype(d.dtype), mean_a, delta)
+    m2 = jax.tree.map(lambda x, y, d: x + y + jnp.square(d) * w.astype(d.dtype), m2_a, m2_b, delta)
+    return mean, m2, n
+
+
+def predict_chunked(sample_fn: Callable[[Any], Any], items: Any, chunk: int) -> Prediction:
+    r"""``Prediction.from_samples(jax.vmap(sample_fn)(items))``, ``chunk`` items at a time.
+
+    Each chunk's mean and sum of squared deviations are merged into the running ones (Chan et
+    al.'s pairwise update), so memory holds one chunk of samples, never all of them:
+
+    .. math::
+      n = n_a + n_b, \quad \delta = \mu_b - \mu_a, \quad
+      \mu = \mu_a + \delta\, \frac{n_b}{n}, \quad
+      M_2 = M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}
+
+    Args:
+      sample_fn: ``sample_fn(item) -> outputs`` (an array or pytree), for one item (a key, a
+        member's params).
+      items: a pytree whose leaves have a leading item axis.
+      chunk: items evaluated together by one ``vmap`` (``>= len(items)``: one ``vmap``).
+
+    Returns:
+      ``Prediction(mean, variance)`` over the items, ``ddof=0``.
+
+    References:
+      Chan, Golub and LeVeque, *Algorithms for computing the sample variance*, 1983.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg as jr
+      >>> p = jr.uncertainty.predict_chunked(lambda x: 2.0 * x, jnp.arange(5.0), chunk=2)
+      >>> float(p.mean), float(p.variance)
+      (4.0, 8.0)
+    """
+    (mean, m2, count), _ = _chunking.run_chunks(
+        lambda block: (_moments(jax.vmap(sample_fn)(block)), None), items, chunk, combine=_merge
+    )
+    return Prediction(mean, jax.tree.map(lambda s: s / count.astype(s.dtype), m2))
 
 
 def _check_samples(samples: ArrayLike, where: str) -> jax.Array:

@@ -20,12 +20,11 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
+from jaxreg import _checks, _chunking, _random
 from jaxreg._tree import key_path_str
-from jaxreg.uncertainty import Prediction
+from jaxreg.uncertainty import Prediction, predict_chunked
 
 PyTree = Any
 Parameterization = Literal["std", "log_std", "softplus"]
@@ -279,22 +278,6 @@ def _check_meanfield(vparams: Any, where: str) -> None:
         )
 
 
-def _normal_leaves(rng: jax.Array, leaves: list[Any]) -> list[jax.Array]:
-    """Standard normal noise shaped like each leaf, in the leaf's dtype, from ONE random draw.
-
-    One flat draw split into leaves (rather than one draw per leaf) keeps XLA compile time flat
-    in the number of leaves: every threefry call is compiled separately, seconds each on a CPU.
-    """
-    sizes = [int(np.prod(jnp.shape(x), dtype=np.int64)) for x in leaves]
-    dtype = jnp.result_type(*[jnp.result_type(x) for x in leaves])
-    flat = jax.random.normal(rng, (sum(sizes),), dtype)
-    offsets = np.cumsum([0, *sizes])
-    return [
-        flat[int(start) : int(start) + size].reshape(jnp.shape(x)).astype(jnp.result_type(x))
-        for start, size, x in zip(offsets, sizes, leaves)
-    ]
-
-
 def sample(rng: jax.Array, vparams: MeanField) -> PyTree:
     r"""One reparameterized draw of the weights: :math:`w = \mu + \mathrm{softplus}(\rho) \odot \varepsilon`.
 
@@ -321,11 +304,12 @@ def sample(rng: jax.Array, vparams: MeanField) -> PyTree:
       True
     """
     _check_meanfield(vparams, "variational.sample")
+    _random.check_key(rng, "variational.sample")
     means, treedef = jax.tree.flatten(vparams.mean)
     raws = jax.tree.leaves(vparams.raw_std)
     if not means:
         return vparams.mean
-    draws = [m + jax.nn.softplus(r) * e for m, r, e in zip(means, raws, _normal_leaves(rng, means))]
+    draws = [m + jax.nn.softplus(r) * e for m, r, e in zip(means, raws, _random.normal_leaves(rng, means))]
     return jax.tree.unflatten(treedef, draws)
 
 
@@ -419,6 +403,7 @@ def elbo_loss(
 
     def fn(vparams: MeanField, rng: jax.Array, *args: Any, **kwargs: Any) -> tuple[jax.Array, ElboTerms]:
         _check_meanfield(vparams, "variational.elbo_loss")
+        _random.check_key(rng, "variational.elbo_loss")
 
         def one(key: jax.Array) -> Any:
             out = loss_fn(sample(key, vparams), *args, **kwargs)
@@ -455,14 +440,18 @@ def predict_samples(
       x: the inputs, passed unchanged to every sample.
       rng: a PRNG key; sample ``s`` uses ``jax.random.split(rng, num_samples)[s]``.
       num_samples: :math:`S \geq 1`, static.
-      chunk_size: samples evaluated together by one ``vmap`` (``lax.map`` over chunks bounds the
-        activations' memory); ``None`` evaluates all at once. The result does not depend on it.
+      chunk_size: samples evaluated together by one ``vmap`` (a loop over chunks bounds the
+        activations' memory); ``None`` chooses by measurement on the first call outside ``jit``
+        (as :func:`jaxreg.mc_dropout` does: about 1 s of timing, cached; the static rule inside
+        ``jit`` without a cached choice, or with ``JAXREG_AUTOTUNE=0``). The result does not
+        depend on it.
 
     Returns:
       The outputs with a leading axis of size ``num_samples``.
 
     Raises:
-      ValueError: if ``num_samples`` is not an int >= 1 or ``chunk_size`` is not an int >= 1.
+      ValueError: if ``num_samples`` is not an int >= 1, ``chunk_size`` is not an int >= 1 or
+        ``rng`` is not a PRNG key.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -471,18 +460,43 @@ def predict_samples(
       ...                                jax.random.key(0), 5).shape
       (5,)
     """
-    _check_meanfield(vparams, "variational.predict_samples")
-    num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, "variational.predict")
-    if chunk_size is not None:
-        chunk_size = _checks.check_int_at_least("chunk_size", chunk_size, 1, "variational.predict")
+    return _run_samples(apply_fn, vparams, x, rng, num_samples, chunk_size, "variational.predict_samples")
+
+
+def _run_samples(
+    apply_fn: Callable[[PyTree, Any], Any],
+    vparams: MeanField,
+    x: Any,
+    rng: jax.Array,
+    num_samples: Any,
+    chunk_size: Any,
+    where: str,
+) -> Any:
+    """The stacked outputs (``predict_samples``) or their moments (``predict``) of the weight samples.
+
+    The samples per chunk are explicit, or measured, cached or static (``jaxreg._chunking``).
+    """
+    _check_meanfield(vparams, where)
+    num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, where)
+    chunk = _chunking.check_chunk_size(chunk_size, where)
+    _random.check_key(rng, where)
     keys = jax.random.split(rng, num_samples)
 
-    def one(key: jax.Array) -> Any:
-        return apply_fn(sample(key, vparams), x)
+    def one(vp: MeanField, x_: Any, key: jax.Array) -> Any:
+        return apply_fn(sample(key, vp), x_)
 
-    if chunk_size is None or chunk_size >= num_samples:
-        return jax.vmap(one)(keys)
-    return jax.lax.map(one, keys, batch_size=chunk_size)
+    def program(c: int) -> Callable[..., Any]:
+        if where == "variational.predict":  # the moments, merged over chunks
+            return lambda vp, x_, ks: predict_chunked(lambda k: one(vp, x_, k), ks, c)
+        return lambda vp, x_, ks: _chunking.map_chunks(lambda k: one(vp, x_, k), ks, c)
+
+    if chunk is not None:
+        return program(min(chunk, num_samples))(vparams, x, keys)
+    jaxpr = _chunking.trace_item(one, vparams, x, keys[0])
+    static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
+    return _chunking.run_auto(
+        None, num_samples, where=where, program=program, args=(vparams, x, keys), item_jaxpr=jaxpr, static=static
+    )
 
 
 def predict(
@@ -511,14 +525,16 @@ def predict(
       x: the inputs, passed unchanged to every sample.
       rng: a PRNG key; sample ``s`` uses ``jax.random.split(rng, num_samples)[s]``.
       num_samples: :math:`S \geq 1`, static.
-      chunk_size: evaluate the samples ``chunk_size`` at a time (``lax.map`` over chunks of a
-        ``vmap``) to bound memory; ``None`` evaluates all at once. The result does not depend on it.
+      chunk_size: evaluate the samples ``chunk_size`` at a time (a loop over chunks of a
+        ``vmap``, the chunks' moments merged) to bound memory; ``None`` chooses by measurement
+        as in :func:`predict_samples`. The result does not depend on it beyond float rounding.
 
     Returns:
       ``Prediction(mean, variance)``, each shaped like the outputs of ``apply_fn``.
 
     Raises:
-      ValueError: if ``num_samples`` is not an int >= 1 or ``chunk_size`` is not an int >= 1.
+      ValueError: if ``num_samples`` is not an int >= 1, ``chunk_size`` is not an int >= 1 or
+        ``rng`` is not a PRNG key.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -528,8 +544,4 @@ def predict(
       >>> round(float(pred.mean[0]), 1), round(float(pred.variance[0]) ** 0.5, 1)  # N(1, 0.5^2)
       (1.0, 0.5)
     """
-    _check_meanfield(vparams, "variational.predict")
-    outs = predict_samples(apply_fn, vparams, x, rng, num_samples, chunk_size=chunk_size)
-    mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), outs)
-    variance = jax.tree.map(lambda o: jnp.var(o, axis=0), outs)
-    return Prediction(mean, variance)
+    return _run_samples(apply_fn, vparams, x, rng, num_samples, chunk_size, "variational.predict")

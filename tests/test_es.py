@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ from scipy.stats import rankdata
 import jaxreg as jr
 
 ROOT = Path(__file__).resolve().parents[1]
+EPS32 = float(np.finfo(np.float32).eps)
 
 # A quadratic L(w) = 1/2 (w - c)^T A (w - c) on a pytree of two leaves (dimension d = 10).
 _rng = np.random.default_rng(0)
@@ -46,8 +48,10 @@ def cosine(u, v):
 def test_centered_ranks_match_scipy_with_ties():
     x = jnp.array([3.0, -1.0, 10.0, 3.0, 0.5, 3.0, -7.0])
     expected = (rankdata(np.asarray(x)) - 1) / (len(x) - 1) - 0.5
-    np.testing.assert_allclose(np.asarray(jr.es.centered_ranks(x)), expected, rtol=1e-6)
-    assert abs(float(jnp.sum(jr.es.centered_ranks(x)))) < 1e-6
+    # Each utility is one float32 division and one subtraction of values <= 1: 2 ulp of 1.
+    np.testing.assert_allclose(np.asarray(jr.es.centered_ranks(x)), expected, rtol=0, atol=2 * EPS32)
+    # Their float32 sum: 7 terms of magnitude <= 1/2, each rounding at most eps * (running sum <= 7/2).
+    assert abs(float(jnp.sum(jr.es.centered_ranks(x)))) <= 7 * 3.5 * EPS32
 
 
 def test_estimate_on_quadratic_is_aligned_with_the_true_gradient():
@@ -88,8 +92,17 @@ def test_antithetic_estimate_on_a_quadratic_does_not_depend_on_sigma():
     grads = jax.jit(
         jax.vmap(lambda s: flat(jr.es.gradient(quadratic, PARAMS, jax.random.key(2), sigma=s, population=64)))
     )(jnp.array([0.1, 0.5, 1.0]))
-    np.testing.assert_allclose(np.asarray(grads[1]), np.asarray(grads[0]), rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(np.asarray(grads[2]), np.asarray(grads[0]), rtol=1e-3, atol=1e-3)
+    # In float32, f(w + s e) - f(w - s e) cancels two losses of size F: its error is about
+    # (d + 2) eps F (two length-d dot products), divided by 2 s in the estimate, summed over
+    # m = 32 directions weighted by |e_k| (~1): an error of order sqrt(m) (d + 2) eps F / (n s)
+    # per coordinate. F <= 0.5 ||A|| (||w - c|| + s ||e||)^2, at most ~1100 for s = 1.
+    loss_scale = (
+        0.5 * float(jnp.linalg.norm(A, 2)) * (float(jnp.linalg.norm(flat(PARAMS) - C)) + 1.0 * 5 * 10**0.5) ** 2
+    )
+    atol = 6 * 32**0.5 * 12 * EPS32 * loss_scale / (64 * 0.1)
+    assert atol < 0.05 * float(jnp.max(jnp.abs(grads[0])))  # still far below one direction's share
+    np.testing.assert_allclose(np.asarray(grads[1]), np.asarray(grads[0]), rtol=0, atol=atol)
+    np.testing.assert_allclose(np.asarray(grads[2]), np.asarray(grads[0]), rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize(("antithetic", "chunk_size"), [(True, 6), (False, 5)])
@@ -99,24 +112,32 @@ def test_chunked_estimate_equals_unchunked(antithetic, chunk_size):
     chunked = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, chunk_size=chunk_size, **kwargs))(
         PARAMS, jax.random.key(3)
     )
-    np.testing.assert_allclose(np.asarray(flat(chunked)), np.asarray(flat(full)), rtol=1e-5, atol=1e-6)
+    # Same terms, another summation order and another vmap width (so other SIMD rounding of each
+    # loss, which differs by AVX2 / AVX-512 / GPU). Per coordinate the estimate sums m terms
+    # (f+ - f-) e_jk / (n s) (antithetic) or f_i e_ik / ((n - 1) s); each loss F carries
+    # (d + 2) eps F of rounding and the sum m eps sum|terms|. Bound |e| <= 5 (200 draws) and
+    # F <= 0.5 ||A|| (||w - c|| + s 5 sqrt(d))^2.
+    m, n, s = (10, 20, 0.1) if antithetic else (20, 20, 0.1)
+    loss_scale = 0.5 * float(jnp.linalg.norm(A, 2)) * (float(jnp.linalg.norm(flat(PARAMS) - C)) + s * 5 * 10**0.5) ** 2
+    atol = (12 + m) * EPS32 * 2 * loss_scale * m * 5 / ((n - 1) * s)
+    assert atol < 0.1  # far below one direction's share (~ |g| s |e|^2 / (n s) ~ 1)
+    chex.assert_trees_all_close(chunked, full, rtol=0, atol=atol)
 
 
-def test_automatic_chunks_give_the_same_estimate_as_one_vmap():
-    # Large activations make chunk_size=None split the population on CPU; the estimate must not change.
-    x = jnp.asarray(np.random.default_rng(8).normal(size=(256, 64)), jnp.float32)
-    params = {"w1": 0.1 * jnp.ones((64, 256)), "w2": 0.1 * jnp.ones((256, 1))}
+@pytest.mark.parametrize("shaping", [None, "centered_ranks"])
+def test_every_chunking_gives_the_same_estimate(shaping):
+    # One vmap, a loop, chunks with a remainder: the noise of direction j depends only on (rng, j).
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(32, 8)), jnp.float32)
+    params = {"w1": 0.1 * jnp.ones((8, 16)), "w2": 0.1 * jnp.ones((16, 1))}
     loss = lambda p: jnp.mean(jax.nn.relu(x @ p["w1"]) @ p["w2"])  # noqa: E731
-    leaves, treedef = jax.tree.flatten(params)
-    assert jr.es._auto_dirs_per_chunk(loss, leaves, treedef, 32, True) < 32  # it does chunk here
-    for shaping in ["centered_ranks"]:  # the two-pass path (one-pass: test_chunked_...)
-        kwargs = dict(sigma=0.1, population=64, fitness_shaping=shaping)
-        auto = jax.jit(lambda p, k, kw=kwargs: jr.es.gradient(loss, p, k, **kw))(params, jax.random.key(9))
-        whole = jax.jit(lambda p, k, kw=kwargs: jr.es.gradient(loss, p, k, chunk_size=64, **kw))(
-            params, jax.random.key(9)
-        )
-        scale = float(jnp.max(jnp.abs(flat(whole))))  # summation order differs: compare to the largest entry
-        np.testing.assert_allclose(np.asarray(flat(auto)), np.asarray(flat(whole)), rtol=1e-4, atol=1e-4 * scale)
+    kwargs = dict(sigma=0.1, population=24, fitness_shaping=shaping)
+    est = jax.jit(lambda p, k, c: jr.es.gradient(loss, p, k, chunk_size=c, **kwargs), static_argnums=2)
+    whole = est(params, jax.random.key(9), 24)
+    # Utilities (ranks, |u| <= 1/2) or losses (|f| <= ~1 here) times |e| <= 5, 12 directions,
+    # each loss with ~(8 + 16) eps of relative rounding: tol ~ m (24 + m) eps * 5 / (n s).
+    atol = 12 * (24 + 12) * EPS32 * 5 / (23 * 0.1)
+    for c in (2, 6, 10):
+        chex.assert_trees_all_close(est(params, jax.random.key(9), c), whole, rtol=0, atol=atol)
 
 
 def test_centered_ranks_make_the_estimate_invariant_to_monotone_transforms():
@@ -125,7 +146,9 @@ def test_centered_ranks_make_the_estimate_invariant_to_monotone_transforms():
     g2 = jax.jit(lambda p, k: jr.es.gradient(lambda q: jnp.exp(quadratic(q) / 10.0) - 3.0, p, k, **kwargs))(
         PARAMS, jax.random.key(4)
     )
-    np.testing.assert_allclose(np.asarray(flat(g2)), np.asarray(flat(g1)), rtol=1e-6)
+    # Both use the same utilities exactly (ranks of the same order) and the same noise: the same
+    # float32 operations, so equal to the last bit.
+    chex.assert_trees_all_close(g2, g1, rtol=0, atol=0)
     assert cosine(flat(g1), TRUE_GRAD) > 0.5
 
 
@@ -133,11 +156,18 @@ def test_value_and_gradient():
     value, grads = jax.jit(lambda p, k: jr.es.value_and_gradient(quadratic, p, k, sigma=0.1, population=16))(
         PARAMS, jax.random.key(5)
     )
-    np.testing.assert_allclose(float(value), float(quadratic(PARAMS)), rtol=1e-6)
+    # The value: the same quadratic in float32 (d = 10, two dot products) vs float64 numpy.
+    a64, d64 = np.asarray(A, np.float64), np.asarray(flat(PARAMS), np.float64) - np.asarray(C, np.float64)
+    exact = 0.5 * d64 @ a64 @ d64
+    np.testing.assert_allclose(
+        float(value), exact, rtol=0, atol=12 * EPS32 * 0.5 * np.abs(d64) @ np.abs(a64) @ np.abs(d64)
+    )
     expected = jax.jit(lambda p, k: jr.es.gradient(quadratic, p, k, sigma=0.1, population=16))(
         PARAMS, jax.random.key(5)
     )
-    np.testing.assert_allclose(np.asarray(flat(grads)), np.asarray(flat(expected)), rtol=1e-6)
+    # The same program inside another jit: the same float32 operations.
+    loss_scale = float(jnp.max(jnp.abs(flat(expected))))
+    chex.assert_trees_all_close(grads, expected, rtol=0, atol=16 * EPS32 * loss_scale)
 
 
 def test_es_with_adam_reaches_the_least_squares_optimum():
@@ -152,7 +182,8 @@ def test_es_with_adam_reaches_the_least_squares_optimum():
     def step(carry, key):
         params, state = carry
         grads = jr.es.gradient(loss, params, key, sigma=0.01, population=32)
-        updates, state = opt.update(grads, state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's adam computes decay ** int32 count
+            updates, state = opt.update(grads, state, params)
         return (optax.apply_updates(params, updates), state), None
 
     (params, _), _ = jax.jit(lambda c, k: jax.lax.scan(step, c, k))(
@@ -164,36 +195,51 @@ def test_es_with_adam_reaches_the_least_squares_optimum():
     assert np.max(np.abs(with_bias[:5] - solution)) < 0.5  # sanity: the bias column matters little
 
 
-def test_bad_input():
-    def g(**kw):
-        args = dict(sigma=0.1, population=8)
-        args.update(kw)
-        return jr.es.gradient(quadratic, PARAMS, jax.random.key(0), **args)
+def _es_call(loss=quadratic, params=PARAMS, rng=None, fn=jr.es.gradient, **kw):
+    args = dict(sigma=0.1, population=8)
+    args.update(kw)
+    return fn(loss, params, jax.random.key(0) if rng is None else rng, **args)
 
-    with pytest.raises(ValueError, match=r"es.gradient: sigma must be finite and > 0, got sigma = 0.0"):
-        g(sigma=0.0)
-    with pytest.raises(ValueError, match=r"sigma must be finite and > 0, got sigma = -1.0"):
-        g(sigma=-1.0)
-    with pytest.raises(ValueError, match=r"sigma must be a scalar, got sigma with shape \(2,\)"):
-        g(sigma=jnp.ones(2))
-    with pytest.raises(ValueError, match=r"population must be >= 2, got population = 1"):
-        g(population=1, antithetic=False)
-    with pytest.raises(ValueError, match=r"population must be an int >= 2, got population = 8.0"):
-        g(population=8.0)
-    with pytest.raises(ValueError, match=r"must be even, got population = 7"):
-        g(population=7)
-    with pytest.raises(ValueError, match=r"chunk_size must be even, got chunk_size = 3"):
-        g(chunk_size=3)
-    with pytest.raises(ValueError, match=r"fitness_shaping must be None, 'centered_ranks' or a callable"):
-        g(fitness_shaping="ranks")
-    with pytest.raises(ValueError, match=r"loss_fn must return a scalar, got an output of shape \(2,\)"):
-        jr.es.gradient(lambda p: jnp.ones(2), PARAMS, jax.random.key(0), sigma=0.1, population=4)
-    with pytest.raises(ValueError, match=r"leaf 'n' with dtype int32"):
-        jr.es.gradient(lambda p: 0.0, {"n": jnp.zeros(2, jnp.int32)}, jax.random.key(0), sigma=0.1, population=4)
-    with pytest.raises(ValueError, match=r"es.value_and_gradient: population must be >= 2"):
-        jr.es.value_and_gradient(quadratic, PARAMS, jax.random.key(0), sigma=0.1, population=0)
-    # Population is odd but allowed without antithetic pairs.
-    assert jax.tree.structure(g(population=7, antithetic=False)) == jax.tree.structure(PARAMS)
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sigma": 0.0}, r"es.gradient: sigma must be finite and > 0, got sigma = 0.0"),
+        ({"sigma": -1.0}, r"sigma must be finite and > 0, got sigma = -1.0"),
+        ({"sigma": jnp.ones(2)}, r"sigma must be a scalar, got sigma with shape \(2,\)"),
+        ({"population": 1, "antithetic": False}, r"population must be >= 2, got population = 1"),
+        ({"population": 8.0}, r"population must be an int >= 2, got population = 8.0"),
+        ({"population": 7}, r"must be even, got population = 7"),
+        ({"chunk_size": 3}, r"chunk_size must be even, got chunk_size = 3"),
+        ({"chunk_size": 0, "antithetic": False}, r"chunk_size must be >= 1, got chunk_size = 0"),
+        ({"fitness_shaping": "ranks"}, r"fitness_shaping must be None, 'centered_ranks' or a callable"),
+        (
+            {"loss": lambda p: jnp.ones(2), "population": 4},
+            r"loss_fn must return a scalar, got an output of shape \(2,\)",
+        ),
+        (
+            {"loss": lambda p: 0.0, "params": {"n": jnp.zeros(2, jnp.int32)}, "population": 4},
+            r"leaf 'n' with dtype int32",
+        ),
+        ({"fn": jr.es.value_and_gradient, "population": 0}, r"es.value_and_gradient: population must be >= 2"),
+        ({"rng": 0}, r"es.gradient: rng must be a PRNG key; pass a PRNG key such as jax.random.key\(0\)"),
+        ({"rng": jnp.zeros(2, jnp.float32)}, r"rng must be a PRNG key.*dtype float32"),
+        ({"rng": 3, "fn": jr.es.value_and_gradient}, r"es.value_and_gradient: rng must be a PRNG key"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _es_call(**kwargs)
+
+
+def test_odd_population_is_allowed_without_antithetic_pairs():
+    grads = _es_call(population=7, antithetic=False)
+    assert jax.tree.structure(grads) == jax.tree.structure(PARAMS)
+
+
+def test_a_raw_uint32_key_is_accepted_like_the_typed_one():
+    # jax.random.PRNGKey(0) (raw uint32[2]) and jax.random.key(0) hold the same threefry key.
+    chex.assert_trees_all_close(_es_call(rng=jax.random.PRNGKey(0)), _es_call(rng=jax.random.key(0)), rtol=0, atol=0)
 
 
 def test_example_es_vs_backprop():

@@ -1,0 +1,98 @@
+"""Sharded vs unsharded ensembles on 8 forced CPU devices.
+
+Not collected by a plain ``pytest`` run (the name does not start with ``test_``): the device
+count must be set before jax starts, so ``tests/test_ensemble.py`` runs this file in a
+subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
+        python -m pytest tests/sharding_checks.py -q -p no:cacheprovider
+"""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxreg as jr
+
+N = 16
+EPS32 = float(np.finfo(np.float32).eps)
+# A sharded step runs the same per-member float32 operations as the unsharded one, but XLA may
+# tile the (8, 3) @ (3, 4) matmuls and the batch means differently per device count: a few ulp
+# of the values (|params| ~ 1, a handful of accumulated terms), times two Adam steps.
+ATOL = 64 * EPS32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _eight_devices():
+    if jax.device_count() != 8:
+        pytest.skip(f"needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8), got {jax.devices()}")
+
+
+def _init(rng):
+    k1, k2 = jax.random.split(rng)
+    return {"w": jax.random.normal(k1, (3, 4)), "b": jnp.zeros(4), "v": jax.random.normal(k2, (4, 1))}
+
+
+def _loss(p, batch, rng, h):
+    x, y = batch
+    hid = jr.dropout(rng, jnp.tanh(x @ p["w"] + p["b"][None]), 0.25)
+    return jnp.mean((hid @ p["v"] - y) ** 2) + h(p)
+
+
+_OPT = optax.adam(1e-2)
+
+
+def _setup():
+    params = jr.ensemble.init(_init, jax.random.key(0), N)
+    state = jax.vmap(_OPT.init)(params)
+    batch = (jax.random.normal(jax.random.key(1), (N, 8, 3)), jax.random.normal(jax.random.key(2), (N, 8, 1)))
+    pens = jr.l2(jnp.linspace(0.0, 0.1, N), mask=jr.masks.kernels)
+    return params, state, batch, pens
+
+
+def _mesh():
+    return jax.make_mesh((8,), ("members",))
+
+
+@pytest.mark.parametrize("chunk_size", [None, 8, 16])
+def test_sharded_step_with_stacked_keys_equals_unsharded(chunk_size):
+    params, state, batch, pens = _setup()
+    keys = jax.random.split(jax.random.key(3), N)
+    step = jax.jit(jr.ensemble.train_step(_loss, _OPT, batch_axis=0, chunk_size=chunk_size))
+    ref = step(params, state, batch, keys, pens)
+    sharded = jr.ensemble.shard((params, state, batch, keys, pens), _mesh())
+    assert len(sharded[0]["w"].sharding.device_set) == 8
+    out = step(*sharded)
+    assert len(out[0]["w"].sharding.device_set) == 8, out[0]["w"].sharding
+    chex.assert_trees_all_close(out, ref, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 8])
+def test_sharded_step_with_one_key_equals_unsharded(chunk_size):
+    # The README's recipe: shard params, state, batch and hparams, pass ONE key.
+    params, state, batch, pens = _setup()
+    step = jax.jit(jr.ensemble.train_step(_loss, _OPT, batch_axis=0, chunk_size=chunk_size))
+    key = jax.random.key(4)
+    ref = step(params, state, batch, key, pens)
+    sp, ss, sb, sh = jr.ensemble.shard((params, state, batch, pens), _mesh())
+    out = step(sp, ss, sb, key, sh)
+    assert len(out[0]["w"].sharding.device_set) == 8, out[0]["w"].sharding
+    chex.assert_trees_all_close(out, ref, rtol=0, atol=ATOL)
+
+
+def test_sharded_predict_equals_unsharded():
+    params, _, batch, _ = _setup()
+    apply = jax.jit(lambda p, x: jr.ensemble.predict(lambda q, x: jnp.tanh(x @ q["w"] + q["b"][None]) @ q["v"], p, x))
+    sp = jr.ensemble.shard(params, _mesh())
+    # Means and variances over 16 members of outputs ~ 1: 16 terms of float32 rounding.
+    chex.assert_trees_all_close(apply(sp, batch[0][0]), apply(params, batch[0][0]), rtol=0, atol=16 * 4 * EPS32)
+
+
+def test_shard_rejects_members_not_a_multiple_of_the_devices():
+    with pytest.raises(
+        ValueError, match=r"number of members \(12\) must be a multiple of the mesh axis 'members' of size 8"
+    ):
+        jr.ensemble.shard({"w": jnp.zeros((12, 2))}, _mesh())

@@ -1,0 +1,202 @@
+"""Tests of the chunk-size tuner (jaxreg._chunking): fake clocks, never real speed."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxreg as jr
+from jaxreg import _chunking
+
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+class FakeClock:
+    """A clock that only moves when a fake compile or call says how long it took."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.calls = []
+
+    def __call__(self):
+        return self.now
+
+    def prepare(self, compile_s, call_s):
+        def prepare(c):
+            self.now += compile_s.get(c, 0.0)
+
+            def run():
+                self.calls.append(c)
+                self.now += call_s[c]
+
+            return run
+
+        return prepare
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(monkeypatch):
+    monkeypatch.delenv("JAXREG_AUTOTUNE", raising=False)
+    monkeypatch.delenv("JAXREG_AUTOTUNE_CACHE", raising=False)
+    _chunking.clear_cache()
+    yield
+    _chunking.clear_cache()
+
+
+def test_candidates_always_hold_one_vmap_and_a_loop():
+    assert _chunking.candidates(32, 4) == [32, 1, 4, 2, 8, 16]  # 2, 4, 8, 16 thinned to 3 in log scale
+    assert _chunking.candidates(1, 1) == [1]
+    c = _chunking.candidates(128, 8)
+    assert c[:3] == [128, 1, 8] and all(1 < x < 128 for x in c[3:]) and len(c) <= 6
+
+
+def test_pick_fastest_picks_the_fastest_of_fake_timings():
+    clock = FakeClock()
+    call_s = {32: 0.030, 1: 0.020, 4: 0.010, 2: 0.015, 16: 0.025}
+    chosen, samples = _chunking.pick_fastest(
+        [32, 1, 4, 2, 16], clock.prepare({}, call_s), budget_s=1.0, clock=clock, max_rounds=3
+    )
+    assert chosen == 4
+    assert all(len(v) == 3 for v in samples.values()), samples
+    # Interleaved in alternating order: A B C D E, E D C B A, ...
+    timed = clock.calls[5:]
+    assert timed[:5] == [32, 1, 4, 2, 16] and timed[5:10] == [16, 2, 4, 1, 32], timed
+
+
+def test_pick_fastest_stays_within_its_budget_and_drops_candidates_over_it():
+    clock = FakeClock()
+    compile_s = {64: 2.0, 1: 0.1, 8: 0.1, 2: 0.1}
+    call_s = {64: 1.5, 1: 0.05, 8: 0.02, 2: 0.04}  # one call of the plain vmap exceeds the budget
+    chosen, samples = _chunking.pick_fastest(
+        [64, 1, 8, 2], clock.prepare(compile_s, call_s), budget_s=1.0, clock=clock, max_rounds=50
+    )
+    # The vmap is dropped; the loop (always prepared) remains; the budget is spent, so 8 and 2
+    # are never compiled, and one candidate needs no timed rounds.
+    assert samples == {1: []} and chosen == 1, (chosen, samples)
+    assert clock.now == pytest.approx(2.0 + 1.5 + 0.1 + 0.05), clock.now
+
+
+def test_pick_fastest_prepares_more_candidates_while_half_the_budget_is_left():
+    clock = FakeClock()
+    compile_s = {64: 0.3, 1: 0.1, 8: 0.1, 2: 0.1}
+    call_s = {64: 0.02, 1: 0.05, 8: 0.01, 2: 0.04}
+    chosen, samples = _chunking.pick_fastest(
+        [64, 1, 8, 2], clock.prepare(compile_s, call_s), budget_s=1.0, clock=clock, max_rounds=50
+    )
+    # 0.47 s spent after two candidates: 8 is prepared, then 2 is not (0.58 s > half the budget).
+    assert set(samples) == {64, 1, 8} and chosen == 8, (chosen, samples)
+    # Rounds stop once the budget is spent: at most one round (0.08 s) past it.
+    assert 1.0 <= clock.now <= 1.0 + 0.08 + 1e-9, clock.now
+
+
+def _resolve(program, args, n=8, static=2, clock=None):
+    jaxpr = jax.make_jaxpr(lambda x: x * 2.0)(jnp.zeros(3))
+    return _chunking.resolve_chunk(
+        None, n, where="test", program=program, args=args, item_jaxpr=jaxpr, static=static, clock=clock or FakeClock()
+    )
+
+
+def test_cache_hit_does_not_measure_again_and_traced_calls_use_it(monkeypatch):
+    measured = []
+
+    def fake_pick(cands, prepare, **kw):
+        measured.append(list(cands))
+        return 4, {}
+
+    monkeypatch.setattr(_chunking, "pick_fastest", fake_pick)
+    program = lambda c: lambda x: x * 2.0  # noqa: E731
+    x = jnp.zeros((8, 3))
+    assert _resolve(program, (x,)) == 4
+    assert _resolve(program, (x,)) == 4
+    assert len(measured) == 1, measured
+    # Inside jit the same program and shapes find the cached choice (the static rule says 2).
+    seen = []
+    jax.jit(lambda x: seen.append(_resolve(program, (x,))) or x)(x)
+    assert seen == [4] and len(measured) == 1
+    # Other shapes: not cached, and inside a trace nothing is measured: the static rule.
+    seen.clear()
+    jax.jit(lambda x: seen.append(_resolve(program, (x,), n=6)) or x)(jnp.zeros((6, 3)))
+    assert seen == [2] and len(measured) == 1
+
+
+def test_env_var_turns_measurement_off(monkeypatch):
+    monkeypatch.setenv("JAXREG_AUTOTUNE", "0")
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda *a, **k: pytest.fail("measured with JAXREG_AUTOTUNE=0"))
+    assert _resolve(lambda c: lambda x: x, (jnp.zeros((8, 3)),), static=2) == 2
+
+
+def test_disk_cache_is_read_back_without_measuring(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAXREG_AUTOTUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda cands, prepare, **kw: (8, {}))
+    program = lambda c: lambda x: x  # noqa: E731
+    assert _resolve(program, (jnp.zeros((8, 3)),)) == 8
+    data = json.loads((tmp_path / "chunks.json").read_text())
+    assert list(data.values()) == [8]
+    _chunking.clear_cache()  # a new process: only the file remembers
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda *a, **k: pytest.fail("measured despite the disk cache"))
+    assert _resolve(program, (jnp.zeros((8, 3)),)) == 8
+
+
+def test_real_measurement_compiles_and_times_the_candidates():
+    # With the real clock: which candidate wins is the machine's business; that a valid one is
+    # chosen, cached, and gives the plain vmap's numbers is ours.
+    w = jax.random.normal(jax.random.key(0), (6, 4, 4))
+    x = jax.random.normal(jax.random.key(1), (4,))
+    f = jr.ensemble.map(lambda w, x: jnp.tanh(w @ x), in_axes=(0, None))
+    got = f(w, x)
+    assert len(_chunking._CACHE) == 1 and 1 <= next(iter(_chunking._CACHE.values())) <= 6
+    # tanh of 4-term dot products (|w @ x| ~ 3): 4 ulp of the sum, any chunking, any SIMD width.
+    chex.assert_trees_all_close(got, jax.vmap(lambda w: jnp.tanh(w @ x))(w), rtol=0, atol=8 * 4 * EPS32)
+
+
+@pytest.mark.parametrize("chosen", [1, 2, 3, 5])
+def test_results_do_not_depend_on_the_chunking_chosen(monkeypatch, chosen):
+    # Whatever the tuner picks, ensemble.map, mc_dropout, es.gradient and variational.predict give
+    # the plain vmap's answer within float32 rounding.
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda cands, prepare, **kw: (chosen, {}))
+    w = jax.random.normal(jax.random.key(0), (5, 4, 8))
+    x = jax.random.normal(jax.random.key(1), (3, 4))
+
+    def apply(w, x, rng):
+        return jr.dropout(rng, jnp.tanh(x @ w), 0.5)
+
+    # Outputs: tanh of 4-term dot products, |y| <= 2 after dropout's 2x: 8 ulp of 2.
+    tol = 8 * 2 * EPS32
+    mapped = jr.ensemble.map(lambda w: jnp.tanh(x @ w))(w)
+    chex.assert_trees_all_close(mapped, jax.vmap(lambda w: jnp.tanh(x @ w))(w), rtol=0, atol=tol)
+
+    keys = jax.random.split(jax.random.key(2), 5)
+    samples = jax.vmap(lambda k: apply(w[0], x, k))(keys)
+    pred = jr.mc_dropout(apply, w[0], x, jax.random.key(2), 5)
+    chex.assert_trees_all_close(pred, jr.Prediction.from_samples(samples), rtol=0, atol=4 * tol)
+    chex.assert_trees_all_close(jr.mc_dropout_samples(apply, w[0], x, jax.random.key(2), 5), samples, rtol=0, atol=tol)
+
+    loss = lambda p: jnp.sum(jnp.tanh(x @ p) ** 2)  # noqa: E731
+    g = jr.es.gradient(loss, w[0], jax.random.key(3), sigma=0.1, population=10)
+    g_ref = jr.es.gradient(loss, w[0], jax.random.key(3), sigma=0.1, population=10, chunk_size=10)
+    # 5 directions of (f+ - f-) e / (n s): losses ~24 with ~(4 + 24) eps each, |e| <= 5.
+    chex.assert_trees_all_close(g, g_ref, rtol=0, atol=5 * 28 * EPS32 * 2 * 24 * 5 / (10 * 0.1))
+
+    vp = jr.variational.init({"w": w[0]}, init_std=0.1)
+    vpred = jr.variational.predict(lambda p, x: jnp.tanh(x @ p["w"]), vp, x, jax.random.key(4), 5)
+    vref = jr.variational.predict(lambda p, x: jnp.tanh(x @ p["w"]), vp, x, jax.random.key(4), 5, chunk_size=5)
+    chex.assert_trees_all_close(vpred, vref, rtol=0, atol=4 * tol)
+
+
+def test_abstract_tracing_errors_fall_back_to_the_static_rule_and_others_propagate():
+    def needs_values(x):
+        if x[0] > 0:  # a Python if on an array: abstract tracing cannot run it
+            return x
+        return -x
+
+    assert _chunking.trace_item(needs_values, jnp.ones(3)) is None
+    with pytest.raises(TypeError):
+        _chunking.trace_item(lambda x: x @ jnp.ones((5, 2)), jnp.ones(3))  # a shape bug is a bug
+
+
+def test_an_explicit_chunk_size_is_never_changed(monkeypatch):
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda *a, **k: pytest.fail("measured an explicit chunk_size"))
+    assert _chunking.resolve_chunk(3, 8, where="t", program=lambda c: None, args=(), item_jaxpr=None, static=8) == 3
