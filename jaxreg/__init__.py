@@ -38,6 +38,7 @@ from jaxreg.averaging import (  # isort: skip
 from jaxreg.early_stopping import PlateauState, ReduceOnPlateau  # isort: skip
 from jaxreg.gradient_noise import GradientNoiseState, add_gradient_noise  # isort: skip
 from jaxreg.sharpness import sam_gradient  # isort: skip
+
 # isort: split
 # issue 16: regularizers on the model
 from jaxreg import mixing, noise, spectral

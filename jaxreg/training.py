@@ -445,7 +445,9 @@ def _run_chunk(state: PyTree, es: EarlyStoppingState, start: jax.Array, consts: 
     """``evals_per_chunk`` blocks from global step ``start`` (traced: one program for every chunk)."""
     member = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
     batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((plan.batch_size, *a.shape[1:]), a.dtype), consts.train_data)
-    _check_step_contract(plan.step_fn, member, batch, jax.ShapeDtypeStruct((), consts.step_keys.dtype))
+    _check_step_contract(
+        plan.step_fn, member, batch, jax.ShapeDtypeStruct(consts.step_keys.shape[1:], consts.step_keys.dtype)
+    )
     if plan.eval_fn is not None:
         _check_eval_contract(plan.eval_fn, member, consts.val_data)
 
