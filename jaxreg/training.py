@@ -1,14 +1,18 @@
 """A scan-fused training loop with evaluation, early stopping, history and resumable checkpoints.
 
 :func:`fit` runs a user's pure step function over in-memory data. The schedule is cut into
-chunks of ``steps_per_chunk`` steps; each chunk is one compiled program (a ``lax.scan`` over
-evaluation blocks, each a ``lax.scan`` over ``eval_every`` steps followed by an evaluation and an
-early-stopping update), reused for every chunk, so compile time does not depend on ``num_steps``
-and no Python runs per step. Everything that is not the step itself is paid once per evaluation
-block: the block's batch indices and rngs are computed before its inner scan, and members that
-stopped are frozen by one select after it. Between chunks the host updates a progress bar, calls
-an optional callback, saves an optional orbax checkpoint (:mod:`jaxreg._checkpoint`) and
-compacts the ensemble: members that stopped leave the computation.
+chunks of evaluation blocks; each chunk is one run of a compiled program (a ``while_loop`` over
+a traced number of evaluation blocks, each a ``lax.scan`` over ``eval_every`` steps followed by
+an evaluation and an early-stopping update), the same program for every chunk length, so compile
+time depends neither on ``num_steps`` nor on the chunk lengths, and no Python runs per step.
+Everything that is not the step itself is paid once per evaluation block: the block's batch
+indices and rngs are computed before its inner scan, members that stopped are frozen by one
+select after it, and each epoch's shuffle is drawn once per run (a permutation cache carried from
+block to block and chunk to chunk). By default a chunk lasts about :data:`CHUNK_SECONDS` (measured
+per program; see :class:`_ChunkPolicy`), so a short run is one chunk and one host sync. Between
+chunks the host updates a progress bar, calls an optional callback, saves an optional orbax
+checkpoint (:mod:`jaxreg._checkpoint`) and compacts the ensemble: members that stopped leave the
+computation. A chunk ends early once every member has stopped.
 
 Every random draw is derived from ``rng`` and the global step index (the shuffling of epoch ``e``
 from ``fold_in(data_key, e)``, the step's rng from ``fold_in(step_key, step)``), never from a
@@ -27,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -49,6 +54,10 @@ __all__ = ["FitResult", "History", "fit", "retrain"]
 _MONITORS = ("val_loss", "metric")
 _NEVER = 2**30  # patience of the internal best-tracker when no early stopping is asked for
 _RECORDS = ("train_loss", "val_loss", "metric", "stopped", "pruned")
+# The default chunk policy (steps_per_chunk=None): chunks of about CHUNK_SECONDS of device time
+# (one progress tick), at most _MAX_AUTO_BLOCKS evaluation blocks.
+CHUNK_SECONDS = 0.5
+_MAX_AUTO_BLOCKS = 256
 
 
 class History(NamedTuple):
@@ -86,7 +95,8 @@ class FitResult(NamedTuple):
       stopping: the final :class:`jaxreg.EarlyStoppingState` (``None`` without ``eval_fn``).
       best_num_steps: updates done when the best snapshot was taken (int32; 0 if no evaluation
         improved), the input of :func:`jaxreg.retrain_budget`.
-      num_steps: the number of steps the loop ran (a multiple of ``steps_per_chunk``).
+      num_steps: the number of steps the loop ran (a multiple of ``eval_every``; less than asked
+        when every member stopped before the end).
       member_steps_computed: member-steps the compiled programs actually ran (the stacked size
         of each chunk, padding of compaction included, times its steps); without compaction
         ``num_members * num_steps``.
@@ -131,13 +141,6 @@ def _check_member_axis(name: str, tree: PyTree, num_members: int) -> None:
             )
 
 
-def _default_chunk_evals(num_evals: int) -> int:
-    """The divisor of ``num_evals`` closest to ``num_evals / 10`` (about ten chunks)."""
-    target = max(1.0, num_evals / 10)
-    divisors = [d for d in range(1, num_evals + 1) if num_evals % d == 0]
-    return min(divisors, key=lambda d: (abs(d - target), d))
-
-
 def _renamed(where: str, new_name: str, new: Any, old_name: str, old: Any) -> Any:
     """``new``, or the deprecated ``old`` with a DeprecationWarning (both given: ValueError)."""
     if old is None:
@@ -158,7 +161,7 @@ class _Schedule(NamedTuple):
     num_steps: int
     batch_size: int
     eval_every: int
-    steps_per_chunk: int
+    steps_per_chunk: int | None  # None: chosen by time (see _ChunkPolicy)
     num_examples: int
     num_members: int
     single: bool
@@ -168,12 +171,11 @@ class _Schedule(NamedTuple):
         return self.num_steps // self.eval_every
 
     @property
-    def num_chunks(self) -> int:
-        return self.num_steps // self.steps_per_chunk
-
-    @property
-    def evals_per_chunk(self) -> int:
-        return self.steps_per_chunk // self.eval_every
+    def max_blocks(self) -> int:
+        """The longest chunk in evaluation blocks (static: the size of the chunk's records buffer)."""
+        if self.steps_per_chunk is not None:
+            return self.steps_per_chunk // self.eval_every
+        return min(1 << max(0, math.ceil(math.log2(self.num_evals))), _MAX_AUTO_BLOCKS)
 
 
 def _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_members, train_data, state) -> _Schedule:
@@ -185,10 +187,9 @@ def _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_memb
             f"fit: eval_every must divide num_steps (evaluations happen after every eval_every "
             f"steps), got eval_every = {eval_every} for num_steps = {num_steps}."
         )
-    if steps_per_chunk is None:
-        steps_per_chunk = eval_every * _default_chunk_evals(num_steps // eval_every)
-    steps_per_chunk = _checks.check_int_at_least("steps_per_chunk", steps_per_chunk, 1, "fit")
-    if steps_per_chunk % eval_every or num_steps % steps_per_chunk:
+    if steps_per_chunk is not None:
+        steps_per_chunk = _checks.check_int_at_least("steps_per_chunk", steps_per_chunk, 1, "fit")
+    if steps_per_chunk is not None and (steps_per_chunk % eval_every or num_steps % steps_per_chunk):
         raise ValueError(
             f"fit: steps_per_chunk must be a multiple of eval_every = {eval_every} that divides num_steps = "
             f"{num_steps}, got steps_per_chunk = {steps_per_chunk}."
@@ -310,7 +311,7 @@ class _Plan(NamedTuple):
     num_examples: int
     batch_size: int
     eval_every: int
-    evals_per_chunk: int
+    max_blocks: int  # the longest chunk, in evaluation blocks (the size of the records buffer)
     mask_budget: bool  # some member's budget ends inside an evaluation block: freeze per step
     prune: SuccessiveHalving | None
     prune_mode: str
@@ -354,27 +355,37 @@ def _permutation(key: jax.Array, n: int) -> jax.Array:
     return x
 
 
-def _refresh_permutations(plan: _Plan, data_keys: jax.Array, cache, first_epoch: jax.Array):
-    """The permutation cache holding epochs ``first_epoch ... first_epoch + slots - 1``.
+def _refresh_permutations(plan: _Plan, data_keys: jax.Array, cache, first_epoch: jax.Array, last_epoch: jax.Array):
+    """The permutation cache holding epochs ``first_epoch ... last_epoch`` (the epochs of a block).
 
     ``cache = (perms, epochs)``: ``perms[:, j]`` is the ``(members, n)`` permutation of epoch
-    ``epochs[j]``, and slot ``j`` holds an epoch ``e`` with ``e % slots == j``. Only slots holding
-    another epoch are recomputed (a ``lax.cond`` per slot, once per block), so every epoch's
-    permutations are drawn once per chunk.
+    ``epochs[j]``, and slot ``j`` holds an epoch ``e`` with ``e % slots == j``. Only slots that the
+    block needs and that hold another epoch are recomputed (a ``lax.cond`` per slot, once per
+    block); the cache is carried from block to block and from chunk to chunk, so every epoch's
+    permutations are drawn once per run (a sort of ``n`` keys per member: on a small model the
+    most expensive thing a block does besides its steps).
     """
     slots = _epochs_per_block(plan)
 
     def slot(perms, j):
         want = first_epoch + (j - first_epoch) % slots
+        held = cache[1][j]
+        keep = jnp.logical_or(held == want, want > last_epoch)
 
         def draw(perms):
             new = jax.vmap(lambda k: _permutation(jax.random.fold_in(k, want), plan.num_examples))(data_keys)
             return jax.lax.dynamic_update_index_in_dim(perms, new, j, axis=1)
 
-        return jax.lax.cond(cache[1][j] == want, lambda p: p, draw, perms), want
+        return jax.lax.cond(keep, lambda p: p, draw, perms), jnp.where(want > last_epoch, held, want)
 
     perms, epochs = jax.lax.scan(slot, cache[0], jnp.arange(slots, dtype=jnp.int32))
     return perms, epochs
+
+
+def _empty_cache(plan: _Plan, num_members: int):
+    """A permutation cache holding no epoch (every slot is drawn when first needed)."""
+    slots = _epochs_per_block(plan)
+    return (jnp.zeros((num_members, slots, plan.num_examples), jnp.int32), jnp.full((slots,), -1, jnp.int32))
 
 
 def _block_inputs(plan: _Plan, perms: jax.Array, steps: jax.Array, step_keys: jax.Array):
@@ -441,8 +452,15 @@ def _evaluate(plan: _Plan, consts: _Consts, state: PyTree, es: EarlyStoppingStat
 
 
 @functools.partial(jax.jit, static_argnames=("plan",))
-def _run_chunk(state: PyTree, es: EarlyStoppingState, start: jax.Array, consts: _Consts, *, plan: _Plan):
-    """``evals_per_chunk`` blocks from global step ``start`` (traced: one program for every chunk)."""
+def _run_chunk(state, es, perms, epochs, first_block, num_blocks, consts: _Consts, *, plan: _Plan):
+    """Up to ``num_blocks`` evaluation blocks from block ``first_block`` (both traced).
+
+    One program for every chunk of a run whatever its length (a ``while_loop`` over blocks, at
+    most ``plan.max_blocks``), so the host may choose chunk lengths freely without compiling
+    again; the loop ends early once no member is active. Returns the carry, the permutation
+    cache, the records ``(max_blocks, members)`` of which the first ``blocks_run`` are written,
+    and ``blocks_run``.
+    """
     member = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
     batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((plan.batch_size, *a.shape[1:]), a.dtype), consts.train_data)
     _check_step_contract(
@@ -452,30 +470,41 @@ def _run_chunk(state: PyTree, es: EarlyStoppingState, start: jax.Array, consts: 
         _check_eval_contract(plan.eval_fn, member, consts.val_data)
 
     steps_per_epoch = plan.num_examples // plan.batch_size
+    num_members = consts.budget.shape[0]
 
-    def block(carry, k):
-        state, es, cache = carry
-        t0 = start + k * plan.eval_every
+    def active_at(es, t0):
+        return jnp.logical_and(jnp.logical_not(es.stopped), t0 < consts.budget)
+
+    def cond(carry):
+        k, _, es, _, _ = carry
+        t0 = (first_block + k) * plan.eval_every
+        return jnp.logical_and(k < num_blocks, jnp.any(active_at(es, t0)))
+
+    def block(carry):
+        k, state, es, cache, records = carry
+        t0 = (first_block + k) * plan.eval_every
         steps = t0 + jnp.arange(plan.eval_every, dtype=jnp.int32)
-        cache = _refresh_permutations(plan, consts.data_keys, cache, t0 // steps_per_epoch)
+        cache = _refresh_permutations(
+            plan, consts.data_keys, cache, t0 // steps_per_epoch, (t0 + plan.eval_every - 1) // steps_per_epoch
+        )
         idx, rngs = _block_inputs(plan, cache[0], steps, consts.step_keys)
-        active = jnp.logical_and(jnp.logical_not(es.stopped), t0 < consts.budget)
+        active = active_at(es, t0)
         trained, losses = _train_block(plan, consts, state, idx, rngs, steps)
         state = freeze_stopped(jnp.logical_not(active), trained, state)
         train_loss = _block_train_loss(plan, losses, steps, consts.budget, active)
-        eval_index = t0 // plan.eval_every + 1
-        es, val_loss, metric, pruned = _evaluate(plan, consts, state, es, active, eval_index)
-        return (state, es, cache), (train_loss, val_loss, metric, es.stopped, pruned)
+        es, val_loss, metric, pruned = _evaluate(plan, consts, state, es, active, first_block + k + 1)
+        row = (train_loss, val_loss, metric, es.stopped, pruned)
+        records = tuple(jax.lax.dynamic_update_index_in_dim(r, v, k, axis=0) for r, v in zip(records, row))
+        return k + 1, state, es, cache, records
 
-    slots = _epochs_per_block(plan)
-    num_members = consts.budget.shape[0]
-    cache = (
-        jnp.zeros((num_members, slots, plan.num_examples), jnp.int32),
-        jnp.full((slots,), -1, jnp.int32),  # no epoch is -1: every slot is drawn in the first block
+    nan = jnp.float32(jnp.nan)
+    records = (
+        *(jnp.full((plan.max_blocks, num_members), nan) for _ in range(3)),
+        *(jnp.zeros((plan.max_blocks, num_members), jnp.bool_) for _ in range(2)),
     )
-    blocks = jnp.arange(plan.evals_per_chunk, dtype=jnp.int32)
-    (state, es, _), records = jax.lax.scan(block, (state, es, cache), blocks)
-    return state, es, records
+    carry = (jnp.int32(0), state, es, (perms, epochs), records)
+    k, state, es, (perms, epochs), records = jax.lax.while_loop(cond, block, carry)
+    return state, es, perms, epochs, records, k
 
 
 # ----------------------------------------------------------------------------- host-side helpers
@@ -535,6 +564,42 @@ def _compaction(active: np.ndarray, compact: bool) -> np.ndarray | None:
     return np.sort(np.argsort(~active, kind="stable")[:size]).astype(np.int32)
 
 
+_SECONDS_PER_BLOCK: dict[tuple[Any, int], float] = {}  # (plan, stacked size) -> seconds, for the process
+
+
+class _ChunkPolicy:
+    """How many evaluation blocks the next chunk runs.
+
+    With ``steps_per_chunk`` given, always that many steps. Otherwise (the default) chunks last
+    about :data:`CHUNK_SECONDS` of wall time: the seconds per block of each program (the plan and
+    the stacked size) are measured on every chunk that did not compile and kept for the process,
+    so a first run on a new program goes 1 block (compiles), 1 block (measured), then chunks of
+    the measured length, and later runs of the same program start at the measured length. A
+    chunk never crosses a ``prune`` rung, so members pruned there leave the computation at once.
+    Results do not depend on the policy: every chunk length runs the same compiled program.
+    """
+
+    def __init__(self, sched: _Schedule, plan: _Plan):
+        self.sched, self.plan = sched, plan
+
+    def blocks(self, blocks_done: int, stacked: int) -> int:
+        sched = self.sched
+        if sched.steps_per_chunk is not None:
+            count = sched.steps_per_chunk // sched.eval_every
+        else:
+            per_block = _SECONDS_PER_BLOCK.get((self.plan, stacked))
+            count = 1 if per_block is None else int(CHUNK_SECONDS / max(per_block, 1e-9))
+            count = max(1, min(count, sched.max_blocks))
+            later = [r for r in self.plan.rungs if r > blocks_done]
+            if later:
+                count = min(count, later[0] - blocks_done)
+        return min(count, sched.num_evals - blocks_done)
+
+    def record(self, stacked: int, blocks: int, seconds: float) -> None:
+        if blocks > 0:
+            _SECONDS_PER_BLOCK[(self.plan, stacked)] = seconds / blocks
+
+
 class _Loop:
     """The host loop's state: records on the host, the stacked carry, progress counters."""
 
@@ -542,6 +607,7 @@ class _Loop:
         n, e = sched.num_members, sched.num_evals
         self.sched = sched
         self.state, self.es, self.budget = state, es, budget
+        self.cache = None  # the permutation cache (perms, epochs) carried between chunks
         self.records = {
             "train_loss": np.full((n, e), np.nan, np.float32),
             "val_loss": np.full((n, e), np.nan, np.float32),
@@ -550,35 +616,61 @@ class _Loop:
             "pruned": np.zeros((n, e), np.bool_),
         }
         self.chunks_done = 0
+        self.blocks_done = 0
         self.member_steps = 0
         self.eval_steps = (np.arange(e, dtype=np.int32) + 1) * sched.eval_every
+        self._stopped = np.asarray(es.stopped)
+
+    @property
+    def steps_done(self) -> int:
+        return self.blocks_done * self.sched.eval_every
 
     def active(self) -> np.ndarray:
-        start = self.chunks_done * self.sched.steps_per_chunk
-        return ~np.asarray(self.es.stopped) & (start < self.budget)
+        return ~self._stopped & (self.steps_done < self.budget)
 
-    def run_chunk(self, consts: _Consts, plan: _Plan, compact: bool) -> None:
-        sched = self.sched
+    def run_chunk(self, consts: _Consts, plan: _Plan, compact: bool, policy: _ChunkPolicy) -> int:
+        """Runs the next chunk; returns the number of steps it advanced."""
         members = _compaction(self.active(), compact)
-        start = jnp.asarray(self.chunks_done * sched.steps_per_chunk, jnp.int32)
+        stacked = self.sched.num_members if members is None else len(members)
+        num_blocks = policy.blocks(self.blocks_done, stacked)
+        if self.cache is None or self.cache[0].shape[0] != self.sched.num_members:
+            self.cache = _empty_cache(plan, self.sched.num_members)
+        first = jnp.asarray(self.blocks_done, jnp.int32)
+        count = jnp.asarray(num_blocks, jnp.int32)
+        compiled = _run_chunk._cache_size()
+        t0 = time.perf_counter()
         if members is None:
-            self.state, self.es, records = _run_chunk(self.state, self.es, start, consts, plan=plan)
+            self.state, self.es, perms, epochs, records, ran = _run_chunk(
+                self.state, self.es, *self.cache, first, count, consts, plan=plan
+            )
+            self.cache = (perms, epochs)
             rows = slice(None)
         else:
             idx = jnp.asarray(members)
-            part = _take_members((self.state, self.es, consts[2:]), idx)
-            sub = _Consts(consts.train_data, consts.val_data, *part[2])
-            state, es, records = _run_chunk(part[0], part[1], start, sub, plan=plan)
-            self.state, self.es = _put_members((self.state, self.es), idx, (state, es))
+            part = _take_members((self.state, self.es, self.cache[0], consts[2:]), idx)
+            sub = _Consts(consts.train_data, consts.val_data, *part[3])
+            state, es, perms, epochs, records, ran = _run_chunk(
+                part[0], part[1], part[2], self.cache[1], first, count, sub, plan=plan
+            )
+            self.state, self.es, cache_perms = _put_members(
+                (self.state, self.es, self.cache[0]), idx, (state, es, perms)
+            )
+            self.cache = (cache_perms, epochs)
             rows = members
-        cols = slice(self.chunks_done * sched.evals_per_chunk, (self.chunks_done + 1) * sched.evals_per_chunk)
+        records, ran, self._stopped = jax.device_get((records, ran, self.es.stopped))
+        if _run_chunk._cache_size() == compiled:  # no compile in this call: a measurement
+            policy.record(stacked, int(ran), time.perf_counter() - t0)
+        ran = int(ran)
+        cols = slice(self.blocks_done, self.blocks_done + ran)
         for name, value in zip(_RECORDS, records):
-            self.records[name][rows, cols] = np.asarray(value).T
+            self.records[name][rows, cols] = value[:ran].T
         self.chunks_done += 1
-        self.member_steps += (sched.num_members if members is None else len(members)) * sched.steps_per_chunk
+        self.blocks_done += ran
+        self.member_steps += stacked * ran * self.sched.eval_every
+        return ran * self.sched.eval_every  # fewer blocks than asked: every member stopped, the run ends
 
     def history(self) -> History:
-        k = self.chunks_done * self.sched.evals_per_chunk
+        k = self.blocks_done
         rows = {name: value[0, :k] if self.sched.single else value[:, :k] for name, value in self.records.items()}
         return History(step=jnp.asarray(self.eval_steps[:k]), **{name: jnp.asarray(v) for name, v in rows.items()})
 
@@ -586,11 +678,12 @@ class _Loop:
         return _drop_member_axis(tree) if self.sched.single else tree
 
     def checkpoint_records(self) -> dict[str, np.ndarray]:
-        return {**self.records, "progress": np.array([self.chunks_done, self.member_steps], np.int64)}
+        return {**self.records, "progress": np.array([self.blocks_done, self.member_steps], np.int64)}
 
     def restore(self, progress: np.ndarray, carry: PyTree, records: dict[str, np.ndarray]) -> None:
-        self.chunks_done, self.member_steps = int(progress[0]), int(progress[1])
+        self.blocks_done, self.member_steps = int(progress[0]), int(progress[1])
         (self.state, self.es), self.records = carry, records
+        self._stopped = np.asarray(self.es.stopped)
 
 
 def _checkpoint_meta(sched: _Schedule, rng: Any, prune: SuccessiveHalving | None) -> dict[str, Any]:
@@ -611,7 +704,7 @@ def _checkpoint_meta(sched: _Schedule, rng: Any, prune: SuccessiveHalving | None
 
 
 def _postfix(loop: _Loop, tracking: bool) -> dict:
-    col = loop.chunks_done * loop.sched.evals_per_chunk - 1
+    col = loop.blocks_done - 1
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns once members stopped
         post = {"train": f"{np.nanmean(loop.records['train_loss'][:, col]):.4g}"}
@@ -638,7 +731,7 @@ def _result(loop: _Loop, tracking: bool) -> FitResult:
     stopping = es if tracking else None
     best = es.best_params if tracking else None
     state, best, stopping, best_num_steps = (loop.unstack(t) for t in (loop.state, best, stopping, best_num_steps))
-    steps_run = loop.chunks_done * loop.sched.steps_per_chunk
+    steps_run = loop.steps_done
     return FitResult(state, best, loop.history(), stopping, best_num_steps, steps_run, loop.member_steps)
 
 
@@ -720,9 +813,12 @@ def fit(
       snapshot_fn: what the best snapshot keeps, ``state -> pytree`` (default: the whole state).
       member_steps: optional number of updates per member (an int or one per member); a member is
         frozen once it has done that many (used by :func:`retrain`).
-      steps_per_chunk: steps per compiled chunk; a multiple of ``eval_every`` that divides
-        ``num_steps`` (default: about a tenth of the run). Progress, callbacks, checkpoints and
-        compaction happen between chunks.
+      steps_per_chunk: steps per chunk; a multiple of ``eval_every`` that divides ``num_steps``.
+        Default (``None``): chunks of about ``jaxreg.training.CHUNK_SECONDS`` (0.5 s) of wall
+        time, measured per program and kept for the process (a first run does 1 block, 1 block,
+        then the measured length), never across a ``prune`` rung. Progress, callbacks,
+        checkpoints and compaction happen between chunks; the numbers do not depend on it (every
+        chunk length runs the same compiled program).
       compact: remove stopped members from the computation between chunks (see above).
       prune: optional :class:`jaxreg.SuccessiveHalving`; needs ``eval_fn``.
       checkpoint_dir: optional directory for an orbax ``CheckpointManager``: the loop saves after
@@ -783,7 +879,7 @@ def fit(
     snapshot = snapshot_fn if snapshot_fn is not None else _identity
     plan = _Plan(
         step_fn, eval_fn, snapshot, monitor, sched.num_examples, sched.batch_size, sched.eval_every,
-        sched.evals_per_chunk, bool(np.any((budget % sched.eval_every != 0) & (budget < num_steps))),
+        sched.max_blocks, bool(np.any((budget % sched.eval_every != 0) & (budget < num_steps))),
         prune, prune_mode, () if prune is None else prune.rungs(sched.num_evals),
     )  # fmt: skip
     consts = _Consts(train_data, val_data, stopper, jnp.asarray(budget), *_keys(rng, N))
@@ -807,17 +903,18 @@ def _train(loop: _Loop, consts, plan, compact, meta, checkpoint_dir, progress, c
         if restored is not None:
             loop.restore(*restored)
     sched = loop.sched
-    bar = _progress_bar(sched.num_steps, progress, loop.chunks_done * sched.steps_per_chunk)
+    policy = _ChunkPolicy(sched, plan)
+    bar = _progress_bar(sched.num_steps, progress, loop.steps_done)
     try:
-        while loop.chunks_done < sched.num_chunks and np.any(loop.active()):
-            loop.run_chunk(consts, plan, compact)
+        while loop.blocks_done < sched.num_evals and np.any(loop.active()):
+            advanced = loop.run_chunk(consts, plan, compact, policy)
             if manager is not None:
-                _checkpoint.save(manager, loop.chunks_done, (loop.state, loop.es), loop.checkpoint_records(), meta)
+                _checkpoint.save(manager, loop.blocks_done, (loop.state, loop.es), loop.checkpoint_records(), meta)
             if bar is not None:
-                bar.update(sched.steps_per_chunk)
+                bar.update(advanced)
                 bar.set_postfix(_postfix(loop, plan.eval_fn is not None))
             if callback is not None:
-                callback(loop.chunks_done * sched.steps_per_chunk, loop.history(), loop.unstack(loop.state))
+                callback(loop.steps_done, loop.history(), loop.unstack(loop.state))
     finally:
         if bar is not None:
             bar.close()

@@ -1,0 +1,78 @@
+"""fit's chunk policy: the numbers do not depend on how the run is cut into chunks."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxreg as jr
+from jaxreg import training
+from tests.test_training import TRAIN, VAL, evaluate, init_state, stack, step
+
+MEMBERS = 3
+RUN = dict(rng=jax.random.key(7), num_steps=40, batch_size=8, eval_every=4, num_members=MEMBERS, progress=False)
+# 5 steps per epoch and blocks of 4: blocks straddle epochs, so the carried shuffle cache is used
+
+
+def states():
+    return stack([init_state(i, rate=0.1 * i) for i in range(MEMBERS)])
+
+
+def run(**kwargs):
+    chunks = []
+    result = jr.fit(
+        step, evaluate, states(), TRAIN, VAL, callback=lambda k, hist, state: chunks.append(k), **{**RUN, **kwargs}
+    )
+    return result, chunks
+
+
+@pytest.fixture
+def long_chunks(monkeypatch):
+    """The default policy with a time budget no chunk reaches: chunks as long as allowed."""
+    monkeypatch.setattr(training, "CHUNK_SECONDS", 1e9)
+
+
+@pytest.mark.parametrize("stopper", [None, jr.EarlyStopping(jnp.asarray([1, 3, 100]))])
+def test_results_bit_identical_across_chunk_policies(long_chunks, stopper):
+    # without compaction every chunk runs the same program on the same stack: equal bits
+    runs = [run(steps_per_chunk=spc, early_stopping=stopper, compact=False)[0] for spc in (4, 8, 20, 40, None, None)]
+    for other in runs[1:]:
+        chex.assert_trees_all_equal(other.state, runs[0].state)
+        chex.assert_trees_all_equal(other.history, runs[0].history)
+        chex.assert_trees_all_equal(other.best, runs[0].best)
+        chex.assert_trees_all_equal(other.best_num_steps, runs[0].best_num_steps)
+        assert other.num_steps == runs[0].num_steps and other.member_steps_computed == runs[0].member_steps_computed
+
+
+def test_default_policy_grows_chunks_to_the_measured_length(long_chunks):
+    run()  # compiles, measures
+    _, chunks = run()
+    assert chunks == [40]  # measured: the whole run in one chunk, one host sync
+
+
+def test_default_policy_uses_small_chunks_when_blocks_are_slow(monkeypatch):
+    monkeypatch.setattr(training, "CHUNK_SECONDS", 1e-12)
+    _, chunks = run()
+    assert chunks == list(range(4, 41, 4))  # one block per chunk
+
+
+def test_a_chunk_ends_when_every_member_has_stopped(long_chunks):
+    stopper = jr.EarlyStopping(1, min_delta=1e30)  # only the first evaluation improves: all stop at the 2nd
+    for spc in (40, None):
+        result, _ = run(steps_per_chunk=spc, early_stopping=stopper)
+        assert result.num_steps == 8 and result.history.val_loss.shape == (MEMBERS, 2)
+        assert result.member_steps_computed == MEMBERS * 8
+        assert np.all(np.asarray(result.history.stopped[:, -1]))
+
+
+def test_default_chunks_end_at_prune_rungs(long_chunks):
+    # members leave only at rungs; chunks ending at every rung compact as well as one block per chunk
+    prune = jr.SuccessiveHalving(eta=2, first_rung=2)
+    per_block, _ = run(steps_per_chunk=4, prune=prune)
+    for _ in range(2):
+        auto, chunks = run(prune=prune)
+        assert auto.member_steps_computed == per_block.member_steps_computed
+        chex.assert_trees_all_equal(auto.history.pruned, per_block.history.pruned)
+    rung_steps = [4 * r for r in prune.rungs(10)]
+    assert set(rung_steps) <= set(chunks)
