@@ -572,6 +572,8 @@ class _Loop:
             self.state, self.es = _put_members((self.state, self.es), idx, (state, es))
             rows = members
         cols = slice(self.chunks_done * sched.evals_per_chunk, (self.chunks_done + 1) * sched.evals_per_chunk)
+        if members is not None:  # members left out of the chunk record what a frozen member records
+            self.records["stopped"][:, cols] = np.asarray(self.es.stopped)[:, None]
         for name, value in zip(_RECORDS, records):
             self.records[name][rows, cols] = np.asarray(value).T
         self.chunks_done += 1
