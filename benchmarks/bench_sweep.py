@@ -16,7 +16,7 @@ wall-time ratios. JAX's own compile time inside each call (``jr.benchmark.compil
 reported beside it. Target: >= 3x.
 
 Standalone: ``python -m benchmarks.bench_sweep [--quick | --tiny] [--json PATH]`` (it re-runs
-itself with the glibc malloc tuning of ``jr.benchmark.MALLOC_TUNING`` unless an allocator
+itself with the glibc malloc tuning of ``common.MALLOC_TUNING`` unless an allocator
 setting is already in the environment, as ``benchmarks.run`` does).
 """
 
@@ -211,7 +211,7 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
                 "compile_s": compile_s,
                 "learning_rates": lrs.tolist(),
                 "final_val_loss": {k: np.asarray(v).tolist() for k, v in finals.items()},
-                "allocator": jr.benchmark.allocator(),
+                "allocator": common.allocator(),
             },
         )
     ]
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     tuned = bool(os.environ.get("LD_PRELOAD")) or any(k.startswith("MALLOC_") for k in os.environ)
     if not args.no_tune_malloc and not tuned:
-        env = {**os.environ, **jr.benchmark.MALLOC_TUNING}
+        env = {**os.environ, **common.MALLOC_TUNING}
         os.execve(sys.executable, [sys.executable, "-m", "benchmarks.bench_sweep", *sys.argv[1:]], env)
     mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     rows = run(Settings.for_mode(mode), {})
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{row.section} | {row.workload} | {row.jaxreg} vs {row.baseline} | ratio {row.ratio:.2f}x "
             f"[{row.ratio_q25:.2f}, {row.ratio_q75:.2f}] (target {row.target}) | {row.note}"
         )
-    print(f"allocator: {jr.benchmark.allocator()}; machine: {jr.benchmark.machine()}")
+    print(f"allocator: {common.allocator()}; machine: {common.machine()}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.to_dict() for r in rows], f, indent=1)

@@ -391,7 +391,7 @@ if __name__ == "__main__":
 
     mode = sys.argv[1] if len(sys.argv) > 1 else "quick"
     which = sys.argv[2:] or ["dispatch_bound_rows", "mlp_rows", "compaction_rows", "halving_rows"]
-    print(jr.benchmark.machine().to_dict().get("cpu", ""), jr.benchmark.allocator())
+    print(common.machine().to_dict().get("cpu_model", ""), common.allocator())
     for name in which:
         for row in globals()[name](mode):
             print(f"{row.section:14s} {row.workload[:70]:70s} {row.jaxreg} vs {row.baseline}: ratio {row.ratio:.3f} "
