@@ -125,7 +125,7 @@ def split_keys(rng: jax.Array, num_members: int) -> jax.Array:
 def init(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array, num_members: int) -> PyTree:
     """Initializes ``num_members`` members, each from its own key, stacked on a leading axis.
 
-    .. math:: \theta_i = \mathrm{init}(k_i), \quad (k_1, \dots, k_N) = \mathrm{split}(k, N)
+    .. math:: \\theta_i = \\mathrm{init}(k_i), \\quad (k_1, \\dots, k_N) = \\mathrm{split}(k, N)
 
     ``vmap(init_fn)`` runs under ``jit`` (one compiled program instead of op-by-op dispatch).
 
