@@ -53,11 +53,11 @@ class Settings:
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
         base = dict(
-            steps=300,
-            hidden=128,
-            members=4,
+            steps=200,
+            hidden=64,
+            members=3,
             mc_samples=16,
-            sweep=tuple(float(v) for v in np.geomspace(1e-5, 1e-1, 5)),
+            sweep=tuple(float(v) for v in np.geomspace(1e-4, 1e-1, 4)),
             eval_every=10,
             es_dim=4,
             es_seeds=8,
