@@ -56,9 +56,7 @@ def _save(fig: Any, path: str, *, grid: tuple[int, int] | None = None) -> str:
         fig.tight_layout()
     else:
         w, h = fig.get_size_inches()
-        fig.subplots_adjust(
-            left=0.8 / w, right=1 - 0.15 / w, bottom=0.5 / h, top=1 - 0.85 / h, wspace=0.3, hspace=0.6
-        )
+        fig.subplots_adjust(left=0.8 / w, right=1 - 0.15 / w, bottom=0.5 / h, top=1 - 0.85 / h, wspace=0.3, hspace=0.6)
     fig.savefig(path, dpi=110)
     return path
 
