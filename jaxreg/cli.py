@@ -165,6 +165,15 @@ def _parser() -> Parser:
         },
     )
     run.add_argument(
+        "--seeds",
+        type=_positive_int,
+        help=(
+            f"seeds per regime, trained in the same program: each its own init, bootstrap resamples and dropout "
+            f"masks, the data split fixed; tables show mean ± 95%% t interval (default {full.seeds}; "
+            f"with --quick {quick.seeds})"
+        ),
+    )
+    run.add_argument(
         "--mc-samples",
         type=_positive_int,
         help=f"dropout masks for MC-dropout (default {full.mc_samples}; with --quick {quick.mc_samples})",
@@ -256,6 +265,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         members=args.members,
         hidden=args.hidden,
         mc_samples=args.mc_samples,
+        seeds=args.seeds,
         progress=not args.no_progress,
     )
     settings = preset(**overrides)
@@ -264,12 +274,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _prepare_out(out)
     results = job.run(settings, split, out)
     results["figures"] = plots.draw_run(out)
+    report.write_html(os.path.join(out, "report.html"), results, results["figures"])
     for line in report.run_summary(results):
         print(line)
     print()
     print(f"results: {out}")
     print(
-        "  results.json, results.csv, history.npz, data.npz, params/*.msgpack, "
+        "  results.json, results.csv, history.npz, data.npz, params/*.msgpack, report.html, "
         + ", ".join(os.path.basename(p) for p in results["figures"].values())
     )
     return 0

@@ -31,6 +31,7 @@ __all__ = [
     "num_members",
     "permutations",
     "predict",
+    "replicate",
     "shard",
     "split_keys",
     "stack",
@@ -559,3 +560,45 @@ def shard(tree: PyTree, mesh: Mesh, *, axis_name: str | None = None) -> PyTree:
         )
     sharding = NamedSharding(mesh, PartitionSpec(axis_name))
     return jax.device_put(tree, sharding)
+
+
+# ----------------------------------------------------------------------------------------------
+# replicate: seeds as a member axis
+
+
+def replicate(tree: PyTree, num: int, *, stacked: bool = False) -> PyTree:
+    r"""``num`` copies of a member, or of each member of a stacked tree, on the member axis.
+
+    The usual way to run a configuration under several seeds in one program: replicate its
+    member (params, per-member hyperparameters, ...) and then give each copy its own key,
+    initialization or resample. With ``stacked=False`` the copies go on a new leading axis:
+    leaf shape :math:`s \to (\text{num}, *s)`. With ``stacked=True`` the tree already has a
+    member axis of size :math:`N` and each member is repeated ``num`` times in place, as
+    ``jnp.repeat(leaf, num, axis=0)``: shape :math:`(N, *s) \to (N \cdot \text{num}, *s)`,
+    the copies of member :math:`i` at rows :math:`i \cdot \text{num}, \dots, (i + 1) \cdot
+    \text{num} - 1` (so ``reshape(N, num, ...)`` gives a member x copy grid).
+
+    Args:
+      tree: one member's pytree, or (with ``stacked=True``) a stacked pytree.
+      num: copies per member, an integer >= 1.
+      stacked: whether ``tree`` already has a leading member axis.
+
+    Returns:
+      The replicated pytree (jax arrays).
+
+    Raises:
+      ValueError: if ``num`` is not an integer >= 1, or (``stacked=True``) the leaves disagree
+        on the member axis.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxreg as jr
+      >>> jr.ensemble.replicate({"w": jnp.zeros((3, 2))}, 4)["w"].shape
+      (4, 3, 2)
+      >>> jr.ensemble.replicate(jnp.array([1.0, 2.0]), 3, stacked=True).tolist()
+      [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+    """
+    num = _checks.check_int_at_least("num", num, 1, "replicate")
+    if stacked:
+        num_members(tree)
+        return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), num, axis=0), tree)
+    return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x)[None], num, axis=0), tree)

@@ -1,9 +1,10 @@
 """End-to-end tests of the `jaxreg` command and the examples, each in a subprocess.
 
-The runs use a setting smaller than --quick (40 steps, width 32) so that the whole file takes
-well under a minute and a half; they start together and share the two cores.
+The runs use a setting smaller than --quick (40 steps, width 32, 2 seeds) so that the whole file
+takes well under a minute and a half; they start together and share the two cores.
 """
 
+import base64
 import csv
 import json
 import os
@@ -17,9 +18,24 @@ import pytest
 
 import jaxreg
 from jaxreg import cli
+from jaxreg.experiments import presets
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["--quick", "--steps", "40", "--hidden", "32", "--members", "2", "--mc-samples", "4", "--no-progress"]
+TINY = [
+    "--quick",
+    "--steps",
+    "40",
+    "--hidden",
+    "32",
+    "--members",
+    "2",
+    "--mc-samples",
+    "4",
+    "--seeds",
+    "2",
+    "--no-progress",
+]
+SEEDS = 2
 TINY_SWEEP = ["--quick", "--hidden", "32", "--no-progress"]
 EXAMPLES = ["weight_decay_chain", "l1_proximal", "sweep_vmap", "activity_sow"]
 
@@ -116,12 +132,17 @@ def test_run_writes_results_and_figures(procs):
     assert code == 0, err[-3000:]
     out_dir = base / "a"
     assert f"results: {out_dir}" in out
-    for name in ["results.json", "results.csv", "history.npz", "data.npz"]:
+    for name in ["results.json", "results.csv", "history.npz", "data.npz", "report.html"]:
         assert (out_dir / name).is_file(), name
     res = json.loads((out_dir / "results.json").read_text())
-    assert set(res["figures"]) == {"curves", "l2_sweep", "weights", "mc_dropout"}
+    assert set(res["figures"]) == {"curves", "l2_sweep", "weights", "mc_dropout", "val_overlay", "es_minima"}
+    html = (out_dir / "report.html").read_text()
     for fig in res["figures"].values():
-        assert (out_dir / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", fig
+        png = (out_dir / fig).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n", fig
+        # The report is self-contained: every figure embedded as base64, byte for byte.
+        assert base64.b64encode(png).decode("ascii") in html, fig
+    assert "±" in html and "<h2>Findings</h2>" in html
     names = [r["regime"] for r in res["regimes"]]
     for regime in [
         "none",
@@ -138,55 +159,147 @@ def test_run_writes_results_and_figures(procs):
         "sigmoid_l2",
     ]:
         assert regime in names
-    assert sum(r["kind"] == "sweep" for r in res["regimes"]) == 5
+    assert sum(r["kind"] == "sweep" for r in res["regimes"]) == len(presets.Settings.quick().sweep)
     # The table is printed: one line per regime, starting with its name.
     lines = out.splitlines()
     for regime in names:
         assert any(line.split()[:1] == [regime] for line in lines), regime
 
 
-def test_json_figures_match_a_recomputation_from_saved_params(procs):
+def _seed_params(params, r):
+    """Seed ``r``'s params of a saved regime (the seed axis leads every leaf)."""
+    return {k: {n: v[r] for n, v in layer.items()} for k, layer in params.items()}
+
+
+def test_per_seed_values_match_a_recomputation_from_saved_params(procs):
     base, result = procs
     code, _, err = result("a")
     assert code == 0, err[-3000:]
     out_dir = base / "a"
     res = json.loads((out_dir / "results.json").read_text())
+    assert res["seeds"] == SEEDS
     d = np.load(out_dir / "data.npz")
     n_test = len(d["y_test"])
     for row in res["regimes"]:
-        params = _load_params(out_dir / row["params_file"])
-        kernels = [params[k]["kernel"] for k in params]
-        sigmoid = row["activation"] == "sigmoid"
-        if row["kind"] == "ensemble":
-            # Stacked members: the ensemble predicts with the mean of the members' probabilities.
-            m = kernels[0].shape[0]
-            members = [{k: {n: v[j] for n, v in layer.items()} for k, layer in params.items()} for j in range(m)]
-            probs = {p: np.mean([_mlp_probs(q, d[f"x_{p}"]) for q in members], axis=0) for p in ("train", "test")}
-            zero = np.mean(
-                [sum(int(np.sum(k[j] == 0)) for k in kernels) / sum(k[j].size for k in kernels) for j in range(m)]
-            )
-        else:
-            zero = sum(int(np.sum(k == 0)) for k in kernels) / sum(k.size for k in kernels)
-            # MC-dropout's probabilities are random; its weights are the dropout net's.
-            stochastic = row["kind"] == "mc_dropout"
-            probs = None if stochastic else {p: _mlp_probs(params, d[f"x_{p}"], sigmoid) for p in ("train", "test")}
-        assert row["zero_frac"] == pytest.approx(zero, abs=1e-12), row["regime"]
-        if probs is None:
-            continue
-        acc = np.mean(probs["test"].argmax(-1) == d["y_test"])
-        # float32 in the run vs float64 here: at most one near-tie may flip.
-        assert abs(acc - row["test_acc"]) <= 1.0 / n_test + 1e-12, (row["regime"], acc, row["test_acc"])
-        assert _nll(probs["train"], d["y_train"]) == pytest.approx(row["train_loss"], rel=1e-3, abs=1e-5)
-        assert row["gap"] == pytest.approx(row["val_loss"] - row["train_loss"], abs=1e-9)
+        saved = _load_params(out_dir / row["params_file"])
+        m = row["measures"]
+        for r in range(SEEDS):
+            params = _seed_params(saved, r)
+            kernels = [params[k]["kernel"] for k in params]
+            sigmoid = row["activation"] == "sigmoid"
+            if row["kind"] == "ensemble":
+                # Stacked members: the ensemble predicts with the mean of the members' probabilities.
+                k = kernels[0].shape[0]
+                members = [{a: {n: v[j] for n, v in layer.items()} for a, layer in params.items()} for j in range(k)]
+                probs = {p: np.mean([_mlp_probs(q, d[f"x_{p}"]) for q in members], axis=0) for p in ("train", "test")}
+                zero = np.mean(
+                    [sum(int(np.sum(w[j] == 0)) for w in kernels) / sum(w[j].size for w in kernels) for j in range(k)]
+                )
+            else:
+                zero = sum(int(np.sum(w == 0)) for w in kernels) / sum(w.size for w in kernels)
+                # MC-dropout's probabilities are random; its weights are the dropout net's.
+                stochastic = row["kind"] == "mc_dropout"
+                probs = None if stochastic else {p: _mlp_probs(params, d[f"x_{p}"], sigmoid) for p in ("train", "test")}
+            assert m["zero_frac"]["values"][r] == pytest.approx(zero, abs=1e-12), row["regime"]
+            if probs is None:
+                continue
+            acc = np.mean(probs["test"].argmax(-1) == d["y_test"])
+            # float32 in the run vs float64 here: at most one near-tie may flip.
+            got = m["test_acc"]["values"][r]
+            assert abs(acc - got) <= 1.0 / n_test + 1e-12, (row["regime"], r, acc, got)
+            assert _nll(probs["train"], d["y_train"]) == pytest.approx(m["train_loss"]["values"][r], rel=1e-3, abs=1e-5)
+            assert m["gap"]["values"][r] == pytest.approx(m["val_loss"]["values"][r] - m["train_loss"]["values"][r])
     rows = {r["regime"]: r for r in res["regimes"]}
     # L1 (proximal) gives exact zeros; without a penalty none appear.
-    assert rows["l1"]["zero_frac"] > 0.0
-    assert rows["none"]["zero_frac"] == 0.0
-    # Max-norm: no unit's incoming weight vector exceeds the bound.
+    assert min(rows["l1"]["measures"]["zero_frac"]["values"]) > 0.0
+    assert rows["none"]["measures"]["zero_frac"]["values"] == [0.0] * SEEDS
+    # Max-norm: no unit's incoming weight vector exceeds the bound, under any seed.
     mn = _load_params(out_dir / rows["max_norm"]["params_file"])
     bound = rows["max_norm"]["hyper"]["max_norm"]
     for layer in mn.values():
-        assert np.max(np.linalg.norm(layer["kernel"], axis=0)) <= bound * (1 + 1e-5)
+        assert np.max(np.linalg.norm(layer["kernel"], axis=-2)) <= bound * (1 + 1e-5)
+
+
+def test_seeds_differ_in_init_and_results(procs):
+    base, result = procs
+    code, _, err = result("a")
+    assert code == 0, err[-3000:]
+    out_dir = base / "a"
+    res = json.loads((out_dir / "results.json").read_text())
+    rows = {r["regime"]: r for r in res["regimes"]}
+    # Different initializations: the trained weights and the per-seed numbers differ.
+    p = _load_params(out_dir / rows["none"]["params_file"])
+    assert not np.array_equal(p["dense0"]["kernel"][0], p["dense0"]["kernel"][1])
+    for regime in ("none", "l2", "dropout", "bagging"):
+        vals = rows[regime]["measures"]["val_loss"]["values"]
+        assert len(vals) == SEEDS and vals[0] != vals[1], regime
+    # Bagging: seed 1 draws its own bootstrap resamples, so its members differ from seed 0's too.
+    bag = _load_params(out_dir / rows["bagging"]["params_file"])
+    assert bag["dense0"]["kernel"].shape[:2] == (SEEDS, 2)
+    assert not np.array_equal(bag["dense0"]["kernel"][0], bag["dense0"]["kernel"][1])
+
+
+def _t_interval(values):
+    """Student's t 95% interval of the mean, from scipy (an independent recomputation)."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    v = np.asarray(values, np.float64)
+    half = scipy_stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v))
+    return v.mean(), v.mean() - half, v.mean() + half
+
+
+def test_printed_cells_and_json_intervals_are_t_intervals_of_the_per_seed_values(procs):
+    base, result = procs
+    code, out, err = result("a")
+    assert code == 0, err[-3000:]
+    res = json.loads((base / "a" / "results.json").read_text())
+    from jaxreg.experiments import report
+
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("regime ") and "test_acc" in line)
+    cols = [h for _, h, _ in report.COLUMNS]
+    checked = 0
+    for row in res["regimes"]:
+        for key, m in row["measures"].items():
+            if any(v is None for v in m["values"]):
+                continue
+            mean, lo, hi = _t_interval(m["values"])
+            scale = max(1.0, abs(mean))
+            assert m["mean"] == pytest.approx(mean, rel=1e-12, abs=1e-12 * scale), (row["regime"], key)
+            assert m["lo"] == pytest.approx(lo, rel=1e-9, abs=1e-9 * scale), (row["regime"], key)
+            assert m["hi"] == pytest.approx(hi, rel=1e-9, abs=1e-9 * scale), (row["regime"], key)
+            assert row[key] == m["mean"]
+            checked += 1
+        # The printed cell: "mean ± half-width", each rounded as the column's format says.
+        if row["kind"] == "sweep":
+            continue
+        line = next(x for x in lines[header + 2 :] if x.startswith(row["label"] + "  "))
+        cells = [c for c in line[len(row["label"]) :].split("  ") if c.strip()]
+        assert len(cells) == len(cols) - 1, line
+        for (key, _, fmt), cell in zip(report.COLUMNS[1:], cells):
+            m = row["measures"].get(key)
+            if m is None or m["mean"] is None:
+                continue
+            mean, lo, hi = _t_interval(m["values"])
+            assert cell.strip() == f"{fmt.format(mean)} ± {fmt.format(hi - mean)}", (row["regime"], key, cell)
+    assert checked > 100
+
+
+def test_csv_holds_means_and_bounds(procs):
+    base, result = procs
+    code, _, err = result("a")
+    assert code == 0, err[-3000:]
+    out_dir = base / "a"
+    res = json.loads((out_dir / "results.json").read_text())
+    with open(out_dir / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [t["regime"] for t in table] == [r["regime"] for r in res["regimes"]]
+    for t, r in zip(table, res["regimes"]):
+        for key in ("test_acc", "val_loss", "zero_frac"):
+            m = r["measures"][key]
+            assert float(t[key]) == pytest.approx(m["mean"])
+            assert float(t[f"{key}_lo"]) == pytest.approx(m["lo"])
+            assert float(t[f"{key}_hi"]) == pytest.approx(m["hi"])
+        assert int(t["seeds"]) == SEEDS
 
 
 def test_history_and_derived_regimes_are_consistent(procs):
@@ -197,23 +310,96 @@ def test_history_and_derived_regimes_are_consistent(procs):
     res = json.loads((out_dir / "results.json").read_text())
     h = np.load(out_dir / "history.npz")
     rows = {r["regime"]: r for r in res["regimes"]}
-    i = list(h["members"]).index("none")
-    # Early stopping: the snapshot is the first evaluation with the lowest validation loss.
-    assert rows["early_stopping"]["best_step"] == int(h["step"][np.argmin(h["val_loss"][i])])
-    hit = np.flatnonzero(h["train_loss"][i] <= res["settings"]["target_loss"])
-    expected = int(h["step"][hit[0]]) if hit.size else None
-    assert rows["none"]["steps_to_target"] == expected
-    # MC-dropout: the curve's last point uses the same masks as the regime's row.
+    names = list(h["members"])
+    for r in range(SEEDS):
+        i = names.index(f"none#{r}")
+        # Early stopping: the snapshot is the first evaluation with the lowest validation loss.
+        best = int(h["step"][np.argmin(h["val_loss"][i])])
+        assert rows["early_stopping"]["measures"]["best_step"]["values"][r] == best
+        assert rows["none"]["measures"]["steps_to_best"]["values"][r] == best
+        hit = np.flatnonzero(h["train_loss"][i] <= res["settings"]["target_loss"])
+        expected = int(h["step"][hit[0]]) if hit.size else None
+        assert rows["none"]["measures"]["steps_to_target"]["values"][r] == expected
+    # MC-dropout: the curve's last point uses the same masks as the regime's row, per seed.
     curve = res["mc_dropout_curve"]
     assert curve["num_masks"] == [1, 2, 4]
-    assert abs(curve["test_acc"][-1] - rows["mc_dropout"]["test_acc"]) <= 1.0 / res["data"]["test"] + 1e-12
-    # The CSV holds the JSON's numbers.
-    with open(out_dir / "results.csv") as f:
-        table = list(csv.DictReader(f))
-    assert [t["regime"] for t in table] == [r["regime"] for r in res["regimes"]]
-    for t, r in zip(table, res["regimes"]):
-        assert float(t["test_acc"]) == pytest.approx(r["test_acc"])
-        assert float(t["zero_frac"]) == pytest.approx(r["zero_frac"])
+    for r in range(SEEDS):
+        last = curve["test_acc"][-1]["values"][r]
+        assert abs(last - rows["mc_dropout"]["measures"]["test_acc"]["values"][r]) <= 1.0 / res["data"]["test"] + 1e-12
+    # ES vs gradient descent ran as a section, with per-seed values and a verdict per sigma.
+    es = res["es_minima"]
+    gd = es["methods"]["gradient descent"]["final_loss"]
+    assert len(gd["values"]) == es["config"]["seeds"] and gd["lo"] <= gd["mean"] <= gd["hi"]
+    assert all("verdict" in e for n, e in es["methods"].items() if n != "gradient descent")
+
+
+def _synthetic_results(acc_l2, *, seeds=3):
+    """Results as `jaxreg run` writes them, with every measure equal across regimes and seeds
+    except l2's test accuracy (``acc_l2``, one value per seed) against none's 0.90, 0.91, 0.92."""
+    from jaxreg.experiments import evaluate, report
+
+    base = {k: [0.5 + 0.01 * r for r in range(seeds)] for k in evaluate.MEASURES}
+    base["test_acc"] = [0.90 + 0.01 * r for r in range(seeds)]
+    regimes = []
+    for name in ["none", *report.REGULARIZED]:
+        vals = dict(base, test_acc=list(acc_l2)) if name == "l2" else base
+        measures = {k: evaluate.summarize(v) for k, v in vals.items()}
+        regimes.append(
+            {
+                "regime": name,
+                "label": name,
+                "kind": "ensemble" if name == "bagging" else "single",
+                "members": [f"{name}#{r}" for r in range(seeds)],
+                "num_masks": 4,
+                "measures": measures,
+                **{k: m["mean"] for k, m in measures.items()},
+            }
+        )
+    return {"regimes": regimes, "num_steps": 100, "settings": {"target_loss": 0.05}}
+
+
+def _accuracy_finding(results):
+    from jaxreg.experiments import report
+
+    return next(line for line in report.findings(results) if line.startswith("test accuracy"))
+
+
+def test_a_finding_says_higher_only_when_the_paired_interval_excludes_zero():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    none = np.asarray([0.90, 0.91, 0.92])
+    # l2 = none + 0.010 +- 0.001: the paired difference's interval lies above 0 -> "higher".
+    clear = none + np.asarray([0.009, 0.010, 0.011])
+    line = _accuracy_finding(_synthetic_results(clear))
+    assert "higher for l2 (+0.010 [" in line and "no difference detected at this size (n = 3) for" in line
+    assert "l2" not in line.split("no difference detected")[1]
+    # The same mean difference with noise: the interval covers 0 (scipy's t says so) -> no claim.
+    noisy = none + np.asarray([-0.010, 0.010, 0.030])
+    d = noisy - none
+    half = scipy_stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert d.mean() - half < 0 < d.mean() + half
+    line = _accuracy_finding(_synthetic_results(noisy))
+    assert "higher" not in line
+    assert f"no difference detected at this size (n = 3) for l2 (+0.010 [{d.mean() - half:+.3f}, " in line
+    # Lower when the interval lies below 0.
+    line = _accuracy_finding(_synthetic_results(none - np.asarray([0.009, 0.010, 0.011])))
+    assert line.split(": ", 1)[1].startswith("lower for l2 (-0.010 [")
+
+
+def test_masks_needed_reads_the_paired_intervals():
+    from jaxreg.experiments import evaluate, report
+
+    ks = [1, 2, 4, 8, 16]
+    # Per-seed accuracy by K: K = 1, 2 clearly below K = 16; from K = 4 on within noise of it.
+    acc = np.asarray(
+        [[0.80, 0.85, 0.910, 0.921, 0.920], [0.81, 0.86, 0.925, 0.919, 0.922], [0.79, 0.84, 0.918, 0.925, 0.921]]
+    )
+    curve = {"num_masks": ks, "test_acc": [evaluate.summarize(acc[:, j]) for j in range(len(ks))]}
+    need = report.masks_needed(curve)
+    assert need["paired"] == 4
+    # By hand: K = 2's paired difference to K = 16 excludes 0, K = 4's covers it.
+    for j, covers in ((1, False), (2, True)):  # columns of K = 2 and K = 4
+        diff = jaxreg.stats.paired_difference(acc[:, j], acc[:, -1])
+        assert (diff.lo <= 0 <= diff.hi) == covers
 
 
 def _strip_times(obj):
@@ -293,7 +479,7 @@ def test_bad_data_in_process(tmp_path, capsys, make, message):
 @pytest.mark.parametrize(
     "command, flags",
     [
-        ("run", ["--quick", "--mc-samples", "default 1000; with --quick 300", "default 64; with --quick 16"]),
+        ("run", ["--quick", "--mc-samples", "--seeds", "default 3; with --quick 3", "95% t interval"]),
         ("sweep", ["--reg", "--min", "--max", "--num", "default 600; with --quick 200", "(default l2)"]),
     ],
 )
@@ -323,6 +509,10 @@ BAD_ARGUMENTS = [
     (["run", "--steps", "ten"], "jaxreg run: error: argument --steps: expected an integer >= 1, got 'ten'"),
     (["run", "--seed", "-1"], "jaxreg run: error: argument --seed: expected an integer >= 0, got '-1'"),
     (["run", "--members", "-3"], "jaxreg run: error: argument --members: expected an integer >= 1, got '-3'"),
+    (["run", "--seeds", "0"], "jaxreg run: error: argument --seeds: expected an integer >= 1, got '0'"),
+    (["run", "--seeds", "-1"], "jaxreg run: error: argument --seeds: expected an integer >= 1, got '-1'"),
+    (["run", "--seeds", "2.5"], "jaxreg run: error: argument --seeds: expected an integer >= 1, got '2.5'"),
+    (["run", "--seeds", "three"], "jaxreg run: error: argument --seeds: expected an integer >= 1, got 'three'"),
     (["run", "--train-size", "1.5"], "jaxreg run: error: argument --train-size: expected a count or a fraction"),
     (["run", "--train-size", "0"], "jaxreg run: error: argument --train-size: expected a count >= 1"),
     (["run", "--dataset", "mnist"], "jaxreg run: error: argument --dataset: invalid choice: 'mnist'"),

@@ -286,3 +286,29 @@ def test_map_maps_keyword_arguments_like_vmap(chunk_size):
     ref = jax.vmap(fn, in_axes=(0, None))(w, x, b=b)
     # Integers up to 37 in float32: every product and sum is exact.
     chex.assert_trees_all_equal(ours, ref)
+
+
+def test_replicate_one_member_and_each_member_of_a_stacked_tree():
+    one = _init(jax.random.key(0))
+    rep = jr.ensemble.replicate(one, 3)
+    for a, r in zip(jax.tree.leaves(one), jax.tree.leaves(rep)):
+        assert r.shape == (3, *a.shape)
+        for j in range(3):
+            np.testing.assert_array_equal(np.asarray(r[j]), np.asarray(a))  # copies are exact
+    stacked = jr.ensemble.init(_init, jax.random.key(1), 2)
+    rep = jr.ensemble.replicate(stacked, 3, stacked=True)
+    for a, r in zip(jax.tree.leaves(stacked), jax.tree.leaves(rep)):
+        # Independent reference: numpy's repeat; member i's copies sit at rows 3i, 3i+1, 3i+2.
+        np.testing.assert_array_equal(np.asarray(r), np.repeat(np.asarray(a), 3, axis=0))
+        np.testing.assert_array_equal(np.asarray(r).reshape(2, 3, *a.shape[1:])[1, 2], np.asarray(a[1]))
+
+
+@pytest.mark.parametrize("num", [0, -1, 1.5, True])
+def test_replicate_rejects_a_bad_num(num):
+    with pytest.raises(ValueError, match="replicate: num must be"):
+        jr.ensemble.replicate(jnp.zeros(2), num)
+
+
+def test_replicate_stacked_rejects_disagreeing_member_axes():
+    with pytest.raises(ValueError):
+        jr.ensemble.replicate({"a": jnp.zeros((2, 3)), "b": jnp.zeros((3,))}, 2, stacked=True)

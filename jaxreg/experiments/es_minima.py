@@ -79,7 +79,8 @@ def _evolution_strategy(x0: jax.Array, key: jax.Array, sigma: float, cfg: Config
 
 def _summary(values: np.ndarray) -> dict[str, Any]:
     iv = jr.stats.mean_interval(values)
-    return {"mean": float(iv.mean), "lo": float(iv.lo), "hi": float(iv.hi), "per_seed": values.tolist()}
+    vals = values.tolist()
+    return {"mean": float(iv.mean), "lo": float(iv.lo), "hi": float(iv.hi), "values": vals, "per_seed": vals}
 
 
 def run(cfg: Config = Config()) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """What ``jaxreg run`` trains: its settings (``default`` and ``quick`` presets) and the members.
 
 :class:`Settings` holds every number a run uses; :func:`members` turns it into the members of
-the one training program (one network per regime, a bagging ensemble, an L2 sweep) and the index
-of each regime's members; :func:`label` names a regime with its hyperparameters (``l2 (1e-03)``).
+one seed (one network per regime, a bagging ensemble, an L2 sweep) and the index of each
+regime's members; :func:`seeded` replicates them ``seeds`` times for the one training program
+(:func:`jaxreg.ensemble.replicate`: each copy its own initialization, bootstrap resamples and
+dropout masks, the data split fixed); :func:`label` names a regime with its hyperparameters
+(``l2 (1e-03)``).
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
 
+import jaxreg as jr
 from jaxreg.experiments import regimes as R
 
-__all__ = ["FIGURES", "Settings", "label", "members"]
+__all__ = ["FIGURES", "INIT_STRIDE", "Seeded", "Settings", "label", "members", "seeded"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +27,7 @@ class Settings:
     """What a run does; ``quick()`` and ``default()`` give the two presets."""
 
     seed: int = 0
+    seeds: int = 3  # replicates of every regime (its own init, resamples, masks), one program
     steps: int = 1000
     hidden: int = 256
     members: int = 8  # bagging ensemble size
@@ -38,16 +44,25 @@ class Settings:
     target_loss: float = 0.05
     saturation: float = 0.05
     progress: bool = True
+    # ES vs gradient descent on Rastrigin (jaxreg.experiments.es_minima), its own seeds
+    es_dim: int = 8
+    es_seeds: int = 16
+    es_evaluations: int = 12_800
+    es_population: int = 128
 
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
         base = dict(
-            steps=300,
-            hidden=128,
-            members=4,
+            steps=200,
+            hidden=64,
+            members=3,
             mc_samples=16,
-            sweep=tuple(float(v) for v in np.geomspace(1e-5, 1e-1, 5)),
+            sweep=tuple(float(v) for v in np.geomspace(1e-4, 1e-1, 4)),
             eval_every=10,
+            es_dim=4,
+            es_seeds=8,
+            es_evaluations=3_200,
+            es_population=64,
         )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -62,6 +77,8 @@ FIGURES = {
     "l2_sweep": "l2_sweep.png",
     "weights": "weights.png",
     "mc_dropout": "mc_dropout.png",
+    "val_overlay": "val_loss_all.png",
+    "es_minima": "es_minima.png",
 }
 """The figures of a run; :func:`jaxreg.plots.draw_run` draws them from the saved results."""
 
@@ -105,3 +122,53 @@ def label(regime: str, s: Settings) -> str:
         "early_stopping": "best val loss",
     }.get(regime)
     return regime if hyper is None else f"{regime} ({hyper})"
+
+
+INIT_STRIDE = 100_000
+"""Seed ``r`` of a member with init index ``i`` starts from init index ``i + r * INIT_STRIDE``."""
+
+
+@dataclasses.dataclass
+class Seeded:
+    """The members of a run with seeds: ``members[j * seeds + r]`` is member ``j`` under seed ``r``.
+
+    ``index[r]`` maps a regime to its members' indices under seed ``r``; ``hyper`` is stacked
+    over all ``len(members)`` members.
+    """
+
+    members: list[R.Member]
+    index: list[dict[str, list[int]]]
+    hyper: R.Hyper
+    seeds: int
+
+
+def seeded(s: Settings, num_train: int) -> Seeded:
+    """Every member of :func:`members` replicated ``s.seeds`` times, copies adjacent.
+
+    Copy ``r`` of a member differs from copy 0 in what a seed decides and in nothing else: its
+    initialization (init index ``+ r * INIT_STRIDE``; within a seed every regime with the same
+    init index starts from the same weights, so regimes compare paired by seed), its bootstrap
+    resample (bagging members) and, because ``jr.fit`` gives every member its own step keys, its
+    dropout masks. The data split is the same for every seed (it is drawn from ``s.seed``).
+    Copy 0 is the single-seed run's member.
+    """
+    base, index = members(s)
+    num = s.seeds
+    hyper1 = R.stack_hypers(base, s.seed, num_train)
+    hyper = jr.ensemble.replicate(hyper1, num, stacked=True)
+    num_boot = max([m.bootstrap for m in base] + [-1]) + 1
+    weights = np.asarray(hyper.weights).copy()
+    if num_boot:
+        k_boot = jax.random.fold_in(jax.random.PRNGKey(s.seed), 1)  # copy 0: R.stack_hypers' draw
+        for r in range(1, num):
+            boot = np.asarray(jr.ensemble.bootstrap_weights(jax.random.fold_in(k_boot, r), num_boot, num_train))
+            for j, m in enumerate(base):
+                if m.bootstrap >= 0:
+                    weights[j * num + r] = boot[m.bootstrap]
+    out = [
+        dataclasses.replace(m, name=f"{m.name}#{r}", init=m.init + r * INIT_STRIDE) for m in base for r in range(num)
+    ]
+    init = np.asarray([m.init for m in out], np.int32)
+    hyper = hyper._replace(init=jax.numpy.asarray(init), weights=jax.numpy.asarray(weights))
+    per_seed = [{k: [j * num + r for j in v] for k, v in index.items()} for r in range(num)]
+    return Seeded(out, per_seed, hyper, num)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from jaxreg import data as jdata
-from jaxreg.experiments import evaluate, files, presets, report
+from jaxreg.experiments import es_minima, evaluate, files, presets, report
 from jaxreg.experiments import regimes as R
 
 __all__ = ["run"]
@@ -35,16 +35,17 @@ def run(settings: presets.Settings, split: jdata.Split, out_dir: str, *, echo: A
         target_loss=s.target_loss,
         saturation=s.saturation,
     )
-    members, index = presets.members(s)
-    hyper = R.stack_hypers(members, s.seed, len(split.y_train))
+    seeded = presets.seeded(s, len(split.y_train))
+    members, hyper = seeded.members, seeded.hyper
     arrays = {"x_train": split.x_train, "y_train": split.y_train, "x_val": split.x_val, "y_val": split.y_val}
     echo(
         f"jaxreg run: {split.name}, train/val/test = {len(split.y_train)}/{len(split.y_val)}/{len(split.y_test)}, "
-        f"MLP {split.num_features}-{s.hidden}-{s.hidden}-{split.num_classes}, {len(members)} members "
-        f"x {R.num_steps_for(config)} full-batch Adam steps as one vmapped program"
+        f"MLP {split.num_features}-{s.hidden}-{s.hidden}-{split.num_classes}, {len(members) // s.seeds} members "
+        f"x {s.seeds} seeds x {R.num_steps_for(config)} full-batch Adam steps as one vmapped program "
+        "(a seed: its own init, bootstrap resamples and dropout masks; the data split is the same for every seed)"
     )
     trained = R.train(config, hyper, arrays, split.num_classes, seed=s.seed, progress=s.progress, echo=echo)
-    ev = evaluate.evaluate(s, split, members, index, hyper, trained)
+    ev = evaluate.evaluate_seeds(s, split, seeded, trained)
     for row in ev.rows:
         files.save_params(os.path.join(out_dir, row["params_file"]), ev.params[row["regime"]])
     np.savez(
@@ -70,6 +71,13 @@ def run(settings: presets.Settings, split: jdata.Split, out_dir: str, *, echo: A
         "model": {"sizes": [split.num_features, s.hidden, s.hidden, split.num_classes]},
         "num_steps": trained.num_steps,
         "num_members": len(members),
+        "seeds": s.seeds,
+        "seeding": (
+            f"every regime trained under {s.seeds} seeds in the same program: seed r gives each member its own "
+            "initialization, bootstrap resamples (bagging) and dropout masks; the data split is fixed "
+            f"(drawn from --seed {s.seed}); full-batch training has no data order"
+        ),
+        "interval": "mean over seeds ± half-width of a 95% Student's t interval (jaxreg.stats.mean_interval)",
         "definitions": {
             "gap": "validation loss - training loss (cross-entropy, no dropout)",
             "acc_gap": "training accuracy - test accuracy",
@@ -78,6 +86,9 @@ def run(settings: presets.Settings, split: jdata.Split, out_dir: str, *, echo: A
             "weight_norm": "mean L2 norm of a unit's incoming weight vector, over all layers",
             "sat_frac": f"fraction of hidden sigmoid activations on the test set within {s.saturation} of 0 or 1",
             "train_program_s": "seconds of the one training program of all members (compilation included)",
+            "steps_to_best": "first evaluation step at the lowest validation loss (an ensemble: of its mean curve)",
+            "best_val_loss": "the lowest validation loss over the evaluations",
+            "measures": "per measure: mean, lo, hi (95% t interval over seeds) and the per-seed values",
         },
         "baseline": "none",
         "regimes": ev.rows,
@@ -85,6 +96,15 @@ def run(settings: presets.Settings, split: jdata.Split, out_dir: str, *, echo: A
         "train_program_s": trained.wall_s,
         "figures": dict(presets.FIGURES),
     }
+    echo(f"ES vs gradient descent on Rastrigin ({s.es_seeds} seeds, {s.es_evaluations} loss evaluations each)…")
+    results["es_minima"] = es_minima.run(es_config(s))
     files.write_json(os.path.join(out_dir, "results.json"), results)
-    files.write_csv(os.path.join(out_dir, "results.csv"), ev.rows, ["regime", *(c[0] for c in report.COLUMNS)])
+    files.write_csv(os.path.join(out_dir, "results.csv"), report.csv_rows(ev.rows), report.csv_columns())
     return results
+
+
+def es_config(s: presets.Settings) -> es_minima.Config:
+    """The ES comparison's settings of a run (``--quick``: smaller)."""
+    return es_minima.Config(
+        dim=s.es_dim, seeds=s.es_seeds, evaluations=s.es_evaluations, population=s.es_population, seed=s.seed
+    )
