@@ -123,12 +123,51 @@ def findings(results: dict[str, Any]) -> list[str]:
             f"(none {none['val_acc']:.3f}); at the largest scale {last['hyper']['l2']:.0e} train acc "
             f"{last['train_acc']:.3f}, val acc {last['val_acc']:.3f}"
         )
+    out += optimizer_findings(results)
     return out
+
+
+def optimizer_findings(results: dict[str, Any]) -> list[str]:
+    """The findings of the SWA, SAM and spectral-norm rows and the lr x wd grid (where present)."""
+    rows = {r["regime"]: r for r in results["regimes"]}
+    none, out = rows["none"], []
+    new = [n for n in ("swa", "sam", "spectral_norm") if n in rows]
+    if new:
+        out.append(
+            "through the optimizer: "
+            + "; ".join(
+                f"{n} gap {rows[n]['gap']:.3f}, test acc {rows[n]['test_acc']:.3f}, NLL {rows[n]['test_nll']:.3f}, "
+                f"ECE {rows[n]['test_ece']:.3f}"
+                for n in new
+            )
+            + f" (none: gap {none['gap']:.3f}, test acc {none['test_acc']:.3f}, NLL {none['test_nll']:.3f}, "
+            f"ECE {none['test_ece']:.3f})"
+        )
+    grid = [r for r in results["regimes"] if r["kind"] == "grid"]
+    if grid:
+        best = max(grid, key=lambda r: r["val_acc"])
+        wds = sorted({r["wd"] for r in grid})
+        by_wd = {w: [r for r in grid if r["wd"] == w] for w in wds}
+        out.append(
+            f"lr x weight-decay grid: best validation accuracy {best['val_acc']:.3f} at lr {best['lr']:.0e}, "
+            f"wd {best['wd']:g} (test acc {best['test_acc']:.3f}); the lr with the best val acc per wd: "
+            + ", ".join(f"wd {w:g}: {max(by_wd[w], key=lambda r: r['val_acc'])['lr']:.0e}" for w in wds)
+        )
+    return out
+
+
+def grid_table(rows: list[dict[str, Any]], key: str = "test_acc", fmt: str = "{:.3f}") -> str:
+    """The lr x wd grid rows as a matrix of ``key``: one line per learning rate, one column per weight decay."""
+    lrs = sorted({r["lr"] for r in rows})
+    wds = sorted({r["wd"] for r in rows})
+    cell = {(r["lr"], r["wd"]): r.get(key) for r in rows}
+    table = [{"lr": f"{lr:.0e}", **{f"wd={w:g}": cell.get((lr, w)) for w in wds}} for lr in lrs]
+    return format_table(table, [("lr", "lr", "{}"), *((f"wd={w:g}", f"wd={w:g}", fmt) for w in wds)])
 
 
 def run_summary(results: dict[str, Any]) -> list[str]:
     """The lines ``jaxreg run`` prints: the regimes' table, the L2 sweep's, MC-dropout, findings."""
-    main_rows = [r for r in results["regimes"] if r["kind"] != "sweep"]
+    main_rows = [r for r in results["regimes"] if r["kind"] not in ("sweep", "grid")]
     sweep_rows = [r for r in results["regimes"] if r["kind"] == "sweep"]
     curve = results["mc_dropout_curve"]
     return [
@@ -138,12 +177,26 @@ def run_summary(results: dict[str, Any]) -> list[str]:
         "L2 sweep (coupled L2 scale in the loss):",
         format_table(sweep_rows),
         "",
+        *_grid_lines(results),
         "MC-dropout test accuracy by number of masks: "
         + ", ".join(f"K={k}: {a:.3f}" for k, a in zip(curve["num_masks"], curve["test_acc"])),
         *(f"- {line}" for line in findings(results)),
         "",
         f"training: {results['num_members']} members x {results['num_steps']} steps as one program in "
         f"{results['train_program_s']:.1f} s (compilation included); no per-regime time exists",
+    ]
+
+
+def _grid_lines(results: dict[str, Any]) -> list[str]:
+    grid = [r for r in results["regimes"] if r["kind"] == "grid"]
+    if not grid:
+        return []
+    return [
+        "Learning rate x decoupled weight decay grid, test accuracy:",
+        grid_table(grid),
+        "and generalization gap (val - train loss):",
+        grid_table(grid, "gap"),
+        "",
     ]
 
 
