@@ -41,7 +41,7 @@ class Settings:
     sam_rho: float = 0.05  # SAM radius (its member is trained in a second program)
     spectral: float = 2.0  # bound on each kernel's largest singular value
     lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # learning rate x decoupled weight decay grid
-    wd_grid: tuple[float, ...] = (0.0, 1.0, 3.0)
+    wd_grid: tuple[float, ...] = (0.0, 3.0)  # (1e-3, 0) and (1e-3, wd) are the none and weight_decay members
 
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:

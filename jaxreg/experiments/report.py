@@ -192,9 +192,11 @@ def _grid_lines(results: dict[str, Any]) -> list[str]:
     if not grid:
         return []
     return [
-        "Learning rate x decoupled weight decay grid, test accuracy:",
+        "Learning rate x decoupled weight decay grid (one member per point):",
+        format_table(grid),
+        "",
+        "The grid's test accuracy, and its gap (val - train loss):",
         grid_table(grid),
-        "and generalization gap (val - train loss):",
         grid_table(grid, "gap"),
         "",
     ]
