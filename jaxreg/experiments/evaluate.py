@@ -72,6 +72,8 @@ def _hyper_dict(m: R.Member) -> dict[str, Any]:
     d = dataclasses.asdict(m)
     if d["max_norm"] >= R.NO_MAX_NORM:
         d["max_norm"] = None
+    if d.get("spectral", 0.0) >= R.NO_SPECTRAL_NORM:
+        d["spectral"] = None
     d["activation"] = "sigmoid" if d.pop("sigmoid") else "relu"
     return d
 
@@ -236,6 +238,7 @@ def evaluate(
         name = f"l2={v:.0e}"
         i = index[name][0]
         add_row(name, "sweep", [i], take(trained.final, i), of_member(final_probs, i))["l2"] = v
+    _optimizer_rows(s, index, trained, sigmoid, x_all, sizes, final_probs, add_row)
     return Evaluation(rows, params_of, mc_curve)
 
 
@@ -264,6 +267,7 @@ def _seed_view(seeded: presets.Seeded, trained: R.Trained, r: int) -> tuple[list
         train_loss=trained.train_loss[idx],
         val_loss=trained.val_loss[idx],
         val_acc=trained.val_acc[idx],
+        averaged=None if trained.averaged is None else take(trained.averaged, idx),
     )
     return [seeded.members[i] for i in idx], view, take(seeded.hyper, idx)
 
@@ -309,3 +313,23 @@ def evaluate_seeds(s: presets.Settings, split: jdata.Split, seeded: presets.Seed
         by_k = np.asarray([ev.mc_curve[key] for ev in evs], np.float64)  # (seeds, K values)
         curve[key] = [summarize(by_k[:, k]) for k in range(by_k.shape[1])]
     return Evaluation(rows, params, curve)
+
+
+def _optimizer_rows(s, index, trained, sigmoid, x_all, sizes, final_probs, add_row) -> None:
+    """The rows of issues 13, 15 and 16: SWA (the unregularized member's averaged params), SAM,
+    spectral norm, and the learning-rate x weight-decay grid (kind ``"grid"``)."""
+    if "swa" in index and trained.averaged is not None:
+        i = index["swa"][0]
+        avg = _by_part(R.member_probs(trained.averaged, sigmoid, x_all), sizes, axis=1)
+        row = add_row("swa", "single", [i], take(trained.averaged, i), {k: v[i] for k, v in avg.items()})
+        row["swa_start"] = int(trained.swa_start)
+    for name in ["sam", "spectral_norm"]:
+        if name in index:
+            i = index[name][0]
+            add_row(name, "single", [i], take(trained.final, i), {k: v[i] for k, v in final_probs.items()})
+    for lr in s.lr_grid:
+        for wd in s.wd_grid:
+            name = presets.grid_name(lr, wd)
+            i = index[name][0]
+            row = add_row(name, "grid", [i], take(trained.final, i), {k: v[i] for k, v in final_probs.items()})
+            row.update(lr=float(lr), wd=float(wd))

@@ -49,6 +49,10 @@ class Settings:
     es_seeds: int = 16
     es_evaluations: int = 12_800
     es_population: int = 128
+    sam_rho: float = 0.05  # SAM radius (its member is trained in a second program)
+    spectral: float = 2.0  # bound on each kernel's largest singular value
+    lr_grid: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # learning rate x decoupled weight decay grid
+    wd_grid: tuple[float, ...] = (0.0, 3.0)  # (1e-3, 0) and (1e-3, wd) are the none and weight_decay members
 
     @classmethod
     def quick(cls, **overrides: Any) -> Settings:
@@ -63,6 +67,8 @@ class Settings:
             es_seeds=8,
             es_evaluations=3_200,
             es_population=64,
+            lr_grid=(1e-3, 3e-3),
+            wd_grid=(0.0, 3.0),
         )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -104,7 +110,36 @@ def members(s: Settings) -> tuple[list[R.Member], dict[str, list[int]]]:
     for v in s.sweep:
         index[f"l2={v:.0e}"] = [len(out)]
         out.append(M(f"l2={v:.0e}", l2=v))
+    _optimizer_members(s, out, index)
     return out, index
+
+
+def grid_name(lr: float, wd: float) -> str:
+    """The name of a learning-rate x weight-decay grid point, e.g. ``"lr=3e-03,wd=1"``."""
+    return f"lr={lr:.0e},wd={wd:g}"
+
+
+def _optimizer_members(s: Settings, out: list[R.Member], index: dict[str, list[int]]) -> None:
+    """Appends the spectral-norm and SAM members and the lr x wd grid (issues 13, 15, 16).
+
+    SWA needs no member (it is read off the unregularized member's averaged params). A grid
+    point equal to an existing member (``none``, ``weight_decay``) reuses that member.
+    """
+    M = R.Member
+    index["swa"] = list(index["none"])
+    index["spectral_norm"] = [len(out)]
+    out.append(M("spectral_norm", spectral=s.spectral))
+    index["sam"] = [len(out)]
+    out.append(M("sam", sam_rho=s.sam_rho))
+    same = {(s.learning_rate, 0.0): "none", (s.learning_rate, float(s.wd)): "weight_decay"}
+    for lr in s.lr_grid:
+        for wd in s.wd_grid:
+            name = grid_name(lr, wd)
+            if (float(lr), float(wd)) in same:
+                index[name] = list(index[same[float(lr), float(wd)]])
+            else:
+                index[name] = [len(out)]
+                out.append(M(name, lr=float(lr), wd=float(wd)))
 
 
 def label(regime: str, s: Settings) -> str:
@@ -120,6 +155,9 @@ def label(regime: str, s: Settings) -> str:
         "bagging": f"{s.members} members",
         "mc_dropout": f"{s.mc_samples} masks",
         "early_stopping": "best val loss",
+        "swa": f"last {1 - R.Config.swa_start:.0%} of steps",
+        "sam": f"rho {s.sam_rho:g}",
+        "spectral_norm": f"{s.spectral:g} per layer",
     }.get(regime)
     return regime if hyper is None else f"{regime} ({hyper})"
 

@@ -3,23 +3,32 @@
 A *member* is one network with its own hyperparameters, carried as array leaves of
 :class:`Hyper`: coupled L2 scale, L1 scale (proximal step), decoupled weight decay, max-norm
 bound, dropout rate, hidden activation (ReLU or sigmoid) and a bootstrap weight per training
-example. Every member runs the same optimizer chain
+example, its learning rate, a spectral-norm bound and a SAM radius. Every member runs the same
+optimizer chain
 
 .. code-block:: python
 
     optax.chain(optax.scale_by_adam(),
                 jr.add_penalty_grad(jr.l2(wd / 2, mask=kernels)),   # decoupled (AdamW)
-                optax.scale_by_learning_rate(lr),
+                optax.scale_by_learning_rate(lr),                   # lr: a leaf too
                 jr.proximal(jr.l1(l1, mask=kernels), lr),           # exact zeros
-                jr.project(jr.max_norm(c, mask=kernels)))           # per-unit bound
+                jr.project(jr.max_norm(c, mask=kernels)),           # per-unit bound
+                jr.project(jr.spectral_norm(s, mask=kernels)),      # per-layer Lipschitz bound
+                jr.swa(start, every))                               # the SWA average, read-only
 
 on the loss ``jr.regularize(weighted_cross_entropy, jr.l2(l2, mask=kernels))``, with dropout
 on the hidden units at the member's rate. A regime that turns a regularizer off sets its leaf
-to zero (or the max-norm bound to a huge value), so all regimes are one compiled program:
+to zero (or a bound to a huge value), so all regimes are one compiled program:
 ``jr.fit``'s ``lax.scan`` over steps, ``vmap``-ped over members, the same compiled chunk called
 once per progress-bar tick. Training is full batch (the training split
 is deliberately small), so the only randomness is the initialization, the dropout masks and
 the bootstrap resamples, all drawn from the seed.
+
+Every member's chain carries its SWA average (:func:`jaxreg.swa` from ``Config.swa_start``), so
+the SWA regime is read off a member's averaged params with no extra member. Members with a SAM
+radius (``sam_rho > 0``) pay two gradients per step, so they are trained as a second program
+(the same data, evaluations and snapshots, the gradient from :func:`jaxreg.sam_gradient`) and
+merged back into member order: :class:`Trained` looks the same either way.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ PyTree = Any
 
 __all__ = [
     "NO_MAX_NORM",
+    "NO_SPECTRAL_NORM",
     "Config",
     "Hyper",
     "Member",
@@ -59,6 +69,9 @@ __all__ = [
 NO_MAX_NORM = 1e6
 """The max-norm bound that stands for "no constraint" (no unit's norm comes near it)."""
 
+NO_SPECTRAL_NORM = 1e6
+"""The spectral-norm bound that stands for "no constraint" (no kernel's top singular value comes near it)."""
+
 
 # --------------------------------------------------------------------------- the model
 
@@ -73,6 +86,9 @@ class Config:
     eval_every: int = 20
     target_loss: float = 0.05
     saturation: float = 0.05
+    swa_start: float = 0.75  # SWA averages the params after updates round(swa_start * steps), +swa_every, ...
+    swa_every: int = 1
+    spectral_iters: int = 1  # power iterations per step of the spectral-norm projection
 
 
 class Hyper(NamedTuple):
@@ -86,6 +102,9 @@ class Hyper(NamedTuple):
     sigmoid: jax.Array  # 1.0: sigmoid hidden units, 0.0: ReLU
     weights: jax.Array  # (n_train,) bootstrap counts (ones: the plain training set)
     init: jax.Array  # int32 index of the initialization (same index: same initial weights)
+    lr: jax.Array  # learning rate (NaN in stack_hypers' output: Config.learning_rate, filled by train)
+    spectral: jax.Array  # bound on each kernel's largest singular value (NO_SPECTRAL_NORM: none)
+    sam_rho: jax.Array  # SAM radius (> 0: trained in the SAM program, two gradients per step)
 
 
 @dataclasses.dataclass
@@ -101,6 +120,9 @@ class Member:
     sigmoid: bool = False
     init: int = 0  # members with the same init index start from the same weights
     bootstrap: int = -1  # >= 0: row of the bootstrap weights; -1: every example once
+    lr: float | None = None  # None: the run's learning rate (Config.learning_rate)
+    spectral: float = NO_SPECTRAL_NORM
+    sam_rho: float = 0.0
 
 
 def stack_hypers(members: list[Member], seed: int, num_train: int) -> Hyper:
@@ -113,6 +135,8 @@ def stack_hypers(members: list[Member], seed: int, num_train: int) -> Hyper:
     def f(attr: str) -> jax.Array:
         return jnp.asarray([float(getattr(m, attr)) for m in members], jnp.float32)
 
+    lr = jnp.asarray([math.nan if m.lr is None else float(m.lr) for m in members], jnp.float32)
+
     return Hyper(
         l2=f("l2"),
         l1=f("l1"),
@@ -122,6 +146,9 @@ def stack_hypers(members: list[Member], seed: int, num_train: int) -> Hyper:
         sigmoid=f("sigmoid"),
         weights=jnp.stack(weights),
         init=jnp.asarray([m.init for m in members], jnp.int32),
+        lr=lr,
+        spectral=f("spectral"),
+        sam_rho=f("sam_rho"),
     )
 
 
@@ -180,7 +207,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _optimizer(h: Hyper, lr: float) -> optax.GradientTransformation:
+def _optimizer(h: Hyper, lr: Any, *, swa_start: int = 0, swa_every: int = 1, spectral_iters: int = 1):
+    """The members' chain; ``lr`` is ``h.lr`` in :func:`train` (a float gives the same numbers)."""
     kernels = jr.masks.kernels
     return optax.chain(
         optax.scale_by_adam(),
@@ -188,6 +216,8 @@ def _optimizer(h: Hyper, lr: float) -> optax.GradientTransformation:
         optax.scale_by_learning_rate(lr),
         jr.proximal(jr.l1(h.l1, mask=kernels), lr),
         jr.project(jr.max_norm(h.max_norm, mask=kernels)),
+        jr.project(jr.spectral_norm(h.spectral, mask=kernels, num_iters=spectral_iters)),
+        jr.swa(swa_start, swa_every),
     )
 
 
@@ -212,6 +242,9 @@ class Trained:
     val_acc: np.ndarray  # (members, evals)
     num_steps: int
     wall_s: float
+    averaged: PyTree = None  # each member's SWA average (jr.averaged_params of its chain)
+    swa_start: int = 0  # the first update whose params enter the average
+    programs: int = 1  # compiled training programs run (2 with SAM members)
 
 
 def _chunk_size(num_steps: int, eval_every: int, target_chunks: int = 20) -> int:
@@ -224,6 +257,15 @@ def _chunk_size(num_steps: int, eval_every: int, target_chunks: int = 20) -> int
 def num_steps_for(config: Config) -> int:
     """``config.steps`` rounded up to a multiple of ``eval_every``."""
     return max(1, -(-config.steps // config.eval_every)) * config.eval_every
+
+
+def swa_start_for(config: Config) -> int:
+    """The first update whose params enter the SWA average: ``round(swa_start * num_steps)``."""
+    if not 0.0 <= config.swa_start <= 1.0:
+        raise ValueError(f"Config: swa_start must be in [0, 1], got swa_start = {config.swa_start}.")
+    if int(config.swa_every) < 1:
+        raise ValueError(f"Config: swa_every must be >= 1, got swa_every = {config.swa_every}.")
+    return round(config.swa_start * num_steps_for(config))
 
 
 def train(
@@ -241,32 +283,93 @@ def train(
     Full batch (``batch_size`` = the training split); an evaluation on the validation split
     every ``eval_every`` steps keeps each member's best-validation-loss snapshot (early stopping
     as data: nobody is stopped, so the early-stopping regime can be read off any member).
-    ``echo`` (e.g. ``print``) receives a status line before the program compiles.
+    Members with ``sam_rho > 0`` are trained as a second program of the same schedule whose
+    gradient is :func:`jaxreg.sam_gradient`'s; the results are merged back into member order.
+    A NaN learning rate (a member without its own) becomes ``config.learning_rate``.
+    ``echo`` (e.g. ``print``) receives a status line before each program compiles.
     """
+    lr = np.asarray(hyper.lr, np.float32)
+    hyper = hyper._replace(lr=jnp.asarray(np.where(np.isnan(lr), np.float32(config.learning_rate), lr)))
+    sam = np.asarray(hyper.sam_rho) > 0
+    groups = [(g, flag) for g, flag in ((np.flatnonzero(~sam), False), (np.flatnonzero(sam), True)) if g.size]
+    parts = []
+    for idx, use_sam in groups:
+        sub = jax.tree.map(lambda a, i=idx: a[i], hyper)
+        parts.append((idx, _train_program(config, sub, data, num_classes, seed, progress, echo, use_sam)))
+    if len(parts) == 1:
+        return parts[0][1]
+    order = np.concatenate([idx for idx, _ in parts])
+    inverse = np.argsort(order)  # row j of the concatenation is member order[j]
+
+    def merge(*arrays):
+        return np.concatenate(arrays)[inverse]
+
+    t = [p for _, p in parts]
+    return Trained(
+        final=jax.tree.map(merge, *[p.final for p in t]),
+        best=jax.tree.map(merge, *[p.best for p in t]),
+        best_step=merge(*[p.best_step for p in t]),
+        step=t[0].step,
+        train_loss=merge(*[p.train_loss for p in t]),
+        val_loss=merge(*[p.val_loss for p in t]),
+        val_acc=merge(*[p.val_acc for p in t]),
+        num_steps=t[0].num_steps,
+        wall_s=sum(p.wall_s for p in t),
+        averaged=jax.tree.map(merge, *[p.averaged for p in t]),
+        swa_start=t[0].swa_start,
+        programs=len(t),
+    )
+
+
+def _train_program(
+    config: Config,
+    hyper: Hyper,
+    data: dict[str, np.ndarray],
+    num_classes: int,
+    seed: int,
+    progress: bool,
+    echo: Any,
+    sam: bool,
+) -> Trained:
+    """One ``jr.fit`` program over the members of ``hyper`` (SAM's gradient when ``sam``)."""
     x_tr = jnp.asarray(data["x_train"])
     y_tr = jnp.asarray(data["y_train"])
     n = int(x_tr.shape[0])
     sizes = (int(x_tr.shape[1]), *config.hidden, num_classes)
-    lr = config.learning_rate
     num_members = int(hyper.l2.shape[0])
     num_steps = num_steps_for(config)
+    swa_start = swa_start_for(config)
+
+    def optimizer(h: Hyper) -> optax.GradientTransformation:
+        return _optimizer(
+            h, h.lr, swa_start=swa_start, swa_every=int(config.swa_every), spectral_iters=config.spectral_iters
+        )
 
     def data_loss(params, h: Hyper, x, y, weights, rng):
         logits = apply(params, x, h.sigmoid, h.dropout, rng)
         return jnp.sum(weights * cross_entropy(logits, y)) / jnp.sum(weights)
 
-    objective = jax.value_and_grad(
-        lambda params, h, *args: jr.regularize(data_loss, jr.l2(h.l2, mask=jr.masks.kernels))(params, h, *args),
-        has_aux=True,
-    )
+    def regularized(params, h, *args):
+        return jr.regularize(data_loss, jr.l2(h.l2, mask=jr.masks.kernels))(params, h, *args)
+
+    objective = jax.value_and_grad(regularized, has_aux=True)
+
+    def gradient(params, h: Hyper, x, y, w, rng):
+        if not sam:
+            (_, terms), grads = objective(params, h, x, y, w, rng)
+            return terms.loss, grads
+        # SAM: the gradient of the whole objective at w + rho * g / ||g|| (same batch, same dropout
+        # masks); the history's data term is the objective less the L2 term (exact when l2 = 0).
+        total, grads = jr.sam_gradient(lambda p: regularized(p, h, x, y, w, rng)[0], params, rho=h.sam_rho)
+        return total - jr.l2(h.l2, mask=jr.masks.kernels)(params), grads
 
     def step_fn(state: TrainState, batch, rng):
         x, y, idx = batch
         h = state.hyper
-        (_, terms), grads = objective(state.params, h, x, y, h.weights[idx], rng)
+        loss, grads = gradient(state.params, h, x, y, h.weights[idx], rng)
         with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam computes float ** int32
-            updates, opt_state = _optimizer(h, lr).update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state, h), terms.loss
+            updates, opt_state = optimizer(h).update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state, h), loss
 
     def eval_fn(state: TrainState, val):
         x, y = val
@@ -275,9 +378,10 @@ def train(
 
     inits = [init_params(seed, int(i), sizes) for i in np.asarray(hyper.init)]
     params0 = jax.tree.map(lambda *a: jnp.asarray(np.stack(a)), *inits)
-    state = jax.jit(jax.vmap(lambda p, h: TrainState(p, _optimizer(h, lr).init(p), h)))(params0, hyper)
+    state = jax.jit(jax.vmap(lambda p, h: TrainState(p, optimizer(h).init(p), h)))(params0, hyper)
     if echo is not None:
-        echo(f"compiling the training program ({num_members} members, {num_steps} steps)…")
+        what = "the SAM training program" if sam else "the training program"
+        echo(f"compiling {what} ({num_members} members, {num_steps} steps)…")
     t0 = time.perf_counter()
     result = jr.fit(
         step_fn,
@@ -295,6 +399,7 @@ def train(
         progress=progress,
     )
     final = jax.device_get(result.state.params)  # numpy from here on: no eager op compiles
+    averaged = jax.device_get(jr.averaged_params(result.state.opt_state))
     wall = time.perf_counter() - t0
     h = result.history
     return Trained(
@@ -307,6 +412,8 @@ def train(
         val_acc=np.asarray(h.metric),
         num_steps=int(result.num_steps),
         wall_s=wall,
+        averaged=averaged,
+        swa_start=swa_start,
     )
 
 

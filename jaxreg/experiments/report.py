@@ -370,6 +370,7 @@ def findings(results: dict[str, Any]) -> list[str]:
     es_res = results.get("es_minima")
     if es_res:
         out.append(es_finding(es_res))
+    out += optimizer_findings(results)
     return out
 
 
@@ -417,11 +418,49 @@ def mc_curve_line(curve: dict[str, Any]) -> str:
     )
 
 
+def optimizer_findings(results: dict[str, Any]) -> list[str]:
+    """The findings of the SWA, SAM and spectral-norm rows and the lr x wd grid (where present)."""
+    rows = {r["regime"]: r for r in results["regimes"]}
+    none, out = rows["none"], []
+    new = [n for n in ("swa", "sam", "spectral_norm") if n in rows]
+    if new:
+        out.append(
+            "through the optimizer: "
+            + "; ".join(
+                f"{n} gap {rows[n]['gap']:.3f}, test acc {rows[n]['test_acc']:.3f}, NLL {rows[n]['test_nll']:.3f}, "
+                f"ECE {rows[n]['test_ece']:.3f}"
+                for n in new
+            )
+            + f" (none: gap {none['gap']:.3f}, test acc {none['test_acc']:.3f}, NLL {none['test_nll']:.3f}, "
+            f"ECE {none['test_ece']:.3f})"
+        )
+    grid = [r for r in results["regimes"] if r["kind"] == "grid"]
+    if grid:
+        best = max(grid, key=lambda r: r["val_acc"])
+        wds = sorted({r["wd"] for r in grid})
+        by_wd = {w: [r for r in grid if r["wd"] == w] for w in wds}
+        out.append(
+            f"lr x weight-decay grid: best validation accuracy {best['val_acc']:.3f} at lr {best['lr']:.0e}, "
+            f"wd {best['wd']:g} (test acc {best['test_acc']:.3f}); the lr with the best val acc per wd: "
+            + ", ".join(f"wd {w:g}: {max(by_wd[w], key=lambda r: r['val_acc'])['lr']:.0e}" for w in wds)
+        )
+    return out
+
+
+def grid_table(rows: list[dict[str, Any]], key: str = "test_acc", fmt: str = "{:.3f}") -> str:
+    """The lr x wd grid rows as a matrix of ``key``: one line per learning rate, one column per weight decay."""
+    lrs = sorted({r["lr"] for r in rows})
+    wds = sorted({r["wd"] for r in rows})
+    cell = {(r["lr"], r["wd"]): r.get(key) for r in rows}
+    table = [{"lr": f"{lr:.0e}", **{f"wd={w:g}": cell.get((lr, w)) for w in wds}} for lr in lrs]
+    return format_table(table, [("lr", "lr", "{}"), *((f"wd={w:g}", f"wd={w:g}", fmt) for w in wds)])
+
+
 def run_summary(results: dict[str, Any]) -> list[str]:
     """The lines ``jaxreg run`` prints: the regimes' table, the L2 sweep's, MC-dropout, ES, findings."""
     from jaxreg.experiments import es_minima
 
-    main_rows = [r for r in results["regimes"] if r["kind"] != "sweep"]
+    main_rows = [r for r in results["regimes"] if r["kind"] not in ("sweep", "grid")]
     sweep_rows = [r for r in results["regimes"] if r["kind"] == "sweep"]
     curve = results["mc_dropout_curve"]
     seeds = results.get("seeds", 1)
@@ -434,6 +473,7 @@ def run_summary(results: dict[str, Any]) -> list[str]:
         "L2 sweep (coupled L2 scale in the loss):",
         format_table(sweep_rows),
         "",
+        *_grid_lines(results),
         "MC-dropout test accuracy by number of masks: " + mc_curve_line(curve),
     ]
     if results.get("es_minima"):
@@ -448,6 +488,21 @@ def run_summary(results: dict[str, Any]) -> list[str]:
         "included); no per-regime time exists",
     ]
     return lines
+
+
+def _grid_lines(results: dict[str, Any]) -> list[str]:
+    grid = [r for r in results["regimes"] if r["kind"] == "grid"]
+    if not grid:
+        return []
+    return [
+        "Learning rate x decoupled weight decay grid (one member per point):",
+        format_table(grid),
+        "",
+        "The grid's test accuracy, and its gap (val - train loss):",
+        grid_table(grid),
+        grid_table(grid, "gap"),
+        "",
+    ]
 
 
 def sweep_table(rows: list[dict[str, Any]]) -> str:
