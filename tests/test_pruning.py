@@ -77,9 +77,14 @@ def active_counts(stop_eval, budget, num_chunks, steps_per_chunk, evals_per_chun
     return counts
 
 
-def compacted_member_steps(counts, num_members, steps_per_chunk):
-    """The documented cost: each chunk runs the active count rounded up to a power of two (at most N)."""
-    return sum(min(num_members, 2 ** math.ceil(math.log2(a))) * steps_per_chunk for a in counts)
+def compacted_member_steps(counts, num_members, steps_per_chunk, end=None):
+    """The documented cost: each chunk runs the active count rounded up to a power of two (at most N)
+    for its steps; a run whose members have all stopped ends at that evaluation (``end`` steps)."""
+    end = len(counts) * steps_per_chunk if end is None else end
+    return sum(
+        min(num_members, 2 ** math.ceil(math.log2(a))) * min(steps_per_chunk, end - c * steps_per_chunk)
+        for c, a in enumerate(counts)
+    )
 
 
 # ---- compaction against compact=False ----------------------------------------------------------
@@ -255,7 +260,7 @@ def check_against_reference(values, eta, first_rung, spc, mode, patience, min_de
     prune = jr.SuccessiveHalving(eta=eta, first_rung=first_rung, mode=None if patience is not None else mode)
     result = run_table(values, prune, steps_per_chunk=spc, patience=patience, min_delta=min_delta, mode=mode)
     stopped, pruned = halving_reference(values, first_rung, eta, mode, patience, min_delta)
-    k = result.history.stopped.shape[1]  # the run ends at the chunk boundary after all stopped
+    k = result.history.stopped.shape[1]  # the run ends at the evaluation after which all stopped
     np.testing.assert_array_equal(np.asarray(result.history.pruned), pruned[:, :k])
     np.testing.assert_array_equal(np.asarray(result.history.stopped), stopped[:, :k])
     assert not pruned[:, k:].any() and (k == EVALS_T or stopped[:, k - 1].all())
@@ -265,7 +270,7 @@ def check_against_reference(values, eta, first_rung, spc, mode, patience, min_de
     np.testing.assert_array_equal(result.state["t"], np.minimum(stop_eval, EVALS_T) * EVERY_T)
     # and the compiled programs ran the documented number of member-steps
     counts = active_counts(stop_eval, [EVALS_T * EVERY_T] * N_T, EVALS_T * EVERY_T // spc, spc, spc // EVERY_T)
-    assert result.member_steps_computed == compacted_member_steps(counts, N_T, spc)
+    assert result.member_steps_computed == compacted_member_steps(counts, N_T, spc, end=k * EVERY_T)
     return result
 
 
