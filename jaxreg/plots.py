@@ -349,7 +349,7 @@ def draw_run(out_dir: str) -> dict[str, str]:
         res = json.load(f)
     names = res["figures"]
     rows = {r["regime"]: r for r in res["regimes"]}
-    main = [r for r in res["regimes"] if r["kind"] != "sweep"]
+    main = [r for r in res["regimes"] if r["kind"] not in ("sweep", "grid")]
     sweep_rows = [r for r in res["regimes"] if r["kind"] == "sweep"]
     baseline = rows[res["baseline"]]
     with np.load(os.path.join(out_dir, "history.npz")) as h:

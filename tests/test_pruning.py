@@ -256,7 +256,7 @@ def run_table(values, prune, *, steps_per_chunk, compact=True, patience=None, mi
     )  # fmt: skip
 
 
-def check_against_reference(values, eta, first_rung, spc, mode, patience, min_delta=0.0):
+def assert_matches_reference(values, eta, first_rung, spc, mode, patience, min_delta=0.0):
     prune = jr.SuccessiveHalving(eta=eta, first_rung=first_rung, mode=None if patience is not None else mode)
     result = run_table(values, prune, steps_per_chunk=spc, patience=patience, min_delta=min_delta, mode=mode)
     stopped, pruned = halving_reference(values, first_rung, eta, mode, patience, min_delta)
@@ -289,13 +289,13 @@ VALUES = st.lists(
 )
 def test_halving_keeps_the_reference_members_on_random_values_with_nans_and_ties(values, schedule, mode):
     eta, first_rung, spc = schedule
-    check_against_reference(values, eta, first_rung, spc, mode, patience=None)
+    assert_matches_reference(values, eta, first_rung, spc, mode, patience=None)
 
 
 @settings(max_examples=8, deadline=None)
 @given(values=VALUES, patience=st.lists(st.integers(1, 6), min_size=N_T, max_size=N_T))
 def test_halving_with_early_stopping_ranks_only_the_members_still_running(values, patience):
-    check_against_reference(values, 2, 2, 4, "min", patience=patience, min_delta=0.25)
+    assert_matches_reference(values, 2, 2, 4, "min", patience=patience, min_delta=0.25)
 
 
 def test_halving_rule_stated_cases():

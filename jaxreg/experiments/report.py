@@ -214,6 +214,9 @@ REGULARIZED = [
     "early_stopping",
     "bagging",
     "mc_dropout",
+    "swa",
+    "sam",
+    "spectral_norm",
 ]
 """The regimes compared against ``none`` in the findings (those a run has)."""
 
@@ -370,7 +373,7 @@ def findings(results: dict[str, Any]) -> list[str]:
     es_res = results.get("es_minima")
     if es_res:
         out.append(es_finding(es_res))
-    out += optimizer_findings(results)
+    out += grid_findings(results)
     return out
 
 
@@ -418,22 +421,9 @@ def mc_curve_line(curve: dict[str, Any]) -> str:
     )
 
 
-def optimizer_findings(results: dict[str, Any]) -> list[str]:
-    """The findings of the SWA, SAM and spectral-norm rows and the lr x wd grid (where present)."""
-    rows = {r["regime"]: r for r in results["regimes"]}
-    none, out = rows["none"], []
-    new = [n for n in ("swa", "sam", "spectral_norm") if n in rows]
-    if new:
-        out.append(
-            "through the optimizer: "
-            + "; ".join(
-                f"{n} gap {rows[n]['gap']:.3f}, test acc {rows[n]['test_acc']:.3f}, NLL {rows[n]['test_nll']:.3f}, "
-                f"ECE {rows[n]['test_ece']:.3f}"
-                for n in new
-            )
-            + f" (none: gap {none['gap']:.3f}, test acc {none['test_acc']:.3f}, NLL {none['test_nll']:.3f}, "
-            f"ECE {none['test_ece']:.3f})"
-        )
+def grid_findings(results: dict[str, Any]) -> list[str]:
+    """The lr x wd grid's finding (where present): the point with the best mean validation accuracy."""
+    out = []
     grid = [r for r in results["regimes"] if r["kind"] == "grid"]
     if grid:
         best = max(grid, key=lambda r: r["val_acc"])
