@@ -294,22 +294,16 @@ def findings(results: dict[str, Any]) -> list[str]:
         size = len(bag["members"]) // max(seeds, 1)
         out.append(
             f"bagging ({size} members): test acc {_iv(bag['measures']['test_acc'])} vs its members alone "
-            f"{_iv(bag['measures']['member_mean_test_acc'])}: {v}"
-            + (f" ({_diff_text(diff)})" if diff is not None else "")
-            + f"; NLL vs none: {nll_v}"
-            + (f" ({_diff_text(nll_d)})" if nll_d is not None else "")
-            + f"; ECE vs none: {ece_v}"
-            + (f" ({_diff_text(ece_d)})" if ece_d is not None else "")
+            f"{_iv(bag['measures']['member_mean_test_acc'])}: {_said(v, diff)}"
+            + f"; NLL vs none: {_said(nll_v, nll_d)}"
+            + f"; ECE vs none: {_said(ece_v, ece_d)}"
         )
     if "mc_dropout" in rows and "dropout" in rows:
         mc, det = rows["mc_dropout"], rows["dropout"]
         parts = []
         for key, name in (("test_acc", "test acc"), ("test_nll", "NLL"), ("test_ece", "ECE")):
             v, diff = compare(mc, det, key)
-            parts.append(
-                f"{name} {_iv(mc['measures'][key])} vs {_iv(det['measures'][key])}: {v}"
-                + (f" ({_diff_text(diff)})" if diff is not None else "")
-            )
+            parts.append(f"{name} {_iv(mc['measures'][key])} vs {_iv(det['measures'][key])}: {_said(v, diff)}")
         out.append(f"MC-dropout ({mc['num_masks']} masks) vs the same net with weight scaling: " + "; ".join(parts))
         curve = results.get("mc_dropout_curve")
         if curve:
@@ -332,10 +326,7 @@ def findings(results: dict[str, Any]) -> list[str]:
         nv, nd = compare(es, none, "test_nll")
         out.append(
             f"early stopping: best validation loss at step {_iv(es['measures']['best_step'], 0)} of "
-            f"{results['num_steps']}; test acc vs none at the end: {v}"
-            + (f" ({_diff_text(diff)})" if diff is not None else "")
-            + f"; NLL: {nv}"
-            + (f" ({_diff_text(nd)})" if nd is not None else "")
+            f"{results['num_steps']}; test acc vs none at the end: {_said(v, diff)}" + f"; NLL: {_said(nv, nd)}"
         )
     conv = [n for n in ["none", "l2", "weight_decay", "l1", "elastic_net", "max_norm", "dropout"] if n in rows]
     out.append(
@@ -354,8 +345,7 @@ def findings(results: dict[str, Any]) -> list[str]:
         v, diff = compare(rows["sigmoid_l2"], rows["sigmoid"], "sat_frac")
         out.append(
             f"saturated sigmoid units: {_iv(rows['sigmoid']['measures']['sat_frac'], pct=True)} without "
-            f"regularization, {_iv(rows['sigmoid_l2']['measures']['sat_frac'], pct=True)} with L2: L2 {v}"
-            + (f" ({_diff_text(diff)})" if diff is not None else "")
+            f"regularization, {_iv(rows['sigmoid_l2']['measures']['sat_frac'], pct=True)} with L2: L2 {_said(v, diff)}"
         )
     sweep = [r for r in results["regimes"] if r["kind"] == "sweep"]
     if sweep:
@@ -368,7 +358,7 @@ def findings(results: dict[str, Any]) -> list[str]:
             f"{best['hyper']['l2']:.0e} (vs none: {bv}"
             + (f", {_diff_text(bd)}" if bd is not None else "")
             + f"); at the largest scale {last['hyper']['l2']:.0e} train acc {_iv(last['measures']['train_acc'])}, "
-            f"vs none: {lv}" + (f" ({_diff_text(ld)})" if ld is not None else "")
+            f"vs none: {_said(lv, ld)}"
         )
     es_res = results.get("es_minima")
     if es_res:
@@ -383,6 +373,11 @@ def _bag_vs_members(bag: dict[str, Any]) -> tuple[str, jr.stats.Interval | None]
         return "n/a", None
     diff = jr.stats.paired_difference(a, b)
     return jr.stats.verdict(diff, same=f"no difference detected at this size (n = {len(a)})"), diff
+
+
+def _said(verdict: str, diff: jr.stats.Interval | None) -> str:
+    """A verdict followed by its difference ``(mean [lo, hi])`` where one was computed."""
+    return verdict if diff is None else f"{verdict} ({_diff_text(diff)})"
 
 
 def _steps(m: dict[str, Any]) -> str:
