@@ -105,6 +105,7 @@ def _hand_first_step(params, x, y, l2, rho, lr):
     return new, g
 
 
+@pytest.mark.slow
 def test_sam_members_first_update_is_the_hand_sam_step_in_member_order():
     data = _data()
     lr = 1e-3
@@ -179,7 +180,7 @@ def _old_chain(h, lr):
     )
 
 
-@pytest.mark.parametrize("lr", [3e-4, 3e-3])
+@pytest.mark.parametrize("lr", [3e-4, pytest.param(3e-3, marks=pytest.mark.slow)])
 def test_lr_leaf_chain_is_bitwise_the_float_chain(lr):
     data = _data()
     members = [R.Member("m", lr=lr, wd=1.0, l1=1e-3, max_norm=0.7)]
@@ -208,6 +209,7 @@ def test_lr_leaf_chain_is_bitwise_the_float_chain(lr):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_lr_leaf_member_trains_like_a_separate_float_run():
     # Members with their own lr in one vmapped program against the float-lr chain run alone: the
     # same arithmetic, up to how XLA vectorizes the vmapped matmuls (float32 rounding of the
