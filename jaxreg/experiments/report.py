@@ -469,10 +469,16 @@ def run_summary(results: dict[str, Any]) -> list[str]:
         *(f"- {line}" for line in findings(results)),
         "",
         f"training: {results['num_members']} members ({results['num_members'] // seeds} x {seeds} seeds) x "
-        f"{results['num_steps']} steps as one program in {results['train_program_s']:.1f} s (compilation "
+        f"{results['num_steps']} steps as {_programs(results)} in {results['train_program_s']:.1f} s (compilation "
         "included); no per-regime time exists",
     ]
     return lines
+
+
+def _programs(results: dict[str, Any]) -> str:
+    """How many compiled programs trained the members (SAM members need a second)."""
+    n = results.get("train_programs", 1)
+    return "one vmapped program" if n == 1 else f"{n} vmapped programs (the SAM members in the second)"
 
 
 def _grid_lines(results: dict[str, Any]) -> list[str]:
@@ -542,7 +548,7 @@ def write_html(path: str, results: dict[str, Any], figures: dict[str, str]) -> s
         "<h1>jaxreg run</h1>",
         f"<p>{html.escape(d['name'])}: {d.get('train')} train / {d.get('val')} validation / {d.get('test')} test "
         f"examples; MLP {'-'.join(map(str, results['model']['sizes']))}; {results['num_steps']} full-batch Adam steps; "
-        f"{results['num_members']} members trained as one vmapped program in {results['train_program_s']:.1f} s.</p>",
+        f"{results['num_members']} members trained as {_programs(results)} in {results['train_program_s']:.1f} s.</p>",
         f"<p><b>Seeds.</b> {html.escape(results.get('seeding', ''))}. <b>Cells.</b> "
         f"{html.escape(results.get('interval', ''))}.</p>",
         "<h2>Regimes</h2>",

@@ -42,6 +42,7 @@ def run(settings: presets.Settings, split: jdata.Split, out_dir: str, *, echo: A
         f"jaxreg run: {split.name}, train/val/test = {len(split.y_train)}/{len(split.y_val)}/{len(split.y_test)}, "
         f"MLP {split.num_features}-{s.hidden}-{s.hidden}-{split.num_classes}, {len(members) // s.seeds} members "
         f"x {s.seeds} seeds x {R.num_steps_for(config)} full-batch Adam steps as one vmapped program "
+        f"{'(SAM members, another gradient, as a second) ' if np.any(np.asarray(hyper.sam_rho) > 0) else ''}"
         "(a seed: its own init, bootstrap resamples and dropout masks; the data split is the same for every seed)"
     )
     trained = R.train(config, hyper, arrays, split.num_classes, seed=s.seed, progress=s.progress, echo=echo)
@@ -85,7 +86,8 @@ def run(settings: presets.Settings, split: jdata.Split, out_dir: str, *, echo: A
             "zero_frac": "fraction of kernel entries exactly 0.0",
             "weight_norm": "mean L2 norm of a unit's incoming weight vector, over all layers",
             "sat_frac": f"fraction of hidden sigmoid activations on the test set within {s.saturation} of 0 or 1",
-            "train_program_s": "seconds of the one training program of all members (compilation included)",
+            "train_program_s": "seconds of the training programs of all members (compilation included)",
+            "train_programs": "compiled training programs: 1, or 2 when SAM members (another gradient) are present",
             "steps_to_best": "first evaluation step at the lowest validation loss (an ensemble: of its mean curve)",
             "best_val_loss": "the lowest validation loss over the evaluations",
             "measures": "per measure: mean, lo, hi (95% t interval over seeds) and the per-seed values",
@@ -94,6 +96,7 @@ def run(settings: presets.Settings, split: jdata.Split, out_dir: str, *, echo: A
         "regimes": ev.rows,
         "mc_dropout_curve": ev.mc_curve,
         "train_program_s": trained.wall_s,
+        "train_programs": trained.programs,
         "figures": dict(presets.FIGURES),
     }
     echo(f"ES vs gradient descent on Rastrigin ({s.es_seeds} seeds, {s.es_evaluations} loss evaluations each)…")
