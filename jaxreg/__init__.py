@@ -1,19 +1,47 @@
-"""jaxreg: regularization for JAX, as pure functions that compose with optax."""
+"""jaxreg: regularization for JAX, as pure functions that compose with optax.
 
-from jaxreg import ensemble, es, masks, stats, variational
-from jaxreg._checks import traced_checks
-from jaxreg.constraints import max_norm, non_negative, unit_norm
-from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
-from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stopped, retrain_budget
+This module only re-exports; see README "Layout" for what lives where. ``jr.benchmark`` (timing
+tools) loads on first attribute access, so ``import jaxreg`` stays free of it.
+"""
 
-# issue 13: optimizer hyperparameters as state leaves (sweep)
-from jaxreg.hyperparams import SweepableSchedule, SweepableState, schedule, sweepable
-from jaxreg.loss import Terms, regularize
+# Grouped by concern, not alphabetically.
+# ruff: noqa: I001
+
+from jaxreg import ensemble, es, masks, mixing, noise, spectral, stats, variational
+
+# Penalties, constraints and their optax bridges
 from jaxreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, tie
-from jaxreg.pruning import SuccessiveHalving  # issue 13
-from jaxreg.sharing import Share, Shared
-from jaxreg.training import FitResult, History, fit, retrain
+from jaxreg.constraints import max_norm, non_negative, unit_norm
+from jaxreg.spectral import orthogonal, orthogonalize, spectral_norm, spectral_penalty
+from jaxreg.loss import Terms, regularize
 from jaxreg.transforms import add_penalty_grad, project, proximal, proximal_adam
+from jaxreg.sharing import Share, Shared
+
+# Noise on activations, weights and inputs
+from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
+from jaxreg.noise import drop_path, dropconnect, gaussian_dropout, gaussian_noise, mc_dropconnect
+from jaxreg.mixing import cutmix, mixup
+from jaxreg.variational import kl_normal
+
+# Through the optimizer: swept hyperparameters, weight averaging, SAM, gradient noise
+from jaxreg.hyperparams import SweepableSchedule, SweepableState, schedule, sweepable
+from jaxreg.averaging import EmaState, SwaState, SwagState, averaged_params, ema, swa, swag, swag_sample
+from jaxreg.sharpness import sam_gradient
+from jaxreg.gradient_noise import GradientNoiseState, add_gradient_noise
+
+# Stopping, plateaus, pruning and the training loop
+from jaxreg.early_stopping import (
+    EarlyStopping,
+    EarlyStoppingState,
+    PlateauState,
+    ReduceOnPlateau,
+    freeze_stopped,
+    retrain_budget,
+)
+from jaxreg.pruning import SuccessiveHalving
+from jaxreg.training import FitResult, History, fit, retrain
+
+# Predictions and their uncertainty
 from jaxreg.uncertainty import (
     Prediction,
     expected_calibration_error,
@@ -22,117 +50,99 @@ from jaxreg.uncertainty import (
     predictive_entropy,
     predictive_probs,
 )
-from jaxreg.variational import kl_normal
 
-# issue 15: regularizers through the optimizer (weight averaging, SAM, gradient noise, plateaus)
-from jaxreg.averaging import (  # isort: skip
-    EmaState,
-    SwagState,
-    SwaState,
-    averaged_params,
-    ema,
-    swa,
-    swag,
-    swag_sample,
-)
-from jaxreg.early_stopping import PlateauState, ReduceOnPlateau  # isort: skip
-from jaxreg.gradient_noise import GradientNoiseState, add_gradient_noise  # isort: skip
-from jaxreg.sharpness import sam_gradient  # isort: skip
+# Argument checks
+from jaxreg._checks import traced_checks
 
-# isort: split
-# issue 16: regularizers on the model
-from jaxreg import mixing, noise, spectral
-from jaxreg.mixing import cutmix, mixup
-from jaxreg.noise import drop_path, dropconnect, gaussian_dropout, gaussian_noise, mc_dropconnect
-from jaxreg.spectral import orthogonal, orthogonalize, spectral_norm, spectral_penalty
-
-__version__ = "0.1.0"
-
+__version__ = "0.2.0"
 
 __all__ = [
-    "add_penalty_grad",
+    # submodules
     "benchmark",
-    "dropout",
-    "EarlyStopping",
-    "EarlyStoppingState",
-    "elastic_net",
     "ensemble",
     "es",
-    "expected_calibration_error",
-    "expected_entropy",
-    "fit",
-    "FitResult",
-    "freeze_stopped",
+    "masks",
+    "mixing",
+    "noise",
+    "spectral",
+    "stats",
+    "variational",
+    # penalties, constraints and their optax bridges
+    "Penalty",
+    "elastic_net",
     "group_lasso",
-    "History",
-    "kl_normal",
     "l1",
     "l2",
-    "masks",
+    "tie",
     "max_norm",
-    "mc_dropout",
-    "mc_dropout_samples",
-    "mutual_information",
     "non_negative",
-    "Penalty",
-    "Prediction",
-    "predictive_entropy",
-    "predictive_probs",
+    "unit_norm",
+    "orthogonal",
+    "orthogonalize",
+    "spectral_norm",
+    "spectral_penalty",
+    "Terms",
+    "regularize",
+    "add_penalty_grad",
     "project",
     "proximal",
     "proximal_adam",
-    "regularize",
-    "retrain",
-    "retrain_budget",
     "Share",
-    # issue 13
-    "SuccessiveHalving",
     "Shared",
-    "stats",
-    "Terms",
-    "tie",
-    "traced_checks",
-    "unit_norm",
-    "variational",
-    # issue 13: optimizer hyperparameters as state leaves (sweep)
-    "schedule",
-    "SweepableSchedule",
-    "SweepableState",
-    "sweepable",
-    # issue 15
-    "add_gradient_noise",
-    "averaged_params",
-    "ema",
-    "EmaState",
-    "GradientNoiseState",
-    "PlateauState",
-    "ReduceOnPlateau",
-    "sam_gradient",
-    "swa",
-    "SwaState",
-    "swag",
-    "swag_sample",
-    "SwagState",
-    # issue 16
-    "cutmix",
-    "dropconnect",
+    # noise on activations, weights and inputs
+    "dropout",
+    "mc_dropout",
+    "mc_dropout_samples",
     "drop_path",
+    "dropconnect",
     "gaussian_dropout",
     "gaussian_noise",
     "mc_dropconnect",
-    "mixing",
+    "cutmix",
     "mixup",
-    "noise",
-    "orthogonal",
-    "orthogonalize",
-    "spectral",
-    "spectral_norm",
-    "spectral_penalty",
+    "kl_normal",
+    # through the optimizer: swept hyperparameters, weight averaging, sam, gradient noise
+    "SweepableSchedule",
+    "SweepableState",
+    "schedule",
+    "sweepable",
+    "EmaState",
+    "SwaState",
+    "SwagState",
+    "averaged_params",
+    "ema",
+    "swa",
+    "swag",
+    "swag_sample",
+    "sam_gradient",
+    "GradientNoiseState",
+    "add_gradient_noise",
+    # stopping, plateaus, pruning and the training loop
+    "EarlyStopping",
+    "EarlyStoppingState",
+    "PlateauState",
+    "ReduceOnPlateau",
+    "freeze_stopped",
+    "retrain_budget",
+    "SuccessiveHalving",
+    "FitResult",
+    "History",
+    "fit",
+    "retrain",
+    # predictions and their uncertainty
+    "Prediction",
+    "expected_calibration_error",
+    "expected_entropy",
+    "mutual_information",
+    "predictive_entropy",
+    "predictive_probs",
+    # argument checks
+    "traced_checks",
 ]
 
 
 def __getattr__(name: str):
-    # Lazy re-export (PEP 562), issue 11: `import jaxreg` stays free of the benchmark tools.
+    # PEP 562: the benchmark tools load on first access, not with the package.
     if name == "benchmark":
         import importlib
 
