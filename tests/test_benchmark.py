@@ -290,12 +290,13 @@ def _positive_finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_bench_command_end_to_end(tmp_path):
-    """``jaxreg bench --tiny --json PATH`` (the runner re-executes itself with the malloc tuning)."""
+def _bench_json(tmp_path, *extra):
+    """Runs ``jaxreg bench --tiny --json PATH`` (the runner re-executes itself with the malloc
+    tuning) and returns the JSON it wrote."""
     out = tmp_path / "bench.json"
     code = "import sys; from jaxreg.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run(
-        [sys.executable, "-c", code, "bench", "--tiny", "--json", str(out), "--no-table"],
+        [sys.executable, "-c", code, "bench", "--tiny", "--json", str(out), "--no-table", *extra],
         cwd=str(REPO_ROOT),
         capture_output=True,
         text=True,
@@ -303,14 +304,16 @@ def test_bench_command_end_to_end(tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def _check_bench_json(result, sections):
     assert result["mode"] == "tiny"
     m = result["machine"]
     assert m["jax"] == jax.__version__ and m["cpu_model"] and m["usable_cpus"] >= 1
     assert m["allocator"].startswith("glibc malloc (tuned") or "LD_PRELOAD" in m["allocator"]
     rows = result["rows"]
-    sections = {r["section"].split()[0] for r in rows}
-    assert {"0", "1", "2", "3", "4", "5", "6", "7", "8", "memory"} <= sections
+    assert sections <= {r["section"].split()[0] for r in rows}
     errors = [(r["section"], r["note"]) for r in rows if r["status"] == "error"]
     assert errors == []
     keys = {"workload", "jaxreg", "baseline", "jaxreg_value", "baseline_value", "ratio", "ratios", "unit", "status"}
@@ -327,3 +330,14 @@ def test_bench_command_end_to_end(tmp_path):
                 assert r["ratio"] == pytest.approx(float(np.median(r["ratios"])))
     peak = next(r for r in rows if r["section"] == "7 machine")
     assert _positive_finite(peak["jaxreg_value"])
+
+
+def test_bench_command_one_section_end_to_end(tmp_path):
+    """One section (and the machine's peak, always measured) through the command, in seconds."""
+    _check_bench_json(_bench_json(tmp_path, "--only", "step"), {"0", "1", "7"})
+
+
+@pytest.mark.slow
+def test_bench_command_end_to_end(tmp_path):
+    """Every section through the command (minutes on 2 cores: `python -m pytest -m slow`)."""
+    _check_bench_json(_bench_json(tmp_path), {"0", "1", "2", "3", "4", "5", "6", "7", "8", "memory"})
