@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxreg import _checks
+
 __all__ = ["DATASETS", "DataError", "Split", "load", "load_npz", "split"]
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
@@ -113,8 +115,7 @@ def split(
     """
     from sklearn.model_selection import train_test_split
 
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"split: seed must be an integer >= 0, got seed = {seed!r}.")
+    _checks.check_int_at_least("seed", seed, 0, "split")
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got task = {task!r}.")
     x = np.asarray(x)

@@ -139,5 +139,5 @@ def test_load_npz_rejects_bad_files(tmp_path):
 
 @pytest.mark.parametrize("seed", [-1, 1.5, True])
 def test_split_rejects_a_bad_seed(seed):
-    with pytest.raises(ValueError, match=rf"split: seed must be an integer >= 0, got seed = {seed!r}\."):
+    with pytest.raises(ValueError, match=rf"split: seed must be an int >= 0, got seed = {seed!r}\."):
         data.split(np.zeros((30, 2)), np.repeat([0, 1, 2], 10), seed=seed, train_size=9, val_size=9)

@@ -239,28 +239,28 @@ X = jnp.ones((4, 3))
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: jr.drop_path(KEY, X, 1.0), r"drop_path: rate is a drop probability, in \[0, 1\); got rate = 1.0"),
-        (lambda: jr.drop_path(KEY, X, -0.1), r"drop_path: rate is a drop probability, in \[0, 1\); got rate = -0.1"),
+        (lambda: jr.drop_path(KEY, X, 1.0), r"drop_path: rate must be in \[0, 1\), got rate = 1.0"),
+        (lambda: jr.drop_path(KEY, X, -0.1), r"drop_path: rate must be in \[0, 1\), got rate = -0.1"),
         (
             lambda: jr.drop_path(0, X, 0.5),
-            r"drop_path: rng must be a PRNG key such as jax.random.key\(0\), got rng = 0",
+            r"drop_path: rng must be a PRNG key; pass a PRNG key such as jax.random.key\(0\).*rng = 0",
         ),
         (lambda: jr.drop_path(KEY, jnp.ones(()), 0.5), r"drop_path: x must have a leading example axis"),
         (lambda: jr.drop_path(KEY, jnp.ones(3, jnp.int32), 0.5), r"drop_path: x must be a floating-point array"),
         (lambda: jr.drop_path(jax.random.split(KEY, 2), X, 0.5), r"drop_path: rng must be a single PRNG key"),
-        (lambda: jr.gaussian_dropout(KEY, X, 1.0), r"gaussian_dropout: rate is a drop probability, in \[0, 1\)"),
+        (lambda: jr.gaussian_dropout(KEY, X, 1.0), r"gaussian_dropout: rate must be in \[0, 1\)"),
         (lambda: jr.gaussian_dropout(3, X, 0.5), r"gaussian_dropout: rng must be a PRNG key"),
         (lambda: jr.gaussian_noise(KEY, X, -1.0), r"gaussian_noise: stddev must be finite and >= 0, got stddev = -1.0"),
         (lambda: jr.gaussian_noise(KEY, X, jnp.ones(2)), r"gaussian_noise: stddev must be a scalar"),
         (lambda: jr.gaussian_noise(1, X, 0.1), r"gaussian_noise: rng must be a PRNG key"),
-        (lambda: jr.dropconnect(KEY, {"w": X}, 1.5), r"dropconnect: rate is a drop probability, in \[0, 1\)"),
+        (lambda: jr.dropconnect(KEY, {"w": X}, 1.5), r"dropconnect: rate must be in \[0, 1\)"),
         (lambda: jr.dropconnect(KEY, {"w": X}, 0.5, mask={"v": True}), r"dropconnect: mask does not match"),
         (lambda: jr.dropconnect(7, {"w": X}, 0.5), r"dropconnect: rng must be a PRNG key"),
         (
             lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 4, 1.0),
-            r"mc_dropconnect: rate is a drop probability, in \[0, 1\)",
+            r"mc_dropconnect: rate must be in \[0, 1\)",
         ),
-        (lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 0, 0.5), r"num_samples must be >= 1"),
+        (lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 0, 0.5), r"num_samples must be an int >= 1"),
     ],
 )
 def test_bad_input(call, match):
