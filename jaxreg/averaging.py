@@ -113,6 +113,12 @@ def _snapshot(t: jax.Array, start: jax.Array, every: jax.Array) -> jax.Array:
     return jnp.logical_and(t >= start, jnp.remainder(t - start, every) == 0)
 
 
+def _check_schedule(start: ArrayLike, every: ArrayLike, where: str) -> None:
+    """``start`` an integer >= 0 and ``every`` an integer >= 1 (array leaves allowed)."""
+    _checks.check_integer_at_least("start", start, 0, where)
+    _checks.check_integer_at_least("every", every, 1, where)
+
+
 def _schedule(start: ArrayLike, every: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(start, every, num_averaged)`` of a fresh :class:`SwaState` or :class:`SwagState`."""
     start_, every_ = jnp.asarray(start, jnp.int32), jnp.asarray(every, jnp.int32)
@@ -239,8 +245,7 @@ def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
       Izmailov, Podoprikhin, Garipov, Vetrov & Wilson, "Averaging weights leads to wider optima and
       better generalization", UAI 2018.
     """
-    _checks.check_integer_at_least("start", start, 0, "swa")
-    _checks.check_integer_at_least("every", every, 1, "swa")
+    _check_schedule(start, every, "swa")
 
     def init_fn(params):
         start_, every_, num = _schedule(start, every)
@@ -302,8 +307,7 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
       Maddox, Garipov, Izmailov, Vetrov & Wilson, "A simple baseline for Bayesian uncertainty in
       deep learning", NeurIPS 2019.
     """
-    _checks.check_integer_at_least("start", start, 0, "swag")
-    _checks.check_integer_at_least("every", every, 1, "swag")
+    _check_schedule(start, every, "swag")
     rank = _checks.check_int_at_least("rank", rank, 0, "swag")
 
     def init_fn(params):
