@@ -1,6 +1,6 @@
 """jaxreg: regularization for JAX, as pure functions that compose with optax."""
 
-from jaxreg import ensemble, es, masks, stats, variational
+from jaxreg import data, ensemble, es, masks, stats, variational
 from jaxreg._checks import traced_checks
 from jaxreg.constraints import max_norm, non_negative, unit_norm
 from jaxreg.dropout import dropout, mc_dropout, mc_dropout_samples
@@ -52,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "add_penalty_grad",
     "benchmark",
+    "data",
     "dropout",
     "EarlyStopping",
     "EarlyStoppingState",

@@ -1,10 +1,5 @@
 """Tests of jaxreg.es: evolution-strategy gradient estimates."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,7 +10,6 @@ from scipy.stats import rankdata
 
 import jaxreg as jr
 
-ROOT = Path(__file__).resolve().parents[1]
 EPS32 = float(np.finfo(np.float32).eps)
 
 # A quadratic L(w) = 1/2 (w - c)^T A (w - c) on a pytree of two leaves (dimension d = 10).
@@ -240,22 +234,3 @@ def test_odd_population_is_allowed_without_antithetic_pairs():
 def test_a_raw_uint32_key_is_accepted_like_the_typed_one():
     # jax.random.PRNGKey(0) (raw uint32[2]) and jax.random.key(0) hold the same threefry key.
     chex.assert_trees_all_close(_es_call(rng=jax.random.PRNGKey(0)), _es_call(rng=jax.random.key(0)), rtol=0, atol=0)
-
-
-def test_example_es_vs_backprop():
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "es_vs_backprop.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
-    start, end = (float(v) for v in lines["ES train accuracy"].split("->"))
-    assert end > start + 0.5, out.stdout  # the ES objective (accuracy) improved
-    assert float(lines["ES test accuracy"].split()[0]) > 0.8, out.stdout  # chance is 0.1
-    assert float(lines["backprop test accuracy"].split()[0]) > 0.8, out.stdout
-    assert float(lines["autodiff gradient of the accuracy"].split("=")[1]) == 0.0, out.stdout

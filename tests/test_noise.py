@@ -4,10 +4,6 @@ Statistical checks use fixed keys and a bound of 6 standard errors of the statis
 """
 
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import chex
 import jax
@@ -270,26 +266,3 @@ def test_bad_input(call, match):
 
 # ---------------------------------------------------------------------------------------------
 # The example
-
-
-def test_example_residual_drop_path_runs():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout's jaxreg, whatever is installed
-    out = subprocess.run(
-        [sys.executable, str(root / "examples" / "residual_drop_path.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-        env=env,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = [dict(kv.split("=") for kv in line.split()) for line in out.stdout.splitlines() if line.startswith("rate=")]
-    assert len(rows) == 4, out.stdout
-    for row in rows:
-        assert float(row["test_acc"]) > 0.85, out.stdout  # 10 classes: chance is 0.1
-        if float(row["max_value"]) == 1.0:
-            # Power iteration lags the weights by one step: the bound holds to a few percent.
-            assert float(row["max_sigma"]) <= 1.05, out.stdout
-        else:
-            assert float(row["max_sigma"]) > 1.5, out.stdout  # without the bound the blocks grow past it
