@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
+from jaxreg import _checks, _random
 
 PyTree = Any
 
@@ -425,6 +425,7 @@ def swag_sample(opt_state: PyTree, rng: jax.Array, *, scale: ArrayLike = 0.5) ->
       deep learning", NeurIPS 2019.
     """
     _checks.check_nonnegative("scale", scale, "swag_sample")
+    _random.check_key(rng, "swag_sample")
     state = _find(opt_state, (SwagState,), "swag_sample")
     leaves, treedef = jax.tree.flatten(state.mean)
     sq_leaves = treedef.flatten_up_to(state.sq_mean)

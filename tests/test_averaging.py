@@ -331,3 +331,10 @@ BAD = [
 def test_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_swag_sample_refuses_an_int_seed():
+    opt = optax.chain(optax.sgd(1.0), jr.swag(start=0, rank=1))
+    state = opt.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"swag_sample: rng must be a PRNG key.*Got rng = 3\."):
+        jr.swag_sample(state, 3)
