@@ -59,6 +59,18 @@ class Split:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
 
+def _sklearn(submodule: str) -> Any:
+    """``sklearn.<submodule>``, or an ``ImportError`` that names the extra that brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"sklearn.{submodule}")
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            "jaxreg.data needs scikit-learn (its bundled data sets and stratified splits): pip install 'jaxreg[cli]'"
+        ) from err
+
+
 def _count(size: float | int, n: int, what: str) -> int:
     if isinstance(size, (bool, np.bool_)):
         raise ValueError(f"{what} must be an int count or a fraction in (0, 1), got {what} = {size!r}.")
@@ -113,7 +125,7 @@ def split(
       >>> s.sizes(), np.bincount(s.y_train).tolist()
       ({'train': 10, 'val': 4, 'test': 6}, [5, 5])
     """
-    from sklearn.model_selection import train_test_split
+    train_test_split = _sklearn("model_selection").train_test_split
 
     _checks.check_int_at_least("seed", seed, 0, "split")
     if task not in ("classification", "regression"):
@@ -190,7 +202,7 @@ def split(
 
 
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray, str]:
-    from sklearn import datasets
+    datasets = _sklearn("datasets")
 
     loaders = {
         "digits": (datasets.load_digits, "classification"),
