@@ -59,9 +59,9 @@ def train(scale, split, steps=150, seed=0):
     return {"mean_activation": float(jnp.mean(h)), "zero_activations": float(jnp.mean(h == 0.0)), "test_acc": acc}
 
 
-def main(scale=0.05):
+def main(scale=0.05, steps=150):
     split = data.load("digits", seed=0, train_size=300, val_size=300)
-    plain, sparse = train(0.0, split), train(scale, split)
+    plain, sparse = train(0.0, split, steps), train(scale, split, steps)
     out = {f"plain_{k}": v for k, v in plain.items()} | {f"l1_{k}": v for k, v in sparse.items()}
     for k, v in out.items():
         print(f"{k}: {np.round(v, 4)}")

@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import jaxreg as jr
 
@@ -27,10 +25,9 @@ def mlp(params, x):
 
 
 def main(steps: int = 300, hidden: int = 64, num_samples: int = 50, seed: int = 0) -> dict[str, float]:
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=seed, stratify=y)
-    y_train = jnp.asarray(y_train)
+    s = jr.data.load("digits", seed=seed, standardize=False)  # stratified 60/20/20; the test part held out
+    x_train, x_test = s.x_train / 16.0, s.x_test / 16.0  # pixel intensities in [0, 1]
+    y_train, y_test = jnp.asarray(s.y_train), s.y_test
 
     rng = np.random.default_rng(seed)  # numpy for the one-off draws: no eager XLA compiles
     params = {

@@ -15,8 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 import jaxreg as jr
 
@@ -67,12 +65,11 @@ def fresh_states(key):
     return {"params": params, "opt": jax.vmap(opt.init)(params), "l2": jnp.asarray(SCALES, jnp.float32)}
 
 
-def main() -> None:
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=0.2, random_state=0)
-    x_tr, x_val, y_tr, y_val = train_test_split(x_rest, y_rest, test_size=0.25, random_state=0)
-    train, val, test = (x_tr, y_tr.astype(np.int32)), (x_val, y_val.astype(np.int32)), (x_test, y_test.astype(np.int32))
+def main(num_steps: int = 600, eval_every: int = 20, patience: int = 3, seed: int = 0) -> dict:
+    s = jr.data.load("digits", seed=seed, standardize=False)  # stratified 60/20/20
+    x_tr, x_val, x_test = s.x_train / 16.0, s.x_val / 16.0, s.x_test / 16.0  # pixels in [0, 1]
+    y_tr, y_val = s.y_train, s.y_val
+    train, val, test = (x_tr, y_tr), (x_val, y_val), (x_test, s.y_test)
 
     result = jr.fit(
         step,
@@ -81,11 +78,11 @@ def main() -> None:
         train,
         val,
         rng=jax.random.key(1),
-        num_steps=600,
+        num_steps=num_steps,
         batch_size=BATCH,
-        eval_every=20,
+        eval_every=eval_every,
         num_members=len(SCALES),
-        early_stopping=jr.EarlyStopping(3, min_delta=1e-3),
+        early_stopping=jr.EarlyStopping(patience, min_delta=1e-3),
         progress=False,
     )
     stopped_at = [
@@ -119,6 +116,16 @@ def main() -> None:
             f"{float(result.stopping.best_metric[i]):>8.4f} {int(budget[i]):>13} "
             f"{float(acc_best[i]):>8.3f} {float(acc_retrained[i]):>9.3f}"
         )
+    return {
+        "stopped_at": stopped_at,
+        "best_num_steps": [int(v) for v in result.best_num_steps],
+        "retrain_steps": [int(v) for v in budget],
+        "best_val_loss": [float(v) for v in result.stopping.best_metric],
+        "test_accuracy_best": [float(v) for v in acc_best],
+        "test_accuracy_retrained": [float(v) for v in acc_retrained],
+        "num_train": len(y_tr),
+        "num_val": len(y_val),
+    }
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from sklearn.datasets import load_digits
 
 import jaxreg as jr
 
@@ -41,12 +40,13 @@ class NnxMLP(nnx.Module):
         return self.l2(h)
 
 
-def load(num_train: int = 1200):
-    d = load_digits()
-    x, y = jnp.asarray(d.data / 16.0, jnp.float32), jnp.asarray(d.target, jnp.int32)
-    perm = jax.random.permutation(jax.random.key(0), x.shape[0])
-    x, y = x[perm], y[perm]
-    return (x[:num_train], y[:num_train]), (x[num_train:], y[num_train:])
+def load(seed: int = 0):
+    """The digits from ``jr.data.load`` (stratified 60/20/20), pixels scaled to [0, 1]: train, test."""
+    s = jr.data.load("digits", seed=seed, standardize=False)
+    return (jnp.asarray(s.x_train / 16.0), jnp.asarray(s.y_train)), (
+        jnp.asarray(s.x_test / 16.0),
+        jnp.asarray(s.y_test),
+    )
 
 
 def train(apply_train, params, train_data, *, steps: int, batch_size: int = 128, seed: int = 0):
@@ -63,17 +63,19 @@ def train(apply_train, params, train_data, *, steps: int, batch_size: int = 128,
     member_step = jr.ensemble.train_step(loss_fn, opt, batch_axis=0)
     key = jax.random.key(seed)
 
-    @jax.jit
-    def step(params, opt_state, t):
+    def step(carry, t):
+        params, opt_state = carry
         k = jax.random.fold_in(key, t)
         idx = jr.ensemble.permutations(k, n_members, x.shape[0])[:, :batch_size]  # (members, batch)
-        params, opt_state, losses = member_step(params, opt_state, (x[idx], y[idx]), jax.random.fold_in(k, 1))
-        return params, opt_state, losses
+        params, opt_state, _ = member_step(params, opt_state, (x[idx], y[idx]), jax.random.fold_in(k, 1))
+        return (params, opt_state), None
 
-    opt_state = jax.vmap(opt.init)(params)
-    for t in range(steps):
-        params, opt_state, _ = step(params, opt_state, t)
-    return params
+    @jax.jit
+    def run(params):
+        (params, _), _ = jax.lax.scan(step, (params, jax.vmap(opt.init)(params)), jnp.arange(steps))
+        return params
+
+    return run(params)
 
 
 def accuracy(logits, y) -> float:

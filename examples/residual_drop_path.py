@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
 
 import jaxreg as jr
 
@@ -26,12 +25,13 @@ RATES = (0.0, 0.2)
 BOUNDS = (1.0, 1000.0)
 
 
-def load(num_train: int = 1200):
-    d = load_digits()
-    x, y = jnp.asarray(d.data / 16.0, jnp.float32), jnp.asarray(d.target, jnp.int32)
-    perm = jax.random.permutation(jax.random.key(0), x.shape[0])
-    x, y = x[perm], y[perm]
-    return (x[:num_train], y[:num_train]), (x[num_train:], y[num_train:])
+def load(seed: int = 0):
+    """The digits from ``jr.data.load`` (stratified 60/20/20), pixels scaled to [0, 1]: train, test."""
+    s = jr.data.load("digits", seed=seed, standardize=False)
+    return (jnp.asarray(s.x_train / 16.0), jnp.asarray(s.y_train)), (
+        jnp.asarray(s.x_test / 16.0),
+        jnp.asarray(s.y_test),
+    )
 
 
 def init(rng, hidden: int, num_blocks: int):

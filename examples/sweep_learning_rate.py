@@ -18,7 +18,6 @@ import optax
 import jaxreg as jr
 
 TRACES = []
-STEPS = 300
 
 
 def init_mlp(key, sizes=(4, 32, 1)):
@@ -35,8 +34,8 @@ def loss_fn(p, x, y):
     return jnp.mean(jnp.square((h @ p["w2"])[:, 0] - y))
 
 
-def train(opt, params, opt_state, x, y):
-    """STEPS full-batch steps; returns the final loss (one member)."""
+def train(opt, params, opt_state, x, y, steps):
+    """``steps`` full-batch steps; returns the final loss (one member)."""
 
     def step(carry, _):
         p, s = carry
@@ -47,16 +46,16 @@ def train(opt, params, opt_state, x, y):
             u, s = opt.update(g, s, p)
         return (optax.apply_updates(p, u), s), None
 
-    (p, _), _ = jax.lax.scan(step, (params, opt_state), None, length=STEPS)
+    (p, _), _ = jax.lax.scan(step, (params, opt_state), None, length=steps)
     return loss_fn(p, x, y)
 
 
-def main():
+def main(steps: int = 300, num_rates: int = 8) -> dict:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(128, 4)).astype(np.float32)
     y = np.sin(x @ np.array([1.0, -1.0, 0.5, 2.0], np.float32)).astype(np.float32)
     params = init_mlp(jax.random.key(0))
-    lrs = jnp.asarray(np.geomspace(1e-3, 3.0, 8), jnp.float32)
+    lrs = jnp.asarray(np.geomspace(1e-3, 3.0, num_rates), jnp.float32)
 
     make = jr.sweepable(optax.adam)
     opt = make(learning_rate=1e-3)  # the update: it reads each member's rate from its state
@@ -65,7 +64,7 @@ def main():
     def sweep(lrs):
         TRACES.append(1)  # runs only while tracing
         states = jax.vmap(lambda lr: make(learning_rate=lr).init(params))(lrs)
-        return jax.vmap(lambda s: train(opt, params, s, x, y))(states)
+        return jax.vmap(lambda s: train(opt, params, s, x, y, steps))(states)
 
     losses = np.asarray(sweep(lrs))
     sweep(lrs * 0.5)  # other values: the same program, no new trace
@@ -78,7 +77,7 @@ def main():
         ref = optax.adam(float(lrs[i]))
         with jax.numpy_dtype_promotion("standard"):  # scale_by_adam's init, as above
             ref_state = ref.init(params)
-        separate.append(float(jax.jit(lambda s, ref=ref: train(ref, params, s, x, y))(ref_state)))
+        separate.append(float(jax.jit(lambda s, ref=ref: train(ref, params, s, x, y, steps))(ref_state)))
     # Not bitwise: XLA may sum the vmapped (batched) matmuls in another order than the single
     # run's (the optimizer's arithmetic is the same: tests/test_hyperparams.py). At the small
     # rates that stays ~1e-6; at rates near the edge of stability (0.1 and up here) training is

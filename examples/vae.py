@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from sklearn.datasets import load_digits
 
 import jaxreg as jr
 
@@ -51,7 +50,8 @@ def loss_fn(params, x, key):
 
 
 def main(steps: int = 600, hidden: int = 64, seed: int = 0) -> dict[str, float]:
-    x = jnp.asarray(load_digits().data / 16.0, jnp.float32)  # pixel intensities in [0, 1]
+    s = jr.data.load("digits", seed=seed, standardize=False)
+    x = jnp.asarray(np.concatenate([s.x_train, s.x_val, s.x_test]) / 16.0)  # all images, pixels in [0, 1]
     rng = np.random.default_rng(seed)
     params = {
         "enc": dense(rng, 64, hidden),

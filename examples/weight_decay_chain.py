@@ -39,13 +39,13 @@ def train(opt, steps=200, seed=0):
     return params
 
 
-def main(lr=0.05, wd=0.1):
+def main(lr=0.05, wd=0.1, steps=200):
     decay = jr.l2(wd / 2, mask=jr.masks.kernels)  # gradient wd * w on kernels only
     coupled = optax.chain(jr.add_penalty_grad(decay), optax.scale_by_adam(), optax.scale_by_learning_rate(lr))
     decoupled = optax.chain(optax.scale_by_adam(), jr.add_penalty_grad(decay), optax.scale_by_learning_rate(lr))
     # optax's own AdamW, masked to kernels like the penalty.
     adamw = optax.adamw(lr, weight_decay=wd, mask=lambda p: {"kernel": True, "bias": False})
-    p_coupled, p_decoupled, p_adamw = train(coupled), train(decoupled), train(adamw)
+    p_coupled, p_decoupled, p_adamw = (train(opt, steps) for opt in (coupled, decoupled, adamw))
     diff_adamw = max(
         float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p_decoupled), jax.tree.leaves(p_adamw))
     )

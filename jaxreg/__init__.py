@@ -7,7 +7,7 @@ tools) loads on first attribute access, so ``import jaxreg`` stays free of it.
 # Grouped by concern, not alphabetically.
 # ruff: noqa: I001
 
-from jaxreg import ensemble, es, masks, mixing, noise, spectral, stats, variational
+from jaxreg import data, ensemble, es, masks, mixing, noise, spectral, stats, variational
 
 # Penalties, constraints and their optax bridges
 from jaxreg.penalties import Penalty, elastic_net, group_lasso, l1, l2, tie
@@ -59,6 +59,7 @@ __version__ = "0.2.0"
 __all__ = [
     # submodules
     "benchmark",
+    "data",
     "ensemble",
     "es",
     "masks",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -25,8 +25,11 @@ __all__ = [
     "as_float_array",
     "check_in_range",
     "check_int_at_least",
+    "check_integer_at_least",
     "check_nonnegative",
     "check_positive",
+    "check_rate",
+    "check_scalar",
     "concrete",
     "traced_checks",
 ]
@@ -85,57 +88,89 @@ def _traced_check(ok: jax.Array, message: str, value: Any) -> None:
         checkify.check(jnp.all(ok), message + " {} (traced).", value)
 
 
-def check_nonnegative(name: str, value: Any, where: str = "") -> None:
-    prefix = f"{where}: " if where else ""
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+def _check_number(name: str, value: Any, where: str, requirement: str, ok: Callable[[Any], Any], scalar: bool) -> None:
+    """Finite numbers with ``ok(value)`` everywhere; the one shape of every numeric check below.
+
+    Concrete values raise ``ValueError("where: name must be <requirement>, got name = value.")``;
+    traced ones are checked the same way under :func:`traced_checks` and skipped otherwise. With
+    ``scalar``, a value with axes is refused first (its shape is known even when traced).
+    """
+    if scalar:
+        check_scalar(name, value, where)
+    message = f"{_prefix(where)}{name} must be {requirement}, got {name} ="
     arr = concrete(value)
     if arr is None:
         if isinstance(value, jax.core.Tracer):
-            _traced_check(
-                jnp.isfinite(value) & (value >= 0), f"{prefix}{name} must be finite and >= 0, got {name} =", value
-            )
+            _traced_check(jnp.isfinite(value) & ok(value), message, value)
         return
-    if not np.issubdtype(arr.dtype, np.number) or np.any(~np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"{prefix}{name} must be finite and >= 0, got {name} = {_fmt(value)}.")
-
-
-def check_positive(name: str, value: Any, where: str = "") -> None:
-    prefix = f"{where}: " if where else ""
-    arr = concrete(value)
-    if arr is None:
-        if isinstance(value, jax.core.Tracer):
-            _traced_check(
-                jnp.isfinite(value) & (value > 0), f"{prefix}{name} must be finite and > 0, got {name} =", value
-            )
-        return
-    if not np.issubdtype(arr.dtype, np.number) or np.any(~np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"{prefix}{name} must be finite and > 0, got {name} = {_fmt(value)}.")
-
-
-def check_in_range(
-    name: str, value: Any, low: float, high: float, where: str = "", *, closed_high: bool = False
-) -> None:
-    """``low <= value < high`` (``<= high`` with ``closed_high``), finite; traced values under :func:`traced_checks`."""
-    prefix = f"{where}: " if where else ""
-    bound = "]" if closed_high else ")"
-    message = f"{prefix}{name} must be in [{low}, {high}{bound}, got {name} ="
-    arr = concrete(value)
-    if arr is None:
-        if isinstance(value, jax.core.Tracer):
-            upper = value <= high if closed_high else value < high
-            _traced_check(jnp.isfinite(value) & (value >= low) & upper, message, value)
-        return
-    upper_ok = arr <= high if closed_high else arr < high
-    if not np.issubdtype(arr.dtype, np.number) or np.any(~np.isfinite(arr)) or np.any(arr < low) or np.any(~upper_ok):
+    if not np.issubdtype(arr.dtype, np.number) or np.any(~np.isfinite(arr)) or not np.all(ok(arr)):
         raise ValueError(f"{message} {_fmt(value)}.")
 
 
+def check_nonnegative(name: str, value: Any, where: str = "", *, scalar: bool = False) -> None:
+    """``value >= 0``, finite (a scale, a ``min_delta``); a single number with ``scalar``."""
+    _check_number(name, value, where, "finite and >= 0", lambda v: v >= 0, scalar)
+
+
+def check_positive(name: str, value: Any, where: str = "", *, scalar: bool = False) -> None:
+    """``value > 0``, finite (a step size, a ``sigma``); a single number with ``scalar``."""
+    _check_number(name, value, where, "finite and > 0", lambda v: v > 0, scalar)
+
+
+def check_in_range(
+    name: str, value: Any, low: float, high: float, where: str = "", *, closed_high: bool = False, scalar: bool = False
+) -> None:
+    """``low <= value < high`` (``<= high`` with ``closed_high``), finite; traced values under :func:`traced_checks`."""
+    bound = "]" if closed_high else ")"
+    _check_number(
+        name,
+        value,
+        where,
+        f"in [{low}, {high}{bound}",
+        lambda v: (v >= low) & ((v <= high) if closed_high else (v < high)),
+        scalar,
+    )
+
+
+def check_scalar(name: str, value: Any, where: str = "") -> None:
+    """``value`` has no axes (a hyperparameter that is one number, possibly traced)."""
+    if jnp.ndim(value) != 0:
+        raise ValueError(f"{_prefix(where)}{name} must be a scalar, got {name}.shape = {jnp.shape(value)}.")
+
+
+def check_rate(name: str, value: Any, where: str = "") -> None:
+    """A probability of dropping: a scalar in [0, 1) (a traced rate is checked under :func:`traced_checks`)."""
+    check_in_range(name, value, 0, 1, where, scalar=True)
+
+
 def check_int_at_least(name: str, value: Any, minimum: int, where: str = "") -> int:
-    prefix = f"{where}: " if where else ""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{prefix}{name} must be an int >= {minimum}, got {name} = {value!r}.")
-    if value < minimum:
-        raise ValueError(f"{prefix}{name} must be >= {minimum}, got {name} = {value}.")
+    """A static Python (or numpy) int ``>= minimum`` (a shape, a count); returns it as an ``int``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{_prefix(where)}{name} must be an int >= {minimum}, got {name} = {value!r}.")
     return int(value)
+
+
+def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "") -> None:
+    """An integer-valued number ``>= minimum`` that may be an array leaf (a patience, a start step).
+
+    Python ints and int or float arrays of integral values pass; bools do not. A traced value is
+    not checked.
+    """
+    arr = concrete(value)
+    if arr is None:
+        return
+    if (
+        arr.dtype == np.bool_
+        or not np.issubdtype(arr.dtype, np.number)
+        or np.any(~np.isfinite(arr))
+        or np.any(arr != np.round(arr))
+        or np.any(arr < minimum)
+    ):
+        raise ValueError(f"{_prefix(where)}{name} must be an integer >= {minimum}, got {name} = {_fmt(arr)}.")
 
 
 def as_float_array(x: ArrayLike) -> jax.Array:

@@ -20,24 +20,25 @@ def is_key_array(rng: Any) -> bool:
     return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def check_key(rng: Any, where: str, *, stacked: bool = False) -> None:
+def check_key(rng: Any, where: str, *, stacked: bool = False, name: str = "rng") -> None:
     """Raise ``ValueError`` unless ``rng`` is a PRNG key (typed, or a raw ``uint32[2]`` key).
 
     With ``stacked=True`` a leading axis of keys (``jax.random.split(key, n)``) is accepted too.
-    The check reads only dtype and shape, so it also holds for traced keys.
+    The check reads only dtype and shape, so it also holds for traced keys. ``name`` is the
+    argument's name in the message (``key`` for ``add_gradient_noise``).
     """
     hint = "pass a PRNG key such as jax.random.key(0) (or jax.random.split(key, n) for one per member)"
     if is_key_array(rng):
         if jnp.ndim(rng) == 0 or (stacked and jnp.ndim(rng) == 1):
             return
-        raise ValueError(f"{where}: rng must be a single PRNG key, got a key array of shape {jnp.shape(rng)}.")
+        raise ValueError(f"{where}: {name} must be a single PRNG key, got a key array of shape {jnp.shape(rng)}.")
     dtype = getattr(rng, "dtype", None)
     shape = jnp.shape(rng) if dtype is not None else None
     if dtype is not None and dtype == np.uint32 and shape is not None and len(shape) >= 1 and shape[-1] == 2:
         if len(shape) == 1 or (stacked and len(shape) == 2):
             return  # a raw (legacy) jax.random.PRNGKey
-    shown = f"rng = {rng!r}" if dtype is None else f"rng of dtype {dtype} and shape {shape}"
-    raise ValueError(f"{where}: rng must be a PRNG key; {hint}. Got {shown}.")
+    shown = f"{name} = {rng!r}" if dtype is None else f"{name} of dtype {dtype} and shape {shape}"
+    raise ValueError(f"{where}: {name} must be a PRNG key; {hint}. Got {shown}.")
 
 
 def normal_leaves(rng: jax.Array, leaves: list[Any]) -> list[jax.Array]:

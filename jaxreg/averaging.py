@@ -15,11 +15,10 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
+from jaxreg import _checks, _random
 
 PyTree = Any
 
@@ -95,20 +94,6 @@ def _need_params(where: str, params: Any) -> None:
         )
 
 
-def _check_int(where: str, name: str, value: Any, minimum: int) -> None:
-    arr = _checks.concrete(value)
-    if arr is None:
-        return
-    if (
-        arr.dtype == np.bool_
-        or not np.issubdtype(arr.dtype, np.number)
-        or np.any(~np.isfinite(arr))
-        or np.any(arr != np.round(arr))
-        or np.any(arr < minimum)
-    ):
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {name} = {_checks._fmt(arr)}.")
-
-
 def _lerp(average: PyTree, new: PyTree, weight: jax.Array) -> PyTree:
     """``average + weight * (new - average)`` on float leaves (in the leaf's dtype); other leaves take ``new``."""
 
@@ -126,6 +111,31 @@ def _lerp(average: PyTree, new: PyTree, weight: jax.Array) -> PyTree:
 def _snapshot(t: jax.Array, start: jax.Array, every: jax.Array) -> jax.Array:
     """Whether the params after update ``t`` (``t = 0``: the initial params) are a snapshot."""
     return jnp.logical_and(t >= start, jnp.remainder(t - start, every) == 0)
+
+
+def _check_schedule(start: ArrayLike, every: ArrayLike, where: str) -> None:
+    """``start`` an integer >= 0 and ``every`` an integer >= 1 (array leaves allowed)."""
+    _checks.check_integer_at_least("start", start, 0, where)
+    _checks.check_integer_at_least("every", every, 1, where)
+
+
+def _schedule(start: ArrayLike, every: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(start, every, num_averaged)`` of a fresh :class:`SwaState` or :class:`SwagState`."""
+    start_, every_ = jnp.asarray(start, jnp.int32), jnp.asarray(every, jnp.int32)
+    return start_, every_, _snapshot(jnp.zeros([], jnp.int32), start_, every_).astype(jnp.int32)
+
+
+def _next_snapshot(state: SwaState | SwagState) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(count, is_snapshot, num_averaged, weight)`` of the next update of an SWA or SWAG state.
+
+    ``weight`` moves a running mean of ``n`` snapshots to the mean of ``n + 1`` (``1 / (n + 1)``)
+    on a snapshot; before the first snapshot (``n = 0``) it is 1, so the "average" follows the params.
+    """
+    count = state.count + 1
+    snap = _snapshot(count, state.start, state.every)
+    n = state.num_averaged
+    weight = jnp.where(snap, 1.0 / (n + 1).astype(jnp.float32), (n == 0).astype(jnp.float32))
+    return count, snap, n, weight
 
 
 def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformation:
@@ -174,9 +184,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
 
       Kingma & Ba, "Adam: a method for stochastic optimization", ICLR 2015 (bias correction).
     """
-    arr = _checks.concrete(decay)
-    if arr is not None and (not np.issubdtype(arr.dtype, np.number) or np.any(~((arr >= 0) & (arr <= 1)))):
-        raise ValueError(f"ema: decay must be in [0, 1], got decay = {_checks._fmt(arr)}.")
+    _checks.check_in_range("decay", decay, 0, 1, "ema", closed_high=True)
 
     def init_fn(params):
         return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, jnp.float32), params)
@@ -237,20 +245,15 @@ def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
       Izmailov, Podoprikhin, Garipov, Vetrov & Wilson, "Averaging weights leads to wider optima and
       better generalization", UAI 2018.
     """
-    _check_int("swa", "start", start, 0)
-    _check_int("swa", "every", every, 1)
+    _check_schedule(start, every, "swa")
 
     def init_fn(params):
-        start_, every_ = jnp.asarray(start, jnp.int32), jnp.asarray(every, jnp.int32)
-        num = _snapshot(jnp.zeros([], jnp.int32), start_, every_).astype(jnp.int32)
+        start_, every_, num = _schedule(start, every)
         return SwaState(jnp.zeros([], jnp.int32), num, start_, every_, params)
 
     def update_fn(updates, state, params=None):
         _need_params("swa", params)
-        count = state.count + 1
-        snap = _snapshot(count, state.start, state.every)
-        n = state.num_averaged
-        weight = jnp.where(snap, 1.0 / (n + 1).astype(jnp.float32), (n == 0).astype(jnp.float32))
+        count, snap, n, weight = _next_snapshot(state)
         average = _lerp(state.average, optax.apply_updates(params, updates), weight)
         return updates, SwaState(count, n + snap.astype(jnp.int32), state.start, state.every, average)
 
@@ -304,23 +307,18 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
       Maddox, Garipov, Izmailov, Vetrov & Wilson, "A simple baseline for Bayesian uncertainty in
       deep learning", NeurIPS 2019.
     """
-    _check_int("swag", "start", start, 0)
-    _check_int("swag", "every", every, 1)
+    _check_schedule(start, every, "swag")
     rank = _checks.check_int_at_least("rank", rank, 0, "swag")
 
     def init_fn(params):
-        start_, every_ = jnp.asarray(start, jnp.int32), jnp.asarray(every, jnp.int32)
-        num = _snapshot(jnp.zeros([], jnp.int32), start_, every_).astype(jnp.int32)
+        start_, every_, num = _schedule(start, every)
         sq = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, params)
         dev = jax.tree.map(lambda w: jnp.zeros((rank, *jnp.shape(w)), jnp.result_type(w)), params)
         return SwagState(jnp.zeros([], jnp.int32), num, start_, every_, params, sq, dev)
 
     def update_fn(updates, state, params=None):
         _need_params("swag", params)
-        count = state.count + 1
-        snap = _snapshot(count, state.start, state.every)
-        n = state.num_averaged
-        weight = jnp.where(snap, 1.0 / (n + 1).astype(jnp.float32), (n == 0).astype(jnp.float32))
+        count, snap, n, weight = _next_snapshot(state)
         new = optax.apply_updates(params, updates)
         mean = _lerp(state.mean, new, weight)
         sq_mean = _lerp(state.sq_mean, jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, new), weight)
@@ -427,6 +425,7 @@ def swag_sample(opt_state: PyTree, rng: jax.Array, *, scale: ArrayLike = 0.5) ->
       deep learning", NeurIPS 2019.
     """
     _checks.check_nonnegative("scale", scale, "swag_sample")
+    _random.check_key(rng, "swag_sample")
     state = _find(opt_state, (SwagState,), "swag_sample")
     leaves, treedef = jax.tree.flatten(state.mean)
     sq_leaves = treedef.flatten_up_to(state.sq_mean)

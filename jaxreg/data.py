@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxreg import _checks
+
 __all__ = ["DATASETS", "DataError", "Split", "load", "load_npz", "split"]
 
 DATASETS = ("digits", "breast_cancer", "wine", "diabetes")
@@ -55,6 +57,18 @@ class Split:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+
+
+def _sklearn(submodule: str) -> Any:
+    """``sklearn.<submodule>``, or an ``ImportError`` that names the extra that brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"sklearn.{submodule}")
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            "jaxreg.data needs scikit-learn (its bundled data sets and stratified splits): pip install 'jaxreg[cli]'"
+        ) from err
 
 
 def _count(size: float | int, n: int, what: str) -> int:
@@ -111,10 +125,9 @@ def split(
       >>> s.sizes(), np.bincount(s.y_train).tolist()
       ({'train': 10, 'val': 4, 'test': 6}, [5, 5])
     """
-    from sklearn.model_selection import train_test_split
+    train_test_split = _sklearn("model_selection").train_test_split
 
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"split: seed must be an integer >= 0, got seed = {seed!r}.")
+    _checks.check_int_at_least("seed", seed, 0, "split")
     if task not in ("classification", "regression"):
         raise ValueError(f"task must be 'classification' or 'regression', got task = {task!r}.")
     x = np.asarray(x)
@@ -189,7 +202,7 @@ def split(
 
 
 def _raw(name: str) -> tuple[np.ndarray, np.ndarray, str]:
-    from sklearn import datasets
+    datasets = _sklearn("datasets")
 
     loaders = {
         "digits": (datasets.load_digits, "classification"),

@@ -45,16 +45,6 @@ def _check_precision(precision: Any, where: str) -> int:
     return int(precision)
 
 
-def _check_rate(rate: Any, where: str) -> None:
-    if jnp.ndim(rate) != 0:
-        raise ValueError(f"{where}: rate must be a scalar, got rate with shape {jnp.shape(rate)}.")
-    value = _checks.concrete(rate)
-    if value is None:
-        return
-    if not np.issubdtype(value.dtype, np.number) or not np.isfinite(value) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{where}: rate is the probability of dropping a unit, in [0, 1); got rate = {rate!r}.")
-
-
 def quantize_rate(rate: ArrayLike, precision: int = 16) -> jax.Array:
     r"""The drop rate that :func:`dropout` actually uses: ``rate`` rounded to a multiple of ``2**-precision``.
 
@@ -183,7 +173,7 @@ def dropout(
       True
     """
     _random.check_key(rng, "dropout")
-    _check_rate(rate, "dropout")
+    _checks.check_rate("rate", rate, "dropout")
     precision = _check_precision(precision, "dropout")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):

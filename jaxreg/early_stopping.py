@@ -16,7 +16,6 @@ policy "same number of parameter updates" or "same number of epochs".
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -125,21 +124,6 @@ def _float_leaf(x: ArrayLike) -> jax.Array:
     return jnp.asarray(x, _float_dtype())
 
 
-def _check_int_leaf(where: str, name: str, value: Any, minimum: int) -> None:
-    """An integer hyperparameter (a Python int or an int/float array of integral values) >= ``minimum``."""
-    arr = _checks.concrete(value)
-    if arr is None:
-        return
-    if (
-        arr.dtype == np.bool_
-        or not np.issubdtype(arr.dtype, np.number)
-        or np.any(~np.isfinite(arr))
-        or np.any(arr != np.round(arr))
-        or np.any(arr < minimum)
-    ):
-        raise ValueError(f"{where}: {name} must be an integer >= {minimum}, got {name} = {_checks._fmt(arr)}.")
-
-
 def _check_mode(where: str, mode: Any) -> None:
     if mode not in _MODES:
         raise ValueError(f'{where}: mode must be "min" or "max", got mode = {mode!r}.')
@@ -179,6 +163,23 @@ class _CheckedConstruction(type):
         if create is None:  # the registered data subclass: a plain dataclass constructor
             return super().__call__(*args, **kwargs)
         return create.__func__(cls, *args, **kwargs)
+
+
+def _storage(public: type) -> type:
+    """The registered storage of a public hyperparameter class: a frozen dataclass subclass.
+
+    Its fields are the public class's annotated attributes, in order; ``mode`` is static (a
+    meta field), the others are array leaves. Its constructor only stores the fields (the
+    metaclass finds no ``_create`` on it), so jax's unflatten never meets the checks.
+    """
+    namespace = {
+        "__annotations__": dict(public.__annotations__),
+        "__doc__": f"The registered storage of :class:`{public.__name__}` (its constructor only stores the fields).",
+        "__module__": public.__module__,
+    }
+    cls = dataclasses.dataclass(frozen=True, repr=False)(type(public)(f"_{public.__name__}Data", (public,), namespace))
+    data_fields = [name for name in public.__annotations__ if name != "mode"]
+    return jax.tree_util.register_dataclass(cls, data_fields=data_fields, meta_fields=["mode"])
 
 
 def _repr(obj: Any, name: str) -> str:
@@ -282,10 +283,10 @@ class EarlyStopping(metaclass=_CheckedConstruction):
         baseline: ArrayLike | None = None,
         start_from: ArrayLike = 0,
     ) -> EarlyStopping:
-        _check_int_leaf("EarlyStopping", "patience", patience, 1)
+        _checks.check_integer_at_least("patience", patience, 1, "EarlyStopping")
         _checks.check_nonnegative("min_delta", min_delta, "EarlyStopping")
         _check_mode("EarlyStopping", mode)
-        _check_int_leaf("EarlyStopping", "start_from", start_from, 0)
+        _checks.check_integer_at_least("start_from", start_from, 0, "EarlyStopping")
         if baseline is None:
             baseline = jnp.inf if mode == "min" else -jnp.inf
         arr = _checks.concrete(baseline)
@@ -364,20 +365,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
         return _select(active, new, state)
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["patience", "min_delta", "baseline", "start_from"],
-    meta_fields=["mode"],
-)
-@dataclasses.dataclass(frozen=True, repr=False)
-class _EarlyStoppingData(EarlyStopping):
-    """The registered storage of :class:`EarlyStopping` (its constructor only stores the fields)."""
-
-    patience: jax.Array
-    min_delta: jax.Array
-    baseline: jax.Array
-    start_from: jax.Array
-    mode: str
+_EarlyStoppingData = _storage(EarlyStopping)
 
 
 class PlateauState(NamedTuple):
@@ -484,9 +472,9 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
             not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_ or np.any(~((arr > 0) & (arr < 1)))
         ):
             raise ValueError(f"ReduceOnPlateau: factor must be in (0, 1), got factor = {_checks._fmt(arr)}.")
-        _check_int_leaf("ReduceOnPlateau", "patience", patience, 1)
+        _checks.check_integer_at_least("patience", patience, 1, "ReduceOnPlateau")
         _checks.check_nonnegative("min_delta", min_delta, "ReduceOnPlateau")
-        _check_int_leaf("ReduceOnPlateau", "cooldown", cooldown, 0)
+        _checks.check_integer_at_least("cooldown", cooldown, 0, "ReduceOnPlateau")
         _checks.check_nonnegative("min_scale", min_scale, "ReduceOnPlateau")
         _check_mode("ReduceOnPlateau", mode)
         return _ReduceOnPlateauData(
@@ -549,21 +537,7 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
         )
 
 
-@functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=["factor", "patience", "min_delta", "cooldown", "min_scale"],
-    meta_fields=["mode"],
-)
-@dataclasses.dataclass(frozen=True, repr=False)
-class _ReduceOnPlateauData(ReduceOnPlateau):
-    """The registered storage of :class:`ReduceOnPlateau` (its constructor only stores the fields)."""
-
-    factor: jax.Array
-    patience: jax.Array
-    min_delta: jax.Array
-    cooldown: jax.Array
-    min_scale: jax.Array
-    mode: str
+_ReduceOnPlateauData = _storage(ReduceOnPlateau)
 
 
 def retrain_budget(

@@ -71,9 +71,7 @@ def centered_ranks(losses: ArrayLike) -> jax.Array:
 def _check_args(
     params: PyTree, sigma: Any, population: Any, antithetic: bool, fitness_shaping: Any, chunk_size: Any, where: str
 ) -> tuple[int, int | None]:
-    if jnp.ndim(sigma) != 0:
-        raise ValueError(f"{where}: sigma must be a scalar, got sigma with shape {jnp.shape(sigma)}.")
-    _checks.check_positive("sigma", sigma, where)
+    _checks.check_positive("sigma", sigma, where, scalar=True)
     population = _checks.check_int_at_least("population", population, 2, where)
     if antithetic and population % 2:
         raise ValueError(

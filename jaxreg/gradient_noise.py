@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
+from jaxreg import _checks, _random
 
 __all__ = ["GradientNoiseState", "add_gradient_noise"]
 
@@ -69,6 +69,7 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
     """
     _checks.check_nonnegative("eta", eta, "add_gradient_noise")
     _checks.check_nonnegative("gamma", gamma, "add_gradient_noise")
+    _random.check_key(key, "add_gradient_noise", name="key")
 
     def init_fn(params: Any) -> GradientNoiseState:
         del params

@@ -19,18 +19,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
+from jaxreg import _checks, _random
 
 __all__ = ["cutmix", "mixup"]
-
-
-def _check_key(rng: Any, where: str) -> None:
-    dtype = getattr(rng, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and jnp.shape(rng) == ():
-        return
-    if dtype is not None and dtype == jnp.uint32 and jnp.shape(rng) == (2,):
-        return
-    raise ValueError(f"{where}: rng must be a single PRNG key such as jax.random.key(0), got rng = {rng!r}.")
 
 
 def _check_batch(where: str, x: Any, y: Any, min_ndim: int) -> tuple[jax.Array, jax.Array]:
@@ -52,9 +43,7 @@ def _check_batch(where: str, x: Any, y: Any, min_ndim: int) -> tuple[jax.Array, 
 
 
 def _check_alpha(where: str, alpha: Any) -> jax.Array:
-    if jnp.ndim(alpha) != 0:
-        raise ValueError(f"{where}: alpha must be a scalar, got alpha with shape {jnp.shape(alpha)}.")
-    _checks.check_positive("alpha", alpha, where)
+    _checks.check_positive("alpha", alpha, where, scalar=True)
     return jnp.asarray(alpha, jnp.float32)
 
 
@@ -97,7 +86,7 @@ def mixup(rng: jax.Array, x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> tuple
     References:
       Zhang et al., `mixup: Beyond Empirical Risk Minimization <https://arxiv.org/abs/1710.09412>`_, ICLR 2018.
     """
-    _check_key(rng, "mixup")
+    _random.check_key(rng, "mixup")
     a = _check_alpha("mixup", alpha)
     x, y = _check_batch("mixup", x, y, 1)
     lam = jax.random.beta(rng, a, a, dtype=jnp.float32)
@@ -144,7 +133,7 @@ def cutmix(rng: jax.Array, x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> tupl
       Yun et al., `CutMix: Regularization Strategy to Train Strong Classifiers with Localizable
       Features <https://arxiv.org/abs/1905.04899>`_, ICCV 2019.
     """
-    _check_key(rng, "cutmix")
+    _random.check_key(rng, "cutmix")
     a = _check_alpha("cutmix", alpha)
     x, y = _check_batch("cutmix", x, y, 4)
     if x.ndim != 4:

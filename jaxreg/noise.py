@@ -18,10 +18,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
-from jaxreg import _checks
+from jaxreg import _checks, _random
 from jaxreg._tree import resolve_mask
 from jaxreg.dropout import dropout, mc_dropout
 from jaxreg.uncertainty import Prediction
@@ -29,28 +28,6 @@ from jaxreg.uncertainty import Prediction
 PyTree = Any
 
 __all__ = ["dropconnect", "drop_path", "gaussian_dropout", "gaussian_noise", "mc_dropconnect"]
-
-
-def _check_key(rng: Any, where: str) -> None:
-    """A typed PRNG key or a raw ``uint32[2]`` key; anything else (an int seed) is refused."""
-    dtype = getattr(rng, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        if jnp.shape(rng) != ():
-            raise ValueError(f"{where}: rng must be a single PRNG key, got a key array of shape {jnp.shape(rng)}.")
-        return
-    if dtype is not None and dtype == jnp.uint32 and jnp.shape(rng) == (2,):
-        return
-    raise ValueError(f"{where}: rng must be a PRNG key such as jax.random.key(0), got rng = {rng!r}.")
-
-
-def _check_rate(rate: Any, where: str) -> None:
-    if jnp.ndim(rate) != 0:
-        raise ValueError(f"{where}: rate must be a scalar, got rate with shape {jnp.shape(rate)}.")
-    value = _checks.concrete(rate)
-    if value is None:
-        return
-    if not np.issubdtype(value.dtype, np.number) or not np.isfinite(value) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{where}: rate is a drop probability, in [0, 1); got rate = {rate!r}.")
 
 
 def _check_float(x: Any, name: str, where: str) -> jax.Array:
@@ -100,8 +77,8 @@ def drop_path(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array:
     References:
       Huang et al., `Deep Networks with Stochastic Depth <https://arxiv.org/abs/1603.09382>`_, 2016.
     """
-    _check_key(rng, "drop_path")
-    _check_rate(rate, "drop_path")
+    _random.check_key(rng, "drop_path")
+    _checks.check_rate("rate", rate, "drop_path")
     x = _check_float(x, "x", "drop_path")
     if x.ndim == 0:
         raise ValueError("drop_path: x must have a leading example axis (ndim >= 1), got a scalar x.")
@@ -142,8 +119,8 @@ def gaussian_dropout(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array
       Srivastava et al., `Dropout: A Simple Way to Prevent Neural Networks from Overfitting
       <https://jmlr.org/papers/v15/srivastava14a.html>`_, JMLR 2014.
     """
-    _check_key(rng, "gaussian_dropout")
-    _check_rate(rate, "gaussian_dropout")
+    _random.check_key(rng, "gaussian_dropout")
+    _checks.check_rate("rate", rate, "gaussian_dropout")
     x = _check_float(x, "x", "gaussian_dropout")
     if _is_zero(rate):
         return x
@@ -177,10 +154,8 @@ def gaussian_noise(rng: jax.Array, x: ArrayLike, stddev: ArrayLike) -> jax.Array
       >>> round(float(y.std()), 1)
       2.0
     """
-    _check_key(rng, "gaussian_noise")
-    if jnp.ndim(stddev) != 0:
-        raise ValueError(f"gaussian_noise: stddev must be a scalar, got stddev with shape {jnp.shape(stddev)}.")
-    _checks.check_nonnegative("stddev", stddev, "gaussian_noise")
+    _random.check_key(rng, "gaussian_noise")
+    _checks.check_nonnegative("stddev", stddev, "gaussian_noise", scalar=True)
     x = _check_float(x, "x", "gaussian_noise")
     if _is_zero(stddev):
         return x
@@ -228,8 +203,8 @@ def dropconnect(rng: jax.Array, params: PyTree, rate: ArrayLike, *, mask: Any = 
       Wan et al., `Regularization of Neural Networks using DropConnect
       <https://proceedings.mlr.press/v28/wan13.html>`_, ICML 2013.
     """
-    _check_key(rng, "dropconnect")
-    _check_rate(rate, "dropconnect")
+    _random.check_key(rng, "dropconnect")
+    _checks.check_rate("rate", rate, "dropconnect")
     try:
         keep = jax.tree.leaves(resolve_mask(mask, params))
     except ValueError as e:
@@ -290,8 +265,8 @@ def mc_dropconnect(
       >>> round(float(pred.mean[0, 0]) / 100, 1), round(float(pred.variance[0, 0]) / 100, 1)
       (1.0, 1.0)
     """
-    _check_key(rng, "mc_dropconnect")
-    _check_rate(rate, "mc_dropconnect")
+    _random.check_key(rng, "mc_dropconnect")
+    _checks.check_rate("rate", rate, "mc_dropconnect")
 
     def one(p_and_rate: tuple[PyTree, jax.Array], inputs: Any, key: jax.Array) -> PyTree:
         p, r = p_and_rate

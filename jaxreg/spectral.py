@@ -262,9 +262,7 @@ def spectral_norm(max_value: ArrayLike, *, mask: Any = None, num_iters: int = 1)
       Miyato et al., `Spectral Normalization for Generative Adversarial Networks
       <https://arxiv.org/abs/1802.05957>`_, ICLR 2018.
     """
-    if jnp.ndim(max_value) != 0:
-        raise ValueError(f"spectral_norm: max_value must be a scalar, got shape {jnp.shape(max_value)}.")
-    _checks.check_positive("max_value", max_value, "spectral_norm")
+    _checks.check_positive("max_value", max_value, "spectral_norm", scalar=True)
     return SpectralNorm(_hyper(max_value), _check_mask(mask), _check_num_iters("spectral_norm", num_iters, 1))
 
 

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxreg import _checkpoint, _checks
+from jaxreg import _checkpoint, _checks, _random
 from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stopped, retrain_budget
 from jaxreg.pruning import SuccessiveHalving
 
@@ -869,6 +869,7 @@ def fit(
     rng = _renamed("fit", "rng", rng, "key", key)
     if rng is None:
         raise ValueError("fit: rng (a PRNG key, e.g. jax.random.key(0)) is required, got rng = None.")
+    _random.check_key(rng, "fit")
     steps_per_chunk = _renamed("fit", "steps_per_chunk", steps_per_chunk, "chunk_size", chunk_size)
     sched = _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_members, train_data, state)
     prune_mode = _check_options(eval_fn, monitor, early_stopping, prune)

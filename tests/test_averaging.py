@@ -307,7 +307,7 @@ BAD = [
     (lambda: jr.ema(-0.1), r"ema: decay must be in \[0, 1\], got decay = -0\.1\."),
     (lambda: jr.swa(-1), r"swa: start must be an integer >= 0, got start = -1\."),
     (lambda: jr.swa(2, every=0), r"swa: every must be an integer >= 1, got every = 0\."),
-    (lambda: jr.swag(0, 1, rank=-1), r"swag: rank must be >= 0, got rank = -1"),
+    (lambda: jr.swag(0, 1, rank=-1), r"swag: rank must be an int >= 0, got rank = -1"),
     (lambda: jr.swag(0, 1, rank=2.0), r"swag: rank must be an int >= 0, got rank = 2\.0"),
     (lambda: jr.ema(0.9).update(jnp.ones(2), jr.ema(0.9).init(jnp.ones(2))), r"ema: needs params"),
     (lambda: jr.swa(1).update(jnp.ones(2), jr.swa(1).init(jnp.ones(2))), r"swa: needs params"),
@@ -331,3 +331,10 @@ BAD = [
 def test_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_swag_sample_refuses_an_int_seed():
+    opt = optax.chain(optax.sgd(1.0), jr.swag(start=0, rank=1))
+    state = opt.init(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"swag_sample: rng must be a PRNG key.*Got rng = 3\."):
+        jr.swag_sample(state, 3)

@@ -158,8 +158,8 @@ def test_interleave_alternates_which_goes_first():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"pairs": 0}, r"compare: pairs must be >= 1, got pairs = 0\."),
-        ({"number": 0}, r"compare: number must be >= 1, got number = 0\."),
+        ({"pairs": 0}, r"compare: pairs must be an int >= 1, got pairs = 0\."),
+        ({"number": 0}, r"compare: number must be an int >= 1, got number = 0\."),
     ],
 )
 def test_compare_rejects_bad_counts(kwargs, match):

@@ -1,4 +1,4 @@
-"""End-to-end tests of the `jaxreg` command and the examples, each in a subprocess.
+"""End-to-end tests of the `jaxreg` command, each in a subprocess (the examples: test_examples.py).
 
 The runs use a setting smaller than --quick (40 steps, width 32, 2 seeds) so that the whole file
 takes well under a minute and a half; they start together and share the two cores.
@@ -37,7 +37,6 @@ TINY = [
 ]
 SEEDS = 2
 TINY_SWEEP = ["--quick", "--hidden", "32", "--no-progress"]
-EXAMPLES = ["weight_decay_chain", "l1_proximal", "sweep_vmap", "activity_sow"]
 
 
 # The subprocesses run under the promotion rules of conftest.py too, and import this checkout.
@@ -87,7 +86,6 @@ def procs(tmp_path_factory):
             ENV,
         ),
         "bad": _start(["-m", "jaxreg", "run", "--data", str(bad), "--out", str(base / "x")], base, ENV),
-        **{name: _start([str(ROOT / "examples" / f"{name}.py")], base, ENV) for name in EXAMPLES},
     }
     done = {}
 
@@ -576,47 +574,3 @@ def test_bench_without_benchmarks_exits_2(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jaxreg bench: error: the benchmarks are not installed")
     assert str(tmp_path) in err[0]
-
-
-def _facts(out):
-    facts = {}
-    for line in out.splitlines():
-        key, _, value = line.partition(": ")
-        facts[key] = value
-    return facts
-
-
-def test_example_weight_decay_chain(procs):
-    code, out, err = procs[1]("weight_decay_chain")
-    assert code == 0, err[-2000:]
-    f = _facts(out)
-    assert float(f["decoupled_vs_adamw_max_abs_diff"]) < 1e-6  # decoupled chain == optax.adamw
-    assert float(f["coupled_vs_adamw_max_abs_diff"]) > 1e-2  # coupled is a different method
-
-
-def test_example_l1_proximal(procs):
-    code, out, err = procs[1]("l1_proximal")
-    assert code == 0, err[-2000:]
-    f = _facts(out)
-    assert int(f["proximal_exact_zeros"]) > 0
-    assert int(f["subgradient_exact_zeros"]) == 0
-    assert f["same_support_as_sklearn"] == "True"
-    assert float(f["max_abs_diff_to_sklearn"]) < 1e-3
-
-
-def test_example_sweep_vmap(procs):
-    code, out, err = procs[1]("sweep_vmap")
-    assert code == 0, err[-2000:]
-    f = _facts(out)
-    assert f["traces"] == "1"  # eight scales, two calls, one trace
-    assert float(f["max_abs_diff_to_closed_form"]) < 1e-4
-    norms = json.loads(f["weight_norms"])
-    assert norms == sorted(norms, reverse=True)
-
-
-def test_example_activity_sow(procs):
-    code, out, err = procs[1]("activity_sow")
-    assert code == 0, err[-2000:]
-    f = _facts(out)
-    assert float(f["l1_mean_activation"]) < 0.5 * float(f["plain_mean_activation"])
-    assert float(f["l1_zero_activations"]) > float(f["plain_zero_activations"])

@@ -277,7 +277,7 @@ BAD = [
     ),
     (
         lambda: jr.retrain_budget(10, num_train=5, num_val=10, batch_size=10),
-        r"num_train must be >= 10, got num_train = 5",
+        r"num_train must be an int >= 10, got num_train = 5",
     ),
 ]
 

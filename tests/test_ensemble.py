@@ -260,21 +260,6 @@ def test_shard_on_eight_cpu_devices_equals_unsharded():
     assert "7 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
 
 
-def test_example_bagged_ensemble_runs():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "bagged_ensemble.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    line = next(x for x in out.stdout.splitlines() if x.startswith("accuracy bagged ensemble"))
-    assert float(line.split()[-1]) > 0.8, out.stdout  # chance is 0.1
-    oob = next(x for x in out.stdout.splitlines() if x.startswith("out-of-bag"))
-    assert abs(float(oob.split()[4]) - 0.368) < 0.03, oob
-
-
 @pytest.mark.parametrize("chunk_size", [None, 2])
 def test_map_maps_keyword_arguments_like_vmap(chunk_size):
     w, x, b = jnp.arange(16.0).reshape(4, 2, 2), jnp.ones(2), jnp.arange(8.0).reshape(4, 2)

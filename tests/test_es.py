@@ -1,10 +1,5 @@
 """Tests of jaxreg.es: evolution-strategy gradient estimates."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,7 +10,6 @@ from scipy.stats import rankdata
 
 import jaxreg as jr
 
-ROOT = Path(__file__).resolve().parents[1]
 EPS32 = float(np.finfo(np.float32).eps)
 
 # A quadratic L(w) = 1/2 (w - c)^T A (w - c) on a pytree of two leaves (dimension d = 10).
@@ -206,12 +200,12 @@ def _es_call(loss=quadratic, params=PARAMS, rng=None, fn=jr.es.gradient, **kw):
     [
         ({"sigma": 0.0}, r"es.gradient: sigma must be finite and > 0, got sigma = 0.0"),
         ({"sigma": -1.0}, r"sigma must be finite and > 0, got sigma = -1.0"),
-        ({"sigma": jnp.ones(2)}, r"sigma must be a scalar, got sigma with shape \(2,\)"),
-        ({"population": 1, "antithetic": False}, r"population must be >= 2, got population = 1"),
+        ({"sigma": jnp.ones(2)}, r"sigma must be a scalar, got sigma.shape = \(2,\)"),
+        ({"population": 1, "antithetic": False}, r"population must be an int >= 2, got population = 1"),
         ({"population": 8.0}, r"population must be an int >= 2, got population = 8.0"),
         ({"population": 7}, r"must be even, got population = 7"),
         ({"chunk_size": 3}, r"chunk_size must be even, got chunk_size = 3"),
-        ({"chunk_size": 0, "antithetic": False}, r"chunk_size must be >= 1, got chunk_size = 0"),
+        ({"chunk_size": 0, "antithetic": False}, r"chunk_size must be an int >= 1, got chunk_size = 0"),
         ({"fitness_shaping": "ranks"}, r"fitness_shaping must be None, 'centered_ranks' or a callable"),
         (
             {"loss": lambda p: jnp.ones(2), "population": 4},
@@ -221,7 +215,7 @@ def _es_call(loss=quadratic, params=PARAMS, rng=None, fn=jr.es.gradient, **kw):
             {"loss": lambda p: 0.0, "params": {"n": jnp.zeros(2, jnp.int32)}, "population": 4},
             r"leaf 'n' with dtype int32",
         ),
-        ({"fn": jr.es.value_and_gradient, "population": 0}, r"es.value_and_gradient: population must be >= 2"),
+        ({"fn": jr.es.value_and_gradient, "population": 0}, r"es.value_and_gradient: population must be an int >= 2"),
         ({"rng": 0}, r"es.gradient: rng must be a PRNG key; pass a PRNG key such as jax.random.key\(0\)"),
         ({"rng": jnp.zeros(2, jnp.float32)}, r"rng must be a PRNG key.*dtype float32"),
         ({"rng": 3, "fn": jr.es.value_and_gradient}, r"es.value_and_gradient: rng must be a PRNG key"),
@@ -240,22 +234,3 @@ def test_odd_population_is_allowed_without_antithetic_pairs():
 def test_a_raw_uint32_key_is_accepted_like_the_typed_one():
     # jax.random.PRNGKey(0) (raw uint32[2]) and jax.random.key(0) hold the same threefry key.
     chex.assert_trees_all_close(_es_call(rng=jax.random.PRNGKey(0)), _es_call(rng=jax.random.key(0)), rtol=0, atol=0)
-
-
-def test_example_es_vs_backprop():
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "es_vs_backprop.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    lines = dict(line.split(":", 1) for line in out.stdout.splitlines() if ":" in line)
-    start, end = (float(v) for v in lines["ES train accuracy"].split("->"))
-    assert end > start + 0.5, out.stdout  # the ES objective (accuracy) improved
-    assert float(lines["ES test accuracy"].split()[0]) > 0.8, out.stdout  # chance is 0.1
-    assert float(lines["backprop test accuracy"].split()[0]) > 0.8, out.stdout
-    assert float(lines["autodiff gradient of the accuracy"].split("=")[1]) == 0.0, out.stdout

@@ -73,3 +73,8 @@ def test_new_eta_does_not_recompile():
 def test_bad_arguments(args, match):
     with pytest.raises(ValueError, match=match):
         jr.add_gradient_noise(*args, key=jax.random.key(0))
+
+
+def test_a_key_that_is_not_a_prng_key_is_refused():
+    with pytest.raises(ValueError, match=r"add_gradient_noise: key must be a PRNG key.*Got key = 0\."):
+        jr.add_gradient_noise(0.01, key=0)

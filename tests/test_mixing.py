@@ -154,12 +154,15 @@ YI = jnp.eye(2)
         (lambda: jr.mixup(KEY, XI, YI, -1.0), r"mixup: alpha must be finite and > 0, got alpha = -1.0"),
         (lambda: jr.mixup(KEY, XI, jnp.array([0, 1]), 1.0), r"mixup: y must be one-hot or soft labels"),
         (lambda: jr.mixup(KEY, XI, jnp.eye(3), 1.0), r"mixup: x and y must have the same number of examples"),
-        (lambda: jr.mixup(0, XI, YI, 1.0), r"mixup: rng must be a single PRNG key such as jax.random.key\(0\)"),
+        (
+            lambda: jr.mixup(0, XI, YI, 1.0),
+            r"mixup: rng must be a PRNG key; pass a PRNG key such as jax.random.key\(0\)",
+        ),
         (lambda: jr.mixup(KEY, jnp.ones((2, 3), jnp.int32), YI, 1.0), r"mixup: x must be a floating-point array"),
         (lambda: jr.cutmix(KEY, XI, YI, 0.0), r"cutmix: alpha must be finite and > 0, got alpha = 0.0"),
         (lambda: jr.cutmix(KEY, jnp.ones((2, 4, 4)), YI, 1.0), r"cutmix: x must have at least 4 axes"),
         (lambda: jr.cutmix(KEY, jnp.ones((2, 4, 4, 1, 1)), YI, 1.0), r"cutmix: x must be images \(N, H, W, C\)"),
-        (lambda: jr.cutmix(1, XI, YI, 1.0), r"cutmix: rng must be a single PRNG key"),
+        (lambda: jr.cutmix(1, XI, YI, 1.0), r"cutmix: rng must be a PRNG key"),
     ],
 )
 def test_bad_input(call, match):

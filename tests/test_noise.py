@@ -4,10 +4,6 @@ Statistical checks use fixed keys and a bound of 6 standard errors of the statis
 """
 
 import math
-import os
-import pathlib
-import subprocess
-import sys
 
 import chex
 import jax
@@ -239,28 +235,28 @@ X = jnp.ones((4, 3))
 @pytest.mark.parametrize(
     ("call", "match"),
     [
-        (lambda: jr.drop_path(KEY, X, 1.0), r"drop_path: rate is a drop probability, in \[0, 1\); got rate = 1.0"),
-        (lambda: jr.drop_path(KEY, X, -0.1), r"drop_path: rate is a drop probability, in \[0, 1\); got rate = -0.1"),
+        (lambda: jr.drop_path(KEY, X, 1.0), r"drop_path: rate must be in \[0, 1\), got rate = 1.0"),
+        (lambda: jr.drop_path(KEY, X, -0.1), r"drop_path: rate must be in \[0, 1\), got rate = -0.1"),
         (
             lambda: jr.drop_path(0, X, 0.5),
-            r"drop_path: rng must be a PRNG key such as jax.random.key\(0\), got rng = 0",
+            r"drop_path: rng must be a PRNG key; pass a PRNG key such as jax.random.key\(0\).*rng = 0",
         ),
         (lambda: jr.drop_path(KEY, jnp.ones(()), 0.5), r"drop_path: x must have a leading example axis"),
         (lambda: jr.drop_path(KEY, jnp.ones(3, jnp.int32), 0.5), r"drop_path: x must be a floating-point array"),
         (lambda: jr.drop_path(jax.random.split(KEY, 2), X, 0.5), r"drop_path: rng must be a single PRNG key"),
-        (lambda: jr.gaussian_dropout(KEY, X, 1.0), r"gaussian_dropout: rate is a drop probability, in \[0, 1\)"),
+        (lambda: jr.gaussian_dropout(KEY, X, 1.0), r"gaussian_dropout: rate must be in \[0, 1\)"),
         (lambda: jr.gaussian_dropout(3, X, 0.5), r"gaussian_dropout: rng must be a PRNG key"),
         (lambda: jr.gaussian_noise(KEY, X, -1.0), r"gaussian_noise: stddev must be finite and >= 0, got stddev = -1.0"),
         (lambda: jr.gaussian_noise(KEY, X, jnp.ones(2)), r"gaussian_noise: stddev must be a scalar"),
         (lambda: jr.gaussian_noise(1, X, 0.1), r"gaussian_noise: rng must be a PRNG key"),
-        (lambda: jr.dropconnect(KEY, {"w": X}, 1.5), r"dropconnect: rate is a drop probability, in \[0, 1\)"),
+        (lambda: jr.dropconnect(KEY, {"w": X}, 1.5), r"dropconnect: rate must be in \[0, 1\)"),
         (lambda: jr.dropconnect(KEY, {"w": X}, 0.5, mask={"v": True}), r"dropconnect: mask does not match"),
         (lambda: jr.dropconnect(7, {"w": X}, 0.5), r"dropconnect: rng must be a PRNG key"),
         (
             lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 4, 1.0),
-            r"mc_dropconnect: rate is a drop probability, in \[0, 1\)",
+            r"mc_dropconnect: rate must be in \[0, 1\)",
         ),
-        (lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 0, 0.5), r"num_samples must be >= 1"),
+        (lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 0, 0.5), r"num_samples must be an int >= 1"),
     ],
 )
 def test_bad_input(call, match):
@@ -270,26 +266,3 @@ def test_bad_input(call, match):
 
 # ---------------------------------------------------------------------------------------------
 # The example
-
-
-def test_example_residual_drop_path_runs():
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}  # this checkout's jaxreg, whatever is installed
-    out = subprocess.run(
-        [sys.executable, str(root / "examples" / "residual_drop_path.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=root,
-        env=env,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = [dict(kv.split("=") for kv in line.split()) for line in out.stdout.splitlines() if line.startswith("rate=")]
-    assert len(rows) == 4, out.stdout
-    for row in rows:
-        assert float(row["test_acc"]) > 0.85, out.stdout  # 10 classes: chance is 0.1
-        if float(row["max_value"]) == 1.0:
-            # Power iteration lags the weights by one step: the bound holds to a few percent.
-            assert float(row["max_sigma"]) <= 1.05, out.stdout
-        else:
-            assert float(row["max_sigma"]) > 1.5, out.stdout  # without the bound the blocks grow past it

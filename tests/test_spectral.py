@@ -325,7 +325,10 @@ VEC = {"b": jnp.ones(3)}
     [
         (lambda: jr.spectral_norm(0.0), r"spectral_norm: max_value must be finite and > 0, got max_value = 0.0"),
         (lambda: jr.spectral_norm(-1.0), r"spectral_norm: max_value must be finite and > 0, got max_value = -1.0"),
-        (lambda: jr.spectral_norm(1.0, num_iters=0), r"spectral_norm: num_iters must be >= 1, got num_iters = 0"),
+        (
+            lambda: jr.spectral_norm(1.0, num_iters=0),
+            r"spectral_norm: num_iters must be an int >= 1, got num_iters = 0",
+        ),
         (lambda: jr.spectral_norm(1.0, num_iters=1.5), r"spectral_norm: num_iters must be an int >= 1"),
         (lambda: jr.spectral_norm(jnp.ones(2)), r"spectral_norm: max_value must be a scalar"),
         (
@@ -333,7 +336,7 @@ VEC = {"b": jnp.ones(3)}
             r"spectral_norm: leaf 'b' of shape \(3,\) is not a matrix",
         ),
         (lambda: jr.spectral_penalty(-0.1), r"spectral_penalty: scale must be finite and >= 0, got scale = -0.1"),
-        (lambda: jr.spectral_penalty(1.0, num_iters=0), r"spectral_penalty: num_iters must be >= 1"),
+        (lambda: jr.spectral_penalty(1.0, num_iters=0), r"spectral_penalty: num_iters must be an int >= 1"),
         (lambda: jr.orthogonal(-1.0), r"orthogonal: scale must be finite and >= 0, got scale = -1.0"),
         (lambda: jr.orthogonal(1.0, mode="diag"), r"orthogonal: mode must be 'rows' or 'columns', got mode = 'diag'"),
         (lambda: jr.orthogonal(1.0, mask={"b": True})(VEC), r"orthogonal: leaf 'b' of shape \(3,\) is not a matrix"),

@@ -541,3 +541,10 @@ def test_deprecated_names_warn_and_keep_working():
         with pytest.warns(DeprecationWarning, match=r"fit: chunk_size= is deprecated, use steps_per_chunk="):
             old = jr.fit(step, evaluate, S0, TRAIN, VAL, key=jax.random.key(4), chunk_size=4, **kwargs)
     chex.assert_trees_all_equal(old.state, new.state)
+
+
+def test_fit_refuses_an_int_seed_as_rng():
+    with pytest.raises(ValueError, match=r"fit: rng must be a PRNG key.*Got rng = 5\."):
+        jr.fit(
+            lambda s, b, r: (s, 0.0), None, jnp.zeros(()), jnp.ones(4), rng=5, num_steps=1, batch_size=1, eval_every=1
+        )

@@ -320,7 +320,7 @@ _VP = vi.init({"w": jnp.zeros(2)}, init_std=0.1)
         ),
         (
             lambda: vi.elbo_loss(lambda p: 0.0, num_examples=10, num_samples=0),
-            r"num_samples must be >= 1, got num_samples = 0",
+            r"num_samples must be an int >= 1, got num_samples = 0",
         ),
         (
             lambda: vi.elbo_loss(lambda p: 0.0, num_examples=10, prior_std=-1.0),
@@ -332,7 +332,7 @@ _VP = vi.init({"w": jnp.zeros(2)}, init_std=0.1)
         ),
         (
             lambda: vi.predict(lambda p, x: x, _VP, 0.0, jax.random.key(0), 0),
-            r"num_samples must be >= 1, got num_samples = 0",
+            r"num_samples must be an int >= 1, got num_samples = 0",
         ),
         (
             lambda: vi.predict(lambda p, x: x, _VP, 0.0, jax.random.key(0), 4, chunk_size=2.5),

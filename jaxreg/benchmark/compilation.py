@@ -16,6 +16,8 @@ from typing import Any
 
 import jax
 
+from jaxreg.benchmark.timing import _record
+
 __all__ = ["CompileLog", "CompiledFn", "compile_fn", "compile_log", "cost_flops"]
 
 
@@ -42,12 +44,7 @@ class CompiledFn:
         return self.compiled(*args)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "lower_s": self.lower_s,
-            "compile_s": self.compile_s,
-            "flops": self.flops,
-            "bytes_accessed": self.bytes_accessed,
-        }
+        return _record(self, ("lower_s", "compile_s", "flops", "bytes_accessed"))
 
 
 def _cost_value(analysis: Any, key: str) -> float:

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreg import _checks
-from jaxreg.benchmark.timing import Timing, time_fn
+from jaxreg.benchmark.timing import Timing, _record, time_fn
 
 __all__ = ["Peak", "fraction_of_peak", "matmul_peak"]
 
@@ -43,14 +43,7 @@ class Peak:
         return 2.0 * self.size**3 / self.timing.min / 1e9
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "gflops": self.gflops,
-            "gflops_best": self.gflops_best,
-            "size": self.size,
-            "dtype": self.dtype,
-            "backend": self.backend,
-            "timing": self.timing.to_dict(),
-        }
+        return {**_record(self, ("gflops", "gflops_best", "size", "dtype", "backend")), "timing": self.timing.to_dict()}
 
 
 def matmul_peak(size: int = 2048, *, dtype: Any = jnp.float32, repeats: int = 5, number: int | None = None) -> Peak:

@@ -24,6 +24,15 @@ from jaxreg import _checks
 __all__ = ["Comparison", "ExternalTimer", "Timing", "compare", "interleave", "time_fn"]
 
 
+def _record(obj: Any, names: Sequence[str], suffix: str = "") -> dict[str, Any]:
+    """``{name + suffix: getattr(obj, name)}`` for ``name`` in ``names``: the ``to_dict`` of a result.
+
+    Fields and properties alike, in the order given (JSON records of :class:`Timing`,
+    :class:`Comparison`, ``CompiledFn`` and ``Peak``).
+    """
+    return {f"{name}{suffix}": getattr(obj, name) for name in names}
+
+
 def _quantile(sorted_values: Sequence[float], q: float) -> float:
     """Linear-interpolation quantile (numpy's default) of sorted values."""
     return float(np.quantile(np.asarray(sorted_values, dtype=np.float64), q))
@@ -76,16 +85,8 @@ class Timing:
         return work / self.median
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "times_s": list(self.times),
-            "number": self.number,
-            "median_s": self.median,
-            "q25_s": self.q25,
-            "q75_s": self.q75,
-            "iqr_s": self.iqr,
-            "min_s": self.min,
-            "max_s": self.max,
-        }
+        stats = _record(self, ("median", "q25", "q75", "iqr", "min", "max"), "_s")
+        return {"times_s": list(self.times), "number": self.number, **stats}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,15 +119,8 @@ class Comparison:
         return _quantile(sorted(self.ratios), 0.75)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "a": self.a.to_dict(),
-            "b": self.b.to_dict(),
-            "ratios": list(self.ratios),
-            "median_ratio": self.median_ratio,
-            "ratio_q25": self.ratio_q25,
-            "ratio_q75": self.ratio_q75,
-            "speedup": self.speedup,
-        }
+        stats = _record(self, ("median_ratio", "ratio_q25", "ratio_q75", "speedup"))
+        return {"a": self.a.to_dict(), "b": self.b.to_dict(), "ratios": list(self.ratios), **stats}
 
 
 class ExternalTimer:
