@@ -310,7 +310,7 @@ def test_bench_command_end_to_end(tmp_path):
     assert m["allocator"].startswith("glibc malloc (tuned") or "LD_PRELOAD" in m["allocator"]
     rows = result["rows"]
     sections = {r["section"].split()[0] for r in rows}
-    assert {"0", "1", "2", "3", "4", "5", "6", "7", "8", "memory"} <= sections
+    assert {"0", "1", "2", "3", "4", "5", "6", "7", "8", "13", "memory"} <= sections
     errors = [(r["section"], r["note"]) for r in rows if r["status"] == "error"]
     assert errors == []
     keys = {"workload", "jaxreg", "baseline", "jaxreg_value", "baseline_value", "ratio", "ratios", "unit", "status"}
