@@ -122,14 +122,14 @@ def make_sweep_run(num_values: int, num_steps: int, group: int | None = None):
                 (params, opt_state),
                 train,
                 val,
-                key=jax.random.key(1),
+                rng=jax.random.key(1),
                 num_steps=num_steps,
                 batch_size=BATCH,
                 eval_every=EVAL_EVERY if num_steps % EVAL_EVERY == 0 else num_steps,
                 num_members=n,
                 progress=False,
             )
-            finals.append(np.asarray(result.history.val_loss[-1]))
+            finals.append(np.asarray(result.history.val_loss[:, -1]))  # (members, evals): the last evaluation
         return np.concatenate(finals)
 
     return run
@@ -153,7 +153,7 @@ def make_separate_runs(num_values: int, num_steps: int):
                 state,
                 train,
                 val,
-                key=jax.random.key(1),
+                rng=jax.random.key(1),
                 num_steps=num_steps,
                 batch_size=BATCH,
                 eval_every=EVAL_EVERY if num_steps % EVAL_EVERY == 0 else num_steps,
