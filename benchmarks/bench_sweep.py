@@ -1,4 +1,16 @@
-"""Comparison 13: a learning-rate sweep as one ``jr.fit`` against one ``jr.fit`` per value.
+"""Comparison 13 (section "sweep"): sweeps as one program, compaction and successive halving.
+
+(a) A learning-rate sweep as one ``jr.fit`` against one ``jr.fit`` per value (below). (b) Member
+compaction: a ``POP_PLAN`` population (64 members in quick and full mode, learning rates
+log-spaced over ``POP_LR``, early-stopping patience cycling over ``PATIENCE`` evaluations, so
+members stop at spread-out times) as ``jr.fit`` with compaction (the default) against
+``compact=False``; warm wall time in interleaved pairs (after one cold call of each side, whose
+compile-included times are reported too), the member-steps computed
+(``FitResult.member_steps_computed``) and the fraction saved. Target >= 1.8x. (c) Successive
+halving: the same population without early stopping, ``jr.SuccessiveHalving(eta=2)`` with the
+first rung at 1/32 of the evaluations, against the full grid: the ratio is the grid's
+member-steps over the halving run's (target >= 2.86, i.e. at most 35%), with the best surviving
+member's best validation loss beside the grid's best.
 
 Digits split 1437 train / 360 validation (a fixed shuffle), MLP 64-256-256-10, batch 128,
 Adam, L2 on the kernels and dropout 0.5, an evaluation every ``EVAL_EVERY`` steps, no early
@@ -15,7 +27,7 @@ as a new process would), in alternation (A B, B A, ...); the ratio is the median
 wall-time ratios. JAX's own compile time inside each call (``jr.benchmark.compile_log``) is
 reported beside it. Target: >= 3x.
 
-Standalone: ``python -m benchmarks.bench_sweep [--quick | --tiny] [--json PATH]`` (it re-runs
+Standalone: ``python -m benchmarks.bench_sweep [--quick | --tiny] [--json PATH]`` (all three parts) (it re-runs
 itself with the glibc malloc tuning of ``common.MALLOC_TUNING`` unless an allocator
 setting is already in the environment, as ``benchmarks.run`` does).
 """
@@ -27,6 +39,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -109,14 +122,14 @@ def make_sweep_run(num_values: int, num_steps: int, group: int | None = None):
                 (params, opt_state),
                 train,
                 val,
-                key=jax.random.key(1),
+                rng=jax.random.key(1),
                 num_steps=num_steps,
                 batch_size=BATCH,
                 eval_every=EVAL_EVERY if num_steps % EVAL_EVERY == 0 else num_steps,
                 num_members=n,
                 progress=False,
             )
-            finals.append(np.asarray(result.history.val_loss[-1]))
+            finals.append(np.asarray(result.history.val_loss[:, -1]))  # (members, evals): the last evaluation
         return np.concatenate(finals)
 
     return run
@@ -140,7 +153,7 @@ def make_separate_runs(num_values: int, num_steps: int):
                 state,
                 train,
                 val,
-                key=jax.random.key(1),
+                rng=jax.random.key(1),
                 num_steps=num_steps,
                 batch_size=BATCH,
                 eval_every=EVAL_EVERY if num_steps % EVAL_EVERY == 0 else num_steps,
@@ -161,6 +174,17 @@ def _timed(fn):
 
 
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
+    """The section "sweep": (a) the lr sweep as one fit, (b) member compaction, (c) successive halving."""
+    rows = run_lr_sweep(settings, ctx)
+    for part in (run_compaction, run_pruning):
+        if getattr(jr, "SuccessiveHalving", None) is None:
+            break
+        rows.append(part(settings))
+    return rows
+
+
+def run_lr_sweep(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
+    """(a) a learning-rate sweep as one jr.fit against one jr.fit per value, compile included."""
     del ctx
     num_values, num_steps, rounds = PLAN[settings.mode]
     workload = f"{num_values}-value lr sweep x {num_steps} steps, digits MLP, Adam"
@@ -245,11 +269,218 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------------------- compaction and pruning
+
+# mode -> (members, steps, eval_every, timed pairs after a warm-up of each side)
+POP_PLAN = {"tiny": (8, 40, 5, 1), "quick": (64, 200, 10, 1), "full": (64, 600, 10, 2)}
+POP_LR = (1e-3, 1e-1)  # the members' learning rates, log-spaced: fast ones overfit and stop first
+PATIENCE = (1, 4)  # and their patience in evaluations, cycling (a spread of stopping times)
+COMPACT_TARGET = ">= 1.8"
+PRUNE_TARGET = ">= 2.86 (member-steps <= 35% of the grid's)"
+
+
+def _population(num_members: int):
+    """Stacked params and jr.sweepable(optax.adam) states, one learning rate per member."""
+    lrs = jnp.asarray(np.geomspace(*POP_LR, num_members).astype(np.float32))
+    params0 = common.init_mlp(jax.random.key(0))
+    params = jax.tree.map(lambda a: jnp.stack([a] * num_members), params0)
+    make = jr.sweepable(optax.adam)
+    opt_state = jax.vmap(lambda p, lr: make(learning_rate=lr).init(p))(params, lrs)
+    return (params, opt_state), make, np.asarray(lrs)
+
+
+def _patience(num_members: int) -> np.ndarray:
+    lo, hi = PATIENCE
+    return (lo + np.arange(num_members) % (hi - lo + 1)).astype(np.int32)
+
+
+def make_population_fit(mode: str, **options):
+    """A function running one ``jr.fit`` of the population with ``options`` (the step functions
+    are built once, so repeated calls reuse the compiled programs, as a long-lived process does)."""
+    num_members, num_steps, eval_every, _ = POP_PLAN[mode]
+    train, val = _split()
+    state, make, lrs = _population(num_members)
+    step_fn, eval_fn = _fns(make(learning_rate=common.LR))
+
+    def snapshot_fn(state):
+        return state[0]
+
+    def run():
+        return jr.fit(
+            step_fn,
+            eval_fn,
+            state,
+            train,
+            val,
+            rng=jax.random.key(1),
+            num_steps=num_steps,
+            batch_size=BATCH,
+            eval_every=eval_every,
+            num_members=num_members,
+            snapshot_fn=snapshot_fn,
+            progress=False,
+            **options,
+        )
+
+    return run, lrs
+
+
+def _timed_result(fn):
+    with jr.benchmark.compile_log() as log:
+        t0 = time.perf_counter()
+        result = fn()
+        jax.block_until_ready(result.state)
+        wall = time.perf_counter() - t0
+    return wall, log.total_s, result
+
+
+def _paired(sides: dict[str, Any], pairs: int):
+    """A cold call of each side (compile included), then ``pairs`` interleaved warm pairs."""
+    cold = {name: _timed_result(fn) for name, fn in sides.items()}
+    walls: dict[str, list[float]] = {k: [] for k in sides}
+    results = {k: v[2] for k, v in cold.items()}
+    order = list(sides.items())
+    for r in range(pairs):
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            wall, _, results[name] = _timed_result(fn)
+            walls[name].append(wall)
+    return cold, walls, results
+
+
+def _stop_evals(result) -> np.ndarray:
+    """The evaluation (1-based) after which each member had stopped (the run's last for those that never did)."""
+    stopped = np.asarray(result.history.stopped)
+    first = np.argmax(stopped, axis=1) + 1
+    return np.where(stopped.any(axis=1), first, stopped.shape[1])
+
+
+def run_compaction(settings: Settings) -> Row:
+    """(b) early stopping at spread-out times: jr.fit with member compaction against compact=False."""
+    mode = settings.mode
+    num_members, num_steps, eval_every, pairs = POP_PLAN[mode]
+    stopper = jr.EarlyStopping(patience=jnp.asarray(_patience(num_members)))
+    workload = (
+        f"{num_members}-member lr sweep ({POP_LR[0]:g}..{POP_LR[1]:g}) x {num_steps} steps with early stopping "
+        f"(patience {PATIENCE[0]}..{PATIENCE[1]} evals of {eval_every} steps), digits MLP, Adam"
+    )
+    compact, _ = make_population_fit(mode, early_stopping=stopper)
+    full, _ = make_population_fit(mode, early_stopping=stopper, compact=False)
+    cold, walls, res = _paired({"compact": compact, "full": full}, pairs)
+    ratios = [b / a for a, b in zip(walls["compact"], walls["full"])]
+    ta, tb = jr.benchmark.Timing(tuple(walls["compact"])), jr.benchmark.Timing(tuple(walls["full"]))
+    steps_c, steps_f = res["compact"].member_steps_computed, res["full"].member_steps_computed
+    saved = 1.0 - steps_c / steps_f
+    stops = _stop_evals(res["compact"])
+    same = bool(np.array_equal(stops, _stop_evals(res["full"])))
+    diff = max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(res["compact"].state[0]), jax.tree.leaves(res["full"].state[0]))
+    )
+    q = np.quantile(stops, [0.1, 0.5, 0.9]) * eval_every
+    cold_ratio = cold["full"][0] / cold["compact"][0]
+    return Row(
+        "13 sweep",
+        workload,
+        "jr.fit, member compaction (default)",
+        "jr.fit(compact=False)",
+        unit="runs/s",
+        jaxreg_value=1.0 / ta.median,
+        baseline_value=1.0 / tb.median,
+        ratio=float(np.median(ratios)),
+        ratio_q25=float(np.quantile(ratios, 0.25)),
+        ratio_q75=float(np.quantile(ratios, 0.75)),
+        ratios=ratios,
+        jaxreg_rel_iqr=ta.rel_iqr,
+        baseline_rel_iqr=tb.rel_iqr,
+        target=COMPACT_TARGET,
+        note=(
+            f"warm wall time, {pairs} interleaved pair(s): {np.median(walls['compact']):.1f} s vs "
+            f"{np.median(walls['full']):.1f} s; member-steps {steps_c:,} vs {steps_f:,} ({saved:.0%} saved); "
+            f"members stop after {q[0]:.0f} / {q[1]:.0f} / {q[2]:.0f} steps (10/50/90%); cold (compile incl.) "
+            f"{cold['compact'][0]:.1f} s (compile {cold['compact'][1]:.1f} s) vs {cold['full'][0]:.1f} s "
+            f"(compile {cold['full'][1]:.1f} s) = {cold_ratio:.2f}x; same stops {same}, max |param diff| {diff:.1e}"
+        ),
+        extra={
+            "wall_s": walls,
+            "cold_wall_s": {k: v[0] for k, v in cold.items()},
+            "cold_compile_s": {k: v[1] for k, v in cold.items()},
+            "member_steps_computed": {"compact": steps_c, "full": steps_f},
+            "fraction_saved": saved,
+            "stop_step": (stops * eval_every).tolist(),
+            "same_stops": same,
+            "max_param_diff": diff,
+        },
+    )
+
+
+def _best_val(result) -> np.ndarray:
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows cannot happen: every member evaluates once
+        return np.nanmin(np.asarray(result.history.val_loss), axis=1)
+
+
+def run_pruning(settings: Settings) -> Row:
+    """(c) successive halving (eta = 2) against the full grid: member-steps and the best val loss."""
+    mode = settings.mode
+    num_members, num_steps, eval_every, _ = POP_PLAN[mode]
+    num_evals = num_steps // eval_every
+    first_rung = max(1, num_evals // 32)
+    sh = jr.SuccessiveHalving(eta=2, first_rung=first_rung)
+    workload = (
+        f"{num_members}-member lr sweep ({POP_LR[0]:g}..{POP_LR[1]:g}) x {num_steps} steps, successive halving "
+        f"eta 2 at evals {', '.join(map(str, sh.rungs(num_evals)))} (of {eval_every} steps), digits MLP, Adam"
+    )
+    pruned, lrs = make_population_fit(mode, prune=sh)
+    grid, _ = make_population_fit(mode)
+    (w_sh, c_sh, r_sh), (w_grid, c_grid, r_grid) = _timed_result(pruned), _timed_result(grid)
+    warm_sh = _timed_result(pruned)[0]  # the halving run's programs compiled: its run time alone
+    steps_sh, steps_grid = r_sh.member_steps_computed, r_grid.member_steps_computed
+    best_sh, best_grid = _best_val(r_sh), _best_val(r_grid)
+    survivors = np.flatnonzero(~np.asarray(r_sh.history.stopped)[:, -1])
+    s = survivors[int(np.argmin(best_sh[survivors]))] if survivors.size else int(np.nanargmin(best_sh))
+    g = int(np.nanargmin(best_grid))
+    rank = int(np.sum(best_grid < best_grid[s]))  # grid members better than the survivor (0: it is the grid's best)
+    return Row(
+        "13 sweep",
+        workload,
+        f"jr.fit(prune=jr.SuccessiveHalving(eta=2, first_rung={first_rung}))",
+        "jr.fit, the full grid",
+        unit="member-steps",
+        jaxreg_value=float(steps_sh),
+        baseline_value=float(steps_grid),
+        ratio=steps_grid / steps_sh,
+        ratio_q25=steps_grid / steps_sh,  # a count, not a timing: no spread
+        ratio_q75=steps_grid / steps_sh,
+        ratios=[steps_grid / steps_sh],
+        target=PRUNE_TARGET,
+        note=(
+            f"member-steps {steps_sh:,} = {steps_sh / steps_grid:.1%} of the grid's {steps_grid:,}; best survivor "
+            f"lr {lrs[s]:.2g}: best val loss {best_sh[s]:.4f} (the grid's run of it {best_grid[s]:.4f}, rank "
+            f"{rank + 1} of {num_members}) vs the grid's best lr {lrs[g]:.2g}: {best_grid[g]:.4f}; one run each, "
+            f"wall incl. compile {w_sh:.1f} s (compile {c_sh:.1f} s, {len(sh.rungs(num_evals)) + 1} stack sizes) vs "
+            f"{w_grid:.1f} s (compile {c_grid:.1f} s); halving again, compiled: {warm_sh:.1f} s"
+        ),
+        extra={
+            "member_steps_computed": {"halving": steps_sh, "grid": steps_grid},
+            "fraction": steps_sh / steps_grid,
+            "survivors": survivors.tolist(),
+            "survivor_lr": float(lrs[s]),
+            "survivor_best_val_loss": float(best_sh[s]),
+            "grid_best_lr": float(lrs[g]),
+            "grid_best_val_loss": float(best_grid[g]),
+            "grid_best_val_loss_by_member": best_grid.tolist(),
+            "wall_s": {"halving": w_sh, "grid": w_grid, "halving_compiled": warm_sh},
+            "compile_s": {"halving": c_sh, "grid": c_grid},
+            "rungs": list(sh.rungs(num_evals)),
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="benchmarks.bench_sweep", description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_true", help="16 values x 200 steps, 1 pair")
-    g.add_argument("--tiny", action="store_true", help="4 values x 40 steps, 1 pair (a smoke run)")
+    g.add_argument("--quick", action="store_true", help="16 values x 200 steps; 64 members x 200 steps; 1 pair")
+    g.add_argument("--tiny", action="store_true", help="4 values x 40 steps; 8 members x 40 steps (a smoke run)")
     p.add_argument("--json", help="write the row as JSON here")
     p.add_argument("--no-tune-malloc", action="store_true", help="keep the current allocator")
     args = p.parse_args(argv)
@@ -260,9 +491,10 @@ def main(argv: list[str] | None = None) -> None:
     mode = "tiny" if args.tiny else ("quick" if args.quick else "full")
     rows = run(Settings.for_mode(mode), {})
     for row in rows:
+        spread = f" [{row.ratio_q25:.2f}, {row.ratio_q75:.2f}]" if row.ratio_q25 is not None else ""
         print(
-            f"{row.section} | {row.workload} | {row.jaxreg} vs {row.baseline} | ratio {row.ratio:.2f}x "
-            f"[{row.ratio_q25:.2f}, {row.ratio_q75:.2f}] (target {row.target}) | {row.note}"
+            f"{row.section} | {row.workload} | {row.jaxreg} vs {row.baseline} | ratio {row.ratio:.2f}x{spread} "
+            f"(target {row.target or '-'}) | {row.note}"
         )
     print(f"allocator: {common.allocator()}; machine: {common.machine()}")
     if args.json:

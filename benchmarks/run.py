@@ -50,6 +50,7 @@ SECTIONS = (
     ("torch", "benchmarks.bench_torch"),
     ("mc_dropout", "benchmarks.bench_mc_dropout"),
     ("training", "benchmarks.bench_training"),
+    ("sweep", "benchmarks.bench_sweep"),
     ("es", "benchmarks.bench_es"),
     ("memory", "benchmarks.bench_memory"),
     ("gpu", "benchmarks.bench_gpu"),

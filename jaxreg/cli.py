@@ -180,8 +180,12 @@ def _parser() -> Parser:
     )
     sw = sub.add_parser(
         "sweep",
-        help="one regularizer over a range of strengths, as one vmap",
-        description="Trains one member per strength (plus an unregularized baseline) as one vmapped program.",
+        help="one regularizer, or the learning rate or Adam's b1, over a range of values, as one vmap",
+        description=(
+            "Trains one member per value (plus an unregularized baseline at the default learning rate and b1) as "
+            "one vmapped program: penalty scales, dropout rates, the learning rate (--reg lr), decoupled weight "
+            "decay (--reg wd) and Adam's b1 (--reg b1) are all per-member leaves, so a new value never recompiles."
+        ),
     )
     _common(
         sw,
@@ -192,16 +196,20 @@ def _parser() -> Parser:
         },
     )
     ranges = ", ".join(f"{k} {lo:g}..{hi:g}" for k, (lo, hi, _) in sweep.RANGES.items())
-    sw.add_argument("--reg", default="l2", choices=list(sweep.REGULARIZERS), help="regularizer (default l2)")
-    sw.add_argument("--min", type=_number, dest="low", help=f"smallest strength (default by regularizer: {ranges})")
-    sw.add_argument("--max", type=_number, dest="high", help="largest strength (default by regularizer, as above)")
+    choices = "; ".join(f"{k}: {label}" for k, (_, label) in sweep.REGULARIZERS.items())
+    linear = ", ".join(k for k, (_, _, lin) in sweep.RANGES.items() if lin)
+    sw.add_argument(
+        "--reg", default="l2", choices=list(sweep.REGULARIZERS), help=f"what to sweep ({choices}) (default l2)"
+    )
+    sw.add_argument("--min", type=_number, dest="low", help=f"smallest value (default by --reg: {ranges})")
+    sw.add_argument("--max", type=_number, dest="high", help="largest value (default by --reg, as above)")
     sw.add_argument(
         "--num",
         type=_positive_int,
-        help=f"number of strengths (default {sweep.DEFAULTS['num']}; with --quick {sweep.QUICK['num']})",
+        help=f"number of values (default {sweep.DEFAULTS['num']}; with --quick {sweep.QUICK['num']})",
     )
     sw.add_argument(
-        "--linear", action="store_true", help="evenly spaced strengths (default: log-spaced; dropout: linear)"
+        "--linear", action="store_true", help=f"evenly spaced values (default: log-spaced; {linear}: linear)"
     )
     sub.add_parser(
         "bench",
@@ -300,6 +308,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     split = _load(args)
     try:
         values = sw.strengths(low, high, num, log=not (args.linear or linear))
+        sw.check_values(args.reg, values)  # before the output folder is made
         out = _out_dir(args)
         _prepare_out(out)
         results = sw.sweep(

@@ -340,4 +340,4 @@ def test_bench_command_one_section_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_bench_command_end_to_end(tmp_path):
     """Every section through the command (minutes on 2 cores: `python -m pytest -m slow`)."""
-    _check_bench_json(_bench_json(tmp_path), {"0", "1", "2", "3", "4", "5", "6", "7", "8", "memory"})
+    _check_bench_json(_bench_json(tmp_path), {"0", "1", "2", "3", "4", "5", "6", "7", "8", "13", "memory"})

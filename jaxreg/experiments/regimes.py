@@ -3,7 +3,8 @@
 A *member* is one network with its own hyperparameters, carried as array leaves of
 :class:`Hyper`: coupled L2 scale, L1 scale (proximal step), decoupled weight decay, max-norm
 bound, dropout rate, hidden activation (ReLU or sigmoid) and a bootstrap weight per training
-example, its learning rate, a spectral-norm bound and a SAM radius. Every member runs the same
+example, its learning rate, a spectral-norm bound, a SAM radius and Adam's ``b1`` (a leaf of the
+optimizer state through :func:`jaxreg.sweepable` when some member sets one). Every member runs the same
 optimizer chain
 
 .. code-block:: python
@@ -49,6 +50,7 @@ import jaxreg as jr
 PyTree = Any
 
 __all__ = [
+    "ADAM_B1",
     "NO_MAX_NORM",
     "NO_SPECTRAL_NORM",
     "Config",
@@ -105,6 +107,7 @@ class Hyper(NamedTuple):
     lr: jax.Array  # learning rate (NaN in stack_hypers' output: Config.learning_rate, filled by train)
     spectral: jax.Array  # bound on each kernel's largest singular value (NO_SPECTRAL_NORM: none)
     sam_rho: jax.Array  # SAM radius (> 0: trained in the SAM program, two gradients per step)
+    b1: jax.Array  # Adam's b1 (NaN in stack_hypers' output: optax's default, see train)
 
 
 @dataclasses.dataclass
@@ -123,6 +126,7 @@ class Member:
     lr: float | None = None  # None: the run's learning rate (Config.learning_rate)
     spectral: float = NO_SPECTRAL_NORM
     sam_rho: float = 0.0
+    b1: float | None = None  # None: Adam's own default b1 (0.9); a value makes b1 a state leaf
 
 
 def stack_hypers(members: list[Member], seed: int, num_train: int) -> Hyper:
@@ -135,7 +139,10 @@ def stack_hypers(members: list[Member], seed: int, num_train: int) -> Hyper:
     def f(attr: str) -> jax.Array:
         return jnp.asarray([float(getattr(m, attr)) for m in members], jnp.float32)
 
-    lr = jnp.asarray([math.nan if m.lr is None else float(m.lr) for m in members], jnp.float32)
+    def or_nan(attr: str) -> jax.Array:
+        return jnp.asarray(
+            [math.nan if getattr(m, attr) is None else float(getattr(m, attr)) for m in members], jnp.float32
+        )
 
     return Hyper(
         l2=f("l2"),
@@ -146,9 +153,10 @@ def stack_hypers(members: list[Member], seed: int, num_train: int) -> Hyper:
         sigmoid=f("sigmoid"),
         weights=jnp.stack(weights),
         init=jnp.asarray([m.init for m in members], jnp.int32),
-        lr=lr,
+        lr=or_nan("lr"),
         spectral=f("spectral"),
         sam_rho=f("sam_rho"),
+        b1=or_nan("b1"),
     )
 
 
@@ -207,11 +215,24 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _optimizer(h: Hyper, lr: Any, *, swa_start: int = 0, swa_every: int = 1, spectral_iters: int = 1):
-    """The members' chain; ``lr`` is ``h.lr`` in :func:`train` (a float gives the same numbers)."""
+ADAM_B1 = 0.9
+"""optax's default ``b1`` of ``scale_by_adam``: a member's ``b1`` when it has none of its own."""
+
+
+def _optimizer(
+    h: Hyper, lr: Any, *, swa_start: int = 0, swa_every: int = 1, spectral_iters: int = 1, b1_leaf: bool = False
+):
+    """The members' chain; ``lr`` is ``h.lr`` in :func:`train` (a float gives the same numbers).
+
+    With ``b1_leaf``, Adam is ``jr.sweepable(optax.scale_by_adam)(b1=h.b1)``: each member's
+    ``b1`` is a leaf of its optimizer state (``state.hyperparams["b1"]``), read by ``update``;
+    without it, plain ``optax.scale_by_adam()`` (optax's Python default, the numbers of a run
+    where no member sets ``b1``).
+    """
     kernels = jr.masks.kernels
+    adam = jr.sweepable(optax.scale_by_adam)(b1=h.b1) if b1_leaf else optax.scale_by_adam()
     return optax.chain(
-        optax.scale_by_adam(),
+        adam,
         jr.add_penalty_grad(jr.l2(h.wd / 2.0, mask=kernels)),
         optax.scale_by_learning_rate(lr),
         jr.proximal(jr.l1(h.l1, mask=kernels), lr),
@@ -285,17 +306,22 @@ def train(
     as data: nobody is stopped, so the early-stopping regime can be read off any member).
     Members with ``sam_rho > 0`` are trained as a second program of the same schedule whose
     gradient is :func:`jaxreg.sam_gradient`'s; the results are merged back into member order.
-    A NaN learning rate (a member without its own) becomes ``config.learning_rate``.
+    A NaN learning rate (a member without its own) becomes ``config.learning_rate``. When some
+    member has its own ``b1``, Adam's ``b1`` is a state leaf of every member (NaN becomes optax's
+    default :data:`ADAM_B1`); when none has, the chain is plain ``optax.scale_by_adam()``.
     ``echo`` (e.g. ``print``) receives a status line before each program compiles.
     """
     lr = np.asarray(hyper.lr, np.float32)
     hyper = hyper._replace(lr=jnp.asarray(np.where(np.isnan(lr), np.float32(config.learning_rate), lr)))
+    b1 = np.asarray(hyper.b1, np.float32)
+    b1_leaf = not bool(np.all(np.isnan(b1)))
+    hyper = hyper._replace(b1=jnp.asarray(np.where(np.isnan(b1), np.float32(ADAM_B1), b1)))
     sam = np.asarray(hyper.sam_rho) > 0
     groups = [(g, flag) for g, flag in ((np.flatnonzero(~sam), False), (np.flatnonzero(sam), True)) if g.size]
     parts = []
     for idx, use_sam in groups:
         sub = jax.tree.map(lambda a, i=idx: a[i], hyper)
-        parts.append((idx, _train_program(config, sub, data, num_classes, seed, progress, echo, use_sam)))
+        parts.append((idx, _train_program(config, sub, data, num_classes, seed, progress, echo, use_sam, b1_leaf)))
     if len(parts) == 1:
         return parts[0][1]
     order = np.concatenate([idx for idx, _ in parts])
@@ -330,6 +356,7 @@ def _train_program(
     progress: bool,
     echo: Any,
     sam: bool,
+    b1_leaf: bool = False,
 ) -> Trained:
     """One ``jr.fit`` program over the members of ``hyper`` (SAM's gradient when ``sam``)."""
     x_tr = jnp.asarray(data["x_train"])
@@ -342,7 +369,12 @@ def _train_program(
 
     def optimizer(h: Hyper) -> optax.GradientTransformation:
         return _optimizer(
-            h, h.lr, swa_start=swa_start, swa_every=int(config.swa_every), spectral_iters=config.spectral_iters
+            h,
+            h.lr,
+            swa_start=swa_start,
+            swa_every=int(config.swa_every),
+            spectral_iters=config.spectral_iters,
+            b1_leaf=b1_leaf,
         )
 
     def data_loss(params, h: Hyper, x, y, weights, rng):

@@ -1,8 +1,13 @@
-"""``jaxreg sweep``: one regularizer over a range of strengths, trained as one vmapped program.
+"""``jaxreg sweep``: one regularizer or optimizer hyperparameter over a range, as one vmapped program.
 
-Each strength is a member whose leaf holds that value (times ``replicates`` members with
-different initializations), plus one unregularized baseline member; all of them train together
-through :func:`jaxreg.experiments.regimes.train`.
+Each value is a member whose leaf holds it (times ``replicates`` members with different
+initializations), plus one baseline member (no regularization, the run's learning rate, Adam's
+default ``b1``); all of them train together through :func:`jaxreg.experiments.regimes.train`.
+The optimizer hyperparameters are leaves like the penalty scales: ``--reg lr`` sets each
+member's learning rate (a leaf of its training state, read by ``optax.scale_by_learning_rate``
+and the proximal step), ``--reg b1`` Adam's first-moment decay (``jr.sweepable(
+optax.scale_by_adam)(b1=...)``, a leaf of the optimizer state), ``--reg wd`` the decoupled
+weight decay; a new value is new data, never a new program.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from jaxreg import data as jdata
 from jaxreg.experiments import files, report
 from jaxreg.experiments import regimes as R
 
-__all__ = ["DEFAULTS", "QUICK", "RANGES", "REGULARIZERS", "strengths", "sweep"]
+__all__ = ["DEFAULTS", "QUICK", "RANGES", "REGULARIZERS", "check_values", "strengths", "sweep"]
 
 REGULARIZERS = {
     "l2": ("l2", "coupled L2 scale (in the loss)"),
@@ -24,8 +29,10 @@ REGULARIZERS = {
     "l1": ("l1", "L1 scale (proximal step)"),
     "max_norm": ("max_norm", "max-norm bound per unit"),
     "dropout": ("dropout", "dropout rate of hidden units"),
+    "lr": ("lr", "learning rate (Adam)"),
+    "b1": ("b1", "Adam's b1 (first-moment decay)"),
 }
-"""``--reg`` choices: the :class:`~jaxreg.experiments.regimes.Member` field each one sets."""
+"""``--reg`` choices: the :class:`~jaxreg.experiments.regimes.Member` field each one sets, its label."""
 
 RANGES = {
     "l2": (1e-5, 1e-1, False),
@@ -33,6 +40,8 @@ RANGES = {
     "l1": (0.01, 1.0, False),
     "max_norm": (0.25, 4.0, False),
     "dropout": (0.0, 0.8, True),
+    "lr": (1e-4, 1e-2, False),
+    "b1": (0.5, 0.99, True),
 }
 """Default ``(min, max, linear)`` of each regularizer's strengths."""
 
@@ -57,7 +66,8 @@ def strengths(low: float, high: float, num: int, *, log: bool = True) -> list[fl
     return [float(v) for v in values]
 
 
-def _check_values(reg: str, values: list[float]) -> None:
+def check_values(reg: str, values: list[float]) -> None:
+    """Raises ``ValueError`` naming ``reg`` and the first value outside its domain."""
     for v in values:
         if not np.isfinite(v) or v < 0:
             raise ValueError(f"{reg} strengths must be finite and >= 0, got {v}.")
@@ -65,6 +75,10 @@ def _check_values(reg: str, values: list[float]) -> None:
             raise ValueError(f"max_norm bounds must be > 0, got {v}.")
         if reg == "dropout" and v >= 1:
             raise ValueError(f"dropout rates must be in [0, 1), got {v}.")
+        if reg == "lr" and v <= 0:
+            raise ValueError(f"learning rates (lr) must be > 0, got {v}.")
+        if reg == "b1" and v >= 1:
+            raise ValueError(f"Adam's b1 values must be in [0, 1), got {v}.")
 
 
 def sweep(
@@ -82,10 +96,25 @@ def sweep(
     progress: bool = True,
     echo: Any = print,
 ) -> dict[str, Any]:
-    """Trains ``len(values) * replicates + 1`` members as one program and writes the results."""
+    """Trains ``len(values) * replicates + 1`` members as one program and writes the results.
+
+    Args:
+      reg: a key of :data:`REGULARIZERS` (``"lr"``, ``"b1"``: optimizer hyperparameters).
+      values: the values swept, in their domain (``lr > 0``, ``b1`` in ``[0, 1)``, rates in
+        ``[0, 1)``, scales ``>= 0``).
+      learning_rate: every member's learning rate but an ``lr`` sweep's swept members (the
+        baseline's too).
+
+    Returns:
+      The results written to ``sweep.json`` (``rows``: the baseline first, then one per value).
+
+    Raises:
+      ValueError: naming ``reg`` or the first value outside its domain, before anything is
+        compiled.
+    """
     if reg not in REGULARIZERS:
         raise ValueError(f"unknown regularizer, got reg = {reg!r}; choose one of {', '.join(REGULARIZERS)}.")
-    _check_values(reg, values)
+    check_values(reg, values)
     field, label = REGULARIZERS[reg]
     os.makedirs(out_dir, exist_ok=True)
     members = [R.Member("none", init=r) for r in range(replicates)]

@@ -1,0 +1,194 @@
+"""``jaxreg sweep --reg lr / wd / b1``: optimizer hyperparameters swept as one program.
+
+Each swept member is checked against an independent computation: plain ``optax.adam`` with the
+member's value as a Python float, on the same MLP, data and initialization, full batch. The
+bad-range checks go through ``jaxreg.cli.main`` (one line on stderr, exit status 2).
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxreg import cli, training
+from jaxreg.experiments import files
+from jaxreg.experiments import regimes as R
+from jaxreg.experiments import sweep as sw
+
+EPS = float(np.finfo(np.float32).eps)
+SEED = 0
+STEPS = 10
+HIDDEN = 8
+
+
+@pytest.fixture(scope="module")
+def split():
+    return files.load_data("digits", seed=SEED, train_size=120, val_size=60)
+
+
+def _sweep(reg, values, split, out, monkeypatch):
+    """Runs ``sw.sweep`` and returns its results with the members' trained params (from R.train)."""
+    captured = {}
+    train = R.train
+
+    def spy(*args, **kwargs):
+        captured["trained"] = train(*args, **kwargs)
+        return captured["trained"]
+
+    monkeypatch.setattr(R, "train", spy)
+    compiled = training._run_chunk._cache_size()
+    res = sw.sweep(
+        reg,
+        values,
+        split,
+        str(out),
+        seed=SEED,
+        steps=STEPS,
+        hidden=HIDDEN,
+        eval_every=5,
+        progress=False,
+        echo=lambda *a: None,
+    )
+    return res, captured["trained"], training._run_chunk._cache_size() - compiled
+
+
+def _optax_run(split, opt):
+    """``STEPS`` full-batch steps of ``opt`` alone: the member's computation without the sweep."""
+    sizes = (split.num_features, HIDDEN, HIDDEN, split.num_classes)
+    p = jax.tree.map(jnp.asarray, R.init_params(SEED, 0, sizes))
+    x, y = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
+
+    def loss(params):
+        logits = R.apply(params, x, jnp.zeros([], jnp.float32))
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+    @jax.jit
+    def run(p):
+        with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam: float ** int32
+            state = opt.init(p)
+        for _ in range(STEPS):
+            g = jax.grad(loss)(p)
+            with jax.numpy_dtype_promotion("standard"):  # as above
+                u, state = opt.update(g, state, p)
+            p = optax.apply_updates(p, u)
+        return p
+
+    return run(p)
+
+
+def _member(tree, i):
+    return jax.tree.map(lambda a: np.asarray(a)[i], tree)
+
+
+def _max_diff(a, b):
+    return max(
+        float(np.max(np.abs(np.asarray(u) - np.asarray(v)))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+def test_lr_sweep_members_are_separate_optax_adam_runs_in_one_program(split, tmp_path, monkeypatch):
+    lrs = [3e-4, 3e-3]
+    res, trained, compiles = _sweep("lr", lrs, split, tmp_path, monkeypatch)
+    assert compiles == 1 and trained.programs == 1  # every value in one compiled chunk program
+    assert [r["name"] for r in res["rows"]] == ["none", "lr=0.0003", "lr=0.003"]
+    assert res["regularizer"] == "lr" and res["values"] == lrs
+    on_disk = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["strength"] for r in on_disk["rows"]] == [None, *lrs]
+    finals = []
+    for i, lr in enumerate([1e-3, *lrs]):  # the baseline runs at the sweep's default learning rate
+        want = _optax_run(split, optax.adam(lr))
+        got = _member(trained.final, i)
+        # The same arithmetic up to how XLA vectorizes the vmapped matmuls (float32 rounding of the
+        # gradient); Adam normalizes the update, so each step adds at most ~lr of that rounding.
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            tol = STEPS * 4 * EPS * (np.max(np.abs(np.asarray(b))) + lr)
+            np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+        finals.append(want)
+    # not vacuous: the members' own learning rates move them far apart
+    assert _max_diff(finals[1], finals[2]) > 1e3 * STEPS * 4 * EPS
+
+
+@pytest.mark.slow  # a second compile of the sweep program (~10-20 s on 2 shared cores)
+def test_b1_sweep_members_are_separate_optax_adam_runs(split, tmp_path, monkeypatch):
+    b1s = [0.5, 0.99]
+    res, trained, compiles = _sweep("b1", b1s, split, tmp_path, monkeypatch)
+    assert compiles == 1 and trained.programs == 1
+    assert [r["name"] for r in res["rows"]] == ["none", "b1=0.5", "b1=0.99"]
+    lr = 1e-3
+    finals = []
+    for i, b1 in enumerate([R.ADAM_B1, *b1s]):
+        want = _optax_run(split, optax.adam(lr, b1=b1))
+        got = _member(trained.final, i)
+        # The vmap rounding as for lr, plus b1 as a float32 leaf: 1 - b1 is computed from the
+        # rounded b1 (relative error eps/2 * b1 / (1 - b1)), as is the bias correction 1 - b1**t
+        # (at most t times that); each of the STEPS updates (size <= lr) carries it.
+        leaf = STEPS * lr * 2 * STEPS * EPS * b1 / (1 - b1)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            tol = STEPS * 4 * EPS * (np.max(np.abs(np.asarray(b))) + lr) + leaf
+            np.testing.assert_allclose(a, b, rtol=0, atol=tol)
+        finals.append(want)
+    assert _max_diff(finals[1], finals[2]) > 1e3 * STEPS * 4 * EPS
+
+
+def test_a_run_without_b1_keeps_plain_adam():
+    # No member sets b1: the chain is optax.scale_by_adam() itself (the numbers of `jaxreg run`),
+    # not the sweepable one, whose 1 - b1 is computed from a float32 b1.
+    plain = R.stack_hypers([R.Member("none"), R.Member("l2", l2=1e-2)], SEED, 4)
+    assert np.all(np.isnan(np.asarray(plain.b1)))
+    filled = plain._replace(lr=jnp.full((2,), 1e-3, jnp.float32), b1=jnp.full((2,), R.ADAM_B1, jnp.float32))
+    h = jax.tree.map(lambda a: a[0], filled)
+    params = {"dense0": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros((3,))}}
+    with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam: float ** int32
+        adam_state = R._optimizer(h, h.lr).init(params)[0]
+        leaf_state = R._optimizer(h, h.lr, b1_leaf=True).init(params)[0]
+    assert isinstance(adam_state, optax.ScaleByAdamState)
+    assert float(leaf_state.hyperparams["b1"]) == np.float32(R.ADAM_B1)
+
+
+def test_wd_sweep_sets_the_decoupled_weight_decay():
+    assert sw.REGULARIZERS["wd"][0] == "wd"
+    values = sw.strengths(*sw.RANGES["wd"][:2], 3, log=True)
+    np.testing.assert_allclose(values, [0.1, 1.0, 10.0], rtol=1e-12)
+
+
+def test_help_lists_the_optimizer_hyperparameters_and_their_ranges(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sweep", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("lr: learning rate (Adam)", "b1: Adam's b1", "wd: decoupled weight decay", "lr 0.0001..0.01"):
+        assert text in out
+    assert "b1 0.5..0.99" in out and "dropout, b1: linear" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--reg", "b1", "--min", "0.5", "--max", "1"], "Adam's b1 values must be in [0, 1), got 1.0."),
+        (["--reg", "b1", "--min", "-0.5", "--max", "0.9"], "b1 strengths must be finite and >= 0, got -0.5."),
+        (["--reg", "lr", "--min", "0", "--max", "0.01", "--linear"], "learning rates (lr) must be > 0, got 0.0."),
+        (
+            ["--reg", "lr", "--min", "0", "--max", "0.01"],
+            "a log-spaced range needs min > 0, got min = 0.0; pass --linear for a range from 0.",
+        ),
+        (["--reg", "wd", "--min", "1", "--max", "0.1"], "the range must have min <= max, got min = 1.0, max = 0.1."),
+    ],
+)
+def test_bad_ranges_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    out = tmp_path / "o"
+    assert cli.main(["sweep", *argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"jaxreg sweep: error: {message}"]
+    assert not out.exists()  # nothing written before the values are checked
+
+
+def test_check_values_names_the_domains():
+    sw.check_values("lr", [1e-4, 1.0])
+    sw.check_values("b1", [0.0, 0.999])
+    with pytest.raises(ValueError, match=r"b1 values must be in \[0, 1\), got 1.5"):
+        sw.check_values("b1", [0.9, 1.5])
+    with pytest.raises(ValueError, match="lr strengths must be finite"):
+        sw.check_values("lr", [float("nan")])
