@@ -280,7 +280,7 @@ def test_fit_freezes_the_average_of_stopped_members(make):
         state,
         (x, y),
         None,
-        key=jax.random.key(0),
+        rng=jax.random.key(0),
         num_steps=num_steps,
         batch_size=8,
         eval_every=eval_every,
