@@ -231,7 +231,8 @@ def format_rows(result: dict[str, Any]) -> list[list[str]]:
     """Table cells: section, workload, jaxreg, value, baseline, value, unit, ratio [IQR], target, note."""
     out = []
     for r in result["rows"]:
-        if r["ratio"] is not None and r["status"] == "ok":
+        quartiles = r.get("ratio_q25") is not None and r.get("ratio_q75") is not None
+        if r["ratio"] is not None and r["status"] == "ok" and quartiles:
             ratio = f"{r['ratio']:.2f} [{r['ratio_q25']:.2f}-{r['ratio_q75']:.2f}]"
         elif r["ratio"] is not None:
             ratio = f"{r['ratio']:.2f}"

@@ -290,6 +290,32 @@ def _positive_finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
+def test_table_prints_a_ratio_without_quartiles():
+    """A count ratio (successive halving's member-steps) has no per-pair ratios, hence no IQR."""
+    from benchmarks import run
+
+    row = {
+        "section": "13 sweep",
+        "workload": "w",
+        "jaxreg": "a",
+        "baseline": "b",
+        "jaxreg_value": 2520,
+        "baseline_value": 38400,
+        "unit": "member-steps",
+        "ratio": 38400 / 2520,
+        "ratio_q25": None,
+        "ratio_q75": None,
+        "ratios": [],
+        "target": "",
+        "status": "ok",
+        "note": "",
+    }
+    paired = {**row, "ratio": 2.0, "ratio_q25": 1.5, "ratio_q75": 2.5, "ratios": [1.5, 2.0, 2.5]}
+    cells = run.format_rows({"rows": [row, paired]})
+    assert cells[0][7] == f"{38400 / 2520:.2f}"
+    assert cells[1][7] == "2.00 [1.50-2.50]"
+
+
 def _bench_json(tmp_path, *extra):
     """Runs ``jaxreg bench --tiny --json PATH`` (the runner re-executes itself with the malloc
     tuning) and returns the JSON it wrote."""
