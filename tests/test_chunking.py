@@ -152,7 +152,7 @@ def test_real_measurement_compiles_and_times_the_candidates():
     chex.assert_trees_all_close(got, jax.vmap(lambda w: jnp.tanh(w @ x))(w), rtol=0, atol=8 * 4 * EPS32)
 
 
-@pytest.mark.parametrize("chosen", [1, 2, 3, 5])
+@pytest.mark.parametrize("chosen", [1, 2, pytest.param(3, marks=pytest.mark.slow), 5])
 def test_results_do_not_depend_on_the_chunking_chosen(monkeypatch, chosen):
     # Whatever the tuner picks, ensemble.map, mc_dropout, es.gradient and variational.predict give
     # the plain vmap's answer within float32 rounding.
