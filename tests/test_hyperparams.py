@@ -365,8 +365,8 @@ def test_fit_per_member_learning_rates_and_resume(tmp_path):
 
     params = jax.tree.map(lambda a: jnp.stack([a] * 3), W0)
     state = (params, jax.vmap(lambda p, lr: make(learning_rate=lr).init(p))(params, lrs))
-    kw = dict(key=jax.random.key(4), num_steps=40, batch_size=16, eval_every=10, num_members=3, progress=False)
-    kw.update(chunk_size=20)
+    kw = dict(rng=jax.random.key(4), num_steps=40, batch_size=16, eval_every=10, num_members=3, progress=False)
+    kw.update(steps_per_chunk=20)
     result = jr.fit(step_with(opt), evaluate, state, (x, y), (x, y), **kw)
     np.testing.assert_array_equal(result.state[1].hyperparams["learning_rate"], lrs)
     for i in (0, 2):  # member i against member i of a 3-member fit of plain adam(lrs[i]): same batches, keys
