@@ -253,6 +253,7 @@ def test_flax_nnx_model_feeds_mc_dropout():
     _assert_moments_of(pred, samples, hidden=16)
 
 
+@pytest.mark.slow
 def test_chunked_mc_dropout_memory_flat_in_num_samples():
     # XLA's own accounting of temporaries: with chunk_size the peak does not grow with K,
     # with a plain vmap it grows about linearly.

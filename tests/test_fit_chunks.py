@@ -66,6 +66,7 @@ def test_a_chunk_ends_when_every_member_has_stopped(long_chunks):
         assert np.all(np.asarray(result.history.stopped[:, -1]))
 
 
+@pytest.mark.slow
 def test_default_chunks_end_at_prune_rungs(long_chunks):
     # members leave only at rungs; chunks ending at every rung compact as well as one block per chunk
     prune = jr.SuccessiveHalving(eta=2, first_rung=2)

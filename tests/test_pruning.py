@@ -281,6 +281,7 @@ VALUES = st.lists(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(
     values=VALUES,
