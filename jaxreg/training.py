@@ -329,8 +329,15 @@ class _Consts(NamedTuple):
     step_keys: jax.Array
 
 
+def _full_batch(plan: _Plan) -> bool:
+    """Every step sees the whole training set: its batch is ``train_data`` itself, no shuffle."""
+    return plan.batch_size == plan.num_examples
+
+
 def _epochs_per_block(plan: _Plan) -> int:
     """How many epochs one block of ``eval_every`` steps can touch (the slots of the permutation cache)."""
+    if _full_batch(plan):
+        return 0  # no permutation is ever drawn
     steps_per_epoch = plan.num_examples // plan.batch_size
     return (plan.eval_every - 1) // steps_per_epoch + 2
 
@@ -389,7 +396,13 @@ def _empty_cache(plan: _Plan, num_members: int):
 
 
 def _block_inputs(plan: _Plan, perms: jax.Array, steps: jax.Array, step_keys: jax.Array):
-    """Batch indices ``(eval_every, members, batch)`` and rngs ``(eval_every, members)`` of a block."""
+    """Batch indices ``(eval_every, members, batch)`` and rngs ``(eval_every, members)`` of a block.
+
+    A full batch has no indices (``None``): every step takes ``train_data`` as it is.
+    """
+    rngs = jax.vmap(lambda s: jax.vmap(lambda k: jax.random.fold_in(k, s))(step_keys))(steps)
+    if _full_batch(plan):
+        return None, rngs
     n, batch_size = plan.num_examples, plan.batch_size
     steps_per_epoch = n // batch_size
     num_members = perms.shape[0]
@@ -398,17 +411,23 @@ def _block_inputs(plan: _Plan, perms: jax.Array, steps: jax.Array, step_keys: ja
     flat = offset[:, None] + jnp.arange(batch_size, dtype=jnp.int32)[None, :]
     idx = jnp.take(perms.reshape(num_members, -1), flat.reshape(-1), axis=1)
     idx = jnp.moveaxis(idx.reshape(num_members, plan.eval_every, batch_size), 1, 0)
-    rngs = jax.vmap(lambda s: jax.vmap(lambda k: jax.random.fold_in(k, s))(step_keys))(steps)
     return idx, rngs
 
 
-def _train_block(plan: _Plan, consts: _Consts, state: PyTree, idx: jax.Array, rngs: jax.Array, steps: jax.Array):
-    """``eval_every`` steps of every member (no freezing but the budget's); per-step losses."""
+def _train_block(plan: _Plan, consts: _Consts, state: PyTree, idx: Any, rngs: jax.Array, steps: jax.Array):
+    """``eval_every`` steps of every member (no freezing but the budget's); per-step losses.
+
+    ``idx=None`` (a full batch): every member's step takes the shared ``train_data`` unbatched
+    (``in_axes=None``), so no per-member copy of the data is gathered.
+    """
 
     def one_step(state, xs):
         idx_s, rng_s, s = xs
-        batch = jax.tree.map(lambda a: a.at[idx_s].get(mode="promise_in_bounds"), consts.train_data)
-        new, loss = jax.vmap(plan.step_fn)(state, batch, rng_s)
+        if idx_s is None:
+            new, loss = jax.vmap(plan.step_fn, in_axes=(0, None, 0))(state, consts.train_data, rng_s)
+        else:
+            batch = jax.tree.map(lambda a: a.at[idx_s].get(mode="promise_in_bounds"), consts.train_data)
+            new, loss = jax.vmap(plan.step_fn)(state, batch, rng_s)
         new = jax.tree.map(lambda a, b: jax.lax.convert_element_type(a, b.dtype), new, state)
         if plan.mask_budget:
             new = freeze_stopped(s >= consts.budget, new, state)
@@ -484,9 +503,10 @@ def _run_chunk(state, es, perms, epochs, first_block, num_blocks, consts: _Const
         k, state, es, cache, records = carry
         t0 = (first_block + k) * plan.eval_every
         steps = t0 + jnp.arange(plan.eval_every, dtype=jnp.int32)
-        cache = _refresh_permutations(
-            plan, consts.data_keys, cache, t0 // steps_per_epoch, (t0 + plan.eval_every - 1) // steps_per_epoch
-        )
+        if not _full_batch(plan):
+            cache = _refresh_permutations(
+                plan, consts.data_keys, cache, t0 // steps_per_epoch, (t0 + plan.eval_every - 1) // steps_per_epoch
+            )
         idx, rngs = _block_inputs(plan, cache[0], steps, consts.step_keys)
         active = active_at(es, t0)
         trained, losses = _train_block(plan, consts, state, idx, rngs, steps)
@@ -775,7 +795,10 @@ def fit(
 
     where :math:`\pi_e` is the permutation of the :math:`n` training examples drawn from
     ``fold_in(member_data_key, e)`` (a fresh shuffle every epoch, different per member, the last
-    partial batch dropped), and the rng ``fold_in(member_step_key, s)``, with
+    partial batch dropped; with :math:`B = n`, a full batch, no shuffle is drawn and every step's
+    batch is ``train_data`` itself, in its order, shared by all members: the order of a full batch
+    changes nothing but float rounding and which row a per-row random draw falls on), and the rng
+    ``fold_in(member_step_key, s)``, with
     ``data_key, step_key = jax.random.split(rng)`` and member :math:`m`'s keys
     ``jax.random.split(data_key, N)[m]``, ``jax.random.split(step_key, N)[m]`` (:math:`N = 1` for
     a single model). After steps :math:`s = k \cdot \text{eval\_every} - 1` the loop evaluates,

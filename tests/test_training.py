@@ -214,6 +214,46 @@ def test_ensemble_member_equals_python_loop_of_that_member():
         np.testing.assert_allclose(result.history.train_loss[i], ref_train, rtol=tol)
 
 
+def test_full_batch_steps_on_the_data_in_order_shared_by_all_members():
+    """batch_size = n: every step takes train_data as it is (documented), shared by all members."""
+    key = jax.random.key(11)
+    states = [init_state(i, rate=r) for i, r in enumerate([0.0, 0.5])]
+    kwargs = dict(rng=key, num_steps=6, batch_size=N_EX, eval_every=3, num_members=2, progress=False)
+    result = jr.fit(step, evaluate, stack(states), TRAIN, VAL, **kwargs)
+    _, step_key = jax.random.split(key)
+    tol = steps_tol(6, batch_size=N_EX)
+    for i in range(2):
+        sk = jax.random.split(step_key, 2)[i]
+        ref, losses = states[i], []
+        for s in range(6):
+            ref, loss = jit_step(ref, TRAIN, jax.random.fold_in(sk, s))
+            losses.append(float(loss))
+        chex.assert_trees_all_close(member(result.state, i), ref, rtol=tol, atol=tol)
+        np.testing.assert_allclose(result.history.train_loss[i], np.reshape(losses, (2, 3)).mean(1), rtol=tol)
+    # the counting step sees each example once per step, in order, with no shuffle drawn
+    n = 12
+
+    def count_step(state, batch, rng):
+        (i,) = batch
+        return {"counts": state["counts"].at[i].add(1), "order": i}, jnp.zeros(())
+
+    s = {"counts": jnp.zeros((3, n), jnp.int32), "order": jnp.zeros((3, n), jnp.int32)}
+    out = jr.fit(
+        count_step,
+        None,
+        s,
+        (jnp.arange(n),),
+        rng=jax.random.key(0),
+        num_steps=4,
+        batch_size=n,
+        eval_every=2,
+        num_members=3,
+        progress=False,
+    )
+    np.testing.assert_array_equal(out.state["counts"], np.full((3, n), 4))
+    np.testing.assert_array_equal(out.state["order"], np.tile(np.arange(n), (3, 1)))
+
+
 def test_early_stopping_freezes_stopped_members_and_ends_when_all_stopped():
     """Metric constant per member -> member i stops at evaluation patience_i; its state freezes there."""
 
