@@ -261,7 +261,6 @@ def _whole_evaluations(command: str, steps: int | None, eval_every: int) -> int 
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from jaxreg import plots
     from jaxreg.experiments import presets, report
     from jaxreg.experiments import run as job
 
@@ -280,8 +279,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     split = _load(args)
     out = _out_dir(args)
     _prepare_out(out)
-    results = job.run(settings, split, out)
-    results["figures"] = plots.draw_run(out)
+    results = job.run(settings, split, out)  # draws the figures too
     report.write_html(os.path.join(out, "report.html"), results, results["figures"])
     for line in report.run_summary(results):
         print(line)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,6 +123,7 @@ def curves(
         if stops and name in stops:
             ax.axvline(stops[name], color="tab:green", linestyle="--", linewidth=1, label="early-stopping snapshot")
         ax.set_yscale("log")
+        ax.minorticks_off()
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy")
@@ -264,6 +265,7 @@ def weight_histograms(path: str, weights: Mapping[str, np.ndarray], *, bins: int
         counts, _ = np.histogram(w, bins=edges)
         ax.stairs(counts, edges, fill=True, color="tab:blue")  # one artist, not one bar per bin
         ax.set_yscale("log")
+        ax.minorticks_off()
         ax.set_title(f"{name}: {np.mean(w == 0.0):.1%} exactly 0", fontsize=10)
         ax.set_xlabel("kernel weight")
         ax.set_ylabel("count (log)")
@@ -330,7 +332,7 @@ def _seed_of(name: str) -> int:
     return int(r) if sep and r.isdigit() else 0
 
 
-def draw_run(out_dir: str) -> dict[str, str]:
+def draw_run(out_dir: str, only: Collection[str] | None = None) -> dict[str, str]:
     """Draws the figures of a ``jaxreg run`` from the files it saved in ``out_dir``.
 
     Reads ``results.json``, ``history.npz`` and ``params/*``; writes the figures named in
@@ -342,12 +344,16 @@ def draw_run(out_dir: str) -> dict[str, str]:
     masks, with the reference regimes the results name) and ``es_minima`` (ES vs gradient
     descent, when the results hold it).
 
+    Args:
+      out_dir: the run's output folder.
+      only: optional names of the figures to draw (default: all of them).
+
     Returns:
       ``name -> path`` of the figures written.
     """
     with open(os.path.join(out_dir, "results.json")) as f:
         res = json.load(f)
-    names = res["figures"]
+    names = {k: v for k, v in res["figures"].items() if only is None or k in only}
     rows = {r["regime"]: r for r in res["regimes"]}
     main = [r for r in res["regimes"] if r["kind"] not in ("sweep", "grid")]
     sweep_rows = [r for r in res["regimes"] if r["kind"] == "sweep"]
@@ -370,13 +376,14 @@ def draw_run(out_dir: str) -> dict[str, str]:
         return m["values"]
 
     out = {}
-    out["curves"] = curves(
-        os.path.join(out_dir, names["curves"]),
-        step,
-        {r["label"]: (seed_curves(train_loss, r), seed_curves(val_loss, r)) for r in main},
-        target=res["settings"]["target_loss"],
-        stops={r["label"]: r["best_step"] for r in main if r["best_step"] is not None},
-    )
+    if "curves" in names:
+        out["curves"] = curves(
+            os.path.join(out_dir, names["curves"]),
+            step,
+            {r["label"]: (seed_curves(train_loss, r), seed_curves(val_loss, r)) for r in main},
+            target=res["settings"]["target_loss"],
+            stops={r["label"]: r["best_step"] for r in main if r["best_step"] is not None},
+        )
     if "val_overlay" in names:
         seen, series = set(), {}
         for r in main:  # regimes read off the same members (early stopping, MC-dropout) add no curve
@@ -398,21 +405,23 @@ def draw_run(out_dir: str) -> dict[str, str]:
         hi = [m["mean"] if m["hi"] is None else m["hi"] for m in ms]
         return mean, lo, hi
 
-    out["l2_sweep"] = sweep(
-        os.path.join(out_dir, names["l2_sweep"]),
-        [r["hyper"]["l2"] for r in sweep_rows],
-        [
-            ("accuracy", {"validation": bars("val_acc"), "test": bars("test_acc"), "train": bars("train_acc")}),
-            ("generalization gap (val - train loss)", {"gap": bars("gap")}),
-        ],
-        baselines={"accuracy": baseline["val_acc"], "generalization gap (val - train loss)": baseline["gap"]},
-        xlabel="L2 scale (coupled, in the loss)",
-        title=f"{res['data']['name']}: accuracy vs L2 scale (mean over seeds, 95% t interval)",
-    )
-    out["weights"] = weight_histograms(
-        os.path.join(out_dir, names["weights"]),
-        {r["label"]: _kernels(os.path.join(out_dir, r["params_file"])) for r in main},
-    )
+    if "l2_sweep" in names:
+        out["l2_sweep"] = sweep(
+            os.path.join(out_dir, names["l2_sweep"]),
+            [r["hyper"]["l2"] for r in sweep_rows],
+            [
+                ("accuracy", {"validation": bars("val_acc"), "test": bars("test_acc"), "train": bars("train_acc")}),
+                ("generalization gap (val - train loss)", {"gap": bars("gap")}),
+            ],
+            baselines={"accuracy": baseline["val_acc"], "generalization gap (val - train loss)": baseline["gap"]},
+            xlabel="L2 scale (coupled, in the loss)",
+            title=f"{res['data']['name']}: accuracy vs L2 scale (mean over seeds, 95% t interval)",
+        )
+    if "weights" in names:
+        out["weights"] = weight_histograms(
+            os.path.join(out_dir, names["weights"]),
+            {r["label"]: _kernels(os.path.join(out_dir, r["params_file"])) for r in main},
+        )
     curve = res["mc_dropout_curve"]
 
     def per_k(key: str) -> np.ndarray:
@@ -421,15 +430,17 @@ def draw_run(out_dir: str) -> dict[str, str]:
             return np.asarray([v["values"] for v in vals], np.float64).T  # (seeds, K)
         return np.asarray(vals, np.float64)
 
-    out["mc_dropout"] = mc_dropout(
-        os.path.join(out_dir, names["mc_dropout"]),
-        curve["num_masks"],
-        per_k("test_acc"),
-        per_k("test_nll"),
-        reference={
-            rows[n]["label"]: (measure(rows[n], "test_acc"), measure(rows[n], "test_nll")) for n in curve["reference"]
-        },
-    )
+    if "mc_dropout" in names:
+        out["mc_dropout"] = mc_dropout(
+            os.path.join(out_dir, names["mc_dropout"]),
+            curve["num_masks"],
+            per_k("test_acc"),
+            per_k("test_nll"),
+            reference={
+                rows[n]["label"]: (measure(rows[n], "test_acc"), measure(rows[n], "test_nll"))
+                for n in curve["reference"]
+            },
+        )
     if "es_minima" in names and res.get("es_minima"):
         out["es_minima"] = es_minima(os.path.join(out_dir, names["es_minima"]), res["es_minima"])
     return out

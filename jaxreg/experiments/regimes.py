@@ -34,6 +34,7 @@ merged back into member order: :class:`Trained` looks the same either way.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
 import math
@@ -305,7 +306,8 @@ def train(
     every ``eval_every`` steps keeps each member's best-validation-loss snapshot (early stopping
     as data: nobody is stopped, so the early-stopping regime can be read off any member).
     Members with ``sam_rho > 0`` are trained as a second program of the same schedule whose
-    gradient is :func:`jaxreg.sam_gradient`'s; the results are merged back into member order.
+    gradient is :func:`jaxreg.sam_gradient`'s, compiled and run in a thread beside the first (its
+    ``wall_s`` is then the time of both together); the results are merged back into member order.
     A NaN learning rate (a member without its own) becomes ``config.learning_rate``. When some
     member has its own ``b1``, Adam's ``b1`` is a state leaf of every member (NaN becomes optax's
     default :data:`ADAM_B1`); when none has, the chain is plain ``optax.scale_by_adam()``.
@@ -318,12 +320,22 @@ def train(
     hyper = hyper._replace(b1=jnp.asarray(np.where(np.isnan(b1), np.float32(ADAM_B1), b1)))
     sam = np.asarray(hyper.sam_rho) > 0
     groups = [(g, flag) for g, flag in ((np.flatnonzero(~sam), False), (np.flatnonzero(sam), True)) if g.size]
-    parts = []
-    for idx, use_sam in groups:
-        sub = jax.tree.map(lambda a, i=idx: a[i], hyper)
-        parts.append((idx, _train_program(config, sub, data, num_classes, seed, progress, echo, use_sam, b1_leaf)))
-    if len(parts) == 1:
-        return parts[0][1]
+    t0 = time.perf_counter()
+
+    def program(k: int) -> Trained:  # the first program shows the progress bar
+        idx, use_sam = groups[k]
+        sub = jax.tree.map(lambda a: a[idx], hyper)
+        return _train_program(config, sub, data, num_classes, seed, progress and k == 0, echo, use_sam, b1_leaf)
+
+    if len(groups) == 1:
+        return program(0)
+    # The SAM program compiles and runs in a thread beside the main one: XLA's compiler is
+    # single-threaded and releases the GIL, so on two cores the second compile costs no wall
+    # time. Each program is deterministic on its own; the thread changes no number.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        later = [pool.submit(program, k) for k in range(1, len(groups))]
+        parts = [(groups[0][0], program(0))] + [(groups[k][0], f.result()) for k, f in enumerate(later, 1)]
+    wall = time.perf_counter() - t0
     order = np.concatenate([idx for idx, _ in parts])
     inverse = np.argsort(order)  # row j of the concatenation is member order[j]
 
@@ -340,7 +352,7 @@ def train(
         val_loss=merge(*[p.val_loss for p in t]),
         val_acc=merge(*[p.val_acc for p in t]),
         num_steps=t[0].num_steps,
-        wall_s=sum(p.wall_s for p in t),
+        wall_s=wall,
         averaged=jax.tree.map(merge, *[p.averaged for p in t]),
         swa_start=t[0].swa_start,
         programs=len(t),
