@@ -7,25 +7,29 @@ over chunks, per-item outputs stacked in item order and per-chunk summaries comb
 running sums). :func:`run_auto` runs the program with the chunk :func:`resolve_chunk` chooses when
 ``chunk_size=None``:
 
-1. **Measured** (the default, outside ``jit``): on the first call with concrete arguments, a few
-   candidate chunkings of the actual program are compiled and timed on this machine (always one
-   plain ``vmap`` = all items and chunks of 1 = a loop, plus a few powers of two between and the
-   static rule's choice), a handful of calls each, interleaved, within a total budget of
-   ``JAXREG_AUTOTUNE_BUDGET`` seconds (default 1.0), compiles included, except that one
-   ``vmap`` and the loop are always compiled (a candidate whose first call alone exceeds the
-   budget is dropped). The cost is thus two to five compiles of the program (for the digits MLP's
-   Adam step on a shared 2-core CPU, 1.5-3 s each) plus up to the budget of timed calls, once per
-   program and shape in a process. The fastest is cached per program (call site, the hash of the
-   per-item jaxpr, argument shapes and dtypes, number of items, device kind) for the process,
-   and on disk if ``JAXREG_AUTOTUNE_CACHE`` is set (``1``: ``$XDG_CACHE_HOME/jaxreg`` or
-   ``~/.cache/jaxreg``; any other value: that directory).
-2. **Inside a trace** (``jit``, ``vmap``, ``grad``: the arguments are tracers) nothing can be
-   timed: the cached choice for the same program is used if there is one (so calling a function
-   once outside ``jit`` tunes its jitted calls too), else the static rule.
-3. **Static rule** (``JAXREG_AUTOTUNE=0``, or no cached choice inside a trace): one ``vmap`` if
-   all items' intermediates (summed bytes of the per-item jaxpr, traced abstractly) fit in
-   128 MiB, else the largest power of two of items within a 48 MiB chunk (constants measured on
-   a 2-core AMD EPYC; a proxy, not a measurement of the machine that runs).
+1. **Measured** (the default): on the first call, a few candidate chunkings of the actual
+   program are compiled and timed on this machine (always one plain ``vmap`` = all items and
+   chunks of 1 = a loop, plus a few powers of two between and the static rule's choice), a
+   handful of calls each, interleaved, within a total budget of ``JAXREG_AUTOTUNE_BUDGET``
+   seconds (default 1.0), compiles included, except that one ``vmap`` and the loop are always
+   compiled (a candidate whose first call alone exceeds the budget is dropped). The cost is thus
+   two to five compiles of the program (for the digits MLP's Adam step on a 2-core CPU, 1.5-3 s
+   each) plus up to the budget of timed calls, once per program and shape in a process. The
+   fastest is cached per program (call site, the hash of the per-item jaxpr, argument shapes and
+   dtypes, number of items, device kind) for the process, and on disk if
+   ``JAXREG_AUTOTUNE_CACHE`` is set (``1``: ``$XDG_CACHE_HOME/jaxreg`` or ``~/.cache/jaxreg``;
+   any other value: that directory).
+2. **Under ``jit``** (the usual case: ``jax.jit(jr.ensemble.train_step(...))``) the arguments
+   are tracers, but their shapes and dtypes are known: the candidates are compiled and timed the
+   same way on stand-ins (concrete arrays of those shapes and dtypes: floats 0.5, integers 0,
+   keys of zeros; the speed of these programs does not depend on the values) while the outer
+   function is traced, and the choice is cached as in 1. Only under ``jit`` alone on one device:
+   under ``vmap`` or ``grad``, when the function closes over traced values, or with several
+   devices, the cached choice for the same program is used if there is one, else the static rule.
+3. **Static rule** (``JAXREG_AUTOTUNE=0``, or no cached choice where nothing is measured): one
+   ``vmap`` if all items' intermediates (summed bytes of the per-item jaxpr, traced abstractly)
+   fit in 128 MiB, else the largest power of two of items within a 48 MiB chunk (constants
+   measured on a 2-core AMD EPYC; a proxy, not a measurement of the machine that runs).
 
 An explicit ``chunk_size`` is never changed.
 """
@@ -44,6 +48,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.interpreters import partial_eval as pe
 
 from jaxreg import _checks
 
@@ -367,6 +372,40 @@ def _is_traced(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
     return any(isinstance(c, jax.core.Tracer) for c in consts)
 
 
+def _stands_in(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
+    """Whether a traced call can be measured on stand-ins of its arguments.
+
+    Only under ``jit`` alone (every traced argument a ``jit`` tracer, the function closing over no
+    traced value) on one device: there the program that will run is the one a concrete call would
+    compile. Under ``vmap`` or ``grad`` the program that runs is a transformed one, and on several
+    devices a stand-in would not be placed like the real arguments.
+    """
+    if jax.device_count() > 1:
+        return False
+    if item_jaxpr is not None and any(isinstance(c, jax.core.Tracer) for c in item_jaxpr.consts):
+        return False
+    return all(
+        isinstance(leaf, pe.DynamicJaxprTracer) for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.core.Tracer)
+    )
+
+
+def _stand_in(leaf: Any) -> Any:
+    """A concrete array with ``leaf``'s shape and dtype (floats 0.5, integers and bools 0, keys of zeros).
+
+    Speed on these programs does not depend on the values (no data-dependent loop is chunked);
+    0.5 keeps logarithms, square roots and ``1 / (1 - rate)`` finite.
+    """
+    if not isinstance(leaf, jax.core.Tracer):
+        return leaf
+    shape, dtype = tuple(leaf.shape), leaf.dtype
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        data_shape = jax.eval_shape(jax.random.key_data, jax.ShapeDtypeStruct(shape, dtype)).shape
+        return jax.random.wrap_key_data(np.zeros(data_shape, np.uint32), impl=jax.random.key_impl(leaf))
+    if jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating):
+        return np.full(shape, 0.5, dtype)
+    return np.zeros(shape, dtype)
+
+
 def _choose(
     chunk_size: int | None,
     num: int,
@@ -412,8 +451,22 @@ def _choose(
     if isinstance(on_disk, int) and 1 <= on_disk <= num:
         _CACHE[key] = on_disk
         return on_disk, None
-    if _is_traced(args, item_jaxpr):
+    traced = _is_traced(args, item_jaxpr)
+    if traced and not _stands_in(args, item_jaxpr):
         return static, None
+    with jax.ensure_compile_time_eval():  # under jit: measure now, stage nothing into the trace
+        chosen, run = _measure(num, args, program=program, static=static, clock=clock, traced=traced)
+    _CACHE[key] = chosen
+    _write_disk(disk_key, chosen)
+    return chosen, run
+
+
+def _measure(
+    num: int, args: tuple[Any, ...], *, program: Callable, static: int, clock: Callable[[], float], traced: bool
+) -> tuple[int, Callable[[], Any] | None]:
+    """Compiles and times the candidates on ``args`` (on stand-ins of them when ``traced``)."""
+    if traced:
+        args = jax.tree.map(_stand_in, args)
     leaves, treedef = jax.tree.flatten(args)
     is_arr = [_is_array(x) for x in leaves]
     arrays = [x for x, a in zip(leaves, is_arr) if a]
@@ -430,9 +483,7 @@ def _choose(
 
     runners: dict[int, Callable[[], Any]] = {}
     chosen, _ = pick_fastest(candidates(num, static), prepare, budget_s=_budget_s(), clock=clock)
-    _CACHE[key] = chosen
-    _write_disk(disk_key, chosen)
-    return chosen, runners.get(chosen)
+    return chosen, None if traced else runners.get(chosen)
 
 
 def resolve_chunk(chunk_size: int | None, num: int, **kwargs: Any) -> int:

@@ -265,10 +265,11 @@ def mc_dropout(
       num_samples: the number of masks, ``K >= 1``.
       chunk_size: masks evaluated together by one ``vmap``; ``chunk_size >= num_samples`` is a
         plain ``vmap``, 1 a loop over masks. ``None`` chooses by measurement: on the first call
-        outside ``jit`` a few chunkings (one ``vmap``, a loop, powers of two between) are
-        compiled and timed on this machine within about 1 s (``JAXREG_AUTOTUNE_BUDGET``) and the
-        fastest is cached for the process; inside ``jit`` the cached choice for the same
-        program and shapes is used, else a static rule from the size of one mask's
+        (under ``jit``: at trace time, on stand-ins of the arguments) a few chunkings (one
+        ``vmap``, a loop, powers of two between) are compiled and timed on this machine within
+        about 1 s (``JAXREG_AUTOTUNE_BUDGET``) and the fastest is cached for the process; under
+        ``vmap`` or ``grad`` the cached choice for the same program and shapes is used, else a
+        static rule from the size of one mask's
         intermediates (one ``vmap`` if all fit in 128 MiB, else chunks within 48 MiB).
         ``JAXREG_AUTOTUNE=0`` always uses the static rule. The result does not depend on it
         beyond float rounding.

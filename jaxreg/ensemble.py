@@ -290,16 +290,17 @@ def map(
       in_axes: as in ``jax.vmap``: an int, ``None`` (broadcast), or a tuple/pytree prefix of
         the arguments holding ints and ``None``.
       chunk_size: members per chunk. ``chunk_size >= N`` is a plain ``vmap``, 1 a loop over
-        members. ``None`` chooses by measurement: on the first call with concrete arguments
-        (outside ``jit``), a few chunkings of this very program (one ``vmap``, a loop, the
-        static rule's choice and a few powers of two between) are compiled and timed on this
-        machine, interleaved, within ``JAXREG_AUTOTUNE_BUDGET`` seconds (default 1; a few
-        compiles of the member function), and the fastest is cached per program, argument
-        shapes, ``N`` and device (on disk too with ``JAXREG_AUTOTUNE_CACHE=1``). Inside ``jit``
-        nothing can be timed: the cached choice for the same program is used (so one call
-        outside ``jit`` tunes the jitted step), else the static rule (one ``vmap`` if all
-        members' intermediates fit in 128 MiB, else chunks within 48 MiB; constants measured on
-        a 2-core AMD EPYC). ``JAXREG_AUTOTUNE=0`` always uses the static rule.
+        members. ``None`` chooses by measurement: on the first call (or, under ``jit``, while
+        the caller is traced, on stand-in arrays of the same shapes and dtypes), a few chunkings
+        of this very program (one ``vmap``, a loop, the static rule's choice and a few powers of
+        two between) are compiled and timed on this machine, interleaved, within
+        ``JAXREG_AUTOTUNE_BUDGET`` seconds (default 1; plus two to five compiles of the member
+        function), and the fastest is cached per program, argument shapes, ``N`` and device (on
+        disk too with ``JAXREG_AUTOTUNE_CACHE=1``). Under ``vmap`` or ``grad``, a closure over
+        traced values or several devices nothing is timed: the cached choice for the same
+        program is used, else the static rule (one ``vmap`` if all members' intermediates fit in
+        128 MiB, else chunks within 48 MiB; constants measured on a 2-core AMD EPYC).
+        ``JAXREG_AUTOTUNE=0`` always uses the static rule.
 
     Returns:
       The mapped function.

@@ -99,7 +99,7 @@ def _check_args(
     return population, chunk_size
 
 
-# The static rule (chunk_size=None inside a trace with nothing cached, or JAXREG_AUTOTUNE=0),
+# The static rule (chunk_size=None under vmap/grad with nothing cached, or JAXREG_AUTOTUNE=0),
 # measured on a 2-core AMD EPYC (Zen 3), jax 0.10.2, population 256, a cross-entropy MLP on 128
 # digits: one vmap over the whole population was the slowest choice once the model has a hidden
 # layer (64-64-10: 63 ms vs 25 ms in chunks of 16-64 members; 64-256-10: 410-460 ms vs 90-150 ms
@@ -311,11 +311,12 @@ def gradient(
         see :func:`centered_ranks`), or a callable ``losses[n] -> utilities[n]``, applied to the
         losses ordered as all ``+`` members then all ``-`` members.
       chunk_size: members evaluated at once (even if antithetic). ``None`` chooses by
-        measurement: on the first call outside ``jit`` a few chunkings (the whole population in
-        one ``vmap``, one direction at a time, powers of two between) are compiled and timed on
-        this machine within about 1 s (``JAXREG_AUTOTUNE_BUDGET``), and the fastest is cached
-        for the process (and on disk with ``JAXREG_AUTOTUNE_CACHE=1``). Inside ``jit`` the
-        cached choice for the same program and shapes is used, else the static rule: on CPU the
+        measurement: on the first call (under ``jit``: at trace time, on stand-ins of the
+        arguments) a few chunkings (the whole population in one ``vmap``, one direction at a
+        time, powers of two between) are compiled and timed on this machine within about 1 s
+        (``JAXREG_AUTOTUNE_BUDGET``), and the fastest is cached for the process (and on disk with
+        ``JAXREG_AUTOTUNE_CACHE=1``). Under ``vmap`` or ``grad`` the cached choice for the same
+        program and shapes is used, else the static rule: on CPU the
         largest power of two of members whose intermediates fit about 8 MiB (measured on a
         2-core AMD EPYC), on accelerators the whole population. ``JAXREG_AUTOTUNE=0`` always
         uses the static rule.

@@ -441,10 +441,10 @@ def predict_samples(
       rng: a PRNG key; sample ``s`` uses ``jax.random.split(rng, num_samples)[s]``.
       num_samples: :math:`S \geq 1`, static.
       chunk_size: samples evaluated together by one ``vmap`` (a loop over chunks bounds the
-        activations' memory); ``None`` chooses by measurement on the first call outside ``jit``
-        (as :func:`jaxreg.mc_dropout` does: about 1 s of timing, cached; the static rule inside
-        ``jit`` without a cached choice, or with ``JAXREG_AUTOTUNE=0``). The result does not
-        depend on it.
+        activations' memory); ``None`` chooses by measurement on the first call or trace under
+        ``jit`` (as :func:`jaxreg.mc_dropout` does: about 1 s of timing, cached; the static rule
+        under ``vmap``/``grad`` without a cached choice, or with ``JAXREG_AUTOTUNE=0``). The
+        result does not depend on it.
 
     Returns:
       The outputs with a leading axis of size ``num_samples``.

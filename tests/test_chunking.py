@@ -116,10 +116,74 @@ def test_cache_hit_does_not_measure_again_and_traced_calls_use_it(monkeypatch):
     seen = []
     jax.jit(lambda x: seen.append(_resolve(program, (x,))) or x)(x)
     assert seen == [4] and len(measured) == 1
-    # Other shapes: not cached, and inside a trace nothing is measured: the static rule.
+    # Other shapes under jit: measured while tracing, on stand-ins of the arguments.
     seen.clear()
     jax.jit(lambda x: seen.append(_resolve(program, (x,), n=6)) or x)(jnp.zeros((6, 3)))
-    assert seen == [2] and len(measured) == 1
+    assert seen == [4] and len(measured) == 2
+    # Under vmap the program that runs is a batched one: nothing is measured, the static rule.
+    seen.clear()
+    jax.vmap(lambda x: seen.append(_resolve(program, (x,), n=5)) or x)(jnp.zeros((2, 5, 3)))
+    assert seen == [2] and len(measured) == 2
+
+
+def test_under_jit_the_candidates_run_on_stand_ins_and_the_trace_stays_clean(monkeypatch):
+    # The candidates get concrete arrays of the traced arguments' shapes and dtypes (keys too),
+    # the outer jaxpr holds only the real program, and a closure over a traced value is not
+    # measured (its value exists only in the trace).
+    calls = []
+
+    def fake_pick(cands, prepare, **kw):
+        for c in cands[:2]:
+            prepare(c)()
+        return 1, {}
+
+    monkeypatch.setattr(_chunking, "pick_fastest", fake_pick)
+
+    def program(c):
+        def run(x, keys):
+            calls.append((type(x), x.shape, x.dtype, keys.shape))
+            return x * 2.0 + jax.vmap(lambda k: jax.random.uniform(k))(keys)[:, None]
+
+        return run
+
+    item = jax.make_jaxpr(lambda x: x * 2.0)(jnp.zeros(3))
+
+    def outer(x, keys):
+        chunk = _chunking.resolve_chunk(
+            None, 4, where="stand-ins", program=program, args=(x, keys), item_jaxpr=item, static=4
+        )
+        assert chunk == 1
+        return program(chunk)(x, keys)
+
+    x, keys = jnp.ones((4, 3), jnp.float32), jax.random.split(jax.random.key(0), 4)
+    jaxpr = jax.make_jaxpr(outer)(x, keys)
+    # Two candidates compiled and run (a leaked tracer would have raised), then the real program.
+    assert len(calls) == 3 and all(c[1:] == ((4, 3), jnp.float32, (4,)) for c in calls), calls
+    assert str(jaxpr) == str(jax.make_jaxpr(program(1))(x, keys))  # nothing of the measurement staged
+    _chunking.clear_cache()
+
+    def closes_over(y):
+        item = jax.make_jaxpr(lambda x: x * y)(jnp.zeros(3))  # y is a tracer of the outer jit
+        return _chunking.resolve_chunk(
+            None, 4, where="closure", program=program, args=(x, keys), item_jaxpr=item, static=3
+        )
+
+    seen = []
+    jax.jit(lambda y: seen.append(closes_over(y)) or y)(jnp.float32(2.0))
+    assert seen == [3]
+
+
+def test_stand_ins_are_concrete_arrays_of_the_traced_shapes_and_dtypes():
+    def check(x, i, k):
+        with jax.ensure_compile_time_eval():
+            sx, si, sk = (_chunking._stand_in(a) for a in (x, i, k))
+        assert isinstance(sx, np.ndarray) and sx.shape == (4, 3) and sx.dtype == np.float16 and np.all(sx == 0.5)
+        assert isinstance(si, np.ndarray) and si.dtype == np.int32 and np.all(si == 0)
+        assert not isinstance(sk, jax.core.Tracer) and sk.shape == (4,)
+        assert jax.random.key_impl(sk) == jax.random.key_impl(k)
+        return x
+
+    jax.jit(check)(jnp.ones((4, 3), jnp.float16), jnp.ones(5, jnp.int32), jax.random.split(jax.random.key(0), 4))
 
 
 def test_env_var_turns_measurement_off(monkeypatch):

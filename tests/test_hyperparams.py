@@ -154,7 +154,9 @@ def test_per_member_values_under_ensemble_map_and_train_step():
         return _loss(p, *batch)
 
     def train(opt, states):
-        step = jax.jit(jr.ensemble.train_step(loss, opt))
+        # One vmap on both sides: a measured chunking could differ between the two programs,
+        # and another vectorization changes the last bits (bitwise is a claim about sweepable).
+        step = jax.jit(jr.ensemble.train_step(loss, opt, chunk_size=4))
         params = params0
         for _ in range(20):
             params, states, _ = step(params, states, (A, B), jax.random.key(0))

@@ -66,7 +66,9 @@ def _evolution_strategy(x0: jax.Array, key: jax.Array, sigma: float, cfg: Config
 
     def step(x: jax.Array, inputs: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
         k, t = inputs
-        g = jr.es.gradient(rastrigin, x, k, sigma=sigma, population=cfg.population)
+        # The whole population in one vmap, fixed: a measured chunking could differ between runs,
+        # and thousands of steps on Rastrigin carry a last-bit difference into the result.
+        g = jr.es.gradient(rastrigin, x, k, sigma=sigma, population=cfg.population, chunk_size=cfg.population)
         # A learning rate decaying linearly to 0: the estimate's noise does not leave the last
         # point jittering around the minimum it found.
         lr = cfg.es_learning_rate * (1.0 - t / steps)

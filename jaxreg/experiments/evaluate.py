@@ -100,7 +100,10 @@ def _mc_samples(params, x, key, rate, *, num):
 
 @jax.jit
 def _bagged(stacked, x):
-    return jr.ensemble.predict(_probs_fn(0.0), stacked, x).mean
+    # One vmap, fixed: a measured chunking could differ between runs, and a run is bitwise
+    # deterministic for a seed.
+    members = jax.tree.leaves(stacked)[0].shape[0]
+    return jr.ensemble.predict(_probs_fn(0.0), stacked, x, chunk_size=members).mean
 
 
 def _metrics_from_probs(split: jdata.Split, probs: dict[str, np.ndarray]) -> dict[str, float]:
