@@ -3,8 +3,8 @@
 jaxreg's ensemble step (``jr.ensemble.train_step``: ``jr.ensemble.map`` of the step) against plain ``jax.vmap``
 of the hand-written step and a Python loop of the jitted hand-written single step, timed in
 alternation. Every member sees the same batch with its own dropout key. Also each ensemble
-step's achieved GFLOP/s (FLOPs from XLA's cost analysis) as a fraction of the matmul peak
-measured in the same run (comparison 7).
+step's achieved GFLOP/s (FLOPs from XLA's cost analysis) as a fraction of the matmul peak and of
+the layer-shape matmul rate, both timed in the same rounds (comparison 7).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 import jaxreg as jr
-from benchmarks import common
+from benchmarks import bench_peak, common
 from benchmarks.common import Row, Settings
 
 IN_AXES = (0, 0, None, None, 0)
@@ -140,12 +140,15 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
         size = settings.peak_size
         mats = (jnp.ones((size, size), jnp.float32), jnp.ones((size, size), jnp.float32))
         fns, args, labels = [*fns, jr.benchmark.compile_fn(jnp.matmul, *mats)], [*args, mats], [*labels, "peak"]
+        # ... and the layer-shape matmul rate (a chain in one program, bench_peak.layer_chain).
+        layer_fn, layer_args, layer_flops = bench_peak.layer_chain(settings)
+        fns, args, labels = [*fns, layer_fn], [*args, layer_args], [*labels, "layer"]
         ts = jr.benchmark.interleave(
             fns, args, rounds=settings.pairs, warmup=settings.warmup, number=settings.number, min_time=settings.min_time
         )
         t = dict(zip(labels, ts))
-        peak_t = t.pop("peak")
-        labels = labels[:-1]
+        peak_t, layer_t = t.pop("peak"), t.pop("layer")
+        labels = labels[:-2]
         compile_s = {k: getattr(f, "compile_s", None) for k, f in zip(labels, fns)}
         best_jax = min(("vmap", "loop") + (("jaxreg",) if emap is not None else ()), key=lambda k: t[k].median)
         ctx["ensemble_jax"][n] = {k: n / v.median for k, v in t.items()} | {"best": best_jax}
@@ -215,6 +218,28 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
                     },
                     "peak_timing": peak_t.to_dict(),
                 },
+            )
+        )
+        per_round = [(flops / a) / (layer_flops / b) for a, b in zip(tj.times, layer_t.times)]
+        layer_gflops = layer_flops / layer_t.median / 1e9
+        frac_1024 = flops / tj.median / 1e9 / ctx["peak_1024"] if ctx.get("peak_1024") else float("nan")
+        rows.append(
+            Row(
+                "7 layer fraction",
+                workload,
+                j_label,
+                "layer-shape matmul (128x256 @ 256x256, chained) in the same rounds",
+                unit="GFLOP/s",
+                jaxreg_value=flops / tj.median / 1e9,
+                baseline_value=layer_gflops,
+                ratio=float(np.median(per_round)),
+                ratio_q25=float(np.quantile(per_round, 0.25)),
+                ratio_q75=float(np.quantile(per_round, 0.75)),
+                ratios=per_round,
+                target=">= 0.85" if n >= 8 else "",
+                note=f"{float(np.median(per_round)):.0%} of the layer-shape rate (paired per round); "
+                f"{frac_1024:.0%} of the 1024^3 rate (section peak, not paired)",
+                extra={"fraction_of_1024": frac_1024, "layer_timing": layer_t.to_dict()},
             )
         )
     return rows

@@ -23,18 +23,11 @@ Rows:
 - "5 fit/best": the digits MLP 64-256-256-10 (dropout 0.5, L2) at N = 1, 8, 32 with early stopping
   on (patience above the number of evaluations: nobody stops, all the machinery runs): ``jr.fit``
   against the best of the hand scan and dispatch (target >= 1.0).
-- "5 compaction": 64 MLP members whose stopping evaluations are spread out (member i stops at
-  evaluation ``ceil(E * ((i + 1) / 64) ** 2)``, by a per-member patience and a ``min_delta`` no
-  later evaluation beats), ``compact=True`` against ``compact=False`` (target >= 1.8x; the
-  fraction of member-steps saved in the note).
-- "5 halving": 64 MLP members over a log grid of learning rates, ``jr.SuccessiveHalving(eta=2)``
-  against the full grid: member-steps computed (target <= 35 %), the best surviving member's
-  validation loss beside the grid's best.
+Member compaction and successive halving are measured in section "sweep" (``bench_sweep``).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -47,7 +40,7 @@ import jaxreg as jr
 from benchmarks import common
 from benchmarks.common import Row, Settings
 
-ROUNDS = 5  # timed rounds per comparison (each is a whole training run)
+ROUNDS = 7  # timed rounds per comparison (each is a whole training run)
 
 
 def _split():
@@ -350,77 +343,9 @@ def mlp_rows(mode: str) -> list[Row]:
     return rows
 
 
-def spread_patience(num_members: int, num_evals: int) -> np.ndarray:
-    """Patience such that member i stops at evaluation ``ceil(E * ((i + 1) / N) ** 2)`` (1-based)."""
-    stop_at = np.ceil(num_evals * ((np.arange(num_members) + 1) / num_members) ** 2).astype(np.int32)
-    return np.maximum(stop_at - 1, 1)  # the first evaluation improves, then patience more without
-
-
-def compaction_rows(mode: str) -> list[Row]:
-    n, steps, every = 64, 100, 5
-    if mode == "tiny":
-        n, steps = 8, 40
-    w = mlp_workload()
-    patience = spread_patience(n, steps // every)
-    stopper = jr.EarlyStopping(jnp.asarray(patience), min_delta=1e30)  # only the first evaluation improves
-    runs = {
-        "compact": make_fit(w, n, steps, every, stopper),
-        "full": make_fit(w, n, steps, every, stopper, compact=False),
-    }
-    r_compact, r_full = runs["compact"](), runs["full"]()
-    err = max(
-        float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(r_compact.state), jax.tree.leaves(r_full.state))
-    )
-    saved = 1 - r_compact.member_steps_computed / r_full.member_steps_computed
-    t = _interleaved(runs, 3)
-    row = _ratio_row(
-        "5 compaction", f"digits MLP, {n} members x {steps} steps, stops spread (patience {patience.min()}..{patience.max()})",
-        "jr.fit (compact=True)", "jr.fit (compact=False)", t["compact"], t["full"], work=n * steps, target=">= 1.8",
-        note=f"member-steps computed {r_compact.member_steps_computed} vs {r_full.member_steps_computed} "
-        f"({100 * saved:.0f}% saved); max |state difference| {err:.2g}",
-        extra={"member_steps": [r_compact.member_steps_computed, r_full.member_steps_computed]},
-    )  # fmt: skip
-    return [row]
-
-
-def halving_rows(mode: str) -> list[Row]:
-    n, every, rung = 64, 5, 2
-    if mode == "tiny":
-        n = 8
-    evals = rung * 2 ** int(math.log2(n))  # the last rung keeps 1 member at the end of the run
-    steps = evals * every
-    w = mlp_workload(per_member_lr=True)
-    state = w.state(n)
-    state = {**state, "lr": jnp.asarray(np.logspace(-4, -1, n), jnp.float32)}
-
-    def run(prune):
-        return jr.fit(
-            w.step_fn, w.eval_fn, state, w.train, w.val, rng=jax.random.key(1), num_steps=steps,
-            batch_size=w.batch_size, eval_every=every, num_members=n, prune=prune, progress=False,
-        )  # fmt: skip
-
-    sh = jr.SuccessiveHalving(eta=2, first_rung=rung)
-    r_sh, r_grid = run(sh), run(None)
-    t = _interleaved({"sh": lambda: run(sh).state, "grid": lambda: run(None).state}, 3)
-    frac = r_sh.member_steps_computed / r_grid.member_steps_computed
-    survivors = ~np.asarray(r_sh.history.stopped[:, -1])
-    best_sh = float(np.nanmin(np.asarray(r_sh.stopping.best_metric)[survivors]))
-    best_grid = float(np.nanmin(np.asarray(r_grid.stopping.best_metric)))
-    return [
-        Row(
-            "5 halving", f"digits MLP, {n} learning rates (1e-4..1e-1) x {steps} steps, rungs every x2 from eval {rung}",
-            "SuccessiveHalving(eta=2)", "full grid", unit="member-steps", jaxreg_value=r_sh.member_steps_computed,
-            baseline_value=r_grid.member_steps_computed, ratio=float(frac), target="<= 0.35 (member-steps)",
-            note=f"best val loss: survivor {best_sh:.4f}, grid {best_grid:.4f}; wall time ratio grid/sh "
-            f"{np.median([g / s for s, g in zip(t['sh'], t['grid'])]):.2f}",
-            extra={"seconds": t, "best_val": [best_sh, best_grid]},
-        )
-    ]  # fmt: skip
-
-
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for make in (dispatch_bound_rows, mlp_rows, compaction_rows, halving_rows):
+    for make in (dispatch_bound_rows, mlp_rows):
         t0 = time.perf_counter()
         rows += make(settings.mode)
         ctx.setdefault("training_s", {})[make.__name__] = time.perf_counter() - t0
@@ -431,7 +356,7 @@ if __name__ == "__main__":
     import sys
 
     mode = sys.argv[1] if len(sys.argv) > 1 else "quick"
-    which = sys.argv[2:] or ["dispatch_bound_rows", "mlp_rows", "compaction_rows", "halving_rows"]
+    which = sys.argv[2:] or ["dispatch_bound_rows", "mlp_rows"]
     print(common.machine().to_dict().get("cpu_model", ""), common.allocator())
     for name in which:
         for row in globals()[name](mode):

@@ -73,10 +73,18 @@ def test_pick_fastest_stays_within_its_budget_and_drops_candidates_over_it():
     chosen, samples = _chunking.pick_fastest(
         [64, 1, 8, 2], clock.prepare(compile_s, call_s), budget_s=1.0, clock=clock, max_rounds=50
     )
-    # The vmap is dropped; the loop (always prepared) remains; the budget is spent, so 8 and 2
-    # are never compiled, and one candidate needs no timed rounds.
+    # The vmap is dropped; the loop and the static rule's 8 (always prepared) remain; half the
+    # budget is spent, so 2 is never compiled; then 1 s of rounds (0.07 s each) times the two left.
+    prepared = 2.0 + 1.5 + 0.1 + 0.05 + 0.1 + 0.02
+    assert set(samples) == {1, 8} and chosen == 8, (chosen, samples)
+    assert len(samples[1]) == len(samples[8]) == 15, samples  # rounds until 1 s of timing: ceil(1 / 0.07)
+    assert prepared + 1.0 <= clock.now <= prepared + 1.0 + 0.07 + 1e-9, clock.now
+    # With only the first two always prepared, 8 is never compiled and the loop is chosen.
+    clock = FakeClock()
+    chosen, samples = _chunking.pick_fastest(
+        [64, 1, 8, 2], clock.prepare(compile_s, call_s), budget_s=1.0, clock=clock, max_rounds=50, always=2
+    )
     assert samples == {1: []} and chosen == 1, (chosen, samples)
-    assert clock.now == pytest.approx(2.0 + 1.5 + 0.1 + 0.05), clock.now
 
 
 def test_pick_fastest_prepares_more_candidates_while_half_the_budget_is_left():
@@ -86,10 +94,17 @@ def test_pick_fastest_prepares_more_candidates_while_half_the_budget_is_left():
     chosen, samples = _chunking.pick_fastest(
         [64, 1, 8, 2], clock.prepare(compile_s, call_s), budget_s=1.0, clock=clock, max_rounds=50
     )
-    # 0.47 s spent after two candidates: 8 is prepared, then 2 is not (0.58 s > half the budget).
+    # 64, 1 and 8 are always prepared; then 2 is not (0.58 s spent > half the budget).
     assert set(samples) == {64, 1, 8} and chosen == 8, (chosen, samples)
-    # Rounds stop once the budget is spent: at most one round (0.08 s) past it.
-    assert 1.0 <= clock.now <= 1.0 + 0.08 + 1e-9, clock.now
+    # Rounds stop once 1 s of timing is spent: at most one round (0.08 s) past it.
+    assert 0.58 + 1.0 <= clock.now <= 0.58 + 1.0 + 0.08 + 1e-9, clock.now
+
+
+def test_pick_fastest_times_at_least_two_rounds_even_past_the_budget():
+    clock = FakeClock()
+    call_s = {16: 0.6, 1: 0.9}  # one round (1.5 s) is past the 1 s budget; each call is within it
+    chosen, samples = _chunking.pick_fastest([16, 1], clock.prepare({}, call_s), budget_s=1.0, clock=clock)
+    assert chosen == 16 and [len(v) for v in samples.values()] == [2, 2], samples
 
 
 def _resolve(program, args, n=8, static=2, clock=None):
@@ -177,8 +192,9 @@ def test_stand_ins_are_concrete_arrays_of_the_traced_shapes_and_dtypes():
     def check(x, i, k):
         with jax.ensure_compile_time_eval():
             sx, si, sk = (_chunking._stand_in(a) for a in (x, i, k))
-        assert isinstance(sx, np.ndarray) and sx.shape == (4, 3) and sx.dtype == np.float16 and np.all(sx == 0.5)
-        assert isinstance(si, np.ndarray) and si.dtype == np.int32 and np.all(si == 0)
+        assert not isinstance(sx, jax.core.Tracer) and not isinstance(si, jax.core.Tracer)
+        assert sx.shape == (4, 3) and sx.dtype == jnp.float16 and np.all(np.asarray(sx) == 0.5)
+        assert si.shape == (5,) and si.dtype == jnp.int32 and np.all(np.asarray(si) == 0)
         assert not isinstance(sk, jax.core.Tracer) and sk.shape == (4,)
         assert jax.random.key_impl(sk) == jax.random.key_impl(k)
         return x
