@@ -47,6 +47,7 @@ SECTIONS = (
     ("peak", "benchmarks.bench_peak"),
     ("step", "benchmarks.bench_step"),
     ("ensemble", "benchmarks.bench_ensemble"),
+    ("anatomy", "benchmarks.bench_anatomy"),
     ("torch", "benchmarks.bench_torch"),
     ("mc_dropout", "benchmarks.bench_mc_dropout"),
     ("training", "benchmarks.bench_training"),
