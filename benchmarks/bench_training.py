@@ -9,7 +9,8 @@ The hand-written sides get what a careful user would write, and every advantage:
   gathered BEFORE the call (the batch order and rngs of ``jr.fit``, so both do the same work:
   their final states are checked to agree), no evaluation at all;
 - hand scan: the same with an evaluation, early-stopping update and freezing of stopped members
-  every ``eval_every`` steps (an outer scan over evaluation blocks);
+  every ``eval_every`` steps (an outer scan over evaluation blocks), returning each block's mean
+  training loss and validation loss (the curves ``jr.fit``'s history holds);
 - dispatch: a jitted ``vmap(step)`` called from Python per step on pre-sliced batches, and a jitted
   evaluation + early-stopping update + freeze per block.
 
@@ -206,16 +207,18 @@ def make_hand_scan(w: Workload, n: int, num_steps: int, eval_every: int, stopper
     def run(state, batches, rngs, val):
         def block(carry, xs):
             state, es = carry
-            new, _ = jax.lax.scan(lambda s, x: step(s, *x), state, xs)
+            new, losses = jax.lax.scan(lambda s, x: step(s, *x), state, xs)
             state = jr.freeze_stopped(es.stopped, new, state)
             val_loss, _ = jax.vmap(lambda s: w.eval_fn(s, val))(state)
             es = jax.vmap(lambda st, e, m, p: st.update(e, m, p))(stopper, es, val_loss, state)
-            return (state, es), val_loss
+            return (state, es), (jnp.mean(losses, axis=0), val_loss)
 
         es = jax.vmap(stopper.init)(state)
-        return jax.lax.scan(block, (state, es), (batches, rngs))[0]
+        return jax.lax.scan(block, (state, es), (batches, rngs))
 
-    return lambda: run(state, batches, rngs, w.val)[0]
+    # The curves are returned, as jr.fit's history holds them: otherwise XLA drops the loss
+    # values (the L2 term's sum of squares, the cross-entropy's reduction) the gradient does not need.
+    return lambda: run(state, batches, rngs, w.val)[0][0]
 
 
 def make_dispatch(w: Workload, n: int, num_steps: int, eval_every: int, stopper):
