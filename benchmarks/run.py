@@ -9,7 +9,7 @@ baseline in this one run (paired ratios; the ratio column is always "times bette
 baseline", > 1 meaning jaxreg is faster), as the median of >= 5 timed repeats after warm-up, with
 compile time reported apart. Modes: ``--tiny`` (under a minute on a quiet 2-core machine; the
 test suite's end-to-end check, its figures mean little), ``--quick`` (a few minutes), default full
-(about 11 minutes on 2 shared cores). ``--markdown`` also prints the table as markdown.
+(about 12 minutes on an idle 2-core AMD EPYC). ``--markdown`` also prints the table as markdown.
 
 Allocator: with glibc's default malloc XLA returns its multi-MB temporaries to the OS and faults
 them back every step (PERF-NOTES). Unless ``--no-tune-malloc`` is given or ``MALLOC_*`` /
@@ -111,7 +111,7 @@ def run(
     """Runs the benchmarks and returns the results (also written to ``json_path`` if given).
 
     Args:
-      quick: about 2 minutes instead of about 15.
+      quick: a few minutes instead of about 12.
       json_path: where to write the JSON results.
       tiny: seconds; for the test suite (overrides ``quick``).
       only: section names (comma-separated or a list) to run; default all.

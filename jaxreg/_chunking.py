@@ -25,9 +25,11 @@ running sums). :func:`run_auto` runs the program with the chunk :func:`resolve_c
    are tracers, but their shapes and dtypes are known: the candidates are compiled and timed the
    same way on stand-ins (concrete arrays of those shapes and dtypes: floats 0.5, integers 0,
    keys of zeros; the speed of these programs does not depend on the values) while the outer
-   function is traced, and the choice is cached as in 1. Only under ``jit`` alone on one device:
-   under ``vmap`` or ``grad``, when the function closes over traced values, or with several
-   devices, the cached choice for the same program is used if there is one, else the static rule.
+   function is traced, and the choice is cached as in 1. Only under ``jit`` alone on one device,
+   with at most ``STAND_IN_MAX_BYTES`` (1 GiB) of traced arguments (the stand-ins are a second
+   copy of them): under ``vmap`` or ``grad``, when the function closes over traced values, with
+   several devices or larger arguments, the cached choice for the same program is used if there
+   is one, else the static rule.
 3. **Static rule** (``JAXREG_AUTOTUNE=0``, or no cached choice where nothing is measured): one
    ``vmap`` if all items' intermediates (summed bytes of the per-item jaxpr, traced abstractly)
    fit in 128 MiB, else the largest power of two of items within a 48 MiB chunk (constants
@@ -62,6 +64,10 @@ PyTree = Any
 CHUNK_BUDGET_BYTES = 48 << 20
 VMAP_ALL_BYTES = 128 << 20
 FALLBACK_CHUNK = 4
+
+# Under jit the candidates run on stand-ins, a second copy of the arguments: only while the
+# traced arguments hold at most this much (a bound on memory, not a speed constant).
+STAND_IN_MAX_BYTES = 1 << 30
 
 DEFAULT_BUDGET_S = 1.0
 MAX_ROUNDS = 5
@@ -170,6 +176,12 @@ def _abstract(tree: PyTree) -> PyTree:
     return jax.tree.map(one, tree)
 
 
+def _itemsize(dtype: Any) -> int:
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return 8  # a threefry key: two uint32 words
+    return int(np.dtype(dtype).itemsize)
+
+
 def jaxpr_bytes(jaxpr: Any) -> int:
     """The summed bytes of every intermediate of ``jaxpr`` (inner jaxprs included)."""
     from jax.extend.core import jaxprs_in_params
@@ -185,11 +197,7 @@ def jaxpr_bytes(jaxpr: Any) -> int:
             shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)
             if shape is None or dtype is None:
                 continue
-            if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-                itemsize = 8  # a threefry key: two uint32 words
-            else:
-                itemsize = int(np.dtype(dtype).itemsize)
-            total += math.prod(shape) * itemsize
+            total += math.prod(shape) * _itemsize(dtype)
     return total
 
 
@@ -258,8 +266,8 @@ def pick_fastest(
     in order, each followed by one untimed first call: the first ``always`` always (in the order
     of :func:`candidates`: one ``vmap``, a loop and the static rule's choice, so the choice is
     never slower than any of them beyond noise; at 128 digits-MLP members on a 2-core AMD EPYC
-    chunks of 8 ran 1.06x a Python loop of jitted steps where one ``vmap`` ran 0.95x and the
-    in-program loop 0.82x), the rest while the preparation (compiles included) has taken less
+    chunks of 8 ran 1.08x a Python loop of jitted steps where one ``vmap`` ran 0.98x and the
+    in-program loop 0.96x), the rest while the preparation (compiles included) has taken less
     than half the budget. A candidate whose first call alone exceeds the budget is dropped (a
     handful of its calls cannot fit). Then rounds call every kept candidate once, in alternating
     order (A B C, C B A, ...) so that slow drifts of a shared machine hit all alike, for
@@ -403,9 +411,12 @@ def _stands_in(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
         return False
     if item_jaxpr is not None and any(isinstance(c, jax.core.Tracer) for c in item_jaxpr.consts):
         return False
-    return all(
-        isinstance(leaf, pe.DynamicJaxprTracer) for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.core.Tracer)
-    )
+    traced = [leaf for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.core.Tracer)]
+    if not all(isinstance(leaf, pe.DynamicJaxprTracer) for leaf in traced):
+        return False
+    # The stand-ins are a second copy of the arguments while the candidates run: not for
+    # arguments that could crowd the device's memory.
+    return sum(math.prod(leaf.shape) * _itemsize(leaf.dtype) for leaf in traced) <= STAND_IN_MAX_BYTES
 
 
 def _stand_in(leaf: Any) -> Any:
@@ -437,6 +448,7 @@ def _choose(
     static: int,
     extra: Hashable = (),
     clock: Callable[[], float] = time.perf_counter,
+    max_chunk: int | None = None,
 ) -> tuple[int, Callable[[], Any] | None]:
     """Items per chunk: ``chunk_size`` if given, else the measured (or cached, or static) choice.
 
@@ -452,6 +464,8 @@ def _choose(
       static: the static rule's choice.
       extra: anything else the program depends on (hashable), part of the cache key.
       clock: the timer (a test injects a fake one).
+      max_chunk: the largest chunk measured (``None``: up to ``num``, one ``vmap``): a caller
+        whose chunks bound memory (the moments of many masks) passes the static rule's choice.
 
     Returns:
       ``(chunk, run)``: the chunk size in ``[1, num]``, and when it was just measured, a call of
@@ -463,7 +477,7 @@ def _choose(
     if num <= 1 or item_jaxpr is None or not autotune_enabled():
         return static, None
     program_hash = hashlib.sha1(str(item_jaxpr).encode()).hexdigest()
-    key = (where, program_hash, _signature(args), num, _device_kind(), extra)
+    key = (where, program_hash, _signature(args), num, _device_kind(), extra, max_chunk)
     if key in _CACHE:
         return _CACHE[key], None
     disk_key = hashlib.sha1(repr((key, jax.__version__)).encode()).hexdigest()
@@ -475,14 +489,15 @@ def _choose(
     if traced and not _stands_in(args, item_jaxpr):
         return static, None
     with jax.ensure_compile_time_eval():  # under jit: measure now, stage nothing into the trace
-        chosen, run = _measure(num, args, program=program, static=static, clock=clock, traced=traced)
+        cands = candidates(num if max_chunk is None else max(1, min(num, max_chunk)), static)
+        chosen, run = _measure(cands, args, program=program, clock=clock, traced=traced)
     _CACHE[key] = chosen
     _write_disk(disk_key, chosen)
     return chosen, run
 
 
 def _measure(
-    num: int, args: tuple[Any, ...], *, program: Callable, static: int, clock: Callable[[], float], traced: bool
+    cands: list[int], args: tuple[Any, ...], *, program: Callable, clock: Callable[[], float], traced: bool
 ) -> tuple[int, Callable[[], Any] | None]:
     """Compiles and times the candidates on ``args`` (on stand-ins of them when ``traced``)."""
     if traced:
@@ -502,7 +517,7 @@ def _measure(
         return lambda: jax.block_until_ready(compiled(arrays))
 
     runners: dict[int, Callable[[], Any]] = {}
-    chosen, _ = pick_fastest(candidates(num, static), prepare, budget_s=_budget_s(), clock=clock)
+    chosen, _ = pick_fastest(cands, prepare, budget_s=_budget_s(), clock=clock)
     return chosen, None if traced else runners.get(chosen)
 
 

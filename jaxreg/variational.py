@@ -495,7 +495,15 @@ def _run_samples(
     jaxpr = _chunking.trace_item(one, vparams, x, keys[0])
     static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
     return _chunking.run_auto(
-        None, num_samples, where=where, program=program, args=(vparams, x, keys), item_jaxpr=jaxpr, static=static
+        None,
+        num_samples,
+        where=where,
+        program=program,
+        args=(vparams, x, keys),
+        item_jaxpr=jaxpr,
+        static=static,
+        # predict merges moments over chunks: they bound memory, so none larger than the static rule's
+        max_chunk=static if where == "variational.predict" and static < num_samples else None,
     )
 
 

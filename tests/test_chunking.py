@@ -280,3 +280,33 @@ def test_abstract_tracing_errors_fall_back_to_the_static_rule_and_others_propaga
 def test_an_explicit_chunk_size_is_never_changed(monkeypatch):
     monkeypatch.setattr(_chunking, "pick_fastest", lambda *a, **k: pytest.fail("measured an explicit chunk_size"))
     assert _chunking.resolve_chunk(3, 8, where="t", program=lambda c: None, args=(), item_jaxpr=None, static=8) == 3
+
+
+def test_mc_dropout_measures_no_chunk_above_the_static_rule_while_ensemble_map_measures_one_vmap(monkeypatch):
+    # MC-dropout's moments over many masks: chunks bound memory, so the static rule's chunk is
+    # the largest measured; ensemble members keep one vmap among the candidates.
+    seen = []
+
+    def fake_pick(cands, prepare, **kw):
+        seen.append(list(cands))
+        return cands[0], {}
+
+    monkeypatch.setattr(_chunking, "pick_fastest", fake_pick)
+    monkeypatch.setattr(_chunking, "static_chunk", lambda num, item_bytes, *a, **k: 4)
+    w = jax.random.normal(jax.random.key(0), (3, 3))
+    jr.mc_dropout(lambda p, x, k: jr.dropout(k, x @ p, 0.5), w, jnp.ones((2, 3)), jax.random.key(1), 16)
+    assert max(seen[-1]) == 4 and 1 in seen[-1], seen
+    jr.ensemble.map(lambda p: jnp.tanh(p @ jnp.ones(3)))(jnp.ones((16, 3, 3)))
+    assert 16 in seen[-1] and 1 in seen[-1] and 4 in seen[-1], seen
+
+
+def test_under_jit_arguments_over_the_stand_in_bound_are_not_measured(monkeypatch):
+    # Stand-ins are a second copy of the traced arguments: above the bound, the static rule.
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda cands, prepare, **kw: (1, {}))
+    monkeypatch.setattr(_chunking, "STAND_IN_MAX_BYTES", 8 * 3 * 4 - 1)  # one byte short of x
+    seen = []
+    jax.jit(lambda x: seen.append(_resolve(lambda c: lambda x: x * 2.0, (x,))) or x)(jnp.zeros((8, 3)))
+    monkeypatch.setattr(_chunking, "STAND_IN_MAX_BYTES", 8 * 3 * 4)
+    _chunking.clear_cache()
+    jax.jit(lambda x: seen.append(_resolve(lambda c: lambda x: x * 2.0, (x,))) or x)(jnp.zeros((8, 3)))
+    assert seen == [2, 1], seen
