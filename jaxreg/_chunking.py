@@ -448,7 +448,7 @@ def _choose(
     static: int,
     extra: Hashable = (),
     clock: Callable[[], float] = time.perf_counter,
-    max_chunk: int | None = None,
+    memory_bound: bool = False,
 ) -> tuple[int, Callable[[], Any] | None]:
     """Items per chunk: ``chunk_size`` if given, else the measured (or cached, or static) choice.
 
@@ -464,8 +464,8 @@ def _choose(
       static: the static rule's choice.
       extra: anything else the program depends on (hashable), part of the cache key.
       clock: the timer (a test injects a fake one).
-      max_chunk: the largest chunk measured (``None``: up to ``num``, one ``vmap``): a caller
-        whose chunks bound memory (the moments of many masks) passes the static rule's choice.
+      memory_bound: the chunks bound memory (moments merged over many samples): no candidate
+        larger than the static rule's choice is measured (else up to ``num``, one ``vmap``).
 
     Returns:
       ``(chunk, run)``: the chunk size in ``[1, num]``, and when it was just measured, a call of
@@ -477,7 +477,7 @@ def _choose(
     if num <= 1 or item_jaxpr is None or not autotune_enabled():
         return static, None
     program_hash = hashlib.sha1(str(item_jaxpr).encode()).hexdigest()
-    key = (where, program_hash, _signature(args), num, _device_kind(), extra, max_chunk)
+    key = (where, program_hash, _signature(args), num, _device_kind(), extra, memory_bound)
     if key in _CACHE:
         return _CACHE[key], None
     disk_key = hashlib.sha1(repr((key, jax.__version__)).encode()).hexdigest()
@@ -489,7 +489,7 @@ def _choose(
     if traced and not _stands_in(args, item_jaxpr):
         return static, None
     with jax.ensure_compile_time_eval():  # under jit: measure now, stage nothing into the trace
-        cands = candidates(num if max_chunk is None else max(1, min(num, max_chunk)), static)
+        cands = candidates(static if memory_bound else num, static)
         chosen, run = _measure(cands, args, program=program, clock=clock, traced=traced)
     _CACHE[key] = chosen
     _write_disk(disk_key, chosen)

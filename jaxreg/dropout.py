@@ -233,9 +233,9 @@ def _run_masks(
         args=(params, x, keys),
         item_jaxpr=jaxpr,
         static=static,
-        # The moments of many masks: chunks bound memory, so none larger than the static rule's
-        # (the stacked samples of mc_dropout_samples grow with K anyway).
-        max_chunk=static if where == "mc_dropout" and static < num_samples else None,
+        # The moments of many masks: chunks bound memory (the stacked samples of
+        # mc_dropout_samples grow with K anyway).
+        memory_bound=where == "mc_dropout",
     )
 
 

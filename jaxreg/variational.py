@@ -502,8 +502,7 @@ def _run_samples(
         args=(vparams, x, keys),
         item_jaxpr=jaxpr,
         static=static,
-        # predict merges moments over chunks: they bound memory, so none larger than the static rule's
-        max_chunk=static if where == "variational.predict" and static < num_samples else None,
+        memory_bound=where == "variational.predict",  # moments merged over chunks bound memory
     )
 
 
