@@ -391,8 +391,13 @@ def _refresh_permutations(plan: _Plan, data_keys: jax.Array, cache, first_epoch:
 
 def _empty_cache(plan: _Plan, num_members: int):
     """A permutation cache holding no epoch (every slot is drawn when first needed)."""
-    slots = _epochs_per_block(plan)
-    return (jnp.zeros((num_members, slots, plan.num_examples), jnp.int32), jnp.full((slots,), -1, jnp.int32))
+    return _empty_cache_arrays(num_members, _epochs_per_block(plan), plan.num_examples)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _empty_cache_arrays(num_members: int, slots: int, num_examples: int):
+    # One small program (two eager ops would be two dispatches per fit call).
+    return jnp.zeros((num_members, slots, num_examples), jnp.int32), jnp.full((slots,), -1, jnp.int32)
 
 
 def _block_inputs(plan: _Plan, perms: jax.Array, steps: jax.Array, step_keys: jax.Array):
@@ -908,9 +913,12 @@ def fit(
         sched.max_blocks, bool(np.any((budget % sched.eval_every != 0) & (budget < num_steps))),
         prune, prune_mode, () if prune is None else prune.rungs(sched.num_evals),
     )  # fmt: skip
-    consts = _Consts(train_data, val_data, stopper, jnp.asarray(budget), *_keys(rng, N))
+    # On the device once: host arrays would be copied again at every call that takes them.
+    stopper, device_budget = jax.device_put((stopper, budget))
+    consts = _Consts(train_data, val_data, stopper, device_budget, *_keys(rng, N))
     loop = _Loop(sched, state, _init_stopping(stopper, state, snapshot_fn=snapshot if tracking else None), budget)
-    _train(loop, consts, plan, compact, _checkpoint_meta(sched, rng, prune), checkpoint_dir, progress, callback)
+    meta = None if checkpoint_dir is None else _checkpoint_meta(sched, rng, prune)  # reads rng back: a sync
+    _train(loop, consts, plan, compact, meta, checkpoint_dir, progress, callback)
     return _result(loop, tracking)
 
 
