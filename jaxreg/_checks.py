@@ -92,6 +92,11 @@ def _prefix(where: str) -> str:
     return f"{where}: " if where else ""
 
 
+def _numeric(arr: np.ndarray) -> bool:
+    # jnp's dtype tree knows the ml_dtypes floats (bfloat16, float8) that numpy's calls non-numeric.
+    return bool(jnp.issubdtype(arr.dtype, jnp.number))
+
+
 def _check_number(name: str, value: Any, where: str, requirement: str, ok: Callable[[Any], Any], scalar: bool) -> None:
     """Finite numbers with ``ok(value)`` everywhere; the one shape of every numeric check below.
 
@@ -107,7 +112,7 @@ def _check_number(name: str, value: Any, where: str, requirement: str, ok: Calla
         if isinstance(value, jax.core.Tracer):
             _traced_check(jnp.isfinite(value) & ok(value), message, value)
         return
-    if not np.issubdtype(arr.dtype, np.number) or np.any(~np.isfinite(arr)) or not np.all(ok(arr)):
+    if not _numeric(arr) or np.any(~np.isfinite(arr)) or not np.all(ok(arr)):
         raise ValueError(f"{message} {_fmt(value)}.")
 
 
@@ -165,7 +170,7 @@ def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "")
         return
     if (
         arr.dtype == np.bool_
-        or not np.issubdtype(arr.dtype, np.number)
+        or not _numeric(arr)
         or np.any(~np.isfinite(arr))
         or np.any(arr != np.round(arr))
         or np.any(arr < minimum)

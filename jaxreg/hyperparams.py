@@ -118,7 +118,7 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
         return "static"
     if isinstance(value, (float, int)) or _is_array(value):
         dtype = np.dtype(value.dtype if hasattr(value, "dtype") else np.result_type(value))
-        if np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer):
+        if jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer):
             if np.ndim(value) != 0:
                 raise ValueError(
                     f"{where}: {name} must be a scalar (one value per optimizer; to sweep, build the optimizer "

@@ -179,7 +179,8 @@ def kl_normal(
             _checks.check_positive("std", s, where)
         _checks.check_positive("prior_std", ps, where)
         m = jnp.asarray(m)
-        dtype = jnp.result_type(m, s, pm, ps, jnp.float32)
+        with jax.numpy_dtype_promotion("standard"):  # the dtype is chosen here, also under 'strict'
+            dtype = jnp.result_type(m, s, pm, ps, jnp.float32)
         leaf_name = f" (leaf {path!r})" if path else ""
         # Broadcast jointly, as the numpy formula would (a scalar mean with an array std is fine).
         try:

@@ -129,3 +129,23 @@ def test_proximal_and_project_transforms_keep_the_half_dtype(dtype):
         out, _ = jax.jit(tx.update)(updates, tx.init(params), params)
         assert out["w"].dtype == dtype
         assert bool(jnp.all(jnp.isfinite(optax.apply_updates(params, out)["w"])))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_hyperparameters_are_checked_as_numbers(dtype):
+    # Valid half values pass the checks (numpy calls bfloat16 non-numeric) and mean what float32 ones do...
+    scale, rate = jnp.asarray(0.25, dtype), jnp.asarray(0.5, dtype)
+    w = jnp.arange(4.0, dtype=jnp.float32)
+    np.testing.assert_allclose(jr.l2(scale)(w), 0.25 * float(np.sum(np.arange(4.0) ** 2)), rtol=EPS32)  # no 1/2
+    x = jnp.ones((1000,), jnp.float32)
+    y = jr.dropout(jax.random.key(0), x, rate)
+    assert set(np.unique(np.asarray(y)).tolist()) <= {0.0, 2.0}  # kept entries scaled by 1 / (1 - 0.5)
+    mu, std = jnp.zeros(3, dtype), jnp.ones(3, dtype)
+    assert float(jr.kl_normal(mu, std)) == 0.0  # KL(N(0, 1) || N(0, 1))
+    # ...and invalid ones are still refused, naming the argument.
+    with pytest.raises(ValueError, match="scale"):
+        jr.l2(jnp.asarray(-1.0, dtype))
+    with pytest.raises(ValueError, match="rate"):
+        jr.dropout(jax.random.key(0), x, jnp.asarray(jnp.inf, dtype))
+    with pytest.raises(ValueError, match="std"):
+        jr.kl_normal(mu, jnp.zeros(3, dtype))

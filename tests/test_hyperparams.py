@@ -206,6 +206,13 @@ def test_changing_a_value_in_the_state_takes_effect_at_the_next_update():
     chex.assert_trees_all_equal(u2, optax.sgd(0.25).update(g, optax.sgd(0.25).init(W0))[0])
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_a_half_precision_value_is_a_hyperparameter_too(dtype):
+    # numpy calls bfloat16 non-numeric; it must still become a swept leaf, not a static constant.
+    s = jr.sweepable(optax.sgd)(learning_rate=jnp.asarray(0.25, dtype)).init(W0)
+    assert float(optax.tree.get(s, "learning_rate")) == 0.25  # exact in both half dtypes
+
+
 def test_hyperparameters_are_differentiable():
     """d(sgd update)/d(lr) = -g exactly (the update is -lr * g)."""
     make = jr.sweepable(optax.sgd)
