@@ -198,6 +198,22 @@ def _is_float_leaf(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
+@jax.custom_jvp
+def _abs(x: jax.Array) -> jax.Array:
+    """``|x|`` whose derivative is ``sign(x)``: 0 at 0, the subgradient keras (``tf.abs``) and torch use.
+
+    ``jnp.abs``'s derivative at 0 is 1, so a gradient step on an L1 term would move weights that
+    are exactly zero (pruned, or zeroed by a prox) off zero.
+    """
+    return jnp.abs(x)
+
+
+@_abs.defjvp
+def _abs_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    (x,), (t,) = primals, tangents
+    return jnp.abs(x), jnp.sign(x) * t
+
+
 def _soft_threshold(x: jax.Array, threshold: jax.Array) -> jax.Array:
     return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
 
@@ -210,14 +226,16 @@ class L1(Penalty):
       \Omega(w) = \lambda \sum_i m_i |w_i|,
       \qquad \mathrm{prox}_{t\Omega}(v) = \mathrm{sign}(v) \max(|v| - t\lambda, 0)
 
-    The proximal step (soft threshold) gives exact zeros; a subgradient step never does.
+    The proximal step (soft threshold) gives exact zeros; a subgradient step never does. The
+    gradient is the subgradient :math:`\lambda m_i \mathrm{sign}(w_i)`, 0 at :math:`w_i = 0` (as keras's
+    and torch's ``abs``), so weights that are exactly zero stay there under a gradient step.
     """
 
     scale: jax.Array
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        return _scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(jnp.abs(x)), tree, self.mask))
+        return _scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask))
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         steps = _steps_like(step, tree, "l1.prox")
@@ -233,6 +251,8 @@ class ElasticNet(Penalty):
     .. math::
       \Omega(w) = \lambda_1 \sum_i m_i |w_i| + \lambda_2 \sum_i m_i w_i^2,
       \qquad \mathrm{prox}_{t\Omega}(v) = \frac{\mathrm{sign}(v)\max(|v| - t\lambda_1, 0)}{1 + 2t\lambda_2}
+
+    The L1 term's gradient is :math:`\lambda_1 m_i \mathrm{sign}(w_i)`, 0 at :math:`w_i = 0`, as :class:`L1`'s.
     """
 
     l1: jax.Array
@@ -240,7 +260,7 @@ class ElasticNet(Penalty):
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        absolute = _scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(jnp.abs(x)), tree, self.mask))
+        absolute = _scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask))
         squared = _scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(jnp.square(x)), tree, self.mask))
         return absolute + squared.astype(absolute.dtype)
 

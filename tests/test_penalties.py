@@ -5,6 +5,7 @@ import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -322,3 +323,18 @@ def test_value_and_prox_under_jit_and_vmap_equal_per_member(penalty):
             jax.tree.leaves(jax.tree.map(lambda x, i=i: x[i], proxed)), jax.tree.leaves(penalty.prox(m, 0.1))
         ):
             np.testing.assert_allclose(a, b, rtol=16 * EPS, atol=16 * EPS)
+
+
+def test_l1_gradient_is_the_sign_subgradient_zero_at_zero():
+    # keras's L1 (tf.abs) and torch's abs differentiate to sign(w), 0 at w = 0: weights that are
+    # exactly zero (pruned, or zeroed by a prox) stay zero under a gradient step on the penalty.
+    w = {"k": jnp.array([0.0, -0.0, 1.5, -2.0]), "b": jnp.zeros(3)}
+    for penalty, scale in ((jr.l1(0.1), 0.1), (jr.elastic_net(0.1, 0.0), 0.1)):
+        g = jax.grad(penalty)(w)
+        for name in w:
+            np.testing.assert_array_equal(g[name], scale * np.sign(np.asarray(w[name])).astype(np.float32))
+    opt = optax.chain(jr.add_penalty_grad(jr.l1(0.1)), optax.sgd(1.0))
+    updates, _ = opt.update(jax.tree.map(jnp.zeros_like, w), opt.init(w), w)
+    new = optax.apply_updates(w, updates)
+    np.testing.assert_array_equal(new["k"], np.float32([0.0, 0.0, 1.4, -1.9]))
+    np.testing.assert_array_equal(new["b"], np.zeros(3, np.float32))
