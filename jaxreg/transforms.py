@@ -211,6 +211,15 @@ def proximal_adam(
     a per-coordinate step (for L1: threshold :math:`\eta_i \lambda`). With a zero penalty it
     is ``optax.adam``. Non-separable penalties (``group_lasso``, ``tie``) are refused.
 
+    Caution: a coordinate whose gradient has always been zero (an unused embedding row, a dead
+    unit) has :math:`\hat v_i = 0`, hence :math:`\eta_i = \eta / \epsilon` (``1e5`` for
+    :math:`\eta = 10^{-3}`): one step shrinks it by :math:`1 / (1 + 2 \eta_i \lambda)` under
+    ``l2`` (21x for :math:`\lambda = 10^{-4}`) and zeroes it under ``l1`` once
+    :math:`\eta_i \lambda \ge |w_i|`. That is this metric's math, not a rounding effect. Where such
+    coordinates must keep their values, take the prox with the plain step instead,
+    ``optax.chain(optax.adam(lr), jr.proximal(penalty, lr))``, or raise ``eps`` (which bounds
+    :math:`\eta_i` by :math:`\eta / \epsilon`).
+
     Args:
       penalty: a separable penalty.
       learning_rate: scalar or schedule (the argument order is that of :func:`proximal`; before
