@@ -64,14 +64,18 @@ class SuccessiveHalving:
     first_rung: int = 1
     mode: str | None = None
 
+    def __post_init__(self) -> None:
+        self.check("SuccessiveHalving")  # at construction, where the bad value is written
+
     def check(self, where: str) -> None:
         """Raises ``ValueError`` (naming ``where``) unless ``eta >= 2``, ``first_rung >= 1`` and mode is valid."""
+        owner = "" if where == "SuccessiveHalving" else "SuccessiveHalving."
         for name, low in (("eta", 2), ("first_rung", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{where}: SuccessiveHalving.{name} must be an int >= {low}, got {name} = {value!r}.")
+                raise ValueError(f"{where}: {owner}{name} must be an int >= {low}, got {name} = {value!r}.")
         if self.mode is not None and self.mode not in _MODES:
-            raise ValueError(f'{where}: SuccessiveHalving.mode must be "min", "max" or None, got mode = {self.mode!r}.')
+            raise ValueError(f'{where}: {owner}mode must be "min", "max" or None, got mode = {self.mode!r}.')
 
     def rungs(self, num_evals: int) -> tuple[int, ...]:
         """The rung evaluations (1-based) up to ``num_evals``."""

@@ -339,3 +339,17 @@ def test_halving_on_a_real_model_keeps_what_the_reference_keeps_from_its_own_his
     np.testing.assert_array_equal(full.history.pruned, pruned)
     np.testing.assert_array_equal(full.history.stopped, stopped)
     assert compact.member_steps_computed < full.member_steps_computed
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"eta": 1}, r"SuccessiveHalving: eta must be an int >= 2, got eta = 1\."),
+        ({"eta": 2.0}, r"SuccessiveHalving: eta must be an int >= 2, got eta = 2\.0\."),
+        ({"first_rung": 0}, r"SuccessiveHalving: first_rung must be an int >= 1, got first_rung = 0\."),
+        ({"mode": "median"}, r"SuccessiveHalving: mode must be \"min\", \"max\" or None, got mode = 'median'\."),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jr.SuccessiveHalving(**kwargs)

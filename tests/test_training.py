@@ -507,7 +507,7 @@ BAD_CALLS = {
     ),
     "prune_eta": (
         lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, prune=jr.SuccessiveHalving(eta=1), **BASE),
-        r"fit: SuccessiveHalving.eta must be an int >= 2, got eta = 1",
+        r"SuccessiveHalving: eta must be an int >= 2, got eta = 1",
     ),
     "member_axis": (
         lambda: jr.fit(step, evaluate, STACKED, TRAIN, VAL, num_members=3, **BASE),
