@@ -138,7 +138,10 @@ def dropout(
     :math:`2^{-17} \approx 7.6 \cdot 10^{-6}` of ``rate`` and
     :math:`\mathbb{E}[y] = x (1 - \tilde p) / (1 - p)`, unbiased to that resolution (exactly for
     rates that are multiples of ``2**-precision``, such as 0.5 or 0.25); ``precision=8`` has
-    steps of 1/256, ``precision=32`` that of float32. A traced rate of 1 gives zeros.
+    steps of 1/256, ``precision=32`` that of float32. The relative bias of the mean,
+    :math:`|\tilde p - p| / (1 - p) \le 2^{-b-1} / (1 - p)`, grows as :math:`p \to 1`: at
+    ``rate=0.99999`` with 16 bits the kept fraction is 1.5e-5, not 1e-5 (the mean 1.5x); take
+    ``precision=32`` for rates that close to 1. A traced rate of 1 gives zeros.
 
     Random bits come from threefry hashing one counter per 32-bit word (the stream
     ``jax.random.bits`` gives with ``jax_threefry_partitionable`` off, whatever that flag says),
