@@ -216,6 +216,14 @@ def _check_options(eval_fn, monitor, early_stopping, prune) -> str:
         )
     if early_stopping is not None and eval_fn is None:
         raise ValueError("fit: early_stopping needs an eval_fn to monitor, got eval_fn = None.")
+    if monitor == "metric" and early_stopping is None and eval_fn is not None:
+        # Without a stopper nothing says whether a higher metric is better, and the best
+        # snapshot would silently keep the lowest one (the worst accuracy).
+        raise ValueError(
+            'fit: monitor = "metric" needs early_stopping, an EarlyStopping whose mode says which way is '
+            'better (mode="max" for an accuracy); to keep the best snapshot without stopping, pass '
+            "EarlyStopping(patience=num_steps // eval_every + 1, mode=...); got early_stopping = None."
+        )
     if prune is None:
         return "min"
     if not isinstance(prune, SuccessiveHalving):
@@ -839,7 +847,8 @@ def fit(
       early_stopping: an :class:`jaxreg.EarlyStopping` (its leaves scalars or one per member), or
         ``None`` to only keep the best snapshot. Needs ``eval_fn``.
       monitor: what early stopping and pruning watch: "val_loss" or "metric" (use ``mode="max"``
-        on the stopper for an accuracy).
+        on the stopper for an accuracy; "metric" needs ``early_stopping``, whose mode gives the
+        direction).
       snapshot_fn: what the best snapshot keeps, ``state -> pytree`` (default: the whole state).
       member_steps: optional number of updates per member (an int or one per member); a member is
         frozen once it has done that many (used by :func:`retrain`).
@@ -906,6 +915,9 @@ def fit(
         state = _add_member_axis(state)
     tracking = eval_fn is not None
     stopper = _per_member("early_stopping", early_stopping if early_stopping is not None else EarlyStopping(_NEVER), N)
+    if member_steps is not None:
+        _checks.check_integer_at_least("member_steps", member_steps, 0, "fit")
+        member_steps = np.minimum(np.asarray(member_steps), num_steps)  # more than num_steps: all of them
     budget = _per_member("member_steps", np.asarray(num_steps if member_steps is None else member_steps, np.int32), N)
     snapshot = snapshot_fn if snapshot_fn is not None else _identity
     plan = _Plan(

@@ -497,6 +497,18 @@ BAD_CALLS = {
         lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, monitor="acc", **BASE),
         r"monitor must be \"val_loss\" or \"metric\", got monitor = 'acc'",
     ),
+    "metric_without_stopper": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, monitor="metric", **BASE),
+        r'monitor = "metric" needs early_stopping, an EarlyStopping whose mode .* got early_stopping = None',
+    ),
+    "member_steps_negative": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, member_steps=-1, **BASE),
+        r"fit: member_steps must be an integer >= 0, got member_steps = -1",
+    ),
+    "member_steps_fraction": (
+        lambda: jr.fit(step, evaluate, S0, TRAIN, VAL, member_steps=2.5, **BASE),
+        r"fit: member_steps must be an integer >= 0, got member_steps = 2.5",
+    ),
     "early_stopping_without_eval": (
         lambda: jr.fit(step, None, S0, TRAIN, VAL, early_stopping=jr.EarlyStopping(2), **BASE),
         r"early_stopping needs an eval_fn",
@@ -588,3 +600,11 @@ def test_fit_refuses_an_int_seed_as_rng():
         jr.fit(
             lambda s, b, r: (s, 0.0), None, jnp.zeros(()), jnp.ones(4), rng=5, num_steps=1, batch_size=1, eval_every=1
         )
+
+
+def test_a_member_budget_above_num_steps_is_the_whole_run():
+    # 1e10 does not fit int32: it must mean "every step", not overflow.
+    full = jr.fit(step, evaluate, S0, TRAIN, VAL, **BASE)
+    big = jr.fit(step, evaluate, S0, TRAIN, VAL, member_steps=10**10, **BASE)
+    chex.assert_trees_all_equal(big.state, full.state)
+    np.testing.assert_array_equal(big.best_num_steps, full.best_num_steps)
