@@ -98,11 +98,42 @@ def _leading(tree: PyTree) -> int:
     return int(jnp.shape(jax.tree.leaves(tree)[0])[0])
 
 
+def explicit_shards(tree: PyTree) -> int:
+    """How many devices the leading axis of ``tree``'s arrays is split over under explicit sharding.
+
+    With a mesh of explicit axes (``jax.make_mesh``'s default) the sharding is part of an
+    array's type, and a chunk of the leading axis must split evenly over those devices. 1 under
+    automatic sharding (where XLA places chunks itself) or none.
+    """
+    ways = 1
+    for leaf in jax.tree.leaves(tree):
+        if not isinstance(leaf, (jax.Array, jax.core.Tracer)) or jnp.ndim(leaf) == 0:
+            continue
+        sharding = getattr(jax.typeof(leaf), "sharding", None)
+        spec = getattr(sharding, "spec", None)
+        if not spec or spec[0] is None:
+            continue
+        names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+        ways = math.lcm(ways, math.prod(sharding.mesh.shape[name] for name in names))
+    return ways
+
+
+def _check_explicit_chunk(xs: PyTree, n: int, chunk: int, where: str) -> None:
+    ways = explicit_shards(xs)
+    if ways > 1 and chunk < n and chunk % ways:
+        raise ValueError(
+            f"{where}: chunk_size must be a multiple of the {ways} devices the item axis is sharded over "
+            f"(a mesh of explicit axes, as jax.make_mesh makes), or at least the {n} items; got chunk_size = {chunk}."
+        )
+
+
 def run_chunks(
     block_fn: Callable[[PyTree], tuple[PyTree, PyTree]],
     xs: PyTree,
     chunk: int,
     combine: Callable[[PyTree, PyTree], PyTree] | None = None,
+    *,
+    where: str = "chunks",
 ) -> tuple[PyTree, PyTree]:
     """Evaluates ``block_fn`` on chunks of ``xs``'s leading axis; returns ``(summary, outputs)``.
 
@@ -119,6 +150,7 @@ def run_chunks(
     num_chunks, rem = divmod(n, chunk)
     if num_chunks == 1 and not rem:
         return block_fn(xs)
+    _check_explicit_chunk(xs, n, chunk, where)
     main_n = num_chunks * chunk
     grid = jax.tree.map(lambda x: x[:main_n].reshape((chunk, num_chunks, *x.shape[1:])), xs)
 
@@ -147,20 +179,21 @@ def run_chunks(
     return summary, outputs
 
 
-def map_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int) -> PyTree:
+def map_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int, *, where: str = "chunks") -> PyTree:
     """``jax.vmap(fn)(xs)``, evaluated ``chunk`` items at a time by :func:`run_chunks`.
 
     Chunks of one item call ``fn`` on the item itself (no ``vmap`` of size 1): the loop then
     runs the program a Python loop of ``jit(fn)`` would run.
     """
     if max(1, min(int(chunk), _leading(xs))) == 1:
+        _check_explicit_chunk(xs, _leading(xs), 1, where)
 
         def one(block: PyTree) -> tuple[None, PyTree]:
             out = fn(jax.tree.map(lambda a: a[0], block))
             return None, jax.tree.map(lambda a: jnp.expand_dims(a, 0), out)
 
-        return run_chunks(one, xs, 1)[1]
-    return run_chunks(lambda block: (None, jax.vmap(fn)(block)), xs, chunk)[1]
+        return run_chunks(one, xs, 1, where=where)[1]
+    return run_chunks(lambda block: (None, jax.vmap(fn)(block)), xs, chunk, where=where)[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,7 +507,11 @@ def _choose(
     if chunk_size is not None:
         return max(1, min(int(chunk_size), num)), None
     static = max(1, min(int(static), num))
-    if num <= 1 or item_jaxpr is None or not autotune_enabled():
+    ways = explicit_shards(args)
+    if ways > 1 and static < num:  # chunks must split evenly over the devices (explicit sharding)
+        static = min(num, -(-static // ways) * ways)
+    if num <= 1 or item_jaxpr is None or not autotune_enabled() or jax.device_count() > 1:
+        # Several devices: nothing is timed (candidates would be placed unlike the real arguments).
         return static, None
     program_hash = hashlib.sha1(str(item_jaxpr).encode()).hexdigest()
     key = (where, program_hash, _signature(args), num, _device_kind(), extra, memory_bound)

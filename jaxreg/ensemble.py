@@ -282,7 +282,9 @@ def map(
     ``lax.map``) runs ``vmap(fn)`` on one chunk at a time, so the working set is a chunk's.
     Chunk ``j`` holds members ``j, j + N/c, j + 2N/c, ...``: the stacked arrays are only
     reshaped, never transposed, and a member axis sharded across devices stays sharded inside
-    every chunk (keep ``chunk_size`` a multiple of the number of devices). Outputs have the
+    every chunk (keep ``chunk_size`` a multiple of the number of devices; on a mesh of explicit
+    axes, ``jax.make_mesh``'s default, another ``chunk_size`` is a ``ValueError`` and the
+    automatic one is rounded up to a multiple). Outputs have the
     member axis first (``out_axes=0``) and equal those of ``jax.vmap(fn, in_axes)``.
 
     Args:
@@ -363,7 +365,7 @@ def map(
             return fn(*jax.tree.unflatten(treedef, full))
 
         def program(c: int) -> Callable[..., PyTree]:
-            return lambda cs, ms: _chunking.map_chunks(lambda m: call(cs, m), ms, c)
+            return lambda cs, ms: _chunking.map_chunks(lambda m: call(cs, m), ms, c, where="ensemble.map")
 
         if chunk_arg is not None:
             return program(min(chunk_arg, n))(consts, xs)

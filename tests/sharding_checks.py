@@ -96,3 +96,46 @@ def test_shard_rejects_members_not_a_multiple_of_the_devices():
         ValueError, match=r"number of members \(12\) must be a multiple of the mesh axis 'members' of size 8"
     ):
         jr.ensemble.shard({"w": jnp.zeros((12, 2))}, _mesh())
+
+
+def _auto_mesh():
+    return jax.sharding.Mesh(np.array(jax.devices()), ("members",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def test_chunks_under_explicit_sharding_must_split_over_the_devices():
+    # jax.make_mesh's axes are explicit: the sharding is part of the type, and a chunk of 4 members
+    # cannot be split over 8 devices. A clear error naming chunk_size, not XLA's reshape error.
+    params, state, batch, pens = _setup()
+    sharded = jr.ensemble.shard((params, state, batch, pens), _mesh())
+    step = jax.jit(jr.ensemble.train_step(_loss, _OPT, batch_axis=0, chunk_size=4))
+    with pytest.raises(ValueError, match=r"ensemble.map: chunk_size must be a multiple of the 8 devices .* = 4\."):
+        step(*sharded[:3], jax.random.key(4), sharded[3])
+    # Under automatic axes XLA places the chunks itself: any chunk size runs, equal to unsharded.
+    ref = step(params, state, batch, jax.random.key(4), pens)
+    out = step(*jr.ensemble.shard((params, state, batch), _auto_mesh()), jax.random.key(4), pens)
+    chex.assert_trees_all_close(out, ref, rtol=0, atol=ATOL)
+
+
+def test_automatic_chunks_split_over_explicitly_sharded_devices():
+    from jaxreg import _chunking
+
+    x = jr.ensemble.shard(jnp.zeros((N, 2)), _mesh())
+    assert _chunking.explicit_shards([x]) == 8
+    assert _chunking.explicit_shards([jr.ensemble.shard(jnp.zeros((N, 2)), _auto_mesh())]) == 1
+    # The static rule's 3 items per chunk become 8 (a multiple of the devices); nothing is timed.
+    chunk = _chunking.resolve_chunk(None, N, where="t", program=None, args=([x],), item_jaxpr=None, static=3)
+    assert chunk == 8
+
+
+def test_unjitted_automatic_step_on_several_devices_is_not_timed(monkeypatch):
+    # Several devices: the tuner would compile candidates placed unlike the real arguments
+    # (a chunk of one member crashed under jax.set_mesh); the static rule is used.
+    monkeypatch.setenv("JAXREG_AUTOTUNE", "1")
+    params, state, batch, pens = _setup()
+    step = jr.ensemble.train_step(_loss, _OPT, batch_axis=0)
+    ref = jax.jit(step)(params, state, batch, jax.random.key(4), pens)
+    mesh = _mesh()
+    sharded = jr.ensemble.shard((params, state, batch, pens), mesh)
+    with jax.set_mesh(mesh):
+        out = step(*sharded[:3], jax.random.key(4), sharded[3])
+    chex.assert_trees_all_close(out, ref, rtol=0, atol=ATOL)
