@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import AxisType, NamedSharding
 from jax.typing import ArrayLike
 
 from jaxreg import _checkpoint, _checks, _random
@@ -770,6 +771,47 @@ def _result(loop: _Loop, tracking: bool) -> FitResult:
     return FitResult(state, best, loop.history(), stopping, best_num_steps, steps_run, loop.member_steps)
 
 
+def _explicit_sharding(leaf: Any) -> NamedSharding | None:
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(leaf, jax.Array) and isinstance(sharding, NamedSharding):
+        if any(t == AxisType.Explicit for t in sharding.mesh.axis_types):
+            return sharding
+    return None
+
+
+def _automatic_axes(tree: PyTree) -> PyTree:
+    """``tree`` with leaves on a mesh of explicit axes re-placed on the same mesh with automatic axes.
+
+    The chunk program mixes the state's member axis with per-member arrays it makes itself
+    (batch indices, rngs, the early-stopping state); with explicit axes (``jax.make_mesh``'s
+    default) ``vmap`` refuses operands whose member axes are sharded differently, with
+    automatic ones XLA propagates the state's sharding. Same devices and layout: no copy.
+    """
+
+    def one(leaf: Any) -> Any:
+        sharding = _explicit_sharding(leaf)
+        if sharding is None:
+            return leaf
+        mesh = sharding.mesh.update(axis_types=(AxisType.Auto,) * len(sharding.mesh.axis_names))
+        return jax.device_put(leaf, NamedSharding(mesh, sharding.spec, memory_kind=sharding.memory_kind))
+
+    return jax.tree.map(one, tree)
+
+
+def _placed_like(tree: PyTree, like: PyTree) -> PyTree:
+    """``tree``'s leaves back on the explicit-axes sharding of the matching leaves of ``like``."""
+    if jax.tree.structure(tree) != jax.tree.structure(like):
+        return tree
+
+    def one(leaf: Any, ref: Any) -> Any:
+        sharding = _explicit_sharding(ref)
+        if sharding is None or not isinstance(leaf, jax.Array) or leaf.shape != ref.shape:
+            return leaf
+        return jax.device_put(leaf, sharding)
+
+    return jax.tree.map(one, tree, like)
+
+
 # ----------------------------------------------------------------------------- fit
 
 
@@ -910,6 +952,8 @@ def fit(
     steps_per_chunk = _renamed("fit", "steps_per_chunk", steps_per_chunk, "chunk_size", chunk_size)
     sched = _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_members, train_data, state)
     prune_mode = _check_options(eval_fn, monitor, early_stopping, prune)
+    given_state = state
+    state, train_data, val_data = _automatic_axes((state, train_data, val_data))
     N = sched.num_members
     if sched.single:
         state = _add_member_axis(state)
@@ -931,7 +975,9 @@ def fit(
     loop = _Loop(sched, state, _init_stopping(stopper, state, snapshot_fn=snapshot if tracking else None), budget)
     meta = None if checkpoint_dir is None else _checkpoint_meta(sched, rng, prune)  # reads rng back: a sync
     _train(loop, consts, plan, compact, meta, checkpoint_dir, progress, callback)
-    return _result(loop, tracking)
+    result = _result(loop, tracking)
+    # An explicitly sharded state comes back placed as it was given.
+    return result._replace(state=_placed_like(result.state, given_state), best=_placed_like(result.best, given_state))
 
 
 def _train(loop: _Loop, consts, plan, compact, meta, checkpoint_dir, progress, callback) -> None:

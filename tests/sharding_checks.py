@@ -139,3 +139,32 @@ def test_unjitted_automatic_step_on_several_devices_is_not_timed(monkeypatch):
     with jax.set_mesh(mesh):
         out = step(*sharded[:3], jax.random.key(4), sharded[3])
     chex.assert_trees_all_close(out, ref, rtol=0, atol=ATOL)
+
+
+def test_fit_on_an_explicitly_sharded_ensemble_equals_unsharded():
+    # jax.make_mesh's explicit axes: fit runs the chunk program under automatic axes on the same
+    # devices and gives the state back placed as it came.
+    params, state, _, pens = _setup()
+    x, y = jax.random.normal(jax.random.key(1), (32, 3)), jax.random.normal(jax.random.key(2), (32, 1))
+
+    def step(st, batch, rng):
+        p, o, h = st
+        value, g = jax.value_and_grad(_loss)(p, batch, rng, h)
+        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: b ** count (int32)
+            u, o = _OPT.update(g, o, p)
+        return (optax.apply_updates(p, u), o, h), value
+
+    def evaluate(st, data):
+        p = st[0]
+        return jnp.mean((jnp.tanh(data[0] @ p["w"] + p["b"][None]) @ p["v"] - data[1]) ** 2)
+
+    kw = dict(
+        rng=jax.random.key(5), num_steps=20, batch_size=8, eval_every=5, num_members=N, progress=False,
+        early_stopping=jr.EarlyStopping(jnp.arange(N) % 3 + 1),
+    )  # fmt: skip
+    ref = jr.fit(step, evaluate, (params, state, pens), (x, y), (x, y), **kw)
+    sharded = jr.ensemble.shard((params, state, pens), _mesh())
+    out = jr.fit(step, evaluate, sharded, (x, y), (x, y), **kw)
+    chex.assert_trees_all_close(out.state, ref.state, rtol=0, atol=ATOL)
+    chex.assert_trees_all_close(out.history, ref.history, rtol=0, atol=ATOL)
+    assert out.state[0]["w"].sharding == sharded[0]["w"].sharding
