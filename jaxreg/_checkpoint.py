@@ -44,7 +44,8 @@ def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.n
     """The latest checkpoint as ``(progress, carry, records)``, or ``None`` if there is none.
 
     Raises:
-      ValueError: if the checkpoint's ``meta`` differs from ``meta`` (another schedule or rng).
+      ValueError: if the checkpoint's ``meta`` differs from ``meta`` (another schedule, rng, early
+        stopper or member budgets).
     """
     latest = manager.latest_step()
     if latest is None:
@@ -52,7 +53,8 @@ def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.n
     ocp = _ocp()
     saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     for name, value in meta.items():
-        if saved.get(name) != value:
+        # A key the checkpoint lacks was not recorded by the version that wrote it: not compared.
+        if name in saved and saved[name] != value:
             raise ValueError(
                 f"fit: checkpoint_dir holds a run of another schedule: {name} = {_describe(saved.get(name))} "
                 f"there, {name} = {_describe(value)} in this call; pass the arguments of that run to resume it, "

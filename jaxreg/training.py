@@ -28,6 +28,7 @@ reads them from its state and returns them unchanged, so a grid of regimes train
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -722,8 +723,11 @@ class _Loop:
         self._stopped = np.asarray(self.es.stopped)
 
 
-def _checkpoint_meta(sched: _Schedule, rng: Any, prune: SuccessiveHalving | None) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed: the schedule and the rng it was started with."""
+def _checkpoint_meta(
+    sched: _Schedule, rng: Any, prune: SuccessiveHalving | None, stopper: EarlyStopping, budget: np.ndarray
+) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed: the schedule, the rng, the early stopper and
+    the member budgets it was started with (they decide which members stop when)."""
     key_data = np.asarray(
         jax.random.key_data(rng) if jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key) else rng
     )
@@ -736,6 +740,11 @@ def _checkpoint_meta(sched: _Schedule, rng: Any, prune: SuccessiveHalving | None
         "num_examples": sched.num_examples,
         "rng": [int(v) for v in key_data.reshape(-1)],
         "prune": None if prune is None else [prune.eta, prune.first_rung, prune.mode],
+        "member_steps": [int(v) for v in np.asarray(budget).reshape(-1)],
+        # As text: a baseline of inf is not JSON.
+        "early_stopping": repr(
+            {f.name: np.asarray(getattr(stopper, f.name)).tolist() for f in dataclasses.fields(stopper)}
+        ),
     }
 
 
@@ -973,7 +982,9 @@ def fit(
     stopper, device_budget = jax.device_put((stopper, budget))
     consts = _Consts(train_data, val_data, stopper, device_budget, *_keys(rng, N))
     loop = _Loop(sched, state, _init_stopping(stopper, state, snapshot_fn=snapshot if tracking else None), budget)
-    meta = None if checkpoint_dir is None else _checkpoint_meta(sched, rng, prune)  # reads rng back: a sync
+    meta = (
+        None if checkpoint_dir is None else _checkpoint_meta(sched, rng, prune, stopper, budget)
+    )  # reads rng back: a sync
     _train(loop, consts, plan, compact, meta, checkpoint_dir, progress, callback)
     result = _result(loop, tracking)
     # An explicitly sharded state comes back placed as it was given.

@@ -359,6 +359,11 @@ def checkpoint_of_a_run(tmp_path_factory):
         ({"batch_size": 4}, r"another schedule: batch_size = 8 there, batch_size = 4 in this call"),
         ({"eval_every": 2}, r"another schedule: eval_every = 4 there, eval_every = 2 in this call"),
         ({"steps_per_chunk": 4}, r"another schedule: steps_per_chunk = 8 there, steps_per_chunk = 4 in this call"),
+        ({"member_steps": 8}, r"another schedule: member_steps = \[16\] there, member_steps = \[8\] in this call"),
+        (
+            {"early_stopping": jr.EarlyStopping(2)},
+            r"another schedule: early_stopping = .*'patience': \[1073741824\].* there, early_stopping = .*'patience': \[2\]",
+        ),
     ],
 )
 def test_resume_with_other_arguments_is_refused(checkpoint_of_a_run, changed, match):
