@@ -68,7 +68,7 @@ def train(kind: str, params, data, *, steps: int, batch_size: int, lr: float, rh
 
 
 def main(steps: int = 400, batch_size: int = 64, lr: float = 0.05, rho: float = 0.05, seed: int = 0) -> dict:
-    train_data, (x_test, y_test) = load()
+    train_data, (x_test, y_test) = load(seed)
     params = init_mlp(jax.random.key(seed))
     out = {}
     for kind in ("plain", "swa", "sam"):
