@@ -210,7 +210,7 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
     """Stacks members' pytrees on a new leading axis.
 
     Raises:
-      ValueError: if ``trees`` is empty or their structures differ.
+      ValueError: if ``trees`` is empty or their structures or leaf shapes differ.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -224,6 +224,14 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
     for i, t in enumerate(trees[1:], start=1):
         if jax.tree.structure(t) != structure:
             raise ValueError(f"stack: tree {i} has structure {jax.tree.structure(t)}, tree 0 has {structure}.")
+    first = jax.tree_util.tree_flatten_with_path(trees[0])[0]
+    for i, t in enumerate(trees[1:], start=1):
+        for (path, a), b in zip(first, jax.tree.leaves(t)):
+            if jnp.shape(a) != jnp.shape(b):
+                raise ValueError(
+                    f"stack: members must have the same shapes, got leaf {_leaf_name(path)!r} of shape "
+                    f"{jnp.shape(b)} in tree {i} and {jnp.shape(a)} in tree 0."
+                )
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 

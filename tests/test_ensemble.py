@@ -47,6 +47,13 @@ def test_stack_unstack_roundtrip():
         chex.assert_trees_all_equal(a, b)
 
 
+def test_stack_names_the_leaf_whose_shapes_differ():
+    with pytest.raises(
+        ValueError, match=r"stack: members must have the same shapes, got leaf 'a/w' of shape \(3,\) in tree 1"
+    ):
+        jr.ensemble.stack([{"a": {"w": jnp.zeros(2)}}, {"a": {"w": jnp.zeros(3)}}])
+
+
 def test_bootstrap_counts_sum_to_n_and_leave_out_about_e_inverse():
     n, members = 3000, 8
     w = np.asarray(jr.ensemble.bootstrap_weights(jax.random.key(2), members, n))
