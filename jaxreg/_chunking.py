@@ -186,7 +186,6 @@ def map_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int, *, where:
     runs the program a Python loop of ``jit(fn)`` would run.
     """
     if max(1, min(int(chunk), _leading(xs))) == 1:
-        _check_explicit_chunk(xs, _leading(xs), 1, where)
 
         def one(block: PyTree) -> tuple[None, PyTree]:
             out = fn(jax.tree.map(lambda a: a[0], block))
@@ -437,11 +436,9 @@ def _stands_in(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
 
     Only under ``jit`` alone (every traced argument a ``jit`` tracer, the function closing over no
     traced value) on one device: there the program that will run is the one a concrete call would
-    compile. Under ``vmap`` or ``grad`` the program that runs is a transformed one, and on several
-    devices a stand-in would not be placed like the real arguments.
+    compile. Under ``vmap`` or ``grad`` the program that runs is a transformed one. (Several
+    devices are excluded before, by :func:`_choose`, for traced and concrete arguments alike.)
     """
-    if jax.device_count() > 1:
-        return False
     if item_jaxpr is not None and any(isinstance(c, jax.core.Tracer) for c in item_jaxpr.consts):
         return False
     traced = [leaf for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.core.Tracer)]

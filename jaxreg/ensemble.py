@@ -221,11 +221,10 @@ def stack(trees: Sequence[PyTree]) -> PyTree:
     if not trees:
         raise ValueError("stack: got no trees; an ensemble needs num_members >= 1.")
     structure = jax.tree.structure(trees[0])
+    first = jax.tree_util.tree_flatten_with_path(trees[0])[0]
     for i, t in enumerate(trees[1:], start=1):
         if jax.tree.structure(t) != structure:
             raise ValueError(f"stack: tree {i} has structure {jax.tree.structure(t)}, tree 0 has {structure}.")
-    first = jax.tree_util.tree_flatten_with_path(trees[0])[0]
-    for i, t in enumerate(trees[1:], start=1):
         for (path, a), b in zip(first, jax.tree.leaves(t)):
             if jnp.shape(a) != jnp.shape(b):
                 raise ValueError(
