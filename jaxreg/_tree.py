@@ -84,6 +84,15 @@ def compute_dtype(dtype: Any) -> Any:
     return dtype
 
 
+def default_float() -> Any:
+    """JAX's default float dtype now: float64 under ``jax_enable_x64``, else float32.
+
+    The dtype of hyperparameter leaves and of the factors computed from them, so that float64
+    params are averaged, scaled and perturbed with float64 factors.
+    """
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
 def is_mask_function(mask: Any) -> bool:
     """Whether ``mask`` is a function ``params -> bools`` rather than a pytree of bools.
 
@@ -120,8 +129,8 @@ class Mask:
     fn: Callable[[PyTree], PyTree]
     name: str = "mask"
 
-    def __call__(self, params: PyTree) -> PyTree:
-        return resolve_mask(self.fn, params)
+    def __call__(self, params: PyTree, where: str = "") -> PyTree:
+        return resolve_mask(self.fn, params, where)
 
     def __and__(self, other: Any) -> Mask:
         other = as_mask(other)
@@ -258,7 +267,7 @@ def as_mask(mask: Any) -> Mask:
     return Mask(_Constant(treedef, tuple(bool(x) for x in leaves)), "pytree")
 
 
-def resolve_mask(mask: Any, params: PyTree) -> PyTree:
+def resolve_mask(mask: Any, params: PyTree, where: str = "") -> PyTree:
     """Returns a pytree of Python bools with exactly the structure of ``params``.
 
     ``mask`` may be ``None`` (every leaf), a :class:`Mask`, a mask function, or a pytree of bools
@@ -266,31 +275,35 @@ def resolve_mask(mask: Any, params: PyTree) -> PyTree:
     whole subtree, as in ``optax.masked``). ``None`` subtrees of ``params`` stay ``None``.
 
     Raises:
-      ValueError: if the mask's structure does not match ``params``.
+      ValueError: if the mask's structure does not match ``params`` (the message starts with
+        ``where``, the public function that was given the mask).
     """
+    prefix = f"{where}: " if where else ""
     if mask is None:
         return _everything(params)
     if isinstance(mask, Mask):
-        return mask(params)
+        return mask(params, where)
     if is_mask_function(mask):
         mask = mask(params)
     try:
         full = jax.tree.broadcast(mask, params)
     except (ValueError, TypeError) as e:
         raise ValueError(
-            "mask does not match the structure of the params: "
+            f"{prefix}mask does not match the structure of the params: "
             f"mask = {jax.tree.structure(mask)}, params = {jax.tree.structure(params)}. Build it with "
             "jax.tree.map over the params, or pass a callable such as jr.masks.kernels."
         ) from e
     for leaf in jax.tree.leaves(full):
         if not isinstance(leaf, (bool, np.bool_)):
-            raise ValueError(f"mask leaves must be Python bools known at trace time, got a {type(leaf).__name__}.")
+            raise ValueError(
+                f"{prefix}mask leaves must be Python bools known at trace time, got a {type(leaf).__name__}."
+            )
     return jax.tree.map(bool, full)
 
 
-def selection(mask: Any, params: PyTree) -> PyTree:
-    """``resolve_mask(mask, params)`` restricted to floating-point leaves: what a regularizer acts on."""
-    return jax.tree.map(lambda keep, x: keep and is_float(x), resolve_mask(mask, params), params)
+def selection(mask: Any, params: PyTree, where: str = "") -> PyTree:
+    """``resolve_mask(mask, params, where)`` restricted to floating-point leaves: what a regularizer acts on."""
+    return jax.tree.map(lambda keep, x: keep and is_float(x), resolve_mask(mask, params, where), params)
 
 
 class Slot:

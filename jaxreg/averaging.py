@@ -19,6 +19,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _random
+from jaxreg._tree import default_float
 
 PyTree = Any
 
@@ -30,7 +31,7 @@ class EmaState(NamedTuple):
 
     Attributes:
       count: number of updates seen (int32).
-      decay: the decay (float32 leaf, read by ``update``).
+      decay: the decay (a float leaf: float32, float64 under ``jax_enable_x64``; read by ``update``).
       average: the (debiased, if asked) exponential moving average of the params.
     """
 
@@ -114,7 +115,9 @@ def _snapshot(t: jax.Array, start: jax.Array, every: jax.Array) -> jax.Array:
 
 
 def _check_schedule(start: ArrayLike, every: ArrayLike, where: str) -> None:
-    """``start`` an integer >= 0 and ``every`` an integer >= 1 (array leaves allowed)."""
+    """``start`` an integer >= 0 and ``every`` an integer >= 1 (scalar array leaves allowed)."""
+    _checks.check_scalar("start", start, where)
+    _checks.check_scalar("every", every, where)
     _checks.check_integer_at_least("start", start, 0, where)
     _checks.check_integer_at_least("every", every, 1, where)
 
@@ -134,7 +137,8 @@ def _next_snapshot(state: SwaState | SwagState) -> tuple[jax.Array, jax.Array, j
     count = state.count + 1
     snap = _snapshot(count, state.start, state.every)
     n = state.num_averaged
-    weight = jnp.where(snap, 1.0 / (n + 1).astype(jnp.float32), (n == 0).astype(jnp.float32))
+    dtype = default_float()
+    weight = jnp.where(snap, 1.0 / (n + 1).astype(dtype), (n == 0).astype(dtype))
     return count, snap, n, weight
 
 
@@ -164,7 +168,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
       An ``optax.GradientTransformation`` whose state is an :class:`EmaState`.
 
     Raises:
-      ValueError: if ``decay`` is outside [0, 1], or ``update`` gets no params.
+      ValueError: if ``decay`` is not a scalar in [0, 1], or ``update`` gets no params.
 
     Examples:
       >>> import jax.numpy as jnp, optax
@@ -184,17 +188,17 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
 
       Kingma & Ba, "Adam: a method for stochastic optimization", ICLR 2015 (bias correction).
     """
-    _checks.check_in_range("decay", decay, 0, 1, "ema", closed_high=True)
+    _checks.check_in_range("decay", decay, 0, 1, "ema", closed_high=True, scalar=True)
 
     def init_fn(params):
-        return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, jnp.float32), params)
+        return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, default_float()), params)
 
     def update_fn(updates, state, params=None):
         _need_params("ema", params)
         count = state.count + 1
         one_minus = 1.0 - state.decay
         if debias:
-            t = count.astype(jnp.float32)
+            t = count.astype(one_minus.dtype)
             # 1 - d**t without cancellation for d near 1: -expm1(t * log1p(-(1 - d)))
             weight = jnp.where(one_minus > 0, one_minus / -jnp.expm1(t * jnp.log1p(-one_minus)), 1.0 / t)
         else:
@@ -227,7 +231,7 @@ def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
       An ``optax.GradientTransformation`` whose state is a :class:`SwaState`.
 
     Raises:
-      ValueError: if ``start`` or ``every`` is not an integer in range, or ``update`` gets no params.
+      ValueError: if ``start`` or ``every`` is not a scalar integer in range, or ``update`` gets no params.
 
     Examples:
       >>> import jax.numpy as jnp, optax
@@ -286,7 +290,7 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
       An ``optax.GradientTransformation`` whose state is a :class:`SwagState`.
 
     Raises:
-      ValueError: if ``start``, ``every`` or ``rank`` is out of range, or ``update`` gets no params.
+      ValueError: if ``start``, ``every`` or ``rank`` is not a scalar in range, or ``update`` gets no params.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -404,7 +408,8 @@ def swag_sample(opt_state: PyTree, rng: jax.Array, *, scale: ArrayLike = 0.5) ->
       A params pytree (non-float leaves are the mean's).
 
     Raises:
-      ValueError: if ``opt_state`` holds no :class:`SwagState` (or several), or ``scale`` is negative.
+      ValueError: if ``opt_state`` holds no :class:`SwagState` (or several) or has a member axis,
+        or ``scale`` is negative or not a scalar.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -424,19 +429,27 @@ def swag_sample(opt_state: PyTree, rng: jax.Array, *, scale: ArrayLike = 0.5) ->
       Maddox, Garipov, Izmailov, Vetrov & Wilson, "A simple baseline for Bayesian uncertainty in
       deep learning", NeurIPS 2019.
     """
-    _checks.check_nonnegative("scale", scale, "swag_sample")
+    _checks.check_nonnegative("scale", scale, "swag_sample", scalar=True)
     _random.check_key(rng, "swag_sample")
     state = _find(opt_state, (SwagState,), "swag_sample")
+    if jnp.ndim(state.count) != 0:
+        # The rank would be read off the member axis: a wrong covariance, or a broadcasting error.
+        raise ValueError(
+            "swag_sample: opt_state has a member axis (SwagState.count.shape = "
+            f"{jnp.shape(state.count)}); map over the members: "
+            "jax.vmap(lambda s: jr.swag_sample(s, rng))(opt_state)."
+        )
     leaves, treedef = jax.tree.flatten(state.mean)
     sq_leaves = treedef.flatten_up_to(state.sq_mean)
     dev_leaves = treedef.flatten_up_to(state.deviations)
     key_diag, key_rank = jax.random.split(rng)
     diag_keys = jax.random.split(key_diag, max(len(leaves), 1))
     rank = dev_leaves[0].shape[0] if dev_leaves else 0
-    z2 = jax.random.normal(key_rank, (rank,), jnp.float32)
+    acc = default_float()
+    z2 = jax.random.normal(key_rank, (rank,), acc)
     filled = jnp.minimum(state.num_averaged, rank)
-    denom = jnp.sqrt(jnp.maximum(filled - 1, 1).astype(jnp.float32))
-    root_scale = jnp.sqrt(jnp.asarray(scale, jnp.float32))
+    denom = jnp.sqrt(jnp.maximum(filled - 1, 1).astype(acc))
+    root_scale = jnp.sqrt(jnp.asarray(scale, acc))
     out = []
     for key, m, sq, d in zip(diag_keys, leaves, sq_leaves, dev_leaves):
         if not _is_float(m):

@@ -30,6 +30,7 @@ class Constraint:
     """
 
     mask: Any = None
+    _name = "constraint"  # the factory's name, for error messages
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -40,7 +41,7 @@ class Constraint:
                 return x
             return self._project_leaf(path, x.astype(compute_dtype(x.dtype))).astype(x.dtype)
 
-        return jax.tree_util.tree_map_with_path(one, selection(self.mask, params), params)
+        return jax.tree_util.tree_map_with_path(one, selection(self.mask, params, self._name), params)
 
 
 def _norm_over(where: str, axis: Axis, path: Any, x: jax.Array) -> jax.Array:
@@ -85,6 +86,7 @@ class MaxNorm(Constraint):
     max_value: jax.Array
     axis: Axis = 0
     mask: Any = None
+    _name = "max_norm"
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         norm = _norm_over("max_norm", self.axis, path, x)
@@ -101,6 +103,7 @@ class UnitNorm(Constraint):
 
     axis: Axis = 0
     mask: Any = None
+    _name = "unit_norm"
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         norm = _norm_over("unit_norm", self.axis, path, x)
@@ -112,6 +115,7 @@ class NonNegative(Constraint):
     r"""Clips to the non-negative orthant: :math:`w \leftarrow \max(w, 0)`."""
 
     mask: Any = None
+    _name = "non_negative"
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         del path

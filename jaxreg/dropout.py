@@ -25,6 +25,7 @@ from jax.extend.random import threefry_2x32
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking, _random, uncertainty
+from jaxreg._tree import compute_dtype
 
 PyTree = Any
 
@@ -195,7 +196,8 @@ def dropout(
     keep = keep_mask(rng, mask_shape, rate, precision=precision)
     if mask_shape != x.shape:
         keep = jnp.broadcast_to(keep, x.shape)
-    keep_prob = 1.0 - jnp.asarray(rate, jnp.float32)
+    # float32 at least, float64 for float64 x: the survivors' scale is 1 / (1 - rate) rounded once
+    keep_prob = 1.0 - jnp.asarray(rate, compute_dtype(x.dtype))
     # Guarded so that a traced rate of 1 gives zeros (and zero gradients), not inf * 0.
     scale = jnp.where(keep_prob > 0.0, 1.0 / jnp.where(keep_prob > 0.0, keep_prob, 1.0), 0.0).astype(x.dtype)
     return jnp.where(keep, x * scale, jnp.zeros((), x.dtype))

@@ -40,7 +40,8 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
     and :math:`\eta \in \{0.01, 0.3, 1\}`). Unlike ``optax.add_noise``, whose seed is fixed when the
     optimizer is built, the key, ``eta`` and ``gamma`` are leaves of the state: build the state
     under ``jax.vmap`` over split keys (or values) and every member draws its own noise. Each
-    update splits the state's key; every leaf gets an independent draw in its own dtype.
+    update splits the state's key; every float leaf gets an independent draw in its own dtype
+    (integer leaves pass through unchanged; ``optax.add_noise`` refuses them).
 
     Args:
       eta: the noise variance at ``t = 0``, >= 0 (may be traced).
@@ -51,7 +52,7 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
       An ``optax.GradientTransformation`` whose state is a :class:`GradientNoiseState`.
 
     Raises:
-      ValueError: if ``eta`` or ``gamma`` is negative.
+      ValueError: if ``eta`` or ``gamma`` is negative or not a scalar.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -67,8 +68,8 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
       Neelakantan, Vilnis, Le, Sutskever, Kaiser, Kurach & Martens, "Adding gradient noise
       improves learning for very deep networks", arXiv:1511.06807, 2015.
     """
-    _checks.check_nonnegative("eta", eta, "add_gradient_noise")
-    _checks.check_nonnegative("gamma", gamma, "add_gradient_noise")
+    _checks.check_nonnegative("eta", eta, "add_gradient_noise", scalar=True)
+    _checks.check_nonnegative("gamma", gamma, "add_gradient_noise", scalar=True)
     _random.check_key(key, "add_gradient_noise", name="key")
 
     def init_fn(params: Any) -> GradientNoiseState:
@@ -86,6 +87,8 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
         std = jnp.sqrt(state.eta / jnp.power(1.0 + t, state.gamma))
         noisy = [
             u + std.astype(jnp.result_type(u)) * jax.random.normal(k, jnp.shape(u), jnp.result_type(u))
+            if jnp.issubdtype(jnp.result_type(u), jnp.inexact)
+            else u  # integer leaves pass through, as in every jaxreg transform
             for k, u in zip(keys, leaves)
         ]
         return jax.tree.unflatten(treedef, noisy), GradientNoiseState(state.count + 1, next_key, state.eta, state.gamma)

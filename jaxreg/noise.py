@@ -18,10 +18,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _random
-from jaxreg._tree import resolve_mask
+from jaxreg._tree import compute_dtype, resolve_mask
 from jaxreg.dropout import dropout, mc_dropout
 from jaxreg.uncertainty import Prediction
 
@@ -124,8 +125,12 @@ def gaussian_dropout(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array
     x = _check_float(x, "x", "gaussian_dropout")
     if _is_zero(rate):
         return x
-    p = jnp.asarray(rate, jnp.float32)
-    stddev = jnp.sqrt(p / (1.0 - p)).astype(x.dtype)
+    value = _checks.concrete(rate)
+    if value is not None:  # as keras: in float64, so a rate just below 1 gives a finite stddev
+        stddev = jnp.asarray(np.sqrt(float(value) / (1.0 - float(value))), x.dtype)
+    else:
+        p = jnp.asarray(rate, compute_dtype(x.dtype))
+        stddev = jnp.sqrt(p / (1.0 - p)).astype(x.dtype)
     return x * (1.0 + stddev * jax.random.normal(rng, x.shape, x.dtype))
 
 
@@ -159,7 +164,7 @@ def gaussian_noise(rng: jax.Array, x: ArrayLike, stddev: ArrayLike) -> jax.Array
     x = _check_float(x, "x", "gaussian_noise")
     if _is_zero(stddev):
         return x
-    sigma = jnp.asarray(stddev, jnp.float32).astype(x.dtype)
+    sigma = jnp.asarray(stddev, compute_dtype(x.dtype)).astype(x.dtype)
     return x + sigma * jax.random.normal(rng, x.shape, x.dtype)
 
 
@@ -205,10 +210,7 @@ def dropconnect(rng: jax.Array, params: PyTree, rate: ArrayLike, *, mask: Any = 
     """
     _random.check_key(rng, "dropconnect")
     _checks.check_rate("rate", rate, "dropconnect")
-    try:
-        keep = jax.tree.leaves(resolve_mask(mask, params))
-    except ValueError as e:
-        raise ValueError(f"dropconnect: {e}") from e
+    keep = jax.tree.leaves(resolve_mask(mask, params, "dropconnect"))
     if _is_zero(rate):
         return params
     leaves, treedef = jax.tree.flatten(params)

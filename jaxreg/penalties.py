@@ -61,17 +61,17 @@ def _scaled_total(scale: jax.Array, terms: list[jax.Array]) -> jax.Array:
     return jnp.asarray(scale).astype(total.dtype) * total
 
 
-def _map_selected(fn: Callable[..., jax.Array], tree: PyTree, mask: Any, *rest: PyTree) -> PyTree:
+def _map_selected(fn: Callable[..., jax.Array], tree: PyTree, mask: Any, *rest: PyTree, where: str = "") -> PyTree:
     """``fn(x, *r)`` on the selected floating-point leaves (in their own dtype), others unchanged."""
 
     def one(keep: bool, x: Any, *r: Any) -> Any:
         return fn(x, *r).astype(x.dtype) if keep else x
 
-    return jax.tree.map(one, selection(mask, tree), tree, *rest)
+    return jax.tree.map(one, selection(mask, tree, where), tree, *rest)
 
 
-def _selected_terms(fn: Callable[[jax.Array], jax.Array], tree: PyTree, mask: Any) -> list[jax.Array]:
-    keep = jax.tree.leaves(selection(mask, tree))
+def _selected_terms(fn: Callable[[jax.Array], jax.Array], tree: PyTree, mask: Any, where: str = "") -> list[jax.Array]:
+    keep = jax.tree.leaves(selection(mask, tree, where))
     return [fn(_acc(x)) for x, k in zip(jax.tree.leaves(tree), keep) if k]
 
 
@@ -176,7 +176,7 @@ class L2(Penalty):
 
     def __call__(self, tree: PyTree) -> jax.Array:
         diffs = self._diffs(tree)
-        keep = jax.tree.leaves(selection(self.mask, tree))
+        keep = jax.tree.leaves(selection(self.mask, tree, "l2"))
         terms = [jnp.sum(jnp.square(_acc(d))) for d, k in zip(jax.tree.leaves(diffs), keep) if k]
         return _scaled_total(self.scale, terms)
 
@@ -184,14 +184,14 @@ class L2(Penalty):
         steps = _steps_like(step, tree, "l2.prox")
         if self.center is None:
             return _map_selected(
-                lambda x, t: _acc(x) / (1.0 + 2.0 * _as(t, x) * _as(self.scale, x)), tree, self.mask, steps
+                lambda x, t: _acc(x) / (1.0 + 2.0 * _as(t, x) * _as(self.scale, x)), tree, self.mask, steps, where="l2"
             )
 
         def one(x: jax.Array, t: Any, c: jax.Array) -> jax.Array:
             rate = 2.0 * _as(t, x) * _as(self.scale, x)
             return (_acc(x) + rate * _as(c, x)) / (1.0 + rate)
 
-        return _map_selected(one, tree, self.mask, steps, self._centers(tree))
+        return _map_selected(one, tree, self.mask, steps, self._centers(tree), where="l2")
 
 
 def _is_float_leaf(x: Any) -> bool:
@@ -235,12 +235,12 @@ class L1(Penalty):
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        return _scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask))
+        return _scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "l1"))
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         steps = _steps_like(step, tree, "l1.prox")
         return _map_selected(
-            lambda x, t: _soft_threshold(_acc(x), _as(t, x) * _as(self.scale, x)), tree, self.mask, steps
+            lambda x, t: _soft_threshold(_acc(x), _as(t, x) * _as(self.scale, x)), tree, self.mask, steps, where="l1"
         )
 
 
@@ -260,8 +260,10 @@ class ElasticNet(Penalty):
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        absolute = _scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask))
-        squared = _scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(jnp.square(x)), tree, self.mask))
+        absolute = _scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "elastic_net"))
+        squared = _scaled_total(
+            self.l2, _selected_terms(lambda x: jnp.sum(jnp.square(x)), tree, self.mask, "elastic_net")
+        )
         return absolute + squared.astype(absolute.dtype)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
@@ -271,7 +273,7 @@ class ElasticNet(Penalty):
             t = _as(t, x)
             return _soft_threshold(_acc(x), t * _as(self.l1, x)) / (1.0 + 2.0 * t * _as(self.l2, x))
 
-        return _map_selected(one, tree, self.mask, steps)
+        return _map_selected(one, tree, self.mask, steps, where="elastic_net")
 
 
 # Primitives that only move data: a ``where`` built from them selects (each output element is
@@ -401,7 +403,7 @@ class GroupLasso(Penalty):
         return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        keep = jax.tree.leaves(selection(self.mask, tree))
+        keep = jax.tree.leaves(selection(self.mask, tree, "group_lasso"))
         paths = jax.tree_util.tree_flatten_with_path(tree)[0]
         return _scaled_total(self.scale, [jnp.sum(self._norms(p, x)) for (p, x), k in zip(paths, keep) if k])
 
@@ -416,7 +418,7 @@ class GroupLasso(Penalty):
             factor = jnp.where(norm > 0, jnp.maximum(0.0, 1.0 - threshold / jnp.where(norm > 0, norm, 1.0)), 0.0)
             return (_acc(x) * factor).astype(x.dtype)
 
-        return jax.tree_util.tree_map_with_path(one, selection(self.mask, tree), tree)
+        return jax.tree_util.tree_map_with_path(one, selection(self.mask, tree, "group_lasso"), tree)
 
 
 @pytree_dataclass(data=["terms"], meta=[])

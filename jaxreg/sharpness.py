@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import resolve_mask
+from jaxreg._tree import compute_dtype, resolve_mask
 
 PyTree = Any
 
@@ -37,8 +37,10 @@ def sam_gradient(
 
     the norm running over all selected leaves together (:math:`\epsilon = 0` where
     :math:`g = 0`). Leaves outside ``mask`` (and non-float leaves) are not perturbed and do not
-    enter the norm; their gradient is still taken at the perturbed point. Two gradient
-    evaluations; ``rho`` and ``eta`` may be traced (a sweep over radii is a ``vmap``).
+    enter the norm; their gradient is still taken at the perturbed point (an integer leaf's is
+    jax's ``float0`` zero, as from ``jax.grad(..., allow_int=True)``). The norm and
+    :math:`\rho / \lVert T_w g \rVert` are computed in float32, or float64 when a selected leaf is.
+    Two gradient evaluations; ``rho`` and ``eta`` may be traced (a sweep over radii is a ``vmap``).
 
     Args:
       loss_fn: ``loss_fn(params, *args) -> scalar``.
@@ -55,7 +57,7 @@ def sam_gradient(
       ``(loss, grad)``: the loss at ``params`` and the gradient at ``params + epsilon``.
 
     Raises:
-      ValueError: if ``rho`` or ``eta`` is negative, or ``mask`` does not match ``params``.
+      ValueError: if ``rho`` or ``eta`` is negative or not a scalar, or ``mask`` does not match ``params``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -71,14 +73,16 @@ def sam_gradient(
       Kwon, Kim, Park & Choi, "ASAM: adaptive sharpness-aware minimization for scale-invariant
       learning of deep neural networks", ICML 2021.
     """
-    _checks.check_nonnegative("rho", rho, "sam_gradient")
-    _checks.check_nonnegative("eta", eta, "sam_gradient")
+    _checks.check_nonnegative("rho", rho, "sam_gradient", scalar=True)
+    _checks.check_nonnegative("eta", eta, "sam_gradient", scalar=True)
     selected = jax.tree.map(
         lambda keep, w: bool(keep) and jnp.issubdtype(jnp.result_type(w), jnp.inexact),
-        resolve_mask(mask, params),
+        resolve_mask(mask, params, "sam_gradient"),
         params,
     )
-    loss, g = jax.value_and_grad(loss_fn)(params, *args)
+    # allow_int: integer leaves (a step counter, an index) get jax's float0 gradient, as in
+    # jax.grad(..., allow_int=True), and are never perturbed.
+    loss, g = jax.value_and_grad(loss_fn, allow_int=True)(params, *args)
 
     def scale(w, keep):
         if not keep:
@@ -87,9 +91,14 @@ def sam_gradient(
 
     t = jax.tree.map(scale, params, selected)
     tg = jax.tree.map(lambda ti, gi: None if ti is None else ti * gi, t, g, is_leaf=lambda x: x is None)
-    sq = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tg)]
-    norm = jnp.sqrt(sum(sq[1:], sq[0])) if sq else jnp.zeros([], jnp.float32)
-    factor = jnp.where(norm > 0, jnp.asarray(rho, jnp.float32) / jnp.where(norm > 0, norm, 1.0), 0.0)
+    selected_leaves = jax.tree.leaves(tg)
+    # float32 at least (half-precision norms overflow); float64 when a selected leaf is
+    acc = max(
+        (compute_dtype(x.dtype) for x in selected_leaves), key=lambda d: d.itemsize, default=jnp.dtype(jnp.float32)
+    )
+    sq = [jnp.sum(jnp.square(x.astype(acc))) for x in selected_leaves]
+    norm = jnp.sqrt(sum(sq[1:], sq[0])) if sq else jnp.zeros([], acc)
+    factor = jnp.where(norm > 0, jnp.asarray(rho, acc) / jnp.where(norm > 0, norm, 1.0), 0.0)
 
     def perturb(w, ti, gi):
         if ti is None:
@@ -97,4 +106,4 @@ def sam_gradient(
         return w + (factor.astype(w.dtype) * ti * ti * gi).astype(w.dtype)
 
     perturbed = jax.tree.map(perturb, params, t, g, is_leaf=lambda x: x is None)
-    return loss, jax.grad(loss_fn)(perturbed, *args)
+    return loss, jax.grad(loss_fn, allow_int=True)(perturbed, *args)

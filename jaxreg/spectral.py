@@ -65,7 +65,7 @@ def _path_str(path: Any) -> str:
 def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Array]]:
     """``(path, leaf)`` of the selected floating-point leaves; ``mask=None`` means every kernel (ndim >= 2)."""
     explicit = mask is not None
-    keep = jax.tree.leaves(resolve_mask(mask if explicit else kernels, params))
+    keep = jax.tree.leaves(resolve_mask(mask if explicit else kernels, params, where))
     out = []
     for (path, x), k in zip(jax.tree_util.tree_flatten_with_path(params)[0], keep):
         if not k or not jnp.issubdtype(jnp.result_type(x), jnp.inexact):

@@ -324,6 +324,11 @@ BAD = [
         lambda: jr.swag_sample(jr.swag(0).init(jnp.ones(2)), jax.random.key(0), scale=-1.0),
         r"swag_sample: scale must be finite and >= 0, got scale = -1\.0",
     ),
+    # one value per optimizer: a sweep builds states under vmap (an array would broadcast
+    # against the params, or silently average per coordinate)
+    (lambda: jr.ema(jnp.array([0.9, 0.99])), r"ema: decay must be a scalar, got decay\.shape = \(2,\)"),
+    (lambda: jr.swa(jnp.array([1, 2])), r"swa: start must be a scalar, got start\.shape = \(2,\)"),
+    (lambda: jr.swag(0, every=jnp.array([1, 2])), r"swag: every must be a scalar, got every\.shape = \(2,\)"),
 ]
 
 
@@ -338,3 +343,45 @@ def test_swag_sample_refuses_an_int_seed():
     state = opt.init(jnp.zeros(2))
     with pytest.raises(ValueError, match=r"swag_sample: rng must be a PRNG key.*Got rng = 3\."):
         jr.swag_sample(state, 3)
+
+
+@pytest.mark.parametrize(("members", "rank"), [(2, 2), (3, 2)])
+def test_swag_sample_refuses_a_member_axis(members, rank):
+    # The rank would be read off the member axis: with members == rank a wrong covariance and
+    # no error, else a broadcasting error from inside jax.
+    opt = optax.chain(optax.sgd(0.1), jr.swag(0, rank=rank))
+    states = jax.vmap(opt.init)(jnp.zeros((members, 2)))
+    with pytest.raises(ValueError, match=r"swag_sample: opt_state has a member axis \(SwagState\.count\.shape = \("):
+        jr.swag_sample(states, jax.random.key(0))
+    per_member = jax.vmap(lambda s: jr.swag_sample(s, jax.random.key(0)))(states)
+    assert per_member.shape == (members, 2)
+
+
+@pytest.mark.parametrize("kind", ["ema", "ema_debias", "swa"])
+def test_float64_params_are_averaged_in_float64(kind):
+    """Under x64 the decay and the 1 / (n + 1) weights are float64: a float64 average of float64
+    params agrees with numpy's to float64 round-off, not float32's (1e-8)."""
+    with jax.enable_x64(True):
+        tx = {"ema": jr.ema(0.9), "ema_debias": jr.ema(0.9, debias=True), "swa": jr.swa(0, 1)}[kind]
+        opt = optax.chain(optax.sgd(0.1), tx)
+        rng = np.random.default_rng(0)
+        w = jnp.asarray(rng.normal(size=5))
+        state = opt.init(w)
+        snaps = [np.asarray(w)]
+        for _ in range(T):
+            updates, state = opt.update(jnp.asarray(rng.normal(size=5)), state, w)
+            w = optax.apply_updates(w, updates)
+            snaps.append(np.asarray(w))
+        got = np.asarray(jr.averaged_params(state))
+    assert got.dtype == np.float64
+    if kind == "swa":
+        expected = np.mean(snaps, axis=0)
+    elif kind == "ema":
+        expected = snaps[0]
+        for x in snaps[1:]:
+            expected = expected + 0.1 * (x - expected)
+    else:  # Adam's bias-corrected average of the updated params
+        weights = 0.1 * 0.9 ** np.arange(T - 1, -1, -1)
+        expected = np.tensordot(weights, np.asarray(snaps[1:]), axes=1) / (1 - 0.9**T)
+    scale = max(float(np.max(np.abs(s))) for s in snaps)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=3 * T * np.finfo(np.float64).eps * scale)

@@ -38,6 +38,16 @@ def test_quantized_rate_and_exact_scale():
         assert values == {0.0, (np.float32(1.0) / (np.float32(1.0) - np.float32(0.1))).item()}, values
 
 
+@pytest.mark.parametrize("fn", ["dropout", "drop_path"])
+def test_float64_survivors_are_scaled_in_float64(fn):
+    # Under x64 a float64 x is scaled by 1 / (1 - rate) rounded once in float64 (flax's x / keep_prob).
+    with jax.enable_x64(True):
+        x = jnp.ones((1000, 1), jnp.float64)
+        y = np.asarray(getattr(jr, fn)(jax.random.key(1), x, 0.3))
+    assert y.dtype == np.float64
+    assert set(np.unique(y).tolist()) == {0.0, 1.0 / (1.0 - 0.3)}
+
+
 def test_survivors_equal_flax_dropout_values():
     x = jnp.linspace(0.5, 2.0, 4000).reshape(40, 100)
     rate = 0.37

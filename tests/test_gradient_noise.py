@@ -68,6 +68,8 @@ def test_new_eta_does_not_recompile():
     [
         ((-0.1,), r"add_gradient_noise: eta must be finite and >= 0, got eta = -0\.1"),
         ((0.1, -1.0), r"add_gradient_noise: gamma must be finite and >= 0, got gamma = -1\.0"),
+        ((jnp.array([0.1, 0.2]),), r"add_gradient_noise: eta must be a scalar, got eta\.shape = \(2,\)"),
+        ((0.1, jnp.ones(3)), r"add_gradient_noise: gamma must be a scalar, got gamma\.shape = \(3,\)"),
     ],
 )
 def test_bad_arguments(args, match):
@@ -78,3 +80,11 @@ def test_bad_arguments(args, match):
 def test_a_key_that_is_not_a_prng_key_is_refused():
     with pytest.raises(ValueError, match=r"add_gradient_noise: key must be a PRNG key.*Got key = 0\."):
         jr.add_gradient_noise(0.01, key=0)
+
+
+def test_integer_leaves_pass_through():
+    noise = jr.add_gradient_noise(0.1, key=jax.random.key(0))
+    updates = {"w": jnp.zeros(2), "count": jnp.array(3, jnp.int32)}
+    out, _ = noise.update(updates, noise.init(updates))
+    assert out["count"].dtype == jnp.int32 and int(out["count"]) == 3
+    assert np.all(np.asarray(out["w"]) != 0.0)  # the float leaf got its noise

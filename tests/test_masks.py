@@ -107,7 +107,23 @@ def test_pytree_and_prefix_masks():
     [
         (
             lambda: jr.l2(1.0, mask={"a": True, "c": False})({"a": jnp.ones(2), "b": jnp.ones(2)}),
-            "mask does not match the structure of the params",
+            "^l2: mask does not match the structure of the params",
+        ),
+        (
+            lambda: jr.group_lasso(1.0, mask={"a": True})({"b": jnp.ones((2, 2))}),
+            "^group_lasso: mask does not match the structure of the params",
+        ),
+        (
+            lambda: jr.l1(1.0, mask={"a": True}).prox({"b": jnp.ones(2)}, 0.1),
+            "^l1: mask does not match the structure of the params",
+        ),
+        (
+            lambda: jr.elastic_net(1.0, 1.0, mask={"a": True})({"b": jnp.ones(2)}),
+            "^elastic_net: mask does not match the structure of the params",
+        ),
+        (
+            lambda: jr.max_norm(1.0, mask={"a": True})({"b": jnp.ones((2, 2))}),
+            "^max_norm: mask does not match the structure of the params",
         ),
         (lambda: jr.l2(1.0, mask={"a": jnp.array(True), "b": False}), "mask must be a pytree of Python bools"),
         (lambda: jr.masks.by_path("("), r"by_path: invalid regular expression, got pattern = '\('"),
@@ -121,7 +137,17 @@ def test_pytree_and_prefix_masks():
             "by_path: pattern = 'Dense_9' selects no leaf",
         ),
     ],
-    ids=["structure", "traced-leaf", "bad-regex", "typo", "typo-in-combination"],
+    ids=[
+        "structure",
+        "structure-group_lasso",
+        "structure-l1-prox",
+        "structure-elastic_net",
+        "structure-max_norm",
+        "traced-leaf",
+        "bad-regex",
+        "typo",
+        "typo-in-combination",
+    ],
 )
 def test_mask_errors_name_the_problem(call, message):
     with pytest.raises(ValueError, match=message):

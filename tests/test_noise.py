@@ -109,6 +109,18 @@ def test_gaussian_dropout_matches_keras_distribution(rate):
     assert ks.pvalue > 1e-3, ks
 
 
+def test_gaussian_dropout_rate_just_below_one_is_finite_as_keras():
+    # 1 - 1e-9 passes the check (< 1) but is 1.0 in float32: keras computes the stddev of a
+    # Python float rate in float64, sqrt(rate / (1 - rate)) ~ 31623, not inf.
+    rate = 1 - 1e-9
+    x = jnp.array([0.0, 1.0, 2.0])
+    y = np.asarray(jr.gaussian_dropout(jax.random.key(0), x, rate))
+    assert np.all(np.isfinite(y)) and y[0] == 0.0
+    eps = np.asarray(jr.gaussian_dropout(jax.random.key(0), jnp.ones(3), rate), np.float64) - 1.0
+    z = np.asarray(jax.random.normal(jax.random.key(0), (3,), jnp.float32), np.float64)
+    np.testing.assert_allclose(eps, math.sqrt(rate / (1 - rate)) * z, rtol=4 * np.finfo(np.float32).eps)
+
+
 def test_gaussian_dropout_is_multiplicative():
     key = jax.random.key(6)
     x = jnp.linspace(-3.0, 3.0, 50)

@@ -106,8 +106,36 @@ def test_zero_gradient_gives_no_perturbation():
     [
         ({"rho": -0.1}, r"sam_gradient: rho must be finite and >= 0, got rho = -0\.1"),
         ({"rho": 0.1, "eta": -1.0}, r"sam_gradient: eta must be finite and >= 0, got eta = -1\.0"),
+        # one radius per call (a sweep is a vmap): an array of the params' shape would silently
+        # give each coordinate its own radius
+        ({"rho": jnp.array([0.1, 0.2])}, r"sam_gradient: rho must be a scalar, got rho\.shape = \(2,\)"),
+        ({"rho": jnp.array([[0.1]])}, r"sam_gradient: rho must be a scalar, got rho\.shape = \(1, 1\)"),
+        ({"rho": 0.1, "mask": {"b": True}}, r"sam_gradient: mask does not match the structure of the params"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         jr.sam_gradient(lambda w: jnp.sum(w), jnp.ones(2), **kwargs)
+
+
+def test_integer_leaves_are_not_perturbed_and_get_a_float0_gradient():
+    # As jax.grad(..., allow_int=True): the float leaves' gradient is SAM's, the counter's float0.
+    params = {"w": jnp.array([3.0, 4.0]), "step": jnp.array(7, jnp.int32)}
+
+    def loss(p):
+        return 0.5 * jnp.sum(jnp.square(p["w"])) * p["step"].astype(jnp.float32)
+
+    value, g = jr.sam_gradient(loss, params, rho=0.5)
+    assert float(value) == 0.5 * 25.0 * 7
+    # w + 0.5 * w / |w| = [3.3, 4.4], times the counter 7
+    np.testing.assert_allclose(np.asarray(g["w"]), 7 * np.array([3.3, 4.4]), rtol=4 * np.finfo(np.float32).eps)
+    assert g["step"].dtype == jax.dtypes.float0
+
+
+def test_float64_params_are_perturbed_with_a_float64_radius():
+    with jax.enable_x64(True):
+        w = jnp.array([3.0, 4.0], jnp.float64)
+        _, g = jr.sam_gradient(lambda v: 0.5 * jnp.sum(jnp.square(v)), w, rho=0.5)
+    assert g.dtype == np.float64
+    # 1.1 * w in float64 (a float32 factor would be off by ~1e-8)
+    np.testing.assert_allclose(np.asarray(g), np.array([3.3, 4.4]), rtol=4 * np.finfo(np.float64).eps)
