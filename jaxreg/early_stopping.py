@@ -574,8 +574,9 @@ def retrain_budget(
       An int32 array shaped like ``num_updates``.
 
     Raises:
-      ValueError: on a policy other than "updates"/"epochs", ``num_train < batch_size``, a negative
-        ``num_val`` or a ``batch_size`` below 1.
+      ValueError: on a policy other than "updates"/"epochs", ``num_updates`` that are not
+        integers >= 0, ``num_train < batch_size``, a negative ``num_val`` or a ``batch_size``
+        below 1.
 
     Examples:
       >>> import jaxreg as jr
@@ -584,11 +585,25 @@ def retrain_budget(
       >>> int(jr.retrain_budget(100, num_train=1000, num_val=250, batch_size=100, policy="epochs"))
       120
     """
+    return checked_retrain_budget(num_updates, num_train, num_val, batch_size, policy, "retrain_budget")
+
+
+def checked_retrain_budget(
+    num_updates: ArrayLike, num_train: int, num_val: int, batch_size: int, policy: str, where: str
+) -> jax.Array:
+    """:func:`retrain_budget` whose errors name ``where`` (``retrain`` checks its own arguments)."""
     if policy not in _POLICIES:
-        raise ValueError(f'retrain_budget: policy must be "updates" or "epochs", got policy = {policy!r}.')
-    batch_size = _checks.check_int_at_least("batch_size", batch_size, 1, "retrain_budget")
-    num_train = _checks.check_int_at_least("num_train", num_train, batch_size, "retrain_budget")
-    num_val = _checks.check_int_at_least("num_val", num_val, 0, "retrain_budget")
+        raise ValueError(f'{where}: policy must be "updates" or "epochs", got policy = {policy!r}.')
+    _checks.check_integer_at_least("num_updates", num_updates, 0, where)
+    batch_size = _checks.check_int_at_least("batch_size", batch_size, 1, where)
+    if where == "retrain_budget":
+        num_train = _checks.check_int_at_least("num_train", num_train, batch_size, where)
+    elif num_train < batch_size:
+        raise ValueError(
+            f"{where}: batch_size must be at most the number of train_data examples ({num_train}), "
+            f"got batch_size = {batch_size}."
+        )
+    num_val = _checks.check_int_at_least("num_val", num_val, 0, where)
     u = jnp.asarray(num_updates, jnp.int32)
     if policy == "updates":
         return u

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _random
+from jaxreg import _checks, _chunking, _random
 from jaxreg._tree import compute_dtype, resolve_mask
 from jaxreg.dropout import dropout, mc_dropout
 from jaxreg.uncertainty import Prediction
@@ -269,6 +269,9 @@ def mc_dropconnect(
     """
     _random.check_key(rng, "mc_dropconnect")
     _checks.check_rate("rate", rate, "mc_dropconnect")
+    # checked here too, so the message names this function rather than mc_dropout
+    _checks.check_int_at_least("num_samples", num_samples, 1, "mc_dropconnect")
+    _chunking.check_chunk_size(chunk_size, "mc_dropconnect")
 
     def one(p_and_rate: tuple[PyTree, jax.Array], inputs: Any, key: jax.Array) -> PyTree:
         p, r = p_and_rate

@@ -337,7 +337,9 @@ def draw_run(out_dir: str, only: Collection[str] | None = None) -> dict[str, str
 
     Reads ``results.json``, ``history.npz`` and ``params/*``; writes the figures named in
     ``results["figures"]``: ``curves`` (train and validation loss of every regime that is not a
-    sweep point, per seed averaged over its members, then the mean over seeds with a 95% band),
+    sweep point, per seed averaged over its members, then the mean over seeds with a 95% band;
+    an ensemble's curve is labelled as its members' own curves, since its table row reports the
+    averaged prediction),
     ``val_overlay`` (every such regime's validation loss in one panel, with bands),
     ``l2_sweep`` (accuracy vs the sweep's L2 scale, with error bars), ``weights`` (kernel
     histograms of every regime, all seeds pooled), ``mc_dropout`` (accuracy and NLL vs number of
@@ -369,6 +371,12 @@ def draw_run(out_dir: str, only: Collection[str] | None = None) -> dict[str, str
             by_seed.setdefault(_seed_of(m), []).append(members.index(m))
         return np.stack([np.mean(curves[by_seed[r]], axis=0) for r in sorted(by_seed)])
 
+    def curve_label(row: dict[str, Any]) -> str:
+        """The regime's label; an ensemble's curve is its members' own losses averaged, not the
+        loss of the ensemble's averaged prediction (what its table row reports), so it says so."""
+        per_seed = len(row["members"]) / max(1, len({_seed_of(m) for m in row["members"]}))
+        return f"{row['label']}: its members' own curves" if per_seed > 1 else row["label"]
+
     def measure(row: dict[str, Any], key: str) -> Any:
         m = row.get("measures", {}).get(key)
         if m is None:
@@ -380,9 +388,9 @@ def draw_run(out_dir: str, only: Collection[str] | None = None) -> dict[str, str
         out["curves"] = curves(
             os.path.join(out_dir, names["curves"]),
             step,
-            {r["label"]: (seed_curves(train_loss, r), seed_curves(val_loss, r)) for r in main},
+            {curve_label(r): (seed_curves(train_loss, r), seed_curves(val_loss, r)) for r in main},
             target=res["settings"]["target_loss"],
-            stops={r["label"]: r["best_step"] for r in main if r["best_step"] is not None},
+            stops={curve_label(r): r["best_step"] for r in main if r["best_step"] is not None},
         )
     if "val_overlay" in names:
         seen, series = set(), {}
@@ -390,7 +398,7 @@ def draw_run(out_dir: str, only: Collection[str] | None = None) -> dict[str, str
             key = tuple(r["members"])
             if key not in seen:
                 seen.add(key)
-                series[r["label"]] = seed_curves(val_loss, r)
+                series[curve_label(r)] = seed_curves(val_loss, r)
         out["val_overlay"] = overlay(
             os.path.join(out_dir, names["val_overlay"]),
             step,

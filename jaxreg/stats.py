@@ -15,6 +15,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 from jax.typing import ArrayLike
 
+from jaxreg import _checks
+
 __all__ = ["Interval", "mean_interval", "paired_difference", "verdict"]
 
 Method = Literal["t", "bootstrap"]
@@ -29,9 +31,20 @@ class Interval(NamedTuple):
 
     def format(self, digits: int = 3) -> str:
         """``"0.925 ± 0.012"`` (the half-width; ``±`` alone when the interval is symmetric)."""
-        mean, lo, hi = (float(np.asarray(v)) for v in self)
+        mean, lo, hi = (_scalar(v, "Interval.format", name) for v, name in zip(self, self._fields))
         half = max(mean - lo, hi - mean)
         return f"{mean:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{mean:.{digits}f}"
+
+
+def _scalar(value: ArrayLike, where: str, name: str) -> float:
+    """A bound of the interval of one quantity (``mean_interval`` of a 2-d input has arrays)."""
+    arr = np.asarray(value)
+    if arr.ndim != 0:
+        raise ValueError(
+            f"{where}: expects the interval of one quantity, got {name}.shape = {arr.shape}; "
+            "index the Interval's fields (or call mean_interval per quantity)."
+        )
+    return float(arr)
 
 
 def _check(values: ArrayLike, confidence: float, where: str) -> np.ndarray:
@@ -75,7 +88,8 @@ def mean_interval(
       An :class:`Interval` of numpy arrays (0-d for a 1-d input).
 
     Raises:
-      ValueError: for a scalar input, a confidence outside (0, 1) or an unknown method.
+      ValueError: for a scalar input, a confidence outside (0, 1), an unknown method or (bootstrap)
+        ``num_resamples`` below 1.
 
     Examples:
       >>> import jaxreg as jr
@@ -84,6 +98,8 @@ def mean_interval(
       (0.92, 0.0248)
     """
     x = np.moveaxis(_check(values, confidence, "mean_interval"), axis, 0)
+    if method == "bootstrap":
+        _checks.check_int_at_least("num_resamples", num_resamples, 1, "mean_interval")
     n = x.shape[0]
     mean = x.mean(axis=0)
     if method == "t":
@@ -141,8 +157,11 @@ def verdict(
     """``higher`` if the interval of a difference lies above 0, ``lower`` if below, else ``same``.
 
     A NaN bound (one seed) is never a difference.
+
+    Raises:
+      ValueError: if the bounds are arrays (the interval of several quantities).
     """
-    lo, hi = float(np.asarray(difference.lo)), float(np.asarray(difference.hi))
+    lo, hi = _scalar(difference.lo, "verdict", "lo"), _scalar(difference.hi, "verdict", "hi")
     if np.isfinite(lo) and lo > 0:
         return higher
     if np.isfinite(hi) and hi < 0:

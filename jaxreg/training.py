@@ -44,7 +44,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.typing import ArrayLike
 
 from jaxreg import _checkpoint, _checks, _random
-from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, freeze_stopped, retrain_budget
+from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, checked_retrain_budget, freeze_stopped
 from jaxreg.pruning import SuccessiveHalving
 
 PyTree = Any
@@ -1104,7 +1104,7 @@ def retrain(
             f"{jax.tree.structure(val_data)} for train_data = {jax.tree.structure(train_data)}."
         )
     n_train, n_val = _num_examples(train_data, "retrain"), _num_examples(val_data, "retrain")
-    budget = retrain_budget(num_updates, num_train=n_train, num_val=n_val, batch_size=batch_size, policy=policy)
+    budget = checked_retrain_budget(num_updates, n_train, n_val, batch_size, policy, "retrain")
     total = max(int(np.max(np.asarray(budget))), 1)
     if eval_every is None:
         eval_every = max(1, -(-total // 20))

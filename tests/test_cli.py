@@ -331,6 +331,33 @@ def test_history_and_derived_regimes_are_consistent(procs):
     assert all("verdict" in e for n, e in es["methods"].items() if n != "gradient descent")
 
 
+def test_an_ensembles_curve_is_labelled_as_its_members_curves(procs, monkeypatch):
+    # The bagging row reports the averaged prediction's loss; the curve drawn for it is the mean
+    # of its members' own loss curves, which is higher: the label must not pass it off as the row.
+    import jaxreg.plots as plots
+
+    base, result = procs
+    code, _, err = result("a")
+    assert code == 0, err[-3000:]
+    out_dir = base / "a"
+    res = json.loads((out_dir / "results.json").read_text())
+    seen = {}
+    monkeypatch.setattr(plots, "curves", lambda path, step, series, **kw: seen.setdefault("curves", series) and path)
+    monkeypatch.setattr(plots, "overlay", lambda path, step, series, **kw: seen.setdefault("overlay", series) and path)
+    plots.draw_run(str(out_dir), only={"curves", "val_overlay"})
+    with np.load(out_dir / "history.npz") as h:
+        members, val_loss = [str(m) for m in h["members"]], h["val_loss"]
+    rows = {r["regime"]: r for r in res["regimes"]}
+    bag, none = rows["bagging"], rows["none"]
+    label = f"{bag['label']}: its members' own curves"
+    assert label in seen["curves"] and label in seen["overlay"] and bag["label"] not in seen["overlay"]
+    assert none["label"] in seen["overlay"]  # one member per seed: the plain label
+    # ... and it is the members' mean, per seed (bagging's members are named "bagging/<member>#<seed>").
+    first_seed = sorted({m.rsplit("#", 1)[1] for m in bag["members"]})[0]
+    idx = [members.index(m) for m in bag["members"] if m.rsplit("#", 1)[1] == first_seed]
+    np.testing.assert_allclose(seen["overlay"][label][0], val_loss[idx].mean(axis=0), rtol=1e-6)
+
+
 def _synthetic_results(acc_l2, *, seeds=3):
     """Results as `jaxreg run` writes them, with every measure equal across regimes and seeds
     except l2's test accuracy (``acc_l2``, one value per seed) against none's 0.90, 0.91, 0.92."""

@@ -279,6 +279,14 @@ BAD = [
         lambda: jr.retrain_budget(10, num_train=5, num_val=10, batch_size=10),
         r"num_train must be an int >= 10, got num_train = 5",
     ),
+    (
+        lambda: jr.retrain_budget(-3, num_train=50, num_val=30, batch_size=8),
+        r"^retrain_budget: num_updates must be an integer >= 0, got num_updates = -3\.",
+    ),
+    (
+        lambda: jr.retrain_budget(np.array([4, 2.7]), num_train=50, num_val=30, batch_size=8),
+        r"^retrain_budget: num_updates must be an integer >= 0, got num_updates = \[4\. +2\.7\]",
+    ),
 ]
 
 

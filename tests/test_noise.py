@@ -268,7 +268,14 @@ X = jnp.ones((4, 3))
             lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 4, 1.0),
             r"mc_dropconnect: rate must be in \[0, 1\)",
         ),
-        (lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 0, 0.5), r"num_samples must be an int >= 1"),
+        (
+            lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 0, 0.5),
+            r"^mc_dropconnect: num_samples must be an int >= 1, got num_samples = 0\.",
+        ),
+        (
+            lambda: jr.mc_dropconnect(lambda p, v: v, X, X, KEY, 8, 0.5, chunk_size=0),
+            r"^mc_dropconnect: chunk_size must be",
+        ),
     ],
 )
 def test_bad_input(call, match):

@@ -81,8 +81,20 @@ def test_one_seed_claims_no_interval():
             lambda: jr.stats.paired_difference([1.0, 2.0], [1.0]),
             "paired_difference: a and b must have one value per seed",
         ),
+        (
+            lambda: jr.stats.mean_interval([1.0, 2.0, 3.0], method="bootstrap", num_resamples=0),
+            r"^mean_interval: num_resamples must be an int >= 1, got num_resamples = 0\.",
+        ),
+        (
+            lambda: jr.stats.verdict(jr.stats.mean_interval(np.ones((3, 2)))),
+            r"^verdict: expects the interval of one quantity, got lo\.shape = \(2,\)",
+        ),
+        (
+            lambda: jr.stats.mean_interval(np.ones((3, 2))).format(),
+            r"^Interval\.format: expects the interval of one quantity, got mean\.shape = \(2,\)",
+        ),
     ],
-    ids=["scalar", "confidence", "method", "unpaired"],
+    ids=["scalar", "confidence", "method", "unpaired", "no-resamples", "verdict-of-arrays", "format-of-arrays"],
 )
 def test_bad_input_raises(call, message):
     with pytest.raises(ValueError, match=message):

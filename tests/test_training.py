@@ -462,6 +462,28 @@ def test_retrain_runs_each_member_for_its_budget_on_all_data():
     assert int(r.state["seen"][1].sum()) == 7 * bs
 
 
+@pytest.mark.parametrize(
+    ("num_updates", "batch_size", "match"),
+    [
+        (-3, 4, r"^retrain: num_updates must be an integer >= 0, got num_updates = -3\."),
+        (2.7, 4, r"^retrain: num_updates must be an integer >= 0, got num_updates = 2\.7\."),
+        (
+            5,
+            20,
+            r"^retrain: batch_size must be at most the number of train_data examples \(12\), got batch_size = 20\.",
+        ),
+    ],
+)
+def test_retrain_errors_name_its_own_arguments(num_updates, batch_size, match):
+    # Not fit's member_steps nor retrain_budget's num_train: what the caller of retrain passed.
+    s = {"n": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ValueError, match=match):
+        jr.retrain(
+            lambda st, b, r: ({"n": st["n"] + 1}, jnp.zeros(())), s, (jnp.arange(12),), (jnp.arange(4),),
+            num_updates, rng=jax.random.key(0), batch_size=batch_size, progress=False,
+        )  # fmt: skip
+
+
 def bad_step_pair(state, batch, rng):  # returns the new state only
     return step(state, batch, rng)[0]
 
