@@ -66,6 +66,11 @@ def key_path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
+def leaf_name(path: tuple[Any, ...]) -> str:
+    """:func:`key_path_str` for error messages: a bare array (the empty path) is ``"<root>"``."""
+    return key_path_str(path) or "<root>"
+
+
 def is_float(x: Any) -> bool:
     """Whether a leaf is a floating-point (or complex) array: the only leaves regularizers touch."""
     return x is not None and jnp.issubdtype(jnp.result_type(x), jnp.inexact)
@@ -249,8 +254,12 @@ def by_path(pattern: str, *, allow_empty: bool = False) -> Mask:
     return Mask(_ByPath(pattern, bool(allow_empty)), f"by_path({pattern!r})")
 
 
-def as_mask(mask: Any) -> Mask:
-    """Normalizes ``None``, a :class:`Mask`, a mask function or a pytree of bools to a :class:`Mask`."""
+def as_mask(mask: Any, where: str = "") -> Mask:
+    """Normalizes ``None``, a :class:`Mask`, a mask function or a pytree of bools to a :class:`Mask`.
+
+    Raises:
+      ValueError: if ``mask`` is none of these (the message starts with ``where``).
+    """
     if mask is None:
         return everything
     if isinstance(mask, Mask):
@@ -260,11 +269,16 @@ def as_mask(mask: Any) -> Mask:
     if not _is_concrete_bool_tree(mask):
         bad = [type(x).__name__ for x in jax.tree.leaves(mask) if not isinstance(x, (bool, np.bool_))]
         raise ValueError(
-            "mask must be a pytree of Python bools or a callable params -> such a pytree; "
+            f"{where + ': ' if where else ''}mask must be a pytree of Python bools or a callable params -> such a pytree; "
             f"got leaves of type {sorted(set(bad))}."
         )
     leaves, treedef = jax.tree.flatten(mask)
     return Mask(_Constant(treedef, tuple(bool(x) for x in leaves)), "pytree")
+
+
+def optional_mask(mask: Any, where: str) -> Mask | None:
+    """``None`` kept (every leaf), anything else through :func:`as_mask`: a regularizer's ``mask`` argument."""
+    return None if mask is None else as_mask(mask, where)
 
 
 def resolve_mask(mask: Any, params: PyTree, where: str = "") -> PyTree:

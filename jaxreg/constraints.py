@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import as_mask, compute_dtype, key_path_str, pytree_dataclass, selection
+from jaxreg._tree import compute_dtype, leaf_name, optional_mask, pytree_dataclass, selection
 
 PyTree = Any
 Axis = int | tuple[int, ...]
@@ -51,7 +51,7 @@ def _norm_over(where: str, axis: Axis, path: Any, x: jax.Array) -> jax.Array:
     for a in axes:
         if not -ndim <= a < ndim:
             raise ValueError(
-                f"{where}: axis = {axis} is out of range for leaf {key_path_str(path)!r} of shape {jnp.shape(x)}; "
+                f"{where}: axis = {axis} is out of range for leaf {leaf_name(path)!r} of shape {jnp.shape(x)}; "
                 "restrict the constraint with mask=jr.masks.kernels."
             )
     sq = jnp.sum(jnp.square(x), axis=axes, keepdims=True)
@@ -122,10 +122,6 @@ class NonNegative(Constraint):
         return jnp.maximum(x, 0)
 
 
-def _mask_or_none(mask: Any) -> Any:
-    return None if mask is None else as_mask(mask)
-
-
 def max_norm(max_value: ArrayLike, *, axis: Axis = 0, mask: Any = None) -> MaxNorm:
     """Max-norm constraint: each vector over ``axis`` has L2 norm at most ``max_value``.
 
@@ -150,7 +146,9 @@ def max_norm(max_value: ArrayLike, *, axis: Axis = 0, mask: Any = None) -> MaxNo
              [0.8, 0.1]], dtype=float32)
     """
     _checks.check_positive("max_value", max_value, "max_norm")
-    return MaxNorm(_checks.as_float_array(max_value), axis=_check_axis("max_norm", axis), mask=_mask_or_none(mask))
+    return MaxNorm(
+        _checks.as_float_array(max_value), axis=_check_axis("max_norm", axis), mask=optional_mask(mask, "max_norm")
+    )
 
 
 def unit_norm(*, axis: Axis = 0, mask: Any = None) -> UnitNorm:
@@ -162,7 +160,7 @@ def unit_norm(*, axis: Axis = 0, mask: Any = None) -> UnitNorm:
       Array([[0.6],
              [0.8]], dtype=float32)
     """
-    return UnitNorm(axis=_check_axis("unit_norm", axis), mask=_mask_or_none(mask))
+    return UnitNorm(axis=_check_axis("unit_norm", axis), mask=optional_mask(mask, "unit_norm"))
 
 
 def non_negative(*, mask: Any = None) -> NonNegative:
@@ -173,4 +171,4 @@ def non_negative(*, mask: Any = None) -> NonNegative:
       >>> jr.non_negative()(jnp.array([-1.0, 2.0]))
       Array([0., 2.], dtype=float32)
     """
-    return NonNegative(mask=_mask_or_none(mask))
+    return NonNegative(mask=optional_mask(mask, "non_negative"))

@@ -416,7 +416,7 @@ def predict(
       >>> float(pred.mean), float(pred.variance)
       (4.0, 4.0)
     """
-    n = num_members(stacked_params, name="stacked_params")
+    n = num_members(stacked_params, name="ensemble.predict: stacked_params")
     chunk = _chunking.check_chunk_size(chunk_size, "ensemble.predict")
 
     def program(c: int) -> Callable[..., Prediction]:
@@ -495,14 +495,30 @@ def train_step(
         return params, opt_state, out
 
     def step(params: PyTree, opt_state: PyTree, batch: Any, rng: jax.Array, hparams: PyTree = None):
-        n = num_members(params, name="params")
+        n = num_members(params, name="ensemble.train_step: params")
         _random.check_key(rng, "ensemble.train_step", stacked=True)
         keys = _place_like(split_keys(rng, n), params) if _single_key(rng) else rng
+        for name, tree, axis in (("opt_state", opt_state, 0), ("batch", batch, batch_axis), ("rng", keys, 0)):
+            _check_members(tree, n, axis, name, "ensemble.train_step")
+        _check_members(hparams, n, 0, "hparams", "ensemble.train_step")
         return map(member_step, in_axes=(0, 0, batch_axis, 0, 0), chunk_size=chunk_size)(
             params, opt_state, batch, keys, hparams
         )
 
     return step
+
+
+def _check_members(tree: PyTree, n: int, axis: int | None, name: str, where: str) -> None:
+    """Every leaf of argument ``name`` has ``n`` members on ``axis`` (``None``: not mapped)."""
+    if axis is None:
+        return
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        shape = jnp.shape(leaf)
+        if not -len(shape) <= axis < len(shape) or shape[axis] != n:
+            raise ValueError(
+                f"{where}: {name} leaf {_leaf_name(path)!r} has shape {shape}; it needs the member axis "
+                f"({axis}) of size {n}, the number of members in params."
+            )
 
 
 def _member_axes(sharding: Any) -> Any:
@@ -551,18 +567,21 @@ def shard(tree: PyTree, mesh: Mesh, *, axis_name: str | None = None) -> PyTree:
       axis_name: the mesh axis for members; defaults to the mesh's first axis.
 
     Returns:
-      ``tree`` with its leaves placed by ``jax.device_put``.
+      ``tree`` with its leaves placed by ``jax.device_put`` (a tree without leaves, such as
+      ``optax.sgd``'s ``EmptyState``, as it is).
 
     Raises:
       ValueError: if the leaves disagree on the member axis, ``axis_name`` is not an axis of
         ``mesh``, or the number of members is not a multiple of that axis's size.
     """
-    n = num_members(tree)
     axis_name = mesh.axis_names[0] if axis_name is None else axis_name
     if axis_name not in mesh.axis_names:
         raise ValueError(
             f"shard: axis_name must be one of the mesh's axes {mesh.axis_names}, got axis_name = {axis_name!r}."
         )
+    if not jax.tree.leaves(tree):
+        return tree  # nothing to place: an optimizer's EmptyState, a None
+    n = num_members(tree)
     size = mesh.shape[axis_name]
     if n % size:
         raise ValueError(

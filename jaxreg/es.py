@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking, _random
-from jaxreg._tree import key_path_str
+from jaxreg._tree import leaf_name
 
 PyTree = Any
 FitnessShaping = Literal["centered_ranks", "centred_ranks"] | Callable[[jax.Array], jax.Array] | None
@@ -94,7 +94,7 @@ def _check_args(
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
             raise ValueError(
                 f"{where}: every params leaf must be floating point to be perturbed, got leaf "
-                f"{key_path_str(path)!r} with dtype {jnp.result_type(x)}."
+                f"{leaf_name(path)!r} with dtype {jnp.result_type(x)}."
             )
     return population, chunk_size
 

@@ -15,10 +15,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import as_mask, compute_dtype, key_path_str, pytree_dataclass, selection
+from jaxreg._tree import compute_dtype, leaf_name, optional_mask, pytree_dataclass, selection
 
 PyTree = Any
 
@@ -75,8 +76,22 @@ def _selected_terms(fn: Callable[[jax.Array], jax.Array], tree: PyTree, mask: An
     return [fn(_acc(x)) for x, k in zip(jax.tree.leaves(tree), keep) if k]
 
 
+def _check_step_values(step: Any, where: str) -> None:
+    """A prox's step is a length: each concrete value ``>= 0``.
+
+    ``inf`` is allowed (the prox is then the penalty's minimizer, as for Adam's step at an
+    untouched coordinate with ``eps=0``); traced steps are not checked.
+    """
+    for t in jax.tree.leaves(step):
+        arr = _checks.concrete(t)
+        if arr is not None and (not jnp.issubdtype(arr.dtype, jnp.number) or np.any(~(arr >= 0))):
+            shown = repr(arr.item()) if arr.ndim == 0 else np.array2string(arr, threshold=8)
+            raise ValueError(f"{where}: step must be >= 0, got step = {shown}.")
+
+
 def _steps_like(step: Any, tree: PyTree, where: str) -> PyTree:
     """A step for every leaf: a scalar (or array) broadcast to all leaves, or a params-shaped pytree."""
+    _check_step_values(step, where)
     tree_def, step_def = jax.tree.structure(tree), jax.tree.structure(step)
     if not jax.tree_util.treedef_is_leaf(step_def) and step_def == tree_def:
         return step
@@ -89,15 +104,12 @@ def _steps_like(step: Any, tree: PyTree, where: str) -> PyTree:
 
 
 def _check_scalar_step(step: Any, where: str) -> None:
+    _check_step_values(step, where)
     if not jax.tree_util.treedef_is_leaf(jax.tree.structure(step)) or jnp.ndim(step) != 0:
         raise ValueError(
             f"{where}: this proximal operator has a closed form for a scalar step only, got a step "
             f"of structure {jax.tree.structure(step)}."
         )
-
-
-def _mask_or_none(mask: Any) -> Any:
-    return None if mask is None else as_mask(mask)
 
 
 class Penalty:
@@ -163,7 +175,7 @@ class L2(Penalty):
         for (path, x), c in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(self.center)):
             if jnp.shape(x) != jnp.shape(c):
                 raise ValueError(
-                    f"l2: center leaf {key_path_str(path)!r} has shape {jnp.shape(c)}, "
+                    f"l2: center leaf {leaf_name(path)!r} has shape {jnp.shape(c)}, "
                     f"params leaf has shape {jnp.shape(x)}."
                 )
         return self.center
@@ -283,16 +295,33 @@ _SELECTION_PRIMITIVES = frozenset(
 )
 
 
-def _computes(jaxpr: Any) -> list[str]:
-    """Names of the primitives in ``jaxpr`` (recursively) that compute rather than select."""
-    from jax.extend.core import jaxprs_in_params
+def _computes(jaxpr: Any, depends: list[bool] | None = None) -> list[str]:
+    """Names of the primitives in ``jaxpr`` (recursively) that compute on the params.
 
+    ``depends[i]`` says whether input ``i`` carries params (all of them by default). Work on
+    constants alone (the sign normalization of an index array, ``p["w"][jnp.array([0, 2])]``)
+    is not computing on the params; only a primitive with a params-carrying input must select.
+    """
+    from jax.extend.core import Literal, jaxprs_in_params
+
+    carries = set()
+    for v, d in zip(jaxpr.invars, [True] * len(jaxpr.invars) if depends is None else depends):
+        if d:
+            carries.add(v)
     found = []
     for eqn in jaxpr.eqns:
+        inputs = [not isinstance(v, Literal) and v in carries for v in eqn.invars]
+        if not any(inputs):
+            continue
+        carries.update(eqn.outvars)
         inner = list(jaxprs_in_params(eqn.params))
         if inner:
             for j in inner:
-                found += _computes(getattr(j, "jaxpr", j))
+                j = getattr(j, "jaxpr", j)
+                # Call-like primitives (pjit, closed_call) pass their inputs through one to one;
+                # for any other (cond, scan, ...) every inner input is taken to carry params.
+                exact = len(j.invars) == len(inputs) and len(inner) == 1
+                found += _computes(j, inputs if exact else None)
         elif eqn.primitive.name not in _SELECTION_PRIMITIVES:
             found.append(eqn.primitive.name)
     return found
@@ -306,7 +335,8 @@ class Tie(Penalty):
       \Omega(w) = \lambda \sum_i (a_i - b_i)^2, \quad (a, b) = \mathrm{where}(w)
 
     ``where`` must select: return two parts of the params with the same structure and shapes,
-    picked by key, index or slice (``p["k"][0]``), never computed (``2 * p["a"]`` is refused
+    picked by key, index, slice or index array (``p["k"][0]``, ``p["k"][jnp.array([0, 2])]``),
+    never computed (``2 * p["a"]`` is refused
     with a ``ValueError``: the prox below would be wrong for it). The prox pulls the pair
     toward its mean: :math:`a - b \leftarrow (a - b) / (1 + 4 t \lambda)` with :math:`a + b`
     unchanged, exact when ``a`` and ``b`` do not overlap.
@@ -390,7 +420,7 @@ class GroupLasso(Penalty):
             return ()
         if not -ndim <= self.axis < ndim:
             raise ValueError(
-                f"group_lasso: axis = {self.axis} is out of range for leaf {key_path_str(path)!r} of shape "
+                f"group_lasso: axis = {self.axis} is out of range for leaf {leaf_name(path)!r} of shape "
                 f"{jnp.shape(x)}; restrict the penalty with mask=jr.masks.kernels."
             )
         axis = self.axis % ndim
@@ -426,7 +456,7 @@ class Sum(Penalty):
     r"""The sum of penalties.
 
     The prox applies the terms' proxes in sequence, non-quadratic terms first and uncentred
-    L2 terms last. That is exact when the terms act on disjoint leaves, and for L1 followed by
+    L2 terms (scaled or not) last. That is exact when the terms act on disjoint leaves, and for L1 followed by
     an uncentred L2 on the same leaves (the elastic net); otherwise it is the usual
     one-pass splitting approximation.
     """
@@ -438,6 +468,8 @@ class Sum(Penalty):
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         def last(t: Penalty) -> bool:
+            while isinstance(t, Scaled):  # ``c * l2(s)`` is an uncentred L2 too
+                t = t.penalty
             return isinstance(t, L2) and t.center is None
 
         for t in sorted(self.terms, key=last):
@@ -480,7 +512,7 @@ def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L
       2.5
     """
     _checks.check_nonnegative("scale", scale, "l2")
-    return L2(_checks.as_float_array(scale), center=center, mask=_mask_or_none(mask))
+    return L2(_checks.as_float_array(scale), center=center, mask=optional_mask(mask, "l2"))
 
 
 def l1(scale: ArrayLike, *, mask: Any = None) -> L1:
@@ -492,7 +524,7 @@ def l1(scale: ArrayLike, *, mask: Any = None) -> L1:
       Array([-2.,  0.,  1.], dtype=float32)
     """
     _checks.check_nonnegative("scale", scale, "l1")
-    return L1(_checks.as_float_array(scale), mask=_mask_or_none(mask))
+    return L1(_checks.as_float_array(scale), mask=optional_mask(mask, "l1"))
 
 
 def elastic_net(l1: ArrayLike, l2: ArrayLike, *, mask: Any = None) -> ElasticNet:
@@ -505,7 +537,7 @@ def elastic_net(l1: ArrayLike, l2: ArrayLike, *, mask: Any = None) -> ElasticNet
     """
     _checks.check_nonnegative("l1", l1, "elastic_net")
     _checks.check_nonnegative("l2", l2, "elastic_net")
-    return ElasticNet(_checks.as_float_array(l1), _checks.as_float_array(l2), mask=_mask_or_none(mask))
+    return ElasticNet(_checks.as_float_array(l1), _checks.as_float_array(l2), mask=optional_mask(mask, "elastic_net"))
 
 
 def tie(scale: ArrayLike, where: Callable[[PyTree], tuple[PyTree, PyTree]]) -> Tie:
@@ -533,4 +565,6 @@ def group_lasso(scale: ArrayLike, *, axis: int = 0, mask: Any = None) -> GroupLa
       6.0
     """
     _checks.check_nonnegative("scale", scale, "group_lasso")
-    return GroupLasso(_checks.as_float_array(scale), axis=_check_axis("group_lasso", axis), mask=_mask_or_none(mask))
+    return GroupLasso(
+        _checks.as_float_array(scale), axis=_check_axis("group_lasso", axis), mask=optional_mask(mask, "group_lasso")
+    )

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import as_mask, kernels, resolve_mask
+from jaxreg._tree import kernels, optional_mask, resolve_mask
 from jaxreg.penalties import Penalty
 
 PyTree = Any
@@ -215,10 +215,6 @@ def _check_num_iters(where: str, num_iters: Any, minimum: int) -> int:
     return _checks.check_int_at_least("num_iters", num_iters, minimum, where)
 
 
-def _check_mask(mask: Any) -> Any:
-    return None if mask is None else as_mask(mask)
-
-
 def spectral_norm(max_value: ArrayLike, *, mask: Any = None, num_iters: int = 1) -> SpectralNorm:
     r"""Spectral-norm constraint: each kernel's largest singular value at most ``max_value``.
 
@@ -263,7 +259,9 @@ def spectral_norm(max_value: ArrayLike, *, mask: Any = None, num_iters: int = 1)
       <https://arxiv.org/abs/1802.05957>`_, ICLR 2018.
     """
     _checks.check_positive("max_value", max_value, "spectral_norm", scalar=True)
-    return SpectralNorm(_hyper(max_value), _check_mask(mask), _check_num_iters("spectral_norm", num_iters, 1))
+    return SpectralNorm(
+        _hyper(max_value), optional_mask(mask, "spectral_norm"), _check_num_iters("spectral_norm", num_iters, 1)
+    )
 
 
 def _no_prox(name: str) -> NotImplementedError:
@@ -336,7 +334,9 @@ def spectral_penalty(scale: ArrayLike, *, mask: Any = None, num_iters: int = 10)
       Learning <https://arxiv.org/abs/1705.10941>`_, 2017.
     """
     _checks.check_nonnegative("scale", scale, "spectral_penalty")
-    return SpectralPenalty(_hyper(scale), _check_mask(mask), _check_num_iters("spectral_penalty", num_iters, 1))
+    return SpectralPenalty(
+        _hyper(scale), optional_mask(mask, "spectral_penalty"), _check_num_iters("spectral_penalty", num_iters, 1)
+    )
 
 
 def _check_mode(where: str, mode: Any) -> str:
@@ -410,7 +410,7 @@ def orthogonal(scale: ArrayLike, *, mode: str = "rows", mask: Any = None) -> Ort
       <https://arxiv.org/abs/1609.07093>`_, ICLR 2017 (orthogonal regularization).
     """
     _checks.check_nonnegative("scale", scale, "orthogonal")
-    return Orthogonal(_hyper(scale), _check_mode("orthogonal", mode), _check_mask(mask))
+    return Orthogonal(_hyper(scale), _check_mode("orthogonal", mode), optional_mask(mask, "orthogonal"))
 
 
 def _polar(x: jax.Array) -> jax.Array:
@@ -463,4 +463,4 @@ def orthogonalize(*, mask: Any = None) -> Orthogonalize:
       Higham, `Computing the Polar Decomposition — with Applications
       <https://doi.org/10.1137/0907079>`_, SIAM J. Sci. Stat. Comput. 1986.
     """
-    return Orthogonalize(_check_mask(mask))
+    return Orthogonalize(optional_mask(mask, "orthogonalize"))

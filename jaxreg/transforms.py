@@ -110,7 +110,11 @@ class ProximalState(NamedTuple):
 
 
 def _learning_rate_at(learning_rate: Any, count: jax.Array) -> jax.Array:
-    return learning_rate(count) if callable(learning_rate) else jnp.asarray(learning_rate)
+    if not callable(learning_rate):
+        return jnp.asarray(learning_rate)
+    # optax's schedules mix the int32 count with float constants, which strict promotion refuses.
+    with jax.numpy_dtype_promotion("standard"):
+        return learning_rate(count)
 
 
 def _is_none(x: Any) -> bool:
@@ -125,7 +129,8 @@ def _stepped(params: PyTree, updates: PyTree) -> PyTree:
 def _delta(new: PyTree, params: PyTree, updates: PyTree) -> PyTree:
     """The updates that move ``params`` to ``new``; ``None`` updates stay ``None``.
 
-    ``params + (new - params)`` rounds back to ``new``; zeros come back exactly.
+    ``params + (new - params)`` is ``new`` up to one rounding (exactly when the two are within a
+    factor 2, by Sterbenz's lemma); a zero comes back exactly, since ``p + (0 - p) = 0``.
     """
 
     def one(u: Any, n: Any, p: Any) -> Any:

@@ -134,12 +134,16 @@ def _check_samples(samples: ArrayLike, where: str) -> jax.Array:
 def _log_probs(samples: jax.Array, from_logits: bool) -> jax.Array:
     if from_logits:
         return jax.nn.log_softmax(samples, axis=-1)
-    return jnp.log(samples)
+    # Double where: log(0) = -inf with a zero (not NaN) gradient.
+    positive = samples > 0
+    return jnp.where(positive, jnp.log(jnp.where(positive, samples, 1.0)), -jnp.inf)
 
 
 def _entropy_from_log(logp: jax.Array) -> jax.Array:
-    p = jnp.exp(logp)
-    return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+    # 0 log 0 = 0; the double where keeps the gradient at an impossible class 0, not 0 * inf = NaN.
+    possible = logp > -jnp.inf
+    safe = jnp.where(possible, logp, 0.0)
+    return -jnp.sum(jnp.where(possible, jnp.exp(safe) * safe, 0.0), axis=-1)
 
 
 def predictive_probs(samples: ArrayLike, *, from_logits: bool = True) -> jax.Array:
@@ -190,7 +194,10 @@ def predictive_entropy(samples: ArrayLike, *, from_logits: bool = True) -> jax.A
     """
     samples = _check_samples(samples, "predictive_entropy")
     logp = _log_probs(samples, from_logits)
-    log_mean = jax.nn.logsumexp(logp, axis=0) - jnp.log(jnp.asarray(samples.shape[0], logp.dtype))
+    # A class impossible under every sample has mean -inf; logsumexp's gradient there would be NaN.
+    possible = jnp.any(logp > -jnp.inf, axis=0)
+    lse = jax.nn.logsumexp(jnp.where(possible, logp, 0.0), axis=0)
+    log_mean = jnp.where(possible, lse - jnp.log(jnp.asarray(samples.shape[0], logp.dtype)), -jnp.inf)
     return _entropy_from_log(log_mean)
 
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking, _random
-from jaxreg._tree import key_path_str
+from jaxreg._tree import key_path_str, leaf_name
 from jaxreg.uncertainty import Prediction, predict_chunked
 
 PyTree = Any
@@ -231,7 +231,7 @@ def _check_float_leaves(params: PyTree, where: str) -> None:
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
             raise ValueError(
-                f"{where}: every params leaf must be floating point, got leaf {key_path_str(path)!r} "
+                f"{where}: every params leaf must be floating point, got leaf {leaf_name(path)!r} "
                 f"with dtype {jnp.result_type(x)}."
             )
 

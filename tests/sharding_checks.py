@@ -91,6 +91,21 @@ def test_sharded_predict_equals_unsharded():
     chex.assert_trees_all_close(apply(sp, batch[0][0]), apply(params, batch[0][0]), rtol=0, atol=16 * 4 * EPS32)
 
 
+def test_shard_passes_a_leafless_optimizer_state_through():
+    # optax.sgd's state is EmptyState(): nothing to place, and the step must still run sharded.
+    params, _, batch, pens = _setup()
+    sgd = optax.sgd(0.1)
+    state = jax.vmap(sgd.init)(params)
+    assert jax.tree.leaves(state) == [] and jr.ensemble.shard(state, _mesh()) == state
+    step = jax.jit(jr.ensemble.train_step(_loss, sgd, batch_axis=0))
+    key = jax.random.key(5)
+    ref = step(params, state, batch, key, pens)
+    sp, ss, sb, sh = jr.ensemble.shard((params, state, batch, pens), _mesh())
+    out = step(sp, ss, sb, key, sh)
+    assert len(out[0]["w"].sharding.device_set) == 8, out[0]["w"].sharding
+    chex.assert_trees_all_close(out, ref, rtol=0, atol=ATOL)
+
+
 def test_shard_rejects_members_not_a_multiple_of_the_devices():
     with pytest.raises(
         ValueError, match=r"number of members \(12\) must be a multiple of the mesh axis 'members' of size 8"

@@ -114,6 +114,26 @@ _BAD = {"a": jnp.zeros((3, 2)), "b": {"c": jnp.zeros((4, 2))}}
         (lambda: jr.ensemble.num_members(_BAD), r"leaf 'b/c' has 4 members, leaf 'a' has 3"),
         (lambda: jr.ensemble.predict(lambda p, x: p["a"], _BAD, None), r"'b/c' has 4 members"),
         (lambda: jr.ensemble.map(lambda a, b: a + b)(jnp.zeros(3), jnp.zeros(4)), r"has 4 members"),
+        (
+            lambda: jr.ensemble.predict(lambda p, x: p["a"], _BAD, None),
+            r"^ensemble.predict: stacked_params: leaves disagree",
+        ),
+        (
+            lambda: _train_with(hparams=lambda h: {**h, "rate": h["rate"][:3]}),
+            r"^ensemble.train_step: hparams leaf 'rate' has shape \(3,\); it needs the member axis \(0\) of size 4",
+        ),
+        (
+            lambda: _train_with(batch=lambda b: (b[0][:3], b[1][:3])),
+            r"^ensemble.train_step: batch leaf '0' has shape \(3, 8, 3\)",
+        ),
+        (
+            lambda: _train_with(rng=jax.random.split(jax.random.key(0), 3)),
+            r"^ensemble.train_step: rng leaf '<root>' has shape \(3,\)",
+        ),
+        (
+            lambda: _train_with(opt_state=lambda s: jax.tree.map(lambda a: a[:2], s)),
+            r"^ensemble.train_step: opt_state leaf '0/count' has shape \(2,\)",
+        ),
     ],
 )
 def test_mismatched_member_axes_name_the_leaf(call, match):
@@ -162,6 +182,18 @@ _OPT = optax.adam(1e-2)
 def _train_with_rng(rng):
     params, opt_state, batch, hparams = _setup()
     return jr.ensemble.train_step(_loss, _OPT, batch_axis=0)(params, opt_state, batch, rng, hparams)
+
+
+def _train_with(*, hparams=None, batch=None, rng=None, opt_state=None):
+    """One train_step on _setup()'s members with one argument replaced (a function of the original)."""
+    params, state, data, hps = _setup()
+    return jr.ensemble.train_step(_loss, _OPT, batch_axis=0)(
+        params,
+        state if opt_state is None else opt_state(state),
+        data if batch is None else batch(data),
+        jax.random.key(0) if rng is None else rng,
+        hps if hparams is None else hparams(hps),
+    )
 
 
 def _setup(n=4):
@@ -264,7 +296,7 @@ def test_shard_on_eight_cpu_devices_equals_unsharded():
         cwd=ROOT,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "11 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
+    assert "12 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
 
 
 @pytest.mark.parametrize("chunk_size", [None, 2])

@@ -216,6 +216,10 @@ def _es_call(loss=quadratic, params=PARAMS, rng=None, fn=jr.es.gradient, **kw):
             {"loss": lambda p: 0.0, "params": {"n": jnp.zeros(2, jnp.int32)}, "population": 4},
             r"leaf 'n' with dtype int32",
         ),
+        (
+            {"loss": lambda p: 0.0, "params": jnp.zeros(2, jnp.int32), "population": 4},
+            r"leaf '<root>' with dtype int32",
+        ),
         ({"fn": jr.es.value_and_gradient, "population": 0}, r"es.value_and_gradient: population must be an int >= 2"),
         ({"rng": 0}, r"es.gradient: rng must be a PRNG key; pass a PRNG key such as jax.random.key\(0\)"),
         ({"rng": jnp.zeros(2, jnp.float32)}, r"rng must be a PRNG key.*dtype float32"),

@@ -145,6 +145,9 @@ def test_prox_closed_forms_match_numpy():
     np.testing.assert_allclose(
         (jr.l2(0.3) + jr.l1(lam)).prox(jnp.asarray(v), t), soft / (1 + 2 * t * 0.3), rtol=8 * EPS
     )
+    # A scaled L2 is still an uncentred L2: 2 * l2(0.15) + l1 is the same elastic net, in either order.
+    for summed in (2.0 * jr.l2(0.15) + jr.l1(lam), jr.l1(lam) + 2.0 * jr.l2(0.15)):
+        np.testing.assert_allclose(summed.prox(jnp.asarray(v), t), soft / (1 + 2 * t * 0.3), rtol=8 * EPS)
     c = np.array([1.0, 1.0, 1.0, 1.0, 1.0], np.float32)
     np.testing.assert_allclose(
         jr.l2(lam, center=jnp.asarray(c)).prox(jnp.asarray(v), t), (v + 2 * t * lam * c) / (1 + 2 * t * lam), rtol=1e-6
@@ -252,6 +255,16 @@ _ERR_W = {"a": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(3)}
             lambda: jr.l1(1.0).prox(_ERR_W, {"a": 1.0}),
             "l1.prox: step must be a scalar or a pytree shaped like the params",
         ),
+        (lambda: jr.l1(1.0).prox(_ERR_W, -0.5), r"l1.prox: step must be >= 0, got step = -0.5\."),
+        (
+            lambda: jr.l2(1.0).prox(_ERR_W, {"a": 0.1, "b": float("nan"), "c": 0.1}),
+            r"l2.prox: step must be >= 0, got step = nan\.",
+        ),
+        (lambda: jr.group_lasso(1.0).prox(_ERR_W, -1.0), r"group_lasso.prox: step must be >= 0"),
+        (lambda: jr.tie(1.0, lambda p: (p["b"], p["c"])).prox(_ERR_W, -1.0), r"tie.prox: step must be >= 0"),
+        (lambda: jr.l1(1.0, mask={"a": 1, "b": 0, "c": 0}), r"l1: mask must be a pytree of Python bools"),
+        (lambda: jr.max_norm(1.0, mask={"a": 1, "b": 0, "c": 0}), r"max_norm: mask must be a pytree of Python bools"),
+        (lambda: jr.spectral_norm(1.0, mask={"a": 1, "b": 0, "c": 0}), r"spectral_norm: mask must be a pytree"),
     ],
     ids=[
         "tie-shape",
@@ -264,6 +277,13 @@ _ERR_W = {"a": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(3)}
         "group-axis-tuple",
         "group-step-tree",
         "step-structure",
+        "step-negative",
+        "step-nan-leaf",
+        "group-step-negative",
+        "tie-step-negative",
+        "mask-int-leaves",
+        "constraint-mask-int-leaves",
+        "spectral-mask-int-leaves",
     ],
 )
 def test_structure_and_shape_mismatches_raise(call, message):
@@ -281,6 +301,27 @@ def test_tie_prox_with_a_sliced_selection_is_exact():
     np.testing.assert_allclose(out["k"][0], (a + b) / 2 + diff / 2, rtol=4 * EPS)
     np.testing.assert_allclose(out["b"], (a + b) / 2 - diff / 2, rtol=4 * EPS)
     np.testing.assert_array_equal(out["k"][1], p["k"][1])
+
+
+def test_tie_with_index_arrays_is_a_selection_and_its_prox_is_exact():
+    # Fancy indexing normalizes negative indices (lt, add, select_n on the index array, not on
+    # the params): still a selection. Even rows tied to odd rows, against numpy's closed form.
+    k = np.arange(12.0, dtype=np.float32).reshape(4, 3) ** 1.5
+    t, lam = 0.2, 0.5
+    tied = jr.tie(lam, lambda q: (q["k"][jnp.array([0, 2])], q["k"][jnp.array([-3, 3])]))
+    a, b = k[[0, 2]], k[[1, 3]]
+    np.testing.assert_allclose(tied({"k": jnp.asarray(k)}), lam * np.sum((a - b) ** 2), rtol=8 * EPS)
+    out = np.asarray(tied.prox({"k": jnp.asarray(k)}, t)["k"])
+    diff = (a - b) / (1 + 4 * t * lam)
+    np.testing.assert_allclose(out[[0, 2]], (a + b) / 2 + diff / 2, rtol=8 * EPS)
+    np.testing.assert_allclose(out[[1, 3]], (a + b) / 2 - diff / 2, rtol=8 * EPS)
+    # Computing on the params is still refused, also inside a nested jit or by broadcasting.
+    for computes in (
+        lambda q: (jax.jit(lambda x: 2 * x)(q["k"][0]), q["k"][1]),
+        lambda q: (jnp.broadcast_to(q["k"][0, 0], (3,)), q["k"][1]),
+    ):
+        with pytest.raises(ValueError, match="tie: where must select parts of the params"):
+            jr.tie(lam, computes)({"k": jnp.asarray(k)})
 
 
 def test_traced_negative_scale_is_reported_under_traced_checks():

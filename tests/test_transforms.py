@@ -163,6 +163,37 @@ def test_proximal_follows_a_schedule():
     assert int(state.count) == 4 and state.count.dtype == jnp.int32
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [optax.linear_schedule(0.5, 0.1, transition_steps=3), optax.cosine_decay_schedule(0.5, decay_steps=3)],
+    ids=["linear", "cosine"],
+)
+def test_proximal_and_proximal_adam_take_optax_schedules_under_strict_promotion(schedule):
+    # The suite runs with strict dtype promotion; optax's schedules mix the int32 count with floats.
+    w = jnp.array([3.0, -3.0])
+    opt, state, x = jr.proximal(jr.l1(1.0), schedule), None, w
+    state = opt.init(w)
+    for t in range(3):
+        u, state = opt.update(jnp.zeros(2), state, x)
+        new = optax.apply_updates(x, u)
+        np.testing.assert_allclose(new, np.sign(x) * np.maximum(np.abs(x) - float(schedule(t)), 0.0), rtol=4 * EPS)
+        x = new
+    # With a zero penalty proximal_adam is optax.adam on the same schedule (run under standard promotion).
+    grads = [jnp.array([0.3, -1.0]), jnp.array([-0.2, 0.5]), jnp.array([1.0, 0.1])]
+    opt = jr.proximal_adam(jr.l1(0.0), schedule)
+    with jax.numpy_dtype_promotion("standard"):
+        ref = optax.adam(schedule)
+        ref_state, y = ref.init(w), w
+    state, x = opt.init(w), w
+    for g in grads:
+        u, state = opt.update(g, state, x)
+        x = optax.apply_updates(x, u)
+        with jax.numpy_dtype_promotion("standard"):
+            v, ref_state = ref.update(g, ref_state, y)
+            y = optax.apply_updates(y, v)
+    np.testing.assert_allclose(x, y, rtol=16 * EPS)
+
+
 def test_proximal_adam_zero_penalty_is_adam_and_l1_threshold_is_per_coordinate():
     params = _params()
     for a, b in zip(_run(jr.proximal_adam(jr.l1(0.0), 1e-2), params), _run(optax.adam(1e-2), params)):

@@ -1,5 +1,7 @@
 """Tests of jaxreg.uncertainty against numpy formulas."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,6 +54,28 @@ def test_entropies_and_bald_match_numpy(logits):
             np.asarray(jr.mutual_information(s, from_logits=from_logits)), pe - ee, rtol=0, atol=2 * RTOL * np.max(pe)
         )
     assert np.all(pe - ee >= -1e-12)  # Jensen: the reference itself is non-negative
+
+
+@pytest.mark.parametrize("fn", [jr.predictive_entropy, jr.expected_entropy, jr.mutual_information])
+def test_an_impossible_class_has_zero_gradient_and_changes_nothing(fn, logits):
+    # A class with logit -inf (probability 0 in every sample) contributes 0 log 0 = 0: the value
+    # and the other classes' gradients are those of the problem without it, and its own gradient
+    # is 0, not NaN (a masked softmax, a pruned class).
+    z = jnp.asarray(logits, jnp.float32)
+    with_impossible = z.at[..., 1].set(-jnp.inf)
+    without = jnp.delete(z, 1, axis=-1)
+    for from_logits, given, reduced in (
+        (True, with_impossible, without),
+        (False, jax.nn.softmax(with_impossible, axis=-1), jax.nn.softmax(without, axis=-1)),
+    ):
+        total = functools.partial(lambda x, f: jnp.sum(fn(x, from_logits=f)), f=from_logits)
+        value, grad = jax.value_and_grad(total)(given)
+        ref_value, ref_grad = jax.value_and_grad(total)(reduced)
+        np.testing.assert_allclose(value, ref_value, rtol=RTOL)
+        assert np.all(np.asarray(grad[..., 1]) == 0.0)
+        np.testing.assert_allclose(
+            jnp.delete(grad, 1, axis=-1), ref_grad, rtol=RTOL, atol=RTOL * float(jnp.max(jnp.abs(ref_grad)))
+        )
 
 
 def test_limits_of_agreement_and_disagreement():
