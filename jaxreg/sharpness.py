@@ -84,26 +84,33 @@ def sam_gradient(
     # jax.grad(..., allow_int=True), and are never perturbed.
     loss, g = jax.value_and_grad(loss_fn, allow_int=True)(params, *args)
 
+    # float32 at least (half-precision norms overflow, and rho/||g|| under a loss scale is
+    # subnormal in float16); float64 when a selected leaf is
+    acc = max(
+        (
+            compute_dtype(jnp.result_type(w))
+            for w, keep in zip(jax.tree.leaves(params), jax.tree.leaves(selected))
+            if keep
+        ),
+        key=lambda d: d.itemsize,
+        default=jnp.dtype(jnp.float32),
+    )
+
     def scale(w, keep):
         if not keep:
             return None
-        return jnp.abs(w) + jnp.asarray(eta, jnp.result_type(w)) if adaptive else jnp.ones_like(w)
+        return jnp.abs(w.astype(acc)) + jnp.asarray(eta, acc) if adaptive else jnp.ones(jnp.shape(w), acc)
 
     t = jax.tree.map(scale, params, selected)
-    tg = jax.tree.map(lambda ti, gi: None if ti is None else ti * gi, t, g, is_leaf=lambda x: x is None)
-    selected_leaves = jax.tree.leaves(tg)
-    # float32 at least (half-precision norms overflow); float64 when a selected leaf is
-    acc = max(
-        (compute_dtype(x.dtype) for x in selected_leaves), key=lambda d: d.itemsize, default=jnp.dtype(jnp.float32)
-    )
-    sq = [jnp.sum(jnp.square(x.astype(acc))) for x in selected_leaves]
+    tg = jax.tree.map(lambda ti, gi: None if ti is None else ti * gi.astype(acc), t, g, is_leaf=lambda x: x is None)
+    sq = [jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tg)]
     norm = jnp.sqrt(sum(sq[1:], sq[0])) if sq else jnp.zeros([], acc)
     factor = jnp.where(norm > 0, jnp.asarray(rho, acc) / jnp.where(norm > 0, norm, 1.0), 0.0)
 
-    def perturb(w, ti, gi):
+    def perturb(w, ti, tgi):
         if ti is None:
             return w
-        return w + (factor.astype(w.dtype) * ti * ti * gi).astype(w.dtype)
+        return w + (factor * ti * tgi).astype(w.dtype)  # eps = rho T^2 g / ||T g||, in acc
 
-    perturbed = jax.tree.map(perturb, params, t, g, is_leaf=lambda x: x is None)
+    perturbed = jax.tree.map(perturb, params, t, tg, is_leaf=lambda x: x is None)
     return loss, jax.grad(loss_fn, allow_int=True)(perturbed, *args)

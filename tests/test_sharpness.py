@@ -139,3 +139,17 @@ def test_float64_params_are_perturbed_with_a_float64_radius():
     assert g.dtype == np.float64
     # 1.1 * w in float64 (a float32 factor would be off by ~1e-8)
     np.testing.assert_allclose(np.asarray(g), np.array([3.3, 4.4]), rtol=4 * np.finfo(np.float64).eps)
+
+
+@pytest.mark.parametrize("grad_norm", [1e2, 1e6, 2e6])
+def test_float16_params_under_a_loss_scale_get_the_full_radius(grad_norm):
+    # With a loss scale the gradient norm is large and rho/||g|| is subnormal in float16 (zero at
+    # 2e6): the perturbation rho T^2 g / ||T g|| is formed in float32 and only then rounded.
+    n, rho, w0 = 10_000, 0.05, 1e-3
+    scale = grad_norm / (w0 * np.sqrt(n))  # loss = scale/2 |w|^2: g = scale * w, ||g|| = grad_norm
+    w = jnp.full((n,), w0, jnp.float16)
+    _, g = jr.sam_gradient(lambda w: 0.5 * scale * jnp.sum(jnp.square(w.astype(jnp.float32))), w, rho=rho)
+    eps = np.asarray(g, np.float64) / scale - np.float64(w[0])  # the gradient at w + eps is scale * (w + eps)
+    expected = rho / np.sqrt(n)  # all entries equal; up to the float16 spacing near w + eps
+    spacing = float(np.spacing(np.float16(w0 + expected)))
+    np.testing.assert_allclose(eps, expected, atol=spacing + 1e-3 * expected)
