@@ -121,22 +121,39 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
+def _wider(u: Any, p: Any) -> Any:
+    """The dtype holding both ``u``'s and ``p``'s (jax's standard lattice, whatever the promotion mode)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(jnp.result_type(u), jnp.result_type(p))
+
+
 def _stepped(params: PyTree, updates: PyTree) -> PyTree:
-    """``params + updates``; a ``None`` update (a frozen leaf, as optax allows) leaves the param as is."""
-    return jax.tree.map(lambda u, p: p if u is None else optax.apply_updates(p, u), updates, params, is_leaf=_is_none)
+    """``params + updates`` (as ``optax.apply_updates``, in the wider dtype, under any promotion
+    mode); a ``None`` update (a frozen leaf, as optax allows) leaves the param as is."""
+
+    def one(u: Any, p: Any) -> Any:
+        if u is None:
+            return p
+        wide = _wider(u, p)
+        return (jnp.asarray(p, wide) + jnp.asarray(u, wide)).astype(jnp.result_type(p))
+
+    return jax.tree.map(one, updates, params, is_leaf=_is_none)
 
 
 def _delta(new: PyTree, params: PyTree, updates: PyTree) -> PyTree:
     """The updates that move ``params`` to ``new``; ``None`` updates stay ``None``.
 
     ``params + (new - params)`` is ``new`` up to one rounding (exactly when the two are within a
-    factor 2, by Sterbenz's lemma); a zero comes back exactly, since ``p + (0 - p) = 0``.
+    factor 2, by Sterbenz's lemma); a zero comes back exactly, since ``p + (0 - p) = 0``. The
+    updates come in the wider of the updates' and the params' dtypes: half-precision updates of
+    float32 params (bf16 gradients, float32 master weights) would round the correction, and the
+    projected point would leave the constraint set.
     """
 
     def one(u: Any, n: Any, p: Any) -> Any:
         if u is None:
             return None
-        return (n - p).astype(jnp.result_type(u))
+        return (n - p).astype(_wider(u, p))
 
     return jax.tree.map(one, updates, new, params, is_leaf=_is_none)
 

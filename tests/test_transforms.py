@@ -219,6 +219,24 @@ def test_project_max_norm_in_chain():
     np.testing.assert_array_equal(new["bias"], w["bias"])
 
 
+def test_project_and_proximal_land_in_the_set_with_half_precision_updates():
+    # float32 master weights, bfloat16 gradients: the correction is emitted in float32, so the
+    # projected point is P_C(w + u) up to one float32 rounding, and exact zeros stay exact
+    w = jnp.asarray(np.linspace(0.2, 0.4, 9), jnp.float32)
+    g = jnp.full((9,), 0.7, jnp.bfloat16)
+    target = np.asarray(w, np.float64) - np.float64(g[0])  # bfloat16(0.7): every entry below 0 after the step
+    for tx, expected in [
+        (jr.project(jr.non_negative()), np.maximum(target, 0.0)),
+        (jr.project(jr.max_norm(0.5, axis=0)), target * min(1.0, 0.5 / np.linalg.norm(target))),
+        (jr.proximal(jr.l1(1.0), 1.0), np.sign(target) * np.maximum(np.abs(target) - 1.0, 0.0)),
+    ]:
+        opt = optax.chain(optax.sgd(1.0), tx)
+        u, _ = opt.update(g, opt.init(w), w)
+        new = np.asarray(optax.apply_updates(w, u), np.float64)
+        np.testing.assert_allclose(new, expected, rtol=0, atol=4 * EPS)
+        np.testing.assert_array_equal(new[expected == 0], 0.0)
+
+
 @pytest.mark.parametrize(
     "tx",
     [
