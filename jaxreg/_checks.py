@@ -23,6 +23,7 @@ from jax.typing import ArrayLike
 
 __all__ = [
     "as_float_array",
+    "check_in_open_interval",
     "check_in_range",
     "check_int_at_least",
     "check_integer_at_least",
@@ -141,6 +142,11 @@ def check_in_range(
     )
 
 
+def check_in_open_interval(name: str, value: Any, low: float, high: float, where: str = "") -> None:
+    """``low < value < high``, finite (a decay factor); traced values under :func:`traced_checks`."""
+    _check_number(name, value, where, f"in ({low}, {high})", lambda v: (v > low) & (v < high), False)
+
+
 def check_scalar(name: str, value: Any, where: str = "") -> None:
     """``value`` has no axes (a hyperparameter that is one number, possibly traced)."""
     if jnp.ndim(value) != 0:
@@ -159,14 +165,25 @@ def check_int_at_least(name: str, value: Any, minimum: int, where: str = "") -> 
     return int(value)
 
 
-def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "") -> None:
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "", *, maximum: int | None = None) -> None:
     """An integer-valued number ``>= minimum`` that may be an array leaf (a patience, a start step).
 
-    Python ints and int or float arrays of integral values pass; bools do not. A traced value is
-    not checked.
+    Python ints and int or float arrays of integral values pass; bools do not. ``maximum``: the
+    largest allowed (:data:`INT32_MAX` for a count kept in an int32 leaf). A traced value is
+    checked under :func:`traced_checks`.
     """
+    requirement = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    message = f"{_prefix(where)}{name} must be an integer {requirement}, got {name} ="
     arr = concrete(value)
     if arr is None:
+        if isinstance(value, jax.core.Tracer):
+            ok = (value == jnp.round(value)) & (value >= minimum) if jnp.issubdtype(value.dtype, jnp.number) else False
+            if maximum is not None:
+                ok = ok & (value <= maximum)
+            _traced_check(ok, message, value)
         return
     if (
         arr.dtype == np.bool_
@@ -174,8 +191,9 @@ def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "")
         or np.any(~np.isfinite(arr))
         or np.any(arr != np.round(arr))
         or np.any(arr < minimum)
+        or (maximum is not None and np.any(arr > maximum))
     ):
-        raise ValueError(f"{_prefix(where)}{name} must be an integer >= {minimum}, got {name} = {_fmt(arr)}.")
+        raise ValueError(f"{message} {_fmt(arr)}.")
 
 
 def as_float_array(x: ArrayLike) -> jax.Array:

@@ -118,8 +118,8 @@ def _check_schedule(start: ArrayLike, every: ArrayLike, where: str) -> None:
     """``start`` an integer >= 0 and ``every`` an integer >= 1 (scalar array leaves allowed)."""
     _checks.check_scalar("start", start, where)
     _checks.check_scalar("every", every, where)
-    _checks.check_integer_at_least("start", start, 0, where)
-    _checks.check_integer_at_least("every", every, 1, where)
+    _checks.check_integer_at_least("start", start, 0, where, maximum=_checks.INT32_MAX)
+    _checks.check_integer_at_least("every", every, 1, where, maximum=_checks.INT32_MAX)
 
 
 def _schedule(start: ArrayLike, every: ArrayLike) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -283,10 +283,10 @@ class EarlyStopping(metaclass=_CheckedConstruction):
         baseline: ArrayLike | None = None,
         start_from: ArrayLike = 0,
     ) -> EarlyStopping:
-        _checks.check_integer_at_least("patience", patience, 1, "EarlyStopping")
+        _checks.check_integer_at_least("patience", patience, 1, "EarlyStopping", maximum=_checks.INT32_MAX)
         _checks.check_nonnegative("min_delta", min_delta, "EarlyStopping")
         _check_mode("EarlyStopping", mode)
-        _checks.check_integer_at_least("start_from", start_from, 0, "EarlyStopping")
+        _checks.check_integer_at_least("start_from", start_from, 0, "EarlyStopping", maximum=_checks.INT32_MAX)
         if baseline is None:
             baseline = jnp.inf if mode == "min" else -jnp.inf
         arr = _checks.concrete(baseline)
@@ -467,14 +467,10 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
         min_scale: ArrayLike = 0.0,
         mode: str = "min",
     ) -> ReduceOnPlateau:
-        arr = _checks.concrete(factor)
-        if arr is not None and (
-            not np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_ or np.any(~((arr > 0) & (arr < 1)))
-        ):
-            raise ValueError(f"ReduceOnPlateau: factor must be in (0, 1), got factor = {_checks._fmt(arr)}.")
-        _checks.check_integer_at_least("patience", patience, 1, "ReduceOnPlateau")
+        _checks.check_in_open_interval("factor", factor, 0, 1, "ReduceOnPlateau")
+        _checks.check_integer_at_least("patience", patience, 1, "ReduceOnPlateau", maximum=_checks.INT32_MAX)
         _checks.check_nonnegative("min_delta", min_delta, "ReduceOnPlateau")
-        _checks.check_integer_at_least("cooldown", cooldown, 0, "ReduceOnPlateau")
+        _checks.check_integer_at_least("cooldown", cooldown, 0, "ReduceOnPlateau", maximum=_checks.INT32_MAX)
         _checks.check_nonnegative("min_scale", min_scale, "ReduceOnPlateau")
         _check_mode("ReduceOnPlateau", mode)
         return _ReduceOnPlateauData(
@@ -594,7 +590,7 @@ def checked_retrain_budget(
     """:func:`retrain_budget` whose errors name ``where`` (``retrain`` checks its own arguments)."""
     if policy not in _POLICIES:
         raise ValueError(f'{where}: policy must be "updates" or "epochs", got policy = {policy!r}.')
-    _checks.check_integer_at_least("num_updates", num_updates, 0, where)
+    _checks.check_integer_at_least("num_updates", num_updates, 0, where, maximum=_checks.INT32_MAX)
     batch_size = _checks.check_int_at_least("batch_size", batch_size, 1, where)
     if where == "retrain_budget":
         num_train = _checks.check_int_at_least("num_train", num_train, batch_size, where)
@@ -609,4 +605,14 @@ def checked_retrain_budget(
         return u
     per_epoch_train = num_train // batch_size
     per_epoch_all = (num_train + num_val) // batch_size
-    return (u * per_epoch_all + per_epoch_train - 1) // per_epoch_train
+    # u * per_epoch_all overflows int32 at realistic sizes (500k updates of 5k batches): in int64,
+    # the result saturated at the int32 maximum (refused when concrete)
+    with jax.enable_x64(True):
+        wide = (u.astype(jnp.int64) * per_epoch_all + per_epoch_train - 1) // per_epoch_train
+        top = np.iinfo(np.int32).max
+        if not isinstance(wide, jax.core.Tracer) and bool(jnp.any(wide > top)):
+            raise ValueError(
+                f"{where}: the epochs policy needs {int(jnp.max(wide))} updates for num_updates = "
+                f"{int(jnp.max(u))}, more than an int32 holds ({top})."
+            )
+        return jnp.minimum(wide, top).astype(jnp.int32)

@@ -305,8 +305,9 @@ def test_fit_freezes_the_average_of_stopped_members(make):
 BAD = [
     (lambda: jr.ema(1.5), r"ema: decay must be in \[0, 1\], got decay = 1\.5\."),
     (lambda: jr.ema(-0.1), r"ema: decay must be in \[0, 1\], got decay = -0\.1\."),
-    (lambda: jr.swa(-1), r"swa: start must be an integer >= 0, got start = -1\."),
-    (lambda: jr.swa(2, every=0), r"swa: every must be an integer >= 1, got every = 0\."),
+    (lambda: jr.swa(-1), r"swa: start must be an integer in \[0, 2147483647\], got start = -1\."),
+    (lambda: jr.swag(2**40), r"swag: start must be an integer in \[0, 2147483647\], got start = 1099511627776\."),
+    (lambda: jr.swa(2, every=0), r"swa: every must be an integer in \[1, 2147483647\], got every = 0\."),
     (lambda: jr.swag(0, 1, rank=-1), r"swag: rank must be an int >= 0, got rank = -1"),
     (lambda: jr.swag(0, 1, rank=2.0), r"swag: rank must be an int >= 0, got rank = 2\.0"),
     (lambda: jr.ema(0.9).update(jnp.ones(2), jr.ema(0.9).init(jnp.ones(2))), r"ema: needs params"),

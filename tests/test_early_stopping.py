@@ -1,6 +1,7 @@
 """EarlyStopping against a plain-Python reference of the rule, inside scan, while_loop and vmap."""
 
 import math
+import re
 
 import chex
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jax.experimental import checkify
 
 import jaxreg as jr
 
@@ -259,7 +261,10 @@ def test_frozen_members_unchanged_after_stop_in_scan():
 
 
 BAD = [
-    (lambda: jr.EarlyStopping(0), r"EarlyStopping: patience must be an integer >= 1, got patience = 0\."),
+    (
+        lambda: jr.EarlyStopping(0),
+        r"EarlyStopping: patience must be an integer in \[1, 2147483647\], got patience = 0\.",
+    ),
     (lambda: jr.EarlyStopping(1.5), r"got patience = 1\.5"),
     (lambda: jr.EarlyStopping(np.array([2, 0])), r"got patience = \[2 0\]"),
     (lambda: jr.EarlyStopping(True), r"got patience = True"),
@@ -269,8 +274,14 @@ BAD = [
         lambda: jr.EarlyStopping(3, baseline=nan),
         r"EarlyStopping: baseline must be a number or None, got baseline = nan",
     ),
-    (lambda: jr.EarlyStopping(3, start_from=-1), r"start_from must be an integer >= 0, got start_from = -1\."),
-    (lambda: jr.EarlyStopping(3, start_from=2.5), r"start_from must be an integer >= 0, got start_from = 2\.5"),
+    (
+        lambda: jr.EarlyStopping(3, start_from=-1),
+        r"start_from must be an integer in \[0, 2147483647\], got start_from = -1\.",
+    ),
+    (
+        lambda: jr.EarlyStopping(3, start_from=2.5),
+        r"start_from must be an integer in \[0, 2147483647\], got start_from = 2\.5",
+    ),
     (
         lambda: jr.retrain_budget(10, num_train=100, num_val=10, batch_size=10, policy="steps"),
         r"policy must be \"updates\" or \"epochs\", got policy = 'steps'",
@@ -281,11 +292,28 @@ BAD = [
     ),
     (
         lambda: jr.retrain_budget(-3, num_train=50, num_val=30, batch_size=8),
-        r"^retrain_budget: num_updates must be an integer >= 0, got num_updates = -3\.",
+        r"^retrain_budget: num_updates must be an integer in \[0, 2147483647\], got num_updates = -3\.",
+    ),
+    # counts kept in int32 leaves: too large is refused by name, not an OverflowError
+    (
+        lambda: jr.EarlyStopping(2**40),
+        r"patience must be an integer in \[1, 2147483647\], got patience = 1099511627776",
+    ),
+    (
+        lambda: jr.ReduceOnPlateau(0.5, 2, cooldown=2**40),
+        r"cooldown must be an integer in \[0, 2147483647\], got cooldown = 1099511627776",
+    ),
+    (
+        lambda: jr.retrain_budget(2**33, num_train=50, num_val=30, batch_size=8),
+        r"num_updates must be an integer in \[0, 2147483647\], got num_updates = 8589934592",
+    ),
+    (
+        lambda: jr.retrain_budget(2**31 - 1, num_train=50, num_val=30, batch_size=8, policy="epochs"),
+        r"retrain_budget: the epochs policy needs \d+ updates for num_updates = 2147483647, more than an int32",
     ),
     (
         lambda: jr.retrain_budget(np.array([4, 2.7]), num_train=50, num_val=30, batch_size=8),
-        r"^retrain_budget: num_updates must be an integer >= 0, got num_updates = \[4\. +2\.7\]",
+        r"^retrain_budget: num_updates must be an integer in \[0, 2147483647\], got num_updates = \[4\. +2\.7\]",
     ),
 ]
 
@@ -294,6 +322,52 @@ BAD = [
 def test_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize(
+    ("build", "bad", "good", "match"),
+    [
+        (
+            lambda p: jr.EarlyStopping(p).patience,
+            0,
+            3,
+            r"EarlyStopping: patience must be an integer in \[1, 2147483647\], got patience = 0 \(traced\)",
+        ),
+        (
+            lambda p: jr.EarlyStopping(3, start_from=p).start_from,
+            2.5,
+            2.0,
+            r"EarlyStopping: start_from must be an integer in \[0, 2147483647\], got start_from = 2\.5 \(traced\)",
+        ),
+        (
+            lambda f: jr.ReduceOnPlateau(f, 2).factor,
+            1.5,
+            0.5,
+            r"ReduceOnPlateau: factor must be in \(0, 1\), got factor = 1\.5 \(traced\)",
+        ),
+    ],
+)
+def test_traced_stopping_arguments_are_checked_under_traced_checks(build, bad, good, match):
+    with jr.traced_checks():
+        err, _ = checkify.checkify(jax.jit(build))(bad)
+        ok, _ = checkify.checkify(jax.jit(build))(good)
+    assert err.get() is not None and re.match(match, err.get()), err.get()
+    assert ok.get() is None
+
+
+def test_retrain_budget_at_imagenet_sizes_is_exact():
+    # u * floor((nt + nv)/B) exceeds int32 (2.6e9 here): the ceiling in exact integers
+    u = np.array([0, 1, 123_457, 500_000, 1_000_000])
+    nt, nv, bs = 1_281_167, 50_000, 256
+    expected = [-(-int(x) * ((nt + nv) // bs) // (nt // bs)) for x in u]
+    assert expected[3] == 519_485
+    for f in (
+        jr.retrain_budget,
+        jax.jit(jr.retrain_budget, static_argnames=("num_train", "num_val", "batch_size", "policy")),
+    ):
+        got = f(jnp.asarray(u, jnp.int32), num_train=nt, num_val=nv, batch_size=bs, policy="epochs")
+        np.testing.assert_array_equal(np.asarray(got), expected)
+        assert got.dtype == np.int32
 
 
 def test_traced_patience_skips_checks():
@@ -538,8 +612,14 @@ def test_plateau_scale_scales_the_updates_like_a_learning_rate():
 PLATEAU_BAD = [
     (lambda: jr.ReduceOnPlateau(1.0, 2), r"ReduceOnPlateau: factor must be in \(0, 1\), got factor = 1\.0\."),
     (lambda: jr.ReduceOnPlateau(0.0, 2), r"got factor = 0\.0\."),
-    (lambda: jr.ReduceOnPlateau(0.5, 0), r"ReduceOnPlateau: patience must be an integer >= 1, got patience = 0\."),
-    (lambda: jr.ReduceOnPlateau(0.5, 2, cooldown=-1), r"cooldown must be an integer >= 0, got cooldown = -1\."),
+    (
+        lambda: jr.ReduceOnPlateau(0.5, 0),
+        r"ReduceOnPlateau: patience must be an integer in \[1, 2147483647\], got patience = 0\.",
+    ),
+    (
+        lambda: jr.ReduceOnPlateau(0.5, 2, cooldown=-1),
+        r"cooldown must be an integer in \[0, 2147483647\], got cooldown = -1\.",
+    ),
     (lambda: jr.ReduceOnPlateau(0.5, 2, min_delta=-1.0), r"min_delta must be finite and >= 0, got min_delta = -1\.0"),
     (lambda: jr.ReduceOnPlateau(0.5, 2, min_scale=-0.1), r"min_scale must be finite and >= 0, got min_scale = -0\.1"),
     (
