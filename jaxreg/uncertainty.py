@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking
+from jaxreg._tree import compute_dtype
 
 __all__ = [
     "Prediction",
@@ -134,14 +135,15 @@ def _check_samples(samples: ArrayLike, where: str) -> jax.Array:
 def _log_probs(samples: jax.Array, from_logits: bool) -> jax.Array:
     if from_logits:
         return jax.nn.log_softmax(samples, axis=-1)
-    # Double where: log(0) = -inf with a zero (not NaN) gradient.
-    positive = samples > 0
-    return jnp.where(positive, jnp.log(jnp.where(positive, samples, 1.0)), -jnp.inf)
+    # Double where: log(0) = -inf with a zero (not NaN) gradient. Only an exact 0 is impossible:
+    # a NaN (a diverged member) stays NaN instead of counting as a certain prediction.
+    zero = samples == 0
+    return jnp.where(zero, -jnp.inf, jnp.log(jnp.where(zero, 1.0, samples)))
 
 
 def _entropy_from_log(logp: jax.Array) -> jax.Array:
     # 0 log 0 = 0; the double where keeps the gradient at an impossible class 0, not 0 * inf = NaN.
-    possible = logp > -jnp.inf
+    possible = logp != -jnp.inf  # NaN is possible: it propagates
     safe = jnp.where(possible, logp, 0.0)
     return -jnp.sum(jnp.where(possible, jnp.exp(safe) * safe, 0.0), axis=-1)
 
@@ -193,9 +195,13 @@ def predictive_entropy(samples: ArrayLike, *, from_logits: bool = True) -> jax.A
       0.6931
     """
     samples = _check_samples(samples, "predictive_entropy")
+    if not from_logits:
+        # log of the mean, not a logsumexp of logs: a sample's zero probability of a class that
+        # another sample deems possible has the finite gradient -(log p_bar + 1) / S
+        return _entropy_from_log(_log_probs(jnp.mean(samples, axis=0), False))
     logp = _log_probs(samples, from_logits)
     # A class impossible under every sample has mean -inf; logsumexp's gradient there would be NaN.
-    possible = jnp.any(logp > -jnp.inf, axis=0)
+    possible = jnp.any(logp != -jnp.inf, axis=0)
     lse = jax.nn.logsumexp(jnp.where(possible, logp, 0.0), axis=0)
     log_mean = jnp.where(possible, lse - jnp.log(jnp.asarray(samples.shape[0], logp.dtype)), -jnp.inf)
     return _entropy_from_log(log_mean)
@@ -262,7 +268,9 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
       \mathrm{ECE} = \sum_{b=1}^B \frac{|B_b|}{n} \big| \mathrm{acc}(B_b) - \mathrm{conf}(B_b) \big|
 
     The confidence of an example is its largest class probability, the prediction its argmax;
-    bin ``b`` holds confidences in :math:`((b-1)/B, b/B]` (a confidence of 0 joins the first bin).
+    bin ``b`` holds confidences in :math:`((b-1)/B, b/B]` (a confidence of 0 joins the first bin),
+    the edges exact (as Guo et al.'s float64 edges: float32(2/3) > 10/15 is in bin 11 of 15).
+    Sums are accumulated in float32 at least (half-precision sums stall past 256 examples).
 
     Args:
       probs: shape ``(n, C)``: predicted probabilities (e.g. :func:`predictive_probs`).
@@ -273,7 +281,8 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
       A scalar in [0, 1].
 
     Raises:
-      ValueError: if ``num_bins < 1`` or the shapes disagree.
+      ValueError: if ``num_bins < 1``, the shapes disagree, there are no examples, or concrete
+        ``probs`` are not in [0, 1] (logits, or NaN).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -289,9 +298,18 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
             f"probs.shape = {probs.shape}, labels.shape = {labels.shape}."
         )
     n = probs.shape[0]
-    confidence = jnp.max(probs, axis=-1)
-    correct = (jnp.argmax(probs, axis=-1) == labels).astype(probs.dtype)
-    bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
-    conf_sum = jnp.zeros(num_bins, probs.dtype).at[bins].add(confidence)
-    acc_sum = jnp.zeros(num_bins, probs.dtype).at[bins].add(correct)
+    if n == 0:
+        raise ValueError(
+            f"expected_calibration_error: probs needs at least one example, got probs.shape = {probs.shape}."
+        )
+    _checks.check_in_range("probs", probs, 0, 1, "expected_calibration_error", closed_high=True)
+    acc = compute_dtype(probs.dtype)
+    confidence = jnp.max(probs, axis=-1).astype(acc)
+    correct = (jnp.argmax(probs, axis=-1) == labels).astype(acc)
+    # ceil(conf * B) in float64, where the product of a float32 and a small integer is exact
+    with jax.enable_x64(True):
+        bins = (jnp.ceil(confidence.astype(jnp.float64) * num_bins) - 1).astype(jnp.int32)
+    bins = jnp.clip(bins, 0, num_bins - 1)
+    conf_sum = jnp.zeros(num_bins, acc).at[bins].add(confidence)
+    acc_sum = jnp.zeros(num_bins, acc).at[bins].add(correct)
     return jnp.sum(jnp.abs(acc_sum - conf_sum)) / n

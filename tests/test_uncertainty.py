@@ -168,3 +168,63 @@ def test_bad_shapes(fn, args, match):
 def test_ece_bad_num_bins():
     with pytest.raises(ValueError, match="num_bins = 0"):
         jr.expected_calibration_error(jnp.ones((2, 2)) / 2, jnp.zeros(2, jnp.int32), num_bins=0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("n", [4096, 70_000])
+def test_ece_of_half_precision_probabilities_is_the_float64_ece_of_the_same_values(dtype, n):
+    # bin sums of thousands of examples stall in bfloat16 (past 256) and overflow in float16
+    rng = np.random.default_rng(3)
+    probs = _np_softmax(rng.normal(size=(n, 10)) * 2.0)
+    labels = rng.integers(0, 10, size=n)
+    half = jnp.asarray(probs, dtype)
+    got = float(jr.expected_calibration_error(half, jnp.asarray(labels)))
+    # the reference on the rounded values: float32 sums of n terms <= 1 per bin (n eps of 1, over n)
+    assert got == pytest.approx(_np_ece(np.asarray(half, np.float64), labels, 15), abs=64 * EPS32)
+
+
+def test_ece_bins_confidences_just_above_an_edge_above_it():
+    # float32(2/3) = 0.66666669 > 10/15: bin 11 of 15, as Guo et al.'s float64 edges put it;
+    # float32 ceil(conf * 15) rounds 10.0000003 to 10 (bin 10)
+    conf = np.float32(2 / 3)
+    assert np.float64(conf) > 10 / 15
+    probs = np.array([[conf, 1 - conf]] * 3 + [[0.61, 0.39]], np.float32)
+    labels = np.array([0, 1, 1, 0])
+    got = float(jr.expected_calibration_error(jnp.asarray(probs), jnp.asarray(labels)))
+    # in different bins: |1/3 - 2/3| * 3/4 + |1 - 0.61| / 4; in one bin it would be |2/4 - 2.61/4|
+    expected = abs(1 / 3 - float(conf)) * 3 / 4 + (1 - float(np.float32(0.61))) / 4
+    assert got == pytest.approx(expected, abs=8 * EPS32)
+    assert got == pytest.approx(_np_ece(probs.astype(np.float64), labels, 15), abs=8 * EPS32)
+
+
+@pytest.mark.parametrize("from_logits", [True, False])
+@pytest.mark.parametrize("fn", [jr.predictive_entropy, jr.expected_entropy, jr.mutual_information])
+def test_a_nan_sample_gives_nan_not_certainty(fn, from_logits):
+    # a diverged member must not read as the most confident prediction (scipy: entropy of NaN is NaN)
+    good = np.array([0.2, 0.8]) if not from_logits else np.array([0.0, 1.0])
+    samples = jnp.asarray([good, [np.nan, good[1]]], jnp.float32)
+    assert np.isnan(float(fn(samples, from_logits=from_logits)))
+    assert np.isnan(float(fn(samples[1:], from_logits=from_logits)))
+
+
+def test_gradient_of_predictive_entropy_at_a_zero_probability_of_a_possible_class():
+    # H(p_bar) depends on p only through p_bar: dH/dp_s,c = -(log p_bar_c + 1) / S, finite where
+    # another sample makes the class possible (p_bar_c > 0) even if p_s,c = 0
+    p = jnp.array([[0.5, 0.5, 0.0], [0.2, 0.0, 0.8]], jnp.float32)
+    g = np.asarray(jax.grad(lambda p: jr.predictive_entropy(p, from_logits=False))(p), np.float64)
+    p_bar = np.asarray(p, np.float64).mean(0)
+    expected = np.broadcast_to(-(np.log(p_bar) + 1) / 2, (2, 3))
+    np.testing.assert_allclose(g, expected, rtol=8 * EPS32)
+
+
+@pytest.mark.parametrize(
+    ("probs", "match"),
+    [
+        (jnp.array([[2.0, -1.0], [0.5, 0.5]]), r"probs must be in \[0, 1\], got probs ="),
+        (jnp.array([[np.nan, 0.5], [0.5, 0.5]]), r"probs must be in \[0, 1\], got probs ="),
+        (jnp.zeros((0, 3)), r"probs needs at least one example, got probs.shape = \(0, 3\)"),
+    ],
+)
+def test_ece_refuses_what_is_not_probabilities(probs, match):
+    with pytest.raises(ValueError, match=match):
+        jr.expected_calibration_error(probs, jnp.zeros(probs.shape[0], jnp.int32))
