@@ -277,4 +277,5 @@ def mc_dropconnect(
         p, r = p_and_rate
         return apply_fn(dropconnect(key, p, r, mask=mask), inputs)
 
-    return mc_dropout(one, (params, jnp.asarray(rate, jnp.float32)), x, rng, num_samples, chunk_size=chunk_size)
+    # the default float dtype (float64 under x64, as dropconnect's scale), traced: no retrace per rate
+    return mc_dropout(one, (params, _checks.as_float_array(rate)), x, rng, num_samples, chunk_size=chunk_size)

@@ -51,11 +51,9 @@ _MODES = ("rows", "columns")
 
 
 def _hyper(x: ArrayLike) -> jax.Array:
-    """A hyperparameter as a float array leaf (the default float dtype for ints); tracers as they are."""
-    if isinstance(x, jax.core.Tracer):
-        return x
-    x = jnp.asarray(x)
-    return x if jnp.issubdtype(x.dtype, jnp.floating) else jnp.asarray(x, jnp.result_type(float))
+    """A hyperparameter as a strongly typed float array leaf (a Python float and a float32 array
+    then share a jit cache entry); tracers as they are."""
+    return _checks.as_float_array(x)
 
 
 def _path_str(path: Any) -> str:

@@ -216,6 +216,18 @@ def test_mc_dropconnect_is_mean_and_variance_of_dropconnect_samples():
     np.testing.assert_allclose(np.asarray(pred.variance), samples.var(0), atol=1e-6)
 
 
+def test_mc_dropconnect_scales_float64_weights_as_dropconnect():
+    # under x64 the rate is float64 as dropconnect's: survivors scaled by exactly 1 / (1 - 0.1)
+    with jax.enable_x64(True):
+        w, x, rng = jnp.ones((50, 1), jnp.float64), jnp.ones((1, 50), jnp.float64), jax.random.key(0)
+        pred = jr.mc_dropconnect(lambda p, v: v @ p, w, x, rng, 1, 0.1)
+        direct = x @ jr.dropconnect(jax.random.split(rng, 1)[0], w, 0.1)
+        kept = np.asarray(jr.dropconnect(jax.random.split(rng, 1)[0], w, 0.1))
+        assert pred.mean.dtype == np.float64
+        np.testing.assert_array_equal(np.asarray(pred.mean), np.asarray(direct))
+        np.testing.assert_array_equal(np.unique(kept), [0.0, 1 / (1 - 0.1)])
+
+
 def test_mc_dropconnect_rate_sweep_is_vmap():
     w, x = jnp.ones((40, 1)), jnp.ones((1, 40))
     rates = jnp.array([0.0, 0.5], jnp.float32)

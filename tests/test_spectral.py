@@ -156,6 +156,21 @@ def test_spectral_norm_max_value_sweep_is_vmap_without_retrace():
         np.testing.assert_allclose(_sigma_max(out["dense"]["kernel"][i]), c, rtol=1e-3)
 
 
+@pytest.mark.parametrize("make", [jr.spectral_norm, jr.spectral_penalty, jr.orthogonal])
+def test_a_python_float_and_a_float32_array_share_the_compiled_program(make):
+    traces = []
+
+    @jax.jit
+    def apply(reg, p):
+        traces.append(1)
+        return reg(p)
+
+    p = {"w": jnp.ones((3, 2))}
+    for value in (1.0, jnp.float32(2.0), jnp.asarray(3.0, jnp.float32), 4.0):
+        apply(make(value), p)
+    assert len(traces) == 1
+
+
 def test_spectral_norm_bfloat16_kernel_strict_promotion():
     w = jnp.asarray(np.diag([3.0, 1.0]), jnp.bfloat16)
     out = jr.spectral_norm(1.0)({"w": w})
