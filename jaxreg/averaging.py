@@ -199,8 +199,18 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
         one_minus = 1.0 - state.decay
         if debias:
             t = count.astype(one_minus.dtype)
-            # 1 - d**t without cancellation for d near 1: -expm1(t * log1p(-(1 - d)))
-            weight = jnp.where(one_minus > 0, one_minus / -jnp.expm1(t * jnp.log1p(-one_minus)), 1.0 / t)
+            # (1 - d) / (1 - d**t), its value and derivative in d finite on all of [0, 1] (a decay
+            # may be a meta-gradient's leaf): 1 - d**t as -expm1(t log1p(d - 1)) near 1 (no
+            # cancellation), directly below 1/2 (log1p(-1) at d = 0), and at d = 1 its expansion
+            # 1/t + (t - 1)/(2t) (1 - d). Double wheres: the branches not taken get safe inputs.
+            near = state.decay >= 0.5
+            e_near = jnp.where(near & (one_minus > 0), one_minus, 0.5)
+            d_far = jnp.where(near, 0.0, state.decay)
+            weight = jnp.where(
+                one_minus == 0,
+                1.0 / t + (t - 1.0) / (2.0 * t) * one_minus,
+                jnp.where(near, e_near / -jnp.expm1(t * jnp.log1p(-e_near)), (1.0 - d_far) / (1.0 - d_far**t)),
+            )
         else:
             weight = one_minus
         average = _lerp(state.average, optax.apply_updates(params, updates), weight)

@@ -386,3 +386,23 @@ def test_float64_params_are_averaged_in_float64(kind):
         expected = np.tensordot(weights, np.asarray(snaps[1:]), axes=1) / (1 - 0.9**T)
     scale = max(float(np.max(np.abs(s))) for s in snaps)
     np.testing.assert_allclose(got, expected, rtol=0, atol=3 * T * np.finfo(np.float64).eps * scale)
+
+
+@pytest.mark.parametrize("debias", [False, True])
+def test_ema_gradient_in_decay_matches_finite_differences_on_all_of_0_1(debias):
+    # a decay may be a meta-gradient's leaf: finite and right at the endpoints too (one-sided
+    # differences there), in float64 where a step of 1e-6 gives ~6 digits
+    with jax.enable_x64(True):
+        ws = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)))
+
+        def averaged(d):
+            tx = jr.ema(d, debias=debias)
+            state = tx.init(jnp.zeros(2))
+            for w in ws:
+                _, state = tx.update(jnp.zeros(2), state, w)
+            return jnp.sum(jr.averaged_params(state) * jnp.array([1.0, 2.0]))
+
+        for d in (0.0, 0.3, 0.5, 0.9, 1.0):
+            lo, hi = max(d - 1e-6, 0.0), min(d + 1e-6, 1.0)
+            fd = (float(averaged(hi)) - float(averaged(lo))) / (hi - lo)
+            assert float(jax.grad(averaged)(jnp.float64(d))) == pytest.approx(fd, rel=1e-4, abs=1e-6), d
