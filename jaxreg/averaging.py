@@ -19,7 +19,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _random
-from jaxreg._tree import default_float
+from jaxreg._tree import compute_dtype, default_float
 
 PyTree = Any
 
@@ -95,6 +95,15 @@ def _need_params(where: str, params: Any) -> None:
         )
 
 
+def _accumulator(params: PyTree) -> PyTree:
+    """``params`` with half-precision float leaves in float32: the dtype averages are kept in.
+
+    A bfloat16 average of decay 0.99 stalls (its increments fall below bfloat16's resolution:
+    an EMA of params held at 1 stops at 0.8), and a bfloat16 ``E[w^2] - E[w]^2`` cancels.
+    """
+    return jax.tree.map(lambda w: jnp.asarray(w, compute_dtype(jnp.result_type(w))) if _is_float(w) else w, params)
+
+
 def _lerp(average: PyTree, new: PyTree, weight: jax.Array) -> PyTree:
     """``average + weight * (new - average)`` on float leaves (in the leaf's dtype); other leaves take ``new``."""
 
@@ -157,7 +166,9 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
     ``debias`` it is Adam's bias-corrected average
     :math:`\sum_{s=1}^t (1-d) d^{t-s} w_s / (1 - d^t)` of the updated params only (exactly
     :math:`w_1` after the first update; the uniform average when :math:`d = 1`). The updates pass
-    through unchanged: place it last in the chain. Non-float leaves are copied, not averaged.
+    through unchanged: place it last in the chain. Non-float leaves are copied, not averaged;
+    half-precision leaves are averaged in float32 (a bfloat16 average of decay 0.99 stalls at 0.8
+    of a constant), and :func:`averaged_params` returns them in float32.
 
     Args:
       decay: in [0, 1]; a leaf of the state (may be traced: build states under ``jax.vmap`` over
@@ -191,7 +202,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
     _checks.check_in_range("decay", decay, 0, 1, "ema", closed_high=True, scalar=True)
 
     def init_fn(params):
-        return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, default_float()), params)
+        return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, default_float()), _accumulator(params))
 
     def update_fn(updates, state, params=None):
         _need_params("ema", params)
@@ -231,7 +242,8 @@ def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
     computed incrementally as ``torch.optim.swa_utils.AveragedModel`` does,
     :math:`\bar w \leftarrow \bar w + (w - \bar w) / (n + 1)`. Before the first snapshot the
     "average" is the current params. The updates pass through unchanged: place it last in the
-    chain (after a learning-rate schedule such as SWA's constant or cyclic one).
+    chain (after a learning-rate schedule such as SWA's constant or cyclic one). Half-precision
+    leaves are averaged in float32 (as :func:`ema`).
 
     Args:
       start: the first update whose params enter the average; an integer >= 0 (leaf of the state).
@@ -263,7 +275,7 @@ def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
 
     def init_fn(params):
         start_, every_, num = _schedule(start, every)
-        return SwaState(jnp.zeros([], jnp.int32), num, start_, every_, params)
+        return SwaState(jnp.zeros([], jnp.int32), num, start_, every_, _accumulator(params))
 
     def update_fn(updates, state, params=None):
         _need_params("swa", params)
@@ -289,6 +301,8 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
     :math:`\Sigma_{\text{diag}} = \operatorname{diag}(\max(\overline{w^2} - \bar w^2, 0))`, with
     :math:`s = 1/2` in Maddox et al.; :func:`swag_sample` draws from it and :func:`averaged_params`
     returns :math:`\bar w`. The updates pass through unchanged: place it last in the chain.
+    Half-precision leaves have their moments and deviations in float32 (a bfloat16
+    :math:`\overline{w^2} - \bar w^2` cancels to 40x the variance of snapshots spread by 1%).
 
     Args:
       start: the first update whose params are collected; an integer >= 0 (leaf of the state).
@@ -326,22 +340,24 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
 
     def init_fn(params):
         start_, every_, num = _schedule(start, every)
-        sq = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, params)
-        dev = jax.tree.map(lambda w: jnp.zeros((rank, *jnp.shape(w)), jnp.result_type(w)), params)
-        return SwagState(jnp.zeros([], jnp.int32), num, start_, every_, params, sq, dev)
+        mean = _accumulator(params)
+        sq = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, mean)
+        dev = jax.tree.map(lambda w: jnp.zeros((rank, *jnp.shape(w)), jnp.result_type(w)), mean)
+        return SwagState(jnp.zeros([], jnp.int32), num, start_, every_, mean, sq, dev)
 
     def update_fn(updates, state, params=None):
         _need_params("swag", params)
         count, snap, n, weight = _next_snapshot(state)
         new = optax.apply_updates(params, updates)
         mean = _lerp(state.mean, new, weight)
-        sq_mean = _lerp(state.sq_mean, jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, new), weight)
+        squares = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, _accumulator(new))
+        sq_mean = _lerp(state.sq_mean, squares, weight)
         column = jnp.remainder(n, max(rank, 1))
 
         def deviation(d, w, m):
             if rank == 0 or not _is_float(w):
                 return d
-            written = jax.lax.dynamic_update_index_in_dim(d, (w - m).astype(d.dtype), column, axis=0)
+            written = jax.lax.dynamic_update_index_in_dim(d, (w.astype(m.dtype) - m).astype(d.dtype), column, axis=0)
             return jnp.where(snap, written, d)
 
         deviations = jax.tree.map(deviation, state.deviations, new, mean)
@@ -377,7 +393,8 @@ def averaged_params(opt_state: PyTree) -> PyTree:
       opt_state: an optimizer state with exactly one averaging state in it.
 
     Returns:
-      The average, structured like the params (with the member axis, if the state has one).
+      The average, structured like the params (with the member axis, if the state has one);
+      float32 for half-precision params (``.astype`` them back if the model needs their dtype).
 
     Raises:
       ValueError: if ``opt_state`` holds no averaging state, or more than one.

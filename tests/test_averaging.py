@@ -406,3 +406,28 @@ def test_ema_gradient_in_decay_matches_finite_differences_on_all_of_0_1(debias):
             lo, hi = max(d - 1e-6, 0.0), min(d + 1e-6, 1.0)
             fd = (float(averaged(hi)) - float(averaged(lo))) / (hi - lo)
             assert float(jax.grad(averaged)(jnp.float64(d))) == pytest.approx(fd, rel=1e-4, abs=1e-6), d
+
+
+def test_half_precision_params_are_averaged_in_float32():
+    # a bfloat16 EMA of decay 0.99 of params held at 1 stalls near 0.8 (increments below
+    # bfloat16's resolution); SWAG's E[w^2] - E[w]^2 of snapshots 1 +- 0.01 cancels in bfloat16
+    w0, w1 = jnp.zeros(3, jnp.bfloat16), jnp.ones(3, jnp.bfloat16)
+    tx = jr.ema(0.99)
+    state = tx.init(w0)
+    for _ in range(2000):
+        _, state = tx.update(jnp.zeros(3, jnp.bfloat16), state, w1)
+    avg = jr.averaged_params(state)
+    assert avg.dtype == np.float32
+    # exact: 1 - 0.99**2000 = 1 - 1.9e-9; float32 rounding of 2000 lerps, each within an ulp of 1
+    np.testing.assert_allclose(np.asarray(avg), 1.0, rtol=0, atol=2000 * EPS32)
+
+    snaps = jnp.asarray(1.0 + 0.01 * np.random.default_rng(0).standard_normal((200, 4)), jnp.bfloat16)
+    tx = jr.swag(start=0, rank=0)
+    state = tx.init(snaps[0])
+    for s in snaps[1:]:
+        _, state = tx.update(jnp.zeros(4, jnp.bfloat16), state, s)
+    exact = np.asarray(snaps, np.float64)
+    var = np.asarray(state.sq_mean - jnp.square(state.mean), np.float64)
+    # float32 moments of values near 1: the difference of two O(1) numbers to a few ulp of 1
+    np.testing.assert_allclose(var, exact.var(0), rtol=0, atol=200 * EPS32)
+    np.testing.assert_allclose(np.asarray(jr.averaged_params(state)), exact.mean(0), rtol=0, atol=200 * EPS32)
