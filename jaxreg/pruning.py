@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 __all__ = ["SuccessiveHalving"]
@@ -65,6 +66,10 @@ class SuccessiveHalving:
     mode: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("eta", "first_rung"):  # numpy ints as Python ints (static fields hash and print as ints)
+            value = getattr(self, name)
+            if isinstance(value, np.integer) and not isinstance(value, np.bool_):
+                object.__setattr__(self, name, int(value))
         self.check("SuccessiveHalving")  # at construction, where the bad value is written
 
     def check(self, where: str) -> None:
@@ -98,8 +103,15 @@ class SuccessiveHalving:
           A bool array like ``running``; False for every member that is not running.
         """
         mode = mode or self.mode or "min"
+        if mode not in _MODES:
+            raise ValueError(f'SuccessiveHalving.keep: mode must be "min", "max" or None, got mode = {mode!r}.')
         value = jnp.asarray(value, jnp.float32)
         running = jnp.asarray(running, jnp.bool_)
+        if value.ndim != 1 or value.shape != running.shape:
+            raise ValueError(
+                "SuccessiveHalving.keep: value and running must be one entry per member (1-D, the same "
+                f"shape), got value.shape = {value.shape}, running.shape = {running.shape}."
+            )
         score = value if mode == "min" else -value
         is_nan = jnp.isnan(score)
         score = jnp.where(is_nan, jnp.float32(0), score)

@@ -53,6 +53,8 @@ def _check(values: ArrayLike, confidence: float, where: str) -> np.ndarray:
         raise ValueError(f"{where}: values must have a seed axis, got a scalar {float(x)!r}.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"{where}: confidence must be in (0, 1), got confidence = {confidence!r}.")
+    if x.size == 0:
+        raise ValueError(f"{where}: values needs at least one seed, got values.shape = {x.shape}.")
     return x
 
 
@@ -88,8 +90,8 @@ def mean_interval(
       An :class:`Interval` of numpy arrays (0-d for a 1-d input).
 
     Raises:
-      ValueError: for a scalar input, a confidence outside (0, 1), an unknown method or (bootstrap)
-        ``num_resamples`` below 1.
+      ValueError: for a scalar or empty input, a confidence outside (0, 1), an unknown method or
+        (bootstrap) ``num_resamples`` below 1.
 
     Examples:
       >>> import jaxreg as jr
@@ -122,16 +124,38 @@ def mean_interval(
 
 
 def paired_difference(
-    a: ArrayLike, b: ArrayLike, *, axis: int = 0, confidence: float = 0.95, method: Method = "t", seed: int = 0
+    a: ArrayLike,
+    b: ArrayLike,
+    *,
+    axis: int = 0,
+    confidence: float = 0.95,
+    method: Method = "t",
+    num_resamples: int = 10_000,
+    seed: int = 0,
 ) -> Interval:
-    """The interval of ``mean(a - b)``, paired by seed (``a[s]`` and ``b[s]`` share seed ``s``).
+    r"""The interval of ``mean(a - b)``, paired by seed (``a[s]`` and ``b[s]`` share seed ``s``).
 
-    Pairing removes the noise the two regimes share through their seed (the same init, data
-    order and masks), so the interval of the difference is narrower than the two intervals
-    side by side suggest.
+    .. math:: \overline{a - b} \pm t_{(1 + c)/2,\, S - 1} \, \frac{s_{a - b}}{\sqrt S}
+
+    (or the percentile bootstrap of the differences), i.e. :func:`mean_interval` of ``a - b``:
+    scipy's paired t-test interval. Pairing removes the noise the two regimes share through their
+    seed (the same init, data order and masks), so the interval of the difference is narrower than
+    the two intervals side by side suggest.
+
+    Args:
+      a: results of one regime with a seed axis.
+      b: results of the other, the same shape, seed for seed.
+      axis: the seed axis.
+      confidence: the coverage, in (0, 1).
+      method: ``"t"`` or ``"bootstrap"``.
+      num_resamples: bootstrap resamples.
+      seed: the bootstrap's generator seed.
+
+    Returns:
+      An :class:`Interval` of the mean difference.
 
     Raises:
-      ValueError: if ``a`` and ``b`` differ in shape.
+      ValueError: if ``a`` and ``b`` differ in shape, or as :func:`mean_interval`.
 
     Examples:
       >>> import jaxreg as jr
@@ -144,7 +168,7 @@ def paired_difference(
         raise ValueError(
             f"paired_difference: a and b must have one value per seed each, got shapes {a.shape} and {b.shape}."
         )
-    return mean_interval(a - b, axis=axis, confidence=confidence, method=method, seed=seed)
+    return mean_interval(a - b, axis=axis, confidence=confidence, method=method, num_resamples=num_resamples, seed=seed)
 
 
 def verdict(

@@ -353,3 +353,13 @@ def test_halving_on_a_real_model_keeps_what_the_reference_keeps_from_its_own_his
 def test_bad_arguments_are_refused_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         jr.SuccessiveHalving(**kwargs)
+
+
+def test_numpy_integers_are_ints_and_keep_checks_its_arguments():
+    sh = jr.SuccessiveHalving(eta=np.int64(3), first_rung=np.int32(2))
+    assert sh == jr.SuccessiveHalving(eta=3, first_rung=2) and type(sh.eta) is int
+    assert sh.rungs(20) == (2, 6, 18)
+    with pytest.raises(ValueError, match=r"keep: mode must be \"min\", \"max\" or None, got mode = 'minimum'\."):
+        sh.keep(jnp.ones(3), jnp.ones(3, bool), mode="minimum")  # was read as "max"
+    with pytest.raises(ValueError, match=r"value.shape = \(3,\), running.shape = \(4,\)"):
+        sh.keep(jnp.ones(3), jnp.ones(4, bool))

@@ -93,9 +93,33 @@ def test_one_seed_claims_no_interval():
             lambda: jr.stats.mean_interval(np.ones((3, 2))).format(),
             r"^Interval\.format: expects the interval of one quantity, got mean\.shape = \(2,\)",
         ),
+        (
+            lambda: jr.stats.mean_interval([]),
+            r"^mean_interval: values needs at least one seed, got values.shape = \(0,\)",
+        ),
     ],
-    ids=["scalar", "confidence", "method", "unpaired", "no-resamples", "verdict-of-arrays", "format-of-arrays"],
+    ids=[
+        "scalar",
+        "confidence",
+        "method",
+        "unpaired",
+        "no-resamples",
+        "verdict-of-arrays",
+        "format-of-arrays",
+        "empty",
+    ],
 )
 def test_bad_input_raises(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_paired_bootstrap_is_the_percentile_bootstrap_of_the_differences():
+    # numpy's own resampling of the differences with the same generator and seed
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=7)
+    b = a - 0.1 + 0.05 * rng.normal(size=7)
+    iv = jr.stats.paired_difference(a, b, method="bootstrap", num_resamples=500, seed=3)
+    d = a - b
+    means = d[np.random.default_rng(3).integers(0, 7, size=(500, 7))].mean(axis=1)
+    np.testing.assert_allclose([iv.lo, iv.hi], np.quantile(means, [0.025, 0.975]), rtol=1e-12)
