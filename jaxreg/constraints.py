@@ -54,6 +54,10 @@ def _norm_over(where: str, axis: Axis, path: Any, x: jax.Array) -> jax.Array:
                 f"{where}: axis = {axis} is out of range for leaf {leaf_name(path)!r} of shape {jnp.shape(x)}; "
                 "restrict the constraint with mask=jr.masks.kernels."
             )
+    if len({a % ndim for a in axes}) != len(axes):  # (0, -2) on a 2-d leaf names axis 0 twice
+        raise ValueError(
+            f"{where}: axis = {axis} names an axis twice for leaf {leaf_name(path)!r} of shape {jnp.shape(x)}."
+        )
     sq = jnp.sum(jnp.square(x), axis=axes, keepdims=True)
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
@@ -91,6 +95,15 @@ class MaxNorm(Constraint):
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         norm = _norm_over("max_norm", self.axis, path, x)
         bound = jnp.asarray(self.max_value).astype(x.dtype)
+        try:
+            fits = jnp.broadcast_shapes(bound.shape, norm.shape) == norm.shape
+        except ValueError:
+            fits = False
+        if not fits:  # one bound, or one per vector (broadcasting against the kept-dims norms)
+            raise ValueError(
+                f"max_norm: max_value of shape {bound.shape} does not broadcast against the norms "
+                f"{norm.shape} of leaf {leaf_name(path)!r} of shape {jnp.shape(x)} (axis = {self.axis})."
+            )
         return x * jnp.where(norm > bound, bound / jnp.where(norm > 0, norm, 1.0), 1.0)
 
 

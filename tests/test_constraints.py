@@ -63,6 +63,14 @@ def test_constraints_jit_and_vmap_over_bound():
             lambda: jr.unit_norm(axis=(0, 3))({"kernel": jnp.ones((2, 2))}),
             r"unit_norm: axis = \(0, 3\) is out of range for leaf 'kernel'",
         ),
+        (
+            lambda: jr.max_norm(1.0, axis=(0, -2))({"kernel": jnp.ones((3, 2))}),
+            r"max_norm: axis = \(0, -2\) names an axis twice for leaf 'kernel' of shape \(3, 2\)",
+        ),
+        (
+            lambda: jr.max_norm(jnp.ones(4))({"kernel": jnp.ones((3, 2))}),
+            r"max_norm: max_value of shape \(4,\) does not broadcast against the norms \(1, 2\) of leaf 'kernel'",
+        ),
     ],
     ids=[
         "zero-bound",
@@ -72,6 +80,8 @@ def test_constraints_jit_and_vmap_over_bound():
         "repeated-axis",
         "int-axis-range",
         "tuple-axis-range",
+        "repeated-negative-axis",
+        "bound-shape",
     ],
 )
 def test_bad_bounds_and_axes_raise(build, message):
@@ -100,3 +110,12 @@ def test_unit_norm_over_a_tuple_of_axes():
     kernel = np.random.default_rng(2).normal(size=(2, 2, 3, 4))
     out = np.asarray(jr.unit_norm(axis=(0, 1, 2))(jnp.asarray(kernel, jnp.float32)), np.float64)
     np.testing.assert_allclose(np.linalg.norm(out.reshape(-1, 4), axis=0), 1.0, rtol=8 * EPS)
+
+
+def test_max_norm_takes_one_bound_per_vector():
+    # a bound per output unit broadcasts against the kept-dims norms (1, out): keras's rule per column
+    kernel = np.random.default_rng(2).normal(size=(4, 3)) * 2.0
+    bounds = np.array([0.5, 1.0, 100.0])
+    out = np.asarray(jr.max_norm(jnp.asarray(bounds, jnp.float32))(jnp.asarray(kernel, jnp.float32)), np.float64)
+    expected = np.concatenate([_keras_max_norm(kernel[:, j : j + 1], bounds[j], 0) for j in range(3)], axis=1)
+    np.testing.assert_allclose(out, expected, rtol=8 * EPS, atol=8 * EPS)
