@@ -104,6 +104,7 @@ class MaxNorm(Constraint):
                 f"max_norm: max_value of shape {bound.shape} does not broadcast against the norms "
                 f"{norm.shape} of leaf {leaf_name(path)!r} of shape {jnp.shape(x)} (axis = {self.axis})."
             )
+        bound = jnp.broadcast_to(bound, norm.shape)  # explicit: no implicit rank promotion
         return x * jnp.where(norm > bound, bound / jnp.where(norm > 0, norm, 1.0), 1.0)
 
 
