@@ -411,10 +411,35 @@ def orthogonal(scale: ArrayLike, *, mode: str = "rows", mask: Any = None) -> Ort
     return Orthogonal(_hyper(scale), _check_mode("orthogonal", mode), optional_mask(mask, "orthogonal"))
 
 
-def _polar(x: jax.Array) -> jax.Array:
-    m = _as_matrix(x)
+@jax.custom_jvp
+def _polar_factor(m: jax.Array) -> jax.Array:
+    """``U V^T`` of the thin SVD ``m = U S V^T``."""
     u, _, vt = jnp.linalg.svd(m, full_matrices=False)
-    return jnp.reshape(_dot(u, vt), x.shape)
+    return _dot(u, vt)
+
+
+@_polar_factor.defjvp
+def _polar_factor_jvp(primals, tangents):
+    # The polar factor is smooth wherever m has full rank, repeated singular values included (every
+    # orthogonal matrix), but differentiating through the SVD divides by s_i^2 - s_j^2 (NaN
+    # there). Its derivative in closed form divides by s_i + s_j only: with X = U^T dM V,
+    #   dQ = U [(X - X^T) / (s_i + s_j)] V^T + (I - U U^T) dM V S^-1 V^T      (tall, r > c)
+    #                                         + U S^-1 U^T dM (I - V V^T)      (wide, r < c).
+    (m,), (dm,) = primals, tangents
+    u, s, vt = jnp.linalg.svd(m, full_matrices=False)
+    ut_dm = _dot(u.T, dm)
+    x = _dot(ut_dm, vt.T)
+    dq = _dot(_dot(u, (x - x.T) / (s[:, None] + s[None, :])), vt)
+    rows, cols = m.shape
+    if rows > cols:
+        dq = dq + _dot((_dot(dm, vt.T) - _dot(u, x)) / s[None, :], vt)
+    elif rows < cols:
+        dq = dq + _dot(u, (ut_dm - _dot(x, vt)) / s[:, None])
+    return _dot(u, vt), dq
+
+
+def _polar(x: jax.Array) -> jax.Array:
+    return jnp.reshape(_polar_factor(_as_matrix(x)), x.shape)
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=[], meta_fields=["mask"])

@@ -289,6 +289,31 @@ def test_orthogonalize_is_the_polar_factor(shape):
     np.testing.assert_allclose(gram, np.eye(gram.shape[0]), atol=32 * EPS32)
 
 
+@pytest.mark.parametrize("case", ["random-tall", "random-wide", "2I", "diag(3,1,1)", "orthonormal-columns"])
+def test_orthogonalize_gradient_matches_finite_differences_at_repeated_singular_values(case):
+    # the polar factor is smooth at every full-rank matrix (orthogonal ones included, W =
+    # orthogonalize(V) after a projection); differentiating through the SVD gave NaN there
+    rng = np.random.default_rng(9)
+    m = {
+        "random-tall": rng.normal(size=(5, 3)),
+        "random-wide": rng.normal(size=(3, 5)),
+        "2I": 2 * np.eye(3),
+        "diag(3,1,1)": np.diag([3.0, 1.0, 1.0]),
+        "orthonormal-columns": np.linalg.qr(rng.normal(size=(5, 3)))[0],
+    }[case]
+    direction, weights = rng.normal(size=m.shape), rng.normal(size=m.shape)
+    with jax.enable_x64(True):
+
+        def f(x):
+            return jnp.sum(jr.orthogonalize()({"w": x})["w"] * weights)
+
+        grad = np.asarray(jax.grad(f)(jnp.asarray(m)))
+        h = 1e-6  # central differences in float64: error ~h^2 + eps/h ~ 1e-10
+        fd = (float(f(jnp.asarray(m + h * direction))) - float(f(jnp.asarray(m - h * direction)))) / (2 * h)
+    assert np.all(np.isfinite(grad))
+    assert float(np.sum(grad * direction)) == pytest.approx(fd, rel=1e-6, abs=1e-8)
+
+
 def test_orthogonalize_with_project_and_sweeps():
     params = _params()
     opt = optax.chain(optax.sgd(0.1), jr.project(jr.orthogonalize(mask=jr.masks.by_path("dense/kernel"))))
