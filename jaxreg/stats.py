@@ -106,7 +106,7 @@ def mean_interval(
     mean = x.mean(axis=0)
     if method == "t":
         if n < 2:
-            nan = np.full_like(mean, np.nan)
+            nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
             return Interval(mean, nan, nan)
         from scipy import stats as scipy_stats
 
@@ -114,7 +114,7 @@ def mean_interval(
         return Interval(mean, mean - half, mean + half)
     if method == "bootstrap":
         if n < 2:
-            nan = np.full_like(mean, np.nan)
+            nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
             return Interval(mean, nan, nan)
         idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
         means = x[idx].mean(axis=1)

@@ -63,8 +63,10 @@ def test_pairing_narrows_the_interval_when_seeds_share_noise():
 
 
 def test_one_seed_claims_no_interval():
-    iv = jr.stats.mean_interval([0.9])
-    assert np.isnan(iv.lo) and np.isnan(iv.hi)
+    for method in ("t", "bootstrap"):
+        iv = jr.stats.mean_interval([0.9], method=method)
+        assert np.isnan(iv.lo) and np.isnan(iv.hi)
+        assert type(iv.lo) is type(iv.hi) is type(iv.mean) is np.float64  # one quantity: numbers, as with 2 seeds
     assert jr.stats.verdict(jr.stats.paired_difference([0.95], [0.9])) == "no difference detected at this size"
 
 
