@@ -19,7 +19,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import compute_dtype, leaf_name, optional_mask, pytree_dataclass, selection
+from jaxreg._tree import compute_dtype, default_float, leaf_name, optional_mask, pytree_dataclass, selection
 
 PyTree = Any
 
@@ -455,10 +455,16 @@ class GroupLasso(Penalty):
 class Sum(Penalty):
     r"""The sum of penalties.
 
-    The prox applies the terms' proxes in sequence, non-quadratic terms first and uncentred
-    L2 terms (scaled or not) last. That is exact when the terms act on disjoint leaves, and for L1 followed by
-    an uncentred L2 on the same leaves (the elastic net); otherwise it is the usual
-    one-pass splitting approximation.
+    The prox flattens the sum (nested sums, scalings distributed over them, an elastic net as its
+    L1 and L2 parts), then applies the L1 terms' soft thresholds, the other terms' proxes in the
+    order written, and one shrink by :math:`1 / (1 + 2t \sum_k c_k \lambda_k)` for all uncentred
+    L2 terms together (sequential shrinks are not that product). The order of the terms does not
+    matter, and the result is exact when the terms act on disjoint leaves, and on the same leaves
+    for L1 + group lasso + uncentred L2 (the elastic net, the sparse group lasso: with
+    :math:`\lambda_2` the summed L2 strength,
+    :math:`\mathrm{prox}(v) = \mathrm{prox}_{t\,\mathrm{GL}}(\mathrm{soft}(v, t\lambda_1)) / (1 + 2t\lambda_2)`);
+    otherwise (centred L2, tie, a group lasso after another non-L1 term) it is the usual one-pass
+    splitting approximation.
     """
 
     terms: tuple[Penalty, ...]
@@ -467,14 +473,41 @@ class Sum(Penalty):
         return _total([t(tree) for t in self.terms])
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        def last(t: Penalty) -> bool:
-            while isinstance(t, Scaled):  # ``c * l2(s)`` is an uncentred L2 too
-                t = t.penalty
-            return isinstance(t, L2) and t.center is None
+        atoms = _atoms(self, None)
 
-        for t in sorted(self.terms, key=last):
-            tree = t.prox(tree, step)
-        return tree
+        def kind(atom: tuple[Any, Penalty]) -> int:
+            p = atom[1]
+            return 0 if isinstance(p, L1) else 2 if isinstance(p, L2) and p.center is None else 1
+
+        for factor, p in sorted((a for a in atoms if kind(a) < 2), key=kind):  # stable: as written within a kind
+            tree = (p if factor is None else Scaled(factor, p)).prox(tree, step)
+        shrinks = [a for a in atoms if kind(a) == 2]
+        if not shrinks:
+            return tree
+        # prox of sum_k c_k s_k |w|^2 over the leaves each selects: v / (1 + 2 t sum_k c_k s_k), i.e.
+        # L2(1)'s prox with a step t * sum_k c_k s_k per leaf (0, the identity, where none selects)
+        strength = jax.tree.map(lambda x: 0.0, tree)
+        for factor, p in shrinks:
+            scale = p.scale if factor is None else jnp.asarray(factor) * jnp.asarray(p.scale)
+            keep = selection(p.mask, tree, "l2")
+            strength = jax.tree.map(lambda total, k, scale=scale: total + scale if k else total, strength, keep)
+        steps = _steps_like(step, tree, "l2.prox")
+        return L2(jnp.ones([], default_float()), center=None, mask=None).prox(
+            tree, jax.tree.map(jnp.multiply, steps, strength)
+        )
+
+
+def _atoms(penalty: Penalty, factor: Any) -> list[tuple[Any, Penalty]]:
+    """``penalty`` as a flat list of ``(factor or None, term)``: sums flattened, scalings
+    distributed over them, an elastic net split into its L1 and uncentred L2 parts."""
+    if isinstance(penalty, Sum):
+        return [atom for t in penalty.terms for atom in _atoms(t, factor)]
+    if isinstance(penalty, Scaled):
+        inner = penalty.factor if factor is None else jnp.asarray(factor) * jnp.asarray(penalty.factor)
+        return _atoms(penalty.penalty, inner)
+    if isinstance(penalty, ElasticNet):
+        return [(factor, L1(penalty.l1, mask=penalty.mask)), (factor, L2(penalty.l2, center=None, mask=penalty.mask))]
+    return [(factor, penalty)]
 
 
 @pytree_dataclass(data=["factor", "penalty"], meta=[])

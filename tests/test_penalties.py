@@ -1,5 +1,7 @@
 """Penalties: values, gradients and proximal operators against closed forms and numpy."""
 
+import functools
+
 import chex
 import hypothesis.extra.numpy as hnp
 import jax
@@ -379,3 +381,35 @@ def test_l1_gradient_is_the_sign_subgradient_zero_at_zero():
     new = optax.apply_updates(w, updates)
     np.testing.assert_array_equal(new["k"], np.float32([0.0, 0.0, 1.4, -1.9]))
     np.testing.assert_array_equal(new["b"], np.zeros(3, np.float32))
+
+
+def _np_soft(v, t):
+    return np.sign(v) * np.maximum(np.abs(v) - t, 0.0)
+
+
+def _np_block_soft(v, t):  # group g = row g (group_lasso's axis=0: the norm runs over the other axes)
+    norms = np.sqrt(np.sum(v**2, axis=1, keepdims=True))
+    return v * np.maximum(0.0, 1.0 - t / np.where(norms > 0, norms, 1.0)) * (norms > 0)
+
+
+@pytest.mark.parametrize(
+    "terms, l1, gl, l2",
+    [
+        ([jr.elastic_net(0.2, 0.3), jr.l1(0.2)], 0.4, 0.0, 0.3),
+        ([jr.l2(0.3), jr.l2(0.2)], 0.0, 0.0, 0.5),  # sequential shrinks would give a product
+        ([2 * (jr.l2(0.15) + jr.l1(0.1)), jr.l1(0.2)], 0.4, 0.0, 0.3),
+        ([jr.group_lasso(0.3), jr.l1(0.2)], 0.2, 0.3, 0.0),
+        ([jr.group_lasso(0.3), jr.l2(0.2), jr.elastic_net(0.1, 0.05)], 0.1, 0.3, 0.25),
+    ],
+)
+def test_a_sums_prox_is_exact_and_does_not_depend_on_the_order_of_its_terms(terms, l1, gl, l2):
+    # prox of l1|w|_1 + gl sum_g |w_g| + l2 |w|^2 with step t: completing the square,
+    # block_soft(soft(v, t l1), t gl) / (1 + 2 t l2) (Yuan & Lin; Zou & Hastie; Simon et al.)
+    v = np.array([[1.3, -0.2, 0.05], [0.5, -2.0, 0.1], [-0.7, 0.4, 0.02]])
+    t = 0.9
+    expected = _np_block_soft(_np_soft(v, t * l1), t * gl) / (1 + 2 * t * l2)
+    for order in (terms, terms[::-1]):
+        penalty = functools.reduce(lambda a, b: a + b, order)
+        got = np.asarray(penalty.prox(jnp.asarray(v, jnp.float32), t), np.float64)
+        # a few float32 operations on values of order 1
+        np.testing.assert_allclose(got, expected, rtol=0, atol=16 * np.finfo(np.float32).eps)
