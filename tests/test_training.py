@@ -465,8 +465,8 @@ def test_retrain_runs_each_member_for_its_budget_on_all_data():
 @pytest.mark.parametrize(
     ("num_updates", "batch_size", "match"),
     [
-        (-3, 4, r"^retrain: num_updates must be an integer >= 0, got num_updates = -3\."),
-        (2.7, 4, r"^retrain: num_updates must be an integer >= 0, got num_updates = 2\.7\."),
+        (-3, 4, r"^retrain: num_updates must be an integer in \[0, 2147483647\], got num_updates = -3\."),
+        (2.7, 4, r"^retrain: num_updates must be an integer in \[0, 2147483647\], got num_updates = 2\.7\."),
         (
             5,
             20,
