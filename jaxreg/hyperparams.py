@@ -35,6 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+try:  # weak typing has no public API (see _weakly_typed); without it values stay strongly typed
+    from jax._src.lax.lax import _convert_element_type
+except ImportError:  # pragma: no cover
+    _convert_element_type = None
+
 PyTree = Any
 
 __all__ = ["SweepableSchedule", "SweepableState", "schedule", "sweepable"]
@@ -247,6 +252,19 @@ class SweepableSchedule:
 
     def __call__(self, count: jax.typing.ArrayLike) -> jax.Array:
         return _evaluate(self.fn, self.static, self.values, count)
+
+
+def _weakly_typed(value: jax.Array) -> jax.Array:
+    """``value`` weakly typed, as the Python float the factory would otherwise get.
+
+    The leaves are float32 (float64 under x64) arrays; strongly typed, ``momentum * trace``
+    would promote a bfloat16 optimizer state to float32 (a ``scan`` carry changes type) and a
+    float32 one to float64 under x64 (a retrace). Weakly typed, they take the params' dtype, as
+    optax's own Python-float hyperparameters do. jax has no public spelling of this conversion.
+    """
+    if _convert_element_type is None:
+        return value
+    return _convert_element_type(value, weak_type=True)
 
 
 def _evaluate(fn: Callable, static: tuple, values: dict, count: jax.typing.ArrayLike) -> jax.Array:
@@ -470,7 +488,7 @@ def sweepable(
             values = {name: hyperparams[name] for name in numeric}
             for name, (fn, fn_static) in sched_specs.items():
                 values[name] = _evaluate(fn, fn_static, hyperparams[name], count)
-            return values
+            return {name: _weakly_typed(value) for name, value in values.items()}
 
         probe_values = {**numeric, **{name: jnp.zeros((), _float_dtype()) for name in schedules}}
         _probe(where, fname, inner, probe_values, "keep {name} static with static_args or functools.partial")

@@ -465,3 +465,43 @@ def test_static_arguments_by_kind_and_functools_partial():
 
 
 # ----------------------------------------------------------------------------- the example
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs",
+    [(optax.sgd, {"momentum": 0.9}), (optax.adam, {"b1": 0.9}), (optax.rmsprop, {"decay": 0.9})],
+)
+def test_swept_values_take_the_params_dtype_as_optax_python_floats_do(factory, kwargs):
+    # strongly typed float32 values promoted a bfloat16 state to float32: a scan carry changed type
+    params = {"w": jnp.linspace(-1.0, 1.0, 8, dtype=jnp.bfloat16)}
+    grads = jax.tree.map(lambda w: (0.5 * w).astype(w.dtype), params)
+
+    def run(opt):
+        def body(carry, _):
+            p, s = carry
+            u, s = opt.update(grads, s, p)
+            return (optax.apply_updates(p, u), s), u
+
+        with jax.numpy_dtype_promotion("standard"):
+            (p, s), u = jax.lax.scan(body, (params, opt.init(params)), None, length=3)
+        return p, s, u
+
+    p, s, u = run(jr.sweepable(factory)(0.1, **kwargs))
+    p_ref, s_ref, u_ref = run(factory(0.1, **kwargs))
+    assert u["w"].dtype == u_ref["w"].dtype == jnp.bfloat16
+    assert [x.dtype for x in jax.tree.leaves(s.inner_state)] == [x.dtype for x in jax.tree.leaves(s_ref)]
+    # both in bfloat16 from the same float32 constants: within a bfloat16 ulp of each other
+    np.testing.assert_allclose(
+        np.asarray(p["w"], np.float32), np.asarray(p_ref["w"], np.float32), rtol=2**-7, atol=2**-10
+    )
+
+
+def test_a_float32_step_under_x64_is_traced_once():
+    with jax.enable_x64(True):
+        opt = jr.sweepable(optax.sgd)(0.1, momentum=0.9)
+        params = jnp.ones(3, jnp.float32)
+        step = jax.jit(chex.assert_max_traces(lambda p, s: opt.update(p, s, p), n=1))
+        state = opt.init(params)
+        for _ in range(3):
+            updates, state = step(params, state)
+        assert updates.dtype == jnp.float32 and state.inner_state[0].trace.dtype == jnp.float32
