@@ -497,6 +497,12 @@ class Sum(Penalty):
         )
 
 
+def non_separable(penalty: Penalty) -> list[str]:
+    """The names of the terms of ``penalty`` that couple coordinates (group lasso, tie): their
+    prox has no closed form for a per-coordinate step."""
+    return sorted({type(p).__name__ for _, p in _atoms(penalty, None) if isinstance(p, GroupLasso | Tie)})
+
+
 def _atoms(penalty: Penalty, factor: Any) -> list[tuple[Any, Penalty]]:
     """``penalty`` as a flat list of ``(factor or None, term)``: sums flattened, scalings
     distributed over them, an elastic net split into its L1 and uncentred L2 parts."""

@@ -22,7 +22,7 @@ import optax
 
 from jaxreg import _checks
 from jaxreg._tree import is_float
-from jaxreg.penalties import Penalty
+from jaxreg.penalties import Penalty, non_separable
 
 PyTree = Any
 
@@ -47,12 +47,19 @@ def _need_params(name: str, params: Any) -> None:
 
 def _check_penalty(name: str, penalty: Any) -> None:
     if not isinstance(penalty, Penalty):
-        raise ValueError(f"{name}: penalty must be a jaxreg Penalty, got penalty = {penalty!r}.")
+        hint = ""
+        if isinstance(penalty, jax.Array):  # a Penalty is callable: inject_hyperparams took it for a schedule
+            hint = (
+                " (optax.inject_hyperparams calls every callable argument as a schedule: pass "
+                "static_args=('penalty',), or sweep with jr.sweepable)"
+            )
+        raise ValueError(f"{name}: penalty must be a jaxreg Penalty, got penalty = {penalty!r}{hint}.")
 
 
 def _check_learning_rate(name: str, learning_rate: Any) -> None:
     if not callable(learning_rate):
-        _checks.check_nonnegative("learning_rate", learning_rate, name)
+        # one number (a sweep over rates is a vmap, inside which each rate is a scalar)
+        _checks.check_nonnegative("learning_rate", learning_rate, name, scalar=True)
 
 
 def add_penalty_grad(penalty: Penalty) -> optax.GradientTransformation:
@@ -267,6 +274,17 @@ def proximal_adam(
         )
     _check_penalty("proximal_adam", penalty)
     _check_learning_rate("proximal_adam", learning_rate)
+    for name, value in (("b1", b1), ("b2", b2)):
+        _checks.check_in_range(name, value, 0, 1, "proximal_adam", scalar=True)
+    for name, value in (("eps", eps), ("eps_root", eps_root)):
+        _checks.check_nonnegative(name, value, "proximal_adam", scalar=True)
+    coupled = non_separable(penalty)
+    if coupled:
+        raise ValueError(
+            f"proximal_adam: penalty must be separable (l1, l2, elastic_net, their sums and scalings): "
+            f"a per-coordinate step has no closed-form prox for {', '.join(coupled)}; use "
+            f"optax.chain(optax.adam(lr), jr.proximal(penalty, lr)), got penalty = {penalty!r}."
+        )
     adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
     def init_fn(params: PyTree) -> ProximalAdamState:
@@ -280,7 +298,12 @@ def proximal_adam(
         with jax.numpy_dtype_promotion("standard"):
             direction, adam_state = adam.update(updates, state.adam, params)
             nu_hat = optax.tree.bias_correction(adam_state.nu, b2, adam_state.count)
-        steps = jax.tree.map(lambda v: lr / (jnp.sqrt(v + eps_root) + eps), nu_hat)
+        # integer leaves have no step (their nu is no variance; the prox leaves them alone)
+        steps = jax.tree.map(
+            lambda v, p: lr / (jnp.sqrt(v + eps_root) + eps) if is_float(p) else jnp.zeros([], jnp.result_type(lr)),
+            nu_hat,
+            params,
+        )
         z = jax.tree.map(lambda p, d: p - (lr * d).astype(p.dtype), params, direction)
         new = penalty.prox(z, steps)
         # Adam only moves floating-point leaves: an integer leaf's update passes through unchanged.

@@ -259,8 +259,39 @@ def test_missing_params_raise(tx):
         (lambda: jr.add_penalty_grad(lambda p: 0.0), "add_penalty_grad: penalty must be a jaxreg Penalty"),
         (lambda: jr.project(3.0), "project: constraint must be a callable"),
         (lambda: jr.proximal_adam(0.1, jr.l1(0.1)), r"proximal_adam: the arguments are \(penalty, learning_rate\)"),
+        (lambda: jr.proximal_adam(jr.l1(0.1), 0.1, b1=1.5), r"proximal_adam: b1 must be in \[0, 1\), got b1 = 1\.5"),
+        (lambda: jr.proximal_adam(jr.l1(0.1), 0.1, b2=-1.0), r"proximal_adam: b2 must be in \[0, 1\), got b2 = -1\.0"),
+        (
+            lambda: jr.proximal_adam(jr.l1(0.1), 0.1, eps=-1.0),
+            r"proximal_adam: eps must be finite and >= 0, got eps = -1",
+        ),
+        (
+            lambda: jr.proximal_adam(jr.l1(0.1) + jr.group_lasso(0.2), 0.1),
+            r"proximal_adam: penalty must be separable .* no closed-form prox for GroupLasso; use "
+            r"optax.chain\(optax.adam\(lr\), jr.proximal\(penalty, lr\)\)",
+        ),
+        (
+            lambda: jr.proximal(jr.l1(0.1), jnp.array([0.1, 0.2])),
+            r"proximal: learning_rate must be a scalar, got learning_rate.shape = \(2,\)",
+        ),
+        (
+            lambda: optax.inject_hyperparams(jr.proximal)(jr.l1(0.1), 0.1).init(jnp.ones(2)),
+            r"proximal: penalty must be a jaxreg Penalty, got penalty = .* \(optax.inject_hyperparams calls every "
+            r"callable argument as a schedule: pass static_args=\('penalty',\)",
+        ),
     ],
-    ids=["negative-lr", "not-a-penalty", "not-callable", "old-argument-order"],
+    ids=[
+        "negative-lr",
+        "not-a-penalty",
+        "not-callable",
+        "old-argument-order",
+        "b1",
+        "b2",
+        "eps",
+        "non-separable",
+        "array-lr",
+        "inject-hyperparams",
+    ],
 )
 def test_bad_arguments_raise(build, message):
     with pytest.raises(ValueError, match=message):
@@ -279,3 +310,20 @@ def test_transforms_jit_and_vmap_over_scales():
     batched = jax.jit(jax.vmap(one))(scales)
     for i, s in enumerate([0.0, 0.5, 1.0]):
         np.testing.assert_allclose(batched[i], one(s), rtol=4 * EPS, atol=4 * EPS)
+
+
+def test_proximal_adam_passes_integer_leaves_eagerly_as_under_jit():
+    # an integer leaf's Adam step was NaN, which the eager step check refused
+    params = {"w": jnp.array([1.0, -0.01]), "step": jnp.array(3)}
+    grads = {"w": jnp.array([0.1, 0.1]), "step": jnp.array(0)}
+    opt = jr.proximal_adam(jr.l1(0.1), 0.1)
+    eager, _ = opt.update(grads, opt.init(params), params)
+    jitted, _ = jax.jit(opt.update)(grads, opt.init(params), params)
+    assert int(eager["step"]) == 0 and eager["step"].dtype == jnp.int32
+    # the float leaf: Adam's first direction is g / (|g| + eps) ~ 1, so z = w - 0.1; the per-coordinate
+    # step is lr / (sqrt(v_hat) + eps) = 0.1 / (0.1 + 1e-8), the L1 threshold that step times 0.1
+    z = np.array([1.0, -0.01]) - 0.1 * 0.1 / (0.1 + 1e-8)
+    threshold = 0.1 / (0.1 + 1e-8) * 0.1
+    expected = np.sign(z) * np.maximum(np.abs(z) - threshold, 0) - [1.0, -0.01]
+    np.testing.assert_allclose(np.asarray(eager["w"]), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jitted["w"]), np.asarray(eager["w"]), rtol=0, atol=4 * EPS)
