@@ -42,12 +42,12 @@ __all__ = [
 
 def _acc(x: jax.Array) -> jax.Array:
     """``x`` in the dtype penalties compute in: float32 at least, so half precision cannot overflow."""
-    return x.astype(compute_dtype(x.dtype))
+    return jnp.asarray(x).astype(compute_dtype(jnp.result_type(x)))  # a Python float leaf too
 
 
 def _as(value: Any, x: jax.Array) -> jax.Array:
     """A hyperparameter or step cast to the compute dtype of leaf ``x`` (explicit: strict promotion)."""
-    return jnp.asarray(value).astype(compute_dtype(x.dtype))
+    return jnp.asarray(value).astype(compute_dtype(jnp.result_type(x)))
 
 
 def _total(terms: list[jax.Array]) -> jax.Array:
@@ -66,7 +66,7 @@ def _map_selected(fn: Callable[..., jax.Array], tree: PyTree, mask: Any, *rest: 
     """``fn(x, *r)`` on the selected floating-point leaves (in their own dtype), others unchanged."""
 
     def one(keep: bool, x: Any, *r: Any) -> Any:
-        return fn(x, *r).astype(x.dtype) if keep else x
+        return fn(x, *r).astype(jnp.result_type(x)) if keep else x
 
     return jax.tree.map(one, selection(mask, tree, where), tree, *rest)
 
@@ -110,6 +110,18 @@ def _check_scalar_step(step: Any, where: str) -> None:
             f"{where}: this proximal operator has a closed form for a scalar step only, got a step "
             f"of structure {jax.tree.structure(step)}."
         )
+
+
+def _check_applied(where: str, **hyperparameters: Any) -> None:
+    """A penalty applied to params holds one number per hyperparameter: a stacked one (a sweep's
+    array) belongs under ``jax.vmap`` over the penalty, where each member's is a scalar; applied
+    as it is, it would make the value a vector and the prox threshold each column differently."""
+    for name, value in hyperparameters.items():
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"{where}: {name} must be one number when the penalty is applied (vmap over a penalty "
+                f"built from an array of values to sweep them), got {name}.shape = {jnp.shape(value)}."
+            )
 
 
 class Penalty:
@@ -187,27 +199,48 @@ class L2(Penalty):
         return jax.tree.map(lambda x, c: _acc(x) - _as(c, x) if _is_float_leaf(x) else x, tree, centers)
 
     def __call__(self, tree: PyTree) -> jax.Array:
+        _check_applied("l2", scale=self.scale)
         diffs = self._diffs(tree)
         keep = jax.tree.leaves(selection(self.mask, tree, "l2"))
-        terms = [jnp.sum(jnp.square(_acc(d))) for d, k in zip(jax.tree.leaves(diffs), keep) if k]
+        terms = [jnp.sum(_abs2(_acc(d))) for d, k in zip(jax.tree.leaves(diffs), keep) if k]
         return _scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
+        _check_applied("l2", scale=self.scale)
         steps = _steps_like(step, tree, "l2.prox")
         if self.center is None:
             return _map_selected(
-                lambda x, t: _acc(x) / (1.0 + 2.0 * _as(t, x) * _as(self.scale, x)), tree, self.mask, steps, where="l2"
+                lambda x, t: _acc(x) / (1.0 + 2.0 * _step_times(_as(t, x), _as(self.scale, x))),
+                tree,
+                self.mask,
+                steps,
+                where="l2",
             )
 
         def one(x: jax.Array, t: Any, c: jax.Array) -> jax.Array:
-            rate = 2.0 * _as(t, x) * _as(self.scale, x)
-            return (_acc(x) + rate * _as(c, x)) / (1.0 + rate)
+            rate = 2.0 * _step_times(_as(t, x), _as(self.scale, x))
+            # an infinite step lands on the center (the minimizer): inf / inf is NaN
+            safe = jnp.where(jnp.isinf(rate), 0.0, rate)
+            return jnp.where(jnp.isinf(rate), _as(c, x), (_acc(x) + safe * _as(c, x)) / (1.0 + safe))
 
         return _map_selected(one, tree, self.mask, steps, self._centers(tree), where="l2")
 
 
 def _is_float_leaf(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+
+
+def _step_times(step: jax.Array, scale: jax.Array) -> jax.Array:
+    """``step * scale``, 0 for an infinite step of a zero penalty (``inf * 0`` is NaN; that prox is
+    the identity). Finite steps take the product itself, so its gradient in the scale is kept."""
+    return jnp.where(jnp.isinf(step) & (scale == 0), jnp.zeros_like(step), step * scale)
+
+
+def _abs2(x: jax.Array) -> jax.Array:
+    """``|x|^2``, real: ``x**2`` for real leaves, ``re(x conj(x))`` for complex ones (not ``x**2``)."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x * jnp.conj(x))
+    return jnp.square(x)
 
 
 @jax.custom_jvp
@@ -223,6 +256,8 @@ def _abs(x: jax.Array) -> jax.Array:
 @_abs.defjvp
 def _abs_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
     (x,), (t,) = primals, tangents
+    if jnp.iscomplexobj(x):  # d|x| = re(conj(x / |x|) dx), 0 at 0
+        return jnp.abs(x), jnp.real(jnp.conj(jnp.sign(x)) * t)
     return jnp.abs(x), jnp.sign(x) * t
 
 
@@ -247,12 +282,18 @@ class L1(Penalty):
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
+        _check_applied("l1", scale=self.scale)
         return _scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "l1"))
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
+        _check_applied("l1", scale=self.scale)
         steps = _steps_like(step, tree, "l1.prox")
         return _map_selected(
-            lambda x, t: _soft_threshold(_acc(x), _as(t, x) * _as(self.scale, x)), tree, self.mask, steps, where="l1"
+            lambda x, t: _soft_threshold(_acc(x), _step_times(_as(t, x), _as(self.scale, x))),
+            tree,
+            self.mask,
+            steps,
+            where="l1",
         )
 
 
@@ -272,18 +313,20 @@ class ElasticNet(Penalty):
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
+        _check_applied("elastic_net", l1=self.l1, l2=self.l2)
         absolute = _scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "elastic_net"))
-        squared = _scaled_total(
-            self.l2, _selected_terms(lambda x: jnp.sum(jnp.square(x)), tree, self.mask, "elastic_net")
-        )
+        squared = _scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(_abs2(x)), tree, self.mask, "elastic_net"))
         return absolute + squared.astype(absolute.dtype)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
+        _check_applied("elastic_net", l1=self.l1, l2=self.l2)
         steps = _steps_like(step, tree, "elastic_net.prox")
 
         def one(x: jax.Array, t: Any) -> jax.Array:
             t = _as(t, x)
-            return _soft_threshold(_acc(x), t * _as(self.l1, x)) / (1.0 + 2.0 * t * _as(self.l2, x))
+            return _soft_threshold(_acc(x), _step_times(t, _as(self.l1, x))) / (
+                1.0 + 2.0 * _step_times(t, _as(self.l2, x))
+            )
 
         return _map_selected(one, tree, self.mask, steps, where="elastic_net")
 
@@ -366,23 +409,27 @@ class Tie(Penalty):
         return a, b
 
     def __call__(self, tree: PyTree) -> jax.Array:
+        _check_applied("tie", scale=self.scale)
         a, b = self._pair(tree)
-        terms = [jnp.sum(jnp.square(_acc(x) - _as(y, x))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+        terms = [jnp.sum(_abs2(_acc(x) - _as(y, x))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
         return _scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
+        _check_applied("tie", scale=self.scale)
         _check_scalar_step(step, "tie.prox")
         a, b = self._pair(tree)
 
         def half_change(x: jax.Array, y: jax.Array) -> jax.Array:
-            removed = 1.0 - 1.0 / (1.0 + 4.0 * _as(step, x) * _as(self.scale, x))
-            return (0.5 * removed * (_acc(x) - _as(y, x))).astype(x.dtype)
+            removed = 1.0 - 1.0 / (1.0 + 4.0 * _step_times(_as(step, x), _as(self.scale, x)))
+            return (0.5 * removed * (_acc(x) - _as(y, x))).astype(jnp.result_type(x))
 
         half = jax.tree.map(half_change, a, b)
         # ``where`` selects; the transpose of its linearization scatters the change back.
         _, scatter = jax.vjp(self.where, tree)
         (delta,) = scatter((jax.tree.map(jnp.negative, half), half))
-        return jax.tree.map(lambda x, d: (_acc(x) + _as(d, x)).astype(x.dtype) if _is_float_leaf(x) else x, tree, delta)
+        return jax.tree.map(
+            lambda x, d: (_acc(x) + _as(d, x)).astype(jnp.result_type(x)) if _is_float_leaf(x) else x, tree, delta
+        )
 
 
 def _check_axis(where: str, axis: Any) -> int:
@@ -427,26 +474,28 @@ class GroupLasso(Penalty):
         return tuple(i for i in range(ndim) if i != axis)
 
     def _norms(self, path: Any, x: jax.Array) -> jax.Array:
-        sq = jnp.sum(jnp.square(_acc(x)), axis=self._other_axes(path, x), keepdims=True)
+        sq = jnp.sum(_abs2(_acc(x)), axis=self._other_axes(path, x), keepdims=True)
         positive = sq > 0
         # Double where: the norm's gradient at a zero group is 0 (a subgradient), not NaN.
         return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
     def __call__(self, tree: PyTree) -> jax.Array:
+        _check_applied("group_lasso", scale=self.scale)
         keep = jax.tree.leaves(selection(self.mask, tree, "group_lasso"))
         paths = jax.tree_util.tree_flatten_with_path(tree)[0]
         return _scaled_total(self.scale, [jnp.sum(self._norms(p, x)) for (p, x), k in zip(paths, keep) if k])
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
+        _check_applied("group_lasso", scale=self.scale)
         _check_scalar_step(step, "group_lasso.prox")
 
         def one(path: Any, keep: bool, x: Any) -> Any:
             if not keep:
                 return x
             norm = self._norms(path, x)
-            threshold = _as(step, x) * _as(self.scale, x)
+            threshold = _step_times(_as(step, x), _as(self.scale, x))
             factor = jnp.where(norm > 0, jnp.maximum(0.0, 1.0 - threshold / jnp.where(norm > 0, norm, 1.0)), 0.0)
-            return (_acc(x) * factor).astype(x.dtype)
+            return (_acc(x) * factor).astype(jnp.result_type(x))
 
         return jax.tree_util.tree_map_with_path(one, selection(self.mask, tree, "group_lasso"), tree)
 
@@ -524,10 +573,12 @@ class Scaled(Penalty):
     penalty: Penalty
 
     def __call__(self, tree: PyTree) -> jax.Array:
+        _check_applied("a scaled penalty", factor=self.factor)
         value = self.penalty(tree)
         return jnp.asarray(self.factor).astype(value.dtype) * value
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
+        _check_applied("a scaled penalty", factor=self.factor)
         return self.penalty.prox(tree, jax.tree.map(lambda t: self.factor * t, step))
 
 

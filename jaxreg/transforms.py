@@ -103,7 +103,7 @@ def add_penalty_grad(penalty: Penalty) -> optax.GradientTransformation:
         def add(u: Any, g: Any) -> Any:
             if u is None or g is None or g.dtype == jax.dtypes.float0:
                 return u
-            return u + g.astype(u.dtype)
+            return jnp.asarray(u) + g.astype(jnp.result_type(u))  # u may be a Python float
 
         return jax.tree.map(add, updates, grads, is_leaf=_is_none), state
 

@@ -413,3 +413,49 @@ def test_a_sums_prox_is_exact_and_does_not_depend_on_the_order_of_its_terms(term
         got = np.asarray(penalty.prox(jnp.asarray(v, jnp.float32), t), np.float64)
         # a few float32 operations on values of order 1
         np.testing.assert_allclose(got, expected, rtol=0, atol=16 * np.finfo(np.float32).eps)
+
+
+def test_complex_leaves_are_penalized_by_their_modulus():
+    # a complex leaf is a float leaf to regularizers: sum |z|^2, not sum z^2 (3 - 2j for these)
+    z = jnp.array([1 + 1j, 2 - 1j, 0j], jnp.complex64)
+    mod = np.abs(np.asarray(z, np.complex128))
+    eps = float(np.finfo(np.float32).eps)
+    assert float(jr.l2(1.0)(z)) == pytest.approx(np.sum(mod**2), rel=4 * eps)
+    assert float(jr.elastic_net(1.0, 1.0)(z)) == pytest.approx(np.sum(mod) + np.sum(mod**2), rel=4 * eps)
+    assert float(jr.group_lasso(1.0)(z[None])) == pytest.approx(np.sqrt(np.sum(mod**2)), rel=4 * eps)
+    # jax's gradient of a real function of z is df/dx - i df/dy: for l2, 2 conj(z)... of |z|^2 = 2 z* -> 2 x - 2 i y
+    np.testing.assert_allclose(np.asarray(jax.grad(jr.l2(1.0))(z)), 2 * np.conj(np.asarray(z)), rtol=4 * eps)
+    unit = np.asarray(z)[:2] / mod[:2]
+    np.testing.assert_allclose(np.asarray(jax.grad(jr.l1(1.0))(z))[:2], np.conj(unit), rtol=4 * eps)
+
+
+def test_a_python_float_leaf_is_a_float_leaf():
+    params = {"w": jnp.array([1.0, -2.0]), "temperature": 2.0}
+    assert float(jr.l2(0.1)(params)) == pytest.approx(0.1 * (1 + 4 + 4), rel=1e-6)
+    out = jr.l1(0.1).prox(params, 0.5)
+    assert float(out["temperature"]) == pytest.approx(1.95, rel=1e-6)
+    updates, _ = jr.add_penalty_grad(jr.l2(0.1)).update(params, optax.EmptyState(), params)
+    assert float(updates["temperature"]) == pytest.approx(2.0 + 0.1 * 2 * 2.0, rel=1e-6)
+
+
+def test_a_stacked_scale_applied_without_vmap_is_refused():
+    # its value would be a vector and its prox would threshold each column by another scale
+    w = jnp.ones((3, 2))
+    stacked = jr.l1(jnp.array([0.1, 1.0]))
+    for call in (lambda: stacked(w), lambda: stacked.prox(w, 1.0), lambda: (2 * jr.l2(jnp.ones(2)))(w)):
+        with pytest.raises(ValueError, match=r"must be one number when the penalty is applied .*shape = \(2,\)"):
+            call()
+    # the sweep it is built for: one value per member
+    np.testing.assert_allclose(np.asarray(jax.vmap(lambda p: p(w))(stacked)), [0.6, 6.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [jr.l1, jr.l2, lambda s: jr.elastic_net(s, s), jr.group_lasso])
+def test_an_infinite_step_of_a_zero_penalty_is_the_identity(make):
+    v = jnp.array([[3.0, -1.0]])
+    np.testing.assert_array_equal(np.asarray(make(0.0).prox(v, float("inf"))), np.asarray(v))  # inf * 0 was NaN
+    np.testing.assert_array_equal(np.asarray(make(0.5).prox(v, float("inf"))), 0.0)  # the minimizer
+
+
+def test_an_infinite_step_of_a_centred_l2_lands_on_the_center():
+    out = jr.l2(0.5, center=jnp.array([2.0, -1.0])).prox(jnp.array([3.0, 7.0]), float("inf"))
+    np.testing.assert_array_equal(np.asarray(out), [2.0, -1.0])
