@@ -70,7 +70,14 @@ def quantize_rate(rate: ArrayLike, precision: int = 16) -> jax.Array:
     """
     precision = _check_precision(precision, "quantize_rate")
     levels = float(2**precision)
-    return jnp.round(jnp.asarray(rate, jnp.float32) * levels) / levels
+    return _drop_levels(rate, precision) / levels
+
+
+def _drop_levels(rate: ArrayLike, precision: int) -> jax.Array:
+    """``round(rate * 2**b)``, capped where :func:`keep_mask` caps its threshold (one level kept)."""
+    levels = float(2**precision)
+    cap = _MAX_F32_BELOW_2_32 if precision == 32 else levels - 1.0
+    return jnp.clip(jnp.round(jnp.asarray(rate, jnp.float32) * levels), 0.0, cap)
 
 
 def _random_words(rng: jax.Array, num_words: int, where: str) -> jax.Array:
@@ -111,10 +118,7 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
     if u.shape[0] != size:
         u = u[:size]
     u = u.reshape(shape)
-    levels = float(2**precision)
-    drop_levels = jnp.round(jnp.asarray(rate, jnp.float32) * levels)
-    cap = _MAX_F32_BELOW_2_32 if precision == 32 else levels - 1.0
-    threshold = jnp.clip(drop_levels, 0.0, cap).astype(dtype)
+    threshold = _drop_levels(rate, precision).astype(dtype)
     return u >= threshold
 
 
@@ -142,8 +146,10 @@ def dropout(
     rates that are multiples of ``2**-precision``, such as 0.5 or 0.25); ``precision=8`` has
     steps of 1/256, ``precision=32`` that of float32. The relative bias of the mean,
     :math:`|\tilde p - p| / (1 - p) \le 2^{-b-1} / (1 - p)`, grows as :math:`p \to 1`: at
-    ``rate=0.99999`` with 16 bits the kept fraction is 1.5e-5, not 1e-5 (the mean 1.5x); take
-    ``precision=32`` for rates that close to 1. A traced rate of 1 gives zeros.
+    ``rate=0.99999`` with 16 bits the kept fraction is 1.5e-5, not 1e-5 (the mean 1.5x); above
+    :math:`1 - 2^{-b-1}` the threshold is capped to keep one level, :math:`\tilde p = 1 - 2^{-b}`
+    (at ``rate=0.999`` with 8 bits the mean is 3.9x). Take ``precision=32`` for rates that close
+    to 1. A concrete rate that is 1 in float32 is refused; a traced rate of 1 gives zeros.
 
     Random bits come from threefry hashing one counter per 32-bit word (the stream
     ``jax.random.bits`` gives with ``jax_threefry_partitionable`` off, whatever that flag says),
@@ -184,15 +190,18 @@ def dropout(
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise ValueError(f"dropout: x must be a floating-point array, got x.dtype = {x.dtype}.")
     rate_value = _checks.concrete(rate)
-    if rate_value is not None and float(rate_value) == 0.0:
-        return x
+    if rate_value is not None and np.float32(rate_value) >= 1.0:
+        # the mask's threshold is float32: such a rate would keep 2**-precision of the units, scaled by 0
+        raise ValueError(f"dropout: rate must be below 1 in float32, got rate = {float(rate_value)!r}.")
     dims = set()
-    for d in broadcast_dims:
+    for d in broadcast_dims:  # checked before the rate-0 shortcut: a sweep away from 0 must not be what finds it
         if not -x.ndim <= int(d) < x.ndim:
             raise ValueError(
                 f"dropout: broadcast_dims must be axes of x (ndim {x.ndim}), got broadcast_dims = {tuple(broadcast_dims)}."
             )
         dims.add(int(d) % x.ndim)
+    if rate_value is not None and float(rate_value) == 0.0:
+        return x
     mask_shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape))
     keep = keep_mask(rng, mask_shape, rate, precision=precision)
     if mask_shape != x.shape:

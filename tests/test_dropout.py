@@ -292,3 +292,26 @@ def test_jr_dropout_stays_the_function_after_importing_the_submodule():
     y = jr.dropout(jax.random.key(0), jnp.ones((2, 64)), 0.5)
     assert isinstance(jr.dropout, types.FunctionType)
     assert set(np.unique(np.asarray(y)).tolist()) <= {0.0, 2.0}
+
+
+@pytest.mark.parametrize(("precision", "rate"), [(8, 0.999), (16, 0.999995)])
+def test_quantize_rate_is_the_rate_used_up_to_one_kept_level(precision, rate):
+    # above 1 - 2**-(b+1) the threshold is capped to keep one level: p~ = 1 - 2**-b, not 1
+    from jaxreg.dropout import quantize_rate
+
+    assert float(quantize_rate(rate, precision=precision)) == 1 - 2.0**-precision
+    n = 2**22
+    kept = float(jnp.mean(jr.dropout(jax.random.key(0), jnp.ones(n), rate, precision=precision) > 0))
+    p_keep = 2.0**-precision
+    assert abs(kept - p_keep) < 6 * np.sqrt(p_keep / n)  # binomial: 6 standard deviations
+
+
+def test_rate_zero_checks_broadcast_dims_and_a_rate_that_is_one_in_float32_is_refused():
+    x = jnp.ones((2, 3))
+    for rate in (0.0, 0.5):  # the rate-0 shortcut skipped the check: a sweep found it later
+        with pytest.raises(
+            ValueError, match=r"broadcast_dims must be axes of x \(ndim 2\), got broadcast_dims = \(5,\)"
+        ):
+            jr.dropout(jax.random.key(0), x, rate, broadcast_dims=(5,))
+    with pytest.raises(ValueError, match=r"dropout: rate must be below 1 in float32, got rate = 0\.99999999"):
+        jr.dropout(jax.random.key(0), x, 0.99999999)  # it kept 2**-16 of the units, scaled by 0
