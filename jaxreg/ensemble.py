@@ -60,8 +60,8 @@ def num_members(tree: PyTree, *, name: str = "tree") -> int:
       The number of members.
 
     Raises:
-      ValueError: if ``tree`` has no leaves, a leaf is a scalar, or leaves disagree, naming the
-        first leaf that disagrees.
+      ValueError: if ``tree`` has no leaves, a leaf is a scalar, the member axis is empty, or
+        leaves disagree, naming the first leaf that disagrees.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -80,6 +80,8 @@ def num_members(tree: PyTree, *, name: str = "tree") -> int:
             )
         sizes.append((path, shape[0]))
     first_path, n = sizes[0]
+    if n == 0:
+        raise ValueError(f"{name}: the member axis is empty: leaf {_leaf_name(first_path)!r} has 0 members.")
     for path, size in sizes[1:]:
         if size != n:
             raise ValueError(
@@ -355,6 +357,10 @@ def map(
             x = x if ax % x.ndim == 0 else jnp.moveaxis(x, ax, 0)
             if n is None:
                 n, first = x.shape[0], path
+                if n == 0:
+                    raise ValueError(
+                        f"ensemble.map: the member axis is empty: leaf {_leaf_name(path)!r} has shape {x.shape}."
+                    )
             elif x.shape[0] != n:
                 raise ValueError(
                     f"ensemble.map: leaves disagree on the member axis: leaf {_leaf_name(path)!r} has {x.shape[0]} "
@@ -481,6 +487,11 @@ def train_step(
     """
 
     chunk_size = _chunking.check_chunk_size(chunk_size, "ensemble.train_step")
+    if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
+        raise ValueError(
+            f"ensemble.train_step: batch_axis must be None (a shared batch) or an int (the batch's member "
+            f"axis), got batch_axis = {batch_axis!r}."
+        )
 
     def member_step(params, opt_state, batch, rng, hparams):
         out, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(params, batch, rng, hparams)

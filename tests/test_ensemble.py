@@ -336,3 +336,22 @@ def test_replicate_rejects_a_bad_num(num):
 def test_replicate_stacked_rejects_disagreeing_member_axes():
     with pytest.raises(ValueError):
         jr.ensemble.replicate({"a": jnp.zeros((2, 3)), "b": jnp.zeros((3,))}, 2, stacked=True)
+
+
+@pytest.mark.parametrize("batch_axis", ["x", 1.5, True])
+def test_train_step_refuses_a_batch_axis_that_is_not_an_int(batch_axis):
+    with pytest.raises(ValueError, match=r"ensemble.train_step: batch_axis must be None .* got batch_axis = "):
+        jr.ensemble.train_step(lambda p, b, r, h: jnp.sum(p), optax.sgd(0.1), batch_axis=batch_axis)
+
+
+def test_an_empty_member_axis_is_refused_by_name():
+    # it failed inside XLA's slicing; jax.vmap would return an empty result, jaxreg has no member to run
+    empty = jnp.ones((0, 3))
+    for call in (
+        lambda: jr.ensemble.map(jnp.sum)(empty),
+        lambda: jr.ensemble.map(jnp.sum, chunk_size=2)(empty),
+        lambda: jr.ensemble.predict(lambda p, x: p * x, empty, 1.0),
+        lambda: jr.ensemble.num_members({"w": empty}),
+    ):
+        with pytest.raises(ValueError, match=r"the member axis is empty"):
+            call()
