@@ -15,6 +15,7 @@ from pathlib import Path
 import flax.serialization
 import numpy as np
 import pytest
+import scipy.stats
 
 import jaxreg
 from jaxreg import cli
@@ -76,6 +77,8 @@ def procs(tmp_path_factory):
                 "1",
                 "--num",
                 "3",
+                "--members",
+                "2",  # two replicates per strength: test accuracy with a t interval
                 *TINY_SWEEP,
                 "--steps",
                 "35",  # rounded up to 40, a whole number of evaluations (every 10 steps), with a warning
@@ -462,7 +465,19 @@ def test_sweep_trains_one_member_per_strength(procs):
     assert zeros == sorted(zeros) and zeros[-1] > 0.0  # a larger L1 scale never gives fewer zeros here
     assert (base / "s" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "l1=0.1" in out
-    assert res["num_steps"] == 40
+    assert res["num_steps"] == 40 and res["replicates"] == 2
+    # test accuracy over the replicates: the mean and scipy's 95% Student t interval, in JSON and CSV
+    csv_rows = list(csv.DictReader((base / "s" / "sweep.csv").open()))
+    for row, csv_row in zip(res["rows"], csv_rows):
+        accs = np.array(row["measures"]["test_acc"]["values"])
+        lo, hi = scipy.stats.t.interval(0.95, len(accs) - 1, loc=accs.mean(), scale=scipy.stats.sem(accs))
+        if accs.std() == 0:  # identical replicates: a zero-width interval (scipy gives NaN)
+            lo = hi = accs.mean()
+        np.testing.assert_allclose([row["test_acc"], row["test_acc_lo"], row["test_acc_hi"]], [accs.mean(), lo, hi])
+        np.testing.assert_allclose(
+            [float(csv_row[k]) for k in ("test_acc", "test_acc_lo", "test_acc_hi", "test_nll")],
+            [row["test_acc"], row["test_acc_lo"], row["test_acc_hi"], row["test_nll"]],
+        )
     assert err.strip().splitlines() == [
         "jaxreg sweep: warning: --steps 35 rounded up to 40 (a whole number of evaluations, one every 10 steps)"
     ]

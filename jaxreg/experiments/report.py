@@ -54,8 +54,8 @@ SWEEP_COLUMNS = (
     ("train_loss", "train_loss", "{:.4f}"),
     ("val_loss", "val_loss", "{:.4f}"),
     ("val_acc", "val_acc", "{:.3f}"),
-    ("test_acc", "test_acc", "{:.3f}"),
-    ("test_acc_std", "test_sd", "{:.3f}"),
+    ("test_acc", "test_acc", "{:.3f}"),  # ± the 95% t half-width over replicates (with more than one)
+    ("test_nll", "test_nll", "{:.3f}"),
     ("gap", "gap", "{:.3f}"),
     ("zero_frac", "zero_frac", "{:.3f}"),
     ("weight_norm", "w_norm", "{:.3f}"),

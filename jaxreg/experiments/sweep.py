@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from jaxreg import data as jdata
+from jaxreg import stats as jstats
 from jaxreg.experiments import files, report
 from jaxreg.experiments import regimes as R
 
@@ -156,7 +157,15 @@ def sweep(
         row = {"name": name, "strength": v}
         for key in chunk[0]:
             row[key] = float(np.mean([c[key] for c in chunk]))
-        row["test_acc_std"] = float(np.std([c["test_acc"] for c in chunk]))
+        # test accuracy over the replicates with its 95% Student t interval, as jaxreg run's measures
+        # (one replicate: the mean alone, no interval claimed)
+        accs = [float(c["test_acc"]) for c in chunk]
+        interval = jstats.mean_interval(accs) if len(accs) > 1 else None
+        row["test_acc_lo"] = None if interval is None else float(interval.lo)
+        row["test_acc_hi"] = None if interval is None else float(interval.hi)
+        row["measures"] = {
+            "test_acc": {"mean": row["test_acc"], "lo": row["test_acc_lo"], "hi": row["test_acc_hi"], "values": accs}
+        }
         rows.append(row)
     results = {
         "regularizer": reg,
@@ -170,6 +179,6 @@ def sweep(
         "train_program_s": trained.wall_s,
     }
     files.write_json(os.path.join(out_dir, "sweep.json"), results)
-    keys = ["name", "strength", *(c[0] for c in report.SWEEP_COLUMNS[1:])]
+    keys = ["name", "strength", *(c[0] for c in report.SWEEP_COLUMNS[1:]), "test_acc_lo", "test_acc_hi"]
     files.write_csv(os.path.join(out_dir, "sweep.csv"), rows, keys)
     return results
