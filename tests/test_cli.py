@@ -6,6 +6,7 @@ takes well under a minute and a half; they start together and share the two core
 
 import base64
 import csv
+import html as htmllib
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ import scipy.stats
 
 import jaxreg
 from jaxreg import cli
-from jaxreg.experiments import presets
+from jaxreg.experiments import presets, report
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -144,6 +145,14 @@ def test_run_writes_results_and_figures(procs):
         # The report is self-contained: every figure embedded as base64, byte for byte.
         assert base64.b64encode(png).decode("ascii") in html, fig
     assert "±" in html and "<h2>Findings</h2>" in html
+    # the grid's section as printed: its own heading and table, and both matrices (not in the regimes table)
+    grid = [r for r in res["regimes"] if r["kind"] == "grid"]
+    assert grid and "Learning rate x decoupled weight decay grid" in out
+    regimes_table = html[html.index("<h2>Regimes</h2>") : html.index("<h2>L2 sweep")]
+    assert all(f"<td>{r['regime']}</td>" not in regimes_table for r in grid)
+    assert "<h2>Learning rate x decoupled weight decay grid (one member per point)</h2>" in html
+    for matrix in (report.grid_table(grid), report.grid_table(grid, "gap")):
+        assert matrix in out and htmllib.escape(matrix) in html
     names = [r["regime"] for r in res["regimes"]]
     for regime in [
         "none",

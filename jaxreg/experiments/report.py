@@ -536,8 +536,9 @@ def write_html(path: str, results: dict[str, Any], figures: dict[str, str]) -> s
 
     from jaxreg.experiments import es_minima
 
-    main_rows = [r for r in results["regimes"] if r["kind"] != "sweep"]
+    main_rows = [r for r in results["regimes"] if r["kind"] not in ("sweep", "grid")]
     sweep_rows = [r for r in results["regimes"] if r["kind"] == "sweep"]
+    grid_rows = [r for r in results["regimes"] if r["kind"] == "grid"]
     d = results["data"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>jaxreg run</title><style>"
@@ -555,6 +556,16 @@ def write_html(path: str, results: dict[str, Any], figures: dict[str, str]) -> s
         _html_table(main_rows),
         "<h2>L2 sweep (coupled L2 scale in the loss)</h2>",
         _html_table(sweep_rows),
+    ]
+    if grid_rows:  # the printed output's grid section: its rows, then test accuracy and gap as matrices
+        parts += [
+            "<h2>Learning rate x decoupled weight decay grid (one member per point)</h2>",
+            _html_table(grid_rows),
+            "<p>The grid's test accuracy, and its gap (val - train loss):</p>",
+            f"<pre>{html.escape(grid_table(grid_rows))}</pre>",
+            f"<pre>{html.escape(grid_table(grid_rows, 'gap'))}</pre>",
+        ]
+    parts += [
         f"<p>MC-dropout test accuracy by number of masks: {html.escape(mc_curve_line(results['mc_dropout_curve']))}</p>",
     ]
     if results.get("es_minima"):
