@@ -298,7 +298,7 @@ def _only(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jaxreg.cli import Parser, int_at_least
+    from jaxreg.cli import SEED_MAX, Parser, int_at_least
 
     p = Parser(prog="jaxreg bench", description=__doc__.split("\n\n")[0])
     g = p.add_mutually_exclusive_group()
@@ -313,7 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated sections (default: all; 'peak' always runs): " + ",".join(SECTION_NAMES),
     )
     p.add_argument(
-        "--seed", type=int_at_least(0), default=0, help="seed of inputs, initializations, dropout keys (default 0)"
+        "--seed",
+        type=int_at_least(0, SEED_MAX),
+        default=0,
+        help="seed of inputs, initializations, dropout keys (default 0)",
     )
     p.add_argument(
         "--gpu",

@@ -54,24 +54,26 @@ def missing_extra(modules: Sequence[str] = tuple(EXTRA_MODULES)) -> str | None:
     )
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: an integer ``>= low``, with the bad text in the message."""
+def int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= low`` (and ``<= high``), with the bad text in the message."""
+    expected = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = expected
     return parse
 
 
+SEED_MAX = 2**32 - 2  # the data split seeds its second shuffle with seed + 1 (numpy takes < 2**32)
 _positive_int = int_at_least(1)
-_seed = int_at_least(0)
+_seed = int_at_least(0, SEED_MAX)
 
 
 def _number(text: str) -> float:

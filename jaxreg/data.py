@@ -71,17 +71,27 @@ def _sklearn(submodule: str) -> Any:
         ) from err
 
 
+_SEED_MAX = 2**32 - 2  # the second shuffle is seeded with seed + 1; numpy takes seeds below 2**32
+
+
+def _check_seed(seed: Any, where: str) -> int:
+    seed = _checks.check_int_at_least("seed", seed, 0, where)
+    if seed > _SEED_MAX:
+        raise ValueError(f"{where}: seed must be an int in [0, {_SEED_MAX}], got seed = {seed!r}.")
+    return seed
+
+
 def _count(size: float | int, n: int, what: str) -> int:
     if isinstance(size, (bool, np.bool_)):
-        raise ValueError(f"{what} must be an int count or a fraction in (0, 1), got {what} = {size!r}.")
+        raise ValueError(f"split: {what} must be an int count or a fraction in (0, 1), got {what} = {size!r}.")
     if isinstance(size, (int, np.integer)):
         count = int(size)
     elif isinstance(size, (float, np.floating)) and 0.0 < size < 1.0:
         count = round(size * n)
     else:
-        raise ValueError(f"{what} must be an int count or a fraction in (0, 1), got {what} = {size!r}.")
+        raise ValueError(f"split: {what} must be an int count or a fraction in (0, 1), got {what} = {size!r}.")
     if count < 1:
-        raise ValueError(f"{what} must give at least one example, got {what} = {size!r} of {n} examples.")
+        raise ValueError(f"split: {what} must give at least one example, got {what} = {size!r} of {n} examples.")
     return count
 
 
@@ -127,9 +137,11 @@ def split(
     """
     train_test_split = _sklearn("model_selection").train_test_split
 
-    _checks.check_int_at_least("seed", seed, 0, "split")
+    seed = _check_seed(seed, "split")
     if task not in ("classification", "regression"):
-        raise ValueError(f"task must be 'classification' or 'regression', got task = {task!r}.")
+        raise ValueError(f"split: task must be 'classification' or 'regression', got task = {task!r}.")
+    if not isinstance(standardize, bool | np.bool_):
+        raise ValueError(f"split: standardize must be True or False, got standardize = {standardize!r}.")
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim != 2:
@@ -182,6 +194,14 @@ def split(
     idx = np.arange(n)
     idx_train, idx_rest = train_test_split(idx, train_size=n_train, random_state=seed, stratify=stratify)
     rest_strat = None if stratify is None else stratify[idx_rest]
+    if rest_strat is not None and np.any(np.bincount(rest_strat, minlength=num_classes) < 2):
+        # a class with one example left cannot give both validation and test one (sklearn's
+        # stratified split would raise its own error)
+        left = np.bincount(rest_strat, minlength=num_classes)
+        raise DataError(
+            f"after the training part, validation and test need 2 examples of every class, got counts "
+            f"{left.tolist()} left for them (classes of {counts.tolist()}); add examples or lower train_size."
+        )
     idx_val, idx_test = train_test_split(idx_rest, train_size=n_val, random_state=seed + 1, stratify=rest_strat)
 
     x = x.astype(np.float64)
@@ -211,7 +231,7 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, str]:
         "diabetes": (datasets.load_diabetes, "regression"),
     }
     if name not in loaders:
-        raise ValueError(f"unknown data set, got name = {name!r}; choose one of {', '.join(DATASETS)}.")
+        raise ValueError(f"load: unknown data set, got name = {name!r}; choose one of {', '.join(DATASETS)}.")
     fn, task = loaders[name]
     bunch = fn()
     return np.asarray(bunch.data), np.asarray(bunch.target), task
@@ -243,6 +263,7 @@ def load(
       >>> s.sizes(), s.num_classes, s.num_features
       ({'train': 300, 'val': 500, 'test': 997}, 10, 64)
     """
+    _check_seed(seed, "load")
     x, y, task = _raw(name)
     return split(
         x, y, seed=seed, train_size=train_size, val_size=val_size, task=task, standardize=standardize, name=name

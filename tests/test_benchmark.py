@@ -160,11 +160,41 @@ def test_interleave_alternates_which_goes_first():
     [
         ({"pairs": 0}, r"compare: pairs must be an int >= 1, got pairs = 0\."),
         ({"number": 0}, r"compare: number must be an int >= 1, got number = 0\."),
+        ({"min_time": -1.0}, r"compare: min_time must be finite and >= 0, got min_time = -1\.0\."),
+        ({"min_time": float("nan")}, r"compare: min_time must be finite and >= 0, got min_time = nan\."),
     ],
 )
 def test_compare_rejects_bad_counts(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bm.compare(_fake(1.0), _fake(1.0), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda: bm.fraction_of_peak(1e9, 0.0, 100.0),
+            r"fraction_of_peak: seconds must be finite and > 0, got seconds = 0\.0",
+        ),
+        (
+            lambda: bm.fraction_of_peak(1e9, -1.0, 100.0),
+            r"fraction_of_peak: seconds must be finite and > 0, got seconds = -1\.0",
+        ),
+        (lambda: bm.fraction_of_peak(1e9, 1.0, 0.0), r"fraction_of_peak: peak must be finite and > 0, got peak = 0\.0"),
+        (
+            lambda: bm.time_fn(_fake(1.0), min_time=-0.5),
+            r"time_fn: min_time must be finite and >= 0, got min_time = -0\.5",
+        ),
+        (lambda: bm.matmul_peak(8, repeats=0), r"matmul_peak: repeats must be an int >= 1, got repeats = 0"),
+        (
+            lambda: bm.compile_fn(jax.jit(lambda x, n: x * n), jnp.ones(2), 3, static_argnums=1),
+            r"compile_fn: static_argnums apply when fn is not jitted yet; fn is already jax.jit-wrapped",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(call, match):
+    with pytest.raises(ValueError, match=match):  # ZeroDivisionError, silent options or runs before
+        call()
 
 
 def test_interleave_rejects_mismatched_args():

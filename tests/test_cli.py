@@ -556,7 +556,11 @@ def test_bench_help_calls_itself_jaxreg_bench(capsys):
 BAD_ARGUMENTS = [
     (["run", "--steps", "0"], "jaxreg run: error: argument --steps: expected an integer >= 1, got '0'"),
     (["run", "--steps", "ten"], "jaxreg run: error: argument --steps: expected an integer >= 1, got 'ten'"),
-    (["run", "--seed", "-1"], "jaxreg run: error: argument --seed: expected an integer >= 0, got '-1'"),
+    (["run", "--seed", "-1"], "jaxreg run: error: argument --seed: expected an integer in [0, 4294967294], got '-1'"),
+    (
+        ["run", "--seed", "4294967295"],
+        "jaxreg run: error: argument --seed: expected an integer in [0, 4294967294], got '4294967295'",
+    ),
     (["run", "--members", "-3"], "jaxreg run: error: argument --members: expected an integer >= 1, got '-3'"),
     (["run", "--seeds", "0"], "jaxreg run: error: argument --seeds: expected an integer >= 1, got '0'"),
     (["run", "--seeds", "-1"], "jaxreg run: error: argument --seeds: expected an integer >= 1, got '-1'"),
@@ -570,7 +574,14 @@ BAD_ARGUMENTS = [
     (["sweep", "--min", "abc"], "jaxreg sweep: error: argument --min: expected a number, got 'abc'"),
     (["sweep", "--max", "inf"], "jaxreg sweep: error: argument --max: expected a finite number, got 'inf'"),
     (["bench", "--only", "nosuch"], "jaxreg bench: error: argument --only: unknown section(s) nosuch; choose from"),
-    (["bench", "--seed", "-2"], "jaxreg bench: error: argument --seed: expected an integer >= 0, got '-2'"),
+    (
+        ["bench", "--seed", "-2"],
+        "jaxreg bench: error: argument --seed: expected an integer in [0, 4294967294], got '-2'",
+    ),
+    (
+        ["bench", "--seed", str(2**63)],
+        f"jaxreg bench: error: argument --seed: expected an integer in [0, 4294967294], got '{2**63}'",
+    ),
     (["bench", "--mode", "huge"], "jaxreg bench: error: argument --mode: invalid choice: 'huge'"),
     (["nosuch"], "jaxreg: error: argument {run,sweep,bench}: invalid choice: 'nosuch'"),
 ]

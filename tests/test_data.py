@@ -72,10 +72,10 @@ def test_diabetes_is_regression():
 
 
 def test_unknown_name_and_bad_sizes():
-    with pytest.raises(ValueError, match="unknown data set, got name = 'mnist'"):
+    with pytest.raises(ValueError, match=r"^load: unknown data set, got name = 'mnist'"):
         data.load("mnist")
     with pytest.raises(
-        ValueError, match=r"train_size must be an int count or a fraction in \(0, 1\), got train_size = 1.5"
+        ValueError, match=r"^split: train_size must be an int count or a fraction in \(0, 1\), got train_size = 1.5"
     ):
         data.load("wine", train_size=1.5)
     with pytest.raises(data.DataError, match="leaves no test examples"):
@@ -150,3 +150,30 @@ def test_load_without_scikit_learn_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "sklearn.datasets", raising=False)
     with pytest.raises(ImportError, match=r"pip install 'jaxreg\[cli\]'"):
         data.load("digits")
+
+
+def test_seeds_standardize_and_a_class_too_rare_for_validation_and_test_are_refused_by_name():
+    # the second shuffle takes seed + 1: numpy's seeds stop below 2**32 (an error naming random_state)
+    s = data.load("wine", seed=2**32 - 2)
+    assert sum(s.sizes().values()) == 178
+    for call, where in (
+        (lambda: data.load("wine", seed=2**32 - 1), "load"),
+        (lambda: data.split(*_xy(), seed=2**40), "split"),
+    ):
+        with pytest.raises(ValueError, match=rf"^{where}: seed must be an int in \[0, 4294967294\], got seed = "):
+            call()
+    with pytest.raises(ValueError, match=r"^split: standardize must be True or False, got standardize = 'no'"):
+        data.split(*_xy(), standardize="no")
+    with pytest.raises(ValueError, match=r"^split: task must be 'classification' or 'regression'"):
+        data.split(*_xy(), task="ranking")
+    # a class of 3 passes the 3-per-class rule, but the training part can leave it 1 for val + test
+    x, y = _xy(counts=(50, 50, 3))
+    with pytest.raises(
+        data.DataError, match=r"validation and test need 2 examples of every class, got counts \[\d+, \d+, 1\]"
+    ):
+        data.split(x, y, train_size=80, val_size=10)
+
+
+def _xy(counts=(20, 20, 20)):
+    y = np.repeat(np.arange(len(counts)), counts)
+    return np.random.default_rng(0).normal(size=(len(y), 3)), y

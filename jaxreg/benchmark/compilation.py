@@ -103,6 +103,13 @@ def compile_fn(
       >>> c(jnp.ones((16, 8)), jnp.ones((8, 4))).shape
       (16, 4)
     """
+    if hasattr(fn, "lower") and (static_argnums != () or jit_kwargs):
+        # a jitted function keeps the options it was jitted with: these would be ignored
+        options = ", ".join(["static_argnums"] * (static_argnums != ()) + sorted(jit_kwargs))
+        raise ValueError(
+            f"compile_fn: {options} apply when fn is not jitted yet; fn is already jax.jit-wrapped "
+            "(pass the plain function, or jit it with these options yourself)."
+        )
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn, static_argnums=static_argnums, **jit_kwargs)
     t0 = time.perf_counter()
     lowered = jitted.lower(*args)

@@ -74,6 +74,9 @@ def matmul_peak(size: int = 2048, *, dtype: Any = jnp.float32, repeats: int = 5,
       (128, True)
     """
     _checks.check_int_at_least("size", size, 1, "matmul_peak")
+    _checks.check_int_at_least("repeats", repeats, 1, "matmul_peak")
+    if number is not None:
+        _checks.check_int_at_least("number", number, 1, "matmul_peak")
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     f = jax.jit(jnp.matmul)
@@ -103,5 +106,8 @@ def fraction_of_peak(flops: float, seconds: float, peak: Peak | float) -> float:
       >>> jr.benchmark.fraction_of_peak(50e9, 1.0, 100.0)
       0.5
     """
-    rate = peak.gflops if isinstance(peak, Peak) else float(peak)
-    return flops / seconds / 1e9 / rate
+    _checks.check_nonnegative("flops", flops, "fraction_of_peak", scalar=True)
+    _checks.check_positive("seconds", seconds, "fraction_of_peak", scalar=True)
+    rate = peak.gflops if isinstance(peak, Peak) else peak
+    _checks.check_positive("peak", rate, "fraction_of_peak", scalar=True)
+    return flops / seconds / 1e9 / float(rate)

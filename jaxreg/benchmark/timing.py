@@ -156,11 +156,14 @@ def _as_timer(fn: Any, args: Sequence[Any]) -> Callable[[int], float]:
     return timer
 
 
-def _check_counts(where: str, repeats: int, warmup: int, number: int | None, repeats_name: str = "repeats") -> None:
+def _check_counts(
+    where: str, repeats: int, warmup: int, number: int | None, repeats_name: str = "repeats", min_time: float = 0.05
+) -> None:
     _checks.check_int_at_least(repeats_name, repeats, 1, where)
     _checks.check_int_at_least("warmup", warmup, 0, where)
     if number is not None:
         _checks.check_int_at_least("number", number, 1, where)
+    _checks.check_nonnegative("min_time", min_time, where, scalar=True)
 
 
 def _calibrate(timers: Sequence[Callable[[int], float]], min_time: float) -> int:
@@ -211,7 +214,7 @@ def time_fn(
       >>> len(t.times), t.number, t.min <= t.median <= t.max
       (5, 3, True)
     """
-    _check_counts("time_fn", repeats, warmup, number)
+    _check_counts("time_fn", repeats, warmup, number, min_time=min_time)
     timer = _as_timer(fn, args)
     for _ in range(warmup):
         timer(1)
@@ -256,7 +259,7 @@ def interleave(
       >>> [len(t.times) for t in ts]
       [5, 5]
     """
-    _check_counts("interleave", rounds, warmup, number, "rounds")
+    _check_counts("interleave", rounds, warmup, number, "rounds", min_time)
     if len(fns) == 0:
         raise ValueError("interleave: fns must name at least one workload, got fns = [].")
     if args is None:
@@ -318,7 +321,7 @@ def compare(
       >>> len(c.ratios), c.median_ratio > 1.0
       (5, True)
     """
-    _check_counts("compare", pairs, warmup, number, "pairs")
+    _check_counts("compare", pairs, warmup, number, "pairs", min_time)
     timings = interleave(
         [a, b],
         [tuple(args_a), tuple(args_a if args_b is None else args_b)],
