@@ -98,8 +98,11 @@ def key(settings: Settings, i: int) -> jax.Array:
 class Row:
     """One line of the results table.
 
-    ``ratio`` is always "how many times better jaxreg is than the baseline" (>1: jaxreg wins),
-    the median over interleaved pairs; ``ratio_q25``/``ratio_q75`` give its spread.
+    ``ratio`` is "how many times better jaxreg is than the baseline" (>1: jaxreg wins), the
+    median over interleaved pairs; ``ratio_q25``/``ratio_q75`` give its spread (over ``ratios``:
+    two values for the sweep rows, whose runs are long). Two kinds of rows say otherwise in their
+    ``unit``: section ``anatomy`` gives a variant's time over the full step's (the share a part
+    costs), and the ``peak`` fractions are fractions of a rate.
     """
 
     section: str
