@@ -133,12 +133,12 @@ def _num_examples(train_data: PyTree, where: str = "fit") -> int:
     return next(iter(sizes.values()))
 
 
-def _check_member_axis(name: str, tree: PyTree, num_members: int) -> None:
+def _check_member_axis(name: str, tree: PyTree, num_members: int, where: str = "fit") -> None:
     for path, leaf in _leaf_paths(tree):
         shape = np.shape(leaf)
         if len(shape) == 0 or shape[0] != num_members:
             raise ValueError(
-                f"fit: every leaf of {name} must have a leading member axis of size num_members = "
+                f"{where}: every leaf of {name} must have a leading member axis of size num_members = "
                 f"{num_members}, got {name}{path} with shape {shape}."
             )
 
@@ -206,6 +206,22 @@ def _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_memb
         num_members = _checks.check_int_at_least("num_members", num_members, 1, "fit")
         _check_member_axis("state", state, num_members)
     return _Schedule(num_steps, batch_size, eval_every, steps_per_chunk, n, num_members, single)
+
+
+def _check_callables(step_fn, eval_fn, snapshot_fn, callback, checkpoint_dir, compact, progress) -> None:
+    """The functions, flags and path of a call (a TypeError deep in the run otherwise, or after a chunk)."""
+    if not callable(step_fn):
+        raise ValueError(
+            f"fit: step_fn must be a function (state, batch, rng) -> (state, loss), got step_fn = {step_fn!r}."
+        )
+    for name, value in (("eval_fn", eval_fn), ("snapshot_fn", snapshot_fn), ("callback", callback)):
+        if value is not None and not callable(value):
+            raise ValueError(f"fit: {name} must be a function or None, got {name} = {value!r}.")
+    if checkpoint_dir is not None and not isinstance(checkpoint_dir, str | os.PathLike):
+        raise ValueError(f"fit: checkpoint_dir must be a path or None, got checkpoint_dir = {checkpoint_dir!r}.")
+    for name, value in (("compact", compact), ("progress", progress)):
+        if not isinstance(value, bool | np.bool_):
+            raise ValueError(f"fit: {name} must be True or False, got {name} = {value!r}.")
 
 
 def _check_options(eval_fn, monitor, early_stopping, prune) -> str:
@@ -733,10 +749,17 @@ class _Loop:
 
 
 def _checkpoint_meta(
-    sched: _Schedule, rng: Any, prune: SuccessiveHalving | None, stopper: EarlyStopping, budget: np.ndarray
+    sched: _Schedule,
+    rng: Any,
+    prune: SuccessiveHalving | None,
+    stopper: EarlyStopping,
+    budget: np.ndarray,
+    monitor: str,
+    snapshot: Any,
 ) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed: the schedule, the rng, the early stopper and
-    the member budgets it was started with (they decide which members stop when)."""
+    """What a checkpoint must agree on to be resumed: the schedule, the rng, the early stopper, the
+    member budgets, what is monitored (they decide which members stop when) and the snapshot's
+    structure (the best snapshot is part of the carry)."""
     key_data = np.asarray(
         jax.random.key_data(rng) if jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key) else rng
     )
@@ -750,6 +773,8 @@ def _checkpoint_meta(
         "rng": [int(v) for v in key_data.reshape(-1)],
         "prune": None if prune is None else [prune.eta, prune.first_rung, prune.mode],
         "member_steps": [int(v) for v in np.asarray(budget).reshape(-1)],
+        "monitor": monitor,
+        "snapshot": repr(snapshot),
         # As text: a baseline of inf is not JSON.
         "early_stopping": repr(
             {f.name: np.asarray(getattr(stopper, f.name)).tolist() for f in dataclasses.fields(stopper)}
@@ -967,6 +992,7 @@ def fit(
     if rng is None:
         raise ValueError("fit: rng (a PRNG key, e.g. jax.random.key(0)) is required, got rng = None.")
     _random.check_key(rng, "fit")
+    _check_callables(step_fn, eval_fn, snapshot_fn, callback, checkpoint_dir, compact, progress)
     steps_per_chunk = _renamed("fit", "steps_per_chunk", steps_per_chunk, "chunk_size", chunk_size)
     sched = _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_members, train_data, state)
     prune_mode = _check_options(eval_fn, monitor, early_stopping, prune)
@@ -1000,9 +1026,16 @@ def fit(
     consts = _Consts(train_data, val_data, stopper, device_budget, *keys)
     loop = _Loop(sched, state, es, budget)
     loop.cache = cache
-    meta = (
-        None if checkpoint_dir is None else _checkpoint_meta(sched, rng, prune, stopper, budget)
-    )  # reads rng back: a sync
+    meta = None
+    if checkpoint_dir is not None:  # reads rng back: a sync
+        snapshot_shapes = None
+        if tracking:  # structure, shapes and dtypes only (no shardings: they name devices)
+            shapes = jax.eval_shape(jax.vmap(snapshot), state)
+            snapshot_shapes = (
+                str(jax.tree.structure(shapes)),
+                [(a.shape, str(a.dtype)) for a in jax.tree.leaves(shapes)],
+            )
+        meta = _checkpoint_meta(sched, rng, prune, stopper, budget, monitor, snapshot_shapes)
     _train(loop, consts, plan, compact, meta, checkpoint_dir, progress, callback)
     result = _result(loop, tracking)
     # An explicitly sharded state comes back placed as it was given.
@@ -1116,6 +1149,18 @@ def retrain(
       8
     """
     rng = _renamed("retrain", "rng", rng, "key", key)
+    # retrain's own arguments named here (fit would name itself and its member_steps)
+    if rng is None:
+        raise ValueError("retrain: rng (a PRNG key, e.g. jax.random.key(0)) is required, got rng = None.")
+    _random.check_key(rng, "retrain")
+    if num_members is not None:
+        num_members = _checks.check_int_at_least("num_members", num_members, 1, "retrain")
+        _check_member_axis("state", state, num_members, "retrain")
+    if np.ndim(num_updates) != 0 and np.shape(num_updates) != (1 if num_members is None else num_members,):
+        raise ValueError(
+            "retrain: num_updates must be one number or one per member, got num_updates.shape = "
+            f"{np.shape(num_updates)} for num_members = {num_members}."
+        )
     if jax.tree.structure(train_data) != jax.tree.structure(val_data):
         raise ValueError(
             f"retrain: val_data must have the structure of train_data, got val_data = "

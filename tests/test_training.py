@@ -364,6 +364,12 @@ def checkpoint_of_a_run(tmp_path_factory):
             {"early_stopping": jr.EarlyStopping(2)},
             r"another schedule: early_stopping = .*'patience': \[1073741824\].* there, early_stopping = .*'patience': \[2\]",
         ),
+        # what is monitored decides who stops; the snapshot is part of the carry
+        (
+            {"monitor": "metric", "early_stopping": jr.EarlyStopping(2**30, mode="max")},
+            r"another schedule: (early_stopping|monitor) = ",
+        ),
+        ({"snapshot_fn": lambda st: st["params"]}, r"another schedule: snapshot = "),
     ],
 )
 def test_resume_with_other_arguments_is_refused(checkpoint_of_a_run, changed, match):
@@ -460,6 +466,55 @@ def test_retrain_runs_each_member_for_its_budget_on_all_data():
     np.testing.assert_array_equal(r.state["n"], [4, 7])
     np.testing.assert_array_equal(r.state["seen"][0], np.ones(16))  # exactly one epoch of all the data
     assert int(r.state["seen"][1].sum()) == 7 * bs
+
+
+def test_resume_with_another_monitor_alone_is_refused(tmp_path):
+    stopper = jr.EarlyStopping(2**30, mode="min")
+    jr.fit(step, evaluate, S0, TRAIN, VAL, checkpoint_dir=tmp_path, early_stopping=stopper, **CKPT_RUN)
+    with pytest.raises(
+        ValueError, match=r"another schedule: monitor = 'val_loss' there, monitor = 'metric' in this call"
+    ):
+        jr.fit(
+            step, evaluate, S0, TRAIN, VAL, checkpoint_dir=tmp_path, early_stopping=stopper, monitor="metric",
+            **CKPT_RUN,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changed", "match"),
+    [
+        ({"step_fn": None}, r"^fit: step_fn must be a function .* got step_fn = None\."),
+        ({"eval_fn": 3}, r"^fit: eval_fn must be a function or None, got eval_fn = 3\."),
+        ({"snapshot_fn": 3}, r"^fit: snapshot_fn must be a function or None, got snapshot_fn = 3\."),
+        ({"callback": 3}, r"^fit: callback must be a function or None, got callback = 3\."),  # was: after a chunk
+        ({"checkpoint_dir": 3}, r"^fit: checkpoint_dir must be a path or None, got checkpoint_dir = 3\."),
+        ({"compact": "no"}, r"^fit: compact must be True or False, got compact = 'no'\."),  # was: compaction on
+        ({"progress": None}, r"^fit: progress must be True or False, got progress = None\."),
+    ],
+)
+def test_fit_refuses_functions_flags_and_paths_that_are_not(changed, match):
+    args = {"step_fn": step, "eval_fn": evaluate}
+    kwargs = {**BASE, **{k: v for k, v in changed.items() if k not in args}}
+    with pytest.raises(ValueError, match=match):
+        jr.fit({**args, **changed}["step_fn"], {**args, **changed}["eval_fn"], S0, TRAIN, VAL, **kwargs)
+
+
+def test_retrain_names_its_rng_num_updates_and_state():
+    s = {"n": jnp.zeros((), jnp.int32)}
+    common = dict(batch_size=4, progress=False)
+    one_step = lambda st, b, r: ({"n": st["n"] + 1}, jnp.zeros(()))  # noqa: E731
+    data = ((jnp.arange(12),), (jnp.arange(4),))
+    with pytest.raises(ValueError, match=r"^retrain: rng \(a PRNG key.*\) is required, got rng = None\."):
+        jr.retrain(one_step, s, *data, 5, rng=None, **common)
+    stacked = {"n": jnp.zeros((4,), jnp.int32)}
+    with pytest.raises(
+        ValueError, match=r"^retrain: num_updates must be one number or one per member, got num_updates.shape = \(3,\)"
+    ):
+        jr.retrain(one_step, stacked, *data, jnp.ones(3, jnp.int32), rng=jax.random.key(0), num_members=4, **common)
+    with pytest.raises(
+        ValueError, match=r"^retrain: every leaf of state must have a leading member axis of size num_members = 4"
+    ):
+        jr.retrain(one_step, s, *data, 5, rng=jax.random.key(0), num_members=4, **common)
 
 
 @pytest.mark.parametrize(
