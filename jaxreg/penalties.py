@@ -542,7 +542,7 @@ class Sum(Penalty):
             strength = jax.tree.map(lambda total, k, scale=scale: total + scale if k else total, strength, keep)
         steps = _steps_like(step, tree, "l2.prox")
         return L2(jnp.ones([], default_float()), center=None, mask=None).prox(
-            tree, jax.tree.map(jnp.multiply, steps, strength)
+            tree, jax.tree.map(lambda t, k: _step_times(jnp.asarray(t), jnp.asarray(k)), steps, strength)
         )
 
 

@@ -459,3 +459,14 @@ def test_an_infinite_step_of_a_zero_penalty_is_the_identity(make):
 def test_an_infinite_step_of_a_centred_l2_lands_on_the_center():
     out = jr.l2(0.5, center=jnp.array([2.0, -1.0])).prox(jnp.array([3.0, 7.0]), float("inf"))
     np.testing.assert_array_equal(np.asarray(out), [2.0, -1.0])
+
+
+def test_an_infinite_step_of_a_sum_with_an_l2_on_some_leaves():
+    # leaves no L2 selects take a zero shrink strength: inf * 0 must not make them NaN
+    v = {"a": jnp.array([3.0, -1.0]), "b": jnp.array([2.0])}
+    penalty = jr.l1(0.5) + jr.l2(0.3, mask={"a": True, "b": False})
+    out = penalty.prox(v, float("inf"))
+    np.testing.assert_array_equal(np.asarray(out["a"]), 0.0)
+    np.testing.assert_array_equal(np.asarray(out["b"]), 0.0)
+    zero = (jr.l1(0.0) + jr.l2(0.3, mask={"a": True, "b": False})).prox(v, float("inf"))
+    np.testing.assert_array_equal(np.asarray(zero["b"]), [2.0])  # no penalty on b at all: the identity
