@@ -1029,12 +1029,14 @@ def fit(
     meta = None
     if checkpoint_dir is not None:  # reads rng back: a sync
         snapshot_shapes = None
-        if tracking:  # structure, shapes and dtypes only (no shardings: they name devices)
+        if tracking:
+            # leaf paths, shapes and dtypes only: a treedef's text can hold the reprs of static
+            # fields (a function's address), which differ in the process that resumes
             shapes = jax.eval_shape(jax.vmap(snapshot), state)
-            snapshot_shapes = (
-                str(jax.tree.structure(shapes)),
-                [(a.shape, str(a.dtype)) for a in jax.tree.leaves(shapes)],
-            )
+            snapshot_shapes = [
+                (jax.tree_util.keystr(path), a.shape, str(a.dtype))
+                for path, a in jax.tree_util.tree_flatten_with_path(shapes)[0]
+            ]
         meta = _checkpoint_meta(sched, rng, prune, stopper, budget, monitor, snapshot_shapes)
     _train(loop, consts, plan, compact, meta, checkpoint_dir, progress, callback)
     result = _result(loop, tracking)

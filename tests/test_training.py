@@ -690,3 +690,32 @@ def test_a_member_budget_above_num_steps_is_the_whole_run():
     big = jr.fit(step, evaluate, S0, TRAIN, VAL, member_steps=10**10, **BASE)
     chex.assert_trees_all_equal(big.state, full.state)
     np.testing.assert_array_equal(big.best_num_steps, full.best_num_steps)
+
+
+def test_a_resume_in_a_new_process_is_not_refused_for_static_fields(tmp_path):
+    # a state with a static function field (flax's TrainState holds apply_fn and tx so) reprs with
+    # the function's address, which a resuming process does not share: the checkpoint compares
+    # leaf paths, shapes and dtypes only. Two equal lambdas stand in for the two processes.
+    import flax.struct
+
+    class Holder(flax.struct.PyTreeNode):
+        inner: dict
+        fn: object = flax.struct.field(pytree_node=False)
+
+    def wrapped(fn):
+        return lambda st, b, r: (Holder(step(st.inner, b, r)[0], st.fn), step(st.inner, b, r)[1])
+
+    first, second = (lambda x: x), (lambda x: x)
+    run = dict(CKPT_RUN, num_steps=16, steps_per_chunk=8)
+    stop = []
+
+    def interrupt(k, h, s):
+        stop.append(k)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        jr.fit(wrapped(first), lambda s, d: evaluate(s.inner, d), Holder(S0, first), TRAIN, VAL,
+               checkpoint_dir=tmp_path, callback=interrupt, **run)  # fmt: skip
+    resumed = jr.fit(wrapped(second), lambda s, d: evaluate(s.inner, d), Holder(S0, second), TRAIN, VAL,
+                     checkpoint_dir=tmp_path, **run)  # fmt: skip
+    assert stop == [8] and resumed.num_steps == 16
