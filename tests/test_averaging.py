@@ -413,9 +413,11 @@ def test_half_precision_params_are_averaged_in_float32():
     # bfloat16's resolution); SWAG's E[w^2] - E[w]^2 of snapshots 1 +- 0.01 cancels in bfloat16
     w0, w1 = jnp.zeros(3, jnp.bfloat16), jnp.ones(3, jnp.bfloat16)
     tx = jr.ema(0.99)
-    state = tx.init(w0)
-    for _ in range(2000):
-        _, state = tx.update(jnp.zeros(3, jnp.bfloat16), state, w1)
+
+    def ema_step(state, _):
+        return tx.update(jnp.zeros(3, jnp.bfloat16), state, w1)[1], None
+
+    state, _ = jax.lax.scan(ema_step, tx.init(w0), None, length=2000)
     avg = jr.averaged_params(state)
     assert avg.dtype == np.float32
     # exact: 1 - 0.99**2000 = 1 - 1.9e-9; float32 rounding of 2000 lerps, each within an ulp of 1
@@ -423,9 +425,11 @@ def test_half_precision_params_are_averaged_in_float32():
 
     snaps = jnp.asarray(1.0 + 0.01 * np.random.default_rng(0).standard_normal((200, 4)), jnp.bfloat16)
     tx = jr.swag(start=0, rank=0)
-    state = tx.init(snaps[0])
-    for s in snaps[1:]:
-        _, state = tx.update(jnp.zeros(4, jnp.bfloat16), state, s)
+
+    def swag_step(state, snap):
+        return tx.update(jnp.zeros(4, jnp.bfloat16), state, snap)[1], None
+
+    state, _ = jax.lax.scan(swag_step, tx.init(snaps[0]), snaps[1:])
     exact = np.asarray(snaps, np.float64)
     var = np.asarray(state.sq_mean - jnp.square(state.mean), np.float64)
     # float32 moments of values near 1: the difference of two O(1) numbers to a few ulp of 1
