@@ -30,7 +30,7 @@ from jax.typing import ArrayLike
 
 from jaxreg import _checks
 from jaxreg._tree import kernels, optional_mask, resolve_mask
-from jaxreg.penalties import Penalty
+from jaxreg.penalties import Penalty, _check_applied
 
 PyTree = Any
 
@@ -287,6 +287,7 @@ class SpectralPenalty(Penalty):
     num_iters: int = 10
 
     def __call__(self, tree: PyTree) -> jax.Array:
+        _check_applied("spectral_penalty", scale=self.scale)
         terms = []
         for i, (_, x) in enumerate(_selected("spectral_penalty", self.mask, tree)):
             sigma, _, _ = power_iteration(_as_matrix(x), _start_vector(i, x.shape[-1], x.dtype), self.num_iters)
@@ -357,6 +358,7 @@ class Orthogonal(Penalty):
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
+        _check_applied("orthogonal", scale=self.scale)
         terms = []
         for _, x in _selected("orthogonal", self.mask, tree):
             g = _gram(_as_matrix(x), self.mode)

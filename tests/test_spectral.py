@@ -391,3 +391,12 @@ VEC = {"b": jnp.ones(3)}
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("make", [jr.orthogonal, jr.spectral_penalty])
+def test_a_stacked_scale_applied_without_vmap_is_refused(make):
+    w = {"k": jnp.ones((3, 2))}
+    with pytest.raises(ValueError, match=r"scale must be one number when the penalty is applied .*shape = \(2,\)"):
+        make(jnp.ones(2))(w)  # a vector value, that jax.grad refuses
+    swept = jax.vmap(lambda p: p(w))(make(jnp.array([1.0, 2.0])))
+    np.testing.assert_allclose(np.asarray(swept), [float(make(1.0)(w)), float(make(2.0)(w))], rtol=1e-6)
