@@ -609,8 +609,9 @@ def checked_retrain_budget(
     # the result saturated at the int32 maximum (refused when concrete)
     with jax.enable_x64(True):
         wide = (u.astype(jnp.int64) * per_epoch_all + per_epoch_train - 1) // per_epoch_train
-        top = np.iinfo(np.int32).max
-        if not isinstance(wide, jax.core.Tracer) and bool(jnp.any(wide > top)):
+        top = _checks.INT32_MAX
+        concrete = _checks.concrete(wide)
+        if concrete is not None and np.any(concrete > top):
             raise ValueError(
                 f"{where}: the epochs policy needs {int(jnp.max(wide))} updates for num_updates = "
                 f"{int(jnp.max(u))}, more than an int32 holds ({top})."
