@@ -288,7 +288,7 @@ def test_shard_on_eight_cpu_devices_equals_unsharded():
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
     env["JAX_PLATFORMS"] = "cpu"
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/sharding_checks.py", "-p", "no:cacheprovider", "-rs"],
+        [sys.executable, "-m", "pytest", "tests/sharding_checks.py", "-p", "no:cacheprovider", "-rs", "-n", "0"],
         capture_output=True,
         text=True,
         timeout=300,
