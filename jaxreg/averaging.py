@@ -100,8 +100,16 @@ def _accumulator(params: PyTree) -> PyTree:
 
     A bfloat16 average of decay 0.99 stalls (its increments fall below bfloat16's resolution:
     an EMA of params held at 1 stops at 0.8), and a bfloat16 ``E[w^2] - E[w]^2`` cancels.
+    Every leaf is a copy, as optax's states are: a state sharing the params' buffers cannot be
+    donated beside them (``jax.jit(..., donate_argnums=...)``: "donate the same buffer twice").
     """
-    return jax.tree.map(lambda w: jnp.asarray(w, compute_dtype(jnp.result_type(w))) if _is_float(w) else w, params)
+
+    def one(w):
+        if _is_float(w):
+            return jnp.array(w, compute_dtype(jnp.result_type(w)), copy=True)
+        return jnp.array(w, copy=True) if isinstance(w, jax.Array) else w
+
+    return jax.tree.map(one, params)
 
 
 def _lerp(average: PyTree, new: PyTree, weight: jax.Array) -> PyTree:
@@ -341,7 +349,7 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
     def init_fn(params):
         start_, every_, num = _schedule(start, every)
         mean = _accumulator(params)
-        sq = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, mean)
+        sq = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, _accumulator(params))  # own buffers
         dev = jax.tree.map(lambda w: jnp.zeros((rank, *jnp.shape(w)), jnp.result_type(w)), mean)
         return SwagState(jnp.zeros([], jnp.int32), num, start_, every_, mean, sq, dev)
 
