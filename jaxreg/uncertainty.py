@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking
-from jaxreg._tree import compute_dtype
+from jaxreg._tree import compute_dtype, default_float
 
 __all__ = [
     "Prediction",
@@ -70,7 +70,9 @@ def _moments(samples: Any) -> tuple[Any, Any, jax.Array]:
     """(mean, sum of squared deviations, count) over the leading axis (two passes: exact)."""
     mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), samples)
     m2 = jax.tree.map(lambda o, m: jnp.sum(jnp.square(o - m[None]), axis=0), samples, mean)
-    count = jnp.asarray(jnp.shape(jax.tree.leaves(samples)[0])[0], jnp.float32)
+    # float64 under x64: the merge weights n_b / n and n_a n_b / n of float64 outputs (float32 ones
+    # left them 1e-8 from numpy's moments once more than one chunk ran)
+    count = jnp.asarray(jnp.shape(jax.tree.leaves(samples)[0])[0], default_float())
     return mean, m2, count
 
 
