@@ -154,12 +154,14 @@ def _delta(new: PyTree, params: PyTree, updates: PyTree) -> PyTree:
     factor 2, by Sterbenz's lemma); a zero comes back exactly, since ``p + (0 - p) = 0``. The
     updates come in the wider of the updates' and the params' dtypes: half-precision updates of
     float32 params (bf16 gradients, float32 master weights) would round the correction, and the
-    projected point would leave the constraint set.
+    projected point would leave the constraint set. A bool leaf's updates pass through, as in optax.
     """
 
     def one(u: Any, n: Any, p: Any) -> Any:
         if u is None:
             return None
+        if jnp.result_type(p) == jnp.bool_:
+            return u  # a flag: no penalty or constraint acts on it, and bools have no difference
         return (n - p).astype(_wider(u, p))
 
     return jax.tree.map(one, updates, new, params, is_leaf=_is_none)
@@ -304,7 +306,7 @@ def proximal_adam(
             nu_hat,
             params,
         )
-        z = jax.tree.map(lambda p, d: p - (lr * d).astype(p.dtype), params, direction)
+        z = jax.tree.map(lambda p, d: p - (lr * d).astype(p.dtype) if is_float(p) else p, params, direction)
         new = penalty.prox(z, steps)
         # Adam only moves floating-point leaves: an integer leaf's update passes through unchanged.
         deltas = jax.tree.map(

@@ -327,3 +327,32 @@ def test_proximal_adam_passes_integer_leaves_eagerly_as_under_jit():
     expected = np.sign(z) * np.maximum(np.abs(z) - threshold, 0) - [1.0, -0.01]
     np.testing.assert_allclose(np.asarray(eager["w"]), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(jitted["w"]), np.asarray(eager["w"]), rtol=0, atol=4 * EPS)
+
+
+def _sgd_on_floats(lr: float) -> optax.GradientTransformation:
+    # optax's sgd computes -lr * g of a bool too, which strict promotion (these tests') refuses
+    return optax.masked(optax.sgd(lr), lambda p: jax.tree.map(lambda x: x.dtype != jnp.bool_, p))
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        lambda: optax.chain(_sgd_on_floats(0.1), jr.proximal(jr.l1(0.5), 0.1)),
+        lambda: optax.chain(_sgd_on_floats(0.1), jr.project(jr.non_negative())),
+        lambda: jr.proximal_adam(jr.l1(0.5), 0.1),
+    ],
+)
+def test_a_bool_leaf_passes_through_and_the_float_leaves_step_as_without_it(last):
+    # optax's own optimizers leave a flag in the params as it is; so do the prox and projection
+    # (bools have no difference: the emitted update was ``new - params``).
+    opt = last()
+    w, g = jnp.array([1.0, -0.02]), jnp.array([1.0, 0.5])
+    with_flag, _ = opt.update(
+        {"w": g, "flag": jnp.array(False)},
+        opt.init({"w": w, "flag": jnp.array(True)}),
+        {"w": w, "flag": jnp.array(True)},
+    )
+    alone, _ = opt.update({"w": g}, opt.init({"w": w}), {"w": w})
+    new = optax.apply_updates({"w": w, "flag": jnp.array(True)}, with_flag)
+    assert new["flag"].dtype == jnp.bool_ and bool(new["flag"])
+    chex.assert_trees_all_equal(with_flag["w"], alone["w"])
