@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg._tree import compute_dtype
+
 
 def is_key_array(rng: Any) -> bool:
     """Whether ``rng`` is a typed key array (``jax.random.key``) of any shape."""
@@ -41,15 +43,24 @@ def check_key(rng: Any, where: str, *, stacked: bool = False, name: str = "rng")
     raise ValueError(f"{where}: {name} must be a PRNG key; {hint}. Got {shown}.")
 
 
+def normal(rng: jax.Array, shape: Any, dtype: Any) -> jax.Array:
+    """``jax.random.normal`` drawn in float32 for half precision, then rounded to ``dtype``.
+
+    jax's normal sampler in bfloat16 (8 mantissa bits) has mean -0.012, 128 distinct values and
+    no tail past 2.9 sigma; float16's mean is -0.002. Rounding a float32 draw is unbiased.
+    """
+    return jax.random.normal(rng, shape, compute_dtype(dtype)).astype(dtype)
+
+
 def normal_leaves(rng: jax.Array, leaves: list[Any]) -> list[jax.Array]:
-    """Standard normal noise shaped like each leaf, in the leaf's dtype, from ONE random draw.
+    """Standard normal noise shaped like each leaf, in the leaf's dtype, from ONE random draw (as ``normal``).
 
     One flat draw split into leaves (rather than one draw per leaf) keeps XLA compile time flat
     in the number of leaves: every threefry call is compiled separately, seconds each on a CPU.
     """
     sizes = [int(np.prod(jnp.shape(x), dtype=np.int64)) for x in leaves]
     dtype = jnp.result_type(*[jnp.result_type(x) for x in leaves])
-    flat = jax.random.normal(rng, (sum(sizes),), dtype)
+    flat = jax.random.normal(rng, (sum(sizes),), compute_dtype(dtype))  # float32 for half: see normal
     offsets = np.cumsum([0, *sizes])
     return [
         flat[int(start) : int(start) + size].reshape(jnp.shape(x)).astype(jnp.result_type(x))

@@ -492,7 +492,7 @@ def swag_sample(opt_state: PyTree, rng: jax.Array, *, scale: ArrayLike = 0.5) ->
             continue
         dtype = jnp.result_type(m)
         std = jnp.sqrt(jnp.maximum(sq - jnp.square(m), 0))
-        noise = std * jax.random.normal(key, jnp.shape(m), dtype)
+        noise = std * _random.normal(key, jnp.shape(m), dtype)
         if rank:
             noise = noise + jnp.tensordot(z2.astype(dtype), d, axes=1) / denom.astype(dtype)
         out.append(m + root_scale.astype(dtype) * noise)

@@ -86,7 +86,7 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
         t = state.count.astype(jnp.float32)
         std = jnp.sqrt(state.eta / jnp.power(1.0 + t, state.gamma))
         noisy = [
-            u + std.astype(jnp.result_type(u)) * jax.random.normal(k, jnp.shape(u), jnp.result_type(u))
+            u + std.astype(jnp.result_type(u)) * _random.normal(k, jnp.shape(u), jnp.result_type(u))
             if jnp.issubdtype(jnp.result_type(u), jnp.inexact)
             else u  # integer leaves pass through, as in every jaxreg transform
             for k, u in zip(keys, leaves)

@@ -131,7 +131,7 @@ def gaussian_dropout(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array
     else:
         p = jnp.asarray(rate, compute_dtype(x.dtype))
         stddev = jnp.sqrt(p / (1.0 - p)).astype(x.dtype)
-    return x * (1.0 + stddev * jax.random.normal(rng, x.shape, x.dtype))
+    return x * (1.0 + stddev * _random.normal(rng, x.shape, x.dtype))
 
 
 def gaussian_noise(rng: jax.Array, x: ArrayLike, stddev: ArrayLike) -> jax.Array:
@@ -165,7 +165,7 @@ def gaussian_noise(rng: jax.Array, x: ArrayLike, stddev: ArrayLike) -> jax.Array
     if _is_zero(stddev):
         return x
     sigma = jnp.asarray(stddev, compute_dtype(x.dtype)).astype(x.dtype)
-    return x + sigma * jax.random.normal(rng, x.shape, x.dtype)
+    return x + sigma * _random.normal(rng, x.shape, x.dtype)
 
 
 def _float_leaf(x: Any) -> bool:
