@@ -158,6 +158,14 @@ def check_rate(name: str, value: Any, where: str = "") -> None:
     check_in_range(name, value, 0, 1, where, scalar=True)
 
 
+def check_flag(name: str, value: Any, where: str = "") -> bool:
+    """A static switch: ``True`` or ``False`` (numpy bools too); a string such as ``"no"`` is refused
+    rather than read as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{_prefix(where)}{name} must be True or False, got {name} = {value!r}.")
+    return bool(value)
+
+
 def check_int_at_least(name: str, value: Any, minimum: int, where: str = "") -> int:
     """A static Python (or numpy) int ``>= minimum`` (a shape, a count); returns it as an ``int``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:

@@ -251,6 +251,8 @@ def by_path(pattern: str, *, allow_empty: bool = False) -> Mask:
         re.compile(pattern)
     except (re.error, TypeError) as e:
         raise ValueError(f"by_path: invalid regular expression, got pattern = {pattern!r} ({e}).") from e
+    if not isinstance(allow_empty, bool | np.bool_):
+        raise ValueError(f"by_path: allow_empty must be True or False, got allow_empty = {allow_empty!r}.")
     return Mask(_ByPath(pattern, bool(allow_empty)), f"by_path({pattern!r})")
 
 

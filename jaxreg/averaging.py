@@ -208,6 +208,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
       Kingma & Ba, "Adam: a method for stochastic optimization", ICLR 2015 (bias correction).
     """
     _checks.check_in_range("decay", decay, 0, 1, "ema", closed_high=True, scalar=True)
+    debias = _checks.check_flag("debias", debias, "ema")
 
     def init_fn(params):
         return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, default_float()), _accumulator(params))

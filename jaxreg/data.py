@@ -140,8 +140,7 @@ def split(
     seed = _check_seed(seed, "split")
     if task not in ("classification", "regression"):
         raise ValueError(f"split: task must be 'classification' or 'regression', got task = {task!r}.")
-    if not isinstance(standardize, bool | np.bool_):
-        raise ValueError(f"split: standardize must be True or False, got standardize = {standardize!r}.")
+    _checks.check_flag("standardize", standardize, "split")
     x = np.asarray(x)
     y = np.asarray(y)
     if x.ndim != 2:

@@ -487,6 +487,7 @@ def train_step(
     """
 
     chunk_size = _chunking.check_chunk_size(chunk_size, "ensemble.train_step")
+    has_aux = _checks.check_flag("has_aux", has_aux, "ensemble.train_step")
     if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):
         raise ValueError(
             f"ensemble.train_step: batch_axis must be None (a shared batch) or an int (the batch's member "
@@ -638,6 +639,7 @@ def replicate(tree: PyTree, num: int, *, stacked: bool = False) -> PyTree:
       [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
     """
     num = _checks.check_int_at_least("num", num, 1, "replicate")
+    stacked = _checks.check_flag("stacked", stacked, "replicate")
     if stacked:
         num_members(tree)
         return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), num, axis=0), tree)

@@ -73,6 +73,7 @@ def _check_args(
 ) -> tuple[int, int | None]:
     _checks.check_positive("sigma", sigma, where, scalar=True)
     population = _checks.check_int_at_least("population", population, 2, where)
+    _checks.check_flag("antithetic", antithetic, where)
     if antithetic and population % 2:
         raise ValueError(
             f"{where}: with antithetic=True the population is made of +/- pairs, so it must be even, "

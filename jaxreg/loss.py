@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from jaxreg import _checks
 from jaxreg.penalties import Penalty
 
 __all__ = ["Terms", "regularize"]
@@ -49,6 +50,7 @@ def regularize(
     """
     if not isinstance(penalty, Penalty):
         raise ValueError(f"regularize: penalty must be a jaxreg Penalty, got penalty = {penalty!r}.")
+    has_aux = _checks.check_flag("has_aux", has_aux, "regularize")
 
     def fn(params: Any, *args: Any, **kwargs: Any) -> tuple[jax.Array, Terms]:
         out = loss_fn(params, *args, **kwargs)

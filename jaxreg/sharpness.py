@@ -75,6 +75,7 @@ def sam_gradient(
     """
     _checks.check_nonnegative("rho", rho, "sam_gradient", scalar=True)
     _checks.check_nonnegative("eta", eta, "sam_gradient", scalar=True)
+    adaptive = _checks.check_flag("adaptive", adaptive, "sam_gradient")
     selected = jax.tree.map(
         lambda keep, w: bool(keep) and jnp.issubdtype(jnp.result_type(w), jnp.inexact),
         resolve_mask(mask, params, "sam_gradient"),

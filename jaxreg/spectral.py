@@ -101,8 +101,10 @@ def power_iteration(matrix: jax.Array, v: jax.Array, num_iters: int = 1) -> tupl
 
     The vectors are under ``stop_gradient`` (Miyato et al. 2018), so the gradient of
     :math:`\hat\sigma` with respect to :math:`M` is :math:`u v^\top`, the gradient of
-    :math:`\sigma_{\max}` at convergence. :math:`\hat\sigma \le \sigma_{\max}` always; the error
-    after :math:`k` iterations shrinks like :math:`(\sigma_2 / \sigma_1)^{2k}`.
+    :math:`\sigma_{\max}` at convergence. :math:`\hat\sigma \le \sigma_{\max}` always; after
+    :math:`k` iterations the angle between ``v`` and the top singular vector shrinks like
+    :math:`(\sigma_2 / \sigma_1)^{2k}`, and the error of :math:`\hat\sigma` (a Rayleigh quotient)
+    like its square, :math:`(\sigma_2 / \sigma_1)^{4k}`.
 
     Args:
       matrix: ``(m, n)``.
@@ -112,6 +114,9 @@ def power_iteration(matrix: jax.Array, v: jax.Array, num_iters: int = 1) -> tupl
     Returns:
       ``(sigma, u, v)``: the estimate, and the updated left ``(m,)`` and right ``(n,)`` vectors.
 
+    Raises:
+      ValueError: if ``matrix`` is not 2-D, ``v`` not ``(n,)`` or ``num_iters`` not an int >= 0.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from jaxreg.spectral import power_iteration
@@ -120,6 +125,11 @@ def power_iteration(matrix: jax.Array, v: jax.Array, num_iters: int = 1) -> tupl
       3.0
     """
     num_iters = _checks.check_int_at_least("num_iters", num_iters, 0, "power_iteration")
+    if jnp.ndim(matrix) != 2 or jnp.shape(v) != jnp.shape(matrix)[1:]:
+        raise ValueError(
+            f"power_iteration: matrix must be (m, n) and v (n,), got matrix.shape = {jnp.shape(matrix)} and "
+            f"v.shape = {jnp.shape(v)}."
+        )
     m = jax.lax.stop_gradient(matrix)
     v = _normalize(jax.lax.stop_gradient(v).astype(matrix.dtype))
 

@@ -90,8 +90,8 @@ def mean_interval(
       An :class:`Interval` of numpy arrays (0-d for a 1-d input).
 
     Raises:
-      ValueError: for a scalar or empty input, a confidence outside (0, 1), an unknown method or
-        (bootstrap) ``num_resamples`` below 1.
+      ValueError: for a scalar or empty input, an ``axis`` out of range, a confidence outside
+        (0, 1), an unknown method or (bootstrap) ``num_resamples`` below 1 or a negative ``seed``.
 
     Examples:
       >>> import jaxreg as jr
@@ -99,9 +99,16 @@ def mean_interval(
       >>> round(float(iv.mean), 3), round(float(iv.hi - iv.mean), 4)
       (0.92, 0.0248)
     """
-    x = np.moveaxis(_check(values, confidence, "mean_interval"), axis, 0)
+    x = _check(values, confidence, "mean_interval")
+    if isinstance(axis, bool | np.bool_) or not isinstance(axis, int | np.integer) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(
+            f"mean_interval: axis must be an int in [-{x.ndim}, {x.ndim}) for values of shape {x.shape}, "
+            f"got axis = {axis!r}."
+        )
+    x = np.moveaxis(x, int(axis), 0)
     if method == "bootstrap":
         _checks.check_int_at_least("num_resamples", num_resamples, 1, "mean_interval")
+        _checks.check_int_at_least("seed", seed, 0, "mean_interval")
     n = x.shape[0]
     mean = x.mean(axis=0)
     if method == "t":

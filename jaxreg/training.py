@@ -220,8 +220,7 @@ def _check_callables(step_fn, eval_fn, snapshot_fn, callback, checkpoint_dir, co
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, str | os.PathLike):
         raise ValueError(f"fit: checkpoint_dir must be a path or None, got checkpoint_dir = {checkpoint_dir!r}.")
     for name, value in (("compact", compact), ("progress", progress)):
-        if not isinstance(value, bool | np.bool_):
-            raise ValueError(f"fit: {name} must be True or False, got {name} = {value!r}.")
+        _checks.check_flag(name, value, "fit")
 
 
 def _check_options(eval_fn, monitor, early_stopping, prune) -> str:

@@ -99,6 +99,13 @@ def _leaves_like(value: Any, reference: PyTree, name: str, where: str) -> list[A
     )
 
 
+def _check_prior(prior_mean: Any, prior_std: Any, vparams: MeanField, where: str) -> None:
+    """The prior's structure against the mean's, so that the error names the caller (not ``kl_normal``)."""
+    if jax.tree.leaves(vparams.mean):
+        for name, value in (("prior_mean", prior_mean), ("prior_std", prior_std)):
+            _leaves_like(value, vparams.mean, name, where)
+
+
 def _broadcast(x: Any, shape: tuple[int, ...], name: str, where: str) -> jax.Array:
     x = jnp.asarray(x)
     try:
@@ -345,6 +352,7 @@ def kl(
       0.0
     """
     _check_meanfield(vparams, "variational.kl")
+    _check_prior(prior_mean, prior_std, vparams, "variational.kl")
     return kl_normal(vparams.mean, vparams.raw_std, prior_mean, prior_std, parameterization="softplus")
 
 
@@ -401,9 +409,11 @@ def elbo_loss(
     for leaf in jax.tree.leaves(prior_std):
         _checks.check_positive("prior_std", leaf, "variational.elbo_loss")
     num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, "variational.elbo_loss")
+    has_aux = _checks.check_flag("has_aux", has_aux, "variational.elbo_loss")
 
     def fn(vparams: MeanField, rng: jax.Array, *args: Any, **kwargs: Any) -> tuple[jax.Array, ElboTerms]:
         _check_meanfield(vparams, "variational.elbo_loss")
+        _check_prior(prior_mean, prior_std, vparams, "variational.elbo_loss")
         _random.check_key(rng, "variational.elbo_loss")
 
         def one(key: jax.Array) -> Any:

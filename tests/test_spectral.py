@@ -68,6 +68,14 @@ def test_power_iteration_converges_geometrically():
     assert errors[-1] <= 1e-4 * s[0], errors
 
 
+@pytest.mark.parametrize(
+    "matrix, v", [(jnp.ones((3, 4)), jnp.ones(3)), (jnp.ones(4), jnp.ones(4)), (jnp.ones((2, 3, 4)), jnp.ones(4))]
+)
+def test_power_iteration_refuses_shapes_that_are_not_a_matrix_and_its_right_vector(matrix, v):
+    with pytest.raises(ValueError, match=r"^power_iteration: matrix must be \(m, n\) and v \(n,\), got matrix.shape"):
+        power_iteration(matrix, v)
+
+
 # ---------------------------------------------------------------------------------------------
 # spectral_norm
 

@@ -99,6 +99,18 @@ def test_one_seed_claims_no_interval():
             lambda: jr.stats.mean_interval([]),
             r"^mean_interval: values needs at least one seed, got values.shape = \(0,\)",
         ),
+        (
+            lambda: jr.stats.mean_interval(np.ones((3, 2)), axis=2),
+            r"^mean_interval: axis must be an int in \[-2, 2\) for values of shape \(3, 2\), got axis = 2\.",
+        ),
+        (
+            lambda: jr.stats.mean_interval(np.ones(3), axis=0.0),
+            r"^mean_interval: axis must be an int .* got axis = 0\.0",
+        ),
+        (
+            lambda: jr.stats.mean_interval(np.ones(3), method="bootstrap", seed=-1),
+            r"^mean_interval: seed must be an int >= 0, got seed = -1\.",
+        ),
     ],
     ids=[
         "scalar",
@@ -109,6 +121,9 @@ def test_one_seed_claims_no_interval():
         "verdict-of-arrays",
         "format-of-arrays",
         "empty",
+        "axis-out-of-range",
+        "axis-float",
+        "negative-seed",
     ],
 )
 def test_bad_input_raises(call, message):

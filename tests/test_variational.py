@@ -340,6 +340,14 @@ _VP = vi.init({"w": jnp.zeros(2)}, init_std=0.1)
         ),
         (lambda: vi.predict(lambda p, x: x, _VP, 0.0, 1, 4), r"variational.predict: rng must be a PRNG key"),
         (
+            lambda: vi.elbo_loss(lambda p: 0.0, num_examples=10, prior_mean={"nope": 0.0})(_VP, jax.random.key(0)),
+            r"^variational.elbo_loss: prior_mean must be a scalar, an array, or a pytree with the structure of the mean",
+        ),
+        (
+            lambda: vi.kl(_VP, prior_std=[1.0, 2.0]),
+            r"^variational.kl: prior_std must be a scalar, an array, or a pytree with the structure of the mean",
+        ),
+        (
             lambda: vi.predict_samples(lambda p, x: x, _VP, 0.0, 1, 4),
             r"variational.predict_samples: rng must be a PRNG key",
         ),
