@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 _PARAMETERIZATIONS = ("std", "log_std", "softplus")
-# Below this raw value, log(softplus(x)) = x + log1p(-exp(x) / 2 + ...) equals x to float32 precision.
+# Below this raw value log(softplus(x)) = x + log(log1p(t) / t), t = exp(x), is x - t / 2 to
+# O(t^2) = 4e-18 relative: exact in float64 too (x alone left 1e-9 there).
 _LOG_SOFTPLUS_LINEAR_BELOW = -20.0
 
 
@@ -51,7 +52,8 @@ def _log_softplus(x: jax.Array) -> jax.Array:
     """``log(softplus(x))`` without underflow to ``-inf`` for very negative ``x`` (and finite grads)."""
     linear = x < _LOG_SOFTPLUS_LINEAR_BELOW
     safe = jnp.where(linear, jnp.zeros_like(x), x)
-    return jnp.where(linear, x, jnp.log(jax.nn.softplus(safe)))
+    tail = x - 0.5 * jnp.exp(jnp.minimum(x, _LOG_SOFTPLUS_LINEAR_BELOW))
+    return jnp.where(linear, tail, jnp.log(jax.nn.softplus(safe)))
 
 
 def inverse_softplus(y: ArrayLike) -> jax.Array:

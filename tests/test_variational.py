@@ -47,6 +47,24 @@ def test_kl_normal_matches_numpy_closed_form():
     )
 
 
+@pytest.mark.parametrize("rho", [-40.0, -20.1, -19.9, -5.0])
+def test_kl_normal_softplus_is_float64_exact_in_the_small_std_tail(rho):
+    # numpy float64: sigma = log1p(exp(rho)) is exact to an ulp here (no underflow above -700),
+    # and -log(sigma) dominates the KL, so float64 agrees to a few ulps (x alone gave 1e-9 at -20.1).
+    sigma = np.log1p(np.exp(rho))
+    expected = -np.log(sigma) + sigma**2 / 2 - 0.5
+    with jax.enable_x64(True):
+        got = jr.kl_normal(jnp.zeros(1, jnp.float64), jnp.full(1, rho, jnp.float64), parameterization="softplus")
+        grad = jax.grad(lambda r: jr.kl_normal(jnp.zeros(1), r, parameterization="softplus"))(jnp.full(1, rho))
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_allclose(float(got), expected, rtol=8 * eps)
+    # d/drho [-log softplus(rho) + softplus(rho)^2 / 2] = sigmoid(rho) * (sigma - 1 / sigma); the
+    # gradient chains sigmoid, softplus and a quotient, each a few ulps in XLA's vector exp/log1p
+    # (8 ulps apart between an AMD and an Intel CPU at -19.9), still 1e5x below the 1e-9 to catch.
+    s = 1 / (1 + np.exp(-rho))
+    np.testing.assert_allclose(np.asarray(grad), [s * (sigma - 1 / sigma)], rtol=32 * eps)
+
+
 def test_kl_normal_matches_monte_carlo():
     rng = np.random.default_rng(1)
     m, s = np.array([0.5, -1.0, 2.0]), np.array([0.7, 1.5, 0.3])
