@@ -57,7 +57,8 @@ def test_kl_normal_softplus_is_float64_exact_in_the_small_std_tail(rho):
         got = jr.kl_normal(jnp.zeros(1, jnp.float64), jnp.full(1, rho, jnp.float64), parameterization="softplus")
         grad = jax.grad(lambda r: jr.kl_normal(jnp.zeros(1), r, parameterization="softplus"))(jnp.full(1, rho))
     eps = np.finfo(np.float64).eps
-    np.testing.assert_allclose(float(got), expected, rtol=8 * eps)
+    # numpy's own log1p differs by a few ulps between CPUs (SVML on AVX-512, glibc on AVX2).
+    np.testing.assert_allclose(float(got), expected, rtol=32 * eps)
     # d/drho [-log softplus(rho) + softplus(rho)^2 / 2] = sigmoid(rho) * (sigma - 1 / sigma); the
     # gradient chains sigmoid, softplus and a quotient, each a few ulps in XLA's vector exp/log1p
     # (8 ulps apart between an AMD and an Intel CPU at -19.9), still 1e5x below the 1e-9 to catch.
