@@ -69,7 +69,7 @@ _BUILT: dict[tuple[int, str], tuple[Callable, tuple[Any, ...], float]] = {}
 def build(n: int, which: str) -> tuple[Callable, tuple[Any, ...], float]:
     """As :func:`build_new`, cached per process (sections 2 and 3 share the compiled steps)."""
     if (n, which) not in _BUILT:
-        _BUILT[(n, which)] = build_new(n, which)
+        _BUILT[(n, which)] = build_chunked(n) if which == "chunked" else build_new(n, which)
     return _BUILT[(n, which)]
 
 
@@ -100,6 +100,31 @@ def build_new(n: int, which: str) -> tuple[Callable, tuple[Any, ...], float]:
 
         return loop, (), single.flops * n
     raise ValueError(f"which must be 'jaxreg', 'vmap' or 'loop', got which = {which!r}.")
+
+
+# Block sizes tried for a Chunked state (jr.ensemble.chunk); the best is measured per N in the run.
+BLOCK_CANDIDATES = (4, 8, 16, 32)
+_BLOCK: dict[int, int] = {}
+
+
+def build_chunked(n: int) -> tuple[Callable, tuple[Any, ...], float] | None:
+    """``jr.ensemble.train_step`` on a state held as ``jr.ensemble.Chunked`` blocks, jitted, with
+    the block size timed among :data:`BLOCK_CANDIDATES` below ``n`` (3 interleaved calls each);
+    ``None`` when ``n`` is too small to split. The chosen size is in ``_BLOCK[n]``."""
+    candidates = [c for c in BLOCK_CANDIDATES if c < n]
+    if not candidates:
+        return None
+    step, opt = jaxreg_ensemble_step()
+    params, opt_state, x, y, _ = stacked_inputs(n, opt)
+    built = []
+    for c in candidates:
+        args = (jr.ensemble.chunk(params, c), jr.ensemble.chunk(opt_state, c), (x, y), jax.random.key(1))
+        built.append((jr.benchmark.compile_fn(step, *args), args))
+    ts = jr.benchmark.interleave([f for f, _ in built], [a for _, a in built], rounds=3, warmup=1, number=1)
+    best = int(np.argmin([t.median for t in ts]))
+    _BLOCK[n] = candidates[best]
+    c_fn, c_args = built[best]
+    return c_fn, c_args, c_fn.flops
 
 
 def _paired_row(section, workload, jlabel, blabel, tj, tb, n, target="", note="", extra=None) -> Row:
@@ -136,6 +161,10 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
         if emap is not None:
             j_fn, j_args, j_flops = build(n, "jaxreg")
             fns, args, labels = [j_fn, *fns], [j_args, *args], ["jaxreg", *labels]
+        # The state held as jr.ensemble.Chunked blocks (block size measured here), where N allows.
+        chunked = build(n, "chunked") if emap is not None and hasattr(jr.ensemble, "chunk") else None
+        if chunked is not None:
+            fns, args, labels = [*fns, chunked[0]], [*args, chunked[1]], [*labels, "chunked"]
         # The matmul peak, timed in the same rounds: each round's achieved fraction is paired.
         size = settings.peak_size
         mats = (jnp.ones((size, size), jnp.float32), jnp.ones((size, size), jnp.float32))
@@ -147,11 +176,21 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
             fns, args, rounds=settings.pairs, warmup=settings.warmup, number=settings.number, min_time=settings.min_time
         )
         t = dict(zip(labels, ts))
-        peak_t, layer_t = t.pop("peak"), t.pop("layer")
-        labels = labels[:-2]
+        peak_t, layer_t, chunked_t = t.pop("peak"), t.pop("layer"), t.pop("chunked", None)
+        labels = [k for k in labels if k in t]
         compile_s = {k: getattr(f, "compile_s", None) for k, f in zip(labels, fns)}
         best_jax = min(("vmap", "loop") + (("jaxreg",) if emap is not None else ()), key=lambda k: t[k].median)
         ctx["ensemble_jax"][n] = {k: n / v.median for k, v in t.items()} | {"best": best_jax}
+        if chunked_t is not None:
+            block = _BLOCK[n]
+            c_label = f"jr.ensemble.train_step, Chunked state (blocks of {block}, measured)"
+            ctx["ensemble_jax"][n]["chunked"] = n / chunked_t.median
+            for base, blabel, target in (
+                ("vmap", "plain jax.vmap", ">= 1.0"),
+                ("loop", "loop of jitted steps", ">= 1.0"),
+                ("jaxreg", "jr.ensemble.train_step, stacked state", ""),
+            ):
+                rows.append(_paired_row("2 ensemble", workload, c_label, blabel, chunked_t, t[base], n, target=target))
         if emap is None:
             rows.append(common.unavailable("2 ensemble", workload, why))
             rows.append(
@@ -220,26 +259,31 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
                 },
             )
         )
-        per_round = [(flops / a) / (layer_flops / b) for a, b in zip(tj.times, layer_t.times)]
-        layer_gflops = layer_flops / layer_t.median / 1e9
-        frac_1024 = flops / tj.median / 1e9 / ctx["peak_1024"] if ctx.get("peak_1024") else float("nan")
-        rows.append(
-            Row(
-                "7 layer fraction",
-                workload,
-                j_label,
-                "layer-shape matmul (128x256 @ 256x256, chained) in the same rounds",
-                unit="GFLOP/s",
-                jaxreg_value=flops / tj.median / 1e9,
-                baseline_value=layer_gflops,
-                ratio=float(np.median(per_round)),
-                ratio_q25=float(np.quantile(per_round, 0.25)),
-                ratio_q75=float(np.quantile(per_round, 0.75)),
-                ratios=per_round,
-                target=">= 0.85" if n >= 8 else "",
-                note=f"{float(np.median(per_round)):.0%} of the layer-shape rate (paired per round); "
-                f"{frac_1024:.0%} of the 1024^3 rate (section peak, not paired)",
-                extra={"fraction_of_1024": frac_1024, "layer_timing": layer_t.to_dict()},
-            )
-        )
+        rows.append(_layer_row(workload, j_label, tj, flops, layer_t, layer_flops, n, ctx))
+        if chunked_t is not None:
+            rows.append(_layer_row(workload, c_label, chunked_t, flops, layer_t, layer_flops, n, ctx))
     return rows
+
+
+def _layer_row(workload: str, label: str, tj: Any, flops: float, layer_t: Any, layer_flops: float, n: int, ctx) -> Row:
+    """Achieved GFLOP/s of a step against the layer-shape matmul chain timed in the same rounds."""
+    per_round = [(flops / a) / (layer_flops / b) for a, b in zip(tj.times, layer_t.times)]
+    layer_gflops = layer_flops / layer_t.median / 1e9
+    frac_1024 = flops / tj.median / 1e9 / ctx["peak_1024"] if ctx.get("peak_1024") else float("nan")
+    return Row(
+        "7 layer fraction",
+        workload,
+        label,
+        "layer-shape matmul (128x256 @ 256x256, chained) in the same rounds",
+        unit="GFLOP/s",
+        jaxreg_value=flops / tj.median / 1e9,
+        baseline_value=layer_gflops,
+        ratio=float(np.median(per_round)),
+        ratio_q25=float(np.quantile(per_round, 0.25)),
+        ratio_q75=float(np.quantile(per_round, 0.75)),
+        ratios=per_round,
+        target=">= 0.85" if n >= 8 else "",
+        note=f"{float(np.median(per_round)):.0%} of the layer-shape rate (paired per round); "
+        f"{frac_1024:.0%} of the 1024^3 rate (section peak, not paired)",
+        extra={"fraction_of_1024": frac_1024, "layer_timing": layer_t.to_dict()},
+    )

@@ -313,6 +313,20 @@ def test_ensemble_loop_and_vmap_baselines_compute_the_same_steps():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_chunked_ensemble_bench_step_computes_the_stacked_step():
+    from benchmarks import bench_ensemble
+
+    cfn, cargs, _ = bench_ensemble.build_chunked(8)
+    jfn, jargs, _ = bench_ensemble.build_new(8, "jaxreg")
+    assert bench_ensemble._BLOCK[8] == 4  # the only candidate below 8
+    c_out, j_out = cfn(*cargs), jfn(*jargs)
+    # The same member step with the same keys; only the batched dots' blocking may differ (as in
+    # the loop/vmap test above): losses to ~80 eps32, one Adam step to lr * 1e-3 where g ~ 0.
+    np.testing.assert_allclose(c_out[2], j_out[2], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(jr.ensemble.unchunk(c_out[0])), jax.tree.leaves(j_out[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
