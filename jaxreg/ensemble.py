@@ -272,7 +272,8 @@ class Chunked(NamedTuple):
     state updated a chunk at a time inside one program is written into its full-size outputs by
     ``dynamic-update-slice`` (after a first fill), and static slices of it are joined by a copy.
     Blocks also run side by side on XLA's CPU runtime, which executes independent operations
-    concurrently. Build one with :func:`chunk`; :func:`unchunk` stacks it again.
+    concurrently. Build one with :func:`chunk`; :func:`unchunk` stacks it again. It serves many
+    members on one device; members spread over devices stay stacked (:func:`shard`).
     """
 
     parts: tuple[PyTree, ...]
