@@ -281,7 +281,8 @@ class Chunked(NamedTuple):
 
 def _part_sizes(chunked: Chunked, name: str = "tree") -> list[int]:
     if not isinstance(chunked.parts, tuple) or not chunked.parts:
-        raise ValueError(f"{name}: a Chunked ensemble needs a non-empty tuple of parts, got parts = {chunked.parts!r}.")
+        shown = f"{len(chunked.parts)} parts" if isinstance(chunked.parts, tuple) else type(chunked.parts).__name__
+        raise ValueError(f"{name}: a Chunked ensemble needs a non-empty tuple of parts, got {shown}.")
     structure = jax.tree.structure(chunked.parts[0])
     for i, part in enumerate(chunked.parts[1:], start=1):
         if jax.tree.structure(part) != structure:
@@ -299,8 +300,10 @@ def chunk(tree: PyTree, chunk_size: int) -> Chunked:
     When a chunked state pays: many members on a CPU, where a stacked step slows down once the
     members' weights and optimizer state leave the cache. On the digits MLP (64-256-256-10, Adam,
     L2 + dropout) with 128 members, the jitted :func:`train_step` of a state chunked by 8 ran
-    1.3-1.7x the stacked step on 2 vCPUs (``jaxreg bench --only torch``). The best block size
-    depends on the model and the machine: time a few (:func:`jaxreg.benchmark.interleave`).
+    1.39x the stacked step on a 2-vCPU AMD EPYC (``jaxreg bench --only ensemble,torch``). The
+    best block size depends on the model and the machine: time a few
+    (:func:`jaxreg.benchmark.interleave`). An optimizer state without leaves (``optax.sgd``'s)
+    needs no chunking: :func:`train_step` gives it to every block.
 
     Args:
       tree: a stacked pytree (params, optimizer state, ...).
@@ -345,8 +348,8 @@ def unchunk(chunked: Chunked) -> PyTree:
     if not isinstance(chunked, Chunked):
         raise ValueError(f"unchunk: expected a jr.ensemble.Chunked, got {type(chunked).__name__}.")
     _part_sizes(chunked, "unchunk")
-    if len(chunked.parts) == 1:
-        return chunked.parts[0]
+    if len(chunked.parts) == 1:  # a copy, as with several parts: donating the blocks keeps it alive
+        return jax.tree.map(lambda a: jnp.array(a, copy=True), chunked.parts[0])
     return jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *chunked.parts)
 
 
@@ -638,12 +641,20 @@ def train_step(
         # Each block is stepped as one vmap and returned as its own buffers; member i gets the key,
         # batch slice and hyperparameters it gets in the stacked step, so the result is the same.
         where = "ensemble.train_step"
+        if isinstance(params, Chunked) and not isinstance(opt_state, Chunked) and not jax.tree.leaves(opt_state):
+            opt_state = Chunked((opt_state,) * len(params.parts))  # a stateless optimizer's: every block's
         if not (isinstance(params, Chunked) and isinstance(opt_state, Chunked)):
             raise ValueError(
                 f"{where}: params and opt_state must both be jr.ensemble.Chunked or both stacked, got "
                 f"{type(params).__name__} and {type(opt_state).__name__}."
             )
         sizes = _part_sizes(params, f"{where}: params")
+        num_parts = len(opt_state.parts) if isinstance(opt_state.parts, tuple) else None
+        if num_parts != len(sizes):
+            raise ValueError(
+                f"{where}: opt_state must hold one block per block of params ({len(sizes)}), got "
+                f"{num_parts if num_parts is not None else type(opt_state.parts).__name__}."
+            )
         state_sizes = _part_sizes(opt_state, f"{where}: opt_state") if jax.tree.leaves(opt_state) else sizes
         if state_sizes != sizes:
             raise ValueError(
@@ -747,6 +758,7 @@ def shard(tree: PyTree, mesh: Mesh, *, axis_name: str | None = None) -> PyTree:
         raise ValueError(
             f"shard: axis_name must be one of the mesh's axes {mesh.axis_names}, got axis_name = {axis_name!r}."
         )
+    _refuse_chunked(tree, "shard")
     if not jax.tree.leaves(tree):
         return tree  # nothing to place: an optimizer's EmptyState, a None
     n = num_members(tree)

@@ -318,7 +318,7 @@ def test_chunked_ensemble_bench_step_computes_the_stacked_step():
 
     cfn, cargs, _ = bench_ensemble.build_chunked(8)
     jfn, jargs, _ = bench_ensemble.build_new(8, "jaxreg")
-    assert bench_ensemble._BLOCK[8] == 4  # the only candidate below 8
+    assert bench_ensemble._BLOCK[8] in (1, 2, 4)  # the candidates below 8
     c_out, j_out = cfn(*cargs), jfn(*jargs)
     # The same member step with the same keys; only the batched dots' blocking may differ (as in
     # the loop/vmap test above): losses to ~80 eps32, one Adam step to lr * 1e-3 where g ~ 0.

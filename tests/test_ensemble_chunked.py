@@ -55,6 +55,9 @@ def test_chunk_and_unchunk_are_inverse_and_keep_member_order(block):
     # Each block owns its buffers (a donated step must not donate the stacked state's).
     leaf = jax.tree.leaves(chunked.parts[0])[0]
     assert leaf.unsafe_buffer_pointer() != jax.tree.leaves(params)[0].unsafe_buffer_pointer()
+    # ... and unchunk's result owns its own, one block or several.
+    joined = jax.tree.leaves(jr.ensemble.unchunk(chunked))[0]
+    assert joined.unsafe_buffer_pointer() != leaf.unsafe_buffer_pointer()
 
 
 @pytest.mark.parametrize("rng_form", ["single", "stacked"])
@@ -82,15 +85,20 @@ def test_chunked_train_step_equals_the_stacked_step(rng_form):
     np.testing.assert_allclose(c_aux["pred_mean"], aux["pred_mean"], rtol=32 * EPS32, atol=32 * EPS32)
 
 
-def test_chunked_train_step_with_a_stateless_optimizer_and_a_shared_batch():
-    # optax.sgd's state has no leaves: each block's state is jax.vmap(opt.init) of its params.
+@pytest.mark.parametrize("state_form", ["chunked", "plain"])
+def test_chunked_train_step_with_a_stateless_optimizer_and_a_shared_batch(state_form):
+    # optax.sgd's state has no leaves: chunked per block, or given as it is to every block.
     opt = optax.sgd(0.1)
     params, _, (x, y), hparams = _setup(opt)
-    step = jax.jit(jr.ensemble.train_step(_loss, opt, has_aux=True))
-    p, _, losses, _ = step(params, jax.vmap(opt.init)(params), (x[0], y[0]), jax.random.key(3), hparams)
+    step = jax.jit(jr.ensemble.train_step(lambda *a: _loss(*a)[0], opt))  # has_aux=False: 3 outputs
+    p, _, losses = step(params, jax.vmap(opt.init)(params), (x[0], y[0]), jax.random.key(3), hparams)
     cp = jr.ensemble.chunk(params, 3)
-    cs = jr.ensemble.Chunked(tuple(jax.vmap(opt.init)(part) for part in cp.parts))
-    cp, _, c_losses, _ = step(cp, cs, (x[0], y[0]), jax.random.key(3), hparams)
+    if state_form == "chunked":
+        cs = jr.ensemble.Chunked(tuple(jax.vmap(opt.init)(part) for part in cp.parts))
+    else:
+        cs = opt.init(params)
+    cp, cs, c_losses = step(cp, cs, (x[0], y[0]), jax.random.key(3), hparams)
+    assert isinstance(cs, jr.ensemble.Chunked) and len(cs.parts) == 2
     # SGD: w - 0.1 g, g to a few ulp of |w| ~ 1 (the same per-member ops).
     chex.assert_trees_all_close(jr.ensemble.unchunk(cp), p, rtol=0, atol=8 * EPS32)
     np.testing.assert_allclose(c_losses, losses, rtol=16 * EPS32)
@@ -103,8 +111,10 @@ def test_chunk_refuses_bad_block_sizes_and_unchunk_a_stacked_tree():
             jr.ensemble.chunk(params, bad)
     with pytest.raises(ValueError, match=r"^unchunk: expected a jr.ensemble.Chunked, got dict"):
         jr.ensemble.unchunk(params)
-    with pytest.raises(ValueError, match=r"a Chunked ensemble needs a non-empty tuple of parts"):
+    with pytest.raises(ValueError, match=r"a Chunked ensemble needs a non-empty tuple of parts, got 0 parts"):
         jr.ensemble.unchunk(jr.ensemble.Chunked(()))
+    with pytest.raises(ValueError, match=r"a Chunked ensemble needs a non-empty tuple of parts, got dict"):
+        jr.ensemble.unchunk(jr.ensemble.Chunked(params))
 
 
 def test_chunked_train_step_refuses_mismatched_blocks():
@@ -114,8 +124,20 @@ def test_chunked_train_step_refuses_mismatched_blocks():
     rng = jax.random.key(0)
     with pytest.raises(ValueError, match=r"params and opt_state must both be jr.ensemble.Chunked or both stacked"):
         step(jr.ensemble.chunk(params, 2), opt_state, batch, rng, hparams)
-    with pytest.raises(ValueError, match=r"opt_state's blocks hold \[3, 2\] members, params' \[2, 2, 1\]"):
+    with pytest.raises(ValueError, match=r"opt_state must hold one block per block of params \(3\), got 2"):
         step(jr.ensemble.chunk(params, 2), jr.ensemble.chunk(opt_state, 3), batch, rng, hparams)
+    with pytest.raises(ValueError, match=r"opt_state's blocks hold \[3, 1, 1\] members, params' \[2, 2, 1\]"):
+        chunked_state = jr.ensemble.Chunked(
+            (*jr.ensemble.chunk(opt_state, 3).parts[:1], *jr.ensemble.chunk(opt_state, 1).parts[3:])
+        )
+        step(jr.ensemble.chunk(params, 2), chunked_state, batch, rng, hparams)
+    # A stateless optimizer's blocks: a count that disagrees is refused, not truncated.
+    sgd = optax.sgd(0.1)
+    sgd_step = jr.ensemble.train_step(lambda *a: _loss(*a)[0], sgd, batch_axis=0)
+    with pytest.raises(ValueError, match=r"opt_state must hold one block per block of params \(3\), got 1"):
+        sgd_step(jr.ensemble.chunk(params, 2), jr.ensemble.Chunked((sgd.init(params),)), batch, rng, hparams)
+    with pytest.raises(ValueError, match=r"opt_state must hold one block per block of params \(3\), got 0"):
+        sgd_step(jr.ensemble.chunk(params, 2), jr.ensemble.Chunked(()), batch, rng, hparams)
     short = jax.tree.map(lambda a: a[:4], batch)
     with pytest.raises(ValueError, match=r"ensemble.train_step: batch leaf '0' has shape \(4, 8, 3\)"):
         step(jr.ensemble.chunk(params, 2), jr.ensemble.chunk(opt_state, 2), short, rng, hparams)
@@ -123,10 +145,13 @@ def test_chunked_train_step_refuses_mismatched_blocks():
         step(jr.ensemble.chunk(params, 2), jr.ensemble.chunk(opt_state, 2), batch, jax.random.split(rng, 4), hparams)
 
 
-def test_map_and_predict_refuse_a_chunked_ensemble():
+def test_map_predict_and_shard_refuse_a_chunked_ensemble():
     chunked = jr.ensemble.chunk(jr.ensemble.init(_init, jax.random.key(0), N), 2)
     x = jnp.ones((6, 3))
     with pytest.raises(ValueError, match=r"^ensemble.map: a Chunked ensemble is not taken here"):
         jr.ensemble.map(lambda p: p["out"]["bias"])(chunked)
     with pytest.raises(ValueError, match=r"^ensemble.predict: a Chunked ensemble is not taken here"):
         jr.ensemble.predict(lambda p, x: x @ p["dense"]["kernel"], chunked, x)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("members",))
+    with pytest.raises(ValueError, match=r"^shard: a Chunked ensemble is not taken here"):
+        jr.ensemble.shard(chunked, mesh)
