@@ -165,7 +165,7 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
             j_fn, j_args, j_flops = build(n, "jaxreg")
             fns, args, labels = [j_fn, *fns], [j_args, *args], ["jaxreg", *labels]
         # The state held as jr.ensemble.Chunked blocks (block size measured here), where N allows.
-        chunked = build(n, "chunked") if emap is not None and hasattr(jr.ensemble, "chunk") else None
+        chunked = build(n, "chunked") if emap is not None else None
         if chunked is not None:
             fns, args, labels = [*fns, chunked[0]], [*args, chunked[1]], [*labels, "chunked"]
         # The matmul peak, timed in the same rounds: each round's achieved fraction is paired.

@@ -140,7 +140,7 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
             which = "vmap"
         jfn, jargs, _ = bench_ensemble.build(n, which)
         fns, args, labels = [jfn], [jargs], ["jax"]
-        chunked = bench_ensemble.build(n, "chunked") if which == "jaxreg" and hasattr(jr.ensemble, "chunk") else None
+        chunked = bench_ensemble.build(n, "chunked") if which == "jaxreg" else None
         if chunked is not None:  # the state held as jr.ensemble.Chunked blocks (size measured in section 2)
             fns, args, labels = [*fns, chunked[0]], [*args, chunked[1]], [*labels, "jax chunked"]
         ids = []

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg import _checks
+
 PyTree = Any
 MaskLike = "Mask | Callable[[PyTree], PyTree] | PyTree | None"
 
@@ -251,9 +253,8 @@ def by_path(pattern: str, *, allow_empty: bool = False) -> Mask:
         re.compile(pattern)
     except (re.error, TypeError) as e:
         raise ValueError(f"by_path: invalid regular expression, got pattern = {pattern!r} ({e}).") from e
-    if not isinstance(allow_empty, bool | np.bool_):
-        raise ValueError(f"by_path: allow_empty must be True or False, got allow_empty = {allow_empty!r}.")
-    return Mask(_ByPath(pattern, bool(allow_empty)), f"by_path({pattern!r})")
+    allow_empty = _checks.check_flag("allow_empty", allow_empty, "by_path")
+    return Mask(_ByPath(pattern, allow_empty), f"by_path({pattern!r})")
 
 
 def as_mask(mask: Any, where: str = "") -> Mask:

@@ -6,6 +6,7 @@ every public switch refuses it, naming the argument and the value, before anythi
 
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +53,33 @@ def test_a_switch_that_is_not_a_bool_is_refused(case, value):
         call(value)
 
 
-@pytest.mark.parametrize("case", list(SWITCHES), ids=list(SWITCHES))
-def test_numpy_bools_are_switches(case):
-    _, _, call = SWITCHES[case]
-    call(np.False_)  # a numpy bool is a bool: no error
+# Switches whose effect is an array: a numpy bool must act as the Python bool it equals, and the
+# two settings must differ (so the switch is read at all).
+ARRAY_SWITCHES = {
+    "es.gradient antithetic": lambda v: jr.es.gradient(
+        lambda p: jnp.sum(p**3), jnp.array([1.0, 2.0]), jax.random.key(0), sigma=0.1, population=4, antithetic=v
+    ),
+    "replicate stacked": lambda v: jr.ensemble.replicate(jnp.ones((2, 3)), 2, stacked=v),
+    "sam_gradient adaptive": lambda v: jr.sam_gradient(
+        lambda p: jnp.sum(p**4), jnp.array([1.0, 2.0]), rho=0.1, adaptive=v
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ARRAY_SWITCHES), ids=list(ARRAY_SWITCHES))
+def test_numpy_bools_act_as_the_python_bools(case):
+    call = ARRAY_SWITCHES[case]
+    on, off = call(True), call(False)
+    chex.assert_trees_all_equal(call(np.True_), on)
+    chex.assert_trees_all_equal(call(np.False_), off)
+    assert jax.tree.structure(on) != jax.tree.structure(off) or any(
+        np.shape(a) != np.shape(b) or not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(on), jax.tree.leaves(off))
+    )
+
+
+@pytest.mark.parametrize("value", [True, False, np.True_, np.False_])
+def test_check_flag_returns_the_python_bool(value):
+    # Every switch above goes through it: numpy bools come back as the bool they equal.
+    got = jr._checks.check_flag("flag", value, "f")
+    assert type(got) is bool and got == bool(value)
