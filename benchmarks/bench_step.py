@@ -3,9 +3,11 @@
 0. (issue 2) L2 (coupled, ``jr.add_penalty_grad``) + L1 (``jr.proximal``) + max-norm
    (``jr.project``) in an optax chain, no dropout, vs the same chain written by hand: L2 added to
    the gradient, Adam, soft threshold and max-norm rescaling of the kernels.
-1. ``jr.regularize`` + ``jr.dropout`` vs an L2 term and ``jax.random.bernoulli`` dropout by hand.
+1. ``jr.regularize`` + ``jr.dropout`` vs an L2 term and ``jax.random.bernoulli`` dropout by hand;
+   and ``jr.dropout`` alone (rate 0.5, 16- and 8-bit thresholds) vs ``jax.random.bernoulli``
+   dropout as flax writes it, on a 64x512x512 activation (8x64x64 in ``--tiny``).
 
-Target: jaxreg within 3% of hand-written (ratio >= 0.97).
+Target: jaxreg within 3% of hand-written (ratio >= 0.97); the dropout rows have none.
 """
 
 from __future__ import annotations
@@ -137,6 +139,30 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
             },
         )
     )
+    rows += dropout_rows(settings)
+    return rows
+
+
+def dropout_rows(settings: Settings) -> list[Row]:
+    """``jr.dropout`` vs ``jax.random.bernoulli`` dropout on one large activation (random bits dominate)."""
+    shape = (8, 64, 64) if settings.mode == "tiny" else (64, 512, 512)
+    x = jnp.ones(shape, jnp.float32)
+    key = common.key(settings, 2)
+    bernoulli = jax.jit(lambda k, x: common.bernoulli_dropout(k, x, common.RATE))
+    rows = []
+    for precision in (16, 8):
+        ours = jax.jit(lambda k, x, p=precision: jr.dropout(k, x, common.RATE, precision=p))
+        comp = jr.benchmark.compare(
+            ours, bernoulli, (key, x), (key, x), pairs=settings.pairs, warmup=settings.warmup,
+            number=settings.number, min_time=settings.min_time,
+        )  # fmt: skip
+        rows.append(
+            common.row_from_comparison(
+                "1 dropout", f"dropout 0.5 of a float32 {'x'.join(map(str, shape))} activation",
+                f"jr.dropout (precision={precision})", "jax.random.bernoulli dropout (flax's)", comp,
+                unit="calls/s", target="",
+            )
+        )  # fmt: skip
     return rows
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry_2x32
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking, _random, uncertainty
@@ -80,14 +79,19 @@ def _drop_levels(rate: ArrayLike, precision: int) -> jax.Array:
     return jnp.clip(jnp.round(jnp.asarray(rate, jnp.float32) * levels), 0.0, cap)
 
 
-def _random_words(rng: jax.Array, num_words: int, where: str) -> jax.Array:
-    """``num_words`` uint32 words: threefry of a counter (non-partitionable stream, cheap on CPU)."""
+def _random_words(rng: jax.Array, num_words: int, where: str, *, write_once: bool = False) -> jax.Array:
+    """``num_words`` uint32 words: threefry of a counter (non-partitionable stream, cheap on CPU).
+
+    The hash is ``_random.threefry_2x32``: jax's bits in one pass (jax's CPU lowering loops over
+    the words 5 times); ``write_once`` as there.
+    """
     _random.check_key(rng, where)
     if not _random.is_key_array(rng):
         rng = jax.random.wrap_key_data(jnp.asarray(rng))
     if str(jax.random.key_impl(rng)) != "threefry2x32":
         return jax.random.bits(rng, (num_words,), jnp.uint32)
-    return threefry_2x32(jax.random.key_data(rng), jax.lax.iota(jnp.uint32, num_words))
+    counter = jax.lax.iota(jnp.uint32, num_words)
+    return _random.threefry_2x32(jax.random.key_data(rng), counter, write_once=write_once)
 
 
 def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precision: int = 16) -> jax.Array:
@@ -112,7 +116,8 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
     shape = tuple(int(s) for s in shape)
     size = math.prod(shape)
     per_word = 32 // precision
-    words = _random_words(rng, max(1, -(-size // per_word)), "keep_mask")
+    # 8-bit thresholds: each hash feeds 8 of them; recomputing it per threshold cost more than a pass
+    words = _random_words(rng, max(1, -(-size // per_word)), "keep_mask", write_once=precision == 8)
     dtype = _UINT[precision]
     u = words if precision == 32 else jax.lax.bitcast_convert_type(words, dtype).reshape(-1)
     if u.shape[0] != size:

@@ -378,8 +378,8 @@ def _permutation(key: jax.Array, n: int) -> jax.Array:
     rounds = int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))  # as jax's _shuffle
     x = jnp.arange(n, dtype=jnp.int32)
     for _ in range(rounds):
-        key, sub = jax.random.split(key)
-        bits = jax.random.bits(sub, (n,), jnp.uint32)
+        key, sub = _random.split(key)
+        bits = _random.bits(sub, (n,))
         with jax.enable_x64(True):
             words = (bits.astype(jnp.uint64) << jnp.uint64(32)) | jnp.arange(n, dtype=jnp.uint64)
             order = (jnp.sort(words) & jnp.uint64(0xFFFFFFFF)).astype(jnp.int32)
@@ -405,7 +405,7 @@ def _refresh_permutations(plan: _Plan, data_keys: jax.Array, cache, first_epoch:
         keep = jnp.logical_or(held == want, want > last_epoch)
 
         def draw(perms):
-            new = jax.vmap(lambda k: _permutation(jax.random.fold_in(k, want), plan.num_examples))(data_keys)
+            new = jax.vmap(lambda k: _permutation(_random.fold_in(k, want), plan.num_examples))(data_keys)
             return jax.lax.dynamic_update_index_in_dim(perms, new, j, axis=1)
 
         return jax.lax.cond(keep, lambda p: p, draw, perms), jnp.where(want > last_epoch, held, want)
@@ -430,7 +430,7 @@ def _block_inputs(plan: _Plan, perms: jax.Array, steps: jax.Array, step_keys: ja
 
     A full batch has no indices (``None``): every step takes ``train_data`` as it is.
     """
-    rngs = jax.vmap(lambda s: jax.vmap(lambda k: jax.random.fold_in(k, s))(step_keys))(steps)
+    rngs = jax.vmap(lambda s: jax.vmap(lambda k: _random.fold_in(k, s))(step_keys))(steps)
     if _full_batch(plan):
         return None, rngs
     n, batch_size = plan.num_examples, plan.batch_size
