@@ -148,11 +148,8 @@ def _as_key(data: jax.Array, typed: bool) -> jax.Array:
 
 
 def _counters(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """The high and low words of a ``uint64`` iota of ``shape`` (jax's ``iota_2x32_shape``)."""
-    size = math.prod(shape)
-    if size >= 2**32:
-        raise ValueError(f"random bits of {size} words (shape {shape}) exceed a 32-bit counter.")
-    return jnp.zeros(shape, jnp.uint32), jax.lax.iota(jnp.uint32, size).reshape(shape)
+    """The high and low words of a ``uint64`` iota of ``shape`` (jax's ``iota_2x32_shape``) for a size below 2**32."""
+    return jnp.zeros(shape, jnp.uint32), jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
 
 
 def bits(rng: jax.Array, shape: Any) -> jax.Array:
@@ -164,7 +161,7 @@ def bits(rng: jax.Array, shape: Any) -> jax.Array:
     """
     shape = tuple(int(s) for s in shape)
     found = _threefry_data(rng)
-    if found is None:
+    if found is None or math.prod(shape) >= 2**32 - 1:  # jax splits such counters: its own
         return jax.random.bits(rng, shape, jnp.uint32)
     key, _ = found
     if jax.config.jax_threefry_partitionable:
@@ -216,6 +213,7 @@ def standard_normal(rng: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.A
     partitionable = jax.config.jax_threefry_partitionable
     if (
         found is None
+        or math.prod(shape) >= 2**32 - 1
         or dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
         or (dtype == jnp.float64 and not partitionable)
     ):
