@@ -51,7 +51,7 @@ def normal(rng: jax.Array, shape: Any, dtype: Any) -> jax.Array:
     no tail past 2.9 sigma; float16's mean is -0.002. Rounding a float32 draw is unbiased. The
     draw is jax's bit for bit, its bits hashed in one pass (``standard_normal``).
     """
-    return standard_normal(rng, tuple(shape), compute_dtype(dtype)).astype(dtype)
+    return standard_normal(rng, shape, compute_dtype(dtype)).astype(dtype)
 
 
 def normal_leaves(rng: jax.Array, leaves: list[Any]) -> list[jax.Array]:
@@ -138,9 +138,18 @@ def _threefry_data(rng: jax.Array) -> tuple[jax.Array, bool] | None:
         if str(jax.random.key_impl(rng)) != "threefry2x32" or jnp.ndim(rng) != 0:
             return None
         return jax.random.key_data(rng), True
-    if getattr(rng, "dtype", None) == np.uint32 and jnp.shape(rng) == (2,):
+    if (
+        getattr(rng, "dtype", None) == np.uint32
+        and jnp.shape(rng) == (2,)
+        and jax.config.jax_default_prng_impl == "threefry2x32"  # (a raw philox key is uint32[2] too)
+    ):
         return jnp.asarray(rng), False
     return None
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    """A shape as a tuple of ints; an int is a 1-d shape, as ``jax.random`` reads it."""
+    return (int(shape),) if np.ndim(shape) == 0 else tuple(int(s) for s in shape)
 
 
 def _as_key(data: jax.Array, typed: bool) -> jax.Array:
@@ -159,7 +168,7 @@ def bits(rng: jax.Array, shape: Any) -> jax.Array:
     the pair (high, low) of each element's 64-bit index and xors the two words; the original one
     hashes a flat counter.
     """
-    shape = tuple(int(s) for s in shape)
+    shape = _shape(shape)
     found = _threefry_data(rng)
     if found is None or math.prod(shape) >= 2**32 - 1:  # jax splits such counters: its own
         return jax.random.bits(rng, shape, jnp.uint32)
@@ -174,7 +183,7 @@ def bits(rng: jax.Array, shape: Any) -> jax.Array:
 def split(rng: jax.Array, num: int = 2) -> jax.Array:
     """``jax.random.split(rng, num)``, bit for bit, in one pass for a threefry key."""
     found = _threefry_data(rng)
-    if found is None:
+    if found is None or np.ndim(num) != 0:  # a shape of keys: jax's own
         return jax.random.split(rng, num)
     key, typed = found
     if jax.config.jax_threefry_partitionable:
@@ -191,7 +200,7 @@ def fold_in(rng: jax.Array, data: Any) -> jax.Array:
     ``data`` is a scalar integer below ``2**32`` (jax keeps its low 32 bits), possibly traced.
     """
     found = _threefry_data(rng)
-    if found is None:
+    if found is None or jnp.ndim(data) != 0:  # jax's own error for an array of data
         return jax.random.fold_in(rng, data)
     key, typed = found
     word = jnp.asarray(data, jnp.uint32)  # as jax.random.fold_in converts it
@@ -199,7 +208,7 @@ def fold_in(rng: jax.Array, data: Any) -> jax.Array:
     return _as_key(jnp.concatenate([x1, x2]), typed)
 
 
-def standard_normal(rng: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+def standard_normal(rng: jax.Array, shape: Any, dtype: Any) -> jax.Array:
     r"""``jax.random.normal(rng, shape, dtype)``, bit for bit, its random bits hashed in one pass.
 
     jax's own steps: uniform ``u`` in ``(-1, 1)`` from the top mantissa bits of each random word,
@@ -207,8 +216,8 @@ def standard_normal(rng: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.A
     4.7x (AMD EPYC): the rolled hash's five passes over both counter words leave the cache there.
     Other dtypes (complex, half) and keys other than threefry go to ``jax.random.normal``.
     """
-    dtype = jnp.dtype(dtype)
-    shape = tuple(int(s) for s in shape)
+    dtype = jax.dtypes.canonicalize_dtype(float if dtype is None else dtype)  # float64 is float32 without x64
+    shape = _shape(shape)
     found = _threefry_data(rng)
     partitionable = jax.config.jax_threefry_partitionable
     if (

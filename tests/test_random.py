@@ -1,6 +1,6 @@
 """The one-pass threefry of ``jaxreg._random`` gives jax's random numbers bit for bit.
 
-``jr.dropout``, ``jr.fit``'s shuffles and every Gaussian draw of the library (ES perturbations,
+``jr.dropout``, ``jr.fit``'s shuffles and the library's Gaussian noise (ES perturbations,
 noise injection, mean-field samples, SWAG, gradient noise) hash their bits through it, so a user
 who writes the same draw with ``jax.random`` gets the same numbers. The hash itself is checked
 against the published known-answer vectors of Threefry-2x32-20 (Salmon et al., 2011; Random123's
@@ -140,3 +140,26 @@ def test_dropout_thresholds_are_jax_bits(precision, size):
     u = words.view(f"<u{precision // 8}")[:size]
     expected = u >= round(float(quantize_rate(rate, precision)) * 2**precision)
     np.testing.assert_array_equal(keep_mask(key, (size,), rate, precision=precision), expected)
+
+
+def test_raw_keys_of_another_default_impl_go_to_jax():
+    # A raw philox key is uint32[2] too: it must not be hashed as a threefry key.
+    with jax.default_prng_impl("philox4x32"):
+        key = jax.random.PRNGKey(0)
+        np.testing.assert_array_equal(_random.bits(key, (5,)), jax.random.bits(key, (5,), jnp.uint32))
+        np.testing.assert_array_equal(_random.standard_normal(key, (5,), jnp.float32), jax.random.normal(key, (5,)))
+        np.testing.assert_array_equal(_random.split(key, 3), jax.random.split(key, 3))
+        np.testing.assert_array_equal(_random.fold_in(key, 9), jax.random.fold_in(key, 9))
+
+
+def test_argument_forms_read_as_jax_reads_them():
+    key = jax.random.key(8)
+    np.testing.assert_array_equal(_random.bits(key, 5), jax.random.bits(key, 5, jnp.uint32))
+    np.testing.assert_array_equal(_random.standard_normal(key, 5, None), jax.random.normal(key, 5))
+    np.testing.assert_array_equal(_data(_random.split(key, (2, 3))), _data(jax.random.split(key, (2, 3))))
+    with pytest.raises(TypeError, match="scalar"):
+        _random.fold_in(key, jnp.arange(3))
+    if not jax.config.jax_enable_x64:  # float64 without x64 is float32 in jax (with a warning)
+        with pytest.warns(UserWarning):
+            expected = jax.random.normal(key, (5,), jnp.float64)
+        np.testing.assert_array_equal(_random.standard_normal(key, (5,), jnp.float64), expected)
