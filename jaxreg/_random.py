@@ -3,6 +3,8 @@
 ``check_key`` turns a wrong ``rng`` (an int seed, a float array) into a ``ValueError`` that says
 a PRNG key is needed, before XLA sees it; ``normal_leaves`` draws standard normal noise shaped
 like a list of leaves from one random draw (ES perturbations and mean-field samples alike).
+``bits``, ``split``, ``fold_in`` and ``standard_normal`` are jax's own draws bit for bit, with
+threefry's rounds written out (one fused pass; jax's CPU lowering loops 5 times over the words).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def threefry_2x32(keypair: jax.Array, count: jax.Array, *, write_once: bool = Fa
     fuses the hash into its consumers, computing it again for every element that reads a word:
     cheaper than writing the words out where each is read once or twice, but where each word
     feeds many elements (8-bit dropout cuts it into 4 thresholds, each hash gives 2 words) the
-    recomputation dominated (64x512x512: 1.5x slower than with the words written once; AMD
+    recomputation dominated (64x512x512: 1.4x slower than with the words written once; AMD
     EPYC). ``write_once=True`` runs the hash as a ``lax.map`` over two halves of the pairs, a
     loop XLA neither inlines nor fuses into the consumer: one pass, its words written once.
     """
