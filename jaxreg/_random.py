@@ -134,7 +134,7 @@ def threefry_2x32(keypair: jax.Array, count: jax.Array, *, write_once: bool = Fa
     return jnp.concatenate([y1, y2])[:size].reshape(count.shape)
 
 
-def _threefry_data(rng: jax.Array) -> tuple[jax.Array, bool] | None:
+def threefry_key_data(rng: jax.Array) -> tuple[jax.Array, bool] | None:
     """``(uint32[2] key data, typed)`` of a single threefry key, or None for another kind of key."""
     if is_key_array(rng):
         if str(jax.random.key_impl(rng)) != "threefry2x32" or jnp.ndim(rng) != 0:
@@ -158,9 +158,14 @@ def _as_key(data: jax.Array, typed: bool) -> jax.Array:
     return jax.random.wrap_key_data(data, impl="threefry2x32") if typed else data
 
 
-def _counters(shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """The high and low words of a ``uint64`` iota of ``shape`` (jax's ``iota_2x32_shape``) for a size below 2**32."""
-    return jnp.zeros(shape, jnp.uint32), jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+def _hash_iota(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """The hash of each element's 64-bit index (jax's ``iota_2x32_shape``; a size below 2**32).
+
+    jax's partitionable stream: ``bits`` xors the two words, ``split`` stacks them, a float64
+    draw joins them high then low.
+    """
+    low = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    return threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), low)
 
 
 def bits(rng: jax.Array, shape: Any) -> jax.Array:
@@ -171,26 +176,24 @@ def bits(rng: jax.Array, shape: Any) -> jax.Array:
     hashes a flat counter.
     """
     shape = _shape(shape)
-    found = _threefry_data(rng)
+    found = threefry_key_data(rng)
     if found is None or math.prod(shape) >= 2**32 - 1:  # jax splits such counters: its own
         return jax.random.bits(rng, shape, jnp.uint32)
     key, _ = found
     if jax.config.jax_threefry_partitionable:
-        hi, lo = _counters(shape)
-        b1, b2 = threefry2x32(key[0], key[1], hi, lo)
+        b1, b2 = _hash_iota(key, shape)
         return b1 ^ b2
     return threefry_2x32(key, jax.lax.iota(jnp.uint32, math.prod(shape))).reshape(shape)
 
 
 def split(rng: jax.Array, num: int = 2) -> jax.Array:
     """``jax.random.split(rng, num)``, bit for bit, in one pass for a threefry key."""
-    found = _threefry_data(rng)
+    found = threefry_key_data(rng)
     if found is None or np.ndim(num) != 0:  # a shape of keys: jax's own
         return jax.random.split(rng, num)
     key, typed = found
     if jax.config.jax_threefry_partitionable:
-        hi, lo = _counters((num,))
-        new = jnp.stack(threefry2x32(key[0], key[1], hi, lo), axis=1)
+        new = jnp.stack(_hash_iota(key, (num,)), axis=1)
     else:
         new = threefry_2x32(key, jax.lax.iota(jnp.uint32, 2 * num)).reshape(num, 2)
     return _as_key(new, typed)
@@ -201,7 +204,7 @@ def fold_in(rng: jax.Array, data: Any) -> jax.Array:
 
     ``data`` is a scalar integer below ``2**32`` (jax keeps its low 32 bits), possibly traced.
     """
-    found = _threefry_data(rng)
+    found = threefry_key_data(rng)
     if found is None or jnp.ndim(data) != 0:  # jax's own error for an array of data
         return jax.random.fold_in(rng, data)
     key, typed = found
@@ -220,7 +223,7 @@ def standard_normal(rng: jax.Array, shape: Any, dtype: Any) -> jax.Array:
     """
     dtype = jax.dtypes.canonicalize_dtype(float if dtype is None else dtype)  # float64 is float32 without x64
     shape = _shape(shape)
-    found = _threefry_data(rng)
+    found = threefry_key_data(rng)
     partitionable = jax.config.jax_threefry_partitionable
     if (
         found is None
@@ -231,8 +234,7 @@ def standard_normal(rng: jax.Array, shape: Any, dtype: Any) -> jax.Array:
         return jax.random.normal(rng, shape, dtype)
     key, _ = found
     if dtype == jnp.float64:
-        hi, lo = _counters(shape)
-        b1, b2 = threefry2x32(key[0], key[1], hi, lo)
+        b1, b2 = _hash_iota(key, shape)
         words = jax.lax.shift_left(b1.astype(jnp.uint64), np.uint64(32)) | b2.astype(jnp.uint64)
         uint = np.uint64
     else:

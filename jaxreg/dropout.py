@@ -86,12 +86,11 @@ def _random_words(rng: jax.Array, num_words: int, where: str, *, write_once: boo
     the words 5 times); ``write_once`` as there.
     """
     _random.check_key(rng, where)
-    if not _random.is_key_array(rng):
-        rng = jax.random.wrap_key_data(jnp.asarray(rng))
-    if str(jax.random.key_impl(rng)) != "threefry2x32":
+    found = _random.threefry_key_data(rng)
+    if found is None:  # another kind of key: jax's bits of it
         return jax.random.bits(rng, (num_words,), jnp.uint32)
     counter = jax.lax.iota(jnp.uint32, num_words)
-    return _random.threefry_2x32(jax.random.key_data(rng), counter, write_once=write_once)
+    return _random.threefry_2x32(found[0], counter, write_once=write_once)
 
 
 def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precision: int = 16) -> jax.Array:
