@@ -27,7 +27,9 @@ running sums). :func:`run_auto` runs the program with the chunk :func:`resolve_c
    keys of zeros; the speed of these programs does not depend on the values) while the outer
    function is traced, and the choice is cached as in 1. Only under ``jit`` alone on one device,
    with at most ``STAND_IN_MAX_BYTES`` (1 GiB) of traced arguments (the stand-ins are a second
-   copy of them): under ``vmap`` or ``grad``, when the function closes over traced values, with
+   copy of them). Traced values the function closes over (a batch closed over inside ``jit``, as
+   ``jr.es.gradient(lambda p: loss(p, x, y), ...)`` does) become parameters of the candidates and
+   get stand-ins too. Under ``vmap`` or ``grad`` (of the arguments or of a closed-over value), with
    several devices or larger arguments, the cached choice for the same program is used if there
    is one, else the static rule.
 3. **Static rule** (``JAXREG_AUTOTUNE=0``, or no cached choice where nothing is measured): one
@@ -434,19 +436,20 @@ def _is_traced(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
 def _stands_in(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
     """Whether a traced call can be measured on stand-ins of its arguments.
 
-    Only under ``jit`` alone (every traced argument a ``jit`` tracer, the function closing over no
-    traced value) on one device: there the program that will run is the one a concrete call would
-    compile. Under ``vmap`` or ``grad`` the program that runs is a transformed one. (Several
-    devices are excluded before, by :func:`_choose`, for traced and concrete arguments alike.)
+    Only under ``jit`` alone (every traced argument and every traced value the function closes
+    over a ``jit`` tracer, as when ``loss_fn`` closes over a batch inside ``jit``) on one device:
+    there the program that will run is the one a concrete call would compile, with the closed-over
+    values as parameters. Under ``vmap`` or ``grad`` the program that runs is a transformed one.
+    (Several devices are excluded before, by :func:`_choose`, for traced and concrete arguments
+    alike.)
     """
-    if item_jaxpr is not None and any(isinstance(c, jax.core.Tracer) for c in item_jaxpr.consts):
-        return False
-    traced = [leaf for leaf in jax.tree.leaves(args) if isinstance(leaf, jax.core.Tracer)]
-    if not all(isinstance(leaf, pe.DynamicJaxprTracer) for leaf in traced):
+    consts = [] if item_jaxpr is None else item_jaxpr.consts
+    traced = [x for x in (*jax.tree.leaves(args), *consts) if isinstance(x, jax.core.Tracer)]
+    if not all(isinstance(x, pe.DynamicJaxprTracer) for x in traced):
         return False
     # The stand-ins are a second copy of the arguments while the candidates run: not for
     # arguments that could crowd the device's memory.
-    return sum(math.prod(leaf.shape) * _itemsize(leaf.dtype) for leaf in traced) <= STAND_IN_MAX_BYTES
+    return sum(math.prod(x.shape) * _itemsize(x.dtype) for x in traced) <= STAND_IN_MAX_BYTES
 
 
 def _stand_in(leaf: Any) -> Any:
@@ -546,9 +549,18 @@ def _measure(
             full = [next(it) if a else x for x, a in zip(leaves, is_arr)]
             return program(c)(*jax.tree.unflatten(treedef, full))
 
-        compiled = jax.jit(flat_program).lower(arrays).compile()
-        runners[c] = lambda: compiled(arrays)
-        return lambda: jax.block_until_ready(compiled(arrays))
+        closed = jax.make_jaxpr(flat_program)(arrays) if traced else None
+        if closed is not None and any(isinstance(x, jax.core.Tracer) for x in closed.consts):
+            # Values the program closes over that exist only in the outer trace (a batch closed
+            # over inside jit) become parameters, given stand-ins like the traced arguments.
+            consts = [_stand_in(x) for x in closed.consts]
+            lowered = jax.jit(lambda arrs, cs: jax.core.eval_jaxpr(closed.jaxpr, cs, *arrs)).lower(arrays, consts)
+            compiled = lowered.compile()
+            runners[c] = lambda: compiled(arrays, consts)
+        else:
+            compiled = jax.jit(flat_program).lower(arrays).compile()
+            runners[c] = lambda: compiled(arrays)
+        return lambda: jax.block_until_ready(runners[c]())
 
     runners: dict[int, Callable[[], Any]] = {}
     chosen, _ = pick_fastest(cands, prepare, budget_s=_budget_s(), clock=clock)

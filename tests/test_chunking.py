@@ -143,8 +143,8 @@ def test_cache_hit_does_not_measure_again_and_traced_calls_use_it(monkeypatch):
 
 def test_under_jit_the_candidates_run_on_stand_ins_and_the_trace_stays_clean(monkeypatch):
     # The candidates get concrete arrays of the traced arguments' shapes and dtypes (keys too),
-    # the outer jaxpr holds only the real program, and a closure over a traced value is not
-    # measured (its value exists only in the trace).
+    # the outer jaxpr holds only the real program; a closure over a value traced by the same jit
+    # is measured with a stand-in for that value too, one traced by vmap is not.
     calls = []
 
     def fake_pick(cands, prepare, **kw):
@@ -176,16 +176,33 @@ def test_under_jit_the_candidates_run_on_stand_ins_and_the_trace_stays_clean(mon
     assert len(calls) == 3 and all(c[1:] == ((4, 3), jnp.float32, (4,)) for c in calls), calls
     assert str(jaxpr) == str(jax.make_jaxpr(program(1))(x, keys))  # nothing of the measurement staged
     _chunking.clear_cache()
+    scales = []
+
+    def scaled(c):
+        def run(x, keys):
+            scales.append(y_now[0])
+            return program(c)(x, keys) * y_now[0]
+
+        return run
 
     def closes_over(y):
-        item = jax.make_jaxpr(lambda x: x * y)(jnp.zeros(3))  # y is a tracer of the outer jit
+        y_now[:] = [y]
+        item = jax.make_jaxpr(lambda x: x * y)(np.zeros(3, np.float32))  # y: a tracer of the outer trace
         return _chunking.resolve_chunk(
-            None, 4, where="closure", program=program, args=(x, keys), item_jaxpr=item, static=3
+            None, 4, where="closure", program=scaled, args=(x, keys), item_jaxpr=item, static=3
         )
 
-    seen = []
-    jax.jit(lambda y: seen.append(closes_over(y)) or y)(jnp.float32(2.0))
-    assert seen == [3]
+    y_now, seen = [None], []
+    jaxpr = jax.make_jaxpr(lambda y: seen.append(closes_over(y)) or y)(jnp.float32(2.0))
+    assert seen == [1], seen  # measured (the fake picks 1), not the static rule's 3
+    # Traced once per candidate (the closed-over value a tracer there, a parameter of the compiled
+    # candidate given a stand-in), and nothing of the measurement in the outer trace.
+    assert len(scales) == 2 and all(isinstance(s, jax.core.Tracer) for s in scales), scales
+    assert len(jaxpr.eqns) == 0, jaxpr
+    _chunking.clear_cache()
+    seen.clear()
+    jax.vmap(lambda y: seen.append(closes_over(y)) or y)(jnp.ones((2,), jnp.float32))
+    assert seen == [3], seen  # a closure over a vmap tracer: the static rule
 
 
 def test_stand_ins_are_concrete_arrays_of_the_traced_shapes_and_dtypes():
