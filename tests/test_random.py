@@ -79,31 +79,34 @@ def test_split_and_fold_in_equal_jax(stream, kind):
     assert _random.is_key_array(_random.split(key)) == _random.is_key_array(key)
 
 
+@pytest.mark.parametrize("write_once", [False, True])
 @pytest.mark.parametrize("kind", KEYS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
-@pytest.mark.parametrize("shape", [(), (1,), (3, 7), (1001,)])
-def test_standard_normal_equals_jax(stream, kind, dtype, shape):
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (2,), (3, 7), (1001,)])
+def test_standard_normal_equals_jax(stream, kind, dtype, shape, write_once):
     key = KEYS[kind]()
-    ours = _random.standard_normal(key, shape, dtype)
+    ours = _random.standard_normal(key, shape, dtype, write_once=write_once)
     assert ours.dtype == dtype
     np.testing.assert_array_equal(
         np.asarray(ours, np.float64), np.asarray(jax.random.normal(key, shape, dtype), np.float64)
     )
 
 
-def test_standard_normal_float64_equals_jax(stream):
+@pytest.mark.parametrize("write_once", [False, True])
+def test_standard_normal_float64_equals_jax(stream, write_once):
     with jax.enable_x64(True):
         key = jax.random.key(4)
         for shape in [(), (5,), (3, 7), (1001,)]:
-            ours = _random.standard_normal(key, shape, jnp.float64)
+            ours = _random.standard_normal(key, shape, jnp.float64, write_once=write_once)
             assert ours.dtype == jnp.float64
             np.testing.assert_array_equal(ours, jax.random.normal(key, shape, jnp.float64))
 
 
-def test_stacked_keys_under_vmap_equal_jax():
+@pytest.mark.parametrize("write_once", [False, True])
+def test_stacked_keys_under_vmap_equal_jax(write_once):
     keys = jax.random.split(jax.random.key(9), 3)
-    ours = jax.jit(jax.vmap(lambda k: _random.standard_normal(k, (4, 5), jnp.float32)))(keys)
-    np.testing.assert_array_equal(ours, jax.vmap(lambda k: jax.random.normal(k, (4, 5), jnp.float32))(keys))
+    draw = jax.jit(jax.vmap(lambda k: _random.standard_normal(k, (4, 5), jnp.float32, write_once=write_once)))
+    np.testing.assert_array_equal(draw(keys), jax.vmap(lambda k: jax.random.normal(k, (4, 5), jnp.float32))(keys))
     bits = jax.vmap(lambda k: _random.bits(k, (6,)))(keys)
     np.testing.assert_array_equal(bits, np.stack([jax.random.bits(k, (6,), jnp.uint32) for k in keys]))
 
@@ -116,14 +119,32 @@ def test_other_key_kinds_go_to_jax():
     np.testing.assert_array_equal(_data(_random.fold_in(key, 5)), _data(jax.random.fold_in(key, 5)))
 
 
-def test_normal_leaves_equal_one_jax_draw():
-    # normal_leaves cuts ONE draw of the total size into the leaves (documented): jax's draw.
+@pytest.mark.parametrize("write_once", [False, True])
+def test_normal_leaves_equal_one_jax_draw(write_once):
+    # normal_leaves cuts ONE draw of the total size into the leaves (documented): jax's draw,
+    # also written once and read by several consumers under jit.
     leaves = [jnp.zeros((3, 4)), jnp.zeros((5,)), jnp.zeros(())]
     key = jax.random.key(11)
     flat = np.asarray(jax.random.normal(key, (18,), jnp.float32))
-    got = _random.normal_leaves(key, leaves)
+    got = _random.normal_leaves(key, leaves, write_once=write_once)
     np.testing.assert_array_equal(np.concatenate([np.ravel(g) for g in got]), flat)
     assert [g.shape for g in got] == [(3, 4), (5,), ()]
+
+    @jax.jit
+    def readers(k):
+        eps = _random.normal_leaves(k, leaves, write_once=write_once)
+        return [1.0 + e for e in eps], [1.0 - e for e in eps], sum(jnp.sum(e * e) for e in eps)
+
+    plus, minus, sq = readers(key)
+    plus, minus = (np.concatenate([np.ravel(a) for a in t]) for t in (plus, minus))
+    if write_once:  # the readers read the written draw itself
+        np.testing.assert_array_equal(plus, np.float32(1.0) + flat)
+        np.testing.assert_array_equal(minus, np.float32(1.0) - flat)
+    else:  # fused into each reader, where XLA may contract sqrt(2) * erfinv(u) + 1 into one rounding
+        tol = 2 * np.finfo(np.float32).eps * (1.0 + np.abs(flat))
+        assert np.all(np.abs(plus - (1.0 + flat.astype(np.float64))) <= tol)
+        assert np.all(np.abs(minus - (1.0 - flat.astype(np.float64))) <= tol)
+    np.testing.assert_allclose(sq, np.sum(flat.astype(np.float64) ** 2), rtol=1e-5)
 
 
 @pytest.mark.parametrize("precision", [32, 16, 8])
