@@ -319,7 +319,11 @@ def sample(rng: jax.Array, vparams: MeanField) -> PyTree:
     raws = jax.tree.leaves(vparams.raw_std)
     if not means:
         return vparams.mean
-    draws = [m + jax.nn.softplus(r) * e for m, r, e in zip(means, raws, _random.normal_leaves(rng, means))]
+    # Written once: the noise is read by the draw and again by the gradient of raw_std; fused, XLA
+    # hashed it in each reader (a digits-MLP ELBO step 1.23x faster written once, prediction
+    # 1.08x; AMD EPYC). Noise read once (jr.gaussian_noise) is faster fused (0.83x written once).
+    eps = _random.normal_leaves(rng, means, write_once=True)
+    draws = [m + jax.nn.softplus(r) * e for m, r, e in zip(means, raws, eps)]
     return jax.tree.unflatten(treedef, draws)
 
 
