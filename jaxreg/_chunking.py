@@ -217,7 +217,10 @@ def _itemsize(dtype: Any) -> int:
 
 
 def jaxpr_bytes(jaxpr: Any) -> int:
-    """The summed bytes of every intermediate of ``jaxpr`` (inner jaxprs included)."""
+    """The summed bytes of every intermediate of ``jaxpr`` (inner jaxprs included).
+
+    A ``scan``'s (``lax.map``'s) stacked outputs count too: its body holds one iteration's.
+    """
     from jax.extend.core import jaxprs_in_params
 
     total = 0
@@ -225,7 +228,8 @@ def jaxpr_bytes(jaxpr: Any) -> int:
         inner = list(jaxprs_in_params(eqn.params))
         if inner:
             total += sum(jaxpr_bytes(j) for j in inner)
-            continue
+            if eqn.primitive.name != "scan":
+                continue
         for v in eqn.outvars:
             aval = v.aval
             shape, dtype = getattr(aval, "shape", None), getattr(aval, "dtype", None)

@@ -227,6 +227,9 @@ def standard_normal(rng: jax.Array, shape: Any, dtype: Any, *, write_once: bool 
     ``theta - sigma eps`` and the weighted sum, and the loss's fusions may read it again),
     ``write_once=True`` computes the draw in a ``lax.map`` over two halves of the elements, a loop
     XLA neither inlines nor fuses into the readers: written once, read by all (the same numbers).
+    With ``jax_threefry_partitionable`` off only the random words are written once
+    (``threefry_2x32(write_once=True)``); the ``erfinv`` transform stays fused into each reader,
+    where XLA may contract it with the reader's arithmetic (one rounding fewer).
     """
     dtype = jax.dtypes.canonicalize_dtype(float if dtype is None else dtype)  # float64 is float32 without x64
     shape = _shape(shape)
