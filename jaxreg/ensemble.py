@@ -419,8 +419,9 @@ def map(
         function), and the fastest is cached per program, argument shapes, ``N`` and device (on
         disk too with ``JAXREG_AUTOTUNE_CACHE=1``); values the function closes over that the
         same ``jit`` traces get stand-ins too. Under ``vmap`` or ``grad`` or on several devices
-        nothing is timed: the cached choice for the same program is used, else the static rule (one ``vmap`` if all members' intermediates fit in
-        128 MiB, else chunks within 48 MiB; constants measured on a 2-core AMD EPYC).
+        nothing is timed: the cached choice for the same program is used, else the static rule
+        (one ``vmap`` if all members' intermediates fit in 128 MiB, else chunks within 48 MiB;
+        constants measured on a 2-core AMD EPYC).
         ``JAXREG_AUTOTUNE=0`` always uses the static rule.
 
     Returns:
