@@ -553,10 +553,10 @@ def _measure(
             full = [next(it) if a else x for x, a in zip(leaves, is_arr)]
             return program(c)(*jax.tree.unflatten(treedef, full))
 
-        closed = jax.make_jaxpr(flat_program)(arrays) if traced else None
-        if closed is not None and any(isinstance(x, jax.core.Tracer) for x in closed.consts):
+        if traced:
             # Values the program closes over that exist only in the outer trace (a batch closed
             # over inside jit) become parameters, given stand-ins like the traced arguments.
+            closed = jax.make_jaxpr(flat_program)(arrays)
             consts = [_stand_in(x) for x in closed.consts]
             lowered = jax.jit(lambda arrs, cs: jax.core.eval_jaxpr(closed.jaxpr, cs, *arrs)).lower(arrays, consts)
             compiled = lowered.compile()

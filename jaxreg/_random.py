@@ -9,6 +9,7 @@ threefry's rounds written out (one fused pass; jax's CPU lowering loops 5 times 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -123,16 +124,23 @@ def threefry_2x32(keypair: jax.Array, count: jax.Array, *, write_once: bool = Fa
     size = flat.shape[0]
     pairs = -(-size // 2)
     flat = jnp.concatenate([flat, jnp.zeros((2 * pairs - size,), jnp.uint32)])
+    hash_pairs = functools.partial(threefry2x32, keypair[0], keypair[1])
     x1, x2 = flat[:pairs], flat[pairs:]
-    if write_once:
-        rows = -(-pairs // 2)  # the pairs padded to two equal halves, one per iteration
-        pad = jnp.zeros((2 * rows - pairs,), jnp.uint32)
-        halves = (jnp.concatenate([x1, pad]).reshape(2, rows), jnp.concatenate([x2, pad]).reshape(2, rows))
-        y1, y2 = jax.lax.map(lambda x: threefry2x32(keypair[0], keypair[1], x[0], x[1]), halves)
-        y1, y2 = y1.reshape(-1)[:pairs], y2.reshape(-1)[:pairs]
-    else:
-        y1, y2 = threefry2x32(keypair[0], keypair[1], x1, x2)
+    y1, y2 = _in_two_halves(hash_pairs, x1, x2) if write_once else hash_pairs(x1, x2)
     return jnp.concatenate([y1, y2])[:size].reshape(count.shape)
+
+
+def _in_two_halves(fn: Any, *xs: jax.Array) -> Any:
+    """``fn(*xs)`` of elementwise ``fn`` on 1-d ``xs``, run as a ``lax.map`` over two halves.
+
+    XLA neither inlines that loop nor fuses it into the readers of its result, so the result is
+    written once (the second half padded with zeros by at most one element, then cut).
+    """
+    n = xs[0].shape[0]
+    rows = -(-n // 2)
+    halves = [jnp.concatenate([x, jnp.zeros((2 * rows - n,), x.dtype)]).reshape(2, rows) for x in xs]
+    out = jax.lax.map(lambda h: fn(*h), halves)
+    return jax.tree.map(lambda y: y.reshape(-1)[:n], out)
 
 
 def threefry_key_data(rng: jax.Array) -> tuple[jax.Array, bool] | None:
@@ -247,14 +255,10 @@ def standard_normal(rng: jax.Array, shape: Any, dtype: Any, *, write_once: bool 
     if not partitionable:  # float32: the flat counter's words, then the transform
         words = threefry_2x32(key, jax.lax.iota(jnp.uint32, size), write_once=write_once).reshape(shape)
         return _normal_of_words(words, dtype)
-    if write_once and size > 1:
-        # Element i's draw depends on i alone (the hash of its 64-bit index, high word 0 here):
-        # two halves of the indices, the second padded by at most one element, then cut.
-        rows = -(-size // 2)
-        halves = jax.lax.iota(jnp.uint32, 2 * rows).reshape(2, rows)
-        flat = jax.lax.map(lambda low: _normal_of_index(key, low, dtype), halves)
-        return flat.reshape(-1)[:size].reshape(shape)
-    return _normal_of_index(key, jax.lax.iota(jnp.uint32, size), dtype).reshape(shape)
+    # Element i's draw depends on i alone (the hash of its 64-bit index, high word 0 here).
+    draw = functools.partial(_normal_of_index, key, dtype=dtype)
+    low = jax.lax.iota(jnp.uint32, size)
+    return (_in_two_halves(draw, low) if write_once else draw(low)).reshape(shape)
 
 
 def _normal_of_index(key: jax.Array, low: jax.Array, dtype: Any) -> jax.Array:

@@ -114,13 +114,19 @@ def _one_direction(loss_fn: Callable[[PyTree], Any], treedef: Any, antithetic: b
 
     def one(leaves: list[Any], rng: jax.Array, sigma: jax.Array, i: jax.Array) -> list[Any]:
         eps = _random.normal_leaves(jax.random.fold_in(rng, i), leaves, write_once=True)
-        signs = (1.0, -1.0) if antithetic else (1.0,)
-        return [
-            loss_fn(jax.tree.unflatten(treedef, [x + (s * sigma).astype(e.dtype) * e for x, e in zip(leaves, eps)]))
-            for s in signs
-        ]
+        return _perturbed_losses(loss_fn, treedef, leaves, [sigma.astype(e.dtype) * e for e in eps], antithetic)
 
     return one
+
+
+def _perturbed_losses(
+    loss_fn: Callable[[PyTree], Any], treedef: Any, leaves: list[Any], deltas: list[Any], antithetic: bool
+) -> list[Any]:
+    """``[L(theta + delta), L(theta - delta)]`` (antithetic) or ``[L(theta + delta)]``, ``loss_fn`` called as is."""
+    members = [[x + d for x, d in zip(leaves, deltas)]]
+    if antithetic:
+        members.append([x - d for x, d in zip(leaves, deltas)])
+    return [loss_fn(jax.tree.unflatten(treedef, m)) for m in members]
 
 
 def _estimate(
@@ -154,10 +160,7 @@ def _estimate(
         if b == 1:
             # One direction: loss_fn on each perturbed params itself, as a loop of jitted
             # evaluations runs it (a vmap over the signs would batch every matmul of the loss).
-            members = [[x + d[0] for x, d in zip(leaves, steps)]]
-            if antithetic:
-                members.append([x - d[0] for x, d in zip(leaves, steps)])
-            outs = [loss_fn(jax.tree.unflatten(treedef, m)) for m in members]
+            outs = _perturbed_losses(loss_fn, treedef, leaves, [d[0] for d in steps], antithetic)
             if any(jnp.shape(o) != () for o in outs):
                 shape = next(jnp.shape(o) for o in outs if jnp.shape(o) != ())
                 raise ValueError(f"{where}: loss_fn must return a scalar, got an output of shape {shape}.")
