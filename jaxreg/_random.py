@@ -167,14 +167,18 @@ def _as_key(data: jax.Array, typed: bool) -> jax.Array:
     return jax.random.wrap_key_data(data, impl="threefry2x32") if typed else data
 
 
-def _hash_iota(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
-    """The hash of each element's 64-bit index (jax's ``iota_2x32_shape``; a size below 2**32).
+def _hash_index(key: jax.Array, low: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The hash of the 64-bit indices whose low words are ``low`` (high words 0: a size below 2**32).
 
-    jax's partitionable stream: ``bits`` xors the two words, ``split`` stacks them, a float64
-    draw joins them high then low.
+    jax's partitionable stream hashes each element's flat index (its ``iota_2x32_shape``):
+    ``bits`` xors the two words, ``split`` stacks them, a float64 draw joins them high then low.
     """
-    low = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-    return threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), low)
+    return threefry2x32(key[0], key[1], jnp.zeros(low.shape, jnp.uint32), low)
+
+
+def _iota(shape: tuple[int, ...]) -> jax.Array:
+    """The flat index of each element of ``shape``, as uint32."""
+    return jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
 
 
 def bits(rng: jax.Array, shape: Any) -> jax.Array:
@@ -190,7 +194,7 @@ def bits(rng: jax.Array, shape: Any) -> jax.Array:
         return jax.random.bits(rng, shape, jnp.uint32)
     key, _ = found
     if jax.config.jax_threefry_partitionable:
-        b1, b2 = _hash_iota(key, shape)
+        b1, b2 = _hash_index(key, _iota(shape))
         return b1 ^ b2
     return threefry_2x32(key, jax.lax.iota(jnp.uint32, math.prod(shape))).reshape(shape)
 
@@ -202,7 +206,7 @@ def split(rng: jax.Array, num: int = 2) -> jax.Array:
         return jax.random.split(rng, num)
     key, typed = found
     if jax.config.jax_threefry_partitionable:
-        new = jnp.stack(_hash_iota(key, (num,)), axis=1)
+        new = jnp.stack(_hash_index(key, _iota((num,))), axis=1)
     else:
         new = threefry_2x32(key, jax.lax.iota(jnp.uint32, 2 * num)).reshape(num, 2)
     return _as_key(new, typed)
@@ -263,7 +267,7 @@ def standard_normal(rng: jax.Array, shape: Any, dtype: Any, *, write_once: bool 
 
 def _normal_of_index(key: jax.Array, low: jax.Array, dtype: Any) -> jax.Array:
     """The partitionable stream's normal draw of the elements with flat indices ``low`` (below 2**32)."""
-    b1, b2 = threefry2x32(key[0], key[1], jnp.zeros(low.shape, jnp.uint32), low)
+    b1, b2 = _hash_index(key, low)
     if dtype == jnp.float64:  # the two words joined, high then low
         words = jax.lax.shift_left(b1.astype(jnp.uint64), np.uint64(32)) | b2.astype(jnp.uint64)
     else:

@@ -161,10 +161,7 @@ def _estimate(
             # One direction: loss_fn on each perturbed params itself, as a loop of jitted
             # evaluations runs it (a vmap over the signs would batch every matmul of the loss).
             outs = _perturbed_losses(loss_fn, treedef, leaves, [d[0] for d in steps], antithetic)
-            if any(jnp.shape(o) != () for o in outs):
-                shape = next(jnp.shape(o) for o in outs if jnp.shape(o) != ())
-                raise ValueError(f"{where}: loss_fn must return a scalar, got an output of shape {shape}.")
-            losses = jnp.stack([jnp.asarray(o) for o in outs])
+            losses = jnp.stack([jnp.asarray(o) for o in outs])  # a non-scalar loss: the check below
         else:
             perturbed = []
             for x, d in zip(leaves, steps):
