@@ -204,6 +204,18 @@ def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "",
         raise ValueError(f"{message} {_fmt(arr)}.")
 
 
+def check_applied(where: str, **hyperparameters: Any) -> None:
+    """A penalty applied to params holds one number per hyperparameter: a stacked one (a sweep's
+    array) belongs under ``jax.vmap`` over the penalty, where each member's is a scalar; applied
+    as it is, it would make the value a vector and the prox threshold each column differently."""
+    for name, value in hyperparameters.items():
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"{where}: {name} must be one number when the penalty is applied (vmap over a penalty "
+                f"built from an array of values to sweep them), got {name}.shape = {jnp.shape(value)}."
+            )
+
+
 def as_float_array(x: ArrayLike) -> jax.Array:
     """A hyperparameter as a strongly typed float array (default float dtype), tracers as they are.
 

@@ -39,6 +39,7 @@ class Constraint:
         def one(path: Any, keep: bool, x: Any) -> Any:
             if not keep:
                 return x
+            x = jnp.asarray(x)  # a Python number leaf, as penalties accept
             return self._project_leaf(path, x.astype(compute_dtype(x.dtype))).astype(x.dtype)
 
         return jax.tree_util.tree_map_with_path(one, selection(self.mask, params, self._name), params)

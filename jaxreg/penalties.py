@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -112,30 +112,21 @@ def _check_scalar_step(step: Any, where: str) -> None:
         )
 
 
-def _check_applied(where: str, **hyperparameters: Any) -> None:
-    """A penalty applied to params holds one number per hyperparameter: a stacked one (a sweep's
-    array) belongs under ``jax.vmap`` over the penalty, where each member's is a scalar; applied
-    as it is, it would make the value a vector and the prox threshold each column differently."""
-    for name, value in hyperparameters.items():
-        if jnp.ndim(value) != 0:
-            raise ValueError(
-                f"{where}: {name} must be one number when the penalty is applied (vmap over a penalty "
-                f"built from an array of values to sweep them), got {name}.shape = {jnp.shape(value)}."
-            )
-
-
 class Penalty:
     """Base class of penalties: ``tree -> scalar``, ``prox``, ``+`` and scalar ``*``.
 
     Subclasses are frozen dataclasses registered as pytrees (numeric hyperparameters are leaves)
     and implement ``__call__`` and ``prox``; build them with the factory functions
     (:func:`l2`, ...), which check their arguments. ``penalty_a + penalty_b`` is a
-    :class:`Sum`; ``c * penalty`` is a :class:`Scaled` penalty whose prox is exact
-    (``prox_{c p}(v, t) = prox_p(v, c t)``). Values are reduced in float32 at least (half
-    precision leaves do not overflow) and returned in that dtype; ``prox`` returns each leaf in
-    its own dtype. Only floating-point leaves are penalized; integer leaves and ``None``
-    subtrees pass through.
+    :class:`Sum` (``sum(penalties)`` works too); ``c * penalty`` is a :class:`Scaled` penalty
+    whose prox is exact (``prox_{c p}(v, t) = prox_p(v, c t)``). Values are reduced in float32 at
+    least (half precision leaves do not overflow) and returned in that dtype; ``prox`` returns
+    each leaf in its own dtype. Only floating-point leaves are penalized; integer leaves and
+    ``None`` subtrees pass through. A subclass without a closed-form prox sets
+    ``has_prox = False`` (its ``prox`` raises ``NotImplementedError``).
     """
+
+    has_prox: ClassVar[bool] = True
 
     def __call__(self, tree: PyTree) -> jax.Array:
         raise NotImplementedError
@@ -150,6 +141,12 @@ class Penalty:
         left = self.terms if isinstance(self, Sum) else (self,)
         right = other.terms if isinstance(other, Sum) else (other,)
         return Sum(left + right)
+
+    def __radd__(self, other: Any) -> Penalty:
+        # ``sum(penalties)`` starts from the integer 0
+        if isinstance(other, int) and not isinstance(other, bool) and other == 0:
+            return self
+        return NotImplemented
 
     def __mul__(self, factor: ArrayLike) -> Scaled:
         if isinstance(factor, Penalty):
@@ -199,14 +196,14 @@ class L2(Penalty):
         return jax.tree.map(lambda x, c: _acc(x) - _as(c, x) if _is_float_leaf(x) else x, tree, centers)
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        _check_applied("l2", scale=self.scale)
+        _checks.check_applied("l2", scale=self.scale)
         diffs = self._diffs(tree)
         keep = jax.tree.leaves(selection(self.mask, tree, "l2"))
         terms = [jnp.sum(_abs2(_acc(d))) for d, k in zip(jax.tree.leaves(diffs), keep) if k]
         return _scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        _check_applied("l2", scale=self.scale)
+        _checks.check_applied("l2", scale=self.scale)
         steps = _steps_like(step, tree, "l2.prox")
         if self.center is None:
             return _map_selected(
@@ -230,9 +227,20 @@ def _is_float_leaf(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _step_times(step: jax.Array, scale: jax.Array) -> jax.Array:
+def _wider(a: Any, b: Any) -> np.dtype:
+    """The dtype two operands are computed in, chosen explicitly (so strict promotion, on in the
+    caller, does not refuse bfloat16 with float32)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(a, b)
+
+
+def _step_times(step: ArrayLike, scale: ArrayLike) -> jax.Array:
     """``step * scale``, 0 for an infinite step of a zero penalty (``inf * 0`` is NaN; that prox is
-    the identity). Finite steps take the product itself, so its gradient in the scale is kept."""
+    the identity). Finite steps take the product itself, so its gradient in the scale is kept.
+    Computed in the wider of the two dtypes (explicit: a half-precision step under strict promotion)."""
+    step, scale = jnp.asarray(step), jnp.asarray(scale)
+    dtype = _wider(step.dtype, scale.dtype)
+    step, scale = step.astype(dtype), scale.astype(dtype)
     return jnp.where(jnp.isinf(step) & (scale == 0), jnp.zeros_like(step), step * scale)
 
 
@@ -282,11 +290,11 @@ class L1(Penalty):
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        _check_applied("l1", scale=self.scale)
+        _checks.check_applied("l1", scale=self.scale)
         return _scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "l1"))
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        _check_applied("l1", scale=self.scale)
+        _checks.check_applied("l1", scale=self.scale)
         steps = _steps_like(step, tree, "l1.prox")
         return _map_selected(
             lambda x, t: _soft_threshold(_acc(x), _step_times(_as(t, x), _as(self.scale, x))),
@@ -313,13 +321,13 @@ class ElasticNet(Penalty):
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        _check_applied("elastic_net", l1=self.l1, l2=self.l2)
+        _checks.check_applied("elastic_net", l1=self.l1, l2=self.l2)
         absolute = _scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "elastic_net"))
         squared = _scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(_abs2(x)), tree, self.mask, "elastic_net"))
         return absolute + squared.astype(absolute.dtype)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        _check_applied("elastic_net", l1=self.l1, l2=self.l2)
+        _checks.check_applied("elastic_net", l1=self.l1, l2=self.l2)
         steps = _steps_like(step, tree, "elastic_net.prox")
 
         def one(x: jax.Array, t: Any) -> jax.Array:
@@ -409,27 +417,53 @@ class Tie(Penalty):
         return a, b
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        _check_applied("tie", scale=self.scale)
+        _checks.check_applied("tie", scale=self.scale)
         a, b = self._pair(tree)
-        terms = [jnp.sum(_abs2(_acc(x) - _as(y, x))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+        terms = [
+            jnp.sum(_abs2(_pair_acc(x, y)[0] - _pair_acc(x, y)[1]))
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+            if _is_float_leaf(x) and _is_float_leaf(y)
+        ]
         return _scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        _check_applied("tie", scale=self.scale)
+        _checks.check_applied("tie", scale=self.scale)
         _check_scalar_step(step, "tie.prox")
         a, b = self._pair(tree)
 
-        def half_change(x: jax.Array, y: jax.Array) -> jax.Array:
-            removed = 1.0 - 1.0 / (1.0 + 4.0 * _step_times(_as(step, x), _as(self.scale, x)))
-            return (0.5 * removed * (_acc(x) - _as(y, x))).astype(jnp.result_type(x))
+        def half_change(x: jax.Array, y: jax.Array) -> tuple[Any, Any]:
+            """The changes of ``x`` and ``y`` (each in its own dtype; none for a non-float pair)."""
+            if not (_is_float_leaf(x) and _is_float_leaf(y)):
+                return _no_change(x), _no_change(y)
+            u, v = _pair_acc(x, y)
+            removed = 1.0 - 1.0 / (1.0 + 4.0 * _step_times(_as(step, u), _as(self.scale, u)))
+            half = 0.5 * removed * (u - v)
+            return (-half).astype(jnp.result_type(x)), half.astype(jnp.result_type(y))
 
-        half = jax.tree.map(half_change, a, b)
+        changes = [half_change(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+        cotangent = (
+            jax.tree.unflatten(jax.tree.structure(a), [c[0] for c in changes]),
+            jax.tree.unflatten(jax.tree.structure(b), [c[1] for c in changes]),
+        )
         # ``where`` selects; the transpose of its linearization scatters the change back.
         _, scatter = jax.vjp(self.where, tree)
-        (delta,) = scatter((jax.tree.map(jnp.negative, half), half))
+        (delta,) = scatter(cotangent)
         return jax.tree.map(
             lambda x, d: (_acc(x) + _as(d, x)).astype(jnp.result_type(x)) if _is_float_leaf(x) else x, tree, delta
         )
+
+
+def _pair_acc(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A tied pair in one compute dtype: the wider of the two leaves', float32 at least."""
+    dtype = _wider(_acc(x).dtype, _acc(y).dtype)
+    return _acc(x).astype(dtype), _acc(y).astype(dtype)
+
+
+def _no_change(x: Any) -> Any:
+    """A zero cotangent for leaf ``x``: float0 for an integer or bool leaf, as ``jax.vjp`` wants."""
+    if _is_float_leaf(x):
+        return jnp.zeros(jnp.shape(x), jnp.result_type(x))
+    return np.zeros(jnp.shape(x), jax.dtypes.float0)
 
 
 def _check_axis(where: str, axis: Any) -> int:
@@ -480,13 +514,13 @@ class GroupLasso(Penalty):
         return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        _check_applied("group_lasso", scale=self.scale)
+        _checks.check_applied("group_lasso", scale=self.scale)
         keep = jax.tree.leaves(selection(self.mask, tree, "group_lasso"))
         paths = jax.tree_util.tree_flatten_with_path(tree)[0]
         return _scaled_total(self.scale, [jnp.sum(self._norms(p, x)) for (p, x), k in zip(paths, keep) if k])
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        _check_applied("group_lasso", scale=self.scale)
+        _checks.check_applied("group_lasso", scale=self.scale)
         _check_scalar_step(step, "group_lasso.prox")
 
         def one(path: Any, keep: bool, x: Any) -> Any:
@@ -537,13 +571,18 @@ class Sum(Penalty):
         # L2(1)'s prox with a step t * sum_k c_k s_k per leaf (0, the identity, where none selects)
         strength = jax.tree.map(lambda x: 0.0, tree)
         for factor, p in shrinks:
-            scale = p.scale if factor is None else jnp.asarray(factor) * jnp.asarray(p.scale)
+            scale = p.scale if factor is None else _step_times(factor, p.scale)
             keep = selection(p.mask, tree, "l2")
             strength = jax.tree.map(lambda total, k, scale=scale: total + scale if k else total, strength, keep)
         steps = _steps_like(step, tree, "l2.prox")
         return L2(jnp.ones([], default_float()), center=None, mask=None).prox(
-            tree, jax.tree.map(lambda t, k: _step_times(jnp.asarray(t), jnp.asarray(k)), steps, strength)
+            tree, jax.tree.map(_step_times, steps, strength)
         )
+
+
+def without_prox(penalty: Penalty) -> list[str]:
+    """The names of the terms of ``penalty`` that have no closed-form prox (``has_prox = False``)."""
+    return sorted({type(p).__name__ for _, p in _atoms(penalty, None) if not p.has_prox})
 
 
 def non_separable(penalty: Penalty) -> list[str]:
@@ -558,7 +597,7 @@ def _atoms(penalty: Penalty, factor: Any) -> list[tuple[Any, Penalty]]:
     if isinstance(penalty, Sum):
         return [atom for t in penalty.terms for atom in _atoms(t, factor)]
     if isinstance(penalty, Scaled):
-        inner = penalty.factor if factor is None else jnp.asarray(factor) * jnp.asarray(penalty.factor)
+        inner = penalty.factor if factor is None else _step_times(factor, penalty.factor)
         return _atoms(penalty.penalty, inner)
     if isinstance(penalty, ElasticNet):
         return [(factor, L1(penalty.l1, mask=penalty.mask)), (factor, L2(penalty.l2, center=None, mask=penalty.mask))]
@@ -573,13 +612,13 @@ class Scaled(Penalty):
     penalty: Penalty
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        _check_applied("a scaled penalty", factor=self.factor)
+        _checks.check_applied("a scaled penalty", factor=self.factor)
         value = self.penalty(tree)
         return jnp.asarray(self.factor).astype(value.dtype) * value
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
-        _check_applied("a scaled penalty", factor=self.factor)
-        return self.penalty.prox(tree, jax.tree.map(lambda t: self.factor * t, step))
+        _checks.check_applied("a scaled penalty", factor=self.factor)
+        return self.penalty.prox(tree, jax.tree.map(lambda t: _step_times(t, self.factor), step))
 
 
 def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L2:

@@ -30,8 +30,8 @@ class Share:
     r"""Hard sharing: the places ``where(params)`` selects hold one stored copy.
 
     ``where(params)`` returns a sequence of uses (subtrees of ``params``). The first is the
-    source; use ``k`` is computed as ``transforms[k](source)`` (identity by default; pass
-    ``jnp.transpose`` for the decoder of a tied autoencoder). :meth:`compress` keeps the source
+    source; use ``k`` is computed leaf by leaf, ``jax.tree.map(transforms[k], source)`` (identity by
+    default; pass ``jnp.transpose`` for the decoder of a tied autoencoder). :meth:`compress` keeps the source
     once; :meth:`expand` rebuilds full params to feed the model. Because ``expand`` is
     differentiable, the gradient with respect to the stored copy is the sum over its uses:
 
@@ -39,7 +39,8 @@ class Share:
 
     Args:
       where: ``params -> (use_0, use_1, ...)``; it must only select, not compute.
-      transforms: one callable or ``None`` per use; ``transforms[0]`` must be ``None``.
+      transforms: one callable (applied to each leaf of the source) or ``None`` per use;
+        ``transforms[0]`` must be ``None``.
 
     Raises:
       ValueError: if ``where`` selects fewer than two uses, or a use's structure or shapes do

@@ -30,7 +30,7 @@ from jax.typing import ArrayLike
 
 from jaxreg import _checks
 from jaxreg._tree import kernels, optional_mask, resolve_mask
-from jaxreg.penalties import Penalty, _check_applied
+from jaxreg.penalties import Penalty
 
 PyTree = Any
 
@@ -292,12 +292,14 @@ def _total(terms: list[jax.Array], dtype: Any) -> jax.Array:
 class SpectralPenalty(Penalty):
     r"""``scale`` times the sum of the squared estimated top singular values; see :func:`spectral_penalty`."""
 
+    has_prox = False
+
     scale: jax.Array
     mask: Any = None
     num_iters: int = 10
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        _check_applied("spectral_penalty", scale=self.scale)
+        _checks.check_applied("spectral_penalty", scale=self.scale)
         terms = []
         for i, (_, x) in enumerate(_selected("spectral_penalty", self.mask, tree)):
             sigma, _, _ = power_iteration(_as_matrix(x), _start_vector(i, x.shape[-1], x.dtype), self.num_iters)
@@ -363,12 +365,14 @@ def _gram(m: jax.Array, mode: str) -> jax.Array:
 class Orthogonal(Penalty):
     r"""Soft orthogonality :math:`\lambda \|M M^\top - I\|_F^2` (rows) or :math:`\lambda \|M^\top M - I\|_F^2`; see :func:`orthogonal`."""
 
+    has_prox = False
+
     scale: jax.Array
     mode: str = "rows"
     mask: Any = None
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        _check_applied("orthogonal", scale=self.scale)
+        _checks.check_applied("orthogonal", scale=self.scale)
         terms = []
         for _, x in _selected("orthogonal", self.mask, tree):
             g = _gram(_as_matrix(x), self.mode)

@@ -22,7 +22,7 @@ import optax
 
 from jaxreg import _checks
 from jaxreg._tree import is_float
-from jaxreg.penalties import Penalty, non_separable
+from jaxreg.penalties import Penalty, non_separable, without_prox
 
 PyTree = Any
 
@@ -54,6 +54,15 @@ def _check_penalty(name: str, penalty: Any) -> None:
                 "static_args=('penalty',), or sweep with jr.sweepable)"
             )
         raise ValueError(f"{name}: penalty must be a jaxreg Penalty, got penalty = {penalty!r}{hint}.")
+
+
+def _check_has_prox(name: str, penalty: Penalty) -> None:
+    missing = without_prox(penalty)
+    if missing:
+        raise ValueError(
+            f"{name}: penalty has no closed-form proximal operator for {', '.join(missing)}; put it in the "
+            f"loss (jr.regularize) or the gradient (jr.add_penalty_grad) instead, got penalty = {penalty!r}."
+        )
 
 
 def _check_learning_rate(name: str, learning_rate: Any) -> None:
@@ -186,7 +195,8 @@ def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.G
       An ``optax.GradientTransformation`` with a :class:`ProximalState`.
 
     Raises:
-      ValueError: if ``learning_rate`` is negative, or at ``update`` time without ``params``.
+      ValueError: if ``learning_rate`` is negative, if a term of ``penalty`` has no closed-form
+        prox (``jr.orthogonal``, ``jr.spectral_penalty``), or at ``update`` time without ``params``.
 
     Examples:
       >>> import jax.numpy as jnp, optax, jaxreg as jr
@@ -197,6 +207,7 @@ def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.G
       Array([ 0. , -1.9], dtype=float32)
     """
     _check_penalty("proximal", penalty)
+    _check_has_prox("proximal", penalty)
     _check_learning_rate("proximal", learning_rate)
 
     def init_fn(params: PyTree) -> ProximalState:
@@ -240,7 +251,8 @@ def proximal_adam(
 
     which for a separable penalty (``l1``, ``l2``, ``elastic_net``) is the penalty's prox with
     a per-coordinate step (for L1: threshold :math:`\eta_i \lambda`). With a zero penalty it
-    is ``optax.adam``. Non-separable penalties (``group_lasso``, ``tie``) are refused.
+    is ``optax.adam``. Non-separable penalties (``group_lasso``, ``tie``) and those without a
+    closed-form prox (``orthogonal``, ``spectral_penalty``) are refused with a ``ValueError``.
 
     Caution: a coordinate whose gradient has always been zero (an unused embedding row, a dead
     unit) has :math:`\hat v_i = 0`, hence :math:`\eta_i = \eta / \epsilon` (``1e5`` for
@@ -275,6 +287,7 @@ def proximal_adam(
             f"penalty = {penalty!r} and learning_rate = {learning_rate!r} (the order before 0.2)."
         )
     _check_penalty("proximal_adam", penalty)
+    _check_has_prox("proximal_adam", penalty)
     _check_learning_rate("proximal_adam", learning_rate)
     for name, value in (("b1", b1), ("b2", b2)):
         _checks.check_in_range(name, value, 0, 1, "proximal_adam", scalar=True)

@@ -149,3 +149,36 @@ def test_half_precision_hyperparameters_are_checked_as_numbers(dtype):
         jr.dropout(jax.random.key(0), x, jnp.asarray(jnp.inf, dtype))
     with pytest.raises(ValueError, match="std"):
         jr.kl_normal(mu, jnp.zeros(3, dtype))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_sum_and_scaled_prox_with_a_half_precision_step(dtype):
+    # Strict promotion is on (conftest): a half step meets float32 hyperparameters explicitly.
+    w, t = _leaf(dtype, shape=(30, 20), scale=3.0), jnp.asarray(0.5, dtype)
+    soft = lambda v, th: np.sign(v) * np.maximum(np.abs(v) - th, 0.0)  # noqa: E731
+    cases = [
+        (jr.l1(0.7) + jr.l2(0.3), soft(_f64(w), 0.7 * 0.5) / (1.0 + 2.0 * 0.3 * 0.5)),
+        (2.0 * jr.l1(0.7), soft(_f64(w), 2.0 * 0.7 * 0.5)),
+        (2.0 * (jr.l1(0.7) + jr.l2(0.3)), soft(_f64(w), 1.4 * 0.5) / (1.0 + 2.0 * 0.6 * 0.5)),
+    ]
+    for penalty, ref in cases:
+        out = penalty.prox(w, t)
+        assert out.dtype == dtype
+        np.testing.assert_allclose(_f64(out), ref, rtol=_eps(dtype), atol=_eps(dtype) * 1e-3 * np.max(np.abs(ref)))
+    opt = jr.proximal_adam(jr.l1(0.1) + jr.l2(0.1), jnp.asarray(0.1, dtype))
+    updates, _ = opt.update(jnp.ones_like(w), opt.init(w), w)
+    assert updates.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_tie_prox_of_a_float32_and_a_half_group(dtype):
+    a, b = _leaf(jnp.float32, shape=(6, 4), scale=3.0, seed=3), _leaf(dtype, shape=(6, 4), scale=3.0, seed=4)
+    pen, t = jr.tie(0.7, lambda q: (q["a"], q["b"])), 0.3
+    out = pen.prox({"a": a, "b": b}, t)
+    assert out["a"].dtype == jnp.float32 and out["b"].dtype == dtype
+    # The pair moves to its mean by the factor 1 / (1 + 4 t lambda), computed on the given values.
+    va, vb = _f64(a), _f64(b)
+    half = 0.5 * (1.0 - 1.0 / (1.0 + 4 * t * 0.7)) * (va - vb)
+    np.testing.assert_allclose(_f64(out["a"]), va - half, rtol=8 * EPS32, atol=8 * EPS32 * np.max(np.abs(va)))
+    np.testing.assert_allclose(_f64(out["b"]), vb + half, rtol=_eps(dtype), atol=_eps(dtype) * np.max(np.abs(vb)))
+    np.testing.assert_allclose(pen({"a": a, "b": b}), 0.7 * np.sum((va - vb) ** 2), rtol=va.size * EPS32)

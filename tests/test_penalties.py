@@ -201,6 +201,29 @@ def test_integer_leaves_are_never_penalized():
     assert int(out["count"][0]) == 5 and float(out["w"][0]) == 0.0
 
 
+def test_tie_skips_pairs_with_an_integer_leaf():
+    tree = {"a": jnp.array([3], jnp.int32), "b": jnp.array([0.5]), "c": jnp.array([1.0, 2.0]), "d": jnp.zeros(2)}
+    pen, t = jr.tie(2.0, lambda q: ((q["a"], q["c"]), (q["b"], q["d"]))), 0.1
+    np.testing.assert_allclose(pen(tree), 2.0 * (1.0 + 4.0), rtol=8 * EPS)  # only the (c, d) pair
+    out = pen.prox(tree, t)
+    assert out["a"].dtype == jnp.int32 and int(out["a"][0]) == 3 and float(out["b"][0]) == 0.5
+    np.testing.assert_allclose(out["c"] - out["d"], np.array([1.0, 2.0]) / (1 + 4 * t * 2.0), rtol=8 * EPS)
+    np.testing.assert_allclose(out["c"] + out["d"], np.array([1.0, 2.0]), rtol=8 * EPS)
+    grads, _ = jr.add_penalty_grad(pen).update(jax.tree.map(jnp.zeros_like, tree), optax.EmptyState(), tree)
+    np.testing.assert_allclose(grads["c"], 2.0 * 2.0 * np.array([1.0, 2.0]), rtol=8 * EPS)
+    assert float(grads["b"][0]) == 0.0
+
+
+def test_sum_of_a_list_and_zero_scaled_prox_at_infinite_step():
+    w = jnp.array([0.5, -2.0, 3.0])
+    total = sum([jr.l1(0.3), jr.l2(0.2), jr.group_lasso(0.1)])
+    ref = 0.3 * 5.5 + 0.2 * (0.25 + 4.0 + 9.0) + 0.1 * float(np.abs(np.asarray(w)).sum())  # 1-D: groups of one
+    np.testing.assert_allclose(total(w), ref, rtol=8 * EPS)
+    # prox of 0 * penalty is the identity, whatever the step (0 * inf is not a NaN threshold here)
+    np.testing.assert_array_equal((0.0 * jr.l1(1.0)).prox(w, jnp.inf), w)
+    np.testing.assert_array_equal((0.0 * (jr.l1(1.0) + jr.l2(1.0))).prox(w, jnp.inf), w)
+
+
 def test_sweep_of_scales_is_one_vmap_and_one_trace():
     w = {"w": jnp.arange(4.0)}
     scales = jnp.array([0.0, 0.5, 1.0, 2.0])
