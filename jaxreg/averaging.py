@@ -151,7 +151,7 @@ def _next_snapshot(state: SwaState | SwagState) -> tuple[jax.Array, jax.Array, j
     ``weight`` moves a running mean of ``n`` snapshots to the mean of ``n + 1`` (``1 / (n + 1)``)
     on a snapshot; before the first snapshot (``n = 0``) it is 1, so the "average" follows the params.
     """
-    count = state.count + 1
+    count = optax.safe_increment(state.count)
     snap = _snapshot(count, state.start, state.every)
     n = state.num_averaged
     dtype = default_float()
@@ -215,7 +215,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
 
     def update_fn(updates, state, params=None):
         _need_params("ema", params)
-        count = state.count + 1
+        count = optax.safe_increment(state.count)
         one_minus = 1.0 - state.decay
         if debias:
             t = count.astype(one_minus.dtype)

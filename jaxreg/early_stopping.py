@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
@@ -129,13 +130,21 @@ def _check_mode(where: str, mode: Any) -> None:
         raise ValueError(f'{where}: mode must be "min" or "max", got mode = {mode!r}.')
 
 
-def _metric_and_dtype(metric: ArrayLike, state_dtype: Any) -> tuple[jax.Array, Any]:
+def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> tuple[jax.Array, Any]:
     """The metric in its own float dtype (ints and bools in the state's), and the comparison dtype.
 
     The comparison runs in the wider of the metric's and the state's float dtypes (an explicit
     promotion, so strict dtype promotion holds): no rounding of the metric before it is compared.
+    The metric is a scalar or shaped like the state's best value (one per member): any other
+    shape would broadcast the state into a new one.
     """
     metric = jnp.asarray(metric)
+    state_dtype, state_shape = state_best.dtype, jnp.shape(state_best)
+    if metric.shape not in ((), state_shape):
+        raise ValueError(
+            f"{where}: metric must be a scalar or one per member, shaped like the state's best value "
+            f"{state_shape}, got metric.shape = {metric.shape}."
+        )
     if not jnp.issubdtype(metric.dtype, jnp.floating):
         metric = metric.astype(state_dtype)
     a, b = jnp.dtype(metric.dtype), jnp.dtype(state_dtype)
@@ -333,7 +342,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
 
     def improved(self, state: EarlyStoppingState, metric: ArrayLike) -> jax.Array:
         """Whether ``metric`` improves on ``state.best_metric`` by more than ``min_delta`` (False on NaN)."""
-        metric, dtype = _metric_and_dtype(metric, state.best_metric.dtype)
+        metric, dtype = _metric_and_dtype(metric, state.best_metric, "EarlyStopping.improved")
         return self._beats(metric, state.best_metric, dtype)
 
     def update(self, state: EarlyStoppingState, metric: ArrayLike, params: PyTree) -> EarlyStoppingState:
@@ -348,7 +357,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
         Returns:
           The new state; ``state`` itself (leaf for leaf) where already stopped.
         """
-        metric, dtype = _metric_and_dtype(metric, state.best_metric.dtype)
+        metric, dtype = _metric_and_dtype(metric, state.best_metric, "EarlyStopping.update")
         active = jnp.logical_not(state.stopped)
         counted = jnp.logical_and(active, state.step >= self.start_from)
         better = jnp.logical_and(counted, self._beats(metric, state.best_metric, dtype))
@@ -358,7 +367,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
             best_metric=jnp.where(better, metric.astype(state.best_metric.dtype), state.best_metric),
             best_params=_select(better, params, state.best_params),
             best_step=jnp.where(better, state.step, state.best_step),
-            step=state.step + 1,
+            step=optax.safe_increment(state.step),
             wait=wait,
             stopped=jnp.logical_and(counted, wait >= self.patience),
         )
@@ -514,7 +523,7 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
         Returns:
           The new state.
         """
-        metric, dtype = _metric_and_dtype(metric, state.best.dtype)
+        metric, dtype = _metric_and_dtype(metric, state.best, "ReduceOnPlateau.update")
         m, best, delta = metric.astype(dtype), state.best.astype(dtype), self.min_delta.astype(dtype)
         better = m < best - delta if self.mode == "min" else m > best + delta
         in_cooldown = state.cooldown_count > 0
@@ -529,7 +538,7 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
             best=jnp.where(better, metric.astype(state.best.dtype), state.best),
             wait=jnp.where(reduce, 0, wait),
             cooldown_count=jnp.where(reduce, self.cooldown, cooldown_count),
-            count=state.count + 1,
+            count=optax.safe_increment(state.count),
         )
 
 

@@ -91,6 +91,8 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
             else u  # integer leaves pass through, as in every jaxreg transform
             for k, u in zip(keys, leaves)
         ]
-        return jax.tree.unflatten(treedef, noisy), GradientNoiseState(state.count + 1, next_key, state.eta, state.gamma)
+        return jax.tree.unflatten(treedef, noisy), GradientNoiseState(
+            optax.safe_increment(state.count), next_key, state.eta, state.gamma
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxreg import _checks
+
 try:  # weak typing has no public API (see _weakly_typed); without it values stay strongly typed
     from jax._src.lax.lax import _convert_element_type
 except ImportError:  # pragma: no cover
@@ -197,6 +199,12 @@ def _abstract(tree: PyTree) -> PyTree:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
 
 
+def _placeholder(value: Any) -> np.ndarray:
+    known = _checks.concrete(value)
+    dtype = jnp.result_type(value)
+    return np.asarray(known, dtype) if known is not None else np.ones(jnp.shape(value), dtype)
+
+
 def _probe(where: str, what: str, build: Callable[[dict], Any], values: dict[str, Any], hint: str) -> None:
     """Traces ``build`` with abstract values: a Python ``if`` on a hyperparameter fails here, not in the step."""
 
@@ -207,8 +215,9 @@ def _probe(where: str, what: str, build: Callable[[dict], Any], values: dict[str
     try:
         jax.eval_shape(run, _abstract(values))
     except _CONCRETIZATION_ERRORS:
-        # Find the culprit: one abstract value at a time, the others concrete placeholders.
-        ones = {name: np.ones(jnp.shape(v), jnp.result_type(v)) for name, v in values.items()}
+        # Find the culprit: one abstract value at a time, the others concrete: the values given
+        # where they are known (a placeholder 1 could fail the factory's own range check).
+        ones = {name: _placeholder(v) for name, v in values.items()}
         for name in values:
             try:
                 jax.eval_shape(lambda v, name=name: run({**ones, name: v}), _abstract(values[name]))
@@ -374,6 +383,31 @@ def schedule(fn: Callable[..., optax.Schedule], /, **kwargs: Any) -> SweepableSc
 # sweepable
 
 
+def _static_names(factory: Callable, static_args: Any) -> frozenset:
+    """``static_args`` as a set of names, each an argument of ``factory`` (when its signature says)."""
+    names = [static_args] if isinstance(static_args, str) else static_args
+    try:
+        names = list(names)
+    except TypeError:
+        names = None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"sweepable: static_args must be a name or a sequence of names, got static_args = {static_args!r}."
+        )
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return frozenset(names)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(names) - set(params))
+        if unknown:
+            raise ValueError(
+                f"sweepable: static_args names {unknown}, which {_fn_name(factory)} does not take; its arguments "
+                f"are {list(params)}, got static_args = {static_args!r}."
+            )
+    return frozenset(names)
+
+
 def sweepable(
     factory: Callable[..., optax.GradientTransformation], *, static_args: str | Iterable[str] = ()
 ) -> Callable[..., optax.GradientTransformationExtraArgs]:
@@ -387,8 +421,11 @@ def sweepable(
       (u_t, s^\text{inner}_{t+1}) = \text{factory}(h, \eta(t))\text{.update}(g_t, s^\text{inner}_t, w_t),
       \qquad h = \texttt{state.hyperparams},\ t = \texttt{state.count},
 
-    where :math:`\eta(t)` are the :func:`schedule` arguments evaluated at the count. The
-    values are never read from the closure, so:
+    where :math:`\eta(t)` are the :func:`schedule` arguments evaluated at the count. The count
+    advances on every ``update`` call, as ``optax.inject_hyperparams``'s does: a factory that
+    skips updates itself (``optax.MultiSteps``, ``optax.apply_if_finite``) sees a :func:`schedule`
+    run ahead of the one it would evaluate at its own count (give it a plain optax schedule, a
+    callable it handles itself, to keep its count). The values are never read from the closure, so:
 
     * per-member optimizers: build it inside ``jax.vmap`` (or ``jr.ensemble.map``) with a
       traced value, ``jax.vmap(lambda p, lr: jr.sweepable(optax.adam)(learning_rate=lr).init(p))``,
@@ -472,7 +509,7 @@ def sweepable(
         raise ValueError(
             f"sweepable: factory must be a callable returning an optax optimizer, got factory = {factory!r}."
         )
-    static_names = frozenset([static_args] if isinstance(static_args, str) else static_args)
+    static_names = _static_names(factory, static_args)
     fname = _fn_name(factory)
 
     @functools.wraps(factory)

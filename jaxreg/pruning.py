@@ -105,7 +105,9 @@ class SuccessiveHalving:
         mode = mode or self.mode or "min"
         if mode not in _MODES:
             raise ValueError(f'SuccessiveHalving.keep: mode must be "min", "max" or None, got mode = {mode!r}.')
-        value = jnp.asarray(value, jnp.float32)
+        value = jnp.asarray(value)  # ranked in its own dtype: rounding could tie distinct values
+        if not jnp.issubdtype(value.dtype, jnp.floating):
+            value = value.astype(jnp.float32)
         running = jnp.asarray(running, jnp.bool_)
         if value.ndim != 1 or value.shape != running.shape:
             raise ValueError(
@@ -114,11 +116,11 @@ class SuccessiveHalving:
             )
         score = value if mode == "min" else -value
         is_nan = jnp.isnan(score)
-        score = jnp.where(is_nan, jnp.float32(0), score)
+        score = jnp.where(is_nan, jnp.zeros_like(score), score)
         # lexsort: the last key is the primary one -> running first, then non-NaN, then best score;
         # it is stable, so ties keep the lower member index.
         order = jnp.lexsort((score, is_nan, jnp.logical_not(running)))
         rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
-        count = jnp.sum(running, dtype=jnp.int32)
+        count = jnp.sum(running, dtype=order.dtype)  # int64 under x64, as lexsort's order
         num_keep = jnp.maximum(count // self.eta, 1)
         return jnp.logical_and(running, rank < num_keep)

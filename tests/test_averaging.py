@@ -459,3 +459,17 @@ def test_a_state_can_be_donated_beside_the_params_it_was_made_from(make):
         return p, jr.averaged_params(s[1])
 
     chex.assert_trees_all_equal(run(jax.jit(step, donate_argnums=(0, 1))), run(jax.jit(step)))
+
+
+def test_ema_count_saturates_and_keeps_averaging():
+    # At the int32 maximum the count stays (optax.safe_increment) and the debiased weight is
+    # (1 - d) / (1 - d**t) = 1 - d in float32: the average keeps moving as an EMA does (a wrapped,
+    # negative count would make d**t infinite and the weight 0).
+    decay, top = 0.5, np.iinfo(np.int32).max
+    tx = jr.ema(decay, debias=True)
+    w0, w1 = jnp.array([1.0, 2.0]), jnp.array([3.0, 5.0])
+    state = tx.init(w0)._replace(count=jnp.int32(top))
+    _, state = tx.update(jnp.zeros_like(w1), state, w1)
+    assert int(state.count) == top
+    ref = decay * np.asarray(w0) + (1 - decay) * np.asarray(w1)
+    np.testing.assert_allclose(jr.averaged_params(state), ref, rtol=4 * EPS32)

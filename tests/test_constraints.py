@@ -119,3 +119,11 @@ def test_max_norm_takes_one_bound_per_vector():
     out = np.asarray(jr.max_norm(jnp.asarray(bounds, jnp.float32))(jnp.asarray(kernel, jnp.float32)), np.float64)
     expected = np.concatenate([_keras_max_norm(kernel[:, j : j + 1], bounds[j], 0) for j in range(3)], axis=1)
     np.testing.assert_allclose(out, expected, rtol=8 * EPS, atol=8 * EPS)
+
+
+def test_python_number_and_numpy_leaves_are_projected_as_arrays():
+    # Penalties accept Python numbers as leaves; so do constraints (as float32 arrays).
+    out = jr.non_negative()({"w": -2.0, "b": 3.0})
+    assert float(out["w"]) == 0.0 and float(out["b"]) == 3.0
+    np.testing.assert_allclose(jr.unit_norm(axis=0)({"w": np.array([3.0, 4.0])})["w"], [0.6, 0.8], rtol=4e-7)
+    np.testing.assert_allclose(jr.max_norm(1.0, axis=0)(np.array([3.0, 4.0])), [0.6, 0.8], rtol=4e-7)

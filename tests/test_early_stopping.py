@@ -633,3 +633,28 @@ PLATEAU_BAD = [
 def test_plateau_bad_arguments(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_a_metric_of_another_shape_is_refused_by_name():
+    stopper, plateau = jr.EarlyStopping(2), jr.ReduceOnPlateau(0.5, 2)
+    state = stopper.init(jnp.zeros(3))
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "EarlyStopping.update: metric must be a scalar or one per member, shaped like the state's best value (), got metric.shape = (3,)."
+        ),
+    ):
+        stopper.update(state, jnp.ones(3), jnp.zeros(3))
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "ReduceOnPlateau.update: metric must be a scalar or one per member, shaped like the state's best value (), got metric.shape = (2,)."
+        ),
+    ):
+        plateau.update(plateau.init(), jnp.ones(2))
+    # A batched state takes one metric per member, or one for all.
+    batched = jax.vmap(stopper.init)(jnp.zeros((4, 3)))
+    one_each = stopper.update(batched, jnp.arange(4.0), jnp.zeros((4, 3)))
+    np.testing.assert_array_equal(one_each.best_metric, np.arange(4.0))
+    with pytest.raises(ValueError, match=re.escape("got metric.shape = (3,)")):
+        stopper.update(batched, jnp.ones(3), jnp.zeros((4, 3)))

@@ -88,3 +88,14 @@ def test_integer_leaves_pass_through():
     out, _ = noise.update(updates, noise.init(updates))
     assert out["count"].dtype == jnp.int32 and int(out["count"]) == 3
     assert np.all(np.asarray(out["w"]) != 0.0)  # the float leaf got its noise
+
+
+def test_the_step_count_saturates_at_the_int32_maximum():
+    # optax's counts saturate (optax.safe_increment); a wrapped count would make (1 + t)**gamma NaN.
+    tx = jr.add_gradient_noise(0.1, key=jax.random.key(0))
+    top = np.iinfo(np.int32).max
+    state = tx.init(jnp.zeros(4))._replace(count=jnp.int32(top - 1))
+    for _ in range(3):
+        u, state = tx.update(jnp.zeros(4), state)
+    assert int(state.count) == top
+    assert bool(jnp.all(jnp.isfinite(u))) and float(jnp.max(jnp.abs(u))) > 0.0

@@ -439,6 +439,21 @@ ERRORS = [
         lambda: jr.schedule(optax.exponential_decay, init_value=1.0, transition_steps=10, decay_rate=0.5),
         r"uses decay_rate in Python control flow.*keep decay_rate a Python value with functools.partial",
     ),
+    # The culprit is found with the other arguments at their given values: a placeholder 1.0 for
+    # learning_rate would be fine, but one for factor would fail reduce_on_plateau's own range check.
+    (
+        lambda: jr.sweepable(
+            lambda learning_rate, factor: optax.chain(
+                optax.sgd(learning_rate), optax.contrib.reduce_on_plateau(factor=factor, patience=1)
+            )
+        )(learning_rate=0.6, factor=0.5),
+        r"uses factor in Python control flow",
+    ),
+    (
+        lambda: jr.sweepable(optax.sgd, static_args=3),
+        r"static_args must be a name or a sequence of names, got static_args = 3\.",
+    ),
+    (lambda: jr.sweepable(optax.sgd, static_args="lr"), r"static_args names \['lr'\], which sgd does not take"),
 ]
 
 

@@ -363,3 +363,14 @@ def test_numpy_integers_are_ints_and_keep_checks_its_arguments():
         sh.keep(jnp.ones(3), jnp.ones(3, bool), mode="minimum")  # was read as "max"
     with pytest.raises(ValueError, match=r"value.shape = \(3,\), running.shape = \(4,\)"):
         sh.keep(jnp.ones(3), jnp.ones(4, bool))
+
+
+def test_keep_ranks_float64_values_without_rounding():
+    # 1 + 1e-12 and 1 are one float32 value: rounded, they would tie and the lower index win.
+    with jax.enable_x64(True):
+        value = jnp.array([1.0 + 1e-12, 1.0], jnp.float64)
+        kept = jr.SuccessiveHalving().keep(value, jnp.array([True, True]))
+        np.testing.assert_array_equal(kept, [False, True])
+        np.testing.assert_array_equal(
+            jr.SuccessiveHalving().keep(value, jnp.array([True, True]), mode="max"), [True, False]
+        )

@@ -356,3 +356,14 @@ def test_a_bool_leaf_passes_through_and_the_float_leaves_step_as_without_it(last
     new = optax.apply_updates({"w": w, "flag": jnp.array(True)}, with_flag)
     assert new["flag"].dtype == jnp.bool_ and bool(new["flag"])
     chex.assert_trees_all_equal(with_flag["w"], alone["w"])
+
+
+@pytest.mark.parametrize("make", [jr.proximal, jr.proximal_adam])
+@pytest.mark.parametrize(
+    "penalty, name", [(jr.orthogonal(1.0), "Orthogonal"), (jr.l1(0.1) + jr.spectral_penalty(1.0), "SpectralPenalty")]
+)
+def test_a_penalty_without_a_closed_form_prox_is_refused_at_construction(make, penalty, name):
+    with pytest.raises(
+        ValueError, match=rf"{make.__name__}: penalty has no closed-form proximal operator for {name}; "
+    ):
+        make(penalty, 0.1)
