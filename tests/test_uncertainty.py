@@ -248,3 +248,25 @@ def test_chunked_float64_predictions_are_numpys_float64_moments(chunk_size):
         assert pred.mean.dtype == np.float64
         np.testing.assert_allclose(pred.mean, samples.mean(0), rtol=0, atol=16 * eps * np.abs(samples).max())
         np.testing.assert_allclose(pred.variance, samples.var(0), rtol=64 * eps)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("chunk_size", [1, 8, 1024])
+def test_half_precision_predictions_are_accumulated_in_float32(dtype, chunk_size):
+    # Dropout at rate 0.5 on 3.0: every sample is 0 or 6 (exact in both dtypes), variance near 9.
+    # Merged in bfloat16 one sample at a time, the squared deviations stalled at a variance of 4.
+    # Accumulated in float32 and rounded once, each chunking gives numpy's float64 moments of
+    # the same samples to half an ulp of the output dtype.
+    def f(p, x, k):
+        return jr.dropout(k, x, 0.5)
+
+    x, key = jnp.full((4,), 3.0, dtype), jax.random.key(0)
+    draws = np.asarray(jr.mc_dropout_samples(f, None, x, key, 1024).astype(jnp.float32), np.float64)
+    pred = jr.mc_dropout(f, None, x, key, 1024, chunk_size=chunk_size)
+    eps = float(jnp.finfo(dtype).eps)
+    for got, ref in [(pred.mean, draws.mean(0)), (pred.variance, draws.var(0))]:
+        assert got.dtype == dtype
+        np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), ref, rtol=eps / 2 + 1024 * EPS32)
+    members = jnp.asarray(draws, dtype)  # the same values as an ensemble's outputs
+    ens = jr.ensemble.predict(lambda w, _: w, members, None, chunk_size=chunk_size)
+    np.testing.assert_allclose(np.asarray(ens.variance.astype(jnp.float32)), draws.var(0), rtol=eps / 2 + 1024 * EPS32)
