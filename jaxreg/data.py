@@ -202,6 +202,16 @@ def split(
             f"{left.tolist()} left for them (classes of {counts.tolist()}); add examples or lower train_size."
         )
     idx_val, idx_test = train_test_split(idx_rest, train_size=n_val, random_state=seed + 1, stratify=rest_strat)
+    if task == "classification":
+        # A stratified split rounds each class's share: a rare class can get none in a small part.
+        for part_name, i in (("train", idx_train), ("val", idx_val), ("test", idx_test)):
+            per_class = np.bincount(y[i], minlength=num_classes)
+            if np.any(per_class == 0):
+                raise DataError(
+                    f"each part needs at least one example per class: the {part_name} part of {len(i)} examples "
+                    f"has none of classes {np.flatnonzero(per_class == 0).tolist()[:5]} (classes of "
+                    f"{counts.tolist()}); add examples of them or enlarge the {part_name} part."
+                )
 
     x = x.astype(np.float64)
     if standardize:

@@ -53,8 +53,6 @@ def _check(values: ArrayLike, confidence: float, where: str) -> np.ndarray:
         raise ValueError(f"{where}: values must have a seed axis, got a scalar {float(x)!r}.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"{where}: confidence must be in (0, 1), got confidence = {confidence!r}.")
-    if x.size == 0:
-        raise ValueError(f"{where}: values needs at least one seed, got values.shape = {x.shape}.")
     return x
 
 
@@ -105,7 +103,9 @@ def mean_interval(
             f"mean_interval: axis must be an int in [-{x.ndim}, {x.ndim}) for values of shape {x.shape}, "
             f"got axis = {axis!r}."
         )
-    x = np.moveaxis(x, int(axis), 0)
+    if x.shape[int(axis)] == 0:
+        raise ValueError(f"mean_interval: values needs at least one seed, got values.shape = {x.shape}.")
+    x = np.moveaxis(x, int(axis), 0)  # no quantities (shape (seeds, 0)) gives empty intervals, as numpy's mean
     if method == "bootstrap":
         _checks.check_int_at_least("num_resamples", num_resamples, 1, "mean_interval")
         _checks.check_int_at_least("seed", seed, 0, "mean_interval")

@@ -288,7 +288,11 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
 
     The confidence of an example is its largest class probability, the prediction its argmax;
     bin ``b`` holds confidences in :math:`((b-1)/B, b/B]` (a confidence of 0 joins the first bin),
-    the edges exact (as Guo et al.'s float64 edges: float32(2/3) > 10/15 is in bin 11 of 15).
+    the edges exact: the confidence as given is compared with the real number :math:`b/B`
+    (float32(2/3) > 10/15 is in bin 11 of 15; numpy's float64 edges on the same values agree,
+    while rounded float32 edges, as ``torch.linspace``'s in Guo et al.'s code, can move a
+    confidence that equals an edge's rounding by one bin). A float64 ``probs`` is float32 unless
+    x64 is on, as every jax array.
     Sums are accumulated in float32 at least (half-precision sums stall past 256 examples).
 
     Args:

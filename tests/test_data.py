@@ -1,5 +1,6 @@
 """Tests of jaxreg.data: stratified, disjoint splits; standardization by training statistics; bad files."""
 
+import re
 import sys
 
 import numpy as np
@@ -177,3 +178,20 @@ def test_seeds_standardize_and_a_class_too_rare_for_validation_and_test_are_refu
 def _xy(counts=(20, 20, 20)):
     y = np.repeat(np.arange(len(counts)), counts)
     return np.random.default_rng(0).normal(size=(len(y), 3)), y
+
+
+def test_a_stratified_split_that_leaves_a_rare_class_out_of_a_part_is_refused():
+    # 3 of 1,000 examples in class 1: a 10-example training part gets a stratified share of
+    # 0.03, rounded to none; the docstring promises a DataError, not a training part without it.
+    x = np.random.default_rng(0).normal(size=(1000, 2))
+    y = np.array([0] * 997 + [1] * 3)
+    with pytest.raises(
+        data.DataError,
+        match=re.escape(
+            "each part needs at least one example per class: the train part of 10 examples has none of classes [1]"
+        ),
+    ):
+        data.split(x, y, train_size=10, val_size=5)
+    # Parts that each hold every class go through, and stay stratified.
+    s = data.split(x, np.array([0] * 900 + [1] * 100), train_size=100, val_size=50)
+    assert np.bincount(s.y_train).tolist() == [90, 10] and np.bincount(s.y_val).tolist() == [45, 5]

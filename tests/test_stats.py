@@ -140,3 +140,13 @@ def test_paired_bootstrap_is_the_percentile_bootstrap_of_the_differences():
     d = a - b
     means = d[np.random.default_rng(3).integers(0, 7, size=(500, 7))].mean(axis=1)
     np.testing.assert_allclose([iv.lo, iv.hi], np.quantile(means, [0.025, 0.975]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["t", "bootstrap"])
+def test_seeds_of_no_quantity_give_empty_intervals_as_numpy_gives_an_empty_mean(method):
+    got = jr.stats.mean_interval(np.zeros((3, 0)), method=method)
+    assert got.mean.shape == got.lo.shape == got.hi.shape == np.zeros((3, 0)).mean(axis=0).shape == (0,)
+    with pytest.raises(
+        ValueError, match=r"^mean_interval: values needs at least one seed, got values.shape = \(3, 0\)"
+    ):
+        jr.stats.mean_interval(np.zeros((3, 0)), axis=1)
