@@ -390,7 +390,9 @@ class Tie(Penalty):
     never computed (``2 * p["a"]`` is refused
     with a ``ValueError``: the prox below would be wrong for it). The prox pulls the pair
     toward its mean: :math:`a - b \leftarrow (a - b) / (1 + 4 t \lambda)` with :math:`a + b`
-    unchanged, exact when ``a`` and ``b`` do not overlap.
+    unchanged, exact when ``a`` and ``b`` do not overlap. The pair is computed in the wider of
+    its two dtypes (float32 at least) and each side returned in its own; a pair with an integer
+    leaf is not penalized (it passes through, as integer leaves do in every penalty).
     """
 
     scale: jax.Array
@@ -419,11 +421,8 @@ class Tie(Penalty):
     def __call__(self, tree: PyTree) -> jax.Array:
         _checks.check_applied("tie", scale=self.scale)
         a, b = self._pair(tree)
-        terms = [
-            jnp.sum(_abs2(_pair_acc(x, y)[0] - _pair_acc(x, y)[1]))
-            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-            if _is_float_leaf(x) and _is_float_leaf(y)
-        ]
+        pairs = [_pair_acc(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if _is_float_pair(x, y)]
+        terms = [jnp.sum(_abs2(u - v)) for u, v in pairs]
         return _scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
@@ -433,7 +432,7 @@ class Tie(Penalty):
 
         def half_change(x: jax.Array, y: jax.Array) -> tuple[Any, Any]:
             """The changes of ``x`` and ``y`` (each in its own dtype; none for a non-float pair)."""
-            if not (_is_float_leaf(x) and _is_float_leaf(y)):
+            if not _is_float_pair(x, y):
                 return _no_change(x), _no_change(y)
             u, v = _pair_acc(x, y)
             removed = 1.0 - 1.0 / (1.0 + 4.0 * _step_times(_as(step, u), _as(self.scale, u)))
@@ -457,6 +456,11 @@ def _pair_acc(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A tied pair in one compute dtype: the wider of the two leaves', float32 at least."""
     dtype = _wider(_acc(x).dtype, _acc(y).dtype)
     return _acc(x).astype(dtype), _acc(y).astype(dtype)
+
+
+def _is_float_pair(x: Any, y: Any) -> bool:
+    """Whether a tied pair is penalized: both leaves floating (an integer leaf passes through)."""
+    return _is_float_leaf(x) and _is_float_leaf(y)
 
 
 def _no_change(x: Any) -> Any:
