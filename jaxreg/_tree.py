@@ -60,12 +60,12 @@ def pytree_dataclass(*, data: list[str], meta: list[str]) -> Callable[[type], ty
 def key_path_str(path: tuple[Any, ...]) -> str:
     """Joins a JAX key path with ``"/"``: ``("params", "Dense_0", "kernel")`` -> ``"params/Dense_0/kernel"``.
 
-    A trailing ``value`` attribute (how flax nnx ``Variable`` leaves flatten) is dropped,
-    so the same regex selects a leaf in linen variables and in an nnx ``State``.
+    A ``value`` attribute (how a flax nnx ``Variable`` flattens: last for an array, before the
+    index for a sown ``Intermediate``'s tuple, ``h/value/0``) is dropped, so the same regex
+    selects a leaf in linen variables (``h/0``) and in an nnx ``State``.
     """
-    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
-        path = path[:-1]
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+    path = tuple(k for k in path if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value"))
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def leaf_name(path: tuple[Any, ...]) -> str:

@@ -255,7 +255,7 @@ def unstack(tree: PyTree) -> list[PyTree]:
     """
     if isinstance(tree, Chunked):
         return [member for part in tree.parts for member in unstack(part)]
-    n = num_members(tree)
+    n = num_members(tree, name="unstack: tree")
     return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
@@ -762,7 +762,7 @@ def shard(tree: PyTree, mesh: Mesh, *, axis_name: str | None = None) -> PyTree:
     _refuse_chunked(tree, "shard")
     if not jax.tree.leaves(tree):
         return tree  # nothing to place: an optimizer's EmptyState, a None
-    n = num_members(tree)
+    n = num_members(tree, name="shard: tree")
     size = mesh.shape[axis_name]
     if n % size:
         raise ValueError(
@@ -810,6 +810,6 @@ def replicate(tree: PyTree, num: int, *, stacked: bool = False) -> PyTree:
     num = _checks.check_int_at_least("num", num, 1, "replicate")
     stacked = _checks.check_flag("stacked", stacked, "replicate")
     if stacked:
-        num_members(tree)
+        num_members(tree, name="replicate: tree")
         return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), num, axis=0), tree)
     return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x)[None], num, axis=0), tree)

@@ -43,3 +43,28 @@ def test_l1_on_sown_activations_gradient_is_sign_pattern():
     g = jax.grad(lambda p: _loss(p, x, jnp.zeros(5), jr.l1(s)) - _loss(p, x, jnp.zeros(5), jr.l1(0.0)))(params)
     h = x @ params["hidden"]["kernel"]
     np.testing.assert_allclose(g["hidden"]["kernel"], s * x.T @ jnp.sign(h), rtol=1e-4, atol=1e-6)
+
+
+def test_one_path_selects_a_sown_activation_in_linen_and_in_nnx():
+    # linen keeps sown values as a tuple under the name ("hidden_activations/0"); an nnx
+    # Intermediate holds that tuple as its value ("h/value/0" before jaxreg drops "value").
+    from flax import nnx
+
+    class SownNnx(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(3, 4, use_bias=False, rngs=rngs)
+
+        def __call__(self, x):
+            h = self.hidden(x)
+            self.sow(nnx.Intermediate, "hidden_activations", h)
+            return jnp.sum(h)
+
+    x = jax.random.normal(jax.random.key(5), (6, 3))
+    model = SownNnx(nnx.Rngs(0))
+    _, nnx_inter = nnx.capture(model, nnx.Intermediate)(x)
+    params = {"hidden": {"kernel": model.hidden.kernel[...]}, "out": {"kernel": jnp.ones((4, 1))}}
+    _, linen_state = Sown().apply({"params": params}, x, mutable=["intermediates"])
+    h = np.asarray(x @ params["hidden"]["kernel"], np.float64)
+    penalty = jr.l1(0.5, mask=jr.masks.by_path("hidden_activations/0"))
+    for inter in (linen_state["intermediates"], nnx_inter):
+        np.testing.assert_allclose(penalty(inter), 0.5 * np.abs(h).sum(), rtol=h.size * 1.2e-7)

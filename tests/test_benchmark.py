@@ -62,6 +62,19 @@ def test_compile_fn_result_computes_the_function():
     assert c.lower_s >= 0 and c.compile_s >= 0
 
 
+def test_compile_fn_of_a_program_already_compiled_times_a_real_compile():
+    # Called before with these shapes, the program is in JAX's in-memory caches: the backend
+    # compiler would not run and compile_s would be a lookup. compile_log (JAX's own backend
+    # compile events) sees the one compile compile_fn times, inside its compile_s interval.
+    step = jax.jit(lambda x: jnp.sin(x) @ x @ jnp.cos(x))
+    x = jnp.ones((32, 32))
+    step(x).block_until_ready()
+    with bm.compile_log() as log:
+        c = bm.compile_fn(step, x)
+    assert log.compiles == 1
+    assert c.compile_s >= log.compile_s > 0
+
+
 def test_fraction_of_peak_closed_form():
     assert bm.fraction_of_peak(30e9, 0.5, 120.0) == pytest.approx(0.5)
     peak = bm.Peak(gflops=60.0, size=2, dtype="float32", backend="cpu", timing=bm.Timing((1.0,)))

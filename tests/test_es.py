@@ -118,6 +118,22 @@ def test_chunked_estimate_equals_unchunked(antithetic, chunk_size):
     chex.assert_trees_all_close(chunked, full, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize(("offset", "sigma", "population"), [(1e3, 0.1, 200), (1e4, 0.05, 400)])
+@pytest.mark.parametrize("chunk_size", [None, 1, 7])
+def test_raw_fitness_estimate_does_not_see_a_constant_added_to_the_loss(offset, sigma, population, chunk_size):
+    # sum_i (f_i - mean f) eps_i / ((n - 1) sigma) is blind to a constant. In float32 the only
+    # difference left is the rounding of each loss f_i + offset, delta_i within half its ulp,
+    # unrelated to eps: sum_i delta_i eps_ik has standard deviation at most
+    # sqrt(n) ulp / (2 sqrt 3); 5 of them, over (n - 1) sigma. (Summed as sum f eps - mean(f) sum
+    # eps, the two terms of size offset * sqrt(n) cancelled: 3-10x that bound, chunk by chunk.)
+    kwargs = dict(sigma=sigma, population=population, antithetic=False, chunk_size=chunk_size)
+    base = jr.es.gradient(quadratic, PARAMS, jax.random.key(3), **kwargs)
+    shifted = jr.es.gradient(lambda p: quadratic(p) + offset, PARAMS, jax.random.key(3), **kwargs)
+    ulp = float(np.spacing(np.float32(2 * offset)))  # every loss + offset is below 2 * offset here
+    atol = 5 * population**0.5 * ulp / (2 * 3**0.5) / ((population - 1) * sigma)
+    chex.assert_trees_all_close(shifted, base, rtol=0, atol=atol)
+
+
 @pytest.mark.parametrize("shaping", [None, "centered_ranks"])
 def test_every_chunking_gives_the_same_estimate(shaping):
     # One vmap, a loop, chunks with a remainder: the noise of direction j depends only on (rng, j).
