@@ -154,8 +154,11 @@ def _parser() -> Parser:
         help="the main job: a grid of regularization regimes on digits, with tables and figures",
         description=(
             "Trains none, L2 (coupled), decoupled weight decay, L1 (proximal), elastic net, max-norm, dropout, "
-            "sigmoid MLPs, a bagging ensemble and an L2 sweep as one vmapped program; derives early stopping "
-            "(best-validation snapshot) and MC-dropout; prints a table and writes JSON, CSV, params and PNG figures."
+            "sigmoid MLPs, SWA, spectral norm, a bagging ensemble, an L2 sweep and an lr x weight-decay grid as "
+            "one vmapped program, every seed in it (SAM, a second gradient, is a second program); derives early "
+            "stopping (best-validation snapshot) and MC-dropout, and runs ES against gradient descent on "
+            "Rastrigin; prints tables and findings with 95%% intervals over seeds and writes results.json, "
+            "results.csv, history.npz, data.npz, params, PNG figures and report.html."
         ),
     )
     _common(
