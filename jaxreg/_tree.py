@@ -38,6 +38,7 @@ __all__ = [
     "resolve_mask",
     "selected_positions",
     "selection",
+    "wider_dtype",
 ]
 
 
@@ -89,6 +90,13 @@ def compute_dtype(dtype: Any) -> Any:
     if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
         return jnp.dtype(jnp.float32)
     return dtype
+
+
+def wider_dtype(a: Any, b: Any) -> Any:
+    """The dtype holding both ``a``'s and ``b``'s (jax's standard lattice, whatever the promotion
+    mode: strict promotion, on in a caller, refuses bfloat16 with float32 implicitly)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.promote_types(jnp.result_type(a), jnp.result_type(b))
 
 
 def default_float() -> Any:
@@ -227,8 +235,9 @@ def by_path(pattern: str, *, allow_empty: bool = False) -> Mask:
     """Leaves whose key path, joined by ``"/"``, the regular expression ``pattern`` searches.
 
     Paths look like ``"params/Dense_0/kernel"`` for flax linen variables, ``"0/kernel"`` for
-    a list of dicts and ``"linear/kernel"`` for an nnx ``State`` (the trailing ``value`` of an
-    nnx ``Variable`` is dropped).
+    a list of dicts and ``"linear/kernel"`` for an nnx ``State`` (the ``value`` attribute of an
+    nnx ``Variable`` is dropped wherever it sits: a sown ``Intermediate`` reads ``"h/0"`` as in
+    linen, not ``"h/value/0"``).
 
     Args:
       pattern: a regular expression, searched (``re.search``) in each leaf's path.

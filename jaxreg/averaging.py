@@ -30,7 +30,7 @@ class EmaState(NamedTuple):
     """State of :func:`ema`.
 
     Attributes:
-      count: number of updates seen (int32).
+      count: number of updates seen (int32; stays at the int32 maximum, as optax's counts).
       decay: the decay (a float leaf: float32, float64 under ``jax_enable_x64``; read by ``update``).
       average: the (debiased, if asked) exponential moving average of the params.
     """
@@ -44,7 +44,7 @@ class SwaState(NamedTuple):
     """State of :func:`swa`.
 
     Attributes:
-      count: number of updates seen (int32).
+      count: number of updates seen (int32; stays at the int32 maximum, as optax's counts).
       num_averaged: number of snapshots in the average (int32).
       start: the first update whose params enter the average (int32 leaf).
       every: updates between snapshots (int32 leaf).
@@ -62,7 +62,7 @@ class SwagState(NamedTuple):
     """State of :func:`swag`.
 
     Attributes:
-      count: number of updates seen (int32).
+      count: number of updates seen (int32; stays at the int32 maximum, as optax's counts).
       num_averaged: number of snapshots collected (int32).
       start: the first update whose params are collected (int32 leaf).
       every: updates between snapshots (int32 leaf).

@@ -125,7 +125,8 @@ def split(
 
     Raises:
       DataError: on wrong shapes, non-finite values, labels that are not integers, or a split
-        that leaves a part empty or a class without a training example.
+        that leaves a part empty or a class without an example in a part (a rare class's
+        stratified share of a small part rounds to none).
       ValueError: on a bad ``seed``, ``train_size``, ``val_size`` or ``task``.
 
     Examples:

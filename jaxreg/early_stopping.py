@@ -135,15 +135,20 @@ def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> t
 
     The comparison runs in the wider of the metric's and the state's float dtypes (an explicit
     promotion, so strict dtype promotion holds): no rounding of the metric before it is compared.
-    The metric is a scalar or shaped like the state's best value (one per member): any other
-    shape would broadcast the state into a new one.
+    The metric broadcasts to the state's best value (a scalar, one per member, or ``(S, 1)``
+    against an ``(S, M)`` state) without changing its shape: any other shape would broadcast
+    the state into a new one.
     """
     metric = jnp.asarray(metric)
     state_dtype, state_shape = state_best.dtype, jnp.shape(state_best)
-    if metric.shape not in ((), state_shape):
+    try:
+        fits = jnp.broadcast_shapes(metric.shape, state_shape) == state_shape
+    except ValueError:
+        fits = False
+    if not fits:
         raise ValueError(
-            f"{where}: metric must be a scalar or one per member, shaped like the state's best value "
-            f"{state_shape}, got metric.shape = {metric.shape}."
+            f"{where}: metric must be a scalar or one per member, broadcasting to the state's best value "
+            f"of shape {state_shape}, got metric.shape = {metric.shape}."
         )
     if not jnp.issubdtype(metric.dtype, jnp.floating):
         metric = metric.astype(state_dtype)
@@ -386,7 +391,7 @@ class PlateauState(NamedTuple):
       wait: number of updates without improvement outside cooldown since the last reduction
         (int32).
       cooldown_count: updates of cooldown left after the last reduction (int32).
-      count: number of updates seen (int32).
+      count: number of updates seen (int32; stays at the int32 maximum, as optax's counts).
     """
 
     scale: jax.Array

@@ -18,7 +18,7 @@ class GradientNoiseState(NamedTuple):
     """State of :func:`add_gradient_noise`.
 
     Attributes:
-      count: number of updates seen (int32); ``t`` of the variance.
+      count: number of updates seen (int32, stays at its maximum as optax's); ``t`` of the variance.
       key: the PRNG key of the next update's noise (a leaf: one per member under ``vmap``).
       eta: the noise scale (float32 leaf).
       gamma: the annealing exponent (float32 leaf).

@@ -19,7 +19,15 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import compute_dtype, default_float, leaf_name, optional_mask, pytree_dataclass, selection
+from jaxreg._tree import (
+    compute_dtype,
+    default_float,
+    leaf_name,
+    optional_mask,
+    pytree_dataclass,
+    selection,
+    wider_dtype,
+)
 
 PyTree = Any
 
@@ -227,21 +235,21 @@ def _is_float_leaf(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _wider(a: Any, b: Any) -> np.dtype:
-    """The dtype two operands are computed in, chosen explicitly (so strict promotion, on in the
-    caller, does not refuse bfloat16 with float32)."""
-    with jax.numpy_dtype_promotion("standard"):
-        return jnp.promote_types(a, b)
+def _times(a: ArrayLike, b: ArrayLike) -> jax.Array:
+    """``a * b``, 0 where one is infinite and the other 0 (``inf * 0`` is NaN; a zero penalty's
+    prox is the identity at any step, a zero factor zeroes a penalty). Otherwise the product
+    itself, so its gradient in either is kept. Computed in the wider of the two dtypes
+    (explicit: a half-precision step under strict promotion)."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    dtype = wider_dtype(a, b)
+    a, b = a.astype(dtype), b.astype(dtype)
+    zero_times_inf = (jnp.isinf(a) & (b == 0)) | (jnp.isinf(b) & (a == 0))
+    return jnp.where(zero_times_inf, jnp.zeros_like(a), a * b)
 
 
 def _step_times(step: ArrayLike, scale: ArrayLike) -> jax.Array:
-    """``step * scale``, 0 for an infinite step of a zero penalty (``inf * 0`` is NaN; that prox is
-    the identity). Finite steps take the product itself, so its gradient in the scale is kept.
-    Computed in the wider of the two dtypes (explicit: a half-precision step under strict promotion)."""
-    step, scale = jnp.asarray(step), jnp.asarray(scale)
-    dtype = _wider(step.dtype, scale.dtype)
-    step, scale = step.astype(dtype), scale.astype(dtype)
-    return jnp.where(jnp.isinf(step) & (scale == 0), jnp.zeros_like(step), step * scale)
+    """A prox's ``step * scale`` (see :func:`_times`)."""
+    return _times(step, scale)
 
 
 def _abs2(x: jax.Array) -> jax.Array:
@@ -454,7 +462,7 @@ class Tie(Penalty):
 
 def _pair_acc(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A tied pair in one compute dtype: the wider of the two leaves', float32 at least."""
-    dtype = _wider(_acc(x).dtype, _acc(y).dtype)
+    dtype = wider_dtype(_acc(x), _acc(y))
     return _acc(x).astype(dtype), _acc(y).astype(dtype)
 
 
@@ -575,7 +583,7 @@ class Sum(Penalty):
         # L2(1)'s prox with a step t * sum_k c_k s_k per leaf (0, the identity, where none selects)
         strength = jax.tree.map(lambda x: 0.0, tree)
         for factor, p in shrinks:
-            scale = p.scale if factor is None else _step_times(factor, p.scale)
+            scale = p.scale if factor is None else _times(factor, p.scale)
             keep = selection(p.mask, tree, "l2")
             strength = jax.tree.map(lambda total, k, scale=scale: total + scale if k else total, strength, keep)
         steps = _steps_like(step, tree, "l2.prox")
@@ -601,7 +609,7 @@ def _atoms(penalty: Penalty, factor: Any) -> list[tuple[Any, Penalty]]:
     if isinstance(penalty, Sum):
         return [atom for t in penalty.terms for atom in _atoms(t, factor)]
     if isinstance(penalty, Scaled):
-        inner = penalty.factor if factor is None else _step_times(factor, penalty.factor)
+        inner = penalty.factor if factor is None else _times(factor, penalty.factor)
         return _atoms(penalty.penalty, inner)
     if isinstance(penalty, ElasticNet):
         return [(factor, L1(penalty.l1, mask=penalty.mask)), (factor, L2(penalty.l2, center=None, mask=penalty.mask))]

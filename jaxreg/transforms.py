@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg import _checks
-from jaxreg._tree import is_float
+from jaxreg._tree import is_float, wider_dtype
 from jaxreg.penalties import Penalty, non_separable, without_prox
 
 PyTree = Any
@@ -137,12 +137,6 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-def _wider(u: Any, p: Any) -> Any:
-    """The dtype holding both ``u``'s and ``p``'s (jax's standard lattice, whatever the promotion mode)."""
-    with jax.numpy_dtype_promotion("standard"):
-        return jnp.promote_types(jnp.result_type(u), jnp.result_type(p))
-
-
 def _stepped(params: PyTree, updates: PyTree) -> PyTree:
     """``params + updates`` (as ``optax.apply_updates``, in the wider dtype, under any promotion
     mode); a ``None`` update (a frozen leaf, as optax allows) leaves the param as is."""
@@ -150,7 +144,7 @@ def _stepped(params: PyTree, updates: PyTree) -> PyTree:
     def one(u: Any, p: Any) -> Any:
         if u is None:
             return p
-        wide = _wider(u, p)
+        wide = wider_dtype(u, p)
         return (jnp.asarray(p, wide) + jnp.asarray(u, wide)).astype(jnp.result_type(p))
 
     return jax.tree.map(one, updates, params, is_leaf=_is_none)
@@ -171,7 +165,7 @@ def _delta(new: PyTree, params: PyTree, updates: PyTree) -> PyTree:
             return None
         if jnp.result_type(p) == jnp.bool_:
             return u  # a flag: no penalty or constraint acts on it, and bools have no difference
-        return (n - p).astype(_wider(u, p))
+        return (n - p).astype(wider_dtype(u, p))
 
     return jax.tree.map(one, updates, new, params, is_leaf=_is_none)
 

@@ -34,7 +34,11 @@ __all__ = [
 
 
 class Prediction(NamedTuple):
-    """Mean and variance over masks or members (``ddof=0``: the variance of the uniform mixture)."""
+    """Mean and variance over masks or members (``ddof=0``: the variance of the uniform mixture).
+
+    Each leaf has its output's dtype: half-precision outputs are accumulated in float32 (chunks
+    merged too) and rounded once; an integer or bool output gives a float mean and variance.
+    """
 
     mean: Any
     variance: Any
@@ -62,7 +66,7 @@ class Prediction(NamedTuple):
           >>> float(p.mean), float(p.variance)
           (2.0, 1.0)
         """
-        return cls(*_finish(_moments(samples), samples))
+        return cls(*_finish(_moments(samples), jax.tree.map(lambda o: jnp.result_type(o), samples)))
 
 
 def _moments(samples: Any) -> tuple[Any, Any, jax.Array]:
@@ -122,22 +126,28 @@ def predict_chunked(sample_fn: Callable[[Any], Any], items: Any, chunk: int) -> 
       >>> float(p.mean), float(p.variance)
       (4.0, 8.0)
     """
-    moments, _ = _chunking.run_chunks(
-        lambda block: (_moments(jax.vmap(sample_fn)(block)), None), items, chunk, combine=_merge
-    )
-    one_item = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), items)
-    return Prediction(*_finish(moments, jax.eval_shape(sample_fn, one_item)))
+    dtypes = []  # the outputs' dtypes, read while the first block is traced (no extra trace)
+
+    def block_moments(block: Any) -> tuple[tuple[Any, Any, jax.Array], None]:
+        samples = jax.vmap(sample_fn)(block)
+        if not dtypes:
+            dtypes.append(jax.tree.map(lambda o: jnp.result_type(o), samples))
+        return _moments(samples), None
+
+    moments, _ = _chunking.run_chunks(block_moments, items, chunk, combine=_merge)
+    return Prediction(*_finish(moments, dtypes[0]))
 
 
-def _finish(moments: tuple[Any, Any, jax.Array], outputs: Any) -> tuple[Any, Any]:
-    """Mean and ``ddof=0`` variance from the moments, each float leaf in its output's dtype."""
+def _finish(moments: tuple[Any, Any, jax.Array], dtypes: Any) -> tuple[Any, Any]:
+    """Mean and ``ddof=0`` variance from the moments, each float leaf in its output's dtype
+    (``dtypes``: the outputs' jax dtypes; an int or bool output's mean stays a float)."""
     mean, m2, count = moments
 
-    def as_output(x: jax.Array, o: Any) -> jax.Array:
-        return x.astype(o.dtype) if jnp.issubdtype(o.dtype, jnp.floating) else x
+    def as_output(x: jax.Array, dtype: Any) -> jax.Array:
+        return x.astype(dtype) if jnp.issubdtype(dtype, jnp.floating) else x
 
     variance = jax.tree.map(lambda s: s / count.astype(s.dtype), m2)
-    return jax.tree.map(as_output, mean, outputs), jax.tree.map(as_output, variance, outputs)
+    return jax.tree.map(as_output, mean, dtypes), jax.tree.map(as_output, variance, dtypes)
 
 
 def _check_samples(samples: ArrayLike, where: str) -> jax.Array:

@@ -641,14 +641,14 @@ def test_a_metric_of_another_shape_is_refused_by_name():
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "EarlyStopping.update: metric must be a scalar or one per member, shaped like the state's best value (), got metric.shape = (3,)."
+            "EarlyStopping.update: metric must be a scalar or one per member, broadcasting to the state's best value of shape (), got metric.shape = (3,)."
         ),
     ):
         stopper.update(state, jnp.ones(3), jnp.zeros(3))
     with pytest.raises(
         ValueError,
         match=re.escape(
-            "ReduceOnPlateau.update: metric must be a scalar or one per member, shaped like the state's best value (), got metric.shape = (2,)."
+            "ReduceOnPlateau.update: metric must be a scalar or one per member, broadcasting to the state's best value of shape (), got metric.shape = (2,)."
         ),
     ):
         plateau.update(plateau.init(), jnp.ones(2))
@@ -658,3 +658,7 @@ def test_a_metric_of_another_shape_is_refused_by_name():
     np.testing.assert_array_equal(one_each.best_metric, np.arange(4.0))
     with pytest.raises(ValueError, match=re.escape("got metric.shape = (3,)")):
         stopper.update(batched, jnp.ones(3), jnp.zeros((4, 3)))
+    # A metric that broadcasts without changing the state's shape: one per row of a (2, 4) state.
+    grid = jax.vmap(jax.vmap(stopper.init))(jnp.zeros((2, 4, 3)))
+    rows = stopper.update(grid, jnp.array([[1.0], [2.0]]), jnp.zeros((2, 4, 3)))
+    np.testing.assert_array_equal(rows.best_metric, [[1.0] * 4, [2.0] * 4])

@@ -164,10 +164,19 @@ def test_sum_and_scaled_prox_with_a_half_precision_step(dtype):
     for penalty, ref in cases:
         out = penalty.prox(w, t)
         assert out.dtype == dtype
-        np.testing.assert_allclose(_f64(out), ref, rtol=_eps(dtype), atol=_eps(dtype) * 1e-3 * np.max(np.abs(ref)))
-    opt = jr.proximal_adam(jr.l1(0.1) + jr.l2(0.1), jnp.asarray(0.1, dtype))
+        # float32 arithmetic (a few eps32 of the leaf's magnitude) and one rounding to the half dtype;
+        # t = 0.5 is exact in both half dtypes
+        np.testing.assert_allclose(_f64(out), ref, rtol=_eps(dtype), atol=8 * EPS32 * np.max(np.abs(_f64(w))))
+    # proximal_adam's first step from a gradient of ones: Adam's update is -lr (m_hat / sqrt(v_hat)
+    # = 1 to eps / 1), then the elastic-net prox with step lr per coordinate (sqrt(v_hat) = 1).
+    lr = 0.125  # exact in both half dtypes
+    opt = jr.proximal_adam(jr.l1(0.1) + jr.l2(0.1), jnp.asarray(lr, dtype))
     updates, _ = opt.update(jnp.ones_like(w), opt.init(w), w)
     assert updates.dtype == dtype
+    z = _f64(w) - lr
+    ref = soft(z, lr * 0.1) / (1.0 + 2.0 * lr * 0.1)
+    got = _f64(w) + _f64(updates)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2 * _eps(dtype) * np.max(np.abs(_f64(w))) + 1e-7)
 
 
 @pytest.mark.parametrize("dtype", HALF)

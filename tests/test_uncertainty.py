@@ -269,4 +269,6 @@ def test_half_precision_predictions_are_accumulated_in_float32(dtype, chunk_size
         np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), ref, rtol=eps / 2 + 1024 * EPS32)
     members = jnp.asarray(draws, dtype)  # the same values as an ensemble's outputs
     ens = jr.ensemble.predict(lambda w, _: w, members, None, chunk_size=chunk_size)
-    np.testing.assert_allclose(np.asarray(ens.variance.astype(jnp.float32)), draws.var(0), rtol=eps / 2 + 1024 * EPS32)
+    for got, ref in [(ens.mean, draws.mean(0)), (ens.variance, draws.var(0))]:
+        assert got.dtype == dtype
+        np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), ref, rtol=eps / 2 + 1024 * EPS32)

@@ -28,7 +28,8 @@ class CompiledFn:
     Attributes:
       compiled: the ``jax.stages.Compiled``; call it with the same argument shapes.
       lower_s: seconds to trace and lower to StableHLO.
-      compile_s: seconds XLA took to compile.
+      compile_s: seconds XLA took to compile (a cache lookup's if ``cached``).
+      cached: True when JAX answered from its caches and no backend compile ran.
       flops: floating-point operations per call from ``compiled.cost_analysis()`` (NaN if
         the backend reports none).
       bytes_accessed: bytes read and written per call from the same analysis (NaN if none).
@@ -39,12 +40,13 @@ class CompiledFn:
     compile_s: float
     flops: float
     bytes_accessed: float
+    cached: bool = False
 
     def __call__(self, *args: Any) -> Any:
         return self.compiled(*args)
 
     def to_dict(self) -> dict[str, Any]:
-        return _record(self, ("lower_s", "compile_s", "flops", "bytes_accessed"))
+        return _record(self, ("lower_s", "compile_s", "flops", "bytes_accessed", "cached"))
 
 
 def _cost_value(analysis: Any, key: str) -> float:
@@ -86,10 +88,12 @@ def compile_fn(
     .. math:: t_\text{first call} \approx t_\text{lower} + t_\text{compile} + t_\text{run}
 
     A program JAX has compiled before in this process (a step already called with these
-    shapes) is answered from its in-memory caches in microseconds; ``compile_fn`` sees that no
-    backend compile happened (:func:`compile_log`), clears those caches (``jax.clear_caches()``,
-    so other functions compile again at their next call) and times a real compile. JAX's
-    persistent compilation cache, where turned on, can still answer.
+    shapes) is answered from its caches in microseconds: then no backend compile runs
+    (:func:`compile_log` sees none) and ``cached`` is True, ``lower_s`` and ``compile_s`` the
+    lookups' times. To time the compile, call ``compile_fn`` before the first call of the step
+    (its result is the compiled step to call), or pass the plain function the step wraps before
+    it ever ran. (Clearing JAX's caches for it would recompile every other function of the
+    process, and retrace one under ``chex.assert_max_traces``.)
 
     Args:
       fn: a Python function or an already ``jax.jit``-wrapped one.
@@ -118,25 +122,18 @@ def compile_fn(
         )
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn, static_argnums=static_argnums, **jit_kwargs)
 
-    def lower_and_compile() -> tuple[Any, float, float, int]:
-        with compile_log() as log:
-            t0 = time.perf_counter()
-            lowered = jitted.lower(*args)
-            t1 = time.perf_counter()
-            compiled = lowered.compile()
-            t2 = time.perf_counter()
-        return compiled, t1 - t0, t2 - t1, log.compiles
-
-    compiled, lower_s, compile_s, compiles = lower_and_compile()
-    if compiles == 0:
-        # JAX answered from its in-memory caches (this program ran before): time a real compile
-        jax.clear_caches()
-        compiled, lower_s, compile_s, _ = lower_and_compile()
+    t0 = time.perf_counter()
+    lowered = jitted.lower(*args)
+    t1 = time.perf_counter()
+    with compile_log() as log:
+        compiled = lowered.compile()
+    t2 = time.perf_counter()
     analysis = compiled.cost_analysis()
     return CompiledFn(
         compiled=compiled,
-        lower_s=lower_s,
-        compile_s=compile_s,
+        lower_s=t1 - t0,
+        compile_s=t2 - t1,
+        cached=log.compiles == 0,
         flops=_cost_value(analysis, "flops"),
         bytes_accessed=_cost_value(analysis, "bytes accessed"),
     )
