@@ -29,9 +29,11 @@ running sums). :func:`run_auto` runs the program with the chunk :func:`resolve_c
    with at most ``STAND_IN_MAX_BYTES`` (1 GiB) of traced arguments (the stand-ins are a second
    copy of them). Traced values the function closes over (a batch closed over inside ``jit``, as
    ``jr.es.gradient(lambda p: loss(p, x, y), ...)`` does) become parameters of the candidates and
-   get stand-ins too. Under ``vmap`` or ``grad`` (of the arguments or of a closed-over value), with
-   several devices or larger arguments, the cached choice for the same program is used if there
-   is one, else the static rule.
+   get stand-ins too. Under ``vmap`` or ``grad`` (of the arguments or of a closed-over value), or
+   with larger arguments, the cached choice for the same program is used if there is one, else
+   the static rule. With several devices nothing is measured or read from the cache: the static
+   rule is used (rounded up to a multiple of the devices an explicitly sharded item axis is split
+   over), since candidates timed on one device would be placed unlike the real arguments.
 3. **Static rule** (``JAXREG_AUTOTUNE=0``, or no cached choice where nothing is measured): one
    ``vmap`` if all items' intermediates (summed bytes of the per-item jaxpr, traced abstractly)
    fit in 128 MiB, else the largest power of two of items within a 48 MiB chunk (constants
@@ -486,6 +488,7 @@ def _choose(
     extra: Hashable = (),
     clock: Callable[[], float] = time.perf_counter,
     memory_bound: bool = False,
+    items: PyTree = None,
 ) -> tuple[int, Callable[[], Any] | None]:
     """Items per chunk: ``chunk_size`` if given, else the measured (or cached, or static) choice.
 
@@ -496,6 +499,9 @@ def _choose(
       program: ``program(chunk)(*args)`` computes the whole result with that chunk.
       args: the program's arguments (pytrees; their array leaves are passed to the compiled
         candidates, other leaves are held static).
+      items: the arguments with the item axis (``()`` when the items are drawn inside; ``None``:
+        all of ``args``): a sharded item axis makes the chunks split over its devices, other
+        sharded arguments do not.
       item_jaxpr: the per-item jaxpr (:func:`trace_item`), or ``None``: part of the cache key,
         and how a closure over tracers is detected.
       static: the static rule's choice.
@@ -511,7 +517,7 @@ def _choose(
     if chunk_size is not None:
         return max(1, min(int(chunk_size), num)), None
     static = max(1, min(int(static), num))
-    ways = explicit_shards(args)
+    ways = explicit_shards(args if items is None else items)
     if ways > 1 and static < num:  # chunks must split evenly over the devices (explicit sharding)
         static = min(num, -(-static // ways) * ways)
     if num <= 1 or item_jaxpr is None or not autotune_enabled() or jax.device_count() > 1:

@@ -251,6 +251,7 @@ def _run_masks(
         where=where,
         program=lambda c: lambda p, x_, k: program(p, x_, k, c),
         args=(params, x, keys),
+        items=keys,
         item_jaxpr=jaxpr,
         static=static,
         # The moments of many masks: chunks bound memory (the stacked samples of

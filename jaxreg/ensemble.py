@@ -313,8 +313,8 @@ def chunk(tree: PyTree, chunk_size: int) -> Chunked:
       ``Chunked(parts)``.
 
     Raises:
-      ValueError: if ``chunk_size`` is not an int ``>= 1`` or ``tree``'s leaves disagree on the
-        member axis.
+      ValueError: if ``chunk_size`` is not an int ``>= 1``, ``tree``'s leaves disagree on the
+        member axis, or a leaf is placed on several devices (``Chunked`` is for one device).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -328,6 +328,14 @@ def chunk(tree: PyTree, chunk_size: int) -> Chunked:
     if isinstance(tree, Chunked):
         tree = unchunk(tree)
     n = num_members(tree, name="chunk: tree")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        devices = getattr(getattr(leaf, "sharding", None), "device_set", ())
+        if len(devices) > 1:
+            raise ValueError(
+                f"chunk: a Chunked state holds its blocks on one device, but tree's leaf {_leaf_name(path)!r} "
+                f"is placed on {len(devices)} devices; on several devices keep the stacked state "
+                f"(jr.ensemble.shard) and its train_step."
+            )
     starts = range(0, n, chunk_size)
     return Chunked(
         tuple(jax.tree.map(lambda a, s=s: jnp.array(a[s : s + chunk_size], copy=True), tree) for s in starts)
@@ -497,7 +505,7 @@ def map(
         jaxpr = _chunking.trace_item(call, consts, [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs])
         static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
         return _chunking.run_auto(
-            None, n, where="ensemble.map", program=program, args=(consts, xs), item_jaxpr=jaxpr, static=static
+            None, n, where="ensemble.map", program=program, args=(consts, xs), items=xs, item_jaxpr=jaxpr, static=static
         )
 
     return mapped
@@ -539,7 +547,7 @@ def predict(
     chunk = _chunking.check_chunk_size(chunk_size, "ensemble.predict")
 
     def program(c: int) -> Callable[..., Prediction]:
-        return lambda ps, x_: predict_chunked(lambda p: apply_fn(p, x_), ps, c)
+        return lambda ps, x_: predict_chunked(lambda p: apply_fn(p, x_), ps, c, where="ensemble.predict")
 
     if chunk is not None:
         return program(chunk)(stacked_params, x)
@@ -547,7 +555,14 @@ def predict(
     jaxpr = _chunking.trace_item(apply_fn, one, x)
     static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
     return _chunking.run_auto(
-        None, n, where="ensemble.predict", program=program, args=(stacked_params, x), item_jaxpr=jaxpr, static=static
+        None,
+        n,
+        where="ensemble.predict",
+        program=program,
+        args=(stacked_params, x),
+        items=stacked_params,
+        item_jaxpr=jaxpr,
+        static=static,
     )
 
 

@@ -288,6 +288,7 @@ def _gradient(
         where=where,
         program=program,
         args=(params, rng, sigma),
+        items=(),  # the directions are drawn inside, never sharded
         item_jaxpr=jaxpr,
         static=static,
         extra=(antithetic, fitness_shaping),

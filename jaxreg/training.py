@@ -581,6 +581,23 @@ def _take_members(tree: PyTree, idx: jax.Array) -> PyTree:
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
 
 
+def _sharded_like(part: PyTree, full: PyTree) -> PyTree:
+    """``part`` (members taken from ``full``) placed as ``full``'s leaves are where the member axis
+    is split over devices by a ``NamedSharding`` and ``part``'s members still divide evenly over
+    them: the gather's output is otherwise replicated, every device running every member left."""
+
+    def one(p: Any, f: Any) -> Any:
+        sharding = getattr(f, "sharding", None)
+        spec = getattr(sharding, "spec", None)
+        if not isinstance(sharding, jax.sharding.NamedSharding) or not spec or spec[0] is None:
+            return p
+        names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+        ways = math.prod(sharding.mesh.shape[name] for name in names)
+        return jax.device_put(p, sharding) if p.shape[0] % ways == 0 else p
+
+    return jax.tree.map(one, part, full)
+
+
 @jax.jit
 def _put_members(tree: PyTree, idx: jax.Array, part: PyTree) -> PyTree:
     return jax.tree.map(lambda a, b: a.at[idx].set(b, unique_indices=True), tree, part)
@@ -706,7 +723,8 @@ class _Loop:
             rows = slice(None)
         else:
             idx = jnp.asarray(members)
-            part = _take_members((self.state, self.es, self.cache[0], consts[2:]), idx)
+            full = (self.state, self.es, self.cache[0], consts[2:])
+            part = _sharded_like(_take_members(full, idx), full)
             sub = _Consts(consts.train_data, consts.val_data, *part[3])
             state, es, perms, epochs, records, ran = _run_chunk(
                 part[0], part[1], part[2], self.cache[1], first, count, sub, plan=plan

@@ -97,7 +97,9 @@ def _merge(a: tuple[Any, Any, jax.Array], b: tuple[Any, Any, jax.Array]) -> tupl
     return mean, m2, n
 
 
-def predict_chunked(sample_fn: Callable[[Any], Any], items: Any, chunk: int) -> Prediction:
+def predict_chunked(
+    sample_fn: Callable[[Any], Any], items: Any, chunk: int, *, where: str = "predict_chunked"
+) -> Prediction:
     r"""``Prediction.from_samples(jax.vmap(sample_fn)(items))``, ``chunk`` items at a time.
 
     Each chunk's mean and sum of squared deviations are merged into the running ones (Chan et
@@ -113,6 +115,8 @@ def predict_chunked(sample_fn: Callable[[Any], Any], items: Any, chunk: int) -> 
         member's params).
       items: a pytree whose leaves have a leading item axis.
       chunk: items evaluated together by one ``vmap`` (``>= len(items)``: one ``vmap``).
+      where: the caller's name in error messages (a chunk that does not split over the devices
+        of an explicitly sharded item axis).
 
     Returns:
       ``Prediction(mean, variance)`` over the items, ``ddof=0``.
@@ -134,7 +138,7 @@ def predict_chunked(sample_fn: Callable[[Any], Any], items: Any, chunk: int) -> 
             dtypes.append(jax.tree.map(lambda o: jnp.result_type(o), samples))
         return _moments(samples), None
 
-    moments, _ = _chunking.run_chunks(block_moments, items, chunk, combine=_merge)
+    moments, _ = _chunking.run_chunks(block_moments, items, chunk, combine=_merge, where=where)
     return Prediction(*_finish(moments, dtypes[0]))
 
 

@@ -517,6 +517,7 @@ def _run_samples(
         where=where,
         program=program,
         args=(vparams, x, keys),
+        items=keys,
         item_jaxpr=jaxpr,
         static=static,
         memory_bound=where == "variational.predict",  # moments merged over chunks bound memory

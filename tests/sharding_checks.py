@@ -142,6 +142,24 @@ def test_automatic_chunks_split_over_explicitly_sharded_devices():
     assert chunk == 8
 
 
+def test_only_a_sharded_item_axis_rounds_the_chunk():
+    from jaxreg import _chunking
+
+    # mc_dropout's items are its mask keys: an input x sharded over its batch axis does not make
+    # the chunks split over the devices (3 masks per chunk stay 3, not 8: memory is their bound).
+    x = jr.ensemble.shard(jnp.zeros((N, 2)), _mesh())
+    keys = jax.random.split(jax.random.key(0), N)
+    kwargs = dict(where="t", program=None, args=([x], keys), item_jaxpr=None, static=3)
+    assert _chunking.resolve_chunk(None, N, items=keys, **kwargs) == 3
+    assert _chunking.resolve_chunk(None, N, items=[x], **kwargs) == 8
+
+
+def test_a_chunk_that_does_not_split_over_the_devices_names_the_caller():
+    params = jr.ensemble.shard(jnp.ones((N, 2)), _mesh())
+    with pytest.raises(ValueError, match=r"^ensemble\.predict: chunk_size must be a multiple of the 8 devices"):
+        jr.ensemble.predict(lambda p, x: p * x, params, 1.0, chunk_size=4)
+
+
 def test_unjitted_automatic_step_on_several_devices_is_not_timed(monkeypatch):
     # Several devices: the tuner would compile candidates placed unlike the real arguments
     # (a chunk of one member crashed under jax.set_mesh); the static rule is used.
@@ -183,3 +201,47 @@ def test_fit_on_an_explicitly_sharded_ensemble_equals_unsharded():
     chex.assert_trees_all_close(out.state, ref.state, rtol=0, atol=ATOL)
     chex.assert_trees_all_close(out.history, ref.history, rtol=0, atol=ATOL)
     assert out.state[0]["w"].sharding == sharded[0]["w"].sharding
+
+
+@pytest.mark.parametrize("mesh", [_mesh, _auto_mesh])
+def test_fit_keeps_the_member_axis_sharded_after_compaction(mesh):
+    # Members 0-7 stop at their second evaluation (patience 1, an improvement of 1e9 needed);
+    # compaction then runs the 8 left. Those must stay split over the 8 devices (one member
+    # each), not gathered onto every device; the numbers are those of the unsharded run.
+    params, state, _, pens = _setup()
+    x, y = jax.random.normal(jax.random.key(1), (32, 3)), jax.random.normal(jax.random.key(2), (32, 1))
+    seen = []  # the stacked kernel's sharding in each compiled chunk program (16 members, then 8)
+
+    def step(st, batch, rng):
+        p, o, h = st
+        jax.debug.inspect_array_sharding(p["w"], callback=seen.append)
+        value, g = jax.value_and_grad(_loss)(p, batch, rng, h)
+        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: b ** count (int32)
+            u, o = _OPT.update(g, o, p)
+        return (optax.apply_updates(p, u), o, h), value
+
+    def evaluate(st, data):
+        p = st[0]
+        return jnp.mean((jnp.tanh(data[0] @ p["w"] + p["b"][None]) @ p["v"] - data[1]) ** 2)
+
+    stopper = jr.EarlyStopping(jnp.where(jnp.arange(N) < 8, 1, 100), min_delta=jnp.where(jnp.arange(N) < 8, 1e9, 0.0))
+    kw = dict(
+        rng=jax.random.key(5), num_steps=40, batch_size=8, eval_every=5, num_members=N, progress=False,
+        early_stopping=stopper, steps_per_chunk=5,
+    )  # fmt: skip
+    ref = jr.fit(step, evaluate, (params, state, pens), (x, y), (x, y), **kw)
+    seen.clear()
+    out = jr.fit(step, evaluate, jr.ensemble.shard((params, state, pens), mesh()), (x, y), (x, y), **kw)
+    assert out.member_steps_computed == ref.member_steps_computed < N * 40  # compaction ran
+    assert len(seen) >= 2 and all(len(sh.device_set) == 8 and not sh.is_fully_replicated for sh in seen), seen
+    chex.assert_trees_all_close(out.state, ref.state, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("mesh", [_mesh, _auto_mesh])
+def test_chunked_refuses_a_state_placed_on_several_devices(mesh):
+    sharded = jr.ensemble.shard({"w": jnp.zeros((N, 2))}, mesh())
+    with pytest.raises(
+        ValueError,
+        match=r"^chunk: a Chunked state holds its blocks on one device, but tree's leaf 'w' is placed on 8 devices",
+    ):
+        jr.ensemble.chunk(sharded, 8)
