@@ -219,6 +219,8 @@ def _check_callables(step_fn, eval_fn, snapshot_fn, callback, checkpoint_dir, co
             raise ValueError(f"fit: {name} must be a function or None, got {name} = {value!r}.")
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, str | os.PathLike):
         raise ValueError(f"fit: checkpoint_dir must be a path or None, got checkpoint_dir = {checkpoint_dir!r}.")
+    if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+        raise ValueError(f"fit: checkpoint_dir must be a directory, got checkpoint_dir = {checkpoint_dir!r}, a file.")
     for name, value in (("compact", compact), ("progress", progress)):
         _checks.check_flag(name, value, "fit")
 
@@ -968,7 +970,9 @@ def fit(
         structure).
       progress: show a tqdm bar with the current (member-mean) train and validation loss.
       callback: optional ``callback(num_steps_done, history_so_far, state)`` called after every
-        chunk (after the checkpoint is saved); raising from it ends the run there.
+        chunk, once that chunk's checkpoint save has started: orbax writes it in the background,
+        so during the callback the directory may hold only the previous chunk's (a process that
+        dies there resumes from it); raising from it ends the run, after the save completes.
       key: deprecated name of ``rng`` (DeprecationWarning).
       chunk_size: deprecated name of ``steps_per_chunk`` (DeprecationWarning).
 
@@ -1185,6 +1189,18 @@ def retrain(
             f"retrain: val_data must have the structure of train_data, got val_data = "
             f"{jax.tree.structure(val_data)} for train_data = {jax.tree.structure(train_data)}."
         )
+    for path, a, b in zip(
+        (k for k, _ in jax.tree_util.tree_flatten_with_path(train_data)[0]),
+        jax.tree.leaves(train_data),
+        jax.tree.leaves(val_data),
+    ):
+        if jnp.shape(a)[1:] != jnp.shape(b)[1:] or jnp.result_type(a) != jnp.result_type(b):
+            name = jax.tree_util.keystr(path) or "<root>"
+            raise ValueError(
+                f"retrain: val_data's examples must be shaped like train_data's (they are concatenated), got "
+                f"val_data{name if name != '<root>' else ''} of shape {jnp.shape(b)} and dtype {jnp.result_type(b)} "
+                f"for train_data's {jnp.shape(a)} and {jnp.result_type(a)}."
+            )
     n_train, n_val = _num_examples(train_data, "retrain"), _num_examples(val_data, "retrain")
     budget = checked_retrain_budget(num_updates, n_train, n_val, batch_size, policy, "retrain")
     total = max(int(np.max(np.asarray(budget))), 1)

@@ -175,6 +175,19 @@ def test_help_lists_the_optimizer_hyperparameters_and_their_ranges(capsys):
             "a log-spaced range needs min > 0, got min = 0.0; pass --linear for a range from 0.",
         ),
         (["--reg", "wd", "--min", "1", "--max", "0.1"], "the range must have min <= max, got min = 1.0, max = 0.1."),
+        # Values are checked as they train, in float32 (a b1 of 1 gave NaN rows, exit 0).
+        (
+            ["--reg", "b1", "--min", "0.9", "--max", "0.99999999", "--linear"],
+            "b1 value 0.99999999 is 1.0 in float32, which the sweep trains in.",
+        ),
+        (
+            ["--reg", "l2", "--min", "1e38", "--max", "1e39", "--num", "2"],
+            "l2 value 1e+39 is inf in float32, which the sweep trains in.",
+        ),
+        (
+            ["--reg", "lr", "--min", "1e-50", "--max", "1e-46"],
+            "lr value 1e-50 is 0.0 in float32, which the sweep trains in.",
+        ),
     ],
 )
 def test_bad_ranges_exit_2_with_one_line(argv, message, capsys, tmp_path):

@@ -1,5 +1,7 @@
 """The scan-fused training loop: against a plain Python loop, history, freezing, resume, linen and nnx."""
 
+import re
+
 import chex
 import flax.linen as nn
 import jax
@@ -499,6 +501,17 @@ def test_fit_refuses_functions_flags_and_paths_that_are_not(changed, match):
         jr.fit({**args, **changed}["step_fn"], {**args, **changed}["eval_fn"], S0, TRAIN, VAL, **kwargs)
 
 
+def test_fit_refuses_a_checkpoint_dir_that_is_a_file(tmp_path):
+    # orbax failed only after the first chunk (NotADirectoryError, then a background TimeoutError)
+    path = tmp_path / "ckpt"
+    path.write_text("")
+    with pytest.raises(
+        ValueError,
+        match=rf"^fit: checkpoint_dir must be a directory, got checkpoint_dir = {re.escape(repr(path))}, a file\.",
+    ):
+        jr.fit(step, evaluate, S0, TRAIN, VAL, checkpoint_dir=path, **BASE)
+
+
 def test_retrain_names_its_rng_num_updates_and_state():
     s = {"n": jnp.zeros((), jnp.int32)}
     common = dict(batch_size=4, progress=False)
@@ -515,6 +528,15 @@ def test_retrain_names_its_rng_num_updates_and_state():
         ValueError, match=r"^retrain: every leaf of state must have a leading member axis of size num_members = 4"
     ):
         jr.retrain(one_step, s, *data, 5, rng=jax.random.key(0), num_members=4, **common)
+    # train and validation examples are concatenated: their shapes past the example axis must agree
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "retrain: val_data's examples must be shaped like train_data's (they are concatenated), got "
+            "val_data[0] of shape (4, 3) and dtype float32 for train_data's (12,) and int32."
+        ),
+    ):
+        jr.retrain(one_step, s, (jnp.arange(12),), (jnp.ones((4, 3)),), 5, rng=jax.random.key(0), **common)
 
 
 @pytest.mark.parametrize(

@@ -188,7 +188,9 @@ def seeded(s: Settings, num_train: int) -> Seeded:
     init index starts from the same weights, so regimes compare paired by seed), its bootstrap
     resample (bagging members) and, because ``jr.fit`` gives every member its own step keys, its
     dropout masks. The data split is the same for every seed (it is drawn from ``s.seed``).
-    Copy 0 is the single-seed run's member.
+    Copy 0 has the single-seed run's member's initialization and resample; its dropout masks
+    differ (``jr.fit``'s step keys follow a member's index in the stack, which the number of
+    seeds changes), so a dropout row of ``--seeds 1`` is not seed 0 of ``--seeds 3``.
     """
     base, index = members(s)
     num = s.seeds

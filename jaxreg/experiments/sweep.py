@@ -68,8 +68,16 @@ def strengths(low: float, high: float, num: int, *, log: bool = True) -> list[fl
 
 
 def check_values(reg: str, values: list[float]) -> None:
-    """Raises ``ValueError`` naming ``reg`` and the first value outside its domain."""
-    for v in values:
+    """Raises ``ValueError`` naming ``reg`` and the first value outside its domain.
+
+    Each value is checked as it trains: rounded to float32 (0.99999999 is a b1 or dropout rate
+    of 1 there, 1e39 an infinite scale, 1e-50 a learning rate of 0).
+    """
+    for given in values:
+        with np.errstate(over="ignore"):  # 1e39 becomes inf: said below
+            v = float(np.float32(given)) if np.isfinite(given) else given
+        if np.isfinite(given) and v != given and (v in (0.0, 1.0) or not np.isfinite(v)):
+            raise ValueError(f"{reg} value {given} is {v} in float32, which the sweep trains in.")
         if not np.isfinite(v) or v < 0:
             raise ValueError(f"{reg} strengths must be finite and >= 0, got {v}.")
         if reg == "max_norm" and v <= 0:
