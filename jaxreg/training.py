@@ -480,8 +480,13 @@ def _block_train_loss(plan: _Plan, losses: jax.Array, steps: jax.Array, budget: 
     return jnp.where(active, mean, jnp.float32(jnp.nan))
 
 
-def _evaluate(plan: _Plan, consts: _Consts, state: PyTree, es: EarlyStoppingState, active: jax.Array, eval_index):
-    """Evaluation, early-stopping update and pruning of active members; the block's records."""
+def _evaluate(
+    plan: _Plan, consts: _Consts, state: PyTree, es: EarlyStoppingState, active: jax.Array, eval_index, steps_done
+):
+    """Evaluation, early-stopping update and pruning of active members; the block's records.
+
+    A rung ranks the members still running after it: active, not stopped, budget not spent
+    (``steps_done < budget``); a member whose budget ends at the rung takes no place."""
     nan = jnp.float32(jnp.nan)
     num_members = active.shape[0]
     pruned = jnp.zeros((num_members,), jnp.bool_)
@@ -495,6 +500,7 @@ def _evaluate(plan: _Plan, consts: _Consts, state: PyTree, es: EarlyStoppingStat
     es = freeze_stopped(jnp.logical_not(active), updated, es)
     if plan.rungs:
         running = jnp.logical_and(active, jnp.logical_not(es.stopped))
+        running = jnp.logical_and(running, steps_done < consts.budget)
         keep = plan.prune.keep(watched, running, mode=plan.prune_mode)
         at_rung = jnp.any(eval_index == jnp.asarray(plan.rungs, jnp.int32))
         pruned = jnp.logical_and(at_rung, jnp.logical_and(running, jnp.logical_not(keep)))
@@ -544,7 +550,9 @@ def _run_chunk(state, es, perms, epochs, first_block, num_blocks, consts: _Const
         trained, losses = _train_block(plan, consts, state, idx, rngs, steps)
         state = freeze_stopped(jnp.logical_not(active), trained, state)
         train_loss = _block_train_loss(plan, losses, steps, consts.budget, active)
-        es, val_loss, metric, pruned = _evaluate(plan, consts, state, es, active, first_block + k + 1)
+        es, val_loss, metric, pruned = _evaluate(
+            plan, consts, state, es, active, first_block + k + 1, t0 + plan.eval_every
+        )
         row = (train_loss, val_loss, metric, es.stopped, pruned)
         records = tuple(jax.lax.dynamic_update_index_in_dim(r, v, k, axis=0) for r, v in zip(records, row))
         return k + 1, state, es, cache, records

@@ -316,6 +316,27 @@ def test_halving_rule_stated_cases():
     np.testing.assert_array_equal(np.flatnonzero(~np.asarray(all_nan.history.stopped[:, 2])), [0, 1])
 
 
+def test_a_member_whose_budget_ends_at_a_rung_takes_no_place():
+    # "the n_r members still running (not stopped, budget not spent) are ranked": members 3 and 4
+    # have the best values at rung 2 but their budgets (2 evaluations) end there, so the 6 others
+    # are ranked and floor(6 / 2) = 3 continue: 7, 6 and 5. (Ranked too, 3 and 4 took two of
+    # floor(8 / 2) = 4 places and member 5 was pruned.)
+    values = [[1.0] * EVALS_T for _ in range(N_T)]
+    for i, v in enumerate([0.9, 0.8, 0.7, 0.1, 0.2, 0.5, 0.4, 0.3]):
+        values[i][1] = v
+    state = {"t": jnp.zeros((N_T,), jnp.int32), "values": jnp.asarray(values, jnp.float32)}
+    budget = np.full(N_T, EVALS_T * EVERY_T)
+    budget[[3, 4]] = 2 * EVERY_T
+    result = jr.fit(
+        table_step, table_eval, state, TRAIN, None, rng=jax.random.key(0), num_steps=EVALS_T * EVERY_T,
+        batch_size=4, eval_every=EVERY_T, num_members=N_T, member_steps=budget,
+        prune=jr.SuccessiveHalving(eta=2, first_rung=2), progress=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.flatnonzero(result.history.pruned[:, 1]), [0, 1, 2])
+    assert (np.asarray(result.state["t"])[[5, 6, 7]] > 2 * EVERY_T).all()
+    np.testing.assert_array_equal(np.asarray(result.state["t"])[[0, 1, 2, 3, 4]], 2 * EVERY_T)
+
+
 def test_halving_with_and_without_compaction_agree():
     rng = np.random.default_rng(4)
     values = np.round(rng.uniform(0, 2, (N_T, EVALS_T)), 1)
