@@ -8,7 +8,9 @@ records so far, plus the progress counters).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -40,6 +42,23 @@ def _describe(value: Any) -> str:
     return repr(value) if not isinstance(value, list) or len(value) <= 8 else f"{value[:8]!r}..."
 
 
+@contextlib.contextmanager
+def _readable(directory: Any, step: int) -> Iterator[None]:
+    """orbax's errors on a damaged or foreign checkpoint (a ``KeyError`` for a missing item, a
+    JSON or tensorstore error for truncated data, a tree mismatch) as one ``ValueError`` naming
+    the directory and the step."""
+    try:
+        yield
+    except Exception as e:  # any orbax failure: re-raised with the checkpoint named
+        path = os.path.join(os.fspath(directory), str(step))
+        raise ValueError(
+            f"fit: checkpoint_dir's latest checkpoint (step {step}) cannot be restored into this run "
+            f"({type(e).__name__}: {str(e)[:300]}); it is damaged or holds another state structure. Remove "
+            f"{path!r} to resume from an earlier checkpoint, or pass another checkpoint_dir; got checkpoint_dir "
+            f"= {os.fspath(directory)!r}."
+        ) from e
+
+
 def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.ndarray], meta: dict[str, Any]):
     """The latest checkpoint as ``(progress, carry, records)``, or ``None`` if there is none.
 
@@ -51,7 +70,8 @@ def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.n
     if latest is None:
         return None
     ocp = _ocp()
-    saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    with _readable(directory, latest):
+        saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     for name, value in meta.items():
         # A key the checkpoint lacks was not recorded by the version that wrote it: not compared.
         if name in saved and saved[name] != value:
@@ -62,12 +82,13 @@ def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.n
             )
     leaves, treedef = jax.tree.flatten(carry)
     target = {"carry": _numbered(carry), "history": {**records}}
-    item = manager.restore(
-        latest,
-        args=ocp.args.Composite(
-            carry=ocp.args.StandardRestore(target["carry"]), history=ocp.args.StandardRestore(target["history"])
-        ),
-    )
+    with _readable(directory, latest):
+        item = manager.restore(
+            latest,
+            args=ocp.args.Composite(
+                carry=ocp.args.StandardRestore(target["carry"]), history=ocp.args.StandardRestore(target["history"])
+            ),
+        )
     carry = jax.tree.unflatten(treedef, [jnp.asarray(item["carry"][str(i)]) for i in range(len(leaves))])
     records = {name: np.array(item["history"][name]) for name in records}
     return records.pop("progress"), carry, records

@@ -379,6 +379,23 @@ def test_resume_with_other_arguments_is_refused(checkpoint_of_a_run, changed, ma
         jr.fit(step, evaluate, S0, TRAIN, VAL, checkpoint_dir=checkpoint_of_a_run, **{**CKPT_RUN, **changed})
 
 
+def test_a_damaged_checkpoint_is_named_with_its_step(checkpoint_of_a_run, tmp_path):
+    # A copy of a finished run's directory with its latest step's meta item removed: orbax's
+    # KeyError becomes a ValueError naming checkpoint_dir and the step folder to remove.
+    import shutil
+
+    directory = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_of_a_run, directory)
+    latest = max(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    shutil.rmtree(directory / str(latest) / "meta")
+    with pytest.raises(
+        ValueError,
+        match=rf"^fit: checkpoint_dir's latest checkpoint \(step {latest}\) cannot be restored into this run "
+        rf"\(.*\); it is damaged .* Remove {re.escape(repr(str(directory / str(latest))))} to resume",
+    ):
+        jr.fit(step, evaluate, S0, TRAIN, VAL, checkpoint_dir=directory, **CKPT_RUN)
+
+
 def test_compiled_once_whatever_the_number_of_steps():
     traces = []
 
