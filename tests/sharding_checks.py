@@ -8,6 +8,8 @@ subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``::
         python -m pytest tests/sharding_checks.py -q -p no:cacheprovider
 """
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -174,30 +176,35 @@ def test_unjitted_automatic_step_on_several_devices_is_not_timed(monkeypatch):
     chex.assert_trees_all_close(out, ref, rtol=0, atol=ATOL)
 
 
+def _fit_step(st, batch, rng, seen=None):
+    """A member's training step for jr.fit; ``seen`` collects the stacked kernel's sharding per compile."""
+    p, o, h = st
+    if seen is not None:
+        jax.debug.inspect_array_sharding(p["w"], callback=seen.append)
+    value, g = jax.value_and_grad(_loss)(p, batch, rng, h)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: b ** count (int32)
+        u, o = _OPT.update(g, o, p)
+    return (optax.apply_updates(p, u), o, h), value
+
+
+def _fit_evaluate(st, data):
+    p = st[0]
+    return jnp.mean((jnp.tanh(data[0] @ p["w"] + p["b"][None]) @ p["v"] - data[1]) ** 2)
+
+
 def test_fit_on_an_explicitly_sharded_ensemble_equals_unsharded():
     # jax.make_mesh's explicit axes: fit runs the chunk program under automatic axes on the same
     # devices and gives the state back placed as it came.
     params, state, _, pens = _setup()
     x, y = jax.random.normal(jax.random.key(1), (32, 3)), jax.random.normal(jax.random.key(2), (32, 1))
 
-    def step(st, batch, rng):
-        p, o, h = st
-        value, g = jax.value_and_grad(_loss)(p, batch, rng, h)
-        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: b ** count (int32)
-            u, o = _OPT.update(g, o, p)
-        return (optax.apply_updates(p, u), o, h), value
-
-    def evaluate(st, data):
-        p = st[0]
-        return jnp.mean((jnp.tanh(data[0] @ p["w"] + p["b"][None]) @ p["v"] - data[1]) ** 2)
-
     kw = dict(
         rng=jax.random.key(5), num_steps=20, batch_size=8, eval_every=5, num_members=N, progress=False,
         early_stopping=jr.EarlyStopping(jnp.arange(N) % 3 + 1),
     )  # fmt: skip
-    ref = jr.fit(step, evaluate, (params, state, pens), (x, y), (x, y), **kw)
+    ref = jr.fit(_fit_step, _fit_evaluate, (params, state, pens), (x, y), (x, y), **kw)
     sharded = jr.ensemble.shard((params, state, pens), _mesh())
-    out = jr.fit(step, evaluate, sharded, (x, y), (x, y), **kw)
+    out = jr.fit(_fit_step, _fit_evaluate, sharded, (x, y), (x, y), **kw)
     chex.assert_trees_all_close(out.state, ref.state, rtol=0, atol=ATOL)
     chex.assert_trees_all_close(out.history, ref.history, rtol=0, atol=ATOL)
     assert out.state[0]["w"].sharding == sharded[0]["w"].sharding
@@ -212,26 +219,16 @@ def test_fit_keeps_the_member_axis_sharded_after_compaction(mesh):
     x, y = jax.random.normal(jax.random.key(1), (32, 3)), jax.random.normal(jax.random.key(2), (32, 1))
     seen = []  # the stacked kernel's sharding in each compiled chunk program (16 members, then 8)
 
-    def step(st, batch, rng):
-        p, o, h = st
-        jax.debug.inspect_array_sharding(p["w"], callback=seen.append)
-        value, g = jax.value_and_grad(_loss)(p, batch, rng, h)
-        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: b ** count (int32)
-            u, o = _OPT.update(g, o, p)
-        return (optax.apply_updates(p, u), o, h), value
-
-    def evaluate(st, data):
-        p = st[0]
-        return jnp.mean((jnp.tanh(data[0] @ p["w"] + p["b"][None]) @ p["v"] - data[1]) ** 2)
+    step = functools.partial(_fit_step, seen=seen)
 
     stopper = jr.EarlyStopping(jnp.where(jnp.arange(N) < 8, 1, 100), min_delta=jnp.where(jnp.arange(N) < 8, 1e9, 0.0))
     kw = dict(
         rng=jax.random.key(5), num_steps=40, batch_size=8, eval_every=5, num_members=N, progress=False,
         early_stopping=stopper, steps_per_chunk=5,
     )  # fmt: skip
-    ref = jr.fit(step, evaluate, (params, state, pens), (x, y), (x, y), **kw)
+    ref = jr.fit(step, _fit_evaluate, (params, state, pens), (x, y), (x, y), **kw)
     seen.clear()
-    out = jr.fit(step, evaluate, jr.ensemble.shard((params, state, pens), mesh()), (x, y), (x, y), **kw)
+    out = jr.fit(step, _fit_evaluate, jr.ensemble.shard((params, state, pens), mesh()), (x, y), (x, y), **kw)
     assert out.member_steps_computed == ref.member_steps_computed < N * 40  # compaction ran
     assert len(seen) >= 2 and all(len(sh.device_set) == 8 and not sh.is_fully_replicated for sh in seen), seen
     chex.assert_trees_all_close(out.state, ref.state, rtol=0, atol=ATOL)
