@@ -79,15 +79,15 @@ def check_values(reg: str, values: list[float]) -> None:
         if np.isfinite(given) and v != given and (v in (0.0, 1.0) or not np.isfinite(v)):
             raise ValueError(f"{reg} value {given} is {v} in float32, which the sweep trains in.")
         if not np.isfinite(v) or v < 0:
-            raise ValueError(f"{reg} strengths must be finite and >= 0, got {v}.")
+            raise ValueError(f"{reg} strengths must be finite and >= 0, got {given}.")
         if reg == "max_norm" and v <= 0:
-            raise ValueError(f"max_norm bounds must be > 0, got {v}.")
+            raise ValueError(f"max_norm bounds must be > 0, got {given}.")
         if reg == "dropout" and v >= 1:
-            raise ValueError(f"dropout rates must be in [0, 1), got {v}.")
+            raise ValueError(f"dropout rates must be in [0, 1), got {given}.")
         if reg == "lr" and v <= 0:
-            raise ValueError(f"learning rates (lr) must be > 0, got {v}.")
+            raise ValueError(f"learning rates (lr) must be > 0, got {given}.")
         if reg == "b1" and v >= 1:
-            raise ValueError(f"Adam's b1 values must be in [0, 1), got {v}.")
+            raise ValueError(f"Adam's b1 values must be in [0, 1), got {given}.")
 
 
 def sweep(
