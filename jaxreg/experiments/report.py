@@ -269,7 +269,7 @@ def findings(results: dict[str, Any]) -> list[str]:
     seeds = len(meas["test_acc"]["values"])
     regs = [n for n in REGULARIZED if n in rows]
     out = [
-        f"every number is a mean over {seeds} seeds ± the half-width of its 95% t interval; a difference "
+        f"every number is a mean over {seeds} seed{'s' if seeds != 1 else ''} ± the half-width of its 95% t interval; a difference "
         "is called only when the 95% t interval of the difference paired by seed excludes 0 "
         "(given as mean [lo, hi])"
     ]
@@ -293,7 +293,7 @@ def findings(results: dict[str, Any]) -> list[str]:
         ece_v, ece_d = compare(bag, none, "test_ece")
         size = len(bag["members"]) // max(seeds, 1)
         out.append(
-            f"bagging ({size} members): test acc {_iv(bag['measures']['test_acc'])} vs its members alone "
+            f"bagging ({size} member{'s' if size != 1 else ''}): test acc {_iv(bag['measures']['test_acc'])} vs its members alone "
             f"{_iv(bag['measures']['member_mean_test_acc'])}: {_said(v, diff)}"
             + f"; NLL vs none: {_said(nll_v, nll_d)}"
             + f"; ECE vs none: {_said(ece_v, ece_d)}"
