@@ -152,7 +152,7 @@ def label(regime: str, s: Settings) -> str:
         "max_norm": f"{s.max_norm:g}",
         "dropout": f"{s.dropout:g}",
         "sigmoid_l2": f"l2 {s.l2:.0e}",
-        "bagging": f"{s.members} members",
+        "bagging": f"{s.members} member{'s' if s.members != 1 else ''}",
         "mc_dropout": f"{s.mc_samples} masks",
         "early_stopping": "best val loss",
         "swa": f"last {1 - R.Config.swa_start:.0%} of steps",

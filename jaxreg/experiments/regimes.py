@@ -425,7 +425,7 @@ def _train_program(
     state = jax.jit(jax.vmap(lambda p, h: TrainState(p, optimizer(h).init(p), h)))(params0, hyper)
     if echo is not None:
         what = "the SAM training program" if sam else "the training program"
-        echo(f"compiling {what} ({num_members} members, {num_steps} steps)…")
+        echo(f"compiling {what} ({num_members} member{'s' if num_members != 1 else ''}, {num_steps} steps)…")
     t0 = time.perf_counter()
     result = jr.fit(
         step_fn,

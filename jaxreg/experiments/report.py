@@ -451,7 +451,8 @@ def run_summary(results: dict[str, Any]) -> list[str]:
     seeds = results.get("seeds", 1)
     lines = [
         "",
-        f"{seeds} seeds per regime ({results.get('interval', 'mean')}); {results.get('seeding', '')}",
+        f"{seeds} seed{'s' if seeds != 1 else ''} per regime ({results.get('interval', 'mean')}); "
+        f"{results.get('seeding', '')}",
         "",
         format_table(main_rows),
         "",
@@ -468,7 +469,7 @@ def run_summary(results: dict[str, Any]) -> list[str]:
         "findings:",
         *(f"- {line}" for line in findings(results)),
         "",
-        f"training: {results['num_members']} members ({results['num_members'] // seeds} x {seeds} seeds) x "
+        f"training: {results['num_members']} members ({results['num_members'] // seeds} x {seeds} seed{'s' if seeds != 1 else ''}) x "
         f"{results['num_steps']} steps as {_programs(results)} in {results['train_program_s']:.1f} s (compilation "
         "included); no per-regime time exists",
     ]

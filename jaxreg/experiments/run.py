@@ -52,7 +52,8 @@ def run(
     echo(
         f"jaxreg run: {split.name}, train/val/test = {len(split.y_train)}/{len(split.y_val)}/{len(split.y_test)}, "
         f"MLP {split.num_features}-{s.hidden}-{s.hidden}-{split.num_classes}, {len(members) // s.seeds} members "
-        f"x {s.seeds} seeds x {R.num_steps_for(config)} full-batch Adam steps as one vmapped program "
+        f"x {s.seeds} seed{'s' if s.seeds != 1 else ''} x {R.num_steps_for(config)} full-batch Adam steps as one "
+        "vmapped program "
         f"{'(SAM members, another gradient, as a second) ' if np.any(np.asarray(hyper.sam_rho) > 0) else ''}"
         "(a seed: its own init, bootstrap resamples and dropout masks; the data split is the same for every seed)"
     )
@@ -107,7 +108,7 @@ def _evaluate_and_save(
         "num_members": len(members),
         "seeds": s.seeds,
         "seeding": (
-            f"every regime trained under {s.seeds} seeds in the same program: seed r gives each member its own "
+            f"every regime trained under {s.seeds} seed{'s' if s.seeds != 1 else ''} in the same program: seed r gives each member its own "
             "initialization, bootstrap resamples (bagging) and dropout masks; the data split is fixed "
             f"(drawn from --seed {s.seed}); full-batch training has no data order"
         ),
