@@ -113,13 +113,17 @@ def explicit_shards(tree: PyTree) -> int:
     for leaf in jax.tree.leaves(tree):
         if not isinstance(leaf, (jax.Array, jax.core.Tracer)) or jnp.ndim(leaf) == 0:
             continue
-        sharding = getattr(jax.typeof(leaf), "sharding", None)
-        spec = getattr(sharding, "spec", None)
-        if not spec or spec[0] is None:
-            continue
-        names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-        ways = math.lcm(ways, math.prod(sharding.mesh.shape[name] for name in names))
+        ways = math.lcm(ways, leading_axis_devices(getattr(jax.typeof(leaf), "sharding", None)))
     return ways
+
+
+def leading_axis_devices(sharding: Any) -> int:
+    """How many devices a (named) sharding splits an array's leading axis over; 1 for none."""
+    spec = getattr(sharding, "spec", None)
+    if not spec or spec[0] is None:
+        return 1
+    names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    return math.prod(sharding.mesh.shape[name] for name in names)
 
 
 def _check_explicit_chunk(xs: PyTree, n: int, chunk: int, where: str) -> None:

@@ -215,7 +215,7 @@ class L2(Penalty):
         steps = _steps_like(step, tree, "l2.prox")
         if self.center is None:
             return _map_selected(
-                lambda x, t: _acc(x) / (1.0 + 2.0 * _step_times(_as(t, x), _as(self.scale, x))),
+                lambda x, t: _acc(x) / (1.0 + 2.0 * _times(_as(t, x), _as(self.scale, x))),
                 tree,
                 self.mask,
                 steps,
@@ -223,7 +223,7 @@ class L2(Penalty):
             )
 
         def one(x: jax.Array, t: Any, c: jax.Array) -> jax.Array:
-            rate = 2.0 * _step_times(_as(t, x), _as(self.scale, x))
+            rate = 2.0 * _times(_as(t, x), _as(self.scale, x))
             # an infinite step lands on the center (the minimizer): inf / inf is NaN
             safe = jnp.where(jnp.isinf(rate), 0.0, rate)
             return jnp.where(jnp.isinf(rate), _as(c, x), (_acc(x) + safe * _as(c, x)) / (1.0 + safe))
@@ -235,21 +235,16 @@ def _is_float_leaf(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _times(a: ArrayLike, b: ArrayLike) -> jax.Array:
-    """``a * b``, 0 where one is infinite and the other 0 (``inf * 0`` is NaN; a zero penalty's
-    prox is the identity at any step, a zero factor zeroes a penalty). Otherwise the product
-    itself, so its gradient in either is kept. Computed in the wider of the two dtypes
-    (explicit: a half-precision step under strict promotion)."""
-    a, b = jnp.asarray(a), jnp.asarray(b)
-    dtype = wider_dtype(a, b)
-    a, b = a.astype(dtype), b.astype(dtype)
-    zero_times_inf = (jnp.isinf(a) & (b == 0)) | (jnp.isinf(b) & (a == 0))
-    return jnp.where(zero_times_inf, jnp.zeros_like(a), a * b)
-
-
-def _step_times(step: ArrayLike, scale: ArrayLike) -> jax.Array:
-    """A prox's ``step * scale`` (see :func:`_times`)."""
-    return _times(step, scale)
+def _times(step: ArrayLike, scale: ArrayLike) -> jax.Array:
+    """``step * scale``, 0 for an infinite step of a zero scale (``inf * 0`` is NaN; a zero
+    penalty's prox is the identity at any step). Finite steps take the product itself, so its
+    gradient in the scale is kept. Also the product of two factors (finite: they are checked).
+    Computed in the wider of the two dtypes (explicit: a half-precision step under strict
+    promotion)."""
+    step, scale = jnp.asarray(step), jnp.asarray(scale)
+    dtype = wider_dtype(step, scale)
+    step, scale = step.astype(dtype), scale.astype(dtype)
+    return jnp.where(jnp.isinf(step) & (scale == 0), jnp.zeros_like(step), step * scale)
 
 
 def _abs2(x: jax.Array) -> jax.Array:
@@ -305,7 +300,7 @@ class L1(Penalty):
         _checks.check_applied("l1", scale=self.scale)
         steps = _steps_like(step, tree, "l1.prox")
         return _map_selected(
-            lambda x, t: _soft_threshold(_acc(x), _step_times(_as(t, x), _as(self.scale, x))),
+            lambda x, t: _soft_threshold(_acc(x), _times(_as(t, x), _as(self.scale, x))),
             tree,
             self.mask,
             steps,
@@ -340,9 +335,7 @@ class ElasticNet(Penalty):
 
         def one(x: jax.Array, t: Any) -> jax.Array:
             t = _as(t, x)
-            return _soft_threshold(_acc(x), _step_times(t, _as(self.l1, x))) / (
-                1.0 + 2.0 * _step_times(t, _as(self.l2, x))
-            )
+            return _soft_threshold(_acc(x), _times(t, _as(self.l1, x))) / (1.0 + 2.0 * _times(t, _as(self.l2, x)))
 
         return _map_selected(one, tree, self.mask, steps, where="elastic_net")
 
@@ -443,7 +436,7 @@ class Tie(Penalty):
             if not _is_float_pair(x, y):
                 return _no_change(x), _no_change(y)
             u, v = _pair_acc(x, y)
-            removed = 1.0 - 1.0 / (1.0 + 4.0 * _step_times(_as(step, u), _as(self.scale, u)))
+            removed = 1.0 - 1.0 / (1.0 + 4.0 * _times(_as(step, u), _as(self.scale, u)))
             half = 0.5 * removed * (u - v)
             return (-half).astype(jnp.result_type(x)), half.astype(jnp.result_type(y))
 
@@ -462,8 +455,9 @@ class Tie(Penalty):
 
 def _pair_acc(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
     """A tied pair in one compute dtype: the wider of the two leaves', float32 at least."""
-    dtype = wider_dtype(_acc(x), _acc(y))
-    return _acc(x).astype(dtype), _acc(y).astype(dtype)
+    u, v = _acc(x), _acc(y)
+    dtype = wider_dtype(u, v)
+    return u.astype(dtype), v.astype(dtype)
 
 
 def _is_float_pair(x: Any, y: Any) -> bool:
@@ -539,7 +533,7 @@ class GroupLasso(Penalty):
             if not keep:
                 return x
             norm = self._norms(path, x)
-            threshold = _step_times(_as(step, x), _as(self.scale, x))
+            threshold = _times(_as(step, x), _as(self.scale, x))
             factor = jnp.where(norm > 0, jnp.maximum(0.0, 1.0 - threshold / jnp.where(norm > 0, norm, 1.0)), 0.0)
             return (_acc(x) * factor).astype(jnp.result_type(x))
 
@@ -588,7 +582,7 @@ class Sum(Penalty):
             strength = jax.tree.map(lambda total, k, scale=scale: total + scale if k else total, strength, keep)
         steps = _steps_like(step, tree, "l2.prox")
         return L2(jnp.ones([], default_float()), center=None, mask=None).prox(
-            tree, jax.tree.map(_step_times, steps, strength)
+            tree, jax.tree.map(_times, steps, strength)
         )
 
 
@@ -630,7 +624,7 @@ class Scaled(Penalty):
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         _checks.check_applied("a scaled penalty", factor=self.factor)
-        return self.penalty.prox(tree, jax.tree.map(lambda t: _step_times(t, self.factor), step))
+        return self.penalty.prox(tree, jax.tree.map(lambda t: _times(t, self.factor), step))
 
 
 def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L2:

@@ -43,7 +43,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.typing import ArrayLike
 
-from jaxreg import _checkpoint, _checks, _random
+from jaxreg import _checkpoint, _checks, _chunking, _random
 from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, checked_retrain_budget, freeze_stopped
 from jaxreg.pruning import SuccessiveHalving
 
@@ -598,12 +598,10 @@ def _sharded_like(part: PyTree, full: PyTree) -> PyTree:
 
     def one(p: Any, f: Any) -> Any:
         sharding = getattr(f, "sharding", None)
-        spec = getattr(sharding, "spec", None)
-        if not isinstance(sharding, jax.sharding.NamedSharding) or not spec or spec[0] is None:
+        if not isinstance(sharding, jax.sharding.NamedSharding):
             return p
-        names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
-        ways = math.prod(sharding.mesh.shape[name] for name in names)
-        return jax.device_put(p, sharding) if p.shape[0] % ways == 0 else p
+        ways = _chunking.leading_axis_devices(sharding)
+        return jax.device_put(p, sharding) if ways > 1 and p.shape[0] % ways == 0 else p
 
     return jax.tree.map(one, part, full)
 

@@ -66,7 +66,7 @@ class Prediction(NamedTuple):
           >>> float(p.mean), float(p.variance)
           (2.0, 1.0)
         """
-        return cls(*_finish(_moments(samples), jax.tree.map(lambda o: jnp.result_type(o), samples)))
+        return cls(*_finish(_moments(samples), jax.tree.map(jnp.result_type, samples)))
 
 
 def _moments(samples: Any) -> tuple[Any, Any, jax.Array]:
@@ -135,7 +135,7 @@ def predict_chunked(
     def block_moments(block: Any) -> tuple[tuple[Any, Any, jax.Array], None]:
         samples = jax.vmap(sample_fn)(block)
         if not dtypes:
-            dtypes.append(jax.tree.map(lambda o: jnp.result_type(o), samples))
+            dtypes.append(jax.tree.map(jnp.result_type, samples))
         return _moments(samples), None
 
     moments, _ = _chunking.run_chunks(block_moments, items, chunk, combine=_merge, where=where)
