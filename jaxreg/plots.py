@@ -63,7 +63,8 @@ def _save(fig: Any, path: str, *, grid: tuple[int, int] | None = None) -> str:
 
 def band(values: Any, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean and 95% t-interval bounds over ``axis`` (the seeds) of ``values``; with one seed the
-    bounds are the mean (no band is drawn)."""
+    bounds are the mean (no band is drawn). A 1-D ``values`` is one seed's curve (one value per
+    x, not seeds): it is returned as the mean and both bounds."""
     from jaxreg import stats
 
     v = np.asarray(values, np.float64)

@@ -188,6 +188,11 @@ def test_help_lists_the_optimizer_hyperparameters_and_their_ranges(capsys):
             ["--reg", "lr", "--min", "1e-50", "--max", "1e-46"],
             "lr value 1e-50 is 0.0 in float32, which the sweep trains in.",
         ),
+        # One value has no range: --max was silently dropped.
+        (
+            ["--reg", "l2", "--num", "1", "--min", "0.01", "--max", "0.1"],
+            "num = 1 takes one value, got min = 0.01, max = 0.1; give them equal.",
+        ),
     ],
 )
 def test_bad_ranges_exit_2_with_one_line(argv, message, capsys, tmp_path):
@@ -196,6 +201,30 @@ def test_bad_ranges_exit_2_with_one_line(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [f"jaxreg sweep: error: {message}"]
     assert not out.exists()  # nothing written before the values are checked
+
+
+@pytest.mark.parametrize("flag", ["--min", "--max"])
+def test_num_one_trains_the_value_given(flag, tmp_path, monkeypatch):
+    # With --num 1 the one end given is the value (--max was dropped for the default --min).
+    class Stop(Exception):
+        pass
+
+    def spy(reg, values, *args, **kwargs):
+        raise Stop(values)
+
+    monkeypatch.setattr(sw, "sweep", spy)
+    with pytest.raises(Stop) as e:
+        cli.main(["sweep", "--num", "1", flag, "0.02", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert e.value.args[0] == [0.02]
+
+
+def test_value_names_tell_close_values_apart():
+    values = sw.strengths(1e-3, 1.0001e-3, 3)
+    names = sw.value_names("l2", values)
+    assert len(set(names)) == 3 and names[0] == "l2=0.001"
+    shown = [float(n.split("=")[1]) for n in names]
+    assert shown == sorted(shown) and shown == pytest.approx(values, rel=1e-6)  # 6 digits tell them apart
+    assert sw.value_names("wd", [0.1, 1.0, 10.0]) == ["wd=0.1", "wd=1", "wd=10"]
 
 
 def test_check_values_names_the_domains():

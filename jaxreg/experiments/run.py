@@ -122,8 +122,9 @@ def _evaluate_and_save(
             "sat_frac": f"fraction of hidden sigmoid activations on the test set within {s.saturation} of 0 or 1",
             "train_program_s": "seconds of the training programs of all members (compilation included)",
             "train_programs": "compiled training programs: 1, or 2 when SAM members (another gradient) are present",
-            "steps_to_best": "first evaluation step at the lowest validation loss (an ensemble: of its mean curve)",
-            "best_val_loss": "the lowest validation loss over the evaluations",
+            "steps_to_best": "first evaluation step at the lowest validation loss (an ensemble: of its members' mean curve)",
+            "best_val_loss": "the lowest validation loss over the evaluations (an ensemble: of the mean of its "
+            "members' validation losses, not the loss of its averaged predictions)",
             "measures": "per measure: mean, lo, hi (95% t interval over seeds) and the per-seed values",
         },
         "baseline": "none",

@@ -55,16 +55,32 @@ def strengths(low: float, high: float, num: int, *, log: bool = True) -> list[fl
     """``num`` strengths from ``low`` to ``high``, log- or evenly spaced.
 
     Raises:
-      ValueError: if ``num < 1``, ``low > high``, or a log range does not start above 0.
+      ValueError: if ``num < 1``, ``low > high``, ``num == 1`` with ``low != high`` (one value has
+        no range), or a log range does not start above 0.
     """
     if num < 1:
         raise ValueError(f"num must be >= 1, got num = {num}.")
+    if num == 1 and low != high:
+        raise ValueError(f"num = 1 takes one value, got min = {low}, max = {high}; give them equal.")
     if low > high:
         raise ValueError(f"the range must have min <= max, got min = {low}, max = {high}.")
     if log and low <= 0:
         raise ValueError(f"a log-spaced range needs min > 0, got min = {low}; pass --linear for a range from 0.")
     values = np.geomspace(low, high, num) if log else np.linspace(low, high, num)
     return [float(v) for v in values]
+
+
+def value_names(reg: str, values: list[float]) -> list[str]:
+    """The rows' names, ``reg=value`` with 3 significant digits, or as many more as tell the values apart."""
+    for digits in range(3, 18):
+        names = [f"{reg}={v:.{digits}g}" for v in values]
+        if len(set(names)) == len(set(values)):
+            return names
+    return [f"{reg}={v!r}" for v in values]
+
+
+def _plural(count: int, what: str) -> str:
+    return f"{count} {what}{'s' if count != 1 else ''}"
 
 
 def check_values(reg: str, values: list[float]) -> None:
@@ -127,12 +143,12 @@ def sweep(
     field, label = REGULARIZERS[reg]
     os.makedirs(out_dir, exist_ok=True)
     members = [R.Member("none", init=r) for r in range(replicates)]
-    for v in values:
-        members += [R.Member(f"{reg}={v:.3g}", init=r, **{field: v}) for r in range(replicates)]
+    for name, v in zip(value_names(reg, values), values):
+        members += [R.Member(name, init=r, **{field: v}) for r in range(replicates)]
     config = R.Config(hidden=(hidden, hidden), learning_rate=learning_rate, steps=steps, eval_every=eval_every)
     hyper = R.stack_hypers(members, seed, len(split.y_train))
     echo(
-        f"jaxreg sweep: {label} over {len(values)} values x {replicates} replicate(s) + baseline = "
+        f"jaxreg sweep: {label} over {_plural(len(values), 'value')} x {_plural(replicates, 'replicate')} + baseline = "
         f"{len(members)} members, {R.num_steps_for(config)} steps, one vmapped program"
     )
     arrays = {"x_train": split.x_train, "y_train": split.y_train, "x_val": split.x_val, "y_val": split.y_val}
@@ -159,7 +175,7 @@ def sweep(
             }
         )
     rows = []
-    groups = [("none", None)] + [(f"{reg}={v:.3g}", v) for v in values]
+    groups = [("none", None), *zip(value_names(reg, values), values)]
     for g, (name, v) in enumerate(groups):
         chunk = per_member[g * replicates : (g + 1) * replicates]
         row = {"name": name, "strength": v}
