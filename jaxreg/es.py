@@ -69,7 +69,14 @@ def centered_ranks(losses: ArrayLike) -> jax.Array:
 
 
 def _check_args(
-    params: PyTree, sigma: Any, population: Any, antithetic: bool, fitness_shaping: Any, chunk_size: Any, where: str
+    params: PyTree,
+    sigma: Any,
+    population: Any,
+    antithetic: bool,
+    fitness_shaping: Any,
+    chunk_size: Any,
+    where: str,
+    mesh: Any = None,
 ) -> tuple[int, int | None]:
     _checks.check_positive("sigma", sigma, where, scalar=True)
     population = _checks.check_int_at_least("population", population, 2, where)
@@ -91,6 +98,16 @@ def _check_args(
             f"{where}: fitness_shaping must be None, 'centered_ranks' or a callable losses -> utilities, "
             f"got fitness_shaping = {fitness_shaping!r}."
         )
+    if mesh is not None:
+        if not isinstance(mesh, jax.sharding.Mesh):
+            raise ValueError(f"{where}: mesh must be a jax.sharding.Mesh or None, got mesh = {mesh!r}.")
+        num_dirs = population // 2 if antithetic else population
+        if num_dirs % mesh.size:
+            what = "population / 2 (the +/- pairs)" if antithetic else "population"
+            raise ValueError(
+                f"{where}: the directions are split evenly over the mesh's {mesh.size} devices, so "
+                f"{what} must be a multiple of {mesh.size}, got population = {population}."
+            )
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
         if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
             raise ValueError(
@@ -139,13 +156,39 @@ def _estimate(
     fitness_shaping: FitnessShaping,
     dirs_per_chunk: int,
     where: str,
+    axes: tuple[str, ...] | None = None,
 ) -> PyTree:
+    """The estimate; with ``axes`` (inside ``shard_map`` over those mesh axes) each device draws
+    and evaluates its own contiguous share of the directions, and the sums are added across them."""
     leaves, treedef = jax.tree.flatten(params)
     if not leaves:
         return params
     num_dirs = population // 2 if antithetic else population
     signs = 2 if antithetic else 1
     sigma = jnp.asarray(sigma)
+    if axes is None:
+        local, first = num_dirs, jnp.uint32(0)
+
+        def total(tree: Any) -> Any:
+            return tree
+
+        def gather(x: jax.Array) -> jax.Array:
+            return x
+
+        def mine(x: jax.Array) -> jax.Array:
+            return x
+    else:
+        local = num_dirs // jax.lax.axis_size(axes)
+        first = jax.lax.axis_index(axes).astype(jnp.uint32) * jnp.uint32(local)
+
+        def total(tree: Any) -> Any:
+            return jax.lax.psum(tree, axes)
+
+        def gather(x: jax.Array) -> jax.Array:  # every device's rows, in device (= direction) order
+            return jax.lax.all_gather(x, axes, tiled=True)
+
+        def mine(x: jax.Array) -> jax.Array:  # this device's rows of a gathered array
+            return jax.lax.dynamic_slice_in_dim(x, first, local)
 
     def noise(i: jax.Array) -> list[jax.Array]:
         # Written once: each direction's noise is read by theta + sigma eps, theta - sigma eps, the
@@ -193,7 +236,7 @@ def _estimate(
         coef = u[0] - u[1] if antithetic else u[0]
         return coef, 1.0 / (denom * sigma.astype(flat.dtype))
 
-    idx = jnp.arange(num_dirs, dtype=jnp.uint32)
+    idx = first + jnp.arange(local, dtype=jnp.uint32)
 
     def add(a: list[jax.Array], b: list[jax.Array]) -> list[jax.Array]:
         return [u + v for u, v in zip(a, b)]
@@ -207,6 +250,7 @@ def _estimate(
             return weighted_sum(losses[:, 0] - losses[:, 1], eps), losses
 
         sums, losses = _chunking.run_chunks(block_sums, idx, dirs_per_chunk, combine=add)
+        sums = total(sums)
         scale = 1.0 / (signs * num_dirs * sigma.astype(losses.dtype))
     elif fitness_shaping is None:
         # One pass too: sum_i (f_i - mean f) eps_i = S - (D / n) E with S = sum_i (f_i - r) eps_i,
@@ -228,24 +272,29 @@ def _estimate(
             moved = [s_ + shift.astype(e_.dtype) * e_ for s_, e_ in zip(sums_b, eps_b)]
             return add(sums_a, moved), add(eps_a, eps_b), dev_a + dev_b + n_b * shift, n_a + n_b, ref_a
 
-        (sums, eps_sums, dev, count, _), losses = _chunking.run_chunks(block_sums, idx, dirs_per_chunk, combine=merge)
+        (sums, eps_sums, dev, count, ref), losses = _chunking.run_chunks(block_sums, idx, dirs_per_chunk, combine=merge)
+        if axes is not None:  # every device's sums moved to the first device's reference, then added
+            shift = ref - gather(ref[None])[0]
+            sums = [s_ + shift.astype(e_.dtype) * e_ for s_, e_ in zip(sums, eps_sums)]
+            sums, eps_sums, dev, count = total((sums, eps_sums, dev + count * shift, count))
         mean_dev = dev / count
         sums = [s_ - mean_dev.astype(e_.dtype) * e_ for s_, e_ in zip(sums, eps_sums)]
         scale = 1.0 / ((num_dirs - 1) * sigma.astype(losses.dtype))
-    elif dirs_per_chunk >= num_dirs:  # one block: keep its noise for the weighted sum
+    elif dirs_per_chunk >= local:  # one block: keep its noise for the weighted sum
         eps = jax.vmap(noise)(idx)
-        coef, scale = utilities(evaluate(eps))
-        sums = weighted_sum(coef, eps)
+        coef, scale = utilities(gather(evaluate(eps)))
+        sums = total(weighted_sum(mine(coef), eps))
     else:
         # Two passes: the utilities need every loss first; the noise is regenerated from its key.
         losses = _chunking.run_chunks(lambda block: (None, evaluate(jax.vmap(noise)(block))), idx, dirs_per_chunk)[1]
-        coef, scale = utilities(losses)
+        coef, scale = utilities(gather(losses))
         sums, _ = _chunking.run_chunks(
             lambda block: (weighted_sum(block[1], jax.vmap(noise)(block[0])), None),
-            (idx, coef),
+            (idx, mine(coef)),
             dirs_per_chunk,
             combine=add,
         )
+        sums = total(sums)
     grads = [(scale.astype(s.dtype) * s).astype(jnp.result_type(x)) for s, x in zip(sums, leaves)]
     return jax.tree.unflatten(treedef, grads)
 
@@ -260,6 +309,7 @@ def _gradient(
     fitness_shaping: FitnessShaping,
     chunk_size: int | None,
     where: str,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> PyTree:
     """Resolves the directions per chunk (explicit, measured, cached or static) and estimates."""
     _random.check_key(rng, where)
@@ -268,20 +318,18 @@ def _gradient(
         return params
     num_dirs = population // 2 if antithetic else population
     signs = 2 if antithetic else 1
+    if mesh is not None:
+        return _gradient_on_mesh(
+            loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh
+        )
 
     def program(c: int) -> Callable[..., PyTree]:
         return lambda p, r, s: _estimate(loss_fn, p, r, s, population, antithetic, fitness_shaping, c, where)
 
     if chunk_size is not None:
         return program(max(1, min(num_dirs, chunk_size // signs)))(params, rng, sigma)
-    jaxpr = _chunking.trace_item(
-        _one_direction(loss_fn, treedef, antithetic), leaves, rng, jnp.asarray(sigma), jnp.zeros([], jnp.uint32)
-    )
-    if jax.default_backend() != "cpu":
-        static = num_dirs
-    else:
-        item_bytes = None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr)
-        static = _chunking.static_chunk(num_dirs, item_bytes, _CHUNK_BUDGET_BYTES)
+    jaxpr = _item_jaxpr(loss_fn, treedef, antithetic, leaves, rng, sigma)
+    static = _static_dirs(num_dirs, jaxpr)
     return _chunking.run_auto(
         None,
         num_dirs,
@@ -295,6 +343,54 @@ def _gradient(
     )
 
 
+def _item_jaxpr(loss_fn: Callable[[PyTree], Any], treedef: Any, antithetic: bool, leaves: list[Any], rng, sigma):
+    one = _one_direction(loss_fn, treedef, antithetic)
+    return _chunking.trace_item(one, leaves, rng, jnp.asarray(sigma), jnp.zeros([], jnp.uint32))
+
+
+def _static_dirs(num_dirs: int, jaxpr: Any) -> int:
+    """Directions per chunk by the static rule: the whole population on accelerators."""
+    if jax.default_backend() != "cpu":
+        return num_dirs
+    item_bytes = None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr)
+    return _chunking.static_chunk(num_dirs, item_bytes, _CHUNK_BUDGET_BYTES)
+
+
+def _gradient_on_mesh(
+    loss_fn: Callable[[PyTree], Any],
+    params: PyTree,
+    rng: jax.Array,
+    sigma: ArrayLike,
+    population: int,
+    antithetic: bool,
+    fitness_shaping: FitnessShaping,
+    chunk_size: int | None,
+    where: str,
+    mesh: jax.sharding.Mesh,
+) -> PyTree:
+    """The directions split over every device of ``mesh`` (``jax.shard_map``, all axes at once).
+
+    Each device runs :func:`_estimate` on its share, chunked by ``chunk_size`` or by the static
+    rule on the share (nothing is timed across devices); params, key and ``sigma`` are replicated.
+    """
+    num_dirs = population // 2 if antithetic else population
+    signs = 2 if antithetic else 1
+    local = num_dirs // mesh.size
+    if chunk_size is not None:
+        chunk = max(1, min(local, chunk_size // signs))
+    else:
+        leaves, treedef = jax.tree.flatten(params)
+        chunk = _static_dirs(local, _item_jaxpr(loss_fn, treedef, antithetic, leaves, rng, sigma))
+    axes = tuple(mesh.axis_names)
+    replicated = jax.sharding.PartitionSpec()
+
+    def body(p: PyTree, r: jax.Array, s: jax.Array) -> PyTree:
+        return _estimate(loss_fn, p, r, s, population, antithetic, fitness_shaping, chunk, where, axes)
+
+    run = jax.shard_map(body, mesh=mesh, in_specs=(replicated, replicated, replicated), out_specs=replicated)
+    return run(params, rng, jnp.asarray(sigma))
+
+
 def gradient(
     loss_fn: Callable[[PyTree], Any],
     params: PyTree,
@@ -305,6 +401,7 @@ def gradient(
     antithetic: bool = True,
     fitness_shaping: FitnessShaping = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> PyTree:
     r"""Evolution-strategy estimate of the gradient of ``loss_fn`` at ``params``.
 
@@ -350,7 +447,15 @@ def gradient(
         program and shapes is used, else the static rule: on CPU the
         largest power of two of members whose intermediates fit about 8 MiB (measured on a
         2-core AMD EPYC), on accelerators the whole population. ``JAXREG_AUTOTUNE=0`` always
-        uses the static rule.
+        uses the static rule. With ``mesh``: members per chunk on each device (``None``: the
+        static rule on each device's share, nothing timed).
+      mesh: a ``jax.sharding.Mesh`` to split the population over: each of its devices (all
+        axes together) draws and evaluates its own contiguous share of the directions, and the
+        weighted sums are added across devices (``jax.shard_map``; ``params``, ``rng`` and
+        ``sigma`` replicated, the estimate returned replicated). The directions are those of one
+        device, so the estimate equals the unsplit one up to the order of summation. The
+        directions (``population / 2`` if antithetic) must divide evenly over ``mesh.size``.
+        ``None`` (default): one program, placed as its inputs are.
 
     Returns:
       The gradient estimate, a pytree with the structure and dtypes of ``params``.
@@ -358,7 +463,7 @@ def gradient(
     Raises:
       ValueError: if ``rng`` is not a PRNG key, ``sigma`` is not a scalar or (concrete) not
         positive, ``population`` is not an int >= 2 or is odd with ``antithetic=True``,
-        ``chunk_size`` is invalid,
+        ``chunk_size`` is invalid, ``mesh`` is not a mesh or its size does not divide the directions,
         ``fitness_shaping`` is unknown, ``loss_fn`` does not return a scalar, or a leaf is not
         floating point.
 
@@ -378,8 +483,10 @@ def gradient(
       True
     """
     where = "es.gradient"
-    population, chunk_size = _check_args(params, sigma, population, antithetic, fitness_shaping, chunk_size, where)
-    return _gradient(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where)
+    population, chunk_size = _check_args(
+        params, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh
+    )
+    return _gradient(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh)
 
 
 def value_and_gradient(
@@ -392,6 +499,7 @@ def value_and_gradient(
     antithetic: bool = True,
     fitness_shaping: FitnessShaping = None,
     chunk_size: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[jax.Array, PyTree]:
     r"""``(loss_fn(params), gradient(...))``: the unperturbed loss and the ES gradient estimate.
 
@@ -409,6 +517,7 @@ def value_and_gradient(
       antithetic: evaluate mirrored pairs.
       fitness_shaping: ``None``, ``"centered_ranks"`` or a callable (see :func:`gradient`).
       chunk_size: members evaluated at once; ``None`` chooses (see :func:`gradient`).
+      mesh: devices to split the population over (see :func:`gradient`).
 
     Returns:
       ``(value, grads)``: ``value`` as returned by ``loss_fn``; ``grads`` shaped like ``params``.
@@ -425,6 +534,8 @@ def value_and_gradient(
       (3.0, [2, 2, 2])
     """
     where = "es.value_and_gradient"
-    population, chunk_size = _check_args(params, sigma, population, antithetic, fitness_shaping, chunk_size, where)
-    grads = _gradient(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where)
+    population, chunk_size = _check_args(
+        params, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh
+    )
+    grads = _gradient(loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh)
     return loss_fn(params), grads

@@ -242,3 +242,57 @@ def test_chunked_refuses_a_state_placed_on_several_devices(mesh):
         match=r"^chunk: a Chunked state holds its blocks on one device, but tree's leaf 'w' is placed on 8 devices",
     ):
         jr.ensemble.chunk(sharded, 8)
+
+
+_ES_X = jax.random.normal(jax.random.key(2), (32, 16))
+_ES_PARAMS = {"w": 0.3 * jax.random.normal(jax.random.key(1), (16, 8)), "b": jnp.zeros(8)}
+
+
+def _es_loss(p, x=_ES_X):
+    return jnp.mean(jnp.tanh(x @ p["w"] + p["b"][None]))  # in [-1, 1]
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+@pytest.mark.parametrize(
+    ("shaping", "chunk_size"), [(None, None), (None, 4), ("centered_ranks", None), ("centered_ranks", 4)]
+)
+def test_es_population_split_over_a_mesh_equals_one_device(antithetic, shaping, chunk_size):
+    mesh = jax.make_mesh((4, 2), ("a", "b"))  # both axes split the directions
+    n, sigma = 64, 1.0
+    kw = dict(sigma=sigma, population=n, antithetic=antithetic, fitness_shaping=shaping, chunk_size=chunk_size)
+    whole = jr.es.gradient(_es_loss, _ES_PARAMS, jax.random.key(0), **kw)
+    split = jr.es.gradient(_es_loss, _ES_PARAMS, jax.random.key(0), mesh=mesh, **kw)
+    jitted = jax.jit(lambda p, k, x: jr.es.gradient(lambda q: _es_loss(q, x), p, k, mesh=mesh, **kw))
+    # The same directions and coefficients (|f| <= 1: |c| <= 2; utilities |c| <= 1), summed per
+    # device then across: n terms |c e| / (n s) <= 2 * 6 / (n s), reordered: tol = n eps 12 / s.
+    atol = n * EPS32 * 12 / sigma
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(whole)) > 100 * atol
+    for got in (split, jitted(_ES_PARAMS, jax.random.key(0), _ES_X)):
+        chex.assert_trees_all_close(got, whole, rtol=0, atol=atol)
+        assert got["w"].sharding.is_fully_replicated
+
+
+def test_es_population_split_divides_each_devices_work():
+    # XLA's own cost analysis of the compiled programs: per device, an eighth of the evaluations.
+    mesh = jax.make_mesh((8,), ("pop",))
+
+    def flops(m):
+        fn = jax.jit(lambda p, k: jr.es.gradient(_es_loss, p, k, sigma=0.1, population=256, chunk_size=256, mesh=m))
+        cost = fn.lower(_ES_PARAMS, jax.random.key(0)).compile().cost_analysis()
+        return (cost if isinstance(cost, dict) else cost[0])["flops"]
+
+    assert flops(mesh) < flops(None) / 6
+
+
+def test_es_population_must_split_evenly_over_the_mesh():
+    mesh = jax.make_mesh((8,), ("pop",))
+    with pytest.raises(
+        ValueError, match=r"population / 2 \(the \+/- pairs\) must be a multiple of 8, got population = 20"
+    ):
+        jr.es.gradient(_es_loss, _ES_PARAMS, jax.random.key(0), sigma=0.1, population=20, mesh=mesh)
+    with pytest.raises(
+        ValueError, match=r"es.value_and_gradient: .* population must be a multiple of 8, got population = 12"
+    ):
+        jr.es.value_and_gradient(
+            _es_loss, _ES_PARAMS, jax.random.key(0), sigma=0.1, population=12, antithetic=False, mesh=mesh
+        )

@@ -240,11 +240,31 @@ def _es_call(loss=quadratic, params=PARAMS, rng=None, fn=jr.es.gradient, **kw):
         ({"rng": 0}, r"es.gradient: rng must be a PRNG key; pass a PRNG key such as jax.random.key\(0\)"),
         ({"rng": jnp.zeros(2, jnp.float32)}, r"rng must be a PRNG key.*dtype float32"),
         ({"rng": 3, "fn": jr.es.value_and_gradient}, r"es.value_and_gradient: rng must be a PRNG key"),
+        ({"mesh": jax.devices()}, r"es.gradient: mesh must be a jax.sharding.Mesh or None, got mesh = \[Cpu"),
     ],
 )
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _es_call(**kwargs)
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+@pytest.mark.parametrize(("shaping", "chunk_size"), [(None, None), ("centered_ranks", None), ("centered_ranks", 4)])
+def test_a_one_device_mesh_gives_the_unsplit_estimate(antithetic, shaping, chunk_size):
+    # The shard_map path on one device: the same directions, sums and utilities (8 devices:
+    # tests/sharding_checks.py). Both sum the same terms in the same order.
+    mesh = jax.make_mesh((1,), ("pop",))
+    bounded = lambda p: jax.nn.sigmoid(quadratic(p) - 14.0)  # noqa: E731  losses in (0, 1)
+    kw = dict(population=24, antithetic=antithetic, fitness_shaping=shaping, chunk_size=chunk_size)
+    split = _es_call(bounded, mesh=mesh, **kw)
+    whole = _es_call(bounded, **kw)
+    # The weighted sum may be fused or ordered differently: coefficients |c| <= 1 (losses or
+    # utilities), |e| <= 5, at most 24 terms of ~(24 + 10) eps each: tol ~ m (24 + m) eps 5 / (n s).
+    chex.assert_trees_all_close(split, whole, rtol=0, atol=24 * (24 + 24) * EPS32 * 5 / (23 * 0.1))
+    assert max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(whole)) > 0.1  # the tolerance is ~1e-3 of it
+    value, grads = jr.es.value_and_gradient(bounded, PARAMS, jax.random.key(0), sigma=0.1, mesh=mesh, **kw)
+    assert value == bounded(PARAMS)
+    chex.assert_trees_all_close(grads, split, rtol=0, atol=0)
 
 
 def test_odd_population_is_allowed_without_antithetic_pairs():
