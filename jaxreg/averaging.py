@@ -5,7 +5,10 @@ and folds the new params ``params + updates`` into an average kept in its state.
 trains, checkpoints, ``vmap``s and freezes (:func:`jaxreg.freeze_stopped`) with the rest of the
 optimizer state, per ensemble member. The hyperparameters (``decay``, ``start``, ``every``) are
 leaves of the state, read by ``update``: build the states under ``jax.vmap`` over values and a
-sweep over decays is one program. :func:`averaged_params` reads the average out of any chain
+sweep over decays is one program. To schedule or change one during training, wrap the factory in
+:func:`jaxreg.sweepable` (it writes each step's value into these fields);
+``optax.inject_hyperparams`` rebuilds the transformation but keeps init's state, so its values
+never reach ``update``. :func:`averaged_params` reads the average out of any chain
 state; :func:`swag_sample` draws params from SWAG's Gaussian (diagonal plus low rank).
 """
 
@@ -35,6 +38,9 @@ class EmaState(NamedTuple):
       average: the (debiased, if asked) exponential moving average of the params.
     """
 
+    # Fields that hold a hyperparameter: jr.sweepable writes its current values into them.
+    _HYPERPARAMETER_FIELDS = ("decay",)
+
     count: jax.Array
     decay: jax.Array
     average: PyTree
@@ -50,6 +56,9 @@ class SwaState(NamedTuple):
       every: updates between snapshots (int32 leaf).
       average: the equal-weight average of the snapshots (the current params before the first).
     """
+
+    # Fields that hold a hyperparameter: jr.sweepable writes its current values into them.
+    _HYPERPARAMETER_FIELDS = ("start", "every")
 
     count: jax.Array
     num_averaged: jax.Array
@@ -71,6 +80,9 @@ class SwagState(NamedTuple):
       deviations: the last ``rank`` deviations ``snapshot - mean`` (mean after that snapshot), each
         leaf of shape ``(rank, *param_shape)``, a ring buffer (zeros where not yet filled).
     """
+
+    # Fields that hold a hyperparameter: jr.sweepable writes its current values into them.
+    _HYPERPARAMETER_FIELDS = ("start", "every")
 
     count: jax.Array
     num_averaged: jax.Array
@@ -180,7 +192,8 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
 
     Args:
       decay: in [0, 1]; a leaf of the state (may be traced: build states under ``jax.vmap`` over
-        decays for a sweep; ``update`` reads the state's value).
+        decays for a sweep; ``update`` reads the state's value). Schedule it with
+        ``jr.sweepable(jr.ema)(decay=jr.schedule(...))``, not ``optax.inject_hyperparams``.
       debias: Adam-style bias correction. Static.
 
     Returns:

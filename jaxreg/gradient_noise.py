@@ -24,6 +24,9 @@ class GradientNoiseState(NamedTuple):
       gamma: the annealing exponent (float32 leaf).
     """
 
+    # Fields that hold a hyperparameter: jr.sweepable writes its current values into them.
+    _HYPERPARAMETER_FIELDS = ("eta", "gamma")
+
     count: jax.Array
     key: jax.Array
     eta: jax.Array
@@ -45,7 +48,9 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
 
     Args:
       eta: the noise variance at ``t = 0``, >= 0 (may be traced).
-      gamma: the annealing exponent, >= 0 (may be traced).
+      gamma: the annealing exponent, >= 0 (may be traced). ``eta`` and ``gamma`` are leaves of
+        the state, read by ``update``: change them during training with :func:`jaxreg.sweepable`,
+        which writes each step's values into the state (``optax.inject_hyperparams`` does not).
       key: a PRNG key (typed or raw uint32).
 
     Returns:

@@ -9,6 +9,10 @@ factory from the state's values at every step, so
 * building the optimizer inside ``jax.vmap`` (or ``jr.ensemble.map``) with a traced value gives
   every member its own values: a sweep is one program;
 * a new value is new data, never a new program;
+* jaxreg's transforms that keep a hyperparameter in their state (``jr.ema``'s decay,
+  ``jr.swa``'s and ``jr.swag``'s start and every, ``jr.add_gradient_noise``'s eta and gamma) get
+  each step's value written there, so a schedule reaches them (``optax.inject_hyperparams``
+  keeps init's state: its schedule never does);
 * arguments you do not pass stay the factory's own Python defaults, so the arithmetic is the
   unwrapped optimizer's wherever it can be (see :func:`sweepable` for what is bitwise and why).
 
@@ -542,9 +546,10 @@ def sweepable(
         def update_fn(updates, state, params=None, **extra_args):
             _check_state(where, state, numeric, schedules)
             values = values_at(state.hyperparams, state.count)
+            inner_state = _write_state_hyperparams(state.inner_state, values)
             # The factory's own math may need standard promotion (scale_by_adam: b ** count, int32).
             with jax.numpy_dtype_promotion("standard"):
-                updates, inner_state = inner(values).update(updates, state.inner_state, params, **extra_args)
+                updates, inner_state = inner(values).update(updates, inner_state, params, **extra_args)
             new_state = SweepableState(
                 count=optax.safe_increment(state.count), hyperparams=state.hyperparams, inner_state=inner_state
             )
@@ -553,6 +558,32 @@ def sweepable(
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
     return make
+
+
+def _holds_hyperparams(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(type(node), "_HYPERPARAMETER_FIELDS")
+
+
+def _write_state_hyperparams(inner_state: PyTree, values: dict[str, Any]) -> PyTree:
+    """``inner_state`` with this step's values in the fields of the same name of jaxreg's states
+    that keep a hyperparameter (``EmaState.decay``, ``SwaState.start``, ...).
+
+    Their ``update`` reads the state's value, not the rebuilt closure's (so one optimizer updates
+    states built under ``vmap`` over values); without this a schedule or a changed value would
+    never reach them (as with ``optax.inject_hyperparams``, which keeps the init-time state).
+    """
+
+    def write(node: Any) -> Any:
+        if not _holds_hyperparams(node):
+            return node
+        fields = {
+            name: jnp.asarray(values[name]).astype(jnp.result_type(getattr(node, name)))
+            for name in type(node)._HYPERPARAMETER_FIELDS
+            if name in values
+        }
+        return node._replace(**fields) if fields else node
+
+    return jax.tree.map(write, inner_state, is_leaf=_holds_hyperparams)
 
 
 def _check_state(where: str, state: Any, numeric: dict, schedules: dict) -> None:

@@ -520,3 +520,52 @@ def test_a_float32_step_under_x64_is_traced_once():
         for _ in range(3):
             updates, state = step(params, state)
         assert updates.dtype == jnp.float32 and state.inner_state[0].trace.dtype == jnp.float32
+
+
+def test_a_scheduled_ema_decay_reaches_the_state_that_update_reads():
+    # jr.ema's update reads EmaState.decay (one optimizer for states built under vmap); the
+    # schedule's value must be written there each step (it stayed init's: a silent constant).
+    decay = jr.schedule(optax.linear_schedule, init_value=0.0, end_value=0.5, transition_steps=1)
+    opt = optax.chain(optax.sgd(1.0), jr.sweepable(jr.ema)(decay=decay))
+    w, g = jnp.zeros(()), jnp.asarray(-1.0)  # params 1, 2, 3
+    state = opt.init(w)
+    expected, reference = [], 0.0  # w_0 = 0 enters first (no debias), then lerp by 1 - d_t
+    for t, d in enumerate([0.0, 0.5, 0.5]):
+        u, state = opt.update(g, state, w)
+        w = optax.apply_updates(w, u)
+        reference = d * reference + (1 - d) * float(t + 1)
+        expected.append(reference)
+        assert float(jr.averaged_params(state)) == expected[-1]
+    assert expected == [1.0, 1.5, 2.25]  # not 3.0, the constant decay 0 of init
+
+
+def test_gradient_noise_eta_changed_in_the_state_takes_effect():
+    opt = jr.sweepable(jr.add_gradient_noise, static_args=("key",))(eta=0.0, key=jax.random.key(3))
+    g = jnp.zeros(4)
+    state = opt.init(g)
+    u, state = opt.update(g, state)
+    assert not np.any(np.asarray(u))  # eta 0: no noise
+    # The swept value only (optax.tree.set would also set GradientNoiseState.eta by name).
+    state = state._replace(hyperparams={**state.hyperparams, "eta": jnp.float32(100.0)})
+    u, _ = opt.update(g, state)
+    # The unwrapped transform at the same count and key, with eta 100 from its init.
+    plain = jr.add_gradient_noise(100.0, key=jax.random.key(3))
+    inner = state.inner_state._replace(eta=jnp.float32(100.0))
+    expected, _ = plain.update(g, inner)
+    assert np.any(np.asarray(u))
+    chex.assert_trees_all_equal(u, expected)
+
+
+def test_swa_start_changed_in_the_state_takes_effect():
+    opt = optax.chain(optax.sgd(1.0), jr.sweepable(jr.swa, static_args=("every",))(start=0, every=1))
+    w, g = jnp.zeros(()), jnp.asarray(-1.0)
+    state = opt.init(w)
+    for i in range(3):
+        if i == 1:
+            swept = state[1]._replace(hyperparams={**state[1].hyperparams, "start": jnp.float32(100.0)})
+            state = (state[0], swept)  # postpone averaging (the swept value only, not SwaState.start)
+        u, state = opt.update(g, state, w)
+        w = optax.apply_updates(w, u)
+    # w_0 and w_1 were averaged before the change; none after (start 100).
+    assert int(state[1].inner_state.num_averaged) == 2
+    assert float(jr.averaged_params(state)) == 0.5
