@@ -125,6 +125,14 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
                 f"{where}: {name} is {why}, static, so it cannot be swept; got {name} = {_describe(value)}."
             )
         return "static"
+    if callable(value) and _contains_tracer(value):
+        # A callable pytree (a jr.Penalty, a mask) holding traced numbers: static, so it would
+        # silently keep whatever instance builds the update (every member the same).
+        raise ValueError(
+            f"{where}: {name} is a callable, static, so it cannot be swept; got {name} = a callable pytree "
+            f"holding traced values. Sweep its numbers as the factory's own float arguments, e.g. "
+            f"jr.sweepable(lambda scale, learning_rate: jr.proximal_adam(jr.l1(scale), learning_rate))."
+        )
     if value is None or isinstance(value, (bool, np.bool_, str)) or callable(value):
         return "static"
     if isinstance(value, (float, int)) or _is_array(value):

@@ -10,6 +10,7 @@ wrapped one computes ``1 - fl32(b)`` exactly: a relative difference of up to
 """
 
 import functools
+import operator
 
 import chex
 import jax
@@ -454,6 +455,14 @@ ERRORS = [
         r"static_args must be a name or a sequence of names, got static_args = 3\.",
     ),
     (lambda: jr.sweepable(optax.sgd, static_args="lr"), r"static_args names \['lr'\], which sgd does not take"),
+    # A traced penalty was kept static: every member used the update's instance (scale 0 for 1).
+    (
+        lambda: jax.vmap(lambda s: jr.sweepable(jr.proximal_adam)(penalty=jr.l1(s), learning_rate=0.1).init(W0))(
+            jnp.array([0.0, 1.0])
+        ),
+        r"sweepable\(proximal_adam\): penalty is a callable, static, so it cannot be swept; got penalty = a callable "
+        r"pytree holding traced values",
+    ),
 ]
 
 
@@ -461,6 +470,22 @@ ERRORS = [
 def test_errors(fn, match):
     with pytest.raises(ValueError, match=match):
         fn()
+
+
+def test_a_penalty_scale_swept_as_a_factory_argument_equals_separate_runs():
+    # The way the error above points to: the scale is the factory's own float argument.
+    make = jr.sweepable(lambda scale, learning_rate: jr.proximal_adam(jr.l1(scale), learning_rate))
+    scales = jnp.array([0.0, 1.0])
+    states = jax.vmap(lambda s: make(scale=s, learning_rate=0.1).init(W0))(scales)
+    g = jax.grad(_loss)(W0)
+    updates, _ = jax.vmap(make(scale=0.0, learning_rate=0.1).update, in_axes=(None, 0, None))(g, states, W0)
+    for i, scale in enumerate([0.0, 1.0]):
+        plain = jr.proximal_adam(jr.l1(scale), 0.1)
+        expected, _ = plain.update(g, plain.init(W0), W0)
+        eps = float(jnp.finfo(jnp.float32).eps)  # the scale a float32 leaf vs a Python float: a few ulp
+        chex.assert_trees_all_close(
+            jax.tree.map(operator.itemgetter(i), updates), expected, rtol=4 * eps, atol=4 * eps * 0.1
+        )
 
 
 def test_static_arguments_by_kind_and_functools_partial():
