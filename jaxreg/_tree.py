@@ -10,6 +10,7 @@ only, so they never cost anything inside a compiled step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -365,3 +366,17 @@ def selected_positions(where: Any, params: PyTree, what: str) -> tuple[Any, list
             raise ValueError(f"{what}: where must select subtrees of the params, not compute new values.")
         positions.append([s.index for s in picked])
     return treedef, positions, [jax.tree.structure(u) for u in uses]
+
+
+def total(terms: list[jax.Array]) -> jax.Array:
+    """The sum of a penalty's terms in their widest dtype (float32 with none)."""
+    if not terms:
+        return jnp.zeros([], jnp.float32)
+    dtype = jnp.result_type(*terms)
+    return functools.reduce(jnp.add, [t.astype(dtype) for t in terms])
+
+
+def scaled_total(scale: jax.Array, terms: list[jax.Array]) -> jax.Array:
+    """``scale * total(terms)`` in the terms' dtype: a penalty's value follows its params, not its scale."""
+    summed = total(terms)
+    return jnp.asarray(scale).astype(summed.dtype) * summed

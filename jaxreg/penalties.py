@@ -9,7 +9,6 @@ static. Only floating-point leaves are ever penalized; others pass through uncha
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -25,7 +24,9 @@ from jaxreg._tree import (
     leaf_name,
     optional_mask,
     pytree_dataclass,
+    scaled_total,
     selection,
+    total,
     wider_dtype,
 )
 
@@ -56,18 +57,6 @@ def _acc(x: jax.Array) -> jax.Array:
 def _as(value: Any, x: jax.Array) -> jax.Array:
     """A hyperparameter or step cast to the compute dtype of leaf ``x`` (explicit: strict promotion)."""
     return jnp.asarray(value).astype(compute_dtype(jnp.result_type(x)))
-
-
-def _total(terms: list[jax.Array]) -> jax.Array:
-    if not terms:
-        return jnp.zeros([], jnp.float32)
-    dtype = jnp.result_type(*terms)
-    return functools.reduce(jnp.add, [t.astype(dtype) for t in terms])
-
-
-def _scaled_total(scale: jax.Array, terms: list[jax.Array]) -> jax.Array:
-    total = _total(terms)
-    return jnp.asarray(scale).astype(total.dtype) * total
 
 
 def _map_selected(fn: Callable[..., jax.Array], tree: PyTree, mask: Any, *rest: PyTree, where: str = "") -> PyTree:
@@ -208,7 +197,7 @@ class L2(Penalty):
         diffs = self._diffs(tree)
         keep = jax.tree.leaves(selection(self.mask, tree, "l2"))
         terms = [jnp.sum(_abs2(_acc(d))) for d, k in zip(jax.tree.leaves(diffs), keep) if k]
-        return _scaled_total(self.scale, terms)
+        return scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         _checks.check_applied("l2", scale=self.scale)
@@ -294,7 +283,7 @@ class L1(Penalty):
 
     def __call__(self, tree: PyTree) -> jax.Array:
         _checks.check_applied("l1", scale=self.scale)
-        return _scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "l1"))
+        return scaled_total(self.scale, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "l1"))
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         _checks.check_applied("l1", scale=self.scale)
@@ -325,8 +314,8 @@ class ElasticNet(Penalty):
 
     def __call__(self, tree: PyTree) -> jax.Array:
         _checks.check_applied("elastic_net", l1=self.l1, l2=self.l2)
-        absolute = _scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "elastic_net"))
-        squared = _scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(_abs2(x)), tree, self.mask, "elastic_net"))
+        absolute = scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "elastic_net"))
+        squared = scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(_abs2(x)), tree, self.mask, "elastic_net"))
         return absolute + squared.astype(absolute.dtype)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
@@ -424,7 +413,7 @@ class Tie(Penalty):
         a, b = self._pair(tree)
         pairs = [_pair_acc(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if _is_float_pair(x, y)]
         terms = [jnp.sum(_abs2(u - v)) for u, v in pairs]
-        return _scaled_total(self.scale, terms)
+        return scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         _checks.check_applied("tie", scale=self.scale)
@@ -523,7 +512,7 @@ class GroupLasso(Penalty):
         _checks.check_applied("group_lasso", scale=self.scale)
         keep = jax.tree.leaves(selection(self.mask, tree, "group_lasso"))
         paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return _scaled_total(self.scale, [jnp.sum(self._norms(p, x)) for (p, x), k in zip(paths, keep) if k])
+        return scaled_total(self.scale, [jnp.sum(self._norms(p, x)) for (p, x), k in zip(paths, keep) if k])
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         _checks.check_applied("group_lasso", scale=self.scale)
@@ -559,7 +548,7 @@ class Sum(Penalty):
     terms: tuple[Penalty, ...]
 
     def __call__(self, tree: PyTree) -> jax.Array:
-        return _total([t(tree) for t in self.terms])
+        return total([t(tree) for t in self.terms])
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         atoms = _atoms(self, None)

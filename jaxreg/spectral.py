@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import kernels, optional_mask, resolve_mask
+from jaxreg._tree import kernels, optional_mask, resolve_mask, scaled_total
 from jaxreg.penalties import Penalty
 
 PyTree = Any
@@ -280,13 +280,6 @@ def _no_prox(name: str) -> NotImplementedError:
     )
 
 
-def _total(terms: list[jax.Array], dtype: Any) -> jax.Array:
-    if not terms:
-        return jnp.zeros([], dtype)
-    terms = [t.astype(dtype) for t in terms]
-    return sum(terms[1:], terms[0])
-
-
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["scale"], meta_fields=["mask", "num_iters"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class SpectralPenalty(Penalty):
@@ -304,7 +297,7 @@ class SpectralPenalty(Penalty):
         for i, (_, x) in enumerate(_selected("spectral_penalty", self.mask, tree)):
             sigma, _, _ = power_iteration(_as_matrix(x), _start_vector(i, x.shape[-1], x.dtype), self.num_iters)
             terms.append(jnp.square(sigma))
-        return self.scale * _total(terms, self.scale.dtype)
+        return scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         del tree, step
@@ -377,7 +370,7 @@ class Orthogonal(Penalty):
         for _, x in _selected("orthogonal", self.mask, tree):
             g = _gram(_as_matrix(x), self.mode)
             terms.append(jnp.sum(jnp.square(g - jnp.eye(g.shape[0], dtype=g.dtype))))
-        return self.scale * _total(terms, self.scale.dtype)
+        return scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
         del tree, step

@@ -408,3 +408,20 @@ def test_a_stacked_scale_applied_without_vmap_is_refused(make):
         make(jnp.ones(2))(w)  # a vector value, that jax.grad refuses
     swept = jax.vmap(lambda p: p(w))(make(jnp.array([1.0, 2.0])))
     np.testing.assert_allclose(np.asarray(swept), [float(make(1.0)(w)), float(make(2.0)(w))], rtol=1e-6)
+
+
+@pytest.mark.parametrize("make", [jr.orthogonal, jr.spectral_penalty])
+def test_value_follows_the_params_dtype_not_the_scales(make):
+    # As every penalty: float32 params give a float32 value under x64 with a Python scale (it was
+    # float64 and upcast the loss), and float64 params keep float64 with a float32 scale (it was
+    # rounded to float32: 1.2000001790e-17 for the exact 1.2000001986e-17 of orthogonal below).
+    with jax.enable_x64(True):
+        p32 = {"w": jnp.ones((3, 2), jnp.float32)}
+        assert make(0.1)(p32).dtype == jnp.float32
+        assert (make(0.1) + jr.l2(0.1))(p32).dtype == jnp.float32
+        assert make(jnp.bfloat16(1.0))(p32).dtype == jnp.float32
+        p64 = {"w": jnp.eye(3, dtype=jnp.float64) * (1 + 1e-9)}
+        value = make(jnp.float32(1.0))(p64)
+        assert value.dtype == jnp.float64
+    if make is jr.orthogonal:  # ||W W^T - I||_F^2 = 3 ((1 + 1e-9)^2 - 1)^2 in float64
+        assert float(value) == pytest.approx(3 * ((1 + 1e-9) ** 2 - 1) ** 2, rel=1e-6)
