@@ -39,6 +39,11 @@ _MAX_F32_BELOW_2_32 = float(np.nextafter(np.float32(2.0**32), np.float32(0.0)))
 
 
 def _check_precision(precision: Any, where: str) -> int:
+    if isinstance(precision, jax.core.Tracer):
+        raise ValueError(
+            f"{where}: precision is static (it sets the mask's integer width), so it cannot be traced; "
+            f"got precision = a traced value. Pass a Python int, one of {_PRECISIONS}."
+        )
     if isinstance(precision, bool) or precision not in _PRECISIONS:
         raise ValueError(
             f"{where}: precision must be one of {_PRECISIONS} (bits per threshold), got precision = {precision!r}."

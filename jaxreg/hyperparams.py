@@ -81,6 +81,15 @@ def _contains_tracer(value: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
 
 
+def _is_key(value: Any) -> bool:
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return False
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return np.dtype(dtype) == np.uint32 and np.ndim(value) >= 1  # raw key words (jax.random.PRNGKey)
+
+
 def _is_array(value: Any) -> bool:
     return isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, np.bool_)
 
@@ -123,6 +132,14 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
             why = "named in static_args" if name in static_args else "an int argument (structure, e.g. a step count)"
             raise ValueError(
                 f"{where}: {name} is {why}, static, so it cannot be swept; got {name} = {_describe(value)}."
+            )
+        return "static"
+    if _is_key(value):
+        # A PRNG key (typed, or raw uint32 words) is not a number to sweep: static, concrete.
+        if isinstance(value, jax.core.Tracer):
+            raise ValueError(
+                f"{where}: {name} is a PRNG key, static, so it cannot be traced; got {name} = {_describe(value)}. "
+                f"Pass a concrete key."
             )
         return "static"
     if callable(value) and _contains_tracer(value):

@@ -315,3 +315,20 @@ def test_rate_zero_checks_broadcast_dims_and_a_rate_that_is_one_in_float32_is_re
             jr.dropout(jax.random.key(0), x, rate, broadcast_dims=(5,))
     with pytest.raises(ValueError, match=r"dropout: rate must be below 1 in float32, got rate = 0\.99999999"):
         jr.dropout(jax.random.key(0), x, 0.99999999)  # it kept 2**-16 of the units, scaled by 0
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda b: jr.dropout(jax.random.key(0), jnp.ones(4), 0.5, precision=b),
+        lambda b: keep_mask(jax.random.key(0), (4,), 0.5, precision=b),
+        lambda b: quantize_rate(0.1, precision=b),
+    ],
+)
+def test_precision_is_static_and_checked_by_name(fn):
+    with pytest.raises(ValueError, match=r"precision is static .* got precision = a traced value"):
+        jax.jit(fn)(16)  # was jax's TracerBoolConversionError from inside the check
+    with pytest.raises(
+        ValueError, match=r"precision must be one of \(8, 16, 32\) \(bits per threshold\), got precision = 12"
+    ):
+        fn(12)

@@ -594,3 +594,18 @@ def test_swa_start_changed_in_the_state_takes_effect():
     # w_0 and w_1 were averaged before the change; none after (start 100).
     assert int(state[1].inner_state.num_averaged) == 2
     assert float(jr.averaged_params(state)) == 0.5
+
+
+@pytest.mark.parametrize("key", [jax.random.key(5), jax.random.PRNGKey(5)], ids=["typed", "raw"])
+def test_a_prng_key_argument_is_static_and_the_noise_is_the_unwrapped_transforms(key):
+    # A typed key crashed the argument check (TypeError); raw key words were taken for a
+    # non-scalar hyperparameter.
+    opt = jr.sweepable(jr.add_gradient_noise)(eta=0.5, key=key)
+    assert set(opt.init(W0).hyperparams) == {"eta"}
+    plain = jr.add_gradient_noise(0.5, key=key)
+    g = jax.tree.map(jnp.zeros_like, W0)
+    u, _ = opt.update(g, opt.init(W0))
+    expected, _ = plain.update(g, plain.init(W0))
+    chex.assert_trees_all_equal(u, expected)
+    with pytest.raises(ValueError, match=r"key is a PRNG key, static, so it cannot be traced"):
+        jax.vmap(lambda k: jr.sweepable(jr.add_gradient_noise)(eta=0.5, key=k))(jax.random.split(jax.random.key(0), 2))
