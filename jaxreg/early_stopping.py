@@ -211,7 +211,8 @@ class EarlyStopping(metaclass=_CheckedConstruction):
 
     .. math:: m_t < b - \delta, \qquad m_t < \beta - \delta
 
-    ("max": :math:`m_t > b + \delta`, :math:`m_t > \beta + \delta`); a NaN never improves. On an
+    ("max": :math:`m_t > b + \delta`, :math:`m_t > \beta + \delta`); a non-finite metric (NaN,
+    :math:`\pm\infty`: a diverged run) never improves, so it never replaces the best snapshot. On an
     improvement the metric, the params and the update index are kept; ``wait`` resets to 0 when the
     update improves *and* beats the baseline, and grows by one otherwise. ``stopped`` becomes true
     once ``wait >= patience``; after that, ``update`` returns its state unchanged (``step``
@@ -220,8 +221,8 @@ class EarlyStopping(metaclass=_CheckedConstruction):
     :math:`s` on, while ``step`` and ``best_step`` keep indexing all updates.
 
     This follows keras's ``EarlyStopping`` (``min_delta``, ``baseline``, ``start_from_epoch``),
-    with these differences: the best starts at :math:`\pm\infty` and a NaN never improves (keras
-    takes a NaN for neither); the stop test runs on every counted update (keras skips it on an
+    with these differences: the best starts at :math:`\pm\infty` and a non-finite metric never
+    improves (keras takes a NaN for neither, and a :math:`-\infty` loss for the best); the stop test runs on every counted update (keras skips it on an
     update that improves on the best without beating the baseline, so a run that keeps improving
     slowly while staying worse than the baseline never stops there; here it stops after
     ``patience`` such updates, which is what the baseline promises); keras never stops on epoch 0.
@@ -341,12 +342,12 @@ class EarlyStopping(metaclass=_CheckedConstruction):
 
     def _beats(self, metric: jax.Array, reference: jax.Array, dtype: Any) -> jax.Array:
         metric, reference, delta = metric.astype(dtype), reference.astype(dtype), self.min_delta.astype(dtype)
-        if self.mode == "min":
-            return metric < reference - delta
-        return metric > reference + delta
+        # A non-finite metric is a diverged run, never an improvement (-inf < best for a loss).
+        beats = metric < reference - delta if self.mode == "min" else metric > reference + delta
+        return jnp.logical_and(jnp.isfinite(metric), beats)
 
     def improved(self, state: EarlyStoppingState, metric: ArrayLike) -> jax.Array:
-        """Whether ``metric`` improves on ``state.best_metric`` by more than ``min_delta`` (False on NaN)."""
+        """Whether ``metric`` improves on ``state.best_metric`` by more than ``min_delta`` (False when not finite)."""
         metric, dtype = _metric_and_dtype(metric, state.best_metric, "EarlyStopping.improved")
         return self._beats(metric, state.best_metric, dtype)
 
@@ -408,7 +409,7 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
     first) and :math:`\delta` = ``min_delta``, each update applies keras's rules in order:
 
     1. in cooldown (``cooldown_count > 0``): ``cooldown_count -= 1`` and ``wait = 0``;
-    2. improvement (mode "min"; "max" mirrored), a NaN never improving:
+    2. improvement (mode "min"; "max" mirrored), a non-finite metric never improving:
 
        .. math:: m_t < b - \delta \ \Rightarrow\ b \leftarrow m_t,\ \text{wait} \leftarrow 0;
 
@@ -421,7 +422,8 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
 
     The scale starts at 1, so ``learning_rate * state.scale`` is keras's learning rate with
     ``min_lr = learning_rate * min_scale``. As in :class:`EarlyStopping` (and keras's own
-    ``ReduceLROnPlateau``), the best starts at :math:`\pm\infty` and a NaN never improves.
+    ``ReduceLROnPlateau``), the best starts at :math:`\pm\infty` and a non-finite metric (NaN,
+    :math:`\pm\infty`) never improves.
 
     ``factor``, ``patience``, ``min_delta``, ``cooldown`` and ``min_scale`` are pytree leaves: a
     new value does not recompile and ``jax.vmap`` over a plateau with array leaves is a sweep.
@@ -530,7 +532,7 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
         """
         metric, dtype = _metric_and_dtype(metric, state.best, "ReduceOnPlateau.update")
         m, best, delta = metric.astype(dtype), state.best.astype(dtype), self.min_delta.astype(dtype)
-        better = m < best - delta if self.mode == "min" else m > best + delta
+        better = jnp.logical_and(jnp.isfinite(m), m < best - delta if self.mode == "min" else m > best + delta)
         in_cooldown = state.cooldown_count > 0
         cooldown_count = jnp.where(in_cooldown, state.cooldown_count - 1, state.cooldown_count)
         wait = jnp.where(in_cooldown, 0, state.wait)

@@ -35,7 +35,8 @@ class SuccessiveHalving:
 
     At rung :math:`k_r`, after the early-stopping update of that evaluation, the :math:`n_r`
     members still running (not stopped, budget not spent) are ranked by the monitored value
-    (ascending for ``mode="min"``, descending for "max"; NaN ranks last, ties go to the lower
+    (ascending for ``mode="min"``, descending for "max"; a non-finite value (NaN, :math:`\pm\infty`:
+    a diverged member) ranks last, ties go to the lower
     member index) and the best :math:`\max(1, \lfloor n_r / \eta \rfloor)` continue; the others
     are marked stopped. ``eta``, ``first_rung`` and ``mode`` are static (they shape the schedule).
 
@@ -115,11 +116,11 @@ class SuccessiveHalving:
                 f"shape), got value.shape = {value.shape}, running.shape = {running.shape}."
             )
         score = value if mode == "min" else -value
-        is_nan = jnp.isnan(score)
-        score = jnp.where(is_nan, jnp.zeros_like(score), score)
-        # lexsort: the last key is the primary one -> running first, then non-NaN, then best score;
+        diverged = jnp.logical_not(jnp.isfinite(score))  # -inf for a loss is no best
+        score = jnp.where(diverged, jnp.zeros_like(score), score)
+        # lexsort: the last key is the primary one -> running first, then finite, then best score;
         # it is stable, so ties keep the lower member index.
-        order = jnp.lexsort((score, is_nan, jnp.logical_not(running)))
+        order = jnp.lexsort((score, diverged, jnp.logical_not(running)))
         rank = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0], dtype=order.dtype))
         count = jnp.sum(running, dtype=order.dtype)  # int64 under x64, as lexsort's order
         num_keep = jnp.maximum(count // self.eta, 1)

@@ -23,7 +23,8 @@ def reference(metrics, patience, min_delta=0.0, mode="min"):
     out = []
     for m in metrics:
         if not stopped:
-            better = (m < best - min_delta) if mode == "min" else (m > best + min_delta)  # False on NaN
+            # A non-finite metric (NaN, +-inf: a diverged run) never improves.
+            better = math.isfinite(m) and ((m < best - min_delta) if mode == "min" else (m > best + min_delta))
             if better:
                 best, best_step, wait = m, step, 0
             else:
@@ -55,7 +56,8 @@ def keras_reference(metrics, patience, min_delta=0.0, mode="min", baseline=None,
         if not stopped:
             if epoch >= start_from:
                 wait += 1
-                improved = is_improvement(current, best)
+                # jaxreg's documented difference: a non-finite metric never improves (keras takes -inf)
+                improved = is_improvement(current, best) and (keras or math.isfinite(current))
                 if improved:
                     best, best_step = current, epoch
                     if baseline is None or is_improvement(current, baseline):
@@ -106,8 +108,9 @@ CASES = [
     ([0.5, 1.0, 1.5, 1.75, 2.25, 2.25, 2.0], 2, 0.5, "max"),
     # improvement after waiting resets wait; stops at patience and then ignores later improvements
     ([5.0, 4.0, 4.5, 4.2, 3.0, 3.1, 3.2, 3.3, 0.0, -1.0], 3, 0.0, "min"),
-    # infinities: +inf never improves in "min"; -inf does
+    # infinities never improve: +inf in "min", and -inf (a diverged loss) neither
     ([math.inf, 2.0, -math.inf, 0.0], 2, 0.0, "min"),
+    ([1.0, math.inf, 2.0, -math.inf], 3, 0.0, "max"),
     # patience 1 stops at the first non-improvement
     ([0.1, 0.2, 0.3, 0.9], 1, 0.0, "max"),
 ]
@@ -454,6 +457,10 @@ def test_documented_differences_from_keras():
     assert not keras_reference([nan, 1.0], 1, keras=True)[0][4]
     _, records = run_options([nan, 1.0], 1, 0.0, "min", None, 0)
     assert np.asarray(records[4]).tolist() == [True, True]
+    # keras keeps a -inf loss as the best (a diverged run's snapshot); here it never improves
+    assert keras_reference([1.0, -math.inf], 5, keras=True)[-1][:2] == (-math.inf, 1)
+    state, _ = run_options([1.0, -math.inf], 5, 0.0, "min", None, 0)
+    assert float(state.best_metric) == 1.0 and int(state.best_step) == 0
 
 
 def test_unflatten_never_runs_the_checks():
@@ -521,7 +528,8 @@ def keras_plateau(metrics, factor, patience, min_delta=0.0, cooldown=0, min_scal
         if cd > 0:
             cd -= 1
             wait = 0
-        if (current < best - min_delta) if less else (current > best + min_delta):
+        # jaxreg's documented difference: a non-finite metric never improves (keras takes -inf)
+        if math.isfinite(current) and ((current < best - min_delta) if less else (current > best + min_delta)):
             best, wait = current, 0
         elif not cd > 0:
             wait += 1

@@ -196,8 +196,10 @@ def halving_reference(values, first_rung, eta, mode, patience=None, min_delta=0.
     ``values[i][k]`` is member i's monitored value at evaluation k + 1. Per evaluation: the
     early-stopping update of every running member (``patience=None``: none), then at a rung
     (``first_rung * eta ** r``) the running members are ranked by the value (best first; NaN
-    last; ties by the lower member index) and all but the first ``max(1, running // eta)`` are
-    pruned. Returns ``(stopped, pruned)``, bool ``(members, evals)``.
+    and infinities last; ties by the lower member index) and all but the first
+    ``max(1, running // eta)`` are pruned. Every member's budget is the whole run, spent at the
+    last evaluation: no member is running there, so a rung there prunes none. Returns
+    ``(stopped, pruned)``, bool ``(members, evals)``.
     """
     n, e = len(values), len(values[0])
     rungs, k = set(), first_rung
@@ -213,15 +215,16 @@ def halving_reference(values, first_rung, eta, mode, patience=None, min_delta=0.
             if stopped_now[i] or patience is None:
                 continue
             m = values[i][t]
-            better = (m < best[i] - min_delta) if mode == "min" else (m > best[i] + min_delta)
+            better = math.isfinite(m) and ((m < best[i] - min_delta) if mode == "min" else (m > best[i] + min_delta))
             best[i], wait[i] = (m, 0) if better else (best[i], wait[i] + 1)
             stopped_now[i] = wait[i] >= patience[i]
-        if t + 1 in rungs:
+        if t + 1 in rungs and t + 1 < e:  # at the last evaluation every budget is spent
             running = [i for i in range(n) if not stopped_now[i]]
 
             def key(i, t=t):
                 v = values[i][t]
-                return (math.isnan(v), (v if mode == "min" else -v) if not math.isnan(v) else 0.0, i)
+                bad = not math.isfinite(v)  # NaN or +-inf: a diverged member ranks last
+                return (bad, (v if mode == "min" else -v) if not bad else 0.0, i)
 
             keep = set(sorted(running, key=key)[: max(1, len(running) // eta)])
             for i in running:
@@ -275,7 +278,7 @@ def assert_matches_reference(values, eta, first_rung, spc, mode, patience, min_d
 
 
 VALUES = st.lists(
-    st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, nan]), min_size=EVALS_T, max_size=EVALS_T),
+    st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, nan, -math.inf, math.inf]), min_size=EVALS_T, max_size=EVALS_T),
     min_size=N_T,
     max_size=N_T,
 )
@@ -300,9 +303,9 @@ def test_halving_with_early_stopping_ranks_only_the_members_still_running(values
 
 
 def test_halving_rule_stated_cases():
-    """The rule's corners, stated: NaN ranks last, ties go to the lower index, at least one survives."""
+    """The rule's corners, stated: NaN and -inf rank last, ties go to the lower index, at least one survives."""
     rows = [[1.0] * EVALS_T for _ in range(N_T)]
-    for i, v in enumerate([nan, 0.5, 0.5, 0.2, nan, 0.5, 3.0, 0.2]):
+    for i, v in enumerate([nan, 0.5, 0.5, 0.2, -math.inf, 0.5, 3.0, 0.2]):
         rows[i][0] = v
     result = run_table(rows, jr.SuccessiveHalving(eta=2, first_rung=1), steps_per_chunk=2)
     # rung 1: keep 4 of 8: 0.2 (3), 0.2 (7), 0.5 (1), 0.5 (2) -- member 5's 0.5 loses the tie
