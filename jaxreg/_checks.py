@@ -166,6 +166,25 @@ def check_flag(name: str, value: Any, where: str = "") -> bool:
     return bool(value)
 
 
+def split_aux(out: Any, has_aux: bool, where: str) -> tuple[Any, Any]:
+    """``(loss, aux)`` of a ``loss_fn`` output, checked against ``has_aux`` (a mismatch failed deep
+    inside jax with an error naming neither)."""
+    if has_aux:
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            got = f"an array of shape {np.shape(out)}" if hasattr(out, "shape") else f"a {type(out).__name__}"
+            raise ValueError(
+                f"{where}: with has_aux=True loss_fn must return (loss, aux), got {got}; pass has_aux=False "
+                f"for a loss alone."
+            )
+        return out[0], out[1]
+    if isinstance(out, (tuple, list)):
+        raise ValueError(
+            f"{where}: loss_fn returned a {type(out).__name__} of {len(out)}; pass has_aux=True if it returns "
+            f"(loss, aux)."
+        )
+    return out, None
+
+
 def check_int_at_least(name: str, value: Any, minimum: int, where: str = "") -> int:
     """A static Python (or numpy) int ``>= minimum`` (a shape, a count); returns it as an ``int``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:

@@ -53,9 +53,12 @@ def regularize(
     has_aux = _checks.check_flag("has_aux", has_aux, "regularize")
 
     def fn(params: Any, *args: Any, **kwargs: Any) -> tuple[jax.Array, Terms]:
-        out = loss_fn(params, *args, **kwargs)
-        loss, aux = out if has_aux else (out, None)
+        loss, aux = _checks.split_aux(loss_fn(params, *args, **kwargs), has_aux, "regularize")
         value = penalty(params)
-        return loss + value.astype(jax.numpy.result_type(loss)), Terms(loss, value, aux)
+        dtype = jax.numpy.result_type(loss)
+        if not jax.numpy.issubdtype(dtype, jax.numpy.inexact):  # an integer loss: no truncated penalty
+            loss = jax.numpy.asarray(loss).astype(value.dtype)
+            dtype = value.dtype
+        return loss + value.astype(dtype), Terms(loss, value, aux)
 
     return fn

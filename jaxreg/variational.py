@@ -423,8 +423,7 @@ def elbo_loss(
         _random.check_key(rng, "variational.elbo_loss")
 
         def one(key: jax.Array) -> Any:
-            out = loss_fn(sample(key, vparams), *args, **kwargs)
-            return out if has_aux else (out, None)
+            return _checks.split_aux(loss_fn(sample(key, vparams), *args, **kwargs), has_aux, "variational.elbo_loss")
 
         nlls, aux = jax.vmap(one)(jax.random.split(rng, num_samples))
         nll = jnp.mean(nlls)

@@ -367,3 +367,36 @@ def test_a_penalty_without_a_closed_form_prox_is_refused_at_construction(make, p
         ValueError, match=rf"{make.__name__}: penalty has no closed-form proximal operator for {name}; "
     ):
         make(penalty, 0.1)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        # The usual slip: a (loss, aux) loss without has_aux, or the reverse. It failed inside jax
+        # ("invalid shape in fixed-type tuple", "iteration over a 0-d array") naming neither.
+        (
+            lambda: jr.regularize(lambda p: (jnp.sum(p), {"acc": 0.0}), jr.l2(1.0)),
+            r"regularize: loss_fn returned a tuple of 2; pass has_aux=True if it returns \(loss, aux\)",
+        ),
+        (
+            lambda: jr.regularize(jnp.sum, jr.l2(1.0), has_aux=True),
+            r"regularize: with has_aux=True loss_fn must return \(loss, aux\), got an array of shape \(\)",
+        ),
+        (
+            lambda: jr.variational.elbo_loss(lambda p: (jnp.sum(p), 0.0), num_examples=10),
+            r"variational.elbo_loss: loss_fn returned a tuple of 2; pass has_aux=True",
+        ),
+    ],
+)
+def test_a_has_aux_mismatch_is_named(make, match):
+    fn = make()
+    with pytest.raises(ValueError, match=match):
+        if "elbo" in match:
+            jax.value_and_grad(fn, has_aux=True)(jr.variational.init(jnp.ones(3)), jax.random.key(0))
+        else:
+            jax.value_and_grad(fn, has_aux=True)(jnp.ones(3))
+
+
+def test_an_integer_loss_does_not_truncate_the_penalty():
+    total, _ = jr.regularize(lambda p: 1, jr.l2(0.3))(jnp.ones(2))
+    assert float(total) == pytest.approx(1 + 0.3 * 2, rel=4 * EPS)  # was 1: the penalty cast to int
