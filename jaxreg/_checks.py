@@ -117,6 +117,23 @@ def _check_number(name: str, value: Any, where: str, requirement: str, ok: Calla
         raise ValueError(f"{message} {_fmt(value)}.")
 
 
+def check_labels(name: str, labels: Any, num_classes: int, where: str = "") -> None:
+    """Integer class labels in ``[0, num_classes)`` (the dtype always; values when concrete, or under
+    :func:`traced_checks`): a label out of range or a float label gave a silently wrong score."""
+    dtype = jnp.result_type(labels)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"{_prefix(where)}{name} must be integer class labels, got {name} of dtype {dtype}.")
+    message = f"{_prefix(where)}{name} must be class indices in [0, {num_classes}), got {name} ="
+    arr = concrete(labels)
+    if arr is None:
+        if isinstance(labels, jax.core.Tracer):
+            _traced_check((labels >= 0) & (labels < num_classes), message, labels)
+        return
+    bad = (arr < 0) | (arr >= num_classes)
+    if np.any(bad):
+        raise ValueError(f"{message} {_fmt(arr[bad][:8])} (out of range).")
+
+
 def check_nonnegative(name: str, value: Any, where: str = "", *, scalar: bool = False) -> None:
     """``value >= 0``, finite (a scale, a ``min_delta``); a single number with ``scalar``."""
     _check_number(name, value, where, "finite and >= 0", lambda v: v >= 0, scalar)

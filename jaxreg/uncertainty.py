@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking
@@ -154,7 +155,8 @@ def _finish(moments: tuple[Any, Any, jax.Array], dtypes: Any) -> tuple[Any, Any]
     return jax.tree.map(as_output, mean, dtypes), jax.tree.map(as_output, variance, dtypes)
 
 
-def _check_samples(samples: ArrayLike, where: str) -> jax.Array:
+def _check_samples(samples: ArrayLike, where: str, from_logits: Any) -> tuple[jax.Array, bool]:
+    from_logits = _checks.check_flag("from_logits", from_logits, where)
     samples = jnp.asarray(samples)
     if samples.ndim < 2:
         raise ValueError(
@@ -162,7 +164,15 @@ def _check_samples(samples: ArrayLike, where: str) -> jax.Array:
         )
     if samples.shape[0] < 1:
         raise ValueError(f"{where}: samples needs at least one sample, got samples.shape = {samples.shape}.")
-    return samples
+    arr = None if from_logits else _checks.concrete(samples)
+    if arr is not None and np.any((arr < 0) | (arr > 1)):  # NaN passes: a diverged member reads as NaN
+        # Logits read as probabilities gave NaN entropies and negative "probabilities".
+        bad = arr[(arr < 0) | (arr > 1)]
+        raise ValueError(
+            f"{where}: with from_logits=False samples must be probabilities in [0, 1], got values such as "
+            f"{np.array2string(bad[:4])}; pass from_logits=True for logits."
+        )
+    return samples, from_logits
 
 
 def _log_probs(samples: jax.Array, from_logits: bool) -> jax.Array:
@@ -194,14 +204,16 @@ def predictive_probs(samples: ArrayLike, *, from_logits: bool = True) -> jax.Arr
       Shape ``(..., C)``.
 
     Raises:
-      ValueError: if ``samples`` has fewer than 2 dimensions.
+      ValueError: if ``samples`` has fewer than 2 dimensions, ``from_logits`` is not ``True`` or
+        ``False``, or with ``from_logits=False`` concrete ``samples`` lie outside [0, 1] (logits;
+        a NaN passes and gives NaN).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
       >>> [round(float(p), 2) for p in jr.predictive_probs(jnp.array([[0.2, 0.8], [0.6, 0.4]]), from_logits=False)]
       [0.4, 0.6]
     """
-    samples = _check_samples(samples, "predictive_probs")
+    samples, from_logits = _check_samples(samples, "predictive_probs", from_logits)
     if from_logits:
         return jnp.mean(jax.nn.softmax(samples, axis=-1), axis=0)
     return jnp.mean(samples, axis=0)
@@ -220,14 +232,16 @@ def predictive_entropy(samples: ArrayLike, *, from_logits: bool = True) -> jax.A
       Shape ``(...)``, in nats.
 
     Raises:
-      ValueError: if ``samples`` has fewer than 2 dimensions.
+      ValueError: if ``samples`` has fewer than 2 dimensions, ``from_logits`` is not ``True`` or
+        ``False``, or with ``from_logits=False`` concrete ``samples`` lie outside [0, 1] (logits;
+        a NaN passes and gives NaN).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
       >>> round(float(jr.predictive_entropy(jnp.array([[1.0, 0.0], [0.0, 1.0]]), from_logits=False)), 4)
       0.6931
     """
-    samples = _check_samples(samples, "predictive_entropy")
+    samples, from_logits = _check_samples(samples, "predictive_entropy", from_logits)
     if not from_logits:
         # log of the mean, not a logsumexp of logs: a sample's zero probability of a class that
         # another sample deems possible has the finite gradient -(log p_bar + 1) / S
@@ -253,14 +267,16 @@ def expected_entropy(samples: ArrayLike, *, from_logits: bool = True) -> jax.Arr
       Shape ``(...)``, in nats.
 
     Raises:
-      ValueError: if ``samples`` has fewer than 2 dimensions.
+      ValueError: if ``samples`` has fewer than 2 dimensions, ``from_logits`` is not ``True`` or
+        ``False``, or with ``from_logits=False`` concrete ``samples`` lie outside [0, 1] (logits;
+        a NaN passes and gives NaN).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
       >>> round(float(jr.expected_entropy(jnp.array([[1.0, 0.0], [0.0, 1.0]]), from_logits=False)), 4)
       0.0
     """
-    samples = _check_samples(samples, "expected_entropy")
+    samples, from_logits = _check_samples(samples, "expected_entropy", from_logits)
     return jnp.mean(_entropy_from_log(_log_probs(samples, from_logits)), axis=0)
 
 
@@ -279,7 +295,9 @@ def mutual_information(samples: ArrayLike, *, from_logits: bool = True) -> jax.A
       Shape ``(...)``, in nats.
 
     Raises:
-      ValueError: if ``samples`` has fewer than 2 dimensions.
+      ValueError: if ``samples`` has fewer than 2 dimensions, ``from_logits`` is not ``True`` or
+        ``False``, or with ``from_logits=False`` concrete ``samples`` lie outside [0, 1] (logits;
+        a NaN passes and gives NaN).
 
     References:
       Houlsby et al., 2011. Bayesian Active Learning for Classification and Preference Learning.
@@ -289,7 +307,7 @@ def mutual_information(samples: ArrayLike, *, from_logits: bool = True) -> jax.A
       >>> round(float(jr.mutual_information(jnp.array([[1.0, 0.0], [0.0, 1.0]]), from_logits=False)), 4)
       0.6931
     """
-    samples = _check_samples(samples, "mutual_information")
+    samples, from_logits = _check_samples(samples, "mutual_information", from_logits)
     mi = predictive_entropy(samples, from_logits=from_logits) - expected_entropy(samples, from_logits=from_logits)
     return jnp.maximum(mi, 0.0)
 
@@ -318,8 +336,9 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
       A scalar in [0, 1].
 
     Raises:
-      ValueError: if ``num_bins < 1``, the shapes disagree, there are no examples, or concrete
-        ``probs`` are not in [0, 1] (logits, or NaN).
+      ValueError: if ``num_bins < 1``, the shapes disagree, there are no examples, concrete
+        ``probs`` are not in [0, 1] (logits, or NaN), ``labels`` are not integers, or concrete
+        ``labels`` are outside ``[0, C)`` (1-based labels).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -340,6 +359,7 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
             f"expected_calibration_error: probs needs at least one example, got probs.shape = {probs.shape}."
         )
     _checks.check_in_range("probs", probs, 0, 1, "expected_calibration_error", closed_high=True)
+    _checks.check_labels("labels", labels, probs.shape[1], "expected_calibration_error")
     acc = compute_dtype(probs.dtype)
     confidence = jnp.max(probs, axis=-1).astype(acc)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(acc)

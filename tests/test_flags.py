@@ -37,6 +37,10 @@ SWITCHES = {
         "adaptive",
         lambda v: jr.sam_gradient(lambda p: jnp.sum(p**2), jnp.ones(2), rho=0.1, adaptive=v),
     ),
+    **{
+        f"{fn.__name__} from_logits": (fn.__name__, "from_logits", lambda v, fn=fn: fn(jnp.ones((2, 3)), from_logits=v))
+        for fn in (jr.predictive_probs, jr.predictive_entropy, jr.expected_entropy, jr.mutual_information)
+    },
     "elbo_loss has_aux": (
         "variational.elbo_loss",
         "has_aux",

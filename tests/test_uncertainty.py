@@ -207,6 +207,16 @@ def test_a_nan_sample_gives_nan_not_certainty(fn, from_logits):
     assert np.isnan(float(fn(samples[1:], from_logits=from_logits)))
 
 
+@pytest.mark.parametrize("fn", [jr.predictive_probs, jr.predictive_entropy, jr.expected_entropy, jr.mutual_information])
+def test_logits_passed_as_probabilities_are_refused(fn):
+    # They gave NaN entropies and negative "probabilities"; under jit they cannot be checked.
+    logits = jnp.array([[2.0, -1.0], [0.5, 0.3]])
+    with pytest.raises(ValueError, match=rf"{fn.__name__}: with from_logits=False samples must be probabilities"):
+        fn(logits, from_logits=False)
+    probs = jax.nn.softmax(logits, axis=-1)
+    np.testing.assert_allclose(fn(probs, from_logits=False), fn(logits), rtol=8 * EPS32, atol=8 * EPS32)
+
+
 def test_gradient_of_predictive_entropy_at_a_zero_probability_of_a_possible_class():
     # H(p_bar) depends on p only through p_bar: dH/dp_s,c = -(log p_bar_c + 1) / S, finite where
     # another sample makes the class possible (p_bar_c > 0) even if p_s,c = 0
@@ -228,6 +238,22 @@ def test_gradient_of_predictive_entropy_at_a_zero_probability_of_a_possible_clas
 def test_ece_refuses_what_is_not_probabilities(probs, match):
     with pytest.raises(ValueError, match=match):
         jr.expected_calibration_error(probs, jnp.zeros(probs.shape[0], jnp.int32))
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        # 1-based labels, a -1 "ignore" label, float labels: each gave a silently wrong ECE.
+        (jnp.array([1, 2, 3]), r"labels must be class indices in \[0, 3\), got labels = \[3\] \(out of range\)"),
+        (jnp.array([0, -1, 2]), r"labels must be class indices in \[0, 3\), got labels = \[-1\]"),
+        (jnp.array([0.0, 1.0, 2.0]), r"labels must be integer class labels, got labels of dtype float32"),
+    ],
+)
+def test_ece_refuses_labels_that_are_not_class_indices(labels, match):
+    probs = jnp.full((3, 3), 1 / 3)
+    with pytest.raises(ValueError, match="expected_calibration_error: " + match):
+        jr.expected_calibration_error(probs, labels)
+    jr.expected_calibration_error(probs, jnp.array([0, 1, 2]))  # the same shapes, in range: fine
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 7])
