@@ -202,6 +202,39 @@ def split_aux(out: Any, has_aux: bool, where: str) -> tuple[Any, Any]:
     return out, None
 
 
+def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> None:
+    """``tree`` has ``ref``'s structure and leaf shapes (updates against params, a snapshot against
+    the params it replaces); a mismatch failed in jax's broadcasting or tree errors, unnamed.
+    A ``None`` in ``tree`` (a frozen leaf's update) matches anything. Shapes are static, so this
+    runs at trace time only."""
+
+    def leaf(path: Any, x: Any, y: Any) -> None:
+        if x is not None and y is not None and jnp.shape(x) != jnp.shape(y):
+            raise _ShapeMismatch(
+                f"{where}: {name} must be shaped like {ref_name}, got leaf {jax.tree_util.keystr(path) or '<root>'} "
+                f"of shape {jnp.shape(x)} in {name} and {jnp.shape(y)} in {ref_name}."
+            )
+
+    try:
+        jax.tree_util.tree_map_with_path(leaf, tree, ref, is_leaf=lambda x: x is None)
+    except _ShapeMismatch as e:
+        raise ValueError(str(e)) from None
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"{where}: {name} must have the tree structure of {ref_name}, got {_short(jax.tree.structure(tree))} "
+            f"for {ref_name}'s {_short(jax.tree.structure(ref))}."
+        ) from None
+
+
+class _ShapeMismatch(Exception):
+    pass
+
+
+def _short(treedef: Any, limit: int = 200) -> str:
+    text = str(treedef)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def check_int_at_least(name: str, value: Any, minimum: int, where: str = "") -> int:
     """A static Python (or numpy) int ``>= minimum`` (a shape, a count); returns it as an ``int``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:

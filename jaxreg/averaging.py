@@ -100,11 +100,12 @@ def _is_float(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _need_params(where: str, params: Any) -> None:
+def _need_params(where: str, params: Any, updates: Any) -> None:
     if params is None:
         raise ValueError(
             f"{where}: needs params (it averages params + updates); call update(updates, state, params), got params = None."
         )
+    _checks.check_like("updates", updates, "params", params, where)
 
 
 def _accumulator(params: PyTree) -> PyTree:
@@ -227,7 +228,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
         return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, default_float()), _accumulator(params))
 
     def update_fn(updates, state, params=None):
-        _need_params("ema", params)
+        _need_params("ema", params, updates)
         count = optax.safe_increment(state.count)
         one_minus = 1.0 - state.decay
         if debias:
@@ -300,7 +301,7 @@ def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
         return SwaState(jnp.zeros([], jnp.int32), num, start_, every_, _accumulator(params))
 
     def update_fn(updates, state, params=None):
-        _need_params("swa", params)
+        _need_params("swa", params, updates)
         count, snap, n, weight = _next_snapshot(state)
         average = _lerp(state.average, optax.apply_updates(params, updates), weight)
         return updates, SwaState(count, n + snap.astype(jnp.int32), state.start, state.every, average)
@@ -368,7 +369,7 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
         return SwagState(jnp.zeros([], jnp.int32), num, start_, every_, mean, sq, dev)
 
     def update_fn(updates, state, params=None):
-        _need_params("swag", params)
+        _need_params("swag", params, updates)
         count, snap, n, weight = _next_snapshot(state)
         new = optax.apply_updates(params, updates)
         mean = _lerp(state.mean, new, weight)

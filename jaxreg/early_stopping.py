@@ -109,6 +109,7 @@ def freeze_stopped(stopped: ArrayLike, new: PyTree, old: PyTree) -> PyTree:
       >>> jr.freeze_stopped(jnp.array([False, True, False]), new, old)["w"][:, 0].tolist()
       [1.0, 0.0, 1.0]
     """
+    _checks.check_like("new", new, "old", old, "freeze_stopped")
     return _select(jnp.logical_not(jnp.asarray(stopped, jnp.bool_)), new, old)
 
 
@@ -364,6 +365,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
           The new state; ``state`` itself (leaf for leaf) where already stopped.
         """
         metric, dtype = _metric_and_dtype(metric, state.best_metric, "EarlyStopping.update")
+        _checks.check_like("params", params, "state.best_params", state.best_params, "EarlyStopping.update")
         active = jnp.logical_not(state.stopped)
         counted = jnp.logical_and(active, state.step >= self.start_from)
         better = jnp.logical_and(counted, self._beats(metric, state.best_metric, dtype))

@@ -37,12 +37,13 @@ __all__ = [
 ]
 
 
-def _need_params(name: str, params: Any) -> None:
+def _need_params(name: str, params: Any, updates: Any) -> None:
     if params is None:
         raise ValueError(
             f"{name}: params = None; this transformation needs the current params. Call "
             "optimizer.update(updates, state, params), with the transformation in the chain."
         )
+    _checks.check_like("updates", updates, "params", params, name)
 
 
 def _check_penalty(name: str, penalty: Any) -> None:
@@ -105,7 +106,7 @@ def add_penalty_grad(penalty: Penalty) -> optax.GradientTransformation:
         return optax.EmptyState()
 
     def update_fn(updates: PyTree, state: optax.EmptyState, params: PyTree | None = None):
-        _need_params("add_penalty_grad", params)
+        _need_params("add_penalty_grad", params, updates)
         # allow_int: integer leaves (a step counter) get a float0 gradient and pass through.
         grads = jax.grad(penalty, allow_int=True)(params)
 
@@ -209,7 +210,7 @@ def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.G
         return ProximalState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates: PyTree, state: ProximalState, params: PyTree | None = None):
-        _need_params("proximal", params)
+        _need_params("proximal", params, updates)
         step = _learning_rate_at(learning_rate, state.count)
         new = penalty.prox(_stepped(params, updates), step)
         return _delta(new, params, updates), ProximalState(count=optax.safe_increment(state.count))
@@ -300,7 +301,7 @@ def proximal_adam(
         return ProximalAdamState(adam=adam.init(params), count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates: PyTree, state: ProximalAdamState, params: PyTree | None = None):
-        _need_params("proximal_adam", params)
+        _need_params("proximal_adam", params, updates)
         lr = _learning_rate_at(learning_rate, state.count)
         # optax's bias correction computes ``decay ** count`` (a float to an int32 power), which
         # strict dtype promotion refuses; only that part runs under standard promotion.
@@ -379,7 +380,7 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
         return optax.EmptyState()
 
     def update_fn(updates: PyTree, state: Any, params: PyTree | None = None):
-        _need_params("project", params)
+        _need_params("project", params, updates)
         stepped = _stepped(params, updates)
         if stateful:
             new, inner = constraint.update(stepped, state.constraint)

@@ -184,3 +184,42 @@ def test_empty_and_none_subtrees_pass_through(make):
     assert out["empty"] == {} and out["none"] is None
     alone, _ = make().update(updates["w"], make().init(params["w"]), params["w"])
     chex.assert_trees_all_close(out["w"], alone, **TOL)
+
+
+@pytest.mark.parametrize(
+    "make, where",
+    [
+        (lambda: jr.add_penalty_grad(jr.l2(0.05)), "add_penalty_grad"),
+        (lambda: jr.proximal(jr.l1(1.0), 0.1), "proximal"),
+        (lambda: jr.proximal_adam(jr.l1(1.0), 0.1), "proximal_adam"),
+        (lambda: jr.project(jr.max_norm(1.0)), "project"),
+        (lambda: jr.ema(0.9), "ema"),
+        (lambda: jr.swa(0, 1), "swa"),
+        (lambda: jr.swag(0, 1), "swag"),
+    ],
+)
+def test_updates_shaped_unlike_the_params_are_named(make, where):
+    # They failed in jax's broadcasting ("add got incompatible shapes") or tree errors, unnamed.
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    tx = make()
+    state = tx.init(params)
+    with pytest.raises(
+        ValueError, match=rf"^{where}: updates must be shaped like params, got leaf \['w'\] of shape \(2, 3\)"
+    ):
+        tx.update({"w": jnp.ones((2, 3)), "b": jnp.zeros(2)}, state, params)
+    with pytest.raises(ValueError, match=rf"^{where}: updates must have the tree structure of params"):
+        tx.update({"w": jnp.ones((3, 2))}, state, params)
+
+
+def test_early_stopping_and_freeze_name_a_snapshot_unlike_the_params():
+    params = {"w": jnp.ones((3, 2))}
+    stopper = jr.EarlyStopping(2)
+    state = stopper.init(params)
+    with pytest.raises(
+        ValueError, match=r"^EarlyStopping.update: params must have the tree structure of state.best_params"
+    ):
+        stopper.update(state, 1.0, (params, ()))
+    with pytest.raises(ValueError, match=r"^EarlyStopping.update: params must be shaped like state.best_params"):
+        stopper.update(state, 1.0, {"w": jnp.ones((2, 3))})
+    with pytest.raises(ValueError, match=r"^freeze_stopped: new must be shaped like old, got leaf \['w'\]"):
+        jr.freeze_stopped(True, params, {"w": jnp.ones((2, 3))})
