@@ -136,7 +136,7 @@ def dropout(
     x: ArrayLike,
     rate: ArrayLike,
     *,
-    broadcast_dims: Sequence[int] = (),
+    broadcast_dims: int | Sequence[int] = (),
     precision: int = 16,
 ) -> jax.Array:
     r"""Inverted dropout: zero each unit with probability ``rate``, scale the survivors by ``1 / (1 - rate)``.
@@ -173,7 +173,7 @@ def dropout(
       x: the input array.
       rate: drop probability in [0, 1); may be a traced scalar (a sweep over rates is a vmap).
         A concrete 0 returns ``x`` unchanged without drawing bits.
-      broadcast_dims: axes along which one mask value is shared (e.g. ``(0,)`` drops the same
+      broadcast_dims: an axis or axes along which one mask value is shared (e.g. ``(0,)`` drops the same
         units for every example; the default is an independent mask per element).
       precision: bits per random threshold: 8, 16 (default) or 32.
 
@@ -183,7 +183,7 @@ def dropout(
     Raises:
       ValueError: if ``rng`` is not a PRNG key (an int seed: use ``jax.random.key(seed)``), a
         concrete ``rate`` is outside [0, 1) or not a scalar, ``precision`` is not 8, 16 or 32,
-        or ``broadcast_dims`` names an axis ``x`` does not have.
+        or ``broadcast_dims`` is not ints or names an axis ``x`` does not have.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -203,6 +203,14 @@ def dropout(
     if rate_value is not None and np.float32(rate_value) >= 1.0:
         # the mask's threshold is float32: such a rate would keep 2**-precision of the units, scaled by 0
         raise ValueError(f"dropout: rate must be below 1 in float32, got rate = {float(rate_value)!r}.")
+    if isinstance(broadcast_dims, (int, np.integer)) and not isinstance(broadcast_dims, bool):
+        broadcast_dims = (broadcast_dims,)  # one axis, as an int
+    if not isinstance(broadcast_dims, (tuple, list)) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in broadcast_dims
+    ):
+        raise ValueError(
+            f"dropout: broadcast_dims must be an int or a sequence of ints, got broadcast_dims = {broadcast_dims!r}."
+        )
     dims = set()
     for d in broadcast_dims:  # checked before the rate-0 shortcut: a sweep away from 0 must not be what finds it
         if not -x.ndim <= int(d) < x.ndim:

@@ -121,14 +121,14 @@ def _leaf_paths(tree: PyTree) -> list[tuple[str, Any]]:
     return [(jax.tree_util.keystr(path) or "<root>", leaf) for path, leaf in flat]
 
 
-def _num_examples(train_data: PyTree, where: str = "fit") -> int:
+def _num_examples(train_data: PyTree, where: str = "fit", name: str = "train_data") -> int:
     leaves = _leaf_paths(train_data)
     if not leaves:
-        raise ValueError(f"{where}: train_data must hold at least one array, got an empty pytree.")
-    sizes = {name: np.shape(leaf)[0] if np.ndim(leaf) > 0 else None for name, leaf in leaves}
+        raise ValueError(f"{where}: {name} must hold at least one array, got an empty pytree.")
+    sizes = {path: np.shape(leaf)[0] if np.ndim(leaf) > 0 else None for path, leaf in leaves}
     if any(s is None for s in sizes.values()) or len(set(sizes.values())) != 1:
         raise ValueError(
-            f"{where}: every leaf of train_data must have the same leading (example) axis, got leading sizes {sizes}."
+            f"{where}: every leaf of {name} must have the same leading (example) axis, got leading sizes {sizes}."
         )
     return next(iter(sizes.values()))
 
@@ -208,15 +208,17 @@ def _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_memb
     return _Schedule(num_steps, batch_size, eval_every, steps_per_chunk, n, num_members, single)
 
 
-def _check_callables(step_fn, eval_fn, snapshot_fn, callback, checkpoint_dir, compact, progress) -> None:
+def _check_callables(
+    step_fn, eval_fn, snapshot_fn, callback, checkpoint_dir, compact, progress, where: str = "fit"
+) -> None:
     """The functions, flags and path of a call (a TypeError deep in the run otherwise, or after a chunk)."""
     if not callable(step_fn):
         raise ValueError(
-            f"fit: step_fn must be a function (state, batch, rng) -> (state, loss), got step_fn = {step_fn!r}."
+            f"{where}: step_fn must be a function (state, batch, rng) -> (state, loss), got step_fn = {step_fn!r}."
         )
     for name, value in (("eval_fn", eval_fn), ("snapshot_fn", snapshot_fn), ("callback", callback)):
         if value is not None and not callable(value):
-            raise ValueError(f"fit: {name} must be a function or None, got {name} = {value!r}.")
+            raise ValueError(f"{where}: {name} must be a function or None, got {name} = {value!r}.")
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, str | os.PathLike):
         raise ValueError(f"fit: checkpoint_dir must be a path or None, got checkpoint_dir = {checkpoint_dir!r}.")
     if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
@@ -1190,6 +1192,7 @@ def retrain(
             "retrain: num_updates must be one number or one per member, got num_updates.shape = "
             f"{np.shape(num_updates)} for num_members = {num_members}."
         )
+    _check_callables(step_fn, eval_fn, None, None, None, compact, progress, "retrain")
     if jax.tree.structure(train_data) != jax.tree.structure(val_data):
         raise ValueError(
             f"retrain: val_data must have the structure of train_data, got val_data = "
@@ -1207,7 +1210,7 @@ def retrain(
                 f"val_data{name if name != '<root>' else ''} of shape {jnp.shape(b)} and dtype {jnp.result_type(b)} "
                 f"for train_data's {jnp.shape(a)} and {jnp.result_type(a)}."
             )
-    n_train, n_val = _num_examples(train_data, "retrain"), _num_examples(val_data, "retrain")
+    n_train, n_val = _num_examples(train_data, "retrain"), _num_examples(val_data, "retrain", "val_data")
     budget = checked_retrain_budget(num_updates, n_train, n_val, batch_size, policy, "retrain")
     total = max(int(np.max(np.asarray(budget))), 1)
     if eval_every is None:

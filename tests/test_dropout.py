@@ -101,6 +101,8 @@ def test_broadcast_dims_share_the_mask():
     y = np.asarray(jr.dropout(jax.random.key(6), jnp.ones((16, 300)), 0.5, broadcast_dims=(0,)))
     assert np.all(y == y[:1]), "the mask must be the same for every row"
     assert 0 < (y[0] == 0).sum() < 300
+    # One axis as an int is the same (it was a TypeError: 'int' object is not iterable).
+    np.testing.assert_array_equal(jr.dropout(jax.random.key(6), jnp.ones((16, 300)), 0.5, broadcast_dims=0), y)
 
 
 @pytest.mark.parametrize(
@@ -112,6 +114,8 @@ def test_broadcast_dims_share_the_mask():
         ({"rate": jnp.array([0.1, 0.2])}, r"rate must be a scalar"),
         ({"rate": 0.5, "precision": 12}, r"precision = 12"),
         ({"rate": 0.5, "broadcast_dims": (2,)}, r"broadcast_dims = \(2,\)"),
+        ({"rate": 0.5, "broadcast_dims": (0.5,)}, r"broadcast_dims must be an int or a sequence of ints"),
+        ({"rate": 0.5, "broadcast_dims": True}, r"broadcast_dims = True"),
         (
             {"rate": 0.5, "rng": 0},
             r"dropout: rng must be a PRNG key; pass a PRNG key such as jax.random.key\(0\).*rng = 0",

@@ -554,6 +554,21 @@ def test_retrain_names_its_rng_num_updates_and_state():
         ),
     ):
         jr.retrain(one_step, s, (jnp.arange(12),), (jnp.ones((4, 3)),), 5, rng=jax.random.key(0), **common)
+    # val_data's own leaves disagree: named val_data (it quoted them as train_data's)
+    with pytest.raises(
+        ValueError, match=r"^retrain: every leaf of val_data must have the same leading \(example\) axis"
+    ):
+        jr.retrain(
+            one_step,
+            s,
+            (jnp.arange(12), jnp.arange(12)),
+            (jnp.arange(4), jnp.arange(3)),
+            5,
+            rng=jax.random.key(0),
+            **common,
+        )
+    with pytest.raises(ValueError, match=r"^retrain: eval_fn must be a function or None, got eval_fn = 3\."):
+        jr.retrain(one_step, s, *data, 5, rng=jax.random.key(0), eval_fn=3, **common)
 
 
 @pytest.mark.parametrize(
