@@ -91,9 +91,24 @@ def _steps_like(step: Any, tree: PyTree, where: str) -> PyTree:
     _check_step_values(step, where)
     tree_def, step_def = jax.tree.structure(tree), jax.tree.structure(step)
     if not jax.tree_util.treedef_is_leaf(step_def) and step_def == tree_def:
-        return step
-    if jax.tree_util.treedef_is_leaf(step_def) and step is not None:
-        return jax.tree.map(lambda _: step, tree)
+        steps = step
+    elif jax.tree_util.treedef_is_leaf(step_def) and step is not None:
+        steps = jax.tree.map(lambda _: step, tree)
+    else:
+        steps = None
+    if steps is not None:
+        # Each step must broadcast to its leaf's shape (it failed in jax's broadcasting, unnamed).
+        for (path, x), t in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(steps)):
+            try:
+                fits = np.broadcast_shapes(jnp.shape(t), jnp.shape(x)) == jnp.shape(x)
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(
+                    f"{where}: step must broadcast to each leaf's shape, got a step of shape {jnp.shape(t)} for "
+                    f"leaf {leaf_name(path)!r} of shape {jnp.shape(x)}."
+                )
+        return steps
     raise ValueError(
         f"{where}: step must be a scalar or a pytree shaped like the params, got a step with "
         f"structure {step_def} for params {tree_def}."

@@ -126,12 +126,17 @@ class ProximalState(NamedTuple):
     count: jax.Array
 
 
-def _learning_rate_at(learning_rate: Any, count: jax.Array) -> jax.Array:
+def _learning_rate_at(learning_rate: Any, count: jax.Array, where: str) -> jax.Array:
     if not callable(learning_rate):
         return jnp.asarray(learning_rate)
     # optax's schedules mix the int32 count with float constants, which strict promotion refuses.
     with jax.numpy_dtype_promotion("standard"):
-        return learning_rate(count)
+        value = learning_rate(count)
+    if jnp.ndim(value) != 0:  # a constant of that shape is refused at construction; so is a schedule's
+        raise ValueError(
+            f"{where}: a learning_rate schedule must return a scalar, got a value of shape {jnp.shape(value)}."
+        )
+    return value
 
 
 def _is_none(x: Any) -> bool:
@@ -211,7 +216,7 @@ def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.G
 
     def update_fn(updates: PyTree, state: ProximalState, params: PyTree | None = None):
         _need_params("proximal", params, updates)
-        step = _learning_rate_at(learning_rate, state.count)
+        step = _learning_rate_at(learning_rate, state.count, "proximal")
         new = penalty.prox(_stepped(params, updates), step)
         return _delta(new, params, updates), ProximalState(count=optax.safe_increment(state.count))
 
@@ -302,7 +307,7 @@ def proximal_adam(
 
     def update_fn(updates: PyTree, state: ProximalAdamState, params: PyTree | None = None):
         _need_params("proximal_adam", params, updates)
-        lr = _learning_rate_at(learning_rate, state.count)
+        lr = _learning_rate_at(learning_rate, state.count, "proximal_adam")
         # optax's bias correction computes ``decay ** count`` (a float to an int32 power), which
         # strict dtype promotion refuses; only that part runs under standard promotion.
         with jax.numpy_dtype_promotion("standard"):

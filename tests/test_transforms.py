@@ -298,6 +298,29 @@ def test_bad_arguments_raise(build, message):
         build()
 
 
+@pytest.mark.parametrize("make", [jr.proximal, jr.proximal_adam])
+def test_a_schedule_returning_an_array_is_refused(make):
+    # A constant of that shape is refused at construction; a schedule's was broadcast silently.
+    tx = make(jr.l1(0.1), lambda count: jnp.ones(2))
+    w = jnp.ones(2)
+    with pytest.raises(
+        ValueError,
+        match=rf"^{make.__name__}: a learning_rate schedule must return a scalar, got a value of shape \(2,\)",
+    ):
+        tx.update(w, tx.init(w), w)
+
+
+def test_a_prox_step_that_does_not_broadcast_to_a_leaf_is_named():
+    params = {"w": jnp.ones((3, 2))}
+    with pytest.raises(
+        ValueError, match=r"^l1.prox: step must broadcast to each leaf's shape, got a step of shape \(5,\) for leaf 'w'"
+    ):
+        jr.l1(1.0).prox(params, jnp.ones(5))
+    # A step that broadcasts (one per row) is each coordinate's own step: soft-thresholding by it.
+    got = jr.l1(1.0).prox(params, {"w": jnp.array([[0.25], [0.5], [2.0]])})
+    np.testing.assert_array_equal(got["w"], np.array([[0.75, 0.75], [0.5, 0.5], [0.0, 0.0]]))
+
+
 def test_transforms_jit_and_vmap_over_scales():
     w = jnp.array([1.0, -0.05, 0.5])
 
