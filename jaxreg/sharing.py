@@ -67,6 +67,11 @@ class Share:
             transforms = tuple(transforms)
             if transforms and transforms[0] is not None:
                 raise ValueError("Share: transforms[0] must be None: the first use is the stored source.")
+            for k, fn in enumerate(transforms):
+                if fn is not None and not callable(fn):
+                    raise ValueError(
+                        f"Share: transforms[{k}] must be a callable or None, got transforms[{k}] = {fn!r}."
+                    )
         self.where = where
         self.transforms = transforms
 
@@ -105,6 +110,11 @@ class Share:
 
     def expand(self, compact: Shared) -> PyTree:
         """Full params: every use filled from the stored copy (differentiable)."""
+        if not (isinstance(compact, tuple) and len(compact) == 2):  # Shared, or a (params, shared) pair
+            raise ValueError(
+                f"Share.expand: compact must be the Shared that compress returned, got a {type(compact).__name__}; "
+                f"call share.compress(params) first."
+            )
         params, source = compact
         positions, treedef, _ = self._uses(params)
         leaves = list(jax.tree.leaves(params, is_leaf=_is_none))

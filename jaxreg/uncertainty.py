@@ -131,6 +131,13 @@ def predict_chunked(
       >>> float(p.mean), float(p.variance)
       (4.0, 8.0)
     """
+    chunk = _checks.check_int_at_least("chunk", chunk, 1, where)
+    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(items)}
+    if not sizes or None in sizes or len(sizes) != 1 or 0 in sizes:
+        raise ValueError(
+            f"{where}: items must be arrays sharing a leading axis of at least one item, got leading sizes "
+            f"{sorted(sizes, key=str)}."
+        )
     dtypes = []  # the outputs' dtypes, read while the first block is traced (no extra trace)
 
     def block_moments(block: Any) -> tuple[tuple[Any, Any, jax.Array], None]:

@@ -286,6 +286,7 @@ def _check_meanfield(vparams: Any, where: str) -> None:
             f"{where}: vparams.mean and vparams.raw_std must have the same structure, got "
             f"{jax.tree.structure(vparams.mean)} and {jax.tree.structure(vparams.raw_std)}."
         )
+    _checks.check_like("vparams.raw_std", vparams.raw_std, "vparams.mean", vparams.mean, where)
 
 
 def sample(rng: jax.Array, vparams: MeanField) -> PyTree:

@@ -67,3 +67,18 @@ def test_expand_under_jit_and_vmap():
     stacked = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), compact)
     out = jax.jit(jax.vmap(share.expand))(stacked)
     np.testing.assert_array_equal(out[1][1], [2.0, 2.0, 2.0])
+
+
+def test_share_names_a_non_callable_transform_and_an_expand_of_plain_params():
+    params = {"a": jnp.ones(3), "b": jnp.ones(3)}
+    with pytest.raises(
+        ValueError, match=r"^Share: transforms\[1\] must be a callable or None, got transforms\[1\] = 3\."
+    ):
+        jr.Share(lambda q: (q["a"], q["b"]), transforms=[None, 3])
+    share = jr.Share(lambda q: (q["a"], q["b"]))
+    with pytest.raises(
+        ValueError, match=r"^Share.expand: compact must be the Shared that compress returned, got a dict"
+    ):
+        share.expand(params)
+    compact = share.compress(params)
+    np.testing.assert_array_equal(share.expand(tuple(compact))["b"], params["a"])  # a plain pair works too

@@ -298,3 +298,19 @@ def test_half_precision_predictions_are_accumulated_in_float32(dtype, chunk_size
     for got, ref in [(ens.mean, draws.mean(0)), (ens.variance, draws.var(0))]:
         assert got.dtype == dtype
         np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), ref, rtol=eps / 2 + 1024 * EPS32)
+
+
+@pytest.mark.parametrize(
+    ("items", "chunk", "match"),
+    [
+        (
+            jnp.arange(0.0),
+            2,
+            r"items must be arrays sharing a leading axis of at least one item, got leading sizes \[0\]",
+        ),
+        (jnp.arange(4.0), 0, r"chunk must be an int >= 1, got chunk = 0"),
+    ],
+)
+def test_predict_chunked_names_empty_items_and_a_zero_chunk(items, chunk, match):
+    with pytest.raises(ValueError, match=r"^predict_chunked: " + match):
+        jr.uncertainty.predict_chunked(lambda i: 2.0 * i, items, chunk)

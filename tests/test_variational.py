@@ -412,3 +412,12 @@ def test_kl_normal_broadcasts_jointly_like_numpy():
     std = np.linspace(0.5, 2.0, 20).reshape(4, 5)
     expected = np.sum(np.log(1.5 / std) + (std**2 + (0.3 - 0.1) ** 2) / (2 * 1.5**2) - 0.5)
     np.testing.assert_allclose(jr.kl_normal(0.3, jnp.asarray(std), 0.1, 1.5), expected, rtol=KL_RTOL)
+
+
+def test_a_mean_field_whose_std_is_shaped_unlike_its_mean_is_named():
+    vparams = jr.variational.MeanField({"w": jnp.ones(3)}, {"w": jnp.ones(2)})
+    match = r"vparams.raw_std must be shaped like vparams.mean, got leaf \['w'\] of shape \(2,\)"
+    with pytest.raises(ValueError, match=r"^variational.sample: " + match):
+        jr.variational.sample(jax.random.key(0), vparams)  # was jax's "mul got incompatible shapes"
+    with pytest.raises(ValueError, match=r"^variational.kl: " + match):
+        jr.variational.kl(vparams)
