@@ -95,7 +95,8 @@ def _prefix(where: str) -> str:
 
 def _numeric(arr: np.ndarray) -> bool:
     # jnp's dtype tree knows the ml_dtypes floats (bfloat16, float8) that numpy's calls non-numeric.
-    return bool(jnp.issubdtype(arr.dtype, jnp.number))
+    # A complex number is not one (its imaginary part was dropped by the comparisons).
+    return bool(jnp.issubdtype(arr.dtype, jnp.number)) and not jnp.issubdtype(arr.dtype, jnp.complexfloating)
 
 
 def _check_number(name: str, value: Any, where: str, requirement: str, ok: Callable[[Any], Any], scalar: bool) -> None:
@@ -132,6 +133,17 @@ def check_labels(name: str, labels: Any, num_classes: int, where: str = "") -> N
     bad = (arr < 0) | (arr >= num_classes)
     if np.any(bad):
         raise ValueError(f"{message} {_fmt(arr[bad][:8])} (out of range).")
+
+
+def check_callable(name: str, value: Any, where: str, what: str = "a function") -> None:
+    """A function argument, checked when the caller is built (a TypeError at its first call otherwise)."""
+    if not callable(value):
+        raise ValueError(f"{_prefix(where)}{name} must be {what}, got {name} = {value!r}.")
+
+
+def check_finite(name: str, value: Any, where: str = "") -> None:
+    """Finite numbers (a prior mean, a centre); traced values under :func:`traced_checks`."""
+    _check_number(name, value, where, "finite", lambda v: v == v, False)
 
 
 def check_nonnegative(name: str, value: Any, where: str = "", *, scalar: bool = False) -> None:

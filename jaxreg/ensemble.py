@@ -445,6 +445,7 @@ def map(
       >>> f(jnp.arange(12.0).reshape(6, 2), jnp.ones(2)).tolist()
       [1.0, 5.0, 9.0, 13.0, 17.0, 21.0]
     """
+    _checks.check_callable("fn", fn, "ensemble.map")
     chunk_arg = None if chunk_size is None else _checks.check_int_at_least("chunk_size", chunk_size, 1, "ensemble.map")
 
     def mapped(*args: Any, **kwargs: Any) -> PyTree:
@@ -620,6 +621,13 @@ def train_step(
       ([0.5, 1.0], [1.0, 2.0])
     """
 
+    _checks.check_callable(
+        "loss_fn", loss_fn, "ensemble.train_step", "a function (params, batch, rng, hparams) -> loss"
+    )
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise ValueError(
+            f"ensemble.train_step: optimizer must be an optax GradientTransformation, got optimizer = {optimizer!r}."
+        )
     chunk_size = _chunking.check_chunk_size(chunk_size, "ensemble.train_step")
     has_aux = _checks.check_flag("has_aux", has_aux, "ensemble.train_step")
     if batch_axis is not None and (isinstance(batch_axis, bool) or not isinstance(batch_axis, int)):

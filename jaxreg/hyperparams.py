@@ -160,6 +160,8 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
                     f"{where}: {name} must be a scalar (one value per optimizer; to sweep, build the optimizer "
                     f"inside jax.vmap with one value per member), got {name} with shape {np.shape(value)}."
                 )
+            if not isinstance(value, jax.core.Tracer) and not np.isfinite(np.asarray(value, np.float64)):
+                raise ValueError(f"{where}: {name} must be finite, got {name} = {value!r}.")  # NaN updates
             return "numeric"
         if isinstance(value, jax.core.Tracer):
             raise ValueError(

@@ -48,6 +48,7 @@ def regularize(
       >>> [round(float(v), 4) for v in (total, terms.loss, terms.penalty)]
       [2.2, 2.0, 0.2]
     """
+    _checks.check_callable("loss_fn", loss_fn, "regularize")
     if not isinstance(penalty, Penalty):
         raise ValueError(f"regularize: penalty must be a jaxreg Penalty, got penalty = {penalty!r}.")
     has_aux = _checks.check_flag("has_aux", has_aux, "regularize")

@@ -643,7 +643,7 @@ def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L
       An :class:`L2` penalty.
 
     Raises:
-      ValueError: if a concrete ``scale`` is negative or not finite.
+      ValueError: if a concrete ``scale`` is negative or not finite, or a concrete ``center`` is not finite.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -651,6 +651,8 @@ def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L
       2.5
     """
     _checks.check_nonnegative("scale", scale, "l2")
+    for path, c in jax.tree_util.tree_flatten_with_path(center)[0]:
+        _checks.check_finite(f"center{jax.tree_util.keystr(path)}", c, "l2")
     return L2(_checks.as_float_array(scale), center=center, mask=optional_mask(mask, "l2"))
 
 

@@ -187,6 +187,7 @@ def kl_normal(
         if parameterization == "std":
             _checks.check_positive("std", s, where)
         _checks.check_positive("prior_std", ps, where)
+        _checks.check_finite("prior_mean", pm, where)
         m = jnp.asarray(m)
         with jax.numpy_dtype_promotion("standard"):  # the dtype is chosen here, also under 'strict'
             dtype = jnp.result_type(m, s, pm, ps, jnp.float32)

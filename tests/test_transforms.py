@@ -423,3 +423,34 @@ def test_a_has_aux_mismatch_is_named(make, match):
 def test_an_integer_loss_does_not_truncate_the_penalty():
     total, _ = jr.regularize(lambda p: 1, jr.l2(0.3))(jnp.ones(2))
     assert float(total) == pytest.approx(1 + 0.3 * 2, rel=4 * EPS)  # was 1: the penalty cast to int
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: jr.regularize(None, jr.l2(0.1)), r"^regularize: loss_fn must be a function, got loss_fn = None\."),
+        (lambda: jr.ensemble.map(None), r"^ensemble.map: fn must be a function, got fn = None\."),
+        (
+            lambda: jr.ensemble.train_step(None, optax.sgd(0.1)),
+            r"^ensemble.train_step: loss_fn must be a function \(params, batch, rng, hparams\) -> loss, got loss_fn = None\.",
+        ),
+        (
+            lambda: jr.ensemble.train_step(lambda p, b, r, h: 0.0, 0.1),
+            r"^ensemble.train_step: optimizer must be an optax GradientTransformation, got optimizer = 0\.1\.",
+        ),
+        # Non-finite or complex numbers were accepted: NaN updates, a dropped imaginary part.
+        (
+            lambda: jr.sweepable(optax.adam)(learning_rate=float("nan")),
+            r"^sweepable\(adam\): learning_rate must be finite, got learning_rate = nan\.",
+        ),
+        (lambda: jr.l2(1 + 1j), r"^l2: scale must be finite and >= 0, got scale = \(1\+1j\)\."),
+        (lambda: jr.l2(0.1, center={"w": jnp.array([0.0, np.nan])}), r"^l2: center\['w'\] must be finite"),
+        (
+            lambda: jr.kl_normal(jnp.zeros(3), jnp.ones(3), prior_mean=np.nan),
+            r"^kl_normal: prior_mean must be finite, got prior_mean = nan\.",
+        ),
+    ],
+)
+def test_functions_and_numbers_are_checked_when_built(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
