@@ -48,7 +48,10 @@ def _scalar(value: ArrayLike, where: str, name: str) -> float:
 
 
 def _check(values: ArrayLike, confidence: float, where: str) -> np.ndarray:
-    x = np.asarray(values, np.float64)
+    try:
+        x = np.asarray(values, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: values must be numbers, got values = {values!r}.") from None
     if x.ndim == 0:
         raise ValueError(f"{where}: values must have a seed axis, got a scalar {float(x)!r}.")
     if not 0.0 < confidence < 1.0:
@@ -192,6 +195,11 @@ def verdict(
     Raises:
       ValueError: if the bounds are arrays (the interval of several quantities).
     """
+    if not isinstance(difference, Interval):
+        raise ValueError(
+            f"verdict: difference must be an Interval (from stats.mean_interval or paired_difference), got "
+            f"difference = {difference!r}."
+        )
     lo, hi = _scalar(difference.lo, "verdict", "lo"), _scalar(difference.hi, "verdict", "hi")
     if np.isfinite(lo) and lo > 0:
         return higher

@@ -431,3 +431,12 @@ def test_bench_command_end_to_end(tmp_path):
     """Every section through the command (minutes on 2 cores: `python -m pytest -m slow`)."""
     sections = _check_bench_json(_bench_json(tmp_path))
     assert {"0", "1", "2", "3", "4", "5", "6", "7", "8", "13", "memory"} <= sections
+
+
+def test_a_bad_dtype_and_a_nan_external_time_are_named():
+    with pytest.raises(ValueError, match=r"^matmul_peak: dtype must be a floating-point dtype, got dtype = 'float33'"):
+        jr.benchmark.matmul_peak(8, repeats=1, number=1, dtype="float33")
+    timer = jr.benchmark.ExternalTimer(lambda n: float("nan"))
+    with pytest.raises(ValueError, match=r"^ExternalTimer: timer\(3\) must return finite seconds >= 0, got nan"):
+        timer(3)
+    assert jr.benchmark.ExternalTimer(lambda n: 0.5 * n)(4) == 2.0

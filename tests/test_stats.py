@@ -150,3 +150,12 @@ def test_seeds_of_no_quantity_give_empty_intervals_as_numpy_gives_an_empty_mean(
         ValueError, match=r"^mean_interval: values needs at least one seed, got values.shape = \(3, 0\)"
     ):
         jr.stats.mean_interval(np.zeros((3, 0)), axis=1)
+
+
+def test_verdict_and_mean_interval_name_what_is_not_theirs():
+    with pytest.raises(
+        ValueError, match=r"^verdict: difference must be an Interval .* got difference = \(0\.0, 1\.0, 2\.0\)"
+    ):
+        jr.stats.verdict((0.0, 1.0, 2.0))  # was AttributeError
+    with pytest.raises(ValueError, match=r"^mean_interval: values must be numbers, got values = \['a', 'b'\]"):
+        jr.stats.mean_interval(["a", "b"])

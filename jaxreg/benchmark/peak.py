@@ -77,6 +77,12 @@ def matmul_peak(size: int = 2048, *, dtype: Any = jnp.float32, repeats: int = 5,
     _checks.check_int_at_least("repeats", repeats, 1, "matmul_peak")
     if number is not None:
         _checks.check_int_at_least("number", number, 1, "matmul_peak")
+    try:
+        floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(f"matmul_peak: dtype must be a floating-point dtype, got dtype = {dtype!r}.")
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     f = jax.jit(jnp.matmul)

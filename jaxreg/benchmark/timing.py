@@ -135,10 +135,15 @@ class ExternalTimer:
     """
 
     def __init__(self, timer: Callable[[int], float]):
+        if not callable(timer):
+            raise ValueError(f"ExternalTimer: timer must be a function number -> seconds, got timer = {timer!r}.")
         self.timer = timer
 
     def __call__(self, number: int) -> float:
-        return float(self.timer(number))
+        seconds = float(self.timer(number))
+        if not (math.isfinite(seconds) and seconds >= 0):  # a NaN time would rank as any other
+            raise ValueError(f"ExternalTimer: timer({number}) must return finite seconds >= 0, got {seconds!r}.")
+        return seconds
 
 
 def _as_timer(fn: Any, args: Sequence[Any]) -> Callable[[int], float]:
