@@ -6,9 +6,9 @@ trains, checkpoints, ``vmap``s and freezes (:func:`jaxreg.freeze_stopped`) with 
 optimizer state, per ensemble member. The hyperparameters (``decay``, ``start``, ``every``) are
 leaves of the state, read by ``update``: build the states under ``jax.vmap`` over values and a
 sweep over decays is one program. To schedule or change one during training, wrap the factory in
-:func:`jaxreg.sweepable` (it writes each step's value into these fields);
-``optax.inject_hyperparams`` rebuilds the transformation but keeps init's state, so its values
-never reach ``update``. :func:`averaged_params` reads the average out of any chain
+:func:`jaxreg.sweepable`: there the value it builds the transformation with at each step is used
+and kept in the state; ``optax.inject_hyperparams`` rebuilds the transformation but keeps init's
+state, so its values never reach ``update``. :func:`averaged_params` reads the average out of any chain
 state; :func:`swag_sample` draws params from SWAG's Gaussian (diagonal plus low rank).
 """
 
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _random
+from jaxreg import _checks, _random, _rebuild
 from jaxreg._tree import compute_dtype, default_float
 
 PyTree = Any
@@ -38,9 +38,6 @@ class EmaState(NamedTuple):
       average: the (debiased, if asked) exponential moving average of the params.
     """
 
-    # Fields that hold a hyperparameter: jr.sweepable writes its current values into them.
-    _HYPERPARAMETER_FIELDS = ("decay",)
-
     count: jax.Array
     decay: jax.Array
     average: PyTree
@@ -56,9 +53,6 @@ class SwaState(NamedTuple):
       every: updates between snapshots (int32 leaf).
       average: the equal-weight average of the snapshots (the current params before the first).
     """
-
-    # Fields that hold a hyperparameter: jr.sweepable writes its current values into them.
-    _HYPERPARAMETER_FIELDS = ("start", "every")
 
     count: jax.Array
     num_averaged: jax.Array
@@ -80,9 +74,6 @@ class SwagState(NamedTuple):
       deviations: the last ``rank`` deviations ``snapshot - mean`` (mean after that snapshot), each
         leaf of shape ``(rank, *param_shape)``, a ring buffer (zeros where not yet filled).
     """
-
-    # Fields that hold a hyperparameter: jr.sweepable writes its current values into them.
-    _HYPERPARAMETER_FIELDS = ("start", "every")
 
     count: jax.Array
     num_averaged: jax.Array
@@ -106,6 +97,15 @@ def _need_params(where: str, params: Any, updates: Any) -> None:
             f"{where}: needs params (it averages params + updates); call update(updates, state, params), got params = None."
         )
     _checks.check_like("updates", updates, "params", params, where)
+
+
+def _rebuilt_with(state: Any, **closure: Any) -> Any:
+    """``state`` with the closure's hyperparameters when :func:`jaxreg.sweepable` rebuilt the
+    transformation for this update (they are this step's), else as it is (``update`` reads the
+    state's, e.g. per member under ``vmap``)."""
+    if not _rebuild.rebuilt():
+        return state
+    return state._replace(**{k: jnp.asarray(v).astype(getattr(state, k).dtype) for k, v in closure.items()})
 
 
 def _accumulator(params: PyTree) -> PyTree:
@@ -229,6 +229,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
 
     def update_fn(updates, state, params=None):
         _need_params("ema", params, updates)
+        state = _rebuilt_with(state, decay=decay)
         count = optax.safe_increment(state.count)
         one_minus = 1.0 - state.decay
         if debias:
@@ -302,6 +303,7 @@ def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         _need_params("swa", params, updates)
+        state = _rebuilt_with(state, start=start, every=every)
         count, snap, n, weight = _next_snapshot(state)
         average = _lerp(state.average, optax.apply_updates(params, updates), weight)
         return updates, SwaState(count, n + snap.astype(jnp.int32), state.start, state.every, average)
@@ -370,6 +372,7 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
 
     def update_fn(updates, state, params=None):
         _need_params("swag", params, updates)
+        state = _rebuilt_with(state, start=start, every=every)
         count, snap, n, weight = _next_snapshot(state)
         new = optax.apply_updates(params, updates)
         mean = _lerp(state.mean, new, weight)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _random
+from jaxreg import _checks, _random, _rebuild
 
 __all__ = ["GradientNoiseState", "add_gradient_noise"]
 
@@ -23,9 +23,6 @@ class GradientNoiseState(NamedTuple):
       eta: the noise scale (float32 leaf).
       gamma: the annealing exponent (float32 leaf).
     """
-
-    # Fields that hold a hyperparameter: jr.sweepable writes its current values into them.
-    _HYPERPARAMETER_FIELDS = ("eta", "gamma")
 
     count: jax.Array
     key: jax.Array
@@ -50,7 +47,7 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
       eta: the noise variance at ``t = 0``, >= 0 (may be traced).
       gamma: the annealing exponent, >= 0 (may be traced). ``eta`` and ``gamma`` are leaves of
         the state, read by ``update``: change them during training with :func:`jaxreg.sweepable`,
-        which writes each step's values into the state (``optax.inject_hyperparams`` does not).
+        whose rebuilt values are used and kept (``optax.inject_hyperparams`` keeps init's state).
       key: a PRNG key (typed or raw uint32).
 
     Returns:
@@ -85,6 +82,8 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
 
     def update_fn(updates, state, params=None):
         del params
+        if _rebuild.rebuilt():  # rebuilt by jr.sweepable for this step: its values are this step's
+            state = state._replace(eta=jnp.asarray(eta, jnp.float32), gamma=jnp.asarray(gamma, jnp.float32))
         next_key, draw = jax.random.split(state.key)
         leaves, treedef = jax.tree.flatten(updates)
         keys = jax.random.split(draw, max(len(leaves), 1))

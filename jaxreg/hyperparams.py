@@ -10,9 +10,10 @@ factory from the state's values at every step, so
   every member its own values: a sweep is one program;
 * a new value is new data, never a new program;
 * jaxreg's transforms that keep a hyperparameter in their state (``jr.ema``'s decay,
-  ``jr.swa``'s and ``jr.swag``'s start and every, ``jr.add_gradient_noise``'s eta and gamma) get
-  each step's value written there, so a schedule reaches them (``optax.inject_hyperparams``
-  keeps init's state: its schedule never does);
+  ``jr.swa``'s and ``jr.swag``'s start and every, ``jr.add_gradient_noise``'s eta and gamma) use
+  the value the factory built them with at this step, and keep it in their state, so a schedule
+  reaches them however the factory derives it (``optax.inject_hyperparams`` keeps init's state:
+  its schedule never does);
 * arguments you do not pass stay the factory's own Python defaults, so the arithmetic is the
   unwrapped optimizer's wherever it can be (see :func:`sweepable` for what is bitwise and why).
 
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreg import _checks
+from jaxreg import _checks, _rebuild
 
 try:  # weak typing has no public API (see _weakly_typed); without it values stay strongly typed
     from jax._src.lax.lax import _convert_element_type
@@ -79,6 +80,17 @@ def _float_dtype() -> np.dtype:
 
 def _contains_tracer(value: Any) -> bool:
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
+def _is_number_tree(value: Any) -> bool:
+    """A pytree (not itself a leaf) whose leaves are all floating-point numbers: a penalty's scales."""
+    leaves = jax.tree.leaves(value)
+    if not leaves or (len(leaves) == 1 and leaves[0] is value):
+        return False
+    return all(
+        isinstance(x, (float, jax.Array, np.ndarray, np.generic)) and jnp.issubdtype(jnp.result_type(x), jnp.floating)
+        for x in leaves
+    )
 
 
 def _is_key(value: Any) -> bool:
@@ -142,14 +154,10 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
                 f"Pass a concrete key."
             )
         return "static"
-    if callable(value) and _contains_tracer(value):
-        # A callable pytree (a jr.Penalty, a mask) holding traced numbers: static, so it would
-        # silently keep whatever instance builds the update (every member the same).
-        raise ValueError(
-            f"{where}: {name} is a callable, static, so it cannot be swept; got {name} = a callable pytree "
-            f"holding traced values. Sweep its numbers as the factory's own float arguments, e.g. "
-            f"jr.sweepable(lambda scale, learning_rate: jr.proximal_adam(jr.l1(scale), learning_rate))."
-        )
+    if callable(value) and _is_number_tree(value) and name not in static_args:
+        # A jr.Penalty or a constraint: its numbers are leaves of the state too, so update reads
+        # each member's (kept static, the update's instance would serve every member).
+        return "tree"
     if value is None or isinstance(value, (bool, np.bool_, str)) or callable(value):
         return "static"
     if isinstance(value, (float, int)) or _is_array(value):
@@ -219,6 +227,8 @@ def _split(
         kind = _classify(where, name, value, param, static_args)
         if kind == "numeric":
             numeric[name] = jnp.asarray(value, dtype)
+        elif kind == "tree":
+            numeric[name] = value  # its leaves become state leaves as they are
         elif kind == "schedule":
             schedules[name] = value
         else:
@@ -472,9 +482,12 @@ def sweepable(
     (numpy, jax, traced) are leaves, except: bools, strings, ``None`` and callables (masks,
     plain optax schedules, which the factory handles itself) stay static; so does an argument
     whose signature says ``bool``, ``str`` or ``int`` (by its default or annotation: structure,
-    not math), an argument named in ``static_args``, and a pytree (a mask). Passing a traced
-    value or an array for a bool or str argument, or a traced value for any static one, raises
-    ``ValueError`` naming it. To sweep a schedule's numbers pass a :func:`schedule`.
+    not math), an argument named in ``static_args``, and a pytree (a mask). A callable pytree
+    of float numbers (a :class:`jaxreg.Penalty`, a constraint) is a leaf as a whole: its numbers
+    live in the state, so ``penalty=jr.l1(s)`` under ``vmap`` gives each member its own scale.
+    Passing a traced value or an array for a bool or str argument, or a traced value for any
+    static one, raises ``ValueError`` naming it. To sweep a schedule's numbers pass a
+    :func:`schedule`.
 
     Numerics against the unwrapped ``factory(**concrete_values)`` (float32 params):
 
@@ -548,6 +561,7 @@ def sweepable(
         where = f"sweepable({fname})"
         positional, static, numeric, schedules = _split(where, factory, args, kwargs, static_names)
         sched_specs = {name: (s.fn, s.static) for name, s in schedules.items()}
+        trees = {name for name, value in numeric.items() if not isinstance(value, jax.Array)}
 
         def inner(values: dict[str, Any]) -> optax.GradientTransformationExtraArgs:
             return optax.with_extra_args_support(factory(*positional, **static, **values))
@@ -556,7 +570,7 @@ def sweepable(
             values = {name: hyperparams[name] for name in numeric}
             for name, (fn, fn_static) in sched_specs.items():
                 values[name] = _evaluate(fn, fn_static, hyperparams[name], count)
-            return {name: _weakly_typed(value) for name, value in values.items()}
+            return {name: value if name in trees else _weakly_typed(value) for name, value in values.items()}
 
         probe_values = {**numeric, **{name: jnp.zeros((), _float_dtype()) for name in schedules}}
         _probe(where, fname, inner, probe_values, "keep {name} static with static_args or functools.partial")
@@ -573,10 +587,10 @@ def sweepable(
         def update_fn(updates, state, params=None, **extra_args):
             _check_state(where, state, numeric, schedules)
             values = values_at(state.hyperparams, state.count)
-            inner_state = _write_state_hyperparams(state.inner_state, values)
-            # The factory's own math may need standard promotion (scale_by_adam: b ** count, int32).
-            with jax.numpy_dtype_promotion("standard"):
-                updates, inner_state = inner(values).update(updates, inner_state, params, **extra_args)
+            # The factory's own math may need standard promotion (scale_by_adam: b ** count, int32);
+            # jaxreg's transforms that keep a hyperparameter in their state take this step's.
+            with jax.numpy_dtype_promotion("standard"), _rebuild.rebuilding():
+                updates, inner_state = inner(values).update(updates, state.inner_state, params, **extra_args)
             new_state = SweepableState(
                 count=optax.safe_increment(state.count), hyperparams=state.hyperparams, inner_state=inner_state
             )
@@ -585,32 +599,6 @@ def sweepable(
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
     return make
-
-
-def _holds_hyperparams(node: Any) -> bool:
-    return isinstance(node, tuple) and hasattr(type(node), "_HYPERPARAMETER_FIELDS")
-
-
-def _write_state_hyperparams(inner_state: PyTree, values: dict[str, Any]) -> PyTree:
-    """``inner_state`` with this step's values in the fields of the same name of jaxreg's states
-    that keep a hyperparameter (``EmaState.decay``, ``SwaState.start``, ...).
-
-    Their ``update`` reads the state's value, not the rebuilt closure's (so one optimizer updates
-    states built under ``vmap`` over values); without this a schedule or a changed value would
-    never reach them (as with ``optax.inject_hyperparams``, which keeps the init-time state).
-    """
-
-    def write(node: Any) -> Any:
-        if not _holds_hyperparams(node):
-            return node
-        fields = {
-            name: jnp.asarray(values[name]).astype(jnp.result_type(getattr(node, name)))
-            for name in type(node)._HYPERPARAMETER_FIELDS
-            if name in values
-        }
-        return node._replace(**fields) if fields else node
-
-    return jax.tree.map(write, inner_state, is_leaf=_holds_hyperparams)
 
 
 def _check_state(where: str, state: Any, numeric: dict, schedules: dict) -> None:
