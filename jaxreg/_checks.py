@@ -122,7 +122,7 @@ def check_labels(name: str, labels: Any, num_classes: int, where: str = "") -> N
     """Integer class labels in ``[0, num_classes)`` (the dtype always; values when concrete, or under
     :func:`traced_checks`): a label out of range or a float label gave a silently wrong score."""
     dtype = jnp.result_type(labels)
-    if not jnp.issubdtype(dtype, jnp.integer):
+    if not (jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_):  # bools: binary labels
         raise ValueError(f"{_prefix(where)}{name} must be integer class labels, got {name} of dtype {dtype}.")
     message = f"{_prefix(where)}{name} must be class indices in [0, {num_classes}), got {name} ="
     arr = concrete(labels)

@@ -16,6 +16,7 @@ moments become a :class:`jaxreg.Prediction` in :mod:`jaxreg.uncertainty`.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -205,12 +206,14 @@ def dropout(
         raise ValueError(f"dropout: rate must be below 1 in float32, got rate = {float(rate_value)!r}.")
     if isinstance(broadcast_dims, (int, np.integer)) and not isinstance(broadcast_dims, bool):
         broadcast_dims = (broadcast_dims,)  # one axis, as an int
-    if not isinstance(broadcast_dims, (tuple, list)) or not all(
-        isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in broadcast_dims
-    ):
+    try:  # any iterable of ints (a range, a numpy array); not floats nor bools
+        if isinstance(broadcast_dims, bool) or any(isinstance(d, (bool, np.bool_)) for d in broadcast_dims):
+            raise TypeError
+        broadcast_dims = tuple(operator.index(d) for d in broadcast_dims)
+    except TypeError:
         raise ValueError(
             f"dropout: broadcast_dims must be an int or a sequence of ints, got broadcast_dims = {broadcast_dims!r}."
-        )
+        ) from None
     dims = set()
     for d in broadcast_dims:  # checked before the rate-0 shortcut: a sweep away from 0 must not be what finds it
         if not -x.ndim <= int(d) < x.ndim:

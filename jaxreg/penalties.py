@@ -652,7 +652,8 @@ def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L
     """
     _checks.check_nonnegative("scale", scale, "l2")
     for path, c in jax.tree_util.tree_flatten_with_path(center)[0]:
-        _checks.check_finite(f"center{jax.tree_util.keystr(path)}", c, "l2")
+        if jnp.issubdtype(jnp.result_type(c), jnp.floating):  # other leaves are left unpenalized
+            _checks.check_finite(f"center{jax.tree_util.keystr(path)}", c, "l2")
     return L2(_checks.as_float_array(scale), center=center, mask=optional_mask(mask, "l2"))
 
 

@@ -367,6 +367,8 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
         )
     _checks.check_in_range("probs", probs, 0, 1, "expected_calibration_error", closed_high=True)
     _checks.check_labels("labels", labels, probs.shape[1], "expected_calibration_error")
+    # bools are binary labels; any integer type is compared with argmax's int32 (strict promotion too)
+    labels = labels.astype(jnp.int32)
     acc = compute_dtype(probs.dtype)
     confidence = jnp.max(probs, axis=-1).astype(acc)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(acc)

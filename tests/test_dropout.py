@@ -102,7 +102,8 @@ def test_broadcast_dims_share_the_mask():
     assert np.all(y == y[:1]), "the mask must be the same for every row"
     assert 0 < (y[0] == 0).sum() < 300
     # One axis as an int is the same (it was a TypeError: 'int' object is not iterable).
-    np.testing.assert_array_equal(jr.dropout(jax.random.key(6), jnp.ones((16, 300)), 0.5, broadcast_dims=0), y)
+    for dims in (0, range(1), np.array([0])):  # any iterable of ints, as before
+        np.testing.assert_array_equal(jr.dropout(jax.random.key(6), jnp.ones((16, 300)), 0.5, broadcast_dims=dims), y)
 
 
 @pytest.mark.parametrize(

@@ -454,3 +454,9 @@ def test_an_integer_loss_does_not_truncate_the_penalty():
 def test_functions_and_numbers_are_checked_when_built(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+def test_a_centre_with_a_non_float_leaf_is_not_checked_for_finiteness():
+    params = {"w": jnp.array([1.0, 2.0]), "frozen": jnp.array([True])}
+    pen = jr.l2(0.5, center={"w": jnp.array([1.0, 0.0]), "frozen": jnp.array([False])})
+    assert float(pen(params)) == 0.5 * 4.0  # (2 - 0)^2; the bool leaf is not penalized

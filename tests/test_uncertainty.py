@@ -254,6 +254,10 @@ def test_ece_refuses_labels_that_are_not_class_indices(labels, match):
     with pytest.raises(ValueError, match="expected_calibration_error: " + match):
         jr.expected_calibration_error(probs, labels)
     jr.expected_calibration_error(probs, jnp.array([0, 1, 2]))  # the same shapes, in range: fine
+    binary = jnp.array([[0.9, 0.1], [0.2, 0.8]])
+    assert jr.expected_calibration_error(binary, jnp.array([False, True])) == jr.expected_calibration_error(
+        binary, jnp.array([0, 1])
+    )  # bools are binary labels
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 7])
