@@ -212,7 +212,7 @@ def _parser() -> Parser:
         "--num",
         type=_positive_int,
         help=f"number of values (default {sweep.DEFAULTS['num']}; with --quick {sweep.QUICK['num']}; "
-        "--num 1 trains the one value given by --min or --max)",
+        "--num 1 trains the one value given by --min or --max, else the default --min)",
     )
     sw.add_argument(
         "--linear", action="store_true", help=f"evenly spaced values (default: log-spaced; {linear}: linear)"
@@ -308,8 +308,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     low = args.low if args.low is not None else low
     high = args.high if args.high is not None else high
     num = args.num or preset["num"]
-    if num == 1 and (args.low is None) != (args.high is None):
-        low = high = args.low if args.low is not None else args.high  # one value: the one given
+    if num == 1 and (args.low is None or args.high is None):  # one value: the end given, else the default start
+        low = high = args.low if args.low is not None else (args.high if args.high is not None else low)
     steps = _whole_evaluations("sweep", args.steps, preset["eval_every"])
     split = _load(args)
     try:

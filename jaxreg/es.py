@@ -388,7 +388,12 @@ def _gradient_on_mesh(
         return _estimate(loss_fn, p, r, s, population, antithetic, fitness_shaping, chunk, where, axes)
 
     run = jax.shard_map(body, mesh=mesh, in_specs=(replicated, replicated, replicated), out_specs=replicated)
-    return run(params, rng, jnp.asarray(sigma))
+    # The inputs replicated on the mesh first (params sharded over it would not match in_specs).
+    everywhere = jax.sharding.NamedSharding(mesh, replicated)
+    explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    place = jax.sharding.reshard if explicit else jax.lax.with_sharding_constraint
+    params, rng, sigma = jax.tree.map(lambda x: place(x, everywhere), (params, rng, jnp.asarray(sigma)))
+    return run(params, rng, sigma)
 
 
 def gradient(

@@ -252,9 +252,11 @@ def _es_loss(p, x=_ES_X):
     return jnp.mean(jnp.tanh(x @ p["w"] + p["b"][None]))  # in [-1, 1]
 
 
-@pytest.mark.parametrize("antithetic", [True, False])
+# Each branch of the estimate: antithetic raw sums, the non-antithetic reference shift merged
+# over chunks and devices, ranks in one block, ranks in two passes.
 @pytest.mark.parametrize(
-    ("shaping", "chunk_size"), [(None, None), (None, 4), ("centered_ranks", None), ("centered_ranks", 4)]
+    ("antithetic", "shaping", "chunk_size"),
+    [(True, None, None), (False, None, 4), (True, "centered_ranks", None), (False, "centered_ranks", 4)],
 )
 def test_es_population_split_over_a_mesh_equals_one_device(antithetic, shaping, chunk_size):
     mesh = jax.make_mesh((4, 2), ("a", "b"))  # both axes split the directions
@@ -270,6 +272,21 @@ def test_es_population_split_over_a_mesh_equals_one_device(antithetic, shaping, 
     for got in (split, jitted(_ES_PARAMS, jax.random.key(0), _ES_X)):
         chex.assert_trees_all_close(got, whole, rtol=0, atol=atol)
         assert got["w"].sharding.is_fully_replicated
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_es_population_split_takes_params_sharded_over_the_mesh(axis_type):
+    # The params replicated on the mesh first: sharded ones did not match shard_map's in_specs.
+    mesh = jax.make_mesh((8,), ("pop",), axis_types=(getattr(jax.sharding.AxisType, axis_type),))
+    sharded = {
+        **_ES_PARAMS,
+        "w": jax.device_put(_ES_PARAMS["w"], jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("pop"))),
+    }
+    kw = dict(sigma=1.0, population=16)
+    got = jr.es.gradient(_es_loss, sharded, jax.random.key(0), mesh=mesh, **kw)
+    chex.assert_trees_all_close(
+        got, jr.es.gradient(_es_loss, _ES_PARAMS, jax.random.key(0), **kw), rtol=0, atol=16 * EPS32 * 12
+    )
 
 
 def test_es_population_split_divides_each_devices_work():

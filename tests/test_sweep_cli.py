@@ -203,7 +203,7 @@ def test_bad_ranges_exit_2_with_one_line(argv, message, capsys, tmp_path):
     assert not out.exists()  # nothing written before the values are checked
 
 
-@pytest.mark.parametrize("flag", ["--min", "--max"])
+@pytest.mark.parametrize("flag", ["--min", "--max", None])
 def test_num_one_trains_the_value_given(flag, tmp_path, monkeypatch):
     # With --num 1 the one end given is the value (--max was dropped for the default --min).
     class Stop(Exception):
@@ -214,8 +214,9 @@ def test_num_one_trains_the_value_given(flag, tmp_path, monkeypatch):
 
     monkeypatch.setattr(sw, "sweep", spy)
     with pytest.raises(Stop) as e:
-        cli.main(["sweep", "--num", "1", flag, "0.02", "--out", str(tmp_path / "o"), "--no-progress"])
-    assert e.value.args[0] == [0.02]
+        given = [flag, "0.02"] if flag else []
+        cli.main(["sweep", "--num", "1", *given, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert e.value.args[0] == ([0.02] if flag else [sw.RANGES["l2"][0]])  # neither: the default --min
 
 
 def test_value_names_tell_close_values_apart():
