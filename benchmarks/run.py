@@ -53,6 +53,7 @@ SECTIONS = (
     ("training", "benchmarks.bench_training"),
     ("sweep", "benchmarks.bench_sweep"),
     ("es", "benchmarks.bench_es"),
+    ("eager", "benchmarks.bench_eager"),
     ("memory", "benchmarks.bench_memory"),
     ("gpu", "benchmarks.bench_gpu"),
 )

@@ -58,7 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import partial_eval as pe
 
-from jaxreg import _checks
+from jaxreg import _checks, _eager
+from jaxreg._eager import ABSTRACT_TRACING_ERRORS
 
 PyTree = Any
 
@@ -75,16 +76,6 @@ STAND_IN_MAX_BYTES = 1 << 30
 
 DEFAULT_BUDGET_S = 1.0
 MAX_ROUNDS = 5
-
-# What abstract tracing (jax.make_jaxpr on ShapeDtypeStructs) raises for a function that needs
-# concrete values (a Python `if` on an array, numpy on an array, int() of an array). Any other
-# exception is a bug of the function and propagates: the real vmap would raise it too.
-ABSTRACT_TRACING_ERRORS = (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerArrayConversionError,
-    jax.errors.TracerBoolConversionError,
-    jax.errors.TracerIntegerConversionError,
-)
 
 
 def check_chunk_size(chunk_size: Any, where: str, minimum: int = 1) -> int | None:
@@ -595,4 +586,4 @@ def run_auto(chunk_size: int | None, num: int, **kwargs: Any) -> Any:
     chunk, run = _choose(chunk_size, num, **kwargs)
     if run is not None:
         return run()
-    return kwargs["program"](chunk)(*kwargs["args"])
+    return _eager.call(kwargs["program"](chunk), *kwargs["args"])

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _chunking, _random, uncertainty
+from jaxreg import _checks, _chunking, _eager, _random, uncertainty
 from jaxreg._tree import compute_dtype
 
 PyTree = Any
@@ -258,7 +258,8 @@ def _run_masks(
     _random.check_key(rng, where)
     keys = jax.random.split(rng, num_samples)
     if chunk is not None:
-        return program(params, x, keys, min(chunk, num_samples))
+        c = min(chunk, num_samples)
+        return _eager.call(lambda p, x_, k: program(p, x_, k, c), params, x, keys)
     jaxpr = _chunking.trace_item(apply_fn, params, x, keys[0])
     static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
     return _chunking.run_auto(

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _chunking, _random
+from jaxreg import _checks, _chunking, _eager, _random
 from jaxreg._tree import leaf_name
 
 PyTree = Any
@@ -316,18 +316,18 @@ def _gradient(
     leaves, treedef = jax.tree.flatten(params)
     if not leaves:
         return params
-    num_dirs = population // 2 if antithetic else population
-    signs = 2 if antithetic else 1
     if mesh is not None:
         return _gradient_on_mesh(
             loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh
         )
+    num_dirs = population // 2 if antithetic else population
+    signs = 2 if antithetic else 1
 
     def program(c: int) -> Callable[..., PyTree]:
         return lambda p, r, s: _estimate(loss_fn, p, r, s, population, antithetic, fitness_shaping, c, where)
 
     if chunk_size is not None:
-        return program(max(1, min(num_dirs, chunk_size // signs)))(params, rng, sigma)
+        return _eager.call(program(max(1, min(num_dirs, chunk_size // signs))), params, rng, sigma)
     jaxpr = _item_jaxpr(loss_fn, treedef, antithetic, leaves, rng, sigma)
     static = _static_dirs(num_dirs, jaxpr)
     return _chunking.run_auto(
@@ -393,7 +393,7 @@ def _gradient_on_mesh(
     explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
     place = jax.sharding.reshard if explicit else jax.lax.with_sharding_constraint
     params, rng, sigma = jax.tree.map(lambda x: place(x, everywhere), (params, rng, jnp.asarray(sigma)))
-    return run(params, rng, sigma)
+    return _eager.call(run, params, rng, sigma)
 
 
 def gradient(

@@ -249,6 +249,10 @@ def predictive_entropy(samples: ArrayLike, *, from_logits: bool = True) -> jax.A
       0.6931
     """
     samples, from_logits = _check_samples(samples, "predictive_entropy", from_logits)
+    return _predictive_entropy(samples, from_logits)
+
+
+def _predictive_entropy(samples: jax.Array, from_logits: bool) -> jax.Array:
     if not from_logits:
         # log of the mean, not a logsumexp of logs: a sample's zero probability of a class that
         # another sample deems possible has the finite gradient -(log p_bar + 1) / S
@@ -284,6 +288,10 @@ def expected_entropy(samples: ArrayLike, *, from_logits: bool = True) -> jax.Arr
       0.0
     """
     samples, from_logits = _check_samples(samples, "expected_entropy", from_logits)
+    return _expected_entropy(samples, from_logits)
+
+
+def _expected_entropy(samples: jax.Array, from_logits: bool) -> jax.Array:
     return jnp.mean(_entropy_from_log(_log_probs(samples, from_logits)), axis=0)
 
 
@@ -315,7 +323,8 @@ def mutual_information(samples: ArrayLike, *, from_logits: bool = True) -> jax.A
       0.6931
     """
     samples, from_logits = _check_samples(samples, "mutual_information", from_logits)
-    mi = predictive_entropy(samples, from_logits=from_logits) - expected_entropy(samples, from_logits=from_logits)
+    # Checked once (a concrete probability check reads the samples on the host).
+    mi = _predictive_entropy(samples, from_logits) - _expected_entropy(samples, from_logits)
     return jnp.maximum(mi, 0.0)
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxreg import _checks, _chunking, _random
+from jaxreg import _checks, _chunking, _eager, _random
 from jaxreg._tree import key_path_str, leaf_name
 from jaxreg.uncertainty import Prediction, predict_chunked
 
@@ -509,7 +509,7 @@ def _run_samples(
         return lambda vp, x_, ks: _chunking.map_chunks(lambda k: one(vp, x_, k), ks, c)
 
     if chunk is not None:
-        return program(min(chunk, num_samples))(vparams, x, keys)
+        return _eager.call(program(min(chunk, num_samples)), vparams, x, keys)
     jaxpr = _chunking.trace_item(one, vparams, x, keys[0])
     static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
     return _chunking.run_auto(

@@ -1,0 +1,155 @@
+"""Eager calls of the looped programs: compiled once, reused, never stale (jaxreg/_eager.py)."""
+
+import contextlib
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxreg as jr
+from jaxreg import _eager
+
+EPS32 = float(jnp.finfo(jnp.float32).eps)
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """The number of XLA backend compiles in the block (jax's own monitoring event)."""
+    seen = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            seen.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+W = {"w1": jnp.asarray(np.random.default_rng(0).normal(size=(6, 16)), jnp.float32) * 0.3}
+W["w2"] = jnp.asarray(np.random.default_rng(1).normal(size=(16, 3)), jnp.float32) * 0.3
+
+
+def mlp(p, x):
+    return jax.nn.relu(x @ p["w1"]) @ p["w2"]  # relu is a custom_jvp: its rules are new on every trace
+
+
+def _calls():
+    """(name, call(x, key)) of every public entry point that builds a looped program per call."""
+    stacked = jr.ensemble.replicate(W, 6)
+    stacked = jax.tree.map(lambda a: a * jnp.arange(1, 7, dtype=a.dtype).reshape((6,) + (1,) * (a.ndim - 1)), stacked)
+    vparams = jr.variational.init(W, 0.05)
+
+    def dropped(p, x, k):
+        return mlp(p, jr.dropout(k, x, 0.3))
+
+    return [
+        ("mc_dropout", lambda x, k: jr.mc_dropout(dropped, W, x, k, 12, chunk_size=4)),
+        ("ensemble.map", lambda x, k: jr.ensemble.map(mlp, in_axes=(0, None), chunk_size=2)(stacked, x)),
+        ("ensemble.predict", lambda x, k: jr.ensemble.predict(mlp, stacked, x, chunk_size=4)),
+        ("variational.predict", lambda x, k: jr.variational.predict(mlp, vparams, x, k, 8, chunk_size=2)),
+        (
+            "es.gradient",
+            lambda x, k: jr.es.gradient(
+                lambda p: jnp.mean(mlp(p, x) ** 2), W, k, sigma=0.1, population=8, chunk_size=2
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("name", "call"), _calls(), ids=[n for n, _ in _calls()])
+def test_a_second_eager_call_on_new_data_compiles_nothing_and_matches_jit(name, call):
+    rng = np.random.default_rng(2)
+    x1, x2 = (jnp.asarray(rng.normal(size=(5, 6)), jnp.float32) for _ in range(2))
+    call(x1, jax.random.key(0))  # compiles
+    with count_compiles() as compiles:
+        got = call(x2, jax.random.key(1))
+    # Op by op, every call traced and compiled its loop over chunks again.
+    assert compiles == []
+    want = jax.jit(call)(x2, jax.random.key(1))
+    # The same jaxpr compiled by XLA either way; fusion may differ by rounding: a few eps of the
+    # largest magnitude (sums of ~16 products of O(1) terms).
+    scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+    chex.assert_trees_all_close(got, want, rtol=0, atol=64 * EPS32 * scale)
+
+
+def test_closed_over_arrays_are_arguments_and_python_numbers_are_part_of_the_program():
+    table = {"shift": jnp.zeros((5, 3))}
+    factor = [2.0]
+
+    def f(p, x):
+        return mlp(p, x) * factor[0] + table["shift"]
+
+    x = jnp.ones((5, 6))
+    stacked = jr.ensemble.replicate(W, 4)
+    run = lambda: jr.ensemble.map(f, in_axes=(0, None), chunk_size=2)(stacked, x)  # noqa: E731
+    base = mlp(W, x)
+    chex.assert_trees_all_close(run(), jnp.broadcast_to(base * 2.0, (4, 5, 3)), rtol=4 * EPS32)
+    table["shift"] = shift = jnp.arange(15.0).reshape(5, 3)  # a new array closed over: the compiled program is reused
+    with count_compiles() as compiles:
+        out = run()
+    assert compiles == []
+    chex.assert_trees_all_close(out, jnp.broadcast_to(base * 2.0 + shift, (4, 5, 3)), rtol=4 * EPS32)
+    factor[0] = 3.0  # a Python number is a literal of the program: a new one is compiled, not reused
+    chex.assert_trees_all_close(run(), jnp.broadcast_to(base * 3.0 + shift, (4, 5, 3)), rtol=4 * EPS32, atol=8 * EPS32)
+
+
+def test_programs_that_differ_only_in_a_callback_are_not_conflated():
+    x = jnp.ones((2, 3))
+
+    def with_callback(host_fn):
+        def f(p):
+            return jax.pure_callback(host_fn, jax.ShapeDtypeStruct(p.shape, p.dtype), p)
+
+        return jr.ensemble.map(f, chunk_size=1)(x)
+
+    np.testing.assert_array_equal(np.asarray(with_callback(lambda a: np.asarray(a) + 1)), 2.0)
+    np.testing.assert_array_equal(np.asarray(with_callback(lambda a: np.asarray(a) * 5)), 5.0)
+
+
+def test_traced_and_disabled_jit_calls_run_the_program_as_it_is(monkeypatch):
+    x = jnp.ones((5, 6))
+    stacked = jr.ensemble.replicate(W, 4)
+    fn = jr.ensemble.map(mlp, in_axes=(0, None), chunk_size=2)
+    _eager.clear_cache()
+    eager = fn(stacked, x)
+    assert len(_eager._COMPILED) == 1
+    _eager.clear_cache()
+    jitted = jax.jit(fn)(stacked, x)
+    grads = jax.grad(lambda s: jnp.sum(fn(s, x)))(stacked)
+    with jax.disable_jit():
+        plain = fn(stacked, x)
+    monkeypatch.setenv("JAXREG_EAGER_CACHE", "off")
+    switched_off = fn(stacked, x)
+    assert len(_eager._COMPILED) == 0  # none of these went through the cache
+    tol = 64 * EPS32 * float(jnp.max(jnp.abs(eager)))
+    chex.assert_trees_all_close(jitted, eager, rtol=0, atol=tol)
+    chex.assert_trees_all_close(plain, eager, rtol=0, atol=tol)
+    chex.assert_trees_all_close(switched_off, eager, rtol=0, atol=tol)
+    # d/dw2 sum(relu(x w1) w2) over members = relu(x w1) summed over the batch, per output
+    want = jnp.broadcast_to(jnp.sum(jax.nn.relu(x @ W["w1"]), axis=0)[:, None], (4, 16, 3))
+    chex.assert_trees_all_close(grads["w2"], want, rtol=16 * EPS32)
+
+
+def test_a_function_that_reads_an_argument_in_python_still_runs():
+    # Lifting a shared jax.Array to a parameter makes it a tracer; such a function ran op by op
+    # before (a closed-over concrete value inside the loop) and still does.
+    x = jnp.asarray([1.0, -1.0])
+
+    def f(p, x_):
+        return p * x_ if float(x_[0]) > 0 else -p * x_
+
+    out = jr.ensemble.map(f, in_axes=(0, None), chunk_size=3)(jnp.arange(3.0), x)  # one vmap
+    np.testing.assert_array_equal(np.asarray(out), np.arange(3.0)[:, None] * np.asarray(x))
+
+
+def test_the_cache_keeps_at_most_max_entries(monkeypatch):
+    monkeypatch.setattr(_eager, "MAX_ENTRIES", 2)
+    _eager.clear_cache()
+    for k in range(4):  # four Python numbers, four programs
+        jr.ensemble.map(lambda p, k=k: p * (k + 1.0), chunk_size=1)(jnp.ones(2))
+    assert len(_eager._COMPILED) == 2
