@@ -153,3 +153,26 @@ def test_the_cache_keeps_at_most_max_entries(monkeypatch):
     for k in range(4):  # four Python numbers, four programs
         jr.ensemble.map(lambda p, k=k: p * (k + 1.0), chunk_size=1)(jnp.ones(2))
     assert len(_eager._COMPILED) == 2
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda k: jr.dropout(k, jnp.ones((8, 300)), 0.5, precision=8),  # its words written once by a loop
+        lambda k: jr.variational.sample(k, jr.variational.init(W, 0.1)),  # noise written once by a loop
+        lambda k: jr.spectral_penalty(0.1)({"w": W["w1"] * jax.random.uniform(k)}),  # power iteration
+    ],
+    ids=["dropout-8-bits", "variational.sample", "spectral_penalty"],
+)
+def test_functions_with_an_inner_loop_compile_nothing_on_a_second_eager_call(call):
+    # Their loops are jitted functions of their own; built anew on each call, they were compiled
+    # again on every eager call.
+    first = call(jax.random.key(0))
+    with count_compiles() as compiles:
+        second = call(jax.random.key(1))
+    assert compiles == []
+    assert jax.tree.structure(first) == jax.tree.structure(second)
+    # Eager and jitted programs may round differently (a fused multiply-add in mu + std * eps):
+    # a few eps of the largest magnitude.
+    scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(second))
+    chex.assert_trees_all_close(second, jax.jit(call)(jax.random.key(1)), rtol=0, atol=8 * EPS32 * scale)
