@@ -176,3 +176,18 @@ def test_functions_with_an_inner_loop_compile_nothing_on_a_second_eager_call(cal
     # a few eps of the largest magnitude.
     scale = max(float(jnp.max(jnp.abs(a))) for a in jax.tree.leaves(second))
     chex.assert_trees_all_close(second, jax.jit(call)(jax.random.key(1)), rtol=0, atol=8 * EPS32 * scale)
+
+
+def test_ensemble_init_compiles_once_per_program():
+    # It built a new jax.jit on every call, compiled again each time.
+    def init(k):
+        return {"w": jax.random.normal(k, (64, 10)), "b": jnp.zeros(10)}
+
+    first = jr.ensemble.init(init, jax.random.key(0), 8)
+    with count_compiles() as compiles:
+        second = jr.ensemble.init(init, jax.random.key(1), 8)
+    assert compiles == []
+    keys = jax.random.split(jax.random.key(1), 8)
+    for i in range(8):  # each member from its own key, as init_fn alone gives it
+        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], second), init(keys[i]), rtol=0, atol=0)
+    assert not np.allclose(np.asarray(first["w"]), np.asarray(second["w"]))
