@@ -59,7 +59,6 @@ import numpy as np
 from jax.interpreters import partial_eval as pe
 
 from jaxreg import _checks, _eager
-from jaxreg._eager import ABSTRACT_TRACING_ERRORS
 
 PyTree = Any
 
@@ -69,6 +68,16 @@ PyTree = Any
 CHUNK_BUDGET_BYTES = 48 << 20
 VMAP_ALL_BYTES = 128 << 20
 FALLBACK_CHUNK = 4
+
+# What abstract tracing (jax.make_jaxpr on ShapeDtypeStructs) raises for a function that needs
+# concrete values (a Python `if` on an array, numpy on an array, int() of an array). Any other
+# exception is a bug of the function and propagates: the real call would raise it too.
+ABSTRACT_TRACING_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
 
 # Under jit the candidates run on stand-ins, a second copy of the arguments: only while the
 # traced arguments hold at most this much (a bound on memory, not a speed constant).
@@ -586,4 +595,6 @@ def run_auto(chunk_size: int | None, num: int, **kwargs: Any) -> Any:
     chunk, run = _choose(chunk_size, num, **kwargs)
     if run is not None:
         return run()
-    return _eager.call(kwargs["program"](chunk), *kwargs["args"])
+    # A loop over chunks is compiled once (op by op it was compiled on every call); one vmap runs
+    # op by op, from jax's own cache of its primitives.
+    return _eager.call(kwargs["program"](chunk), *kwargs["args"], compiled=chunk < num)

@@ -3,17 +3,24 @@
 ``jr.mc_dropout``, ``jr.ensemble.map`` and ``.predict``, ``jr.es.gradient`` and
 ``jr.variational.predict`` build their program anew on each call (a closure over the user's
 function and the chunk), so called outside ``jit`` it ran op by op and every ``lax.map`` or
-``fori_loop`` over chunks was traced and compiled again on every call.
+``fori_loop`` over chunks was traced and compiled again on every call (``jr.es.gradient`` with
+``mesh=``: its ``shard_map``; ``jr.ensemble.init``: a ``jax.jit`` built on each call).
 
 :func:`call` traces the program (``jax.make_jaxpr``) and keys a ``jax.jit`` of its jaxpr on
 what decides the computation: the jaxpr's text (its wiring, shapes, dtypes and inlined literal
-values) and the primitives' parameters, compared by value, with the objects among them that
-are not plain values (a callback's function, say) held and compared by identity. The values the
-program closes over (arrays captured by the user's function) are arguments of the compiled
-program, passed anew on each call, so a closure over new data is never served stale results.
-Outside a trace only: with traced arguments or closed-over tracers (under ``jit``, ``vmap``,
-``grad``) the program is simply called, and ``jax.disable_jit()`` keeps the op-by-op path, as
-does ``JAXREG_EAGER_CACHE=0`` (read on every call; ``false``, ``off``, ``no`` too).
+values), the primitives' parameters compared by value, and the jax settings that change the
+numbers without changing the text (``jax_threefry_partitionable``, the default matmul
+precision, x64). The values the program closes over (arrays captured by the user's function)
+are arguments of the compiled program, passed anew on each call, so a closure over new data is
+never served stale results. What cannot be keyed by value runs as it is, op by op, as before: a
+program with a callback (its function is no value; kept by identity it would also keep whatever
+it closes over alive), an inner ``jit`` with constants of its own (a numpy array it closes over
+may change in place), a program that reads a concrete argument in Python (traced, it cannot),
+and calls under a trace (``jit``, ``vmap``, ``grad``: there the outer program is compiled
+anyway), under ``jax.disable_jit()`` or with ``JAXREG_EAGER_CACHE=0`` (read on every call;
+``false``, ``off``, ``no`` too). Call sites pass ``compiled=False`` for one ``vmap`` of all
+items: without a loop, jax already runs its primitives from its own cache, and tracing (and a
+compile for every new Python number) would only add to each call.
 
 Each eager call still traces the program (the key is its jaxpr), so the gain is the compile:
 ``jaxreg bench --quick --only eager`` on a 2-vCPU Intel Xeon (AVX-512), paired against the
@@ -35,16 +42,6 @@ from typing import Any
 import jax
 import jax.extend.core as jex_core
 
-# What tracing raises for a function that needs concrete values (a Python `if` on an array,
-# numpy on an array, int() of an array). Any other exception is a bug of the function and
-# propagates: the real call would raise it too.
-ABSTRACT_TRACING_ERRORS = (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerArrayConversionError,
-    jax.errors.TracerBoolConversionError,
-    jax.errors.TracerIntegerConversionError,
-)
-
 # Compiled programs kept (least recently used dropped): each holds a jaxpr, not its arrays.
 MAX_ENTRIES = 64
 
@@ -55,7 +52,20 @@ _RULE_PRIMITIVES = ("custom_jvp_call", "custom_vjp_call")
 
 
 class _Uncacheable(Exception):
-    """A parameter that can be neither hashed nor walked: the program is called as it is."""
+    """A parameter that is not a plain value: the program is called as it is."""
+
+
+# Parameter values compared by value: Python's and numpy's scalars and jax's own parameter
+# types (dtypes, enums, dimension numbers, shardings, meshes), which compare by value.
+_VALUE_MODULES = ("jax", "jaxlib", "numpy", "ml_dtypes")
+
+# Compared by value though callable (a Mesh is a context manager).
+_PLACEMENTS = (jax.sharding.Mesh, jax.sharding.AbstractMesh, jax.sharding.Sharding)
+
+# jax's settings that change what a traced program computes without changing its jaxpr's text
+# (random_bits lowers to another stream with threefry_partitionable; an unspecified precision
+# follows default_matmul_precision).
+_SETTINGS = ("jax_threefry_partitionable", "jax_default_matmul_precision", "jax_enable_x64")
 
 
 def _params_key(jaxpr: Any, out: list[Any]) -> None:
@@ -72,35 +82,33 @@ def _params_key(jaxpr: Any, out: list[Any]) -> None:
 
 def _value_key(value: Any, out: list[Any]) -> None:
     if isinstance(value, jex_core.ClosedJaxpr):
+        # Constants of an inner program (an inner jit's closed-over numpy array, which may change
+        # in place, or a large array the key would keep alive): not cached.
+        if value.consts:
+            raise _Uncacheable
         _params_key(value.jaxpr, out)
-        out.extend(("consts", *(_Identity(c) for c in value.consts)))
     elif isinstance(value, jex_core.Jaxpr):
         _params_key(value, out)
     elif isinstance(value, (tuple, list)):
-        out.append(len(value))
+        out.append((type(value), len(value)))
         for v in value:
             _value_key(v, out)
+    elif isinstance(value, frozenset):  # shard_map's manual axes
+        for v in value:
+            _value_key(v, [])  # each a value, or not cached
+        out.append(value)
+    elif value is None or isinstance(value, (bool, int, float, complex, str, bytes, *_PLACEMENTS)):
+        out.append(value)
+    elif callable(value) or not type(value).__module__.startswith(_VALUE_MODULES):
+        # A callback's function, a user's object: compared by identity it would keep a new one
+        # (and what it holds) alive on every call, and match nothing.
+        raise _Uncacheable
     else:
         try:
             hash(value)
         except TypeError as e:
             raise _Uncacheable from e
         out.append(value)
-
-
-class _Identity:
-    """An object compared by identity (and held, so its id is not reused)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any):
-        self.obj = obj
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Identity) and other.obj is self.obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
 
 
 def enabled() -> bool:
@@ -116,7 +124,7 @@ def _is_tracer(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
-def call(program: Callable[..., Any], *args: Any) -> Any:
+def call(program: Callable[..., Any], *args: Any, compiled: bool = True) -> Any:
     """``program(*args)``, compiled once per computation when called outside a trace.
 
     Args:
@@ -124,12 +132,15 @@ def call(program: Callable[..., Any], *args: Any) -> Any:
       *args: its arguments. Their ``jax.Array`` leaves become the compiled program's inputs;
         other leaves (numpy arrays, Python numbers) are traced as constants, as ``program`` would
         see them called directly.
+      compiled: ``False`` calls ``program`` as it is: for a program without a loop (one
+        ``vmap`` of all items), whose primitives jax already runs from its own cache, so that
+        tracing and a compile per new Python number would only add to each call.
 
     Returns:
       ``program(*args)``.
     """
     leaves, treedef = jax.tree.flatten(args)
-    if not enabled() or jax.config.jax_disable_jit or any(_is_tracer(x) for x in leaves):
+    if not compiled or not enabled() or jax.config.jax_disable_jit or any(_is_tracer(x) for x in leaves):
         return program(*args)
     lifted = [isinstance(x, jax.Array) for x in leaves]
     arrays = [x for x, a in zip(leaves, lifted) if a]
@@ -140,26 +151,29 @@ def call(program: Callable[..., Any], *args: Any) -> Any:
 
     try:
         closed, shapes = jax.make_jaxpr(flat, return_shape=True)(arrays)
-    except ABSTRACT_TRACING_ERRORS:  # it reads an argument's value in Python: run it as it is
+    except Exception:
+        # The program reads an argument's value in Python (a boolean mask, a shape from a sum,
+        # an attribute of a concrete array), which a traced argument cannot give: run it as it
+        # is, which raises the program's own error if it has one.
         return program(*args)
     if any(_is_tracer(c) for c in closed.consts):  # closes over an outer trace's values
         return program(*args)
-    parts: list[Any] = [str(closed.jaxpr)]
+    parts: list[Any] = [str(closed.jaxpr), tuple(getattr(jax.config, name) for name in _SETTINGS)]
     try:
         _params_key(closed.jaxpr, parts)
         key = tuple(parts)
         hash(key)
     except (_Uncacheable, TypeError):
         return program(*args)
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = jax.jit(functools.partial(_evaluate, closed.jaxpr))
-        _COMPILED[key] = compiled
+    run = _COMPILED.get(key)
+    if run is None:
+        run = jax.jit(functools.partial(_evaluate, closed.jaxpr))
+        _COMPILED[key] = run
         while len(_COMPILED) > MAX_ENTRIES:
             _COMPILED.popitem(last=False)
     else:
         _COMPILED.move_to_end(key)
-    out = compiled(list(closed.consts), arrays)
+    out = run(list(closed.consts), arrays)
     return jax.tree.unflatten(jax.tree.structure(shapes), out)
 
 

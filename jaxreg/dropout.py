@@ -259,7 +259,7 @@ def _run_masks(
     keys = jax.random.split(rng, num_samples)
     if chunk is not None:
         c = min(chunk, num_samples)
-        return _eager.call(lambda p, x_, k: program(p, x_, k, c), params, x, keys)
+        return _eager.call(lambda p, x_, k: program(p, x_, k, c), params, x, keys, compiled=c < num_samples)
     jaxpr = _chunking.trace_item(apply_fn, params, x, keys[0])
     static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
     return _chunking.run_auto(

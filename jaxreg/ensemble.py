@@ -504,7 +504,7 @@ def map(
             return lambda cs, ms: _chunking.map_chunks(lambda m: call(cs, m), ms, c, where="ensemble.map")
 
         if chunk_arg is not None:
-            return _eager.call(program(min(chunk_arg, n)), consts, xs)
+            return _eager.call(program(min(chunk_arg, n)), consts, xs, compiled=chunk_arg < n)
         jaxpr = _chunking.trace_item(call, consts, [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs])
         static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
         return _chunking.run_auto(
@@ -553,7 +553,7 @@ def predict(
         return lambda ps, x_: predict_chunked(lambda p: apply_fn(p, x_), ps, c, where="ensemble.predict")
 
     if chunk is not None:
-        return _eager.call(program(chunk), stacked_params, x)
+        return _eager.call(program(chunk), stacked_params, x, compiled=chunk < n)
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), stacked_params)
     jaxpr = _chunking.trace_item(apply_fn, one, x)
     static = _chunking.static_chunk(n, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))

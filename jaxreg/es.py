@@ -327,7 +327,8 @@ def _gradient(
         return lambda p, r, s: _estimate(loss_fn, p, r, s, population, antithetic, fitness_shaping, c, where)
 
     if chunk_size is not None:
-        return _eager.call(program(max(1, min(num_dirs, chunk_size // signs))), params, rng, sigma)
+        dirs = max(1, min(num_dirs, chunk_size // signs))
+        return _eager.call(program(dirs), params, rng, sigma, compiled=dirs < num_dirs)
     jaxpr = _item_jaxpr(loss_fn, treedef, antithetic, leaves, rng, sigma)
     static = _static_dirs(num_dirs, jaxpr)
     return _chunking.run_auto(

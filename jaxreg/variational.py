@@ -509,7 +509,7 @@ def _run_samples(
         return lambda vp, x_, ks: _chunking.map_chunks(lambda k: one(vp, x_, k), ks, c)
 
     if chunk is not None:
-        return _eager.call(program(min(chunk, num_samples)), vparams, x, keys)
+        return _eager.call(program(min(chunk, num_samples)), vparams, x, keys, compiled=chunk < num_samples)
     jaxpr = _chunking.trace_item(one, vparams, x, keys[0])
     static = _chunking.static_chunk(num_samples, None if jaxpr is None else _chunking.jaxpr_bytes(jaxpr.jaxpr))
     return _chunking.run_auto(

@@ -98,7 +98,7 @@ def test_closed_over_arrays_are_arguments_and_python_numbers_are_part_of_the_pro
     chex.assert_trees_all_close(run(), jnp.broadcast_to(base * 3.0 + shift, (4, 5, 3)), rtol=4 * EPS32, atol=8 * EPS32)
 
 
-def test_programs_that_differ_only_in_a_callback_are_not_conflated():
+def test_programs_that_differ_only_in_a_callback_are_not_conflated_nor_kept():
     x = jnp.ones((2, 3))
 
     def with_callback(host_fn):
@@ -107,8 +107,36 @@ def test_programs_that_differ_only_in_a_callback_are_not_conflated():
 
         return jr.ensemble.map(f, chunk_size=1)(x)
 
+    _eager.clear_cache()
     np.testing.assert_array_equal(np.asarray(with_callback(lambda a: np.asarray(a) + 1)), 2.0)
     np.testing.assert_array_equal(np.asarray(with_callback(lambda a: np.asarray(a) * 5)), 5.0)
+    # A callback's function is no value to compare: such programs run as they are, and the cache
+    # keeps no function (nor what it closes over) alive.
+    assert len(_eager._COMPILED) == 0
+
+
+def test_an_inner_jit_over_a_numpy_array_changed_in_place_is_not_served_stale():
+    table = np.ones(3, np.float32)
+
+    def f(p):
+        return jax.jit(lambda q: q * table)(p)  # the inner program's constant: that array
+
+    run = lambda: jr.ensemble.map(f, chunk_size=1)(jnp.arange(1.0, 3.0))  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(run()), [[1.0] * 3, [2.0] * 3])
+    table[:] = 5.0
+    np.testing.assert_array_equal(np.asarray(run()), [[5.0] * 3, [10.0] * 3])
+
+
+def test_a_jax_setting_that_changes_the_numbers_but_not_the_jaxpr_is_part_of_the_key():
+    # jax_threefry_partitionable changes random_bits' stream, not the jaxpr's text.
+    def draws():
+        fn = jr.ensemble.map(lambda p, k: jax.random.normal(k, (4,)) * p, in_axes=(0, None), chunk_size=1)
+        return fn(jnp.arange(1.0, 3.0), jax.random.key(1))
+
+    for setting in (True, False, True):
+        with jax.threefry_partitionable(setting):
+            want = jnp.stack([jax.random.normal(jax.random.key(1), (4,)) * m for m in (1.0, 2.0)])
+            chex.assert_trees_all_close(draws(), want, rtol=4 * EPS32)
 
 
 def test_traced_and_disabled_jit_calls_run_the_program_as_it_is(monkeypatch):
@@ -135,16 +163,28 @@ def test_traced_and_disabled_jit_calls_run_the_program_as_it_is(monkeypatch):
     chex.assert_trees_all_close(grads["w2"], want, rtol=16 * EPS32)
 
 
-def test_a_function_that_reads_an_argument_in_python_still_runs():
-    # Lifting a shared jax.Array to a parameter makes it a tracer; such a function ran op by op
-    # before (a closed-over concrete value inside the loop) and still does.
-    x = jnp.asarray([1.0, -1.0])
+def test_a_function_that_reads_a_concrete_argument_in_python_still_runs():
+    # Lifted to a parameter for the trace, a shared jax.Array has no sharding to read; op by op
+    # (a concrete value closed over by the loop) it had: such a program runs as it is.
+    x = jnp.asarray([1.0, -2.0, 3.0])
 
     def f(p, x_):
-        return p * x_ if float(x_[0]) > 0 else -p * x_
+        return p * x_ * len(x_.sharding.device_set)
 
-    out = jr.ensemble.map(f, in_axes=(0, None), chunk_size=3)(jnp.arange(3.0), x)  # one vmap
+    out = jr.ensemble.map(f, in_axes=(0, None), chunk_size=1)(jnp.arange(3.0), x)
     np.testing.assert_array_equal(np.asarray(out), np.arange(3.0)[:, None] * np.asarray(x))
+
+
+def test_one_vmap_of_all_items_runs_op_by_op_and_a_new_number_compiles_nothing():
+    # No loop: jax runs its primitives from its own cache; traced and keyed, every new Python
+    # number would have been a new program to compile.
+    _eager.clear_cache()
+    x = jnp.ones(3)
+    jr.ensemble.map(lambda p: p * 2.0, chunk_size=3)(x)
+    with count_compiles() as compiles:
+        out = jr.ensemble.map(lambda p: p * 3.0, chunk_size=3)(x)
+    assert compiles == [] and len(_eager._COMPILED) == 0
+    np.testing.assert_array_equal(np.asarray(out), 3.0)
 
 
 def test_the_cache_keeps_at_most_max_entries(monkeypatch):
