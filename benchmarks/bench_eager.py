@@ -4,7 +4,8 @@ jaxreg: an eager call of ``jr.mc_dropout``, ``jr.ensemble.map`` and ``jr.es.grad
 explicit chunk (a loop over chunks), which compiles the traced program once and reuses it
 (``jaxreg/_eager.py``). Baseline: the same call with ``JAXREG_EAGER_CACHE=0``, op by op, which
 traces and compiles its loop on every call (what every eager call did before the cache).
-Each call traces the program either way; inside ``jax.jit`` the same calls cost a few ms.
+Each call traces the program either way; inside ``jax.jit`` the same calls cost a few ms. One
+row is one ``vmap`` of all members, which runs op by op either way (the ratio is 1 there).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ def cases() -> list[tuple[str, Callable[[], Any]]]:
             lambda: jr.ensemble.map(logits, in_axes=(0, None), chunk_size=4)(stacked, x),
         ),
         (
+            "jr.ensemble.map of 16 members' logits in one vmap (no loop: op by op either way)",
+            lambda: jr.ensemble.map(logits, in_axes=(0, None), chunk_size=16)(stacked, x),
+        ),
+        (
             "jr.es.gradient, population 32 in chunks of 4 directions",
             lambda: jr.es.gradient(
                 lambda p: common.cross_entropy(logits(p, x), y),
@@ -89,7 +94,7 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
                 "eager call, compiled once (the cache)",
                 "op by op (JAXREG_EAGER_CACHE=0)",
                 comp,
-                target=">= 1.0",
+                target=">= 1.0" if "one vmap" not in workload else "",
             )
         )
     return rows
