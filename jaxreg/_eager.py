@@ -42,6 +42,7 @@ from typing import Any
 
 import jax
 import jax.extend.core as jex_core
+import jax.extend.random
 
 # Compiled programs kept (least recently used dropped): each holds a jaxpr, not its arrays.
 MAX_ENTRIES = 64
@@ -62,6 +63,10 @@ _VALUE_MODULES = ("jax", "jaxlib", "numpy", "ml_dtypes")
 
 # Compared by value though callable (a Mesh is a context manager).
 _PLACEMENTS = (jax.sharding.Mesh, jax.sharding.AbstractMesh, jax.sharding.Sharding)
+
+# The parameter of random_wrap and random_seed (a raw uint32 key becoming a typed one, as flax's
+# Dropout does with jax.random.PRNGKey keys): its fields are the impl's functions.
+_PRNG_IMPL = type(jax.extend.random.threefry_prng_impl)
 
 # jax's settings that change what a traced program computes without changing its jaxpr's text
 # (random_bits lowers to another stream with threefry_partitionable; an unspecified precision
@@ -90,6 +95,8 @@ def _value_key(value: Any, out: list[Any]) -> None:
         _params_key(value.jaxpr, out)
     elif isinstance(value, jex_core.Jaxpr):
         _params_key(value, out)
+    elif isinstance(value, _PRNG_IMPL):  # a tuple of module-level functions, compared by value
+        out.append(value)
     elif isinstance(value, (tuple, list)):
         out.append((type(value), len(value)))
         for v in value:

@@ -231,3 +231,19 @@ def test_ensemble_init_compiles_once_per_program():
     for i in range(8):  # each member from its own key, as init_fn alone gives it
         chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], second), init(keys[i]), rtol=0, atol=0)
     assert not np.allclose(np.asarray(first["w"]), np.asarray(second["w"]))
+
+
+def test_a_raw_uint32_key_wrapped_inside_the_program_is_cached():
+    # random_wrap's parameter (the PRNG impl) is a tuple of functions: compared by value.
+    def apply(p, x, k):
+        key = jax.random.wrap_key_data(jax.random.key_data(k))  # as flax does with a raw key
+        return mlp(p, jr.dropout(key, x, 0.3))
+
+    x = jnp.ones((5, 6))
+    jr.mc_dropout(apply, W, x, jax.random.key(0), 8, chunk_size=2)
+    with count_compiles() as compiles:
+        got = jr.mc_dropout(apply, W, x, jax.random.key(1), 8, chunk_size=2)
+    assert compiles == []
+    want = jax.jit(lambda k: jr.mc_dropout(apply, W, x, k, 8, chunk_size=2))(jax.random.key(1))
+    scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+    chex.assert_trees_all_close(got, want, rtol=0, atol=64 * EPS32 * scale)
