@@ -69,22 +69,22 @@ CHUNK_BUDGET_BYTES = 48 << 20
 VMAP_ALL_BYTES = 128 << 20
 FALLBACK_CHUNK = 4
 
-# What abstract tracing (jax.make_jaxpr on ShapeDtypeStructs) raises for a function that needs
-# concrete values (a Python `if` on an array, numpy on an array, int() of an array). Any other
-# exception is a bug of the function and propagates: the real call would raise it too.
-ABSTRACT_TRACING_ERRORS = (
-    jax.errors.ConcretizationTypeError,
-    jax.errors.TracerArrayConversionError,
-    jax.errors.TracerBoolConversionError,
-    jax.errors.TracerIntegerConversionError,
-)
-
 # Under jit the candidates run on stand-ins, a second copy of the arguments: only while the
 # traced arguments hold at most this much (a bound on memory, not a speed constant).
 STAND_IN_MAX_BYTES = 1 << 30
 
 DEFAULT_BUDGET_S = 1.0
 MAX_ROUNDS = 5
+
+# What abstract tracing (jax.make_jaxpr on ShapeDtypeStructs) raises for a function that needs
+# concrete values (a Python `if` on an array, numpy on an array, int() of an array). Any other
+# exception is a bug of the function and propagates: the real vmap would raise it too.
+ABSTRACT_TRACING_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
 
 
 def check_chunk_size(chunk_size: Any, where: str, minimum: int = 1) -> int | None:
