@@ -44,6 +44,7 @@ An explicit ``chunk_size`` is never changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -539,7 +540,9 @@ def _choose(
     traced = _is_traced(args, item_jaxpr)
     if traced and not _stands_in(args, item_jaxpr):
         return static, None
-    with jax.ensure_compile_time_eval():  # under jit: measure now, stage nothing into the trace
+    # Under jit: measure now, stage nothing into the trace. Outside, no such context: the eager
+    # cache's key is the jaxpr that a later call traces, constants not folded.
+    with jax.ensure_compile_time_eval() if traced else contextlib.nullcontext():
         cands = candidates(static if memory_bound else num, static)
         chosen, run = _measure(cands, args, program=program, clock=clock, traced=traced)
     _CACHE[key] = chosen
@@ -571,6 +574,11 @@ def _measure(
             lowered = jax.jit(lambda arrs, cs: jax.core.eval_jaxpr(closed.jaxpr, cs, *arrs)).lower(arrays, consts)
             compiled = lowered.compile()
             runners[c] = lambda: compiled(arrays, consts)
+        elif (bound := _eager.bind(program(c), *args)) is not None:
+            # Through the eager cache, so that the next call outside jit finds the winner
+            # compiled; its first call compiles, and runs once, before the first timed call.
+            bound()
+            runners[c] = bound
         else:
             compiled = jax.jit(flat_program).lower(arrays).compile()
             runners[c] = lambda: compiled(arrays)
@@ -595,6 +603,6 @@ def run_auto(chunk_size: int | None, num: int, **kwargs: Any) -> Any:
     chunk, run = _choose(chunk_size, num, **kwargs)
     if run is not None:
         return run()
-    # A loop over chunks is compiled once (op by op it was compiled on every call); one vmap runs
-    # op by op, from jax's own cache of its primitives.
-    return _eager.call(kwargs["program"](chunk), *kwargs["args"], compiled=chunk < num)
+    # Compiled once per program (op by op a loop over chunks was compiled on every call), one
+    # vmap too: the tuner compiled it already, and tracing is paid here for the cache lookup anyway.
+    return _eager.call(kwargs["program"](chunk), *kwargs["args"])

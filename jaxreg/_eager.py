@@ -19,8 +19,10 @@ may change in place), a program that reads a concrete argument in Python (traced
 and calls under a trace (``jit``, ``vmap``, ``grad``: there the outer program is compiled
 anyway), under ``jax.disable_jit()`` or with ``JAXREG_EAGER_CACHE=0`` (read on every call;
 ``false``, ``off``, ``no`` too). Call sites pass ``compiled=False`` for one ``vmap`` of all
-items: without a loop, jax already runs its primitives from its own cache, and tracing (and a
-compile for every new Python number) would only add to each call.
+items given as an explicit chunk: without a loop, jax already runs its primitives from its own
+cache, and tracing (and a compile for every new Python number) would only add to each call. A
+measured chunk is compiled either way: the chunk tuner times its candidates through
+:func:`bind`, so the call after the measurement finds the winner compiled (it compiled it again).
 
 Each eager call still traces the program (the key is its jaxpr), so the gain is the compile:
 ``jaxreg bench --quick --only eager`` on a 2-vCPU Intel Xeon (AVX-512), paired against the
@@ -147,9 +149,20 @@ def call(program: Callable[..., Any], *args: Any, compiled: bool = True) -> Any:
     Returns:
       ``program(*args)``.
     """
+    bound = bind(program, *args) if compiled else None
+    return program(*args) if bound is None else bound()
+
+
+def bind(program: Callable[..., Any], *args: Any) -> Callable[[], Any] | None:
+    """``program(*args)`` as a call of its cached compiled program, or ``None`` where :func:`call`
+    runs it as it is (under a trace, switched off, or nothing to key it on).
+
+    The program is traced now; the returned function compiles it on its first call (unless the
+    cache holds it) and runs it on every call, on the same arguments (the chunk tuner times it).
+    """
     leaves, treedef = jax.tree.flatten(args)
-    if not compiled or not enabled() or jax.config.jax_disable_jit or any(_is_tracer(x) for x in leaves):
-        return program(*args)
+    if not enabled() or jax.config.jax_disable_jit or any(_is_tracer(x) for x in leaves):
+        return None
     lifted = [isinstance(x, jax.Array) for x in leaves]
     arrays = [x for x, a in zip(leaves, lifted) if a]
 
@@ -163,16 +176,16 @@ def call(program: Callable[..., Any], *args: Any, compiled: bool = True) -> Any:
         # The program reads an argument's value in Python (a boolean mask, a shape from a sum,
         # an attribute of a concrete array), which a traced argument cannot give: run it as it
         # is, which raises the program's own error if it has one.
-        return program(*args)
+        return None
     if any(_is_tracer(c) for c in closed.consts):  # closes over an outer trace's values
-        return program(*args)
+        return None
     parts: list[Any] = [str(closed.jaxpr), tuple(getattr(jax.config, name) for name in _SETTINGS)]
     try:
         _params_key(closed.jaxpr, parts)
         key = tuple(parts)
         hash(key)
     except (_Uncacheable, TypeError):
-        return program(*args)
+        return None
     run = _COMPILED.get(key)
     if run is None:
         run = jax.jit(functools.partial(_evaluate, closed.jaxpr))
@@ -181,8 +194,8 @@ def call(program: Callable[..., Any], *args: Any, compiled: bool = True) -> Any:
             _COMPILED.popitem(last=False)
     else:
         _COMPILED.move_to_end(key)
-    out = run(list(closed.consts), arrays)
-    return jax.tree.unflatten(jax.tree.structure(shapes), out)
+    consts, out_tree = list(closed.consts), jax.tree.structure(shapes)
+    return lambda: jax.tree.unflatten(out_tree, run(consts, arrays))
 
 
 def clear_cache() -> None:

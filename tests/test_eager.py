@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxreg as jr
-from jaxreg import _eager
+from jaxreg import _chunking, _eager
 
 EPS32 = float(jnp.finfo(jnp.float32).eps)
 
@@ -247,3 +247,22 @@ def test_a_raw_uint32_key_wrapped_inside_the_program_is_cached():
     want = jax.jit(lambda k: jr.mc_dropout(apply, W, x, k, 8, chunk_size=2))(jax.random.key(1))
     scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
     chex.assert_trees_all_close(got, want, rtol=0, atol=64 * EPS32 * scale)
+
+
+def test_a_measured_chunking_is_compiled_once_for_the_calls_after_the_measurement(monkeypatch):
+    # The tuner's candidates go through the cache: the next eager call finds the winner compiled
+    # (it compiled it again, and, traced under compile-time evaluation, missed the cache).
+    monkeypatch.setenv("JAXREG_AUTOTUNE", "1")
+    monkeypatch.setenv("JAXREG_AUTOTUNE_BUDGET", "0.2")
+    _chunking.clear_cache()
+    stacked = jr.ensemble.replicate(W, 6)
+    x = jnp.ones((5, 6))
+    first = jr.ensemble.predict(mlp, stacked, x)  # measures
+    x2 = x * 2.0
+    with count_compiles() as compiles:
+        second = jr.ensemble.predict(mlp, stacked, x2)
+    assert compiles == []
+    want = jax.vmap(lambda p: mlp(p, x * 2.0))(stacked)  # identical members: variance 0
+    scale = float(jnp.max(jnp.abs(want)))
+    chex.assert_trees_all_close(second.mean, want[0], rtol=0, atol=16 * EPS32 * scale)
+    assert not np.allclose(np.asarray(first.mean), np.asarray(second.mean))
