@@ -7,10 +7,10 @@ function and the chunk), so called outside ``jit`` it ran op by op and every ``l
 ``mesh=``: its ``shard_map``; ``jr.ensemble.init``: a ``jax.jit`` built on each call).
 
 :func:`call` traces the program (``jax.make_jaxpr``) and keys a ``jax.jit`` of its jaxpr on
-what decides the computation: the jaxpr's text (its wiring, shapes, dtypes and inlined literal
-values), the primitives' parameters compared by value, and the jax settings that change the
-numbers without changing the text (``jax_threefry_partitionable``, the default matmul
-precision, x64). The values the program closes over (arrays captured by the user's function)
+what decides the computation: the jaxpr's structure (its wiring, each variable's shape, dtype,
+weak type and sharding, literal values by their bytes), the primitives' parameters compared by
+value, and the jax settings that change the numbers without changing the jaxpr
+(``jax_threefry_partitionable``, the default matmul precision, x64). The values the program closes over (arrays captured by the user's function)
 are arguments of the compiled program, passed anew on each call, so a closure over new data is
 never served stale results. What cannot be keyed by value runs as it is, op by op, as before: a
 program with a callback (its function is no value; kept by identity it would also keep whatever
@@ -45,6 +45,7 @@ from typing import Any
 import jax
 import jax.extend.core as jex_core
 import jax.extend.random
+import numpy as np
 
 # Compiled programs kept (least recently used dropped): each holds a jaxpr, not its arrays.
 MAX_ENTRIES = 64
@@ -70,22 +71,42 @@ _PLACEMENTS = (jax.sharding.Mesh, jax.sharding.AbstractMesh, jax.sharding.Shardi
 # Dropout does with jax.random.PRNGKey keys): its fields are the impl's functions.
 _PRNG_IMPL = type(jax.extend.random.threefry_prng_impl)
 
-# jax's settings that change what a traced program computes without changing its jaxpr's text
+# jax's settings that change what a traced program computes without changing its jaxpr
 # (random_bits lowers to another stream with threefry_partitionable; an unspecified precision
 # follows default_matmul_precision).
 _SETTINGS = ("jax_threefry_partitionable", "jax_default_matmul_precision", "jax_enable_x64")
 
 
-def _params_key(jaxpr: Any, out: list[Any]) -> None:
+def _jaxpr_key(jaxpr: Any, out: list[Any]) -> None:
+    """Appends to ``out`` what decides ``jaxpr``'s computation: its wiring (each variable by the
+    order it is bound in), every variable's aval (shape, dtype, weak type, sharding), literals by
+    their bytes, and each primitive with its parameters (inner jaxprs walked the same way)."""
+    index: dict[Any, int] = {}
+
+    def atom(a: Any) -> Any:
+        if isinstance(a, jex_core.Literal):
+            val = np.asarray(a.val)
+            return ("literal", val.dtype.str, val.tobytes(), a.aval)
+        return index[a]
+
+    for v in (*jaxpr.constvars, *jaxpr.invars):
+        index[v] = len(index)
+        out.append(v.aval)
+    out.append((len(jaxpr.constvars), len(jaxpr.invars)))
     for eqn in jaxpr.eqns:
         rule = eqn.primitive.name.startswith(_RULE_PRIMITIVES)
         out.append(eqn.primitive.name)
+        out.append(tuple(atom(a) for a in eqn.invars))
+        for v in eqn.outvars:
+            index[v] = len(index)
+        out.append(tuple(v.aval for v in eqn.outvars))
         for name in sorted(eqn.params):
             value = eqn.params[name]
             if rule and not isinstance(value, (jex_core.Jaxpr, jex_core.ClosedJaxpr, bool, int, str, type(None))):
                 continue  # the derivative rules (functions, wrapped functions, thunks)
             out.append(name)
             _value_key(value, out)
+    out.append(tuple(atom(a) for a in jaxpr.outvars))
 
 
 def _value_key(value: Any, out: list[Any]) -> None:
@@ -94,9 +115,9 @@ def _value_key(value: Any, out: list[Any]) -> None:
         # in place, or a large array the key would keep alive): not cached.
         if value.consts:
             raise _Uncacheable
-        _params_key(value.jaxpr, out)
+        _jaxpr_key(value.jaxpr, out)
     elif isinstance(value, jex_core.Jaxpr):
-        _params_key(value, out)
+        _jaxpr_key(value, out)
     elif isinstance(value, _PRNG_IMPL):  # a tuple of module-level functions, compared by value
         out.append(value)
     elif isinstance(value, (tuple, list)):
@@ -179,12 +200,12 @@ def bind(program: Callable[..., Any], *args: Any) -> Callable[[], Any] | None:
         return None
     if any(_is_tracer(c) for c in closed.consts):  # closes over an outer trace's values
         return None
-    parts: list[Any] = [str(closed.jaxpr), tuple(getattr(jax.config, name) for name in _SETTINGS)]
+    parts: list[Any] = [tuple(getattr(jax.config, name) for name in _SETTINGS)]
     try:
-        _params_key(closed.jaxpr, parts)
+        _jaxpr_key(closed.jaxpr, parts)
         key = tuple(parts)
         hash(key)
-    except (_Uncacheable, TypeError):
+    except (_Uncacheable, TypeError, KeyError):  # KeyError: a variable not bound in its jaxpr
         return None
     run = _COMPILED.get(key)
     if run is None:

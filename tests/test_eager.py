@@ -266,3 +266,14 @@ def test_a_measured_chunking_is_compiled_once_for_the_calls_after_the_measuremen
     scale = float(jnp.max(jnp.abs(want)))
     chex.assert_trees_all_close(second.mean, want[0], rtol=0, atol=16 * EPS32 * scale)
     assert not np.allclose(np.asarray(first.mean), np.asarray(second.mean))
+
+
+def test_programs_that_differ_only_in_wiring_or_a_literal_bit_are_not_conflated():
+    p, x = jnp.arange(1.0, 4.0), jnp.full((3,), 10.0)
+    fn = lambda f: jr.ensemble.map(f, in_axes=(0, None), chunk_size=1)(p, x)  # noqa: E731
+    members = np.arange(1.0, 4.0)[:, None] * np.ones(3)
+    np.testing.assert_array_equal(np.asarray(fn(lambda a, b: a - b)), members - 10.0)
+    np.testing.assert_array_equal(np.asarray(fn(lambda a, b: b - a)), 10.0 - members)
+    # 0.0 and -0.0 compare equal as numbers; their bytes differ, and so do the products' signs.
+    assert not np.signbit(np.asarray(fn(lambda a, b: a * 0.0))).any()
+    assert np.signbit(np.asarray(fn(lambda a, b: a * -0.0))).all()
