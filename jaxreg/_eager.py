@@ -71,6 +71,15 @@ _PLACEMENTS = (jax.sharding.Mesh, jax.sharding.AbstractMesh, jax.sharding.Shardi
 # Dropout does with jax.random.PRNGKey keys): its fields are the impl's functions.
 _PRNG_IMPL = type(jax.extend.random.threefry_prng_impl)
 
+# The fields of an equation's context (jax's JaxprEqnContext) that eval_jaxpr applies again.
+_EQN_CONTEXT = (
+    "threefry_partitionable",
+    "compute_type",
+    "cur_abstract_mesh",
+    "remove_size_one_mesh_axis",
+    "xla_metadata",
+)
+
 # jax's settings that change what a traced program computes without changing its jaxpr
 # (random_bits lowers to another stream with threefry_partitionable; an unspecified precision
 # follows default_matmul_precision).
@@ -95,7 +104,11 @@ def _jaxpr_key(jaxpr: Any, out: list[Any]) -> None:
     out.append((len(jaxpr.constvars), len(jaxpr.invars)))
     for eqn in jaxpr.eqns:
         rule = eqn.primitive.name.startswith(_RULE_PRIMITIVES)
-        out.append(eqn.primitive.name)
+        out.append(("eqn", eqn.primitive.name))
+        # The settings an equation was traced under, which eval_jaxpr applies again (a
+        # `with jax.threefry_partitionable(...)` inside the program).
+        for name in _EQN_CONTEXT:
+            _value_key(getattr(eqn.ctx, name, None), out)
         out.append(tuple(atom(a) for a in eqn.invars))
         for v in eqn.outvars:
             index[v] = len(index)
@@ -104,9 +117,9 @@ def _jaxpr_key(jaxpr: Any, out: list[Any]) -> None:
             value = eqn.params[name]
             if rule and not isinstance(value, (jex_core.Jaxpr, jex_core.ClosedJaxpr, bool, int, str, type(None))):
                 continue  # the derivative rules (functions, wrapped functions, thunks)
-            out.append(name)
+            out.append(("param", name))
             _value_key(value, out)
-    out.append(tuple(atom(a) for a in jaxpr.outvars))
+    out.append(("out", tuple(atom(a) for a in jaxpr.outvars)))
 
 
 def _value_key(value: Any, out: list[Any]) -> None:
@@ -128,7 +141,12 @@ def _value_key(value: Any, out: list[Any]) -> None:
         for v in value:
             _value_key(v, [])  # each a value, or not cached
         out.append(value)
-    elif value is None or isinstance(value, (bool, int, float, complex, str, bytes, *_PLACEMENTS)):
+    elif isinstance(value, (float, complex, np.generic)):
+        # By type and bytes: 0.0 == -0.0 and 1 == True == 1.0 as numbers, not as parameters.
+        out.append((type(value), np.asarray(value).tobytes()))
+    elif value is None or isinstance(value, (bool, int, str, bytes)):
+        out.append((type(value), value))
+    elif isinstance(value, _PLACEMENTS):
         out.append(value)
     elif callable(value) or not type(value).__module__.startswith(_VALUE_MODULES):
         # A callback's function, a user's object: compared by identity it would keep a new one

@@ -277,3 +277,29 @@ def test_programs_that_differ_only_in_wiring_or_a_literal_bit_are_not_conflated(
     # 0.0 and -0.0 compare equal as numbers; their bytes differ, and so do the products' signs.
     assert not np.signbit(np.asarray(fn(lambda a, b: a * 0.0))).any()
     assert np.signbit(np.asarray(fn(lambda a, b: a * -0.0))).all()
+
+
+def test_a_setting_entered_inside_the_program_and_a_float_parameter_bit_are_part_of_the_key():
+    # jax keeps a `with jax.threefry_partitionable(...)` on each equation and eval_jaxpr applies it.
+    def draws(flag):
+        def f(p, k):
+            with jax.threefry_partitionable(flag):
+                return jax.random.normal(k, (4,)) * p
+
+        return jr.ensemble.map(f, in_axes=(0, None), chunk_size=1)(jnp.arange(1.0, 3.0), jax.random.key(1))
+
+    for flag in (False, True):
+        with jax.threefry_partitionable(flag):
+            want = jnp.stack([jax.random.normal(jax.random.key(1), (4,)) * m for m in (1.0, 2.0)])
+        chex.assert_trees_all_close(draws(flag), want, rtol=4 * EPS32)
+
+    # A parameter (not a literal) of 0.0 and of -0.0: equal as numbers, not as programs.
+    def gather_fill(fill):
+        return jr.ensemble.map(lambda p: 1.0 / (p * jnp.ones(3)).at[9].get(mode="fill", fill_value=fill), chunk_size=1)(
+            jnp.arange(1.0, 3.0)
+        )
+
+    assert np.all(np.asarray(gather_fill(0.0)) == np.inf)
+    jitted = jax.jit(lambda p: 1.0 / (p * jnp.ones(3)).at[9].get(mode="fill", fill_value=-0.0))
+    assert np.all(np.asarray(jitted(jnp.float32(1.0))) == -np.inf)  # what the program computes
+    assert np.all(np.asarray(gather_fill(-0.0)) == -np.inf)
