@@ -27,10 +27,10 @@ measured chunk is compiled either way: the chunk tuner times its candidates thro
 Each eager call still traces the program (the key is its jaxpr), so the gain is the compile:
 ``jaxreg bench --quick --only eager`` on a 2-vCPU Intel Xeon (AVX-512), paired against the
 op-by-op path in one process, on the digits MLP (64-256-256-10, batch 128): ``jr.mc_dropout``
-(K = 64, chunks of 8) 39 ms a call against 417 (10.8x), ``jr.ensemble.map`` of 16 members in
-chunks of 4 14 against 133 ms (9.9x), ``jr.es.gradient`` (population 32, chunks of 4) 44
-against 500 ms (11.2x); one ``vmap`` of the 16 members runs op by op either way (1.00).
-Inside ``jax.jit`` the same calls take a few ms: a loop of many calls
+(K = 64, chunks of 8) 43 ms a call against 448 (10.3x), ``jr.ensemble.map`` of 16 members in
+chunks of 4 13 against 141 ms (11.3x), ``jr.es.gradient`` (population 32, chunks of 4) 43
+against 555 ms (13.8x); one ``vmap`` of the 16 members runs op by op either way (0.97
+[0.94-0.99], the same code). Inside ``jax.jit`` the same calls take a few ms: a loop of many calls
 belongs in ``jit``.
 """
 
