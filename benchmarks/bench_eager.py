@@ -78,6 +78,7 @@ def cases() -> list[tuple[str, Callable[[], Any]]]:
 
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     rows = []
+    batch = jnp.shape(common.batch()[0])[0]
     for workload, call in cases():
         cached = lambda call=call: jax.block_until_ready(call())  # noqa: E731
         comp = jr.benchmark.compare(
@@ -90,7 +91,7 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
         rows.append(
             common.row_from_comparison(
                 "eager",
-                f"{workload}, called outside jit (MLP {common.SIZES}, batch {jnp.shape(common.batch()[0])[0]})",
+                f"{workload}, called outside jit (MLP {common.SIZES}, batch {batch})",
                 "eager call, compiled once (the cache)",
                 "op by op (JAXREG_EAGER_CACHE=0)",
                 comp,

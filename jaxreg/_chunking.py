@@ -358,7 +358,7 @@ _CACHE: dict[Hashable, int] = {}
 
 def autotune_enabled() -> bool:
     """False when ``JAXREG_AUTOTUNE`` is ``0`` (or ``false``, ``off``, ``no``)."""
-    return os.environ.get("JAXREG_AUTOTUNE", "1").strip().lower() not in ("0", "false", "off", "no")
+    return _eager.switched_on("JAXREG_AUTOTUNE")
 
 
 def _budget_s() -> float:

@@ -160,9 +160,14 @@ def _value_key(value: Any, out: list[Any]) -> None:
         out.append(value)
 
 
+def switched_on(variable: str) -> bool:
+    """False when the environment variable is ``0``, ``false``, ``off`` or ``no``; on by default."""
+    return os.environ.get(variable, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def enabled() -> bool:
-    """False when ``JAXREG_EAGER_CACHE`` is ``0`` (or ``false``, ``off``, ``no``), as ``JAXREG_AUTOTUNE``."""
-    return os.environ.get("JAXREG_EAGER_CACHE", "1").strip().lower() not in ("0", "false", "off", "no")
+    """Whether eager calls go through the cache (``JAXREG_EAGER_CACHE``, see :func:`switched_on`)."""
+    return switched_on("JAXREG_EAGER_CACHE")
 
 
 def _evaluate(jaxpr: Any, consts: list[Any], args: list[Any]) -> list[Any]:

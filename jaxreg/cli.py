@@ -309,7 +309,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     high = args.high if args.high is not None else high
     num = args.num or preset["num"]
     if num == 1 and (args.low is None or args.high is None):  # one value: the end given, else the default start
-        low = high = args.low if args.low is not None else (args.high if args.high is not None else low)
+        low = high = high if args.low is None and args.high is not None else low
     steps = _whole_evaluations("sweep", args.steps, preset["eval_every"])
     split = _load(args)
     try:
