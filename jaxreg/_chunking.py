@@ -57,6 +57,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core as jax_core
 from jax.interpreters import partial_eval as pe
 
 from jaxreg import _checks, _eager
@@ -163,16 +164,20 @@ def run_chunks(
     main_n = num_chunks * chunk
     grid = jax.tree.map(lambda x: x[:main_n].reshape((chunk, num_chunks, *x.shape[1:])), xs)
 
-    def block(j: Any) -> tuple[PyTree, PyTree]:
-        return block_fn(jax.tree.map(lambda g: jax.lax.dynamic_index_in_dim(g, j, axis=1, keepdims=False), grid))
+    def slice_at(j: Any) -> PyTree:
+        return jax.tree.map(lambda g: jax.lax.dynamic_index_in_dim(g, j, axis=1, keepdims=False), grid)
 
-    summary, first = block(0)
+    first_block = slice_at(0)
+    # A chunk's program is traced once, its jaxpr evaluated for the peeled chunk and again in the
+    # loop: a second trace of the user's model (flax's Python) took half of an eager mc_dropout.
+    chunk_fn = _trace_once(block_fn, first_block) if num_chunks > 1 else block_fn
+    summary, first = chunk_fn(first_block)
     if num_chunks > 1:
         buffers = jax.tree.map(lambda o: jnp.repeat(jnp.expand_dims(o, 1), num_chunks, axis=1), first)
 
         def body(j: jax.Array, carry: tuple[PyTree, PyTree]) -> tuple[PyTree, PyTree]:
             acc, bufs = carry
-            s, out = block(j)
+            s, out = chunk_fn(slice_at(j))
             acc = combine(acc, s) if combine is not None else acc
             bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j, axis=1), bufs, out)
             return acc, bufs
@@ -186,6 +191,18 @@ def run_chunks(
         summary = combine(summary, s) if combine is not None else summary
         outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), outputs, tail)
     return summary, outputs
+
+
+def _trace_once(fn: Callable[[PyTree], Any], example: PyTree) -> Callable[[PyTree], Any]:
+    """``fn``, traced once at ``example``'s types and replayed from its jaxpr on each call."""
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(example)
+    out_tree = jax.tree.structure(shapes)
+    replay = jax_core.jaxpr_as_fun(closed)
+
+    def traced(block: PyTree) -> Any:
+        return jax.tree.unflatten(out_tree, replay(*jax.tree.leaves(block)))
+
+    return traced
 
 
 def map_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int, *, where: str = "chunks") -> PyTree:
