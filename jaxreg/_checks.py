@@ -182,9 +182,16 @@ def check_scalar(name: str, value: Any, where: str = "") -> None:
         raise ValueError(f"{_prefix(where)}{name} must be a scalar, got {name}.shape = {jnp.shape(value)}.")
 
 
-def check_rate(name: str, value: Any, where: str = "") -> None:
-    """A probability of dropping: a scalar in [0, 1) (a traced rate is checked under :func:`traced_checks`)."""
+def check_rate(name: str, value: Any, where: str = "", *, float32_mask: bool = False) -> None:
+    """A probability of dropping: a scalar in [0, 1) (a traced rate is checked under :func:`traced_checks`).
+
+    ``float32_mask``: the rate becomes a float32 keep threshold (dropout's masks), so a concrete
+    rate that rounds to 1 in float32 (``0.9999999999``) is refused too: it would drop every unit.
+    """
     check_in_range(name, value, 0, 1, where, scalar=True)
+    rate = concrete(value) if float32_mask else None
+    if rate is not None and np.float32(rate) >= 1.0:
+        raise ValueError(f"{_prefix(where)}{name} must be below 1 in float32, got {name} = {float(rate)!r}.")
 
 
 def check_flag(name: str, value: Any, where: str = "") -> bool:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg._tree import compute_dtype
+from jaxreg._tree import compute_dtype, wider_dtype
 
 
 def is_key_array(rng: Any) -> bool:
@@ -65,7 +65,7 @@ def normal_leaves(rng: jax.Array, leaves: list[Any], *, write_once: bool = False
     in the number of leaves: every threefry call is compiled separately, seconds each on a CPU.
     """
     sizes = [int(np.prod(jnp.shape(x), dtype=np.int64)) for x in leaves]
-    dtype = jnp.result_type(*[jnp.result_type(x) for x in leaves])
+    dtype = functools.reduce(wider_dtype, [jnp.result_type(x) for x in leaves])  # bfloat16 beside float32 too
     flat = standard_normal(rng, (sum(sizes),), compute_dtype(dtype), write_once=write_once)  # float32 for half
     offsets = np.cumsum([0, *sizes])
     return [

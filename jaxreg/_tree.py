@@ -93,6 +93,14 @@ def compute_dtype(dtype: Any) -> Any:
     return dtype
 
 
+def statistic_dtype(dtype: Any) -> Any:
+    """The dtype a mean or sum of values of ``dtype`` is computed in: :func:`compute_dtype` for a
+    floating or complex dtype, the default float for integers and bools (as ``jnp.mean``'s; under
+    strict promotion an integer array meets no float implicitly, and an int8 sum wraps)."""
+    dtype = jnp.dtype(dtype)
+    return compute_dtype(dtype) if jnp.issubdtype(dtype, jnp.inexact) else default_float()
+
+
 def wider_dtype(a: Any, b: Any) -> Any:
     """The dtype holding both ``a``'s and ``b``'s (jax's standard lattice, whatever the promotion
     mode: strict promotion, on in a caller, refuses bfloat16 with float32 implicitly)."""

@@ -157,7 +157,7 @@ def _parser() -> Parser:
             "sigmoid MLPs, SWA, spectral norm, a bagging ensemble, an L2 sweep and an lr x weight-decay grid as "
             "one vmapped program, every seed in it (SAM, a second gradient, is a second program); derives early "
             "stopping (best-validation snapshot) and MC-dropout, and runs ES against gradient descent on "
-            "Rastrigin; prints tables and findings with 95%% intervals over seeds and writes results.json, "
+            "Rastrigin; prints tables and findings with 95% intervals over seeds and writes results.json, "
             "results.csv, history.npz, data.npz, params, PNG figures and report.html."
         ),
     )

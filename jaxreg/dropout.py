@@ -195,15 +195,11 @@ def dropout(
       True
     """
     _random.check_key(rng, "dropout")
-    _checks.check_rate("rate", rate, "dropout")
+    _checks.check_rate("rate", rate, "dropout", float32_mask=True)
     precision = _check_precision(precision, "dropout")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise ValueError(f"dropout: x must be a floating-point array, got x.dtype = {x.dtype}.")
-    rate_value = _checks.concrete(rate)
-    if rate_value is not None and np.float32(rate_value) >= 1.0:
-        # the mask's threshold is float32: such a rate would keep 2**-precision of the units, scaled by 0
-        raise ValueError(f"dropout: rate must be below 1 in float32, got rate = {float(rate_value)!r}.")
     if isinstance(broadcast_dims, (int, np.integer)) and not isinstance(broadcast_dims, bool):
         broadcast_dims = (broadcast_dims,)  # one axis, as an int
     try:  # any iterable of ints (a range, a numpy array); not floats nor bools
@@ -221,6 +217,7 @@ def dropout(
                 f"dropout: broadcast_dims must be axes of x (ndim {x.ndim}), got broadcast_dims = {tuple(broadcast_dims)}."
             )
         dims.add(int(d) % x.ndim)
+    rate_value = _checks.concrete(rate)
     if rate_value is not None and float(rate_value) == 0.0:
         return x
     mask_shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape))

@@ -140,7 +140,10 @@ def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> t
     against an ``(S, M)`` state) without changing its shape: any other shape would broadcast
     the state into a new one.
     """
-    metric = jnp.asarray(metric)
+    try:
+        metric = jnp.asarray(metric)
+    except (TypeError, ValueError):  # a string, None, an object
+        raise ValueError(f"{where}: metric must be a number or an array of numbers, got metric = {metric!r}.") from None
     state_dtype, state_shape = state_best.dtype, jnp.shape(state_best)
     try:
         fits = jnp.broadcast_shapes(metric.shape, state_shape) == state_shape

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking, _eager, _random
-from jaxreg._tree import leaf_name
+from jaxreg._tree import leaf_name, wider_dtype
 
 PyTree = Any
 FitnessShaping = Literal["centered_ranks", "centred_ranks"] | Callable[[jax.Array], jax.Array] | None
@@ -60,7 +60,7 @@ def centered_ranks(losses: ArrayLike) -> jax.Array:
     if losses.ndim != 1 or losses.shape[0] < 2:
         raise ValueError(f"centered_ranks: losses must be 1-D with at least 2 elements, got shape {losses.shape}.")
     n = losses.shape[0]
-    dtype = jnp.promote_types(losses.dtype, jnp.float32)
+    dtype = wider_dtype(losses.dtype, jnp.float32)  # an integer loss (an error count) too
     ordered = jnp.sort(losses)
     below = jnp.searchsorted(ordered, losses, side="left")
     below_or_equal = jnp.searchsorted(ordered, losses, side="right")
@@ -213,7 +213,7 @@ def _estimate(
             losses = jax.vmap(lambda ls: loss_fn(jax.tree.unflatten(treedef, ls)))(perturbed)
         if jnp.shape(losses) != (signs * b,):
             raise ValueError(f"{where}: loss_fn must return a scalar, got an output of shape {jnp.shape(losses)[1:]}.")
-        losses = losses.astype(jnp.promote_types(losses.dtype, jnp.float32))
+        losses = losses.astype(wider_dtype(losses.dtype, jnp.float32))
         return losses.reshape(signs, b).T
 
     def weighted_sum(coef: jax.Array, eps: list[jax.Array]) -> list[jax.Array]:

@@ -79,7 +79,7 @@ def drop_path(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array:
       Huang et al., `Deep Networks with Stochastic Depth <https://arxiv.org/abs/1603.09382>`_, 2016.
     """
     _random.check_key(rng, "drop_path")
-    _checks.check_rate("rate", rate, "drop_path")
+    _checks.check_rate("rate", rate, "drop_path", float32_mask=True)
     x = _check_float(x, "x", "drop_path")
     if x.ndim == 0:
         raise ValueError("drop_path: x must have a leading example axis (ndim >= 1), got a scalar x.")
@@ -209,7 +209,7 @@ def dropconnect(rng: jax.Array, params: PyTree, rate: ArrayLike, *, mask: Any = 
       <https://proceedings.mlr.press/v28/wan13.html>`_, ICML 2013.
     """
     _random.check_key(rng, "dropconnect")
-    _checks.check_rate("rate", rate, "dropconnect")
+    _checks.check_rate("rate", rate, "dropconnect", float32_mask=True)
     keep = jax.tree.leaves(resolve_mask(mask, params, "dropconnect"))
     if _is_zero(rate):
         return params
@@ -268,7 +268,7 @@ def mc_dropconnect(
       (1.0, 1.0)
     """
     _random.check_key(rng, "mc_dropconnect")
-    _checks.check_rate("rate", rate, "mc_dropconnect")
+    _checks.check_rate("rate", rate, "mc_dropconnect", float32_mask=True)
     # checked here too, so the message names this function rather than mc_dropout
     _checks.check_int_at_least("num_samples", num_samples, 1, "mc_dropconnect")
     _chunking.check_chunk_size(chunk_size, "mc_dropconnect")

@@ -81,9 +81,16 @@ def sam_gradient(
         resolve_mask(mask, params, "sam_gradient"),
         params,
     )
+
     # allow_int: integer leaves (a step counter, an index) get jax's float0 gradient, as in
     # jax.grad(..., allow_int=True), and are never perturbed.
-    loss, g = jax.value_and_grad(loss_fn, allow_int=True)(params, *args)
+    def scalar_loss(p: PyTree, *a: Any) -> jax.Array:
+        out = loss_fn(p, *a)
+        if jnp.shape(out) != ():  # at trace time: jax's TypeError named neither loss_fn nor its shape
+            raise ValueError(f"sam_gradient: loss_fn must return a scalar, got an output of shape {jnp.shape(out)}.")
+        return out
+
+    loss, g = jax.value_and_grad(scalar_loss, allow_int=True)(params, *args)
 
     # float32 at least (half-precision norms overflow, and rho/||g|| under a loss scale is
     # subnormal in float16); float64 when a selected leaf is
@@ -114,4 +121,4 @@ def sam_gradient(
         return w + (factor * ti * tgi).astype(w.dtype)  # eps = rho T^2 g / ||T g||, in acc
 
     perturbed = jax.tree.map(perturb, params, t, tg, is_leaf=lambda x: x is None)
-    return loss, jax.grad(loss_fn, allow_int=True)(perturbed, *args)
+    return loss, jax.grad(scalar_loss, allow_int=True)(perturbed, *args)

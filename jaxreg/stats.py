@@ -47,14 +47,22 @@ def _scalar(value: ArrayLike, where: str, name: str) -> float:
     return float(arr)
 
 
-def _check(values: ArrayLike, confidence: float, where: str) -> np.ndarray:
+def _numbers(values: ArrayLike, name: str, where: str) -> np.ndarray:
     try:
-        x = np.asarray(values, np.float64)
+        return np.asarray(values, np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: values must be numbers, got values = {values!r}.") from None
+        raise ValueError(f"{where}: {name} must be numbers, got {name} = {values!r}.") from None
+
+
+def _check(values: ArrayLike, confidence: float, where: str) -> np.ndarray:
+    x = _numbers(values, "values", where)
     if x.ndim == 0:
         raise ValueError(f"{where}: values must have a seed axis, got a scalar {float(x)!r}.")
-    if not 0.0 < confidence < 1.0:
+    try:  # a number (a 0-d array too); a string or a bool is not one
+        number = None if isinstance(confidence, (str, bytes, bool, np.bool_)) else float(confidence)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not 0.0 < number < 1.0:
         raise ValueError(f"{where}: confidence must be in (0, 1), got confidence = {confidence!r}.")
     return x
 
@@ -173,7 +181,7 @@ def paired_difference(
       >>> jr.stats.verdict(iv)
       'higher'
     """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = _numbers(a, "a", "paired_difference"), _numbers(b, "b", "paired_difference")
     if a.shape != b.shape:
         raise ValueError(
             f"paired_difference: a and b must have one value per seed each, got shapes {a.shape} and {b.shape}."

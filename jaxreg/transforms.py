@@ -360,8 +360,9 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
       a :class:`ProjectState` holding ``constraint.init(params)`` (stateful).
 
     Raises:
-      ValueError: if ``constraint`` is neither callable nor stateful, or at ``update`` time
-        without ``params``.
+      ValueError: if ``constraint`` is neither callable nor stateful, or is a penalty (its value
+        is a scalar: use :func:`proximal`); at ``update`` time without ``params``, or when the
+        constraint returns a tree shaped unlike the params.
 
     Examples:
       >>> import jax.numpy as jnp, optax, jaxreg as jr
@@ -377,6 +378,11 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
             "project: constraint must be a callable params -> params or an object with init(params) and "
             f"update(params, state), got constraint = {constraint!r}."
         )
+    if isinstance(constraint, Penalty):  # callable too, but params -> scalar: broadcast over every leaf
+        raise ValueError(
+            f"project: constraint must map params to params, got the penalty {constraint!r}; a penalty's "
+            "step is jr.proximal(penalty, learning_rate)."
+        )
 
     def init_fn(params: PyTree) -> optax.EmptyState | ProjectState:
         if stateful:
@@ -389,7 +395,12 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
         stepped = _stepped(params, updates)
         if stateful:
             new, inner = constraint.update(stepped, state.constraint)
+        else:
+            new, inner = constraint(stepped), None
+        # a scalar or a tree of another shape would be broadcast into every leaf, silently
+        _checks.check_like("the constraint's output", new, "params", stepped, "project")
+        if stateful:
             return _delta(new, params, updates), ProjectState(constraint=inner)
-        return _delta(constraint(stepped), params, updates), state
+        return _delta(new, params, updates), state
 
     return optax.GradientTransformation(init_fn, update_fn)

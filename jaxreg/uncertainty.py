@@ -21,7 +21,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _chunking
-from jaxreg._tree import compute_dtype, default_float
+from jaxreg._tree import compute_dtype, default_float, statistic_dtype
 
 __all__ = [
     "Prediction",
@@ -61,12 +61,24 @@ class Prediction(NamedTuple):
         Returns:
           ``Prediction(mean, variance)`` with the structure of ``samples``, one axis fewer.
 
+        Raises:
+          ValueError: if ``samples`` has no leaves, a leaf has no leading axis or no sample, or
+            the leaves disagree on the number of samples.
+
         Examples:
           >>> import jax.numpy as jnp, jaxreg as jr
           >>> p = jr.Prediction.from_samples(jnp.array([1.0, 3.0]))
           >>> float(p.mean), float(p.variance)
           (2.0, 1.0)
         """
+        samples = jax.tree.map(jnp.asarray, samples)
+        sizes = {jnp.shape(s)[0] if jnp.ndim(s) else 0 for s in jax.tree.leaves(samples)}
+        if len(sizes) != 1 or 0 in sizes:
+            shapes = [jnp.shape(s) for s in jax.tree.leaves(samples)]
+            raise ValueError(
+                "Prediction.from_samples: samples must be arrays sharing a leading sample axis of at least one "
+                f"sample, got leaf shapes {shapes}."
+            )
         return cls(*_finish(_moments(samples), jax.tree.map(jnp.result_type, samples)))
 
 
@@ -77,7 +89,7 @@ def _moments(samples: Any) -> tuple[Any, Any, jax.Array]:
     deviations of 1,024 samples of variance 9 stalled at a variance of 4 once each sample was its
     own chunk (an addend below half the sum's rounding step is lost).
     """
-    samples = jax.tree.map(lambda o: o.astype(compute_dtype(o.dtype)), samples)
+    samples = jax.tree.map(lambda o: o.astype(statistic_dtype(o.dtype)), samples)
     mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), samples)
     m2 = jax.tree.map(lambda o, m: jnp.sum(jnp.square(o - m[None]), axis=0), samples, mean)
     # float64 under x64: the merge weights n_b / n and n_a n_b / n of float64 outputs (float32 ones
@@ -165,6 +177,8 @@ def _finish(moments: tuple[Any, Any, jax.Array], dtypes: Any) -> tuple[Any, Any]
 def _check_samples(samples: ArrayLike, where: str, from_logits: Any) -> tuple[jax.Array, bool]:
     from_logits = _checks.check_flag("from_logits", from_logits, where)
     samples = jnp.asarray(samples)
+    # integer or bool (one-hot) samples as floats, as jnp.mean would (strict promotion refused them)
+    samples = samples.astype(statistic_dtype(samples.dtype))
     if samples.ndim < 2:
         raise ValueError(
             f"{where}: samples must have a leading sample axis and a class axis, got samples.shape = {samples.shape}."
@@ -364,6 +378,7 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
     """
     num_bins = _checks.check_int_at_least("num_bins", num_bins, 1, "expected_calibration_error")
     probs, labels = jnp.asarray(probs), jnp.asarray(labels)
+    probs = probs.astype(statistic_dtype(probs.dtype))  # bool or integer one-hot probabilities as floats
     if probs.ndim != 2 or labels.shape != probs.shape[:1]:
         raise ValueError(
             "expected_calibration_error: probs must be (n, C) and labels (n,), got "
@@ -378,7 +393,7 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
     _checks.check_labels("labels", labels, probs.shape[1], "expected_calibration_error")
     # bools are binary labels; any integer type is compared with argmax's int32 (strict promotion too)
     labels = labels.astype(jnp.int32)
-    acc = compute_dtype(probs.dtype)
+    acc = compute_dtype(probs.dtype)  # float32 at least (an int8 one-hot sum wrapped: floats above)
     confidence = jnp.max(probs, axis=-1).astype(acc)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(acc)
     # ceil(conf * B) in float64, where the product of a float32 and a small integer is exact

@@ -670,3 +670,11 @@ def test_a_metric_of_another_shape_is_refused_by_name():
     grid = jax.vmap(jax.vmap(stopper.init))(jnp.zeros((2, 4, 3)))
     rows = stopper.update(grid, jnp.array([[1.0], [2.0]]), jnp.zeros((2, 4, 3)))
     np.testing.assert_array_equal(rows.best_metric, [[1.0] * 4, [2.0] * 4])
+
+
+def test_a_metric_that_is_not_a_number_is_refused_by_name():
+    stopper, plateau = jr.EarlyStopping(2), jr.ReduceOnPlateau(0.5, 2)
+    with pytest.raises(ValueError, match=r"^EarlyStopping.update: metric must be a number .*, got metric = 'loss'\."):
+        stopper.update(stopper.init(jnp.zeros(3)), "loss", jnp.zeros(3))
+    with pytest.raises(ValueError, match=r"^ReduceOnPlateau.update: metric must be a number .*, got metric = None\."):
+        plateau.update(plateau.init(), None)

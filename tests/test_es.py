@@ -150,6 +150,24 @@ def test_every_chunking_gives_the_same_estimate(shaping):
         chex.assert_trees_all_close(est(params, jax.random.key(9), c), whole, rtol=0, atol=atol)
 
 
+def test_integer_losses_and_mixed_half_params_work_under_strict_promotion():
+    # Strict dtype promotion is on for the tests: an integer loss (an error count) and params
+    # mixing bfloat16 and float32 failed inside jaxreg. An integer loss estimates as its floats do.
+    x = jnp.array([3, -1, 10, 3, 0, 3, -7], jnp.int32)
+    chex.assert_trees_all_equal(jr.es.centered_ranks(x), jr.es.centered_ranks(x.astype(jnp.float32)))
+    count = lambda p: jnp.sum(jnp.round(4 * flat(p))).astype(jnp.int32)  # noqa: E731
+    kw = dict(sigma=0.3, population=8, chunk_size=8)
+    chex.assert_trees_all_equal(_es_call(count, **kw), _es_call(lambda p: count(p).astype(jnp.float32), **kw))
+    mixed = {"w": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(2)}
+    loss = lambda p: jnp.sum(p["w"].astype(jnp.float32) ** 2) + jnp.sum(p["b"] ** 2)  # noqa: E731
+    g = _es_call(loss, params=mixed, **kw)
+    g32 = _es_call(loss, params=jax.tree.map(lambda a: a.astype(jnp.float32), mixed), **kw)
+    # The same float32 draw for both (noise is drawn in float32 for half leaves): the bfloat16
+    # leaf's perturbation is the float32 one rounded, so its losses differ by bfloat16 rounding.
+    assert g["w"].dtype == jnp.bfloat16 and g["b"].dtype == jnp.float32
+    chex.assert_trees_all_close(g["b"], g32["b"], rtol=0.05, atol=0.05)
+
+
 def test_centered_ranks_make_the_estimate_invariant_to_monotone_transforms():
     # The same chunking on both sides (a measured one could differ between the two programs).
     kwargs = dict(sigma=0.1, population=64, fitness_shaping="centered_ranks", chunk_size=16)

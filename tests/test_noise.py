@@ -295,6 +295,26 @@ def test_bad_input(call, match):
         call()
 
 
+ONE_IN_FLOAT32 = 1 - 1e-9  # below 1 as a Python float, 1.0 in float32: every unit would drop
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda r: jr.dropout(KEY, X, r), "dropout"),
+        (lambda r: jr.drop_path(KEY, X, r), "drop_path"),
+        (lambda r: jr.dropconnect(KEY, {"w": X}, r), "dropconnect"),
+        (lambda r: jr.mc_dropconnect(lambda p, v: v @ p, X.T, X, KEY, 4, r), "mc_dropconnect"),
+        (lambda r: jr.mc_dropconnect(lambda p, v: v @ p, X.T, X, KEY, 4, r, chunk_size=2), "mc_dropconnect"),
+    ],
+)
+def test_a_rate_that_is_one_in_float32_is_refused_by_the_function_called(call, name):
+    assert np.float32(ONE_IN_FLOAT32) == 1.0 and ONE_IN_FLOAT32 < 1.0
+    # mc_dropconnect passed it into its program, where a rate of 1 silently gave zeros
+    with pytest.raises(ValueError, match=rf"^{name}: rate must be below 1 in float32, got rate = 0\.999999999\."):
+        call(ONE_IN_FLOAT32)
+
+
 # ---------------------------------------------------------------------------------------------
 # The example
 

@@ -118,6 +118,13 @@ def test_bad_arguments(kwargs, match):
         jr.sam_gradient(lambda w: jnp.sum(w), jnp.ones(2), **kwargs)
 
 
+def test_a_loss_that_is_not_a_scalar_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"^sam_gradient: loss_fn must return a scalar, got an output of shape \(2,\)\."
+    ):
+        jr.sam_gradient(lambda w: 2.0 * w, jnp.ones(2), rho=0.1)
+
+
 def test_integer_leaves_are_not_perturbed_and_get_a_float0_gradient():
     # As jax.grad(..., allow_int=True): the float leaves' gradient is SAM's, the counter's float0.
     params = {"w": jnp.array([3.0, 4.0]), "step": jnp.array(7, jnp.int32)}

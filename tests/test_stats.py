@@ -111,6 +111,14 @@ def test_one_seed_claims_no_interval():
             lambda: jr.stats.mean_interval(np.ones(3), method="bootstrap", seed=-1),
             r"^mean_interval: seed must be an int >= 0, got seed = -1\.",
         ),
+        (
+            lambda: jr.stats.mean_interval(np.ones(3), confidence="0.9"),
+            r"^mean_interval: confidence must be in \(0, 1\), got confidence = '0.9'\.",
+        ),
+        (
+            lambda: jr.stats.paired_difference(np.ones(2), ["x", "y"]),
+            r"^paired_difference: b must be numbers, got b = \['x', 'y'\]\.",
+        ),
     ],
     ids=[
         "scalar",
@@ -124,6 +132,8 @@ def test_one_seed_claims_no_interval():
         "axis-out-of-range",
         "axis-float",
         "negative-seed",
+        "confidence-string",
+        "paired-strings",
     ],
 )
 def test_bad_input_raises(call, message):

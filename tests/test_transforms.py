@@ -219,6 +219,33 @@ def test_project_max_norm_in_chain():
     np.testing.assert_array_equal(new["bias"], w["bias"])
 
 
+@pytest.mark.parametrize(
+    ("constraint", "params", "match"),
+    [
+        # a scalar was broadcast into the leaf: every entry became the sum
+        (
+            lambda p: jnp.sum(p),
+            jnp.array([1.0, 2.0, 3.0]),
+            r"leaf <root> of shape \(\) in the constraint's output and \(3,\)",
+        ),
+        (lambda p: {"w": p["w"]}, {"w": jnp.ones(2), "b": jnp.ones(1)}, r"have the tree structure of params"),
+    ],
+    ids=["scalar", "structure"],
+)
+def test_project_refuses_a_constraint_output_shaped_unlike_the_params(constraint, params, match):
+    opt = jr.project(constraint)
+    with pytest.raises(ValueError, match=r"^project: the constraint's output must .*" + match):
+        opt.update(jax.tree.map(jnp.zeros_like, params), opt.init(params), params)
+
+
+def test_project_refuses_a_penalty_at_construction():
+    # a penalty is callable (params -> its scalar value): as a constraint it set every entry to it
+    with pytest.raises(
+        ValueError, match=r"^project: constraint must map params to params, got the penalty .*jr.proximal"
+    ):
+        jr.project(jr.l2(0.1))
+
+
 def test_project_and_proximal_land_in_the_set_with_half_precision_updates():
     # float32 master weights, bfloat16 gradients: the correction is emitted in float32, so the
     # projected point is P_C(w + u) up to one float32 rounding, and exact zeros stay exact

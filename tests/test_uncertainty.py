@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,6 +113,53 @@ def test_ece_matches_numpy(num_bins):
     # A sum over 500 examples of |acc - conf| / n terms in float32 scatter-adds (<= 500 terms of
     # magnitude <= 1 per bin): 500 eps absolute, bounded; bin edges agree (conf is float32 in both).
     assert got == pytest.approx(_np_ece(probs.astype(np.float32).astype(np.float64), labels, num_bins), abs=500 * EPS32)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bool_, jnp.uint8, jnp.int8, jnp.int32])
+def test_ece_of_integer_one_hot_probabilities_is_the_float_ece(dtype):
+    # Sums in the probabilities' own narrow integers wrapped: a uint8 ECE of 63.75, an int8 of 0.15
+    # for 1.0. 300 confident, always wrong examples: ECE 1; and a 4-example case of 0.25.
+    wrong = jax.nn.one_hot(jnp.zeros(300, jnp.int32), 2).astype(dtype)
+    assert float(jr.expected_calibration_error(wrong, jnp.ones(300, jnp.int32))) == 1.0
+    probs = jnp.array([[1, 0], [0, 1], [1, 0], [0, 1]]).astype(dtype)
+    labels = np.array([0, 0, 0, 1])
+    assert float(jr.expected_calibration_error(probs, labels)) == _np_ece(np.asarray(probs, np.float64), labels, 15)
+
+
+def test_integer_samples_give_the_float_moments_and_entropies():
+    # Under strict dtype promotion (on for the tests) integer or bool samples met a float and
+    # failed; their statistics are those of the same values as floats.
+    ints = jnp.array([[[1, 0, 0]], [[0, 1, 0]], [[0, 1, 0]]], jnp.int32)
+    floats = ints.astype(jnp.float32)
+    for fn in (jr.predictive_probs, jr.predictive_entropy, jr.expected_entropy, jr.mutual_information):
+        for from_logits in (True, False):
+            chex.assert_trees_all_equal(fn(ints, from_logits=from_logits), fn(floats, from_logits=from_logits))
+    counts = jnp.arange(12).reshape(4, 3) % 5
+    pred = jr.Prediction.from_samples({"n": counts, "flag": counts > 2})
+    ref = np.asarray(counts, np.float64)
+    # means of 4 small integers and their squared deviations: exact in float32 but for the 1/4 and
+    # 1/3-like quotients, one rounding each
+    np.testing.assert_allclose(pred.mean["n"], ref.mean(0), rtol=EPS32, atol=0)
+    np.testing.assert_allclose(pred.variance["n"], ref.var(0), rtol=2 * EPS32, atol=0)
+    np.testing.assert_allclose(pred.mean["flag"], (ref > 2).mean(0), rtol=EPS32, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("samples", "shapes"),
+    [
+        (jnp.float32(2.0), r"\[\(\)\]"),
+        (jnp.ones((0, 2)), r"\[\(0, 2\)\]"),
+        ({"a": jnp.ones((3,)), "b": jnp.ones((2, 1))}, r"\[\(3,\), \(2, 1\)\]"),
+        ({}, r"\[\]"),
+    ],
+    ids=["scalar", "no-sample", "disagree", "empty"],
+)
+def test_from_samples_refuses_what_has_no_sample_axis(samples, shapes):
+    # a scalar failed with an IndexError, zero samples gave NaN silently
+    with pytest.raises(
+        ValueError, match=r"^Prediction.from_samples: samples must be arrays .* got leaf shapes " + shapes
+    ):
+        jr.Prediction.from_samples(samples)
 
 
 def test_ece_perfect_calibration_is_zero():

@@ -421,3 +421,17 @@ def test_a_mean_field_whose_std_is_shaped_unlike_its_mean_is_named():
         jr.variational.sample(jax.random.key(0), vparams)  # was jax's "mul got incompatible shapes"
     with pytest.raises(ValueError, match=r"^variational.kl: " + match):
         jr.variational.kl(vparams)
+
+
+def test_sample_of_params_mixing_bfloat16_and_float32_is_the_float32_draw_rounded():
+    # Strict promotion (on for the tests) refused bfloat16 beside float32 when the one flat noise
+    # draw picked its dtype. The draw is float32 for both: the float32 leaf gets the all-float32
+    # sample exactly, the bfloat16 leaf it within bfloat16's rounding of mean + std * eps (<= 2).
+    mixed = {"w": jnp.ones(3, jnp.bfloat16), "b": jnp.ones(2)}
+    as32 = jax.tree.map(lambda x: x.astype(jnp.float32), mixed)
+    got = jr.variational.sample(jax.random.key(0), jr.variational.init(mixed, init_std=0.5))
+    ref = jr.variational.sample(jax.random.key(0), jr.variational.init(as32, init_std=0.5))
+    assert got["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(got["b"], ref["b"])
+    bf16_eps = float(jnp.finfo(jnp.bfloat16).eps)
+    np.testing.assert_allclose(np.asarray(got["w"], np.float32), ref["w"], rtol=0, atol=3 * bf16_eps * 2)
