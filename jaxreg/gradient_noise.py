@@ -10,6 +10,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _random, _rebuild
+from jaxreg._tree import default_float
 
 __all__ = ["GradientNoiseState", "add_gradient_noise"]
 
@@ -20,8 +21,8 @@ class GradientNoiseState(NamedTuple):
     Attributes:
       count: number of updates seen (int32, stays at its maximum as optax's); ``t`` of the variance.
       key: the PRNG key of the next update's noise (a leaf: one per member under ``vmap``).
-      eta: the noise scale (float32 leaf).
-      gamma: the annealing exponent (float32 leaf).
+      eta: the noise scale (a leaf of the default float: float64 under x64, as ``ema``'s decay).
+      gamma: the annealing exponent (likewise).
     """
 
     count: jax.Array
@@ -77,17 +78,17 @@ def add_gradient_noise(eta: ArrayLike, gamma: ArrayLike = 0.55, *, key: jax.Arra
     def init_fn(params: Any) -> GradientNoiseState:
         del params
         return GradientNoiseState(
-            jnp.zeros([], jnp.int32), key, jnp.asarray(eta, jnp.float32), jnp.asarray(gamma, jnp.float32)
+            jnp.zeros([], jnp.int32), key, jnp.asarray(eta, default_float()), jnp.asarray(gamma, default_float())
         )
 
     def update_fn(updates, state, params=None):
         del params
         if _rebuild.rebuilt():  # rebuilt by jr.sweepable for this step: its values are this step's
-            state = state._replace(eta=jnp.asarray(eta, jnp.float32), gamma=jnp.asarray(gamma, jnp.float32))
+            state = state._replace(eta=jnp.asarray(eta, default_float()), gamma=jnp.asarray(gamma, default_float()))
         next_key, draw = jax.random.split(state.key)
         leaves, treedef = jax.tree.flatten(updates)
         keys = jax.random.split(draw, max(len(leaves), 1))
-        t = state.count.astype(jnp.float32)
+        t = state.count.astype(state.eta.dtype)
         std = jnp.sqrt(state.eta / jnp.power(1.0 + t, state.gamma))
         noisy = [
             u + std.astype(jnp.result_type(u)) * _random.normal(k, jnp.shape(u), jnp.result_type(u))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _random
+from jaxreg._tree import default_float
 
 __all__ = ["cutmix", "mixup"]
 
@@ -44,7 +45,8 @@ def _check_batch(where: str, x: Any, y: Any, min_ndim: int) -> tuple[jax.Array, 
 
 def _check_alpha(where: str, alpha: Any) -> jax.Array:
     _checks.check_positive("alpha", alpha, where, scalar=True)
-    return jnp.asarray(alpha, jnp.float32)
+    # the default float: under x64 alpha, lambda and the box's area fraction are float64
+    return jnp.asarray(alpha, default_float())
 
 
 def _mix(lam: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -89,7 +91,7 @@ def mixup(rng: jax.Array, x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> tuple
     _random.check_key(rng, "mixup")
     a = _check_alpha("mixup", alpha)
     x, y = _check_batch("mixup", x, y, 1)
-    lam = jax.random.beta(rng, a, a, dtype=jnp.float32)
+    lam = jax.random.beta(rng, a, a, dtype=a.dtype)
     return _mix(lam, x, jnp.flip(x, 0)), _mix(lam, y, jnp.flip(y, 0))
 
 
@@ -140,10 +142,10 @@ def cutmix(rng: jax.Array, x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> tupl
         raise ValueError(f"cutmix: x must be images (N, H, W, C), got x.shape = {x.shape}.")
     height, width = x.shape[1], x.shape[2]
     k_lam, k_y, k_x = jax.random.split(rng, 3)
-    lam = jax.random.beta(k_lam, a, a, dtype=jnp.float32)
+    lam = jax.random.beta(k_lam, a, a, dtype=a.dtype)
     cut = jnp.sqrt(1.0 - lam)
-    cut_h = jnp.floor(jnp.float32(height) * cut).astype(jnp.int32)
-    cut_w = jnp.floor(jnp.float32(width) * cut).astype(jnp.int32)
+    cut_h = jnp.floor(height * cut).astype(jnp.int32)
+    cut_w = jnp.floor(width * cut).astype(jnp.int32)
     cy = jax.random.randint(k_y, (), 0, height, dtype=jnp.int32)
     cx = jax.random.randint(k_x, (), 0, width, dtype=jnp.int32)
     y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
@@ -154,6 +156,6 @@ def cutmix(rng: jax.Array, x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> tupl
     in_cols = (cols >= x0) & (cols < x1)
     box = in_rows[:, None] & in_cols[None, :]
     x_mixed = jnp.where(box[None, :, :, None], jnp.flip(x, 0), x)
-    area = ((y1 - y0) * (x1 - x0)).astype(jnp.float32)
-    lam_area = 1.0 - area / jnp.float32(height * width)
+    area = ((y1 - y0) * (x1 - x0)).astype(a.dtype)
+    lam_area = 1.0 - area / (height * width)
     return x_mixed, _mix(lam_area, y, jnp.flip(y, 0))

@@ -44,6 +44,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.typing import ArrayLike
 
 from jaxreg import _checkpoint, _checks, _chunking, _random
+from jaxreg._tree import wider_dtype
 from jaxreg.early_stopping import EarlyStopping, EarlyStoppingState, checked_retrain_budget, freeze_stopped
 from jaxreg.pruning import SuccessiveHalving
 
@@ -320,7 +321,14 @@ def _split_eval(out: Any) -> tuple[jax.Array, jax.Array]:
         loss, metric = out
     else:
         loss = metric = out
-    return jnp.asarray(loss, jnp.float32), jnp.asarray(metric, jnp.float32)
+    return _at_least_float32(loss), _at_least_float32(metric)
+
+
+def _at_least_float32(x: Any) -> jax.Array:
+    """A float64 value stays float64 for the stopper and the rungs (rounded to float32 it tied
+    values 1e-9 apart under x64); the history records hold float32."""
+    x = jnp.asarray(x)
+    return x.astype(wider_dtype(x.dtype, jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
 
 
 # ----------------------------------------------------------------------------- the compiled chunk
@@ -507,7 +515,8 @@ def _evaluate(
         at_rung = jnp.any(eval_index == jnp.asarray(plan.rungs, jnp.int32))
         pruned = jnp.logical_and(at_rung, jnp.logical_and(running, jnp.logical_not(keep)))
         es = es._replace(stopped=jnp.logical_or(es.stopped, pruned))
-    return es, jnp.where(active, val_loss, nan), jnp.where(active, metric, nan), pruned
+    records = [jnp.where(active, v.astype(jnp.float32), nan) for v in (val_loss, metric)]
+    return es, *records, pruned
 
 
 @functools.partial(jax.jit, static_argnames=("plan",))

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg import _checks
-from jaxreg._tree import is_float, wider_dtype
+from jaxreg._tree import compute_dtype, is_float, wider_dtype
 from jaxreg.penalties import Penalty, non_separable, without_prox
 
 PyTree = Any
@@ -154,6 +154,27 @@ def _stepped(params: PyTree, updates: PyTree) -> PyTree:
         return (jnp.asarray(p, wide) + jnp.asarray(u, wide)).astype(jnp.result_type(p))
 
     return jax.tree.map(one, updates, params, is_leaf=_is_none)
+
+
+def _per_coordinate_step(lr: jax.Array, nu_hat: jax.Array, eps: float, eps_root: float) -> jax.Array:
+    """Adam's step size ``lr / (sqrt(nu_hat + eps_root) + eps)`` per coordinate."""
+    lr, nu_hat = _with_lr(lr, nu_hat)
+    return lr / (jnp.sqrt(nu_hat + eps_root) + eps)
+
+
+def _lr_times(lr: jax.Array, direction: jax.Array) -> jax.Array:
+    lr, direction = _with_lr(lr, direction)
+    return lr * direction
+
+
+def _with_lr(lr: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``lr`` and ``x`` in one dtype. A Python-number learning rate (weakly typed) takes ``x``'s, as
+    in optax's ``scale_by_learning_rate``; a float32 one (a schedule's) beside a half-precision
+    ``x`` meets it in float32 (strict promotion refused the pair)."""
+    if getattr(lr, "weak_type", False):
+        return lr, x
+    dtype = wider_dtype(compute_dtype(x.dtype), lr)
+    return lr.astype(dtype), x.astype(dtype)
 
 
 def _delta(new: PyTree, params: PyTree, updates: PyTree) -> PyTree:
@@ -315,11 +336,13 @@ def proximal_adam(
             nu_hat = optax.tree.bias_correction(adam_state.nu, b2, adam_state.count)
         # integer leaves have no step (their nu is no variance; the prox leaves them alone)
         steps = jax.tree.map(
-            lambda v, p: lr / (jnp.sqrt(v + eps_root) + eps) if is_float(p) else jnp.zeros([], jnp.result_type(lr)),
+            lambda v, p: (
+                _per_coordinate_step(lr, v, eps, eps_root) if is_float(p) else jnp.zeros([], jnp.result_type(lr))
+            ),
             nu_hat,
             params,
         )
-        z = jax.tree.map(lambda p, d: p - (lr * d).astype(p.dtype) if is_float(p) else p, params, direction)
+        z = jax.tree.map(lambda p, d: p - _lr_times(lr, d).astype(p.dtype) if is_float(p) else p, params, direction)
         new = penalty.prox(z, steps)
         # Adam only moves floating-point leaves: an integer leaf's update passes through unchanged.
         deltas = jax.tree.map(

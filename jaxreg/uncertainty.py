@@ -395,7 +395,7 @@ def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, *, num_bins:
     labels = labels.astype(jnp.int32)
     acc = compute_dtype(probs.dtype)  # float32 at least (an int8 one-hot sum wrapped: floats above)
     confidence = jnp.max(probs, axis=-1).astype(acc)
-    correct = (jnp.argmax(probs, axis=-1) == labels).astype(acc)
+    correct = (jnp.argmax(probs, axis=-1).astype(jnp.int32) == labels).astype(acc)  # int64 under x64
     # ceil(conf * B) in float64, where the product of a float32 and a small integer is exact
     with jax.enable_x64(True):
         bins = (jnp.ceil(confidence.astype(jnp.float64) * num_bins) - 1).astype(jnp.int32)

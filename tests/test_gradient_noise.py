@@ -33,6 +33,19 @@ def test_variance_follows_eta_over_one_plus_t_to_the_gamma():
     assert abs(np.corrcoef(noise[0], noise[1])[0, 1]) < 6 / np.sqrt(n)
 
 
+def test_under_x64_eta_and_the_noise_scale_are_float64():
+    # eta and gamma were float32 leaves whatever the mode: under x64 the stddev ratio of two etas
+    # on the same key was float32-exact only (5.9e-8 off sqrt(1/3)).
+    with jax.enable_x64(True):
+        u = jnp.zeros(4, jnp.float64)
+        a, b = (jr.add_gradient_noise(eta, 0.55, key=jax.random.key(0)) for eta in (0.01, 0.03))
+        na, state = a.update(u, a.init(u))
+        nb, _ = b.update(u, b.init(u))
+        assert state.eta.dtype == jnp.float64 and float(state.eta) == 0.01 and na.dtype == jnp.float64
+        # the same normal draw, scaled by sqrt(eta): the ratio to a few float64 ulps
+        np.testing.assert_allclose(np.asarray(na) / np.asarray(nb), np.sqrt(1 / 3), rtol=8 * np.finfo(np.float64).eps)
+
+
 def test_members_built_from_split_keys_get_independent_noise():
     members, n = 4, 20000
     keys = jax.random.split(jax.random.key(1), members)

@@ -93,6 +93,21 @@ def test_cutmix_box_and_labels_by_actual_area():
         np.testing.assert_allclose(ym, ref, atol=4 * EPS32)
 
 
+def test_cutmix_labels_are_the_exact_pixel_share_in_float64_under_x64():
+    # The area fraction was computed in float32 (7x7 images: 0.918367326 for 45/49) and lambda
+    # drawn in float32, x64 on or not; under x64 they are float64, so the share is exact there.
+    with jax.enable_x64(True):
+        x = _constant_images(2, 7, 7).astype(jnp.float64)
+        y = jnp.eye(2, dtype=jnp.float64)
+        for seed in range(6):
+            xm, ym = jr.cutmix(jax.random.key(seed), x, y, 1.0)
+            assert ym.dtype == jnp.float64
+            share = float(np.mean(np.asarray(xm)[0, ..., 0] != np.asarray(x)[0, ..., 0]))
+            assert float(ym[0, 1]) == pytest.approx(share, rel=0, abs=4 * np.finfo(np.float64).eps)
+        _, ym = jr.mixup(jax.random.key(0), x, y, 0.4)
+        assert ym.dtype == jnp.float64
+
+
 def _timm_box_areas(rng, alpha, h, w, k):
     """timm.data.mixup.rand_bbox (margin 0) with lam ~ Beta(alpha, alpha): area fractions and box heights."""
     out = []

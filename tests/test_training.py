@@ -773,3 +773,40 @@ def test_a_resume_in_a_new_process_is_not_refused_for_static_fields(tmp_path):
     resumed = jr.fit(wrapped(second), lambda s, d: evaluate(s.inner, d), Holder(S0, second), TRAIN, VAL,
                      checkpoint_dir=tmp_path, **run)  # fmt: skip
     assert stop == [8] and resumed.num_steps == 16
+
+
+def test_under_x64_a_float64_metric_reaches_the_stopper_unrounded():
+    # fit cast eval_fn's values to float32 before the early-stopping update: metrics 1e-9 apart
+    # tied, and a member that improves at every evaluation stopped at the second. EarlyStopping
+    # itself compares float64 metrics without rounding; fit gives it the same values. The
+    # history keeps float32 records.
+    with jax.enable_x64(True):
+
+        def step(state, batch, rng):
+            return state + 1, jnp.zeros((), jnp.float64)
+
+        def evaluate(state, data):
+            return 1.0 - 1e-9 * state.astype(jnp.float64)  # strictly improving in float64
+
+        x = jnp.zeros((8, 1))
+        res = jr.fit(
+            step,
+            evaluate,
+            jnp.zeros((), jnp.int32),
+            (x,),
+            (x,),
+            rng=jax.random.key(0),
+            num_steps=40,
+            batch_size=4,
+            eval_every=5,
+            early_stopping=jr.EarlyStopping(1),
+        )
+        stopper = jr.EarlyStopping(1)
+        ref = stopper.init(jnp.zeros((), jnp.int32))
+        for n in range(5, 45, 5):
+            ref = stopper.update(ref, 1.0 - 1e-9 * n, jnp.asarray(n, jnp.int32))
+        assert not bool(ref.stopped) and int(ref.best_step) == 7
+        assert bool(res.stopping.stopped) == bool(ref.stopped)
+        assert int(res.stopping.best_step) == int(ref.best_step)
+        assert float(res.stopping.best_metric) == float(ref.best_metric)
+        assert res.history.val_loss.dtype == jnp.float32

@@ -194,6 +194,30 @@ def test_proximal_and_proximal_adam_take_optax_schedules_under_strict_promotion(
     np.testing.assert_allclose(x, y, rtol=16 * EPS)
 
 
+@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16])
+def test_proximal_adam_of_half_leaves_with_a_schedule_is_adam_in_float32_rounded(half):
+    # A schedule's float32 learning rate met a half leaf's second moment under strict promotion
+    # (on for the tests) and failed. The step is taken in float32 and rounded once: with a zero
+    # penalty, the float32 params' Adam run (optax, the same schedule) rounded to the half dtype.
+    schedule = optax.linear_schedule(0.5, 0.1, transition_steps=3)
+    w = jnp.array([3.0, -3.0, 0.25])
+    grads = [jnp.array([0.3, -1.0, 0.5]), jnp.array([-0.2, 0.5, 0.25]), jnp.array([1.0, 0.125, -0.5])]
+    opt = jr.proximal_adam(jr.l1(0.0), schedule)
+    state, x = opt.init(w.astype(half)), w.astype(half)
+    with jax.numpy_dtype_promotion("standard"):
+        ref = optax.adam(schedule)
+        ref_state, y = ref.init(w), w
+    for g in grads:
+        u, state = opt.update(g.astype(half), state, x)
+        assert u.dtype == half
+        x = optax.apply_updates(x, u)
+        with jax.numpy_dtype_promotion("standard"):
+            v, ref_state = ref.update(g, ref_state, y)
+            y = optax.apply_updates(y, v)
+        # one step's movement (<= lr) is rounded once per step into x: a few half ulps of |x| <= 4
+        np.testing.assert_allclose(np.asarray(x, np.float32), y, rtol=0, atol=4 * float(jnp.finfo(half).eps) * 4)
+
+
 def test_proximal_adam_zero_penalty_is_adam_and_l1_threshold_is_per_coordinate():
     params = _params()
     for a, b in zip(_run(jr.proximal_adam(jr.l1(0.0), 1e-2), params), _run(optax.adam(1e-2), params)):

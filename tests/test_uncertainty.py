@@ -126,6 +126,20 @@ def test_ece_of_integer_one_hot_probabilities_is_the_float_ece(dtype):
     assert float(jr.expected_calibration_error(probs, labels)) == _np_ece(np.asarray(probs, np.float64), labels, 15)
 
 
+@pytest.mark.parametrize("label_dtype", [np.int64, np.int32, np.uint8, np.bool_])
+def test_ece_under_x64_is_numpys_float64_ece(label_dtype):
+    # argmax is int64 under x64 and the labels were int32: strict promotion (on for the tests)
+    # refused comparing them, for every label dtype.
+    rng = np.random.default_rng(3)
+    probs = _np_softmax(rng.normal(size=(200, 2)) * 2.0)
+    labels = rng.integers(0, 2, size=200).astype(label_dtype)
+    with jax.enable_x64(True):
+        got = jr.expected_calibration_error(jnp.asarray(probs, jnp.float64), jnp.asarray(labels))
+        assert got.dtype == jnp.float64
+    # float64 sums of 200 terms <= 1: 200 ulps
+    assert float(got) == pytest.approx(_np_ece(probs, labels.astype(np.int64), 15), abs=200 * np.finfo(np.float64).eps)
+
+
 def test_integer_samples_give_the_float_moments_and_entropies():
     # Under strict dtype promotion (on for the tests) integer or bool samples met a float and
     # failed; their statistics are those of the same values as floats.
