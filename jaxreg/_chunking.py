@@ -119,6 +119,20 @@ def explicit_shards(tree: PyTree) -> int:
     return ways
 
 
+def placed_shards(tree: PyTree) -> int:
+    """How many devices the leading axis of ``tree``'s arrays is split over, on any mesh.
+
+    As :func:`explicit_shards`, and also a concrete array placed on a mesh of automatic axes
+    (its ``.sharding``; its type says nothing): a chosen chunk is rounded to these devices, or
+    XLA gathers every item onto every device to cut chunks that do not split.
+    """
+    ways = explicit_shards(tree)
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and jnp.ndim(leaf) > 0:
+            ways = math.lcm(ways, leading_axis_devices(leaf.sharding))
+    return ways
+
+
 def leading_axis_devices(sharding: Any) -> int:
     """How many devices a (named) sharding splits an array's leading axis over; 1 for none."""
     spec = getattr(sharding, "spec", None)
@@ -539,7 +553,7 @@ def _choose(
     if chunk_size is not None:
         return max(1, min(int(chunk_size), num)), None
     static = max(1, min(int(static), num))
-    ways = explicit_shards(args if items is None else items)
+    ways = placed_shards(args if items is None else items)
     if ways > 1 and static < num:  # chunks must split evenly over the devices (explicit sharding)
         static = min(num, -(-static // ways) * ways)
     if num <= 1 or item_jaxpr is None or not autotune_enabled() or jax.device_count() > 1:

@@ -194,7 +194,15 @@ def call(program: Callable[..., Any], *args: Any, compiled: bool = True) -> Any:
       ``program(*args)``.
     """
     bound = bind(program, *args) if compiled else None
-    return program(*args) if bound is None else bound()
+    if bound is None:
+        return program(*args)
+    try:
+        return bound()
+    except ValueError:
+        # jit's own argument checks (devices, placements) name the cached program's inputs and
+        # print the whole program; called as it is, the program raises jax's error about the
+        # caller's own arguments (or runs, where op by op jax places them itself).
+        return program(*args)
 
 
 def bind(program: Callable[..., Any], *args: Any) -> Callable[[], Any] | None:

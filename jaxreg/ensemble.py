@@ -399,6 +399,24 @@ def _broadcast_axes(in_axes: Any, args: tuple[Any, ...]) -> list[Any]:
     return axes
 
 
+def _check_member_axis_sharding(named: list[tuple[str, Any, int]], where: str) -> None:
+    """On a mesh of explicit axes every mapped leaf splits its member axis alike (jax's vmap
+    refused the mix naming no argument: "inconsistent axis specs: m vs None")."""
+    first = None
+    for label, x, member_axis in named:
+        spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None) or ()
+        # None too off a mesh of explicit axes (nothing in the type)
+        axis = spec[member_axis] if member_axis < len(spec) else None
+        axis = axis[0] if isinstance(axis, tuple) and len(axis) == 1 else axis
+        if first is None:
+            first = (label, axis)
+        elif axis != first[1]:
+            raise ValueError(
+                f"{where}: the mapped arguments split the member axis differently over the mesh: {label} over "
+                f"{axis!r}, {first[0]} over {first[1]!r}; place every mapped argument alike (jr.ensemble.shard)."
+            )
+
+
 def map(
     fn: Callable[..., PyTree],
     *,
@@ -490,6 +508,9 @@ def map(
                     f"members, leaf {_leaf_name(first)!r} has {n}."
                 )
             moved[i] = x
+        _check_member_axis_sharding(
+            [(f"leaf {_leaf_name(flat[i][0])!r}", moved[i], 0) for i in positions], "ensemble.map"
+        )
 
         consts = [None if i in moved else leaf for i, leaf in enumerate(leaves)]
         xs = [moved[i] for i in positions]
@@ -659,6 +680,18 @@ def train_step(
         for name, tree, axis in (("opt_state", opt_state, 0), ("batch", batch, batch_axis), ("rng", keys, 0)):
             _check_members(tree, n, axis, name, "ensemble.train_step")
         _check_members(hparams, n, 0, "hparams", "ensemble.train_step")
+        mapped = {"params": (params, 0), "opt_state": (opt_state, 0), "batch": (batch, batch_axis), "rng": (keys, 0)}
+        mapped["hparams"] = (hparams, 0)
+        _check_member_axis_sharding(
+            [
+                (f"{name} leaf {_leaf_name(path)!r}", leaf, axis % jnp.ndim(leaf))
+                for name, (tree, axis) in mapped.items()
+                if axis is not None
+                for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+                if jnp.ndim(leaf) > 0
+            ],
+            "ensemble.train_step",
+        )
         return map(member_step, in_axes=(0, 0, batch_axis, 0, 0), chunk_size=chunk_size)(
             params, opt_state, batch, keys, hparams
         )

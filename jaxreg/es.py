@@ -384,17 +384,48 @@ def _gradient_on_mesh(
         chunk = _static_dirs(local, _item_jaxpr(loss_fn, treedef, antithetic, leaves, rng, sigma))
     axes = tuple(mesh.axis_names)
     replicated = jax.sharding.PartitionSpec()
-
-    def body(p: PyTree, r: jax.Array, s: jax.Array) -> PyTree:
-        return _estimate(loss_fn, p, r, s, population, antithetic, fitness_shaping, chunk, where, axes)
-
-    run = jax.shard_map(body, mesh=mesh, in_specs=(replicated, replicated, replicated), out_specs=replicated)
     # The inputs replicated on the mesh first (params sharded over it would not match in_specs).
     everywhere = jax.sharding.NamedSharding(mesh, replicated)
     explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
     place = jax.sharding.reshard if explicit else jax.lax.with_sharding_constraint
     params, rng, sigma = jax.tree.map(lambda x: place(x, everywhere), (params, rng, jnp.asarray(sigma)))
-    return _eager.call(run, params, rng, sigma)
+    loss_of, closure = _closure_as_arguments(loss_fn, params)
+    closure = jax.tree.map(lambda x: place(x, everywhere), closure)
+
+    def body(p: PyTree, r: jax.Array, s: jax.Array, c: list[Any]) -> PyTree:
+        loss = loss_fn if loss_of is None else loss_of(c)
+        return _estimate(loss, p, r, s, population, antithetic, fitness_shaping, chunk, where, axes)
+
+    # A replayed loss was traced outside the map: its equations carry no varying-axes types to check.
+    run = jax.shard_map(
+        body, mesh=mesh, in_specs=(replicated,) * 4, out_specs=replicated, check_vma=loss_of is None
+    )
+    return _eager.call(run, params, rng, sigma, closure)
+
+
+def _closure_as_arguments(loss_fn: Callable[[PyTree], Any], params: PyTree) -> tuple[Callable | None, list[Any]]:
+    """``loss_fn``'s closed-over arrays as arguments, where one is on a mesh of explicit axes.
+
+    ``jax.shard_map`` cannot close over such an array (a batch placed with ``jax.make_mesh``'s
+    default axes: ``NotImplementedError``); traced once here, the loss is replayed from its jaxpr
+    with them passed in. Returns ``(loss_of, consts)``, ``loss_of(consts)`` the loss, or
+    ``(None, [])`` where ``loss_fn`` is used as it is.
+    """
+    closed, shape = jax.make_jaxpr(loss_fn, return_shape=True)(params)
+    if not any(_on_explicit_mesh(c) for c in closed.consts):
+        return None, []
+    out_tree = jax.tree.structure(shape)
+
+    def loss_of(consts: list[Any]) -> Callable[[PyTree], Any]:
+        return lambda p: jax.tree.unflatten(out_tree, jax.core.eval_jaxpr(closed.jaxpr, consts, *jax.tree.leaves(p)))
+
+    return loss_of, list(closed.consts)
+
+
+def _on_explicit_mesh(x: Any) -> bool:
+    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+    axis_types = getattr(mesh, "axis_types", ()) if mesh is not None and not mesh.empty else ()
+    return any(t == jax.sharding.AxisType.Explicit for t in axis_types)
 
 
 def gradient(

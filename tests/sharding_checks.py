@@ -313,3 +313,65 @@ def test_es_population_must_split_evenly_over_the_mesh():
         jr.es.value_and_gradient(
             _es_loss, _ES_PARAMS, jax.random.key(0), sigma=0.1, population=12, antithetic=False, mesh=mesh
         )
+
+
+def test_automatic_chunks_outside_jit_split_over_a_mesh_of_automatic_axes():
+    from jaxreg import _chunking
+
+    # Outside jit an array placed on automatic axes says where it is (.sharding; its type does
+    # not): the static rule's 3 members per chunk became chunks that did not split, and XLA
+    # gathered every member onto every device. Inside jit its type says nothing: 3 stays.
+    x = jr.ensemble.shard(jnp.zeros((N, 2)), _auto_mesh())
+    assert _chunking.placed_shards([x]) == 8 and _chunking.explicit_shards([x]) == 1
+    assert _chunking.resolve_chunk(None, N, where="t", program=None, args=([x],), item_jaxpr=None, static=3) == 8
+    w = jr.ensemble.shard(jax.random.normal(jax.random.key(0), (N, 3, 2)), _auto_mesh())
+    out = jr.ensemble.map(lambda w, v: jnp.tanh(v @ w), in_axes=(0, None))(w, jnp.ones((5, 3)))
+    assert out.sharding.spec[0] == "members"  # members stay split: no gather
+    # tanh of 3-term products, |y| <= 1
+    chex.assert_trees_all_close(out, jax.vmap(lambda w: jnp.tanh(jnp.ones((5, 3)) @ w))(w), rtol=0, atol=4 * EPS32)
+
+
+@pytest.mark.parametrize("spec", [(), ("pop",)])
+def test_es_split_over_explicit_axes_takes_a_loss_closing_over_a_batch_placed_on_the_mesh(spec):
+    # jax.shard_map cannot close over an array on a mesh of explicit axes (NotImplementedError):
+    # the loss's closed-over arrays are passed in as arguments. Eager and under jit, the
+    # one-device estimate.
+    mesh = jax.make_mesh((8,), ("pop",))
+    placed = jax.device_put(_ES_X, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec)))
+    kw = dict(sigma=1.0, population=32)
+    whole = jr.es.gradient(_es_loss, _ES_PARAMS, jax.random.key(0), **kw)
+    eager = jr.es.gradient(lambda p: _es_loss(p, placed), _ES_PARAMS, jax.random.key(0), mesh=mesh, **kw)
+    jitted = jax.jit(lambda p, k, x: jr.es.gradient(lambda q: _es_loss(q, x), p, k, mesh=mesh, **kw))
+    for got in (eager, jitted(_ES_PARAMS, jax.random.key(0), placed)):
+        chex.assert_trees_all_close(got, whole, rtol=0, atol=32 * EPS32 * 12)
+
+
+def test_an_eager_placement_error_names_the_callers_argument_not_the_cached_program():
+    # Called outside jit through the eager cache, jit's placement check named the cached
+    # program's input and printed the whole program (1.5 to 29 thousand characters).
+    params = jr.ensemble.shard(jnp.ones((N, 3)), _mesh())
+    x = jax.device_put(jnp.ones((5, 3)), jax.devices()[5])
+    with pytest.raises(ValueError, match="incompatible devices") as info:
+        jr.ensemble.map(lambda p, v: v @ p, in_axes=(0, None), chunk_size=8)(params, x)
+    assert "lambda ;" not in str(info.value) and len(str(info.value)) < 1000, str(info.value)[:300]
+
+
+@pytest.mark.parametrize("unplaced", ["hparams", "rng", "batch"])
+def test_train_step_names_a_mapped_argument_placed_unlike_the_params(unplaced):
+    # vmap refused the mix naming no argument ("inconsistent axis specs: members vs None").
+    params, state, batch, _ = _setup()
+    hp = jnp.linspace(0.1, 1.0, N)
+    keys = jax.random.split(jax.random.key(0), N)
+    args = dict(
+        zip(
+            ("params", "state", "batch", "rng", "hparams"), jr.ensemble.shard((params, state, batch, keys, hp), _mesh())
+        )
+    )
+    args[unplaced] = {"hparams": hp, "rng": keys, "batch": batch}[unplaced]
+    loss = lambda p, b, r, h: h * _loss(p, b, r, lambda q: 0.0)  # noqa: E731
+    step = jax.jit(jr.ensemble.train_step(loss, _OPT, batch_axis=0))
+    with pytest.raises(
+        ValueError,
+        match=rf"^ensemble.train_step: the mapped arguments split the member axis differently over the mesh: {unplaced} leaf .* over None, params leaf .* over 'members'",
+    ):
+        step(*args.values())
