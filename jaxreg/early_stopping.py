@@ -131,6 +131,12 @@ def _check_mode(where: str, mode: Any) -> None:
         raise ValueError(f'{where}: mode must be "min" or "max", got mode = {mode!r}.')
 
 
+def _own_copy(x: Any) -> Any:
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return jnp.array(x, copy=True)
+    return x  # under a trace the state's outputs are the program's own; numpy and numbers as given
+
+
 def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> tuple[jax.Array, Any]:
     """The metric in its own float dtype (ints and bools in the state's), and the comparison dtype.
 
@@ -323,7 +329,10 @@ class EarlyStopping(metaclass=_CheckedConstruction):
         return _repr(self, "EarlyStopping")
 
     def init(self, params: PyTree, *, dtype: Any = None) -> EarlyStoppingState:
-        """The state before any update: no best metric yet, ``best_params = params``.
+        """The state before any update: no best metric yet, ``best_params`` a copy of ``params``.
+
+        The copy is the state's own (outside ``jit``): a step that donates both the params and
+        this state would otherwise donate one buffer twice.
 
         Args:
           params: the pytree to snapshot (params, or a whole training state).
@@ -337,7 +346,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
         worst = jnp.inf if self.mode == "min" else -jnp.inf
         return EarlyStoppingState(
             best_metric=jnp.full([], worst, dtype),
-            best_params=params,
+            best_params=jax.tree.map(_own_copy, params),
             best_step=jnp.full([], -1, jnp.int32),
             step=jnp.zeros([], jnp.int32),
             wait=jnp.zeros([], jnp.int32),

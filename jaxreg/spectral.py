@@ -479,7 +479,10 @@ def orthogonalize(*, mask: Any = None) -> Orthogonalize:
       = \arg\min_{Q:\ Q^\top Q = I \text{ or } Q Q^\top = I} \|Q - M\|_F
 
     For a tall :math:`M` (``rows >= columns``) the columns come out orthonormal, for a wide one
-    the rows. A constraint for :func:`jaxreg.project` (stateless) or a direct call.
+    the rows. A constraint for :func:`jaxreg.project` (stateless) or a direct call. Its first
+    derivative is in closed form, finite at repeated singular values (every orthogonal matrix);
+    a second derivative there (a Hessian at an already orthogonal matrix) goes through the SVD's
+    own derivative and is NaN.
 
     Args:
       mask: which leaves; default every leaf with ``ndim >= 2``.

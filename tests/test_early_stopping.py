@@ -1,5 +1,6 @@
 """EarlyStopping against a plain-Python reference of the rule, inside scan, while_loop and vmap."""
 
+import functools
 import math
 import re
 
@@ -678,3 +679,22 @@ def test_a_metric_that_is_not_a_number_is_refused_by_name():
         stopper.update(stopper.init(jnp.zeros(3)), "loss", jnp.zeros(3))
     with pytest.raises(ValueError, match=r"^ReduceOnPlateau.update: metric must be a number .*, got metric = None\."):
         plateau.update(plateau.init(), None)
+
+
+def test_init_holds_its_own_copy_so_a_step_may_donate_params_and_state():
+    # best_params was the caller's own arrays: a jitted step donating both the params and the
+    # stopper state donated one buffer twice (an INVALID_ARGUMENT error from XLA).
+    stopper = jr.EarlyStopping(3)
+    params = {"w": jnp.arange(3.0)}
+    state = stopper.init(params)
+    assert state.best_params["w"] is not params["w"]
+    np.testing.assert_array_equal(state.best_params["w"], params["w"])
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        params = jax.tree.map(lambda w: w * 0.5, params)
+        return params, stopper.update(state, jnp.sum(params["w"]), params)
+
+    params, state = step(params, state)
+    assert float(state.best_metric) == 1.5 and int(state.best_step) == 0
+    np.testing.assert_array_equal(state.best_params["w"], [0.0, 0.5, 1.0])
