@@ -76,7 +76,8 @@ def _rerun_with_malloc_tuning(args: argparse.Namespace) -> dict[str, Any]:
     """Re-runs the benchmark in a subprocess with the glibc tuning variables set."""
     env = dict(os.environ)
     env.update(common.MALLOC_TUNING)
-    json_path = args.json
+    # the child runs in the checkout (cwd=REPO_ROOT): a relative path is the caller's, made absolute
+    json_path = None if args.json is None else os.path.abspath(args.json)
     tmp = None
     if json_path is None:
         tmp = REPO_ROOT / f".bench-{os.getpid()}.json"
@@ -203,12 +204,8 @@ def _run_here(settings: Settings, json_path: str | None, wanted: set[str] | None
 
 def target_met(row: dict[str, Any]) -> bool | None:
     """Whether the row's ratio meets its target (``">= x ..."``); ``None`` without either."""
-    target, ratio = row.get("target") or "", row.get("ratio")
-    if not target.startswith(">=") or ratio is None:
-        return None
-    try:
-        bound = float(target[2:].split()[0])
-    except ValueError:
+    bound, ratio = _target_bound(row), row.get("ratio")
+    if bound is None or ratio is None:
         return None
     return bool(ratio >= bound)
 
@@ -229,15 +226,33 @@ def _fmt(x: float | None, digits: int = 1) -> str:
     return f"{x:.{digits}f}"
 
 
+def _target_bound(row: dict[str, Any]) -> float | None:
+    target = row.get("target") or ""
+    if not target.startswith(">="):
+        return None
+    try:
+        return float(target[2:].split()[0])
+    except ValueError:
+        return None
+
+
+def _fmt_ratio(ratio: float, bound: float | None) -> str:
+    """Two decimals; more where two would round a missed target up to its bound (0.9695 is not 0.97)."""
+    digits = 2
+    while bound is not None and ratio < bound <= float(f"{ratio:.{digits}f}") and digits < 8:
+        digits += 1
+    return f"{ratio:.{digits}f}"
+
+
 def format_rows(result: dict[str, Any]) -> list[list[str]]:
     """Table cells: section, workload, jaxreg, value, baseline, value, unit, ratio [IQR], target, note."""
     out = []
     for r in result["rows"]:
         quartiles = r.get("ratio_q25") is not None and r.get("ratio_q75") is not None
         if r["ratio"] is not None and r["status"] == "ok" and quartiles:
-            ratio = f"{r['ratio']:.2f} [{r['ratio_q25']:.2f}-{r['ratio_q75']:.2f}]"
+            ratio = f"{_fmt_ratio(r['ratio'], _target_bound(r))} [{r['ratio_q25']:.2f}-{r['ratio_q75']:.2f}]"
         elif r["ratio"] is not None:
-            ratio = f"{r['ratio']:.2f}"
+            ratio = _fmt_ratio(r["ratio"], _target_bound(r))
         else:
             ratio = r["status"] if r["status"] not in ("ok", "info") else "-"
         out.append(

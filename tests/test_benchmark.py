@@ -375,16 +375,22 @@ def test_table_prints_a_ratio_without_quartiles():
     cells = run.format_rows({"rows": [row, paired]})
     assert cells[0][7] == f"{38400 / 2520:.2f}"
     assert cells[1][7] == "2.00 [1.50-2.50]"
+    # A missed target is never printed rounded up to its bound beside "(missed)".
+    near = [{**row, "ratio": r, "target": ">= 0.97 (within 3%)"} for r in (0.9695, 0.96999, 0.971, 0.9649)]
+    cells = run.format_rows({"rows": near})
+    assert [c[7] for c in cells] == ["0.9695", "0.96999", "0.97", "0.96"]
+    assert [c[8].endswith("(missed)") for c in cells] == [True, True, False, True]
 
 
 def _bench_json(tmp_path, *extra):
-    """Runs ``jaxreg bench --tiny --json PATH`` (the runner re-executes itself with the malloc
-    tuning) and returns the JSON it wrote."""
+    """Runs ``jaxreg bench --tiny --json bench.json`` from ``tmp_path`` (the runner re-executes
+    itself with the malloc tuning, in the checkout) and returns the JSON it wrote there: a
+    relative path is the caller's (the child wrote it in the checkout, and the parent failed)."""
     out = tmp_path / "bench.json"
     code = "import sys; from jaxreg.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run(
-        [sys.executable, "-c", code, "bench", "--tiny", "--json", str(out), "--no-table", *extra],
-        cwd=str(REPO_ROOT),
+        [sys.executable, "-c", code, "bench", "--tiny", "--json", "bench.json", "--no-table", *extra],
+        cwd=str(tmp_path),
         capture_output=True,
         text=True,
         timeout=600,
