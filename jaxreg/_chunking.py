@@ -184,7 +184,9 @@ def run_chunks(
     first_block = slice_at(0)
     # A chunk's program is traced once, its jaxpr evaluated for the peeled chunk and again in the
     # loop: a second trace of the user's model (flax's Python) took half of an eager mc_dropout.
-    chunk_fn = _trace_once(block_fn, first_block) if num_chunks > 1 else block_fn
+    # Not under disable_jit, where the loop runs in Python on values (prints, Python ifs: debugging).
+    once = num_chunks > 1 and not jax.config.jax_disable_jit
+    chunk_fn = _trace_once(block_fn, first_block) if once else block_fn
     summary, first = chunk_fn(first_block)
     if num_chunks > 1:
         buffers = jax.tree.map(lambda o: jnp.repeat(jnp.expand_dims(o, 1), num_chunks, axis=1), first)

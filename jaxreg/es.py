@@ -397,10 +397,20 @@ def _gradient_on_mesh(
         return _estimate(loss, p, r, s, population, antithetic, fitness_shaping, chunk, where, axes)
 
     # A replayed loss was traced outside the map: its equations carry no varying-axes types to check.
-    run = jax.shard_map(
-        body, mesh=mesh, in_specs=(replicated,) * 4, out_specs=replicated, check_vma=loss_of is None
-    )
-    return _eager.call(run, params, rng, sigma, closure)
+    run = jax.shard_map(body, mesh=mesh, in_specs=(replicated,) * 4, out_specs=replicated, check_vma=loss_of is None)
+    if loss_of is None:
+        return _eager.call(run, params, rng, sigma, closure)
+    try:
+        return _eager.call(run, params, rng, sigma, closure)
+    except Exception as e:  # the loss itself traced fine above: what fails is its replay in the map
+        # An inner jit of the loss (jax.nn.relu, log_softmax) keeps the explicit-axes types it was
+        # traced with, which the map's manual axes refuse (NotImplementedError, ShardingTypeError).
+        raise ValueError(
+            f"{where}: with mesh=, loss_fn closes over an array placed on a mesh of explicit axes and "
+            "its program cannot be moved into jax.shard_map (an inner jit of the loss keeps that "
+            "placement); leave the arrays it closes over unplaced (as jnp.asarray makes them) or "
+            f"place them on a mesh of automatic axes. jax said: {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from e
 
 
 def _closure_as_arguments(loss_fn: Callable[[PyTree], Any], params: PyTree) -> tuple[Callable | None, list[Any]]:

@@ -171,7 +171,7 @@ def _with_lr(lr: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``lr`` and ``x`` in one dtype. A Python-number learning rate (weakly typed) takes ``x``'s, as
     in optax's ``scale_by_learning_rate``; a float32 one (a schedule's) beside a half-precision
     ``x`` meets it in float32 (strict promotion refused the pair)."""
-    if getattr(lr, "weak_type", False):
+    if not isinstance(lr, jax.Array) or lr.weak_type:  # a schedule may return a Python number
         return lr, x
     dtype = wider_dtype(compute_dtype(x.dtype), lr)
     return lr.astype(dtype), x.astype(dtype)

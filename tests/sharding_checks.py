@@ -375,3 +375,20 @@ def test_train_step_names_a_mapped_argument_placed_unlike_the_params(unplaced):
         match=rf"^ensemble.train_step: the mapped arguments split the member axis differently over the mesh: {unplaced} leaf .* over None, params leaf .* over 'members'",
     ):
         step(*args.values())
+
+
+def test_es_split_over_explicit_axes_names_a_loss_that_cannot_move_into_the_map():
+    # A loss with an inner jit (jax.nn.relu) keeps the explicit placement it was traced with:
+    # jax's NotImplementedError became a ValueError saying how to place the closed-over batch;
+    # unplaced, the same loss splits over the mesh.
+    mesh = jax.make_mesh((8,), ("pop",))
+    placed = jax.device_put(_ES_X, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    kw = dict(sigma=1.0, population=32, mesh=mesh)
+    relu_loss = lambda p, x: jnp.mean(jax.nn.relu(x @ p["w"] + p["b"][None]))  # noqa: E731
+    with pytest.raises(
+        ValueError, match=r"^es.gradient: with mesh=, loss_fn closes over an array placed on a mesh of explicit axes"
+    ):
+        jr.es.gradient(lambda p: relu_loss(p, placed), _ES_PARAMS, jax.random.key(0), **kw)
+    got = jr.es.gradient(lambda p: relu_loss(p, _ES_X), _ES_PARAMS, jax.random.key(0), **kw)
+    whole = jr.es.gradient(lambda p: relu_loss(p, _ES_X), _ES_PARAMS, jax.random.key(0), sigma=1.0, population=32)
+    chex.assert_trees_all_close(got, whole, rtol=0, atol=32 * EPS32 * 12)

@@ -355,3 +355,19 @@ def test_run_chunks_traces_the_block_once_per_shape_and_matches_vmap(n, chunk, t
     grad = jax.grad(lambda w: run(w, xs)[0])(w)
     grad_ref = jax.grad(lambda w: jnp.sum(jnp.tanh(xs @ w)))(w)
     chex.assert_trees_all_close(grad, grad_ref, rtol=0, atol=8 * n * EPS32)
+
+
+def test_under_disable_jit_each_chunk_runs_on_values():
+    # jax's way to debug: the loop over chunks runs in Python, the user's function on concrete
+    # values (a print, a Python if). Tracing the chunk once for the loop took that away.
+    seen = []
+
+    def member(w):
+        seen.append(float(w[0]))  # needs a value: a tracer has none
+        return w * 2.0 if float(w[0]) > 0.5 else w
+
+    w = jnp.linspace(0.0, 1.0, 6).reshape(6, 1)
+    with jax.disable_jit():
+        out = jr.ensemble.map(member, chunk_size=1)(w)
+    np.testing.assert_array_equal(out, np.where(np.asarray(w) > 0.5, 2 * np.asarray(w), np.asarray(w)))
+    assert seen == [float(v) for v in np.asarray(w)[:, 0]]

@@ -194,6 +194,18 @@ def test_proximal_and_proximal_adam_take_optax_schedules_under_strict_promotion(
     np.testing.assert_allclose(x, y, rtol=16 * EPS)
 
 
+@pytest.mark.parametrize("schedule", [optax.constant_schedule(0.1), lambda count: 0.1], ids=["constant", "lambda"])
+def test_proximal_adam_takes_a_schedule_returning_a_python_number(schedule):
+    # optax.constant_schedule returns its Python float as is; it is optax.adam's step, bit for bit.
+    w, g = jnp.array([0.05, -2.0]), jnp.array([0.3, -1.0])
+    opt = jr.proximal_adam(jr.l1(0.0), schedule)
+    u, _ = opt.update(g, opt.init(w), w)
+    with jax.numpy_dtype_promotion("standard"):
+        ref = optax.adam(schedule)
+        v, _ = ref.update(g, ref.init(w), w)
+    np.testing.assert_array_equal(optax.apply_updates(w, u), optax.apply_updates(w, v))
+
+
 @pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16])
 def test_proximal_adam_of_half_leaves_with_a_schedule_is_adam_in_float32_rounded(half):
     # A schedule's float32 learning rate met a half leaf's second moment under strict promotion
