@@ -45,6 +45,7 @@ An explicit ``chunk_size`` is never changed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -57,7 +58,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend import core as jax_core
 from jax.interpreters import partial_eval as pe
 
 from jaxreg import _checks, _eager
@@ -111,12 +111,7 @@ def explicit_shards(tree: PyTree) -> int:
     array's type, and a chunk of the leading axis must split evenly over those devices. 1 under
     automatic sharding (where XLA places chunks itself) or none.
     """
-    ways = 1
-    for leaf in jax.tree.leaves(tree):
-        if not isinstance(leaf, (jax.Array, jax.core.Tracer)) or jnp.ndim(leaf) == 0:
-            continue
-        ways = math.lcm(ways, leading_axis_devices(getattr(jax.typeof(leaf), "sharding", None)))
-    return ways
+    return _leading_shards(tree, placed=False)
 
 
 def placed_shards(tree: PyTree) -> int:
@@ -126,10 +121,17 @@ def placed_shards(tree: PyTree) -> int:
     (its ``.sharding``; its type says nothing): a chosen chunk is rounded to these devices, or
     XLA gathers every item onto every device to cut chunks that do not split.
     """
-    ways = explicit_shards(tree)
+    return _leading_shards(tree, placed=True)
+
+
+def _leading_shards(tree: PyTree, *, placed: bool) -> int:
+    ways = 1
     for leaf in jax.tree.leaves(tree):
-        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and jnp.ndim(leaf) > 0:
-            ways = math.lcm(ways, leading_axis_devices(leaf.sharding))
+        if not isinstance(leaf, (jax.Array, jax.core.Tracer)) or jnp.ndim(leaf) == 0:
+            continue
+        concrete = placed and not isinstance(leaf, jax.core.Tracer)
+        sharding = leaf.sharding if concrete else getattr(jax.typeof(leaf), "sharding", None)
+        ways = math.lcm(ways, leading_axis_devices(sharding))
     return ways
 
 
@@ -186,7 +188,7 @@ def run_chunks(
     # loop: a second trace of the user's model (flax's Python) took half of an eager mc_dropout.
     # Not under disable_jit, where the loop runs in Python on values (prints, Python ifs: debugging).
     once = num_chunks > 1 and not jax.config.jax_disable_jit
-    chunk_fn = _trace_once(block_fn, first_block) if once else block_fn
+    chunk_fn = functools.partial(_eager.replay, *_eager.trace(block_fn, first_block)) if once else block_fn
     summary, first = chunk_fn(first_block)
     if num_chunks > 1:
         buffers = jax.tree.map(lambda o: jnp.repeat(jnp.expand_dims(o, 1), num_chunks, axis=1), first)
@@ -207,18 +209,6 @@ def run_chunks(
         summary = combine(summary, s) if combine is not None else summary
         outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), outputs, tail)
     return summary, outputs
-
-
-def _trace_once(fn: Callable[[PyTree], Any], example: PyTree) -> Callable[[PyTree], Any]:
-    """``fn``, traced once at ``example``'s types and replayed from its jaxpr on each call."""
-    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(example)
-    out_tree = jax.tree.structure(shapes)
-    replay = jax_core.jaxpr_as_fun(closed)
-
-    def traced(block: PyTree) -> Any:
-        return jax.tree.unflatten(out_tree, replay(*jax.tree.leaves(block)))
-
-    return traced
 
 
 def map_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int, *, where: str = "chunks") -> PyTree:

@@ -174,6 +174,19 @@ def _evaluate(jaxpr: Any, consts: list[Any], args: list[Any]) -> list[Any]:
     return jax.core.eval_jaxpr(jaxpr, consts, *args)
 
 
+def trace(fn: Callable[..., Any], *example: Any) -> tuple[Any, Any]:
+    """``(closed_jaxpr, out_tree)`` of ``fn`` traced at ``example``'s types (:func:`replay` runs it)."""
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(*example)
+    return closed, jax.tree.structure(shapes)
+
+
+def replay(closed: Any, out_tree: Any, *args: Any, consts: list[Any] | None = None) -> Any:
+    """The traced function's output on ``args`` (pytrees of its inputs' structure), its
+    closed-over values ``consts`` (default: those it was traced with), without tracing it again."""
+    consts = closed.consts if consts is None else consts
+    return jax.tree.unflatten(out_tree, jax.core.eval_jaxpr(closed.jaxpr, consts, *jax.tree.leaves(args)))
+
+
 def _is_tracer(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
@@ -223,7 +236,7 @@ def bind(program: Callable[..., Any], *args: Any) -> Callable[[], Any] | None:
         return program(*jax.tree.unflatten(treedef, [next(it) if a else x for x, a in zip(leaves, lifted)]))
 
     try:
-        closed, shapes = jax.make_jaxpr(flat, return_shape=True)(arrays)
+        closed, out_tree = trace(flat, arrays)
     except Exception:
         # The program reads an argument's value in Python (a boolean mask, a shape from a sum,
         # an attribute of a concrete array), which a traced argument cannot give: run it as it
@@ -246,7 +259,7 @@ def bind(program: Callable[..., Any], *args: Any) -> Callable[[], Any] | None:
             _COMPILED.popitem(last=False)
     else:
         _COMPILED.move_to_end(key)
-    consts, out_tree = list(closed.consts), jax.tree.structure(shapes)
+    consts = list(closed.consts)
     return lambda: jax.tree.unflatten(out_tree, run(consts, arrays))
 
 

@@ -677,11 +677,10 @@ def train_step(
         n = num_members(params, name="ensemble.train_step: params")
         _random.check_key(rng, "ensemble.train_step", stacked=True)
         keys = _place_like(split_keys(rng, n), params) if _single_key(rng) else rng
-        for name, tree, axis in (("opt_state", opt_state, 0), ("batch", batch, batch_axis), ("rng", keys, 0)):
+        mapped = {"opt_state": (opt_state, 0), "batch": (batch, batch_axis), "rng": (keys, 0), "hparams": (hparams, 0)}
+        for name, (tree, axis) in mapped.items():
             _check_members(tree, n, axis, name, "ensemble.train_step")
-        _check_members(hparams, n, 0, "hparams", "ensemble.train_step")
-        mapped = {"params": (params, 0), "opt_state": (opt_state, 0), "batch": (batch, batch_axis), "rng": (keys, 0)}
-        mapped["hparams"] = (hparams, 0)
+        mapped = {"params": (params, 0), **mapped}
         _check_member_axis_sharding(
             [
                 (f"{name} leaf {_leaf_name(path)!r}", leaf, axis % jnp.ndim(leaf))

@@ -398,11 +398,11 @@ def _gradient_on_mesh(
 
     # A replayed loss was traced outside the map: its equations carry no varying-axes types to check.
     run = jax.shard_map(body, mesh=mesh, in_specs=(replicated,) * 4, out_specs=replicated, check_vma=loss_of is None)
-    if loss_of is None:
-        return _eager.call(run, params, rng, sigma, closure)
     try:
         return _eager.call(run, params, rng, sigma, closure)
     except Exception as e:  # the loss itself traced fine above: what fails is its replay in the map
+        if loss_of is None:
+            raise
         # An inner jit of the loss (jax.nn.relu, log_softmax) keeps the explicit-axes types it was
         # traced with, which the map's manual axes refuse (NotImplementedError, ShardingTypeError).
         raise ValueError(
@@ -421,13 +421,12 @@ def _closure_as_arguments(loss_fn: Callable[[PyTree], Any], params: PyTree) -> t
     with them passed in. Returns ``(loss_of, consts)``, ``loss_of(consts)`` the loss, or
     ``(None, [])`` where ``loss_fn`` is used as it is.
     """
-    closed, shape = jax.make_jaxpr(loss_fn, return_shape=True)(params)
+    closed, out_tree = _eager.trace(loss_fn, params)
     if not any(_on_explicit_mesh(c) for c in closed.consts):
         return None, []
-    out_tree = jax.tree.structure(shape)
 
     def loss_of(consts: list[Any]) -> Callable[[PyTree], Any]:
-        return lambda p: jax.tree.unflatten(out_tree, jax.core.eval_jaxpr(closed.jaxpr, consts, *jax.tree.leaves(p)))
+        return lambda p: _eager.replay(closed, out_tree, p, consts=consts)
 
     return loss_of, list(closed.consts)
 
