@@ -439,6 +439,44 @@ def test_masks_needed_reads_the_paired_intervals():
         assert (diff.lo <= 0 <= diff.hi) == covers
 
 
+def test_a_called_difference_never_prints_a_bound_that_reads_zero():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    none = np.asarray([0.90, 0.91, 0.92])
+    d = np.asarray([0.0004, 0.0005, 0.0006])  # lower bound about +0.00025: "+0.000" at 3 digits
+    half = scipy_stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    line = _accuracy_finding(_synthetic_results(none + d))
+    assert "higher for l2 (" in line
+    text = line.split("higher for l2 (", 1)[1].split(")", 1)[0]
+    mean_t, bounds = text.split(" [")
+    lo_t, hi_t = bounds.rstrip("]").split(", ")
+    digits = len(lo_t.split(".")[1])
+    assert float(lo_t) > 0, line
+    for t, ref in ((mean_t, d.mean()), (lo_t, d.mean() - half), (hi_t, d.mean() + half)):
+        assert len(t.split(".")[1]) == digits and abs(float(t) - ref) <= 0.5 * 10.0**-digits, (t, ref)
+
+
+def test_a_difference_that_rounds_to_zero_prints_unsigned():
+    from jaxreg.experiments import report
+
+    # A mean of exactly 0 has no sign; a tiny nonzero one gets the digits that show its sign.
+    assert report._diff_text(jaxreg.stats.Interval(0.0, -0.004, 0.004)) == "0.000 [-0.004, +0.004]"
+    assert report._diff_text(jaxreg.stats.Interval(-0.0002, -0.004, 0.004)) == "-0.0002 [-0.0040, +0.0040]"
+    assert report._diff_text(jaxreg.stats.Interval(1e-9, -0.004, 0.004)) == "0.00000 [-0.00400, +0.00400]"
+
+
+def test_one_seed_claims_no_interval_and_no_mask_count():
+    from jaxreg.experiments import evaluate, report
+
+    curve = {"num_masks": [1, 2, 4], "test_acc": [evaluate.summarize([a]) for a in (0.80, 0.85, 0.90)]}
+    assert report.masks_needed(curve) == {"paired": None, "overlap": None}
+    results = _synthetic_results([0.95], seeds=1)
+    results["mc_dropout_curve"] = curve
+    lines = report.findings(results)
+    assert "no intervals" in lines[0] and "±" not in lines[0]
+    assert not any(line.startswith("MC-dropout masks needed") for line in lines)
+    assert not any(v in _accuracy_finding(results) for v in ("higher for", "lower for"))
+
+
 def _strip_times(obj):
     if isinstance(obj, dict):
         return {k: _strip_times(v) for k, v in obj.items() if not k.endswith("_s")}

@@ -173,12 +173,23 @@ def compare(
     return jr.stats.verdict(diff, higher=higher, lower=lower, same=same), diff
 
 
+def _signed(values: Sequence[float], digits: int) -> list[str]:
+    """``values`` as ``+0.012``, with up to 2 more digits where a nonzero one rounds to 0 (an
+    interval called "higher" printed ``[+0.000, ...]``); one still 0 prints as ``0.000``, unsigned."""
+    d = digits
+    while d < digits + 2 and any(v != 0 and round(v, d) == 0 for v in values):
+        d += 1
+    out = [f"{v:+.{d}f}" for v in values]
+    return [t[1:] if float(t) == 0 else t for t in out]
+
+
 def _diff_text(diff: jr.stats.Interval, digits: int = 3) -> str:
     lo, hi = float(diff.lo), float(diff.hi)
     mean = float(diff.mean)
     if not np.isfinite(lo):
-        return f"{mean:+.{digits}f}"
-    return f"{mean:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+        return _signed([mean], digits)[0]
+    m, a, b = _signed([mean, lo, hi], digits)
+    return f"{m} [{a}, {b}]"
 
 
 def grouped_comparison(
@@ -237,6 +248,8 @@ def masks_needed(curve: dict[str, Any]) -> dict[str, Any]:
         return {"paired": None, "overlap": None}
     ref = accs[-1]
     ref_vals = np.asarray(ref["values"], np.float64)
+    if ref_vals.size < 2:  # one seed: no interval, so no K is shown to be enough
+        return {"paired": None, "overlap": None}
 
     def covers(k: int) -> bool:
         diff = jr.stats.paired_difference(np.asarray(accs[k]["values"], np.float64), ref_vals)
@@ -268,11 +281,18 @@ def findings(results: dict[str, Any]) -> list[str]:
     meas = none["measures"]
     seeds = len(meas["test_acc"]["values"])
     regs = [n for n in REGULARIZED if n in rows]
-    out = [
-        f"every number is a mean over {seeds} seed{'s' if seeds != 1 else ''} ± the half-width of its 95% t interval; a difference "
-        "is called only when the 95% t interval of the difference paired by seed excludes 0 "
-        "(given as mean [lo, hi])"
-    ]
+    if seeds > 1:
+        intervals = (
+            f"every number is a mean over {seeds} seeds ± the half-width of its 95% t interval; a difference "
+            "is called only when the 95% t interval of the difference paired by seed excludes 0 "
+            "(given as mean [lo, hi])"
+        )
+    else:
+        intervals = (
+            "every number is from 1 seed: no intervals (they need 2 seeds or more, --seeds), so no difference "
+            "is called and no number of MC-dropout masks is shown to be enough"
+        )
+    out = [intervals]
     out.append(
         f"generalization gap (val - train loss), none {_iv(meas['gap'])}: "
         + grouped_comparison(rows, regs, "none", "gap", higher="larger", lower="smaller")
@@ -397,9 +417,10 @@ def es_finding(es: dict[str, Any]) -> str:
         if name == "gradient descent":
             continue
         d = entry["minus_gradient_descent"]
+        diff = jr.stats.Interval(d["mean"], d["lo"], d["hi"])
         parts.append(
-            f"{name} {_iv(entry['final_loss'], 2)} ({entry['verdict']}, difference {d['mean']:+.2f} "
-            f"[{d['lo']:+.2f}, {d['hi']:+.2f}]; global basin {entry['global_basin']:.0%})"
+            f"{name} {_iv(entry['final_loss'], 2)} ({entry['verdict']}, difference {_diff_text(diff, 2)}; "
+            f"global basin {entry['global_basin']:.0%})"
         )
     return (
         f"ES vs gradient descent on Rastrigin (d = {cfg['dim']}, {cfg['seeds']} seeds, {cfg['evaluations']} loss "
@@ -451,7 +472,8 @@ def run_summary(results: dict[str, Any]) -> list[str]:
     seeds = results.get("seeds", 1)
     lines = [
         "",
-        f"{seeds} seed{'s' if seeds != 1 else ''} per regime ({results.get('interval', 'mean')}); "
+        f"{seeds} seed{'s' if seeds != 1 else ''} per regime "
+        f"({results.get('interval', 'mean') if seeds > 1 else 'no intervals with one seed'}); "
         f"{results.get('seeding', '')}",
         "",
         format_table(main_rows),
