@@ -16,6 +16,7 @@ policy "same number of parameter updates" or "same number of epochs".
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, NamedTuple
 
 import jax
@@ -187,6 +188,13 @@ class _CheckedConstruction(type):
         if create is None:  # the registered data subclass: a plain dataclass constructor
             return super().__call__(*args, **kwargs)
         return create.__func__(cls, *args, **kwargs)
+
+    @property
+    def __signature__(cls) -> inspect.Signature | None:
+        """``_create``'s signature for ``inspect``, ``help`` and IDEs (they read ``__call__``'s
+        ``*args, **kwargs`` otherwise); ``None`` (the default lookup) for the data subclass."""
+        create = cls.__dict__.get("_create")
+        return None if create is None else inspect.signature(create.__get__(None, cls))
 
 
 def _storage(public: type) -> type:

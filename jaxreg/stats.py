@@ -30,7 +30,9 @@ class Interval(NamedTuple):
     hi: np.ndarray
 
     def format(self, digits: int = 3) -> str:
-        """``"0.925 ± 0.012"`` (the half-width; ``±`` alone when the interval is symmetric)."""
+        """``"0.925 ± 0.012"``: the mean ± the larger distance from it to a bound (the half-width of a
+        symmetric interval; for an asymmetric one, such as a bootstrap's, the printed range holds it);
+        the mean alone when a bound is not finite (one value)."""
         mean, lo, hi = (_scalar(v, "Interval.format", name) for v, name in zip(self, self._fields))
         half = max(mean - lo, hi - mean)
         return f"{mean:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{mean:.{digits}f}"

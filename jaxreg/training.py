@@ -770,7 +770,9 @@ class _Loop:
     def history(self) -> History:
         k = self.blocks_done
         rows = {name: value[0, :k] if self.sched.single else value[:, :k] for name, value in self.records.items()}
-        return History(step=jnp.asarray(self.eval_steps[:k]), **{name: jnp.asarray(v) for name, v in rows.items()})
+        # device_put, not jnp.asarray: on a column slice (not contiguous) jnp.asarray compiles a copy
+        # program per shape, so a callback's history compiled 3 programs per chunk.
+        return History(step=jax.device_put(self.eval_steps[:k]), **{n: jax.device_put(v) for n, v in rows.items()})
 
     def unstack(self, tree: PyTree) -> PyTree:
         return _drop_member_axis(tree) if self.sched.single else tree
@@ -842,7 +844,7 @@ def _result(loop: _Loop, tracking: bool) -> FitResult:
     es, budget = loop.es, loop.budget
     best_step = np.asarray(es.best_step)
     best_num_steps = np.where(best_step >= 0, loop.eval_steps[np.maximum(best_step, 0)], 0)
-    best_num_steps = jnp.asarray(np.minimum(best_num_steps, budget).astype(np.int32))
+    best_num_steps = jax.device_put(np.minimum(best_num_steps, budget).astype(np.int32))
     stopping = es if tracking else None
     best = es.best_params if tracking else None
     state, best, stopping, best_num_steps = (loop.unstack(t) for t in (loop.state, best, stopping, best_num_steps))
@@ -873,6 +875,22 @@ def _automatic_axes(tree: PyTree) -> PyTree:
             return leaf
         mesh = sharding.mesh.update(axis_types=(AxisType.Auto,) * len(sharding.mesh.axis_names))
         return jax.device_put(leaf, NamedSharding(mesh, sharding.spec, memory_kind=sharding.memory_kind))
+
+    return jax.tree.map(one, tree)
+
+
+def _strongly_typed(tree: PyTree) -> PyTree:
+    """Weakly typed leaves (Python numbers, ``jnp.asarray(0)``) as strongly typed arrays of their dtype.
+
+    The chunk's carry comes back strongly typed, so a weak leaf in the first chunk's arguments
+    compiled the chunk program a second time for the later chunks (flax's ``TrainState.create``
+    holds ``step=0``, a Python int).
+    """
+
+    def one(leaf: Any) -> Any:
+        if isinstance(leaf, bool | int | float | complex) or getattr(leaf, "weak_type", False):
+            return jnp.asarray(leaf, dtype=jnp.result_type(leaf))
+        return leaf
 
     return jax.tree.map(one, tree)
 
@@ -1035,7 +1053,7 @@ def fit(
     sched = _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_members, train_data, state)
     prune_mode = _check_options(eval_fn, monitor, early_stopping, prune)
     given_state = state
-    state, train_data, val_data = _automatic_axes((state, train_data, val_data))
+    state, train_data, val_data = _automatic_axes((_strongly_typed(state), train_data, val_data))
     N = sched.num_members
     if sched.single:
         state = _add_member_axis(state)

@@ -698,3 +698,20 @@ def test_init_holds_its_own_copy_so_a_step_may_donate_params_and_state():
     params, state = step(params, state)
     assert float(state.best_metric) == 1.5 and int(state.best_step) == 0
     np.testing.assert_array_equal(state.best_params["w"], [0.0, 0.5, 1.0])
+
+
+def test_help_and_inspect_show_the_documented_signatures():
+    # The metaclass's __call__(*args, **kwargs) hid them from inspect, help() and IDEs.
+    import inspect
+
+    sig = inspect.signature(jr.EarlyStopping)
+    assert list(sig.parameters) == ["patience", "min_delta", "mode", "baseline", "start_from"]
+    assert sig.parameters["patience"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert all(sig.parameters[n].kind is inspect.Parameter.KEYWORD_ONLY for n in list(sig.parameters)[1:])
+    defaults = {n: p.default for n, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+    assert defaults == {"min_delta": 0.0, "mode": "min", "baseline": None, "start_from": 0}
+    sig = inspect.signature(jr.ReduceOnPlateau)
+    assert list(sig.parameters) == ["factor", "patience", "min_delta", "cooldown", "min_scale", "mode"]
+    # bound as documented: a positional min_delta is refused
+    with pytest.raises(TypeError):
+        sig.bind(0.5, 3, 0.1)

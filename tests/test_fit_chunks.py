@@ -77,3 +77,34 @@ def test_default_chunks_end_at_prune_rungs(long_chunks):
         chex.assert_trees_all_equal(auto.history.pruned, per_block.history.pruned)
     rung_steps = [4 * r for r in prune.rungs(10)]
     assert set(rung_steps) <= set(chunks)
+
+
+def test_a_weakly_typed_state_leaf_compiles_the_chunk_once():
+    # flax's TrainState.create holds step=0, a Python int: the first chunk's carry was weakly
+    # typed and every later chunk's strongly typed, two programs for one run.
+    def counting_step(state, batch, rng):
+        new, loss = step(state["inner"], batch, rng)
+        return {"inner": new, "t": state["t"] + 1}, loss
+
+    def counting_eval(state, data):
+        return evaluate(state["inner"], data)
+
+    compiled = training._run_chunk._cache_size()
+    result = jr.fit(
+        counting_step, counting_eval, {"inner": init_state(0), "t": 0}, TRAIN, VAL,
+        **{**RUN, "num_members": None, "steps_per_chunk": 8},
+    )  # fmt: skip
+    assert training._run_chunk._cache_size() - compiled == 1
+    assert int(result.state["t"]) == RUN["num_steps"] and not result.state["t"].weak_type
+
+
+def test_a_callback_history_compiles_nothing(caplog):
+    # History built with jnp.asarray on host column slices compiled a copy program per shape: 3
+    # programs per chunk for a callback's history.
+    jr.fit(step, evaluate, states(), TRAIN, VAL, **{**RUN, "steps_per_chunk": 4})  # compiled, no callback
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        result, chunks = run(steps_per_chunk=4)
+    assert len(chunks) == 10
+    compiles = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+    assert compiles == [], compiles[:3]
+    assert result.history.val_loss.shape == (MEMBERS, 10)

@@ -169,3 +169,10 @@ def test_verdict_and_mean_interval_name_what_is_not_theirs():
         jr.stats.verdict((0.0, 1.0, 2.0))  # was AttributeError
     with pytest.raises(ValueError, match=r"^mean_interval: values must be numbers, got values = \['a', 'b'\]"):
         jr.stats.mean_interval(["a", "b"])
+
+
+def test_format_prints_a_range_that_holds_an_asymmetric_interval():
+    iv = jr.stats.Interval(np.float64(0.458), np.float64(0.257), np.float64(0.700))
+    mean, half = (float(t) for t in iv.format().split(" ± "))
+    assert mean == 0.458 and mean - half <= 0.257 and mean + half >= 0.700 and half == 0.242
+    assert jr.stats.Interval(np.float64(0.5), np.float64(np.nan), np.float64(np.nan)).format() == "0.500"
