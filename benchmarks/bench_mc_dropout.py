@@ -67,7 +67,8 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
     if mc is None:
         return [common.unavailable("4 mc-dropout", f"MC-dropout, K = {k}", why) for k in settings.mc_samples]
     rows: list[Row] = []
-    workers = bench_torch.workers(ctx) if bench_torch.torch_available() else {}
+    # PyTorch's workers are CPU ones (thread settings, OMP_WAIT_POLICY): no peer for a GPU run.
+    workers = bench_torch.workers(ctx) if bench_torch.torch_available() and not settings.gpu else {}
     for k in settings.mc_samples:
         jfn, jargs = build_jaxreg(k)
         lfn, largs = build_loop(k)

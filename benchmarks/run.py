@@ -19,9 +19,11 @@ them back every step (PERF-NOTES). Unless ``--no-tune-malloc`` is given or ``MAL
 same environment, so every side runs with the same allocator; the JSON records which one ran.
 
 GPU: ``--gpu`` runs the table on JAX's default device when it is a GPU and writes the same JSON;
-it sets nothing that only a CPU wants (no malloc re-run; the PyTorch section, whose thread
-settings are CPU ones, and the host-RSS memory section are skipped with a note). Without a GPU
-it prints one line saying so and exits 0.
+it sets nothing that only a CPU wants (no malloc re-run; the PyTorch peers, whose thread settings
+are CPU ones, and the host-RSS memory section are skipped with a note; the CPU targets of the
+matmul-rate rows are not applied) and its default mode is ``quick`` (minutes; ``--mode full`` for
+every size). On a machine whose default backend is a GPU these settings apply without the flag.
+Without a GPU ``--gpu`` prints one line saying so and exits 0.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+import jax
 
 import jaxreg as jr
 from benchmarks import common
@@ -59,6 +63,8 @@ SECTIONS = (
 )
 
 SECTION_NAMES = tuple(name for name, _ in SECTIONS)
+GPU_BACKENDS = ("gpu", "cuda", "rocm")
+
 CPU_ONLY = {
     "torch": "CPU-only comparison (torch thread settings); not run with --gpu",
     "memory": "host peak RSS; not run with --gpu",
@@ -121,12 +127,14 @@ def run(
         setting is already in the environment.
       table: print the table.
       seed: seed of the inputs, initializations and dropout keys.
-      gpu: run on the GPU without CPU-only settings (no malloc re-run; torch and memory skipped).
+      gpu: run on the GPU without CPU-only settings (no malloc re-run, no PyTorch CPU peers, no
+        host-RSS memory section, no CPU targets); implied when JAX's default backend is a GPU.
 
     Returns:
       ``{"machine", "settings", "command", "rows", "duration_s", ...}``.
     """
     mode = "tiny" if tiny else ("quick" if quick else "full")
+    gpu = gpu or jax.default_backend() in GPU_BACKENDS
     if isinstance(only, list):
         only = ",".join(only)
     wanted = _sections(only)
@@ -350,14 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     if "JAXREG_BENCH_COMMAND" not in os.environ:
         shown = sys.argv[1:] if argv is None else list(argv)
         os.environ["JAXREG_BENCH_COMMAND"] = " ".join(["jaxreg bench", *shown])
-    if args.gpu:
-        import jax
-
-        backend = jax.default_backend()
-        if backend not in ("gpu", "cuda", "rocm"):
-            print(f"jaxreg bench: --gpu: no GPU (JAX's default backend is {backend}); skipped", file=sys.stderr)
-            return 0
-    mode = args.mode or "full"
+    backend = jax.default_backend()
+    if args.gpu and backend not in GPU_BACKENDS:
+        print(f"jaxreg bench: --gpu: no GPU (JAX's default backend is {backend}); skipped", file=sys.stderr)
+        return 0
+    gpu = args.gpu or backend in GPU_BACKENDS  # on a GPU, CPU-only settings would be wrong: as --gpu
+    mode = args.mode or ("quick" if gpu else "full")  # a GPU run in minutes; --mode full for all of it
     result = run(
         quick=mode == "quick",
         json_path=args.json,
@@ -366,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         tune_malloc=not args.no_tune_malloc,
         table=not args.no_table,
         seed=args.seed,
-        gpu=args.gpu,
+        gpu=gpu,
     )
     if args.markdown:
         print(markdown_table(result))

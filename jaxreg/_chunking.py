@@ -50,6 +50,7 @@ import hashlib
 import json
 import math
 import os
+import platform
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -341,23 +342,36 @@ def pick_fastest(
     order (A B C, C B A, ...) so that slow drifts of a shared machine hit all alike, for
     ``budget_s`` seconds of timing (the compiles do not eat it: a single timed call per candidate
     is too noisy to choose by), at least two rounds and at most ``max_rounds``. The score is each
-    candidate's fastest call.
+    candidate's fastest call. A candidate whose compile or first call runs out of device memory
+    (``RESOURCE_EXHAUSTED``: one ``vmap`` of every item on a GPU) is dropped; when none fits,
+    that error is raised.
 
     Returns:
       ``(chosen, samples)``, ``samples`` the timed calls per kept candidate.
     """
     start = clock()
     runners: dict[int, Callable[[], Any]] = {}
+    ran: list[int] = []
+    out_of_memory: Exception | None = None
     for i, c in enumerate(cands):
         if i >= always and clock() - start >= 0.5 * budget_s:
             break
-        run = prepare(c)
-        t0 = clock()
-        run()
+        try:
+            run = prepare(c)
+            t0 = clock()
+            run()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            out_of_memory = e  # a candidate the device cannot hold (one vmap of everything): dropped
+            continue
+        ran.append(c)
         if clock() - t0 <= budget_s:
             runners[c] = run
-    if not runners:  # every first call exceeds the budget: the first candidate, unmeasured
-        return cands[0], {}
+    if not runners:
+        if not ran and out_of_memory is not None:
+            raise out_of_memory  # no candidate fits, one item at a time included
+        return (ran or cands)[0], {}  # every first call exceeds the budget: the first that ran, unmeasured
     order = list(runners)
     samples: dict[int, list[float]] = {c: [] for c in order}
     if len(order) > 1:
@@ -455,9 +469,45 @@ def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return (str(treedef), tuple(sig))
 
 
-def _device_kind() -> str:
-    d = jax.devices()[0]
-    return f"{d.platform}:{d.device_kind}:{jax.device_count()}"
+def _one_device(args: tuple[Any, ...]) -> Any:
+    """The device every array of ``args`` is on, or ``None`` when that is not one known device.
+
+    With one device, that one. With several, a traced argument's placement is unknown and an
+    array spread over devices would be timed unlike a single-device candidate: ``None``; numpy
+    arrays and numbers go to the default device (``jax.default_device``'s, else the first).
+    """
+    if jax.device_count() == 1:
+        return jax.devices()[0]
+    devices = set()
+    for leaf in jax.tree.leaves(args):
+        if isinstance(leaf, jax.core.Tracer):
+            return None
+        if isinstance(leaf, jax.Array):
+            devices |= set(leaf.sharding.device_set)
+    if not devices:
+        default = jax.config.jax_default_device
+        return default if isinstance(default, jax.Device) else jax.devices()[0]
+    return devices.pop() if len(devices) == 1 else None
+
+
+@functools.cache
+def _cpu_model() -> str:
+    """The CPU's model name (every CPU device's ``device_kind`` is "cpu": an AMD EPYC's measured
+    choice in the disk cache must not be read on an Intel Xeon sharing a home directory)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _device_kind(device: Any) -> str:
+    """The measuring device's part of a tuner key: platform, kind (the CPU's model on a CPU), count."""
+    kind = _cpu_model() if device.platform == "cpu" else device.device_kind
+    return f"{device.platform}:{kind}:{jax.device_count()}"
 
 
 def _is_traced(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
@@ -548,11 +598,13 @@ def _choose(
     ways = placed_shards(args if items is None else items)
     if ways > 1 and static < num:  # chunks must split evenly over the devices (explicit sharding)
         static = min(num, -(-static // ways) * ways)
-    if num <= 1 or item_jaxpr is None or not autotune_enabled() or jax.device_count() > 1:
-        # Several devices: nothing is timed (candidates would be placed unlike the real arguments).
+    if num <= 1 or item_jaxpr is None or not autotune_enabled():
+        return static, None
+    device = _one_device(args)
+    if device is None:  # spread over devices, or traced among several: candidates would be placed unlike it
         return static, None
     program_hash = hashlib.sha1(str(item_jaxpr).encode()).hexdigest()
-    key = (where, program_hash, _signature(args), num, _device_kind(), extra, memory_bound)
+    key = (where, program_hash, _signature(args), num, _device_kind(device), extra, memory_bound)
     if key in _CACHE:
         return _CACHE[key], None
     disk_key = hashlib.sha1(repr((key, jax.__version__)).encode()).hexdigest()

@@ -759,7 +759,7 @@ class _Loop:
         ran = int(ran)
         cols = slice(self.blocks_done, self.blocks_done + ran)
         if members is not None:  # members left out of the chunk record what a frozen member records
-            self.records["stopped"][:, cols] = np.asarray(self.es.stopped)[:, None]
+            self.records["stopped"][:, cols] = self._stopped[:, None]
         for name, value in zip(_RECORDS, records):
             self.records[name][rows, cols] = value[:ran].T
         self.chunks_done += 1

@@ -176,6 +176,24 @@ def test_unjitted_automatic_step_on_several_devices_is_not_timed(monkeypatch):
     chex.assert_trees_all_close(out, ref, rtol=0, atol=ATOL)
 
 
+def test_unjitted_automatic_map_on_one_of_several_devices_is_timed(monkeypatch):
+    # Arrays on one device of several: the candidates run where the call runs, so they are timed
+    # (before, any machine with several devices fell back to the static rule).
+    from jaxreg import _chunking
+
+    monkeypatch.setenv("JAXREG_AUTOTUNE", "1")
+    monkeypatch.delenv("JAXREG_AUTOTUNE_CACHE", raising=False)
+    monkeypatch.setattr(_chunking, "_CACHE", {})
+    device = jax.devices()[3]
+    x = jax.device_put(jnp.arange(N * 3.0).reshape(N, 3), device)
+    out = jr.ensemble.map(lambda a: jnp.sin(a) * 2.0)(x)
+    assert len(_chunking._CACHE) == 1 and out.devices() == {device}
+    np.testing.assert_allclose(np.asarray(out), np.sin(np.asarray(x)) * 2.0, rtol=4 * EPS32, atol=4 * EPS32)
+    # spread over the devices: not timed (nothing added to the cache)
+    jr.ensemble.map(lambda a: jnp.sin(a) * 2.0)(jr.ensemble.shard(x, _mesh()))
+    assert len(_chunking._CACHE) == 1
+
+
 def _fit_step(st, batch, rng, seen=None):
     """A member's training step for jr.fit; ``seen`` collects the stacked kernel's sharding per compile."""
     p, o, h = st

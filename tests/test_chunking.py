@@ -87,6 +87,37 @@ def test_pick_fastest_stays_within_its_budget_and_drops_candidates_over_it():
     assert samples == {1: []} and chosen == 1, (chosen, samples)
 
 
+def test_pick_fastest_drops_a_candidate_the_device_cannot_hold():
+    # On a GPU one vmap of every item can run out of memory where chunks fit: the user's call
+    # must not fail in the tuner.
+    oom = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.")
+    clock = FakeClock()
+    call_s = {64: 0.02, 1: 0.05, 8: 0.01}
+    inner = clock.prepare({}, call_s)
+
+    def prepare(c):
+        if c == 64:
+            raise oom
+        return inner(c)
+
+    chosen, samples = _chunking.pick_fastest([64, 1, 8], prepare, budget_s=1.0, clock=clock, max_rounds=3)
+    assert chosen == 8 and set(samples) == {1, 8}, (chosen, samples)
+    # None fits: the device's own error, not a choice that fails later.
+    with pytest.raises(jax.errors.JaxRuntimeError, match="RESOURCE_EXHAUSTED"):
+        _chunking.pick_fastest([64, 1], lambda c: (_ for _ in ()).throw(oom), budget_s=1.0, clock=FakeClock())
+    # Any other runtime error is the program's, raised as it is.
+    other = jax.errors.JaxRuntimeError("INTERNAL: something else")
+    with pytest.raises(jax.errors.JaxRuntimeError, match="INTERNAL"):
+        _chunking.pick_fastest([64, 1], lambda c: (_ for _ in ()).throw(other), budget_s=1.0, clock=FakeClock())
+
+
+def test_the_tuner_key_names_the_cpu_model():
+    # Every CPU device's device_kind is "cpu": an AMD EPYC's measured choice in a shared disk
+    # cache must not be read on an Intel Xeon.
+    kind = _chunking._device_kind(jax.devices("cpu")[0])
+    assert kind.startswith("cpu:") and kind.split(":")[1] == _chunking._cpu_model() != "cpu"
+
+
 def test_pick_fastest_prepares_more_candidates_while_half_the_budget_is_left():
     clock = FakeClock()
     compile_s = {64: 0.3, 1: 0.1, 8: 0.1, 2: 0.1}
