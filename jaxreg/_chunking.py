@@ -472,22 +472,27 @@ def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
 def _one_device(args: tuple[Any, ...]) -> Any:
     """The device every array of ``args`` is on, or ``None`` when that is not one known device.
 
-    With one device, that one. With several, a traced argument's placement is unknown and an
-    array spread over devices would be timed unlike a single-device candidate: ``None``; numpy
-    arrays and numbers go to the default device (``jax.default_device``'s, else the first).
+    Concrete arrays say where they are: spread over several devices, ``None`` (a candidate would
+    be timed unlike the call). Traced ones do not: the device when there is only one, else
+    ``None``. Numpy arrays and numbers alone go to the default device (``jax.default_device``'s,
+    else the first).
     """
-    if jax.device_count() == 1:
-        return jax.devices()[0]
-    devices = set()
+    devices, traced = set(), False
     for leaf in jax.tree.leaves(args):
         if isinstance(leaf, jax.core.Tracer):
-            return None
-        if isinstance(leaf, jax.Array):
+            traced = True
+        elif isinstance(leaf, jax.Array):
             devices |= set(leaf.sharding.device_set)
-    if not devices:
-        default = jax.config.jax_default_device
-        return default if isinstance(default, jax.Device) else jax.devices()[0]
-    return devices.pop() if len(devices) == 1 else None
+    if len(devices) > 1 or (traced and jax.device_count() > 1):
+        return None
+    if devices:
+        return devices.pop()
+    if traced:
+        return jax.devices()[0]
+    default = jax.config.jax_default_device
+    if isinstance(default, str):
+        return jax.devices(default)[0]
+    return default if default is not None else jax.devices()[0]
 
 
 @functools.cache
@@ -524,8 +529,8 @@ def _stands_in(args: tuple[Any, ...], item_jaxpr: Any) -> bool:
     over a ``jit`` tracer, as when ``loss_fn`` closes over a batch inside ``jit``) on one device:
     there the program that will run is the one a concrete call would compile, with the closed-over
     values as parameters. Under ``vmap`` or ``grad`` the program that runs is a transformed one.
-    (Several devices are excluded before, by :func:`_choose`, for traced and concrete arguments
-    alike.)
+    (Several devices are excluded before, by :func:`_choose`, for traced arguments and for
+    concrete ones spread over devices.)
     """
     consts = [] if item_jaxpr is None else item_jaxpr.consts
     traced = [x for x in (*jax.tree.leaves(args), *consts) if isinstance(x, jax.core.Tracer)]
@@ -613,7 +618,7 @@ def _choose(
         _CACHE[key] = on_disk
         return on_disk, None
     traced = _is_traced(args, item_jaxpr)
-    if traced and not _stands_in(args, item_jaxpr):
+    if traced and (jax.device_count() > 1 or not _stands_in(args, item_jaxpr)):  # closed-over tracers too
         return static, None
     # Under jit: measure now, stage nothing into the trace. Outside, no such context: the eager
     # cache's key is the jaxpr that a later call traces, constants not folded.
