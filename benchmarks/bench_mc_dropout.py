@@ -122,6 +122,13 @@ def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
             w.drop(wid)
     if not workers:
         rows.append(
-            Row("4 mc-dropout", "MC-dropout vs PyTorch", "-", "-", status="skipped", note="torch not installed")
+            Row(
+                "4 mc-dropout",
+                "MC-dropout vs PyTorch",
+                "-",
+                "-",
+                status="skipped",
+                note="PyTorch's peers are CPU ones; not run with --gpu" if settings.gpu else "torch not installed",
+            )
         )
     return rows

@@ -328,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_const", dest="mode", const="quick", help="a few minutes")
     g.add_argument("--tiny", action="store_const", dest="mode", const="tiny", help="seconds, for the tests")
-    g.add_argument("--mode", choices=("tiny", "quick", "full"), help="tiny, quick or full (default full)")
+    g.add_argument(
+        "--mode", choices=("tiny", "quick", "full"), help="tiny, quick or full (default full; quick on a GPU)"
+    )
     p.add_argument("--json", metavar="PATH", default=None, help="write the results as JSON (default: none)")
     p.add_argument(
         "--only",

@@ -472,23 +472,21 @@ def _signature(args: tuple[Any, ...]) -> tuple[Any, ...]:
 def _one_device(args: tuple[Any, ...]) -> Any:
     """The device every array of ``args`` is on, or ``None`` when that is not one known device.
 
-    Concrete arrays say where they are: spread over several devices, ``None`` (a candidate would
-    be timed unlike the call). Traced ones do not: the device when there is only one, else
-    ``None``. Numpy arrays and numbers alone go to the default device (``jax.default_device``'s,
-    else the first).
+    Committed arrays say where they are: spread over several devices, ``None`` (a candidate would
+    be timed unlike the call). Traced ones do not: ``None`` among several devices. Uncommitted
+    arrays, numpy arrays and numbers run on the default device (``jax.default_device``'s, else
+    the first), where jit runs them and the stand-ins are placed.
     """
     devices, traced = set(), False
     for leaf in jax.tree.leaves(args):
         if isinstance(leaf, jax.core.Tracer):
             traced = True
-        elif isinstance(leaf, jax.Array):
+        elif isinstance(leaf, jax.Array) and leaf.committed:
             devices |= set(leaf.sharding.device_set)
     if len(devices) > 1 or (traced and jax.device_count() > 1):
         return None
     if devices:
         return devices.pop()
-    if traced:
-        return jax.devices()[0]
     default = jax.config.jax_default_device
     if isinstance(default, str):
         return jax.devices(default)[0]
@@ -497,21 +495,34 @@ def _one_device(args: tuple[Any, ...]) -> Any:
 
 @functools.cache
 def _cpu_model() -> str:
-    """The CPU's model name (every CPU device's ``device_kind`` is "cpu": an AMD EPYC's measured
-    choice in the disk cache must not be read on an Intel Xeon sharing a home directory)."""
+    """The CPU's model name and widest vector extension (every CPU device's ``device_kind`` is
+    "cpu": an AMD EPYC's measured choice in the disk cache must not be read on an Intel Xeon
+    sharing a home directory, nor an AVX2 VM's on an AVX-512 one under the same name)."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")) and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    isa = next((x for x in ("avx512f", "avx2", "sve", "asimd") if x in flags), "")
+    return " ".join(filter(None, (model or platform.processor() or platform.machine(), isa)))
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _device_kind(device: Any) -> str:
-    """The measuring device's part of a tuner key: platform, kind (the CPU's model on a CPU), count."""
-    kind = _cpu_model() if device.platform == "cpu" else device.device_kind
+    """The measuring device's part of a tuner key: platform, kind (on a CPU its model, vector
+    extension and usable cores), device count."""
+    kind = f"{_cpu_model()} x{_usable_cpus()}" if device.platform == "cpu" else device.device_kind
     return f"{device.platform}:{kind}:{jax.device_count()}"
 
 

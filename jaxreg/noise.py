@@ -103,8 +103,9 @@ def gaussian_dropout(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array
       x: the input, floating point.
       rate: in [0, 1); may be traced. A concrete 0 returns ``x`` unchanged. A concrete rate's
         stddev is computed in float64, as keras does, so a rate just below 1 gives a finite one; a
-        traced rate is a float32 value unless x64 is on, and one of ``1 - 2**-25`` or more is 1 there
-        (an infinite stddev): pass such a rate closed over or static under ``jax.jit``.
+        traced rate is used in ``x``'s compute dtype (float32 for float32 and half-precision
+        ``x``, x64 or not), where a rate of ``1 - 2**-25`` or more is 1 (an infinite stddev): pass
+        such a rate closed over or static under ``jax.jit``.
 
     Returns:
       An array of ``x``'s shape and dtype.

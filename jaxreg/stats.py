@@ -34,8 +34,9 @@ class Interval(NamedTuple):
         symmetric interval; for an asymmetric one, such as a bootstrap's, the printed range holds it);
         the mean alone when a bound is not finite (one value)."""
         mean, lo, hi = (_scalar(v, "Interval.format", name) for v, name in zip(self, self._fields))
-        half = max(mean - lo, hi - mean)
-        return f"{mean:.{digits}f} ± {half:.{digits}f}" if np.isfinite(half) else f"{mean:.{digits}f}"
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return f"{mean:.{digits}f}"
+        return f"{mean:.{digits}f} ± {max(mean - lo, hi - mean):.{digits}f}"
 
 
 def _scalar(value: ArrayLike, where: str, name: str) -> float:

@@ -192,6 +192,11 @@ def test_unjitted_automatic_map_on_one_of_several_devices_is_timed(monkeypatch):
     # spread over the devices: not timed (nothing added to the cache)
     jr.ensemble.map(lambda a: jnp.sin(a) * 2.0)(jr.ensemble.shard(x, _mesh()))
     assert len(_chunking._CACHE) == 1
+    # An uncommitted array runs where jit puts it, the default device, as host values do.
+    loose = jnp.ones(3)
+    with jax.default_device(jax.devices()[2]):
+        assert _chunking._one_device((loose, 1.0)) == jax.devices()[2]
+        assert jax.jit(lambda a: a + 1)(loose).devices() == {jax.devices()[2]}
 
 
 def _fit_step(st, batch, rng, seen=None):

@@ -382,6 +382,35 @@ def test_table_prints_a_ratio_without_quartiles():
     assert [c[8].endswith("(missed)") for c in cells] == [True, True, False, True]
 
 
+@pytest.mark.parametrize(
+    ("backend", "argv", "expected"),
+    [
+        ("gpu", [], ("quick", True)),  # a GPU backend implies --gpu, whose default mode is quick
+        ("cuda", ["--mode", "full"], ("full", True)),
+        ("cpu", [], ("full", False)),  # and re-runs itself with the malloc tuning
+    ],
+)
+def test_the_runner_follows_the_backend(monkeypatch, backend, argv, expected):
+    from benchmarks import run
+
+    seen = {}
+    monkeypatch.setattr(run.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(run, "_run_here", lambda settings, *a: seen.update(how="here", settings=settings) or {})
+    monkeypatch.setattr(run, "_rerun_with_malloc_tuning", lambda ns: seen.update(how="rerun", mode=ns.mode) or {})
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    assert run.main(["--no-table", *argv]) == 0
+    mode, gpu = expected
+    if gpu:
+        assert seen["how"] == "here" and seen["settings"].gpu and seen["settings"].mode == mode, seen
+    else:
+        assert seen == {"how": "rerun", "mode": mode}, seen
+    # --gpu without a GPU: one line, nothing run
+    if backend == "cpu":
+        seen.clear()
+        assert run.main(["--gpu", "--no-table"]) == 0 and seen == {}
+
+
 def _bench_json(tmp_path, *extra):
     """Runs ``jaxreg bench --tiny --json bench.json`` from ``tmp_path`` (the runner re-executes
     itself with the malloc tuning, in the checkout) and returns the JSON it wrote there: a

@@ -111,11 +111,20 @@ def test_pick_fastest_drops_a_candidate_the_device_cannot_hold():
         _chunking.pick_fastest([64, 1], lambda c: (_ for _ in ()).throw(other), budget_s=1.0, clock=FakeClock())
 
 
-def test_the_tuner_key_names_the_cpu_model():
+def test_the_tuner_key_tells_cpus_apart(monkeypatch):
     # Every CPU device's device_kind is "cpu": an AMD EPYC's measured choice in a shared disk
-    # cache must not be read on an Intel Xeon.
-    kind = _chunking._device_kind(jax.devices("cpu")[0])
-    assert kind.startswith("cpu:") and kind.split(":")[1] == _chunking._cpu_model() != "cpu"
+    # cache must not be read on an Intel Xeon, nor a 2-core machine's on a 64-core one.
+    cpu = jax.devices("cpu")[0]
+    keys = set()
+    for model, cores in (
+        ("AMD EPYC 7B13 avx2", 2),
+        ("Intel(R) Xeon(R) Processor avx512f", 2),
+        ("AMD EPYC 7B13 avx2", 64),
+    ):
+        monkeypatch.setattr(_chunking, "_cpu_model", lambda model=model: model)
+        monkeypatch.setattr(_chunking, "_usable_cpus", lambda cores=cores: cores)
+        keys.add(_chunking._device_kind(cpu))
+    assert len(keys) == 3, keys
 
 
 def test_pick_fastest_prepares_more_candidates_while_half_the_budget_is_left():

@@ -439,7 +439,7 @@ def test_masks_needed_reads_the_paired_intervals():
         assert (diff.lo <= 0 <= diff.hi) == covers
 
 
-def test_a_called_difference_never_prints_a_bound_that_reads_zero():
+def test_a_called_difference_prints_a_small_bound_with_the_digits_that_show_it():
     scipy_stats = pytest.importorskip("scipy.stats")
     none = np.asarray([0.90, 0.91, 0.92])
     d = np.asarray([0.0004, 0.0005, 0.0006])  # lower bound about +0.00025: "+0.000" at 3 digits

@@ -176,3 +176,4 @@ def test_format_prints_a_range_that_holds_an_asymmetric_interval():
     mean, half = (float(t) for t in iv.format().split(" ± "))
     assert mean == 0.458 and mean - half <= 0.257 and mean + half >= 0.700 and half == 0.242
     assert jr.stats.Interval(np.float64(0.5), np.float64(np.nan), np.float64(np.nan)).format() == "0.500"
+    assert jr.stats.Interval(np.float64(0.5), np.float64(0.4), np.float64(np.nan)).format() == "0.500"

@@ -289,8 +289,9 @@ def findings(results: dict[str, Any]) -> list[str]:
         )
     else:
         intervals = (
-            "every number is from 1 seed: no intervals (they need 2 seeds or more, --seeds), so no difference "
-            "is called and no number of MC-dropout masks is shown to be enough"
+            "every regime's number is from 1 seed: no intervals (they need 2 seeds or more, --seeds), so no "
+            "difference between regimes is called and no number of MC-dropout masks is shown to be enough "
+            "(the ES comparison has seeds of its own)"
         )
     out = [intervals]
     out.append(
