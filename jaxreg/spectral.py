@@ -155,6 +155,11 @@ def _start_vector(index: int, n: int, dtype: Any) -> jax.Array:
     return jax.random.normal(jax.random.fold_in(jax.random.key(0), index), (n,), dtype)
 
 
+def _usable(v: jax.Array) -> jax.Array:
+    """Whether a power-iteration vector can be iterated: finite and not zero."""
+    return jnp.logical_and(jnp.all(jnp.isfinite(v)), jnp.any(v != 0))
+
+
 def _cap(x: jax.Array, sigma: jax.Array, max_value: jax.Array) -> jax.Array:
     c = max_value.astype(x.dtype)
     sigma = sigma.astype(x.dtype)
@@ -193,8 +198,16 @@ class SpectralNorm:
         return SpectralNormState(v={p: _start_vector(i, x.shape[-1], x.dtype) for i, (p, x) in enumerate(leaves)})
 
     def update(self, params: PyTree, state: SpectralNormState) -> tuple[PyTree, SpectralNormState]:
-        """``num_iters`` power iterations from the stored vectors, then the rescaling."""
-        leaves = dict(_selected("spectral_norm", self.mask, params))
+        """``num_iters`` power iterations from the stored vectors, then the rescaling.
+
+        A stored vector that is zero or not finite starts again from ``init``'s; an iterate that
+        collapses (a zero kernel, ``M v = 0``, or an overflowing one) keeps the vector it started
+        from. Stored as zero, it stayed zero: the estimate was 0 and no kernel was ever capped
+        again (a zero-initialized kernel under a warmup from a learning rate of 0).
+        """
+        selected = _selected("spectral_norm", self.mask, params)
+        leaves = dict(selected)
+        index = {p: i for i, (p, _) in enumerate(selected)}
         if set(leaves) != set(state.v):
             raise ValueError(
                 f"spectral_norm: the state holds vectors for {sorted(state.v)}, the params select {sorted(leaves)}; "
@@ -206,8 +219,11 @@ class SpectralNorm:
             key = _path_str(path)
             if key not in leaves:
                 return x
-            sigma, _, v = power_iteration(_as_matrix(x), state.v[key], self.num_iters)
-            new_v[key] = v.astype(state.v[key].dtype)
+            stored = state.v[key]
+            start = jnp.where(_usable(stored), stored, _start_vector(index[key], stored.shape[0], stored.dtype))
+            sigma, _, v = power_iteration(_as_matrix(x), start, self.num_iters)
+            v = v.astype(stored.dtype)
+            new_v[key] = jnp.where(_usable(v), v, start)
             return _cap(x, sigma, self.max_value).astype(x.dtype)
 
         out = jax.tree_util.tree_map_with_path(one, params)

@@ -201,14 +201,16 @@ def kl_normal(
         s = _broadcast(s, shape, "std" + leaf_name, where).astype(dtype)
         pm = _broadcast(pm, shape, "prior_mean" + leaf_name, where).astype(dtype)
         ps = _broadcast(ps, shape, "prior_std" + leaf_name, where).astype(dtype)
+        # Ratios to the prior's std before squaring: sigma^2 / sigma_0^2 squared apart under- or
+        # overflowed both (0 / 0 = NaN at sigma = sigma_0 = 1e-30, where the KL is 0).
+        log_ps = jnp.log(ps)
         if parameterization == "std":
-            log_s, var = jnp.log(s), jnp.square(s)
+            log_s, ratio = jnp.log(s), jnp.square(s / ps)
         elif parameterization == "log_std":
-            log_s, var = s, jnp.exp(2.0 * s)
+            log_s, ratio = s, jnp.exp(2.0 * (s - log_ps))
         else:
-            log_s, var = _log_softplus(s), jnp.square(jax.nn.softplus(s))
-        prior_var = jnp.square(ps)
-        elementwise = jnp.log(ps) - log_s + (var + jnp.square(m - pm)) / (2.0 * prior_var) - 0.5
+            log_s, ratio = _log_softplus(s), jnp.square(jax.nn.softplus(s) / ps)
+        elementwise = log_ps - log_s + 0.5 * (ratio + jnp.square((m - pm) / ps)) - 0.5
         total.append(jnp.sum(elementwise))
     return sum(total[1:], total[0])
 

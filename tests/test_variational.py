@@ -106,6 +106,19 @@ def test_small_std_is_stable_with_log_std_and_softplus():
     np.testing.assert_allclose(np.asarray(g), [-1.0], rtol=8 * EPS32)  # d/drho of -log softplus(rho) -> -1
 
 
+@pytest.mark.parametrize(
+    ("mean", "std", "prior_std"),
+    [(0.0, 1e-30, 1e-30), (0.0, 1e20, 1e20), (1e-20, 1e-20, 1e-20), (0.0, 1e-22, 1e-20)],
+)
+def test_kl_normal_is_finite_at_tiny_and_huge_scales(mean, std, prior_std):
+    # sigma^2 and sigma_0^2 squared apart under- or overflowed in float32 (0 / 0): NaN where the
+    # KL is finite. The float64 closed form on the same float32 inputs is the reference.
+    m, s, ps = (float(np.float32(v)) for v in (mean, std, prior_std))
+    ref = np.log(ps / s) + ((s / ps) ** 2 + (m / ps) ** 2) / 2 - 0.5
+    got = float(jr.kl_normal(jnp.float32(mean), jnp.float32(std), 0.0, jnp.float32(prior_std)))
+    np.testing.assert_allclose(got, ref, rtol=8 * EPS32, atol=8 * EPS32)
+
+
 def test_kl_normal_gradients_match_finite_differences():
     m, log_s = jnp.array([0.3, -1.0]), jnp.array([-0.5, 0.2])
     check_grads(
