@@ -11,13 +11,14 @@ from typing import Any
 
 import jax
 
+from benchmarks import common
 from benchmarks.common import Row, Settings
 
 
 def run(settings: Settings, ctx: dict[str, Any]) -> list[Row]:
-    backend = jax.default_backend()
-    if backend not in ("gpu", "cuda", "rocm"):
-        return [Row("8 gpu", "GPU comparisons", "-", "-", status="skipped", note=f"no GPU (JAX backend: {backend})")]
+    if not common.on_gpu():
+        note = f"no GPU (JAX backend: {jax.default_backend()})"
+        return [Row("8 gpu", "GPU comparisons", "-", "-", status="skipped", note=note)]
     peak = ctx.get("peak")
     device = jax.devices()[0].device_kind
     return [

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxreg import _machine
+
 SIZES = (64, 256, 256, 10)
 BATCH = 128
 RATE = 0.5
@@ -32,6 +34,14 @@ L2 = 1e-4
 L1 = 1e-5
 MAX_NORM = 3.0
 LR = 1e-3
+
+
+GPU_BACKENDS = ("gpu", "cuda", "rocm")
+
+
+def on_gpu() -> bool:
+    """Whether JAX's default backend is a GPU."""
+    return jax.default_backend() in GPU_BACKENDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,30 +388,6 @@ def peak_rss_of(code: str, *, env: dict[str, str] | None = None, timeout: float 
     return int(proc.stdout.rsplit(marker, 1)[1].strip())
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags() -> list[str]:
-    wanted = ("avx", "avx2", "avx512f", "fma", "amx_tile", "neon", "asimd")
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith(("flags", "features")):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
-
-
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -458,7 +444,7 @@ class Machine:
 
     @property
     def has_gpu(self) -> bool:
-        return self.backend in ("gpu", "cuda", "rocm")
+        return self.backend in GPU_BACKENDS
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -483,13 +469,12 @@ def machine() -> Machine:
       (True, True, True)
     """
     devices = jax.devices()
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_") or k in _ENV_KEYS}
     return Machine(
-        cpu_model=_cpu_model(),
-        cpu_flags=_cpu_flags(),
+        cpu_model=_machine.cpu_model(),
+        cpu_flags=_machine.cpu_flags(),
         logical_cpus=os.cpu_count() or 1,
-        usable_cpus=usable,
+        usable_cpus=_machine.usable_cpus(),
         platform=platform.platform(),
         python=platform.python_version(),
         jax=jax.__version__,

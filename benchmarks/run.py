@@ -63,8 +63,6 @@ SECTIONS = (
 )
 
 SECTION_NAMES = tuple(name for name, _ in SECTIONS)
-GPU_BACKENDS = ("gpu", "cuda", "rocm")
-
 CPU_ONLY = {
     "torch": "CPU-only comparison (torch thread settings); not run with --gpu",
     "memory": "host peak RSS; not run with --gpu",
@@ -134,7 +132,7 @@ def run(
       ``{"machine", "settings", "command", "rows", "duration_s", ...}``.
     """
     mode = "tiny" if tiny else ("quick" if quick else "full")
-    gpu = gpu or jax.default_backend() in GPU_BACKENDS
+    gpu = gpu or common.on_gpu()
     if isinstance(only, list):
         only = ",".join(only)
     wanted = _sections(only)
@@ -360,11 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     if "JAXREG_BENCH_COMMAND" not in os.environ:
         shown = sys.argv[1:] if argv is None else list(argv)
         os.environ["JAXREG_BENCH_COMMAND"] = " ".join(["jaxreg bench", *shown])
-    backend = jax.default_backend()
-    if args.gpu and backend not in GPU_BACKENDS:
-        print(f"jaxreg bench: --gpu: no GPU (JAX's default backend is {backend}); skipped", file=sys.stderr)
+    if args.gpu and not common.on_gpu():
+        print(
+            f"jaxreg bench: --gpu: no GPU (JAX's default backend is {jax.default_backend()}); skipped", file=sys.stderr
+        )
         return 0
-    gpu = args.gpu or backend in GPU_BACKENDS  # on a GPU, CPU-only settings would be wrong: as --gpu
+    gpu = args.gpu or common.on_gpu()  # on a GPU, CPU-only settings would be wrong: as --gpu
     mode = args.mode or ("quick" if gpu else "full")  # a GPU run in minutes; --mode full for all of it
     result = run(
         quick=mode == "quick",

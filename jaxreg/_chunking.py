@@ -50,7 +50,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -61,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import partial_eval as pe
 
-from jaxreg import _checks, _eager
+from jaxreg import _checks, _eager, _machine
 
 PyTree = Any
 
@@ -493,36 +492,14 @@ def _one_device(args: tuple[Any, ...]) -> Any:
     return default if default is not None else jax.devices()[0]
 
 
-@functools.cache
-def _cpu_model() -> str:
-    """The CPU's model name and widest vector extension (every CPU device's ``device_kind`` is
-    "cpu": an AMD EPYC's measured choice in the disk cache must not be read on an Intel Xeon
-    sharing a home directory, nor an AVX2 VM's on an AVX-512 one under the same name)."""
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith(("flags", "Features")) and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = next((x for x in ("avx512f", "avx2", "sve", "asimd") if x in flags), "")
-    return " ".join(filter(None, (model or platform.processor() or platform.machine(), isa)))
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _device_kind(device: Any) -> str:
     """The measuring device's part of a tuner key: platform, kind (on a CPU its model, vector
     extension and usable cores), device count."""
-    kind = f"{_cpu_model()} x{_usable_cpus()}" if device.platform == "cpu" else device.device_kind
+    if device.platform == "cpu":  # every CPU's device_kind is "cpu": an AMD's choice is not an Intel's
+        widest = next((f for f in ("avx512f", "avx2", "sve", "asimd") if f in _machine.cpu_flags()), "")
+        kind = f"{_machine.cpu_model()} {widest} x{_machine.usable_cpus()}"
+    else:
+        kind = device.device_kind
     return f"{device.platform}:{kind}:{jax.device_count()}"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import jaxreg as jr
-from jaxreg import _chunking
+from jaxreg import _chunking, _machine
 
 EPS32 = float(np.finfo(np.float32).eps)
 
@@ -116,15 +116,18 @@ def test_the_tuner_key_tells_cpus_apart(monkeypatch):
     # cache must not be read on an Intel Xeon, nor a 2-core machine's on a 64-core one.
     cpu = jax.devices("cpu")[0]
     keys = set()
-    for model, cores in (
-        ("AMD EPYC 7B13 avx2", 2),
-        ("Intel(R) Xeon(R) Processor avx512f", 2),
-        ("AMD EPYC 7B13 avx2", 64),
+    for model, flags, cores in (
+        ("AMD EPYC 7B13", ["avx", "avx2"], 2),
+        ("Intel(R) Xeon(R) Processor", ["avx", "avx2", "avx512f"], 2),
+        ("AMD EPYC 7B13", ["avx", "avx2"], 64),
+        ("Common KVM processor", ["avx2"], 2),
+        ("Common KVM processor", ["avx512f"], 2),
     ):
-        monkeypatch.setattr(_chunking, "_cpu_model", lambda model=model: model)
-        monkeypatch.setattr(_chunking, "_usable_cpus", lambda cores=cores: cores)
+        monkeypatch.setattr(_machine, "cpu_model", lambda model=model: model)
+        monkeypatch.setattr(_machine, "cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(_machine, "usable_cpus", lambda cores=cores: cores)
         keys.add(_chunking._device_kind(cpu))
-    assert len(keys) == 3, keys
+    assert len(keys) == 5, keys
 
 
 def test_pick_fastest_prepares_more_candidates_while_half_the_budget_is_left():
