@@ -322,7 +322,7 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
 
     where :math:`\bar w_{(i)}` is the mean of the first :math:`i` snapshots and
     :math:`K = \min(n, \text{rank})` (the last ``rank`` deviations, a ring buffer). SWAG's
-    posterior is :math:`\mathcal N\big(\bar w,\ s\,(\Sigma_{\text{diag}} + D D^\top / (K - 1))\big)`,
+    posterior is :math:`\mathcal N\big(\bar w,\ s\,(\Sigma_{\text{diag}} + D D^\top / \max(K - 1, 1))\big)`,
     :math:`\Sigma_{\text{diag}} = \operatorname{diag}(\max(\overline{w^2} - \bar w^2, 0))`, with
     :math:`s = 1/2` in Maddox et al.; :func:`swag_sample` draws from it and :func:`averaged_params`
     returns :math:`\bar w`. The updates pass through unchanged: place it last in the chain.
@@ -458,7 +458,8 @@ def swag_sample(opt_state: PyTree, rng: jax.Array, *, scale: ArrayLike = 0.5) ->
       scale: the covariance scale :math:`s \ge 0` (may be traced).
 
     Returns:
-      A params pytree (non-float leaves are the mean's).
+      A params pytree (non-float leaves are the mean's); float32 for half-precision params, as
+      :func:`averaged_params` (``.astype`` them back if the model needs their dtype).
 
     Raises:
       ValueError: if ``opt_state`` holds no :class:`SwagState` (or several) or has a member axis,

@@ -50,8 +50,10 @@ def sam_gradient(
       adaptive: ASAM's scale-invariant neighbourhood (Kwon et al. 2021). Static.
       mask: which leaves to perturb: a pytree of bools, a callable ``params -> pytree of bools``
         or a :mod:`jaxreg.masks` mask; ``None`` for all.
-      eta: ASAM's offset :math:`\eta \ge 0` in :math:`|w| + \eta` (Kwon et al. use 0.01 on
-        weights); ignored without ``adaptive``.
+      eta: ASAM's offset :math:`\eta \ge 0` in :math:`|w| + \eta` (Kwon et al. use 0.01);
+        ignored without ``adaptive``. It applies to every selected leaf: ASAM's reference code
+        takes :math:`T_w = |w| + \eta` for weights and :math:`T_w = 1` for biases, which this
+        function does not offer (a ``mask`` leaves biases unperturbed instead).
 
     Returns:
       ``(loss, grad)``: the loss at ``params`` and the gradient at ``params + epsilon``.
