@@ -79,12 +79,14 @@ def concrete(value: Any) -> np.ndarray | None:
         return None
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A concrete value as error messages show it (a scalar's repr, or a short array)."""
     arr = np.asarray(value)
     return repr(arr.item()) if arr.ndim == 0 else np.array2string(arr, threshold=8)
 
 
-def _traced_check(ok: jax.Array, message: str, value: Any) -> None:
+def traced_check(ok: jax.Array, message: str, value: Any) -> None:
+    """``checkify.check(all(ok))`` under :func:`traced_checks`, nothing otherwise; ``value`` follows ``message``."""
     if _TRACED_CHECKS.get():
         checkify.check(jnp.all(ok), message + " {} (traced).", value)
 
@@ -112,10 +114,10 @@ def _check_number(name: str, value: Any, where: str, requirement: str, ok: Calla
     arr = concrete(value)
     if arr is None:
         if isinstance(value, jax.core.Tracer):
-            _traced_check(jnp.isfinite(value) & ok(value), message, value)
+            traced_check(jnp.isfinite(value) & ok(value), message, value)
         return
     if not _numeric(arr) or np.any(~np.isfinite(arr)) or not np.all(ok(arr)):
-        raise ValueError(f"{message} {_fmt(value)}.")
+        raise ValueError(f"{message} {fmt(value)}.")
 
 
 def check_labels(name: str, labels: Any, num_classes: int, where: str = "") -> None:
@@ -128,11 +130,11 @@ def check_labels(name: str, labels: Any, num_classes: int, where: str = "") -> N
     arr = concrete(labels)
     if arr is None:
         if isinstance(labels, jax.core.Tracer):
-            _traced_check((labels >= 0) & (labels < num_classes), message, labels)
+            traced_check((labels >= 0) & (labels < num_classes), message, labels)
         return
     bad = (arr < 0) | (arr >= num_classes)
     if np.any(bad):
-        raise ValueError(f"{message} {_fmt(arr[bad][:8])} (out of range).")
+        raise ValueError(f"{message} {fmt(arr[bad][:8])} (out of range).")
 
 
 def check_callable(name: str, value: Any, where: str, what: str = "a function") -> None:
@@ -203,8 +205,9 @@ def check_flag(name: str, value: Any, where: str = "") -> bool:
 
 
 def split_aux(out: Any, has_aux: bool, where: str) -> tuple[Any, Any]:
-    """``(loss, aux)`` of a ``loss_fn`` output, checked against ``has_aux`` (a mismatch failed deep
-    inside jax with an error naming neither)."""
+    """``(loss, aux)`` of a ``loss_fn`` output, checked against ``has_aux`` and for a scalar loss (a
+    mismatch failed deep inside jax with an error naming neither; a per-example loss had a penalty
+    added to every element)."""
     if has_aux:
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             got = f"an array of shape {np.shape(out)}" if hasattr(out, "shape") else f"a {type(out).__name__}"
@@ -212,13 +215,20 @@ def split_aux(out: Any, has_aux: bool, where: str) -> tuple[Any, Any]:
                 f"{where}: with has_aux=True loss_fn must return (loss, aux), got {got}; pass has_aux=False "
                 f"for a loss alone."
             )
-        return out[0], out[1]
-    if isinstance(out, (tuple, list)):
+        loss, aux = out
+    elif isinstance(out, (tuple, list)):
         raise ValueError(
             f"{where}: loss_fn returned a {type(out).__name__} of {len(out)}; pass has_aux=True if it returns "
             f"(loss, aux)."
         )
-    return out, None
+    else:
+        loss, aux = out, None
+    if jnp.ndim(loss) != 0:  # known at trace time
+        raise ValueError(
+            f"{where}: loss_fn must return a scalar loss, got an output of shape {jnp.shape(loss)} (reduce "
+            f"a per-example loss, e.g. with .mean())."
+        )
+    return loss, aux
 
 
 def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> None:
@@ -279,7 +289,7 @@ def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "",
             ok = (value == jnp.round(value)) & (value >= minimum) if jnp.issubdtype(value.dtype, jnp.number) else False
             if maximum is not None:
                 ok = ok & (value <= maximum)
-            _traced_check(ok, message, value)
+            traced_check(ok, message, value)
         return
     if (
         arr.dtype == np.bool_
@@ -289,7 +299,7 @@ def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "",
         or np.any(arr < minimum)
         or (maximum is not None and np.any(arr > maximum))
     ):
-        raise ValueError(f"{message} {_fmt(arr)}.")
+        raise ValueError(f"{message} {fmt(arr)}.")
 
 
 def check_applied(where: str, **hyperparameters: Any) -> None:

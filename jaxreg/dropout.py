@@ -216,6 +216,10 @@ def dropout(
             raise ValueError(
                 f"dropout: broadcast_dims must be axes of x (ndim {x.ndim}), got broadcast_dims = {tuple(broadcast_dims)}."
             )
+        if int(d) % x.ndim in dims:
+            raise ValueError(
+                f"dropout: broadcast_dims must not repeat an axis, got broadcast_dims = {tuple(broadcast_dims)}."
+            )
         dims.add(int(d) % x.ndim)
     rate_value = _checks.concrete(rate)
     if rate_value is not None and float(rate_value) == 0.0:
@@ -250,6 +254,7 @@ def _run_masks(
     ``mc_dropout`` and ``mc_dropout_samples`` share it, so both see the same keys in the same order;
     the chunk is explicit, or measured, cached or static (``jaxreg._chunking``).
     """
+    _checks.check_callable("apply_fn", apply_fn, where, "a function (params, x, rng) -> outputs")
     num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, where)
     chunk = _chunking.check_chunk_size(chunk_size, where)
     _random.check_key(rng, where)

@@ -100,7 +100,7 @@ def freeze_stopped(stopped: ArrayLike, new: PyTree, old: PyTree) -> PyTree:
       A pytree like ``new``.
 
     Raises:
-      ValueError: if ``stopped`` does not match the leading shape of a leaf.
+      ValueError: if ``stopped`` is not of bool dtype or does not match the leading shape of a leaf.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -111,7 +111,13 @@ def freeze_stopped(stopped: ArrayLike, new: PyTree, old: PyTree) -> PyTree:
       [1.0, 0.0, 1.0]
     """
     _checks.check_like("new", new, "old", old, "freeze_stopped")
-    return _select(jnp.logical_not(jnp.asarray(stopped, jnp.bool_)), new, old)
+    try:
+        dtype = np.dtype(stopped.dtype) if hasattr(stopped, "dtype") else np.asarray(stopped).dtype
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype != np.bool_:  # "no" and 0.5 were read as true
+        raise ValueError(f"freeze_stopped: stopped must be a bool or an array of bools, got stopped = {stopped!r}.")
+    return _select(jnp.logical_not(jnp.asarray(stopped)), new, old)
 
 
 def _float_dtype() -> np.dtype:
@@ -138,8 +144,28 @@ def _own_copy(x: Any) -> Any:
     return x  # under a trace the state's outputs are the program's own; numpy and numbers as given
 
 
+def _check_hyperparameter_shapes(obj: Any, names: tuple[str, ...], state_shape: tuple, where: str) -> None:
+    """Each hyperparameter leaf is a scalar or broadcasts to the state's counters without changing them.
+
+    An array ``patience`` against a one-member state gave the state a member axis it did not have
+    (caught, if at all, at the next update under another function's name).
+    """
+    for name in names:
+        shape = jnp.shape(getattr(obj, name))
+        try:
+            fits = jnp.broadcast_shapes(shape, state_shape) == state_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{where}: {name} must be a scalar or one per member of a state batched on a member axis, got "
+                f"{name}.shape = {shape} for a state of shape {state_shape} (to sweep it, jax.vmap over the "
+                f"stopper and its state together)."
+            )
+
+
 def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> tuple[jax.Array, Any]:
-    """The metric in its own float dtype (ints and bools in the state's), and the comparison dtype.
+    """The metric in its own float dtype (ints in the state's), and the comparison dtype.
 
     The comparison runs in the wider of the metric's and the state's float dtypes (an explicit
     promotion, so strict dtype promotion holds): no rounding of the metric before it is compared.
@@ -151,6 +177,9 @@ def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> t
         metric = jnp.asarray(metric)
     except (TypeError, ValueError):  # a string, None, an object
         raise ValueError(f"{where}: metric must be a number or an array of numbers, got metric = {metric!r}.") from None
+    if not (jnp.issubdtype(metric.dtype, jnp.integer) or jnp.issubdtype(metric.dtype, jnp.floating)):
+        # a bool was the metric 1.0 (a flag passed for the metric)
+        raise ValueError(f"{where}: metric must be a number or an array of numbers, got a {metric.dtype} metric.")
     state_dtype, state_shape = state_best.dtype, jnp.shape(state_best)
     try:
         fits = jnp.broadcast_shapes(metric.shape, state_shape) == state_shape
@@ -324,7 +353,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
             baseline = jnp.inf if mode == "min" else -jnp.inf
         arr = _checks.concrete(baseline)
         if arr is not None and (not np.issubdtype(arr.dtype, np.number) or np.any(np.isnan(arr))):
-            raise ValueError(f"EarlyStopping: baseline must be a number or None, got baseline = {_checks._fmt(arr)}.")
+            raise ValueError(f"EarlyStopping: baseline must be a number or None, got baseline = {_checks.fmt(arr)}.")
         return _EarlyStoppingData(
             patience=_int_leaf(patience),
             min_delta=_float_leaf(min_delta),
@@ -370,6 +399,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
     def improved(self, state: EarlyStoppingState, metric: ArrayLike) -> jax.Array:
         """Whether ``metric`` improves on ``state.best_metric`` by more than ``min_delta`` (False when not finite)."""
         metric, dtype = _metric_and_dtype(metric, state.best_metric, "EarlyStopping.improved")
+        _check_hyperparameter_shapes(self, ("min_delta",), jnp.shape(state.best_metric), "EarlyStopping.improved")
         return self._beats(metric, state.best_metric, dtype)
 
     def update(self, state: EarlyStoppingState, metric: ArrayLike, params: PyTree) -> EarlyStoppingState:
@@ -385,6 +415,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
           The new state; ``state`` itself (leaf for leaf) where already stopped.
         """
         metric, dtype = _metric_and_dtype(metric, state.best_metric, "EarlyStopping.update")
+        _check_hyperparameter_shapes(self, _STOPPING_LEAVES, jnp.shape(state.best_metric), "EarlyStopping.update")
         _checks.check_like("params", params, "state.best_params", state.best_params, "EarlyStopping.update")
         active = jnp.logical_not(state.stopped)
         counted = jnp.logical_and(active, state.step >= self.start_from)
@@ -403,6 +434,7 @@ class EarlyStopping(metaclass=_CheckedConstruction):
 
 
 _EarlyStoppingData = _storage(EarlyStopping)
+_STOPPING_LEAVES = ("patience", "min_delta", "baseline", "start_from")
 
 
 class PlateauState(NamedTuple):
@@ -464,12 +496,12 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
       patience: updates without improvement (outside cooldown) before a reduction; integer >= 1.
       min_delta: the margin an improvement must beat (>= 0).
       cooldown: updates after a reduction during which ``wait`` stays 0; integer >= 0.
-      min_scale: the scale never goes below it (>= 0).
+      min_scale: the scale never goes below it, in [0, 1] (the scale starts at 1).
       mode: "min" or "max". Static.
 
     Raises:
       ValueError: if ``factor`` is not in (0, 1), ``patience`` is not an integer >= 1,
-        ``cooldown`` not an integer >= 0, ``min_delta`` or ``min_scale`` negative, or ``mode``
+        ``cooldown`` not an integer >= 0, ``min_delta`` negative, ``min_scale`` not in [0, 1], or ``mode``
         not "min"/"max".
 
     Examples:
@@ -509,7 +541,8 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
         _checks.check_integer_at_least("patience", patience, 1, "ReduceOnPlateau", maximum=_checks.INT32_MAX)
         _checks.check_nonnegative("min_delta", min_delta, "ReduceOnPlateau")
         _checks.check_integer_at_least("cooldown", cooldown, 0, "ReduceOnPlateau", maximum=_checks.INT32_MAX)
-        _checks.check_nonnegative("min_scale", min_scale, "ReduceOnPlateau")
+        # the scale starts at 1: a floor above it would never let the scale drop
+        _checks.check_in_range("min_scale", min_scale, 0, 1, "ReduceOnPlateau", closed_high=True)
         _check_mode("ReduceOnPlateau", mode)
         return _ReduceOnPlateauData(
             factor=jnp.asarray(factor, jnp.float32),
@@ -553,6 +586,7 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
           The new state.
         """
         metric, dtype = _metric_and_dtype(metric, state.best, "ReduceOnPlateau.update")
+        _check_hyperparameter_shapes(self, _PLATEAU_LEAVES, jnp.shape(state.best), "ReduceOnPlateau.update")
         m, best, delta = metric.astype(dtype), state.best.astype(dtype), self.min_delta.astype(dtype)
         better = jnp.logical_and(jnp.isfinite(m), m < best - delta if self.mode == "min" else m > best + delta)
         in_cooldown = state.cooldown_count > 0
@@ -572,6 +606,7 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
 
 
 _ReduceOnPlateauData = _storage(ReduceOnPlateau)
+_PLATEAU_LEAVES = ("factor", "patience", "min_delta", "cooldown", "min_scale")
 
 
 def retrain_budget(
@@ -631,11 +666,12 @@ def checked_retrain_budget(
     _checks.check_integer_at_least("num_updates", num_updates, 0, where, maximum=_checks.INT32_MAX)
     batch_size = _checks.check_int_at_least("batch_size", batch_size, 1, where)
     if where == "retrain_budget":
-        num_train = _checks.check_int_at_least("num_train", num_train, batch_size, where)
-    elif num_train < batch_size:
+        num_train = _checks.check_int_at_least("num_train", num_train, 1, where)
+    if num_train < batch_size:  # one batch must fit the training data
+        examples = f"num_train = {num_train}" if where == "retrain_budget" else f"{num_train}"
+        data = "training examples" if where == "retrain_budget" else "train_data examples"
         raise ValueError(
-            f"{where}: batch_size must be at most the number of train_data examples ({num_train}), "
-            f"got batch_size = {batch_size}."
+            f"{where}: batch_size must be at most the number of {data} ({examples}), got batch_size = {batch_size}."
         )
     num_val = _checks.check_int_at_least("num_val", num_val, 0, where)
     u = jnp.asarray(num_updates, jnp.int32)

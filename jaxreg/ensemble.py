@@ -156,6 +156,7 @@ def init(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array, num_members: in
       >>> params["w"].shape
       (5, 3)
     """
+    _checks.check_callable("init_fn", init_fn, "ensemble.init", "a function rng -> params")
     num_members = _check_num_members(num_members, "ensemble.init")
     _random.check_key(rng, "ensemble.init")
     return _eager.call(jax.vmap(init_fn), jax.random.split(rng, num_members))
@@ -567,6 +568,7 @@ def predict(
       (4.0, 4.0)
     """
     _refuse_chunked(stacked_params, "ensemble.predict")
+    _checks.check_callable("apply_fn", apply_fn, "ensemble.predict")
     n = num_members(stacked_params, name="ensemble.predict: stacked_params")
     chunk = _chunking.check_chunk_size(chunk_size, "ensemble.predict")
 
@@ -659,8 +661,12 @@ def train_step(
             f"axis), got batch_axis = {batch_axis!r}."
         )
 
+    def checked_loss(params, batch, rng, hparams):
+        loss, aux = _checks.split_aux(loss_fn(params, batch, rng, hparams), has_aux, "ensemble.train_step")
+        return (loss, aux) if has_aux else loss
+
     def member_step(params, opt_state, batch, rng, hparams):
-        out, grads = jax.value_and_grad(loss_fn, has_aux=has_aux)(params, batch, rng, hparams)
+        out, grads = jax.value_and_grad(checked_loss, has_aux=has_aux)(params, batch, rng, hparams)
         # optax's scale_by_adam computes decay ** count (float ** int32): standard promotion
         # for the optimizer's own update only, so that a user running strict promotion can use it.
         with jax.numpy_dtype_promotion("standard"):

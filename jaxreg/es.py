@@ -531,6 +531,7 @@ def gradient(
       True
     """
     where = "es.gradient"
+    _checks.check_callable("loss_fn", loss_fn, where, "a function params -> loss")
     population, chunk_size = _check_args(
         params, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh
     )
@@ -582,6 +583,7 @@ def value_and_gradient(
       (3.0, [2, 2, 2])
     """
     where = "es.value_and_gradient"
+    _checks.check_callable("loss_fn", loss_fn, where, "a function params -> loss")
     population, chunk_size = _check_args(
         params, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh
     )

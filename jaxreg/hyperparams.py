@@ -129,11 +129,45 @@ def _static_kind(param: inspect.Parameter | None) -> str | None:
     return None
 
 
+# optax's names for numbers with a domain: outside it optax raises nothing and the updates are NaN
+# (adam's b1 = 1 divides by 1 - b1**t = 0) or climb the loss (a negative learning rate).
+_DOMAINS: dict[str, tuple[float, float | None]] = {
+    "learning_rate": (0, None),
+    "weight_decay": (0, None),
+    "eps": (0, None),
+    "eps_root": (0, None),
+    "b1": (0, 1),
+    "b2": (0, 1),
+}
+
+
+def _check_number(where: str, name: str, value: Any) -> None:
+    """Finite, and within optax's domain for the names in ``_DOMAINS`` (traced: under ``traced_checks``)."""
+    low, high = _DOMAINS.get(name, (None, None))
+    if low is None:
+        _checks.check_finite(name, value, where)
+    elif high is None:
+        _checks.check_nonnegative(name, value, where)
+    else:
+        _checks.check_in_range(name, value, low, high, where)
+
+
+def _takes_number(name: str, param: inspect.Parameter | None) -> bool:
+    """The argument is a number: one of optax's numeric names, or its default is a float or int."""
+    if name in _DOMAINS:
+        return True
+    default = inspect.Parameter.empty if param is None else param.default
+    return isinstance(default, (int, float)) and not isinstance(default, bool)
+
+
 def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None, static_args: frozenset) -> str:
     """'static', 'numeric' or 'schedule' for one argument; raises for a static one given a traced value."""
     if isinstance(value, SweepableSchedule):
         return "static" if name in static_args else "schedule"
     kind = _static_kind(param)
+    if isinstance(value, (bool, np.bool_, str)) and kind not in ("bool", "str") and _takes_number(name, param):
+        # A bool stayed static and the factory read True as 1; a string failed inside optax.
+        raise ValueError(f"{where}: {name} must be a number, got {name} = {value!r}.")
     if kind in ("bool", "str") and (_is_array(value) or _contains_tracer(value)):
         raise ValueError(
             f"{where}: {name} is a {kind} argument, static (it selects the optimizer's structure, it is not "
@@ -168,8 +202,7 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
                     f"{where}: {name} must be a scalar (one value per optimizer; to sweep, build the optimizer "
                     f"inside jax.vmap with one value per member), got {name} with shape {np.shape(value)}."
                 )
-            if not isinstance(value, jax.core.Tracer) and not np.isfinite(np.asarray(value, np.float64)):
-                raise ValueError(f"{where}: {name} must be finite, got {name} = {value!r}.")  # NaN updates
+            _check_number(where, name, value)  # NaN or ascending updates otherwise
             return "numeric"
         if isinstance(value, jax.core.Tracer):
             raise ValueError(
@@ -486,8 +519,12 @@ def sweepable(
     of float numbers (a :class:`jaxreg.Penalty`, a constraint) is a leaf as a whole: its numbers
     live in the state, so ``penalty=jr.l1(s)`` under ``vmap`` gives each member its own scale.
     Passing a traced value or an array for a bool or str argument, or a traced value for any
-    static one, raises ``ValueError`` naming it. To sweep a schedule's numbers pass a
-    :func:`schedule`.
+    static one, raises ``ValueError`` naming it, as does a bool or a string for a number (an
+    argument with a float or int default, or one of optax's names below). Numbers must be
+    finite, and within optax's domain for these names: ``learning_rate``, ``weight_decay``,
+    ``eps`` and ``eps_root`` at least 0, ``b1`` and ``b2`` in [0, 1) (concrete values when
+    called; traced ones under :func:`jaxreg.traced_checks`). To sweep a schedule's numbers pass
+    a :func:`schedule`.
 
     Numerics against the unwrapped ``factory(**concrete_values)`` (float32 params):
 
@@ -527,7 +564,7 @@ def sweepable(
     Raises:
       ValueError: when called, if the arguments do not fit ``factory``'s signature, a static
         argument is given a traced value (or a bool/str argument an array), a numeric argument
-        is not a scalar, or ``factory`` uses a numeric argument in Python control flow; at
+        is not a finite scalar in its domain (or is a bool or a string), or ``factory`` uses a numeric argument in Python control flow; at
         ``update`` time, if the state was not made by a sweepable optimizer with the same
         hyperparameter names.
 

@@ -274,6 +274,7 @@ def mc_dropconnect(
       >>> round(float(pred.mean[0, 0]) / 100, 1), round(float(pred.variance[0, 0]) / 100, 1)
       (1.0, 1.0)
     """
+    _checks.check_callable("apply_fn", apply_fn, "mc_dropconnect", "a function (params, x) -> outputs")
     _random.check_key(rng, "mc_dropconnect")
     _checks.check_rate("rate", rate, "mc_dropconnect", float32_mask=True)
     # checked here too, so the message names this function rather than mc_dropout

@@ -74,16 +74,19 @@ def _selected_terms(fn: Callable[[jax.Array], jax.Array], tree: PyTree, mask: An
 
 
 def _check_step_values(step: Any, where: str) -> None:
-    """A prox's step is a length: each concrete value ``>= 0``.
+    """A prox's step is a length: each concrete value ``>= 0`` (not NaN).
 
     ``inf`` is allowed (the prox is then the penalty's minimizer, as for Adam's step at an
-    untouched coordinate with ``eps=0``); traced steps are not checked.
+    untouched coordinate with ``eps=0``); traced steps are checked under :func:`jaxreg.traced_checks`.
     """
+    message = f"{where}: step must be >= 0 (inf allowed, not NaN), got step ="
     for t in jax.tree.leaves(step):
         arr = _checks.concrete(t)
-        if arr is not None and (not jnp.issubdtype(arr.dtype, jnp.number) or np.any(~(arr >= 0))):
-            shown = repr(arr.item()) if arr.ndim == 0 else np.array2string(arr, threshold=8)
-            raise ValueError(f"{where}: step must be >= 0, got step = {shown}.")
+        if arr is None:
+            if isinstance(t, jax.core.Tracer):
+                _checks.traced_check(t >= 0, message, t)
+        elif not jnp.issubdtype(arr.dtype, jnp.number) or np.any(~(arr >= 0)):
+            raise ValueError(f"{message} {_checks.fmt(arr)}.")
 
 
 def _steps_like(step: Any, tree: PyTree, where: str) -> PyTree:
@@ -396,8 +399,9 @@ class Tie(Penalty):
     with a ``ValueError``: the prox below would be wrong for it). The prox pulls the pair
     toward its mean: :math:`a - b \leftarrow (a - b) / (1 + 4 t \lambda)` with :math:`a + b`
     unchanged, exact when ``a`` and ``b`` do not overlap. The pair is computed in the wider of
-    its two dtypes (float32 at least) and each side returned in its own; a pair with an integer
-    leaf is not penalized (it passes through, as integer leaves do in every penalty).
+    its two dtypes (float32 at least) and each side returned in its own; a pair of integer
+    leaves is not penalized (it passes through, as integer leaves do in every penalty), and a
+    float leaf tied to an integer one is refused.
     """
 
     scale: jax.Array
@@ -415,6 +419,11 @@ class Tie(Penalty):
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             if jnp.shape(x) != jnp.shape(y):
                 raise ValueError(f"tie: the tied groups differ in shape: a has {jnp.shape(x)}, b has {jnp.shape(y)}.")
+            if _is_float_leaf(x) != _is_float_leaf(y):  # it passed through unpenalized: a silent 0
+                raise ValueError(
+                    f"tie: a float leaf is tied to a non-float one: a has dtype {jnp.result_type(x)}, b has "
+                    f"{jnp.result_type(y)}."
+                )
         computed = _computes(jax.make_jaxpr(self.where)(tree).jaxpr)
         if computed:
             raise ValueError(

@@ -75,6 +75,7 @@ def sam_gradient(
       Kwon, Kim, Park & Choi, "ASAM: adaptive sharpness-aware minimization for scale-invariant
       learning of deep neural networks", ICML 2021.
     """
+    _checks.check_callable("loss_fn", loss_fn, "sam_gradient", "a function (params, *args) -> loss")
     _checks.check_nonnegative("rho", rho, "sam_gradient", scalar=True)
     _checks.check_nonnegative("eta", eta, "sam_gradient", scalar=True)
     adaptive = _checks.check_flag("adaptive", adaptive, "sam_gradient")

@@ -136,6 +136,14 @@ def _learning_rate_at(learning_rate: Any, count: jax.Array, where: str) -> jax.A
         raise ValueError(
             f"{where}: a learning_rate schedule must return a scalar, got a value of shape {jnp.shape(value)}."
         )
+    # named here: the prox's own check would name its step
+    message = f"{where}: a learning_rate schedule must return values >= 0, got learning_rate(count) ="
+    arr = _checks.concrete(value)
+    if arr is None:
+        if isinstance(value, jax.core.Tracer):
+            _checks.traced_check(value >= 0, message, value)
+    elif not arr >= 0:
+        raise ValueError(f"{message} {_checks.fmt(arr)} at count = {_checks.fmt(count)}.")
     return value
 
 

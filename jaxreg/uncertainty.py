@@ -186,6 +186,11 @@ def _check_samples(samples: ArrayLike, where: str, from_logits: Any) -> tuple[ja
     if samples.shape[0] < 1:
         raise ValueError(f"{where}: samples needs at least one sample, got samples.shape = {samples.shape}.")
     arr = None if from_logits else _checks.concrete(samples)
+    if arr is None and not from_logits and isinstance(samples, jax.core.Tracer):
+        in_range = (samples >= 0) & (samples <= 1) | jnp.isnan(samples)
+        _checks.traced_check(
+            in_range, f"{where}: with from_logits=False samples must be probabilities in [0, 1], got", samples
+        )
     if arr is not None and np.any((arr < 0) | (arr > 1)):  # NaN passes: a diverged member reads as NaN
         # Logits read as probabilities gave NaN entropies and negative "probabilities".
         bad = arr[(arr < 0) | (arr > 1)]

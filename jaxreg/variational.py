@@ -415,6 +415,7 @@ def elbo_loss(
       >>> [round(float(v), 4) for v in (total, terms.nll, terms.kl)]
       [0.0, 0.0, 0.0]
     """
+    _checks.check_callable("loss_fn", loss_fn, "variational.elbo_loss")
     _checks.check_positive("num_examples", num_examples, "variational.elbo_loss")
     for leaf in jax.tree.leaves(prior_std):
         _checks.check_positive("prior_std", leaf, "variational.elbo_loss")
@@ -496,6 +497,7 @@ def _run_samples(
 
     The samples per chunk are explicit, or measured, cached or static (``jaxreg._chunking``).
     """
+    _checks.check_callable("apply_fn", apply_fn, where, "a function (params, x) -> outputs")
     _check_meanfield(vparams, where)
     num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, where)
     chunk = _chunking.check_chunk_size(chunk_size, where)

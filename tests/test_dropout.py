@@ -318,6 +318,10 @@ def test_rate_zero_checks_broadcast_dims_and_a_rate_that_is_one_in_float32_is_re
             ValueError, match=r"broadcast_dims must be axes of x \(ndim 2\), got broadcast_dims = \(5,\)"
         ):
             jr.dropout(jax.random.key(0), x, rate, broadcast_dims=(5,))
+    with pytest.raises(
+        ValueError, match=r"^dropout: broadcast_dims must not repeat an axis, got broadcast_dims = \(0, -2\)"
+    ):
+        jr.dropout(jax.random.key(0), x, 0.5, broadcast_dims=(0, -2))  # as max_norm's axis refuses
     with pytest.raises(ValueError, match=r"dropout: rate must be below 1 in float32, got rate = 0\.99999999"):
         jr.dropout(jax.random.key(0), x, 0.99999999)  # it kept 2**-16 of the units, scaled by 0
 

@@ -292,7 +292,8 @@ BAD = [
     ),
     (
         lambda: jr.retrain_budget(10, num_train=5, num_val=10, batch_size=10),
-        r"num_train must be an int >= 10, got num_train = 5",
+        r"^retrain_budget: batch_size must be at most the number of training examples \(num_train = 5\), "
+        r"got batch_size = 10\.",
     ),
     (
         lambda: jr.retrain_budget(-3, num_train=50, num_val=30, batch_size=8),
@@ -630,7 +631,7 @@ PLATEAU_BAD = [
         r"cooldown must be an integer in \[0, 2147483647\], got cooldown = -1\.",
     ),
     (lambda: jr.ReduceOnPlateau(0.5, 2, min_delta=-1.0), r"min_delta must be finite and >= 0, got min_delta = -1\.0"),
-    (lambda: jr.ReduceOnPlateau(0.5, 2, min_scale=-0.1), r"min_scale must be finite and >= 0, got min_scale = -0\.1"),
+    (lambda: jr.ReduceOnPlateau(0.5, 2, min_scale=-0.1), r"min_scale must be in \[0, 1\], got min_scale = -0\.1"),
     (
         lambda: jr.ReduceOnPlateau(0.5, 2, mode="up"),
         r"ReduceOnPlateau: mode must be \"min\" or \"max\", got mode = 'up'",
@@ -715,3 +716,31 @@ def test_help_and_inspect_show_the_documented_signatures():
     # bound as documented: a positional min_delta is refused
     with pytest.raises(TypeError):
         sig.bind(0.5, 3, 0.1)
+
+
+def test_hyperparameters_that_do_not_fit_the_state_or_numbers_that_are_not_are_refused():
+    # An array patience against a one-member state gave the state a member axis (an error at the
+    # next update, naming freeze_stopped); a bool metric counted as 1.0; "yes" and 0.5 froze.
+    params = jnp.ones(3)
+    stopper = jr.EarlyStopping(patience=jnp.array([1, 3]))
+    with pytest.raises(ValueError, match=r"^EarlyStopping.update: patience must be a scalar or one per member"):
+        stopper.update(stopper.init(params), 1.0, params)
+    plateau = jr.ReduceOnPlateau(0.5, patience=jnp.array([1, 2]))
+    with pytest.raises(ValueError, match=r"^ReduceOnPlateau.update: patience must be a scalar or one per member"):
+        plateau.update(plateau.init(), 1.0)
+    # the same array patience fits a state batched on a member axis: member 0 stops after one
+    # update without improvement, member 1 waits for three
+    batched = jax.vmap(lambda p: stopper.init(p))(jnp.ones((2, 3)))
+    for metric in (1.0, 2.0):
+        batched = stopper.update(batched, jnp.full(2, metric), jnp.ones((2, 3)))
+    assert batched.stopped.tolist() == [True, False]
+    stopper = jr.EarlyStopping(2)
+    with pytest.raises(ValueError, match=r"^EarlyStopping.update: metric must be a number .* got a bool metric"):
+        stopper.update(stopper.init(params), True, params)
+    for bad in ("yes", jnp.array([0.5, 0.0])):
+        with pytest.raises(ValueError, match=r"^freeze_stopped: stopped must be a bool or an array of bools"):
+            jr.freeze_stopped(bad, jnp.ones(2), jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"^ReduceOnPlateau: min_scale must be in \[0, 1\], got min_scale = 2\.0\."):
+        jr.ReduceOnPlateau(0.5, 1, min_scale=2.0)
+    with pytest.raises(ValueError, match=r"^retrain_budget: batch_size must be at most the number of training"):
+        jr.retrain_budget(10, num_train=5, num_val=1, batch_size=10)

@@ -509,6 +509,9 @@ def test_resume_with_another_monitor_alone_is_refused(tmp_path):
         ({"checkpoint_dir": 3}, r"^fit: checkpoint_dir must be a path or None, got checkpoint_dir = 3\."),
         ({"compact": "no"}, r"^fit: compact must be True or False, got compact = 'no'\."),  # was: compaction on
         ({"progress": None}, r"^fit: progress must be True or False, got progress = None\."),
+        # jax's TypeError naming no argument; bools were the losses 1 and 0
+        ({"eval_fn": lambda s, v: "low"}, r"^fit: eval_fn must return real numbers .* got 'low' of type str\."),
+        ({"eval_fn": lambda s, v: (jnp.bool_(True), 0.5)}, r"^fit: eval_fn must return real numbers .* of type"),
     ],
 )
 def test_fit_refuses_functions_flags_and_paths_that_are_not(changed, match):

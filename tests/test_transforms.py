@@ -483,6 +483,30 @@ def test_a_has_aux_mismatch_is_named(make, match):
             jax.value_and_grad(fn, has_aux=True)(jnp.ones(3))
 
 
+def test_a_per_example_loss_or_a_missing_has_aux_is_refused_by_name():
+    # A vector loss had the penalty added to every element (sum(total) counted it 4 times); in
+    # train_step it failed in jax's grad, as did a (loss, aux) pair without has_aux=True.
+    per_example = jr.regularize(lambda w: w**2, jr.l2(0.1))
+    with pytest.raises(
+        ValueError, match=r"^regularize: loss_fn must return a scalar loss, got an output of shape \(4,\)"
+    ):
+        per_example(jnp.ones(4))
+    opt = optax.sgd(0.1)
+    params = jnp.ones((2, 3))
+    args = (params, jax.vmap(opt.init)(params), jnp.ones(3), jax.random.key(0))
+    vector = jr.ensemble.train_step(lambda p, b, r, h: (p * b) ** 2, opt)
+    with pytest.raises(ValueError, match=r"^ensemble.train_step: loss_fn must return a scalar loss, got an output"):
+        vector(*args)
+    paired = jr.ensemble.train_step(lambda p, b, r, h: (jnp.sum(p), {"a": 1.0}), opt)
+    with pytest.raises(ValueError, match=r"^ensemble.train_step: loss_fn returned a tuple of 2; pass has_aux=True"):
+        paired(*args)
+    # the checked step is still the member's plain gradient step: loss sum(p**2 b), grad 2 p b
+    step = jr.ensemble.train_step(lambda p, b, r, h: jnp.sum(p**2 * b), opt)
+    new, _, losses = step(*args)
+    np.testing.assert_allclose(np.asarray(new), 1.0 - 0.1 * 2.0, rtol=EPS)
+    np.testing.assert_allclose(np.asarray(losses), 3.0, rtol=EPS)
+
+
 def test_an_integer_loss_does_not_truncate_the_penalty():
     total, _ = jr.regularize(lambda p: 1, jr.l2(0.3))(jnp.ones(2))
     assert float(total) == pytest.approx(1 + 0.3 * 2, rel=4 * EPS)  # was 1: the penalty cast to int
@@ -504,7 +528,65 @@ def test_an_integer_loss_does_not_truncate_the_penalty():
         # Non-finite or complex numbers were accepted: NaN updates, a dropped imaginary part.
         (
             lambda: jr.sweepable(optax.adam)(learning_rate=float("nan")),
-            r"^sweepable\(adam\): learning_rate must be finite, got learning_rate = nan\.",
+            r"^sweepable\(adam\): learning_rate must be finite and >= 0, got learning_rate = nan\.",
+        ),
+        # Out of optax's domain, optax raised nothing: ascent, NaN updates (1 - b1**t = 0), a bool
+        # read as the learning rate 1, a string failing inside optax.
+        (
+            lambda: jr.sweepable(optax.adam)(learning_rate=-0.1),
+            r"^sweepable\(adam\): learning_rate must be finite and >= 0, got learning_rate = -0\.1\.",
+        ),
+        (
+            lambda: jr.sweepable(optax.adam)(learning_rate=0.1, b1=1.0),
+            r"^sweepable\(adam\): b1 must be in \[0, 1\), got b1 = 1\.0\.",
+        ),
+        (
+            lambda: jr.sweepable(optax.adamw)(learning_rate=0.1, weight_decay=-1e-4),
+            r"^sweepable\(adamw\): weight_decay must be finite and >= 0, got weight_decay = -0\.0001\.",
+        ),
+        (
+            lambda: jr.sweepable(optax.adam)(learning_rate=True),
+            r"^sweepable\(adam\): learning_rate must be a number, got learning_rate = True\.",
+        ),
+        (
+            lambda: jr.sweepable(optax.adam)(learning_rate="0.1"),
+            r"^sweepable\(adam\): learning_rate must be a number, got learning_rate = '0\.1'\.",
+        ),
+        # A function argument that is not one failed with jax's or Python's TypeError, some only
+        # when called.
+        (
+            lambda: jr.mc_dropout("f", 1.0, 1.0, jax.random.key(0), 4),
+            r"^mc_dropout: apply_fn must be a function \(params, x, rng\) -> outputs, got apply_fn = 'f'\.",
+        ),
+        (
+            lambda: jr.mc_dropout_samples("f", 1.0, 1.0, jax.random.key(0), 4),
+            r"^mc_dropout_samples: apply_fn must be a function",
+        ),
+        (
+            lambda: jr.mc_dropconnect("f", jnp.ones(2), 1.0, jax.random.key(0), 4, 0.5),
+            r"^mc_dropconnect: apply_fn must be a function",
+        ),
+        (lambda: jr.ensemble.predict("f", jnp.ones(2), 1.0), r"^ensemble.predict: apply_fn must be a function"),
+        (
+            lambda: jr.ensemble.init("f", jax.random.key(0), 2),
+            r"^ensemble.init: init_fn must be a function rng -> params, got init_fn = 'f'\.",
+        ),
+        (
+            lambda: jr.es.gradient("f", jnp.ones(2), jax.random.key(0), sigma=0.1, population=4),
+            r"^es.gradient: loss_fn must be a function params -> loss, got loss_fn = 'f'\.",
+        ),
+        (
+            lambda: jr.es.value_and_gradient("f", jnp.ones(2), jax.random.key(0), sigma=0.1, population=4),
+            r"^es.value_and_gradient: loss_fn must be a function",
+        ),
+        (lambda: jr.sam_gradient("f", jnp.ones(2), rho=0.1), r"^sam_gradient: loss_fn must be a function"),
+        (
+            lambda: jr.variational.elbo_loss("f", num_examples=10),
+            r"^variational.elbo_loss: loss_fn must be a function, got loss_fn = 'f'\.",
+        ),
+        (
+            lambda: jr.variational.predict("f", jr.variational.init(jnp.ones(2)), 1.0, jax.random.key(0), 4),
+            r"^variational.predict: apply_fn must be a function",
         ),
         (lambda: jr.l2(1 + 1j), r"^l2: scale must be finite and >= 0, got scale = \(1\+1j\)\."),
         (lambda: jr.l2(0.1, center={"w": jnp.array([0.0, np.nan])}), r"^l2: center\['w'\] must be finite"),

@@ -277,6 +277,15 @@ def test_logits_passed_as_probabilities_are_refused(fn):
         fn(logits, from_logits=False)
     probs = jax.nn.softmax(logits, axis=-1)
     np.testing.assert_allclose(fn(probs, from_logits=False), fn(logits), rtol=8 * EPS32, atol=8 * EPS32)
+    # Under jit they are checked under traced_checks (NaN passes: a diverged member).
+    from jax.experimental import checkify
+
+    checked = checkify.checkify(jax.jit(lambda s: fn(s, from_logits=False)))
+    with jr.traced_checks():
+        err = checked(logits)[0].get()
+        ok = checked(jnp.asarray([[0.2, 0.8], [np.nan, 0.8]]))[0].get()
+    assert err is not None and err.startswith(f"{fn.__name__}: with from_logits=False samples must be probabilities")
+    assert ok is None
 
 
 def test_gradient_of_predictive_entropy_at_a_zero_probability_of_a_possible_class():
