@@ -154,17 +154,20 @@ def _check_explicit_chunk(xs: PyTree, n: int, chunk: int, where: str) -> None:
 
 
 def run_chunks(
-    block_fn: Callable[[PyTree], tuple[PyTree, PyTree]],
+    block_fn: Callable[..., tuple[PyTree, PyTree]],
     xs: PyTree,
     chunk: int,
     combine: Callable[[PyTree, PyTree], PyTree] | None = None,
     *,
+    consts: tuple = (),
     where: str = "chunks",
 ) -> tuple[PyTree, PyTree]:
     """Evaluates ``block_fn`` on chunks of ``xs``'s leading axis; returns ``(summary, outputs)``.
 
-    ``block_fn(block) -> (summary, outputs)`` sees a block of ``b`` items (``b = chunk``, or the
-    remainder); ``outputs`` leaves have a leading axis ``b`` and are stacked back in item order;
+    ``block_fn(block, *consts) -> (summary, outputs)`` sees a block of ``b`` items (``b =
+    chunk``, or the remainder) and the arguments shared by all items, passed rather than closed
+    over: a flax nnx model merged from them inside may mutate its variables (``nnx.reseed``),
+    which nnx refuses for values of an outer trace. ``outputs`` leaves have a leading axis ``b`` and are stacked back in item order;
     ``summary`` of the blocks are reduced with ``combine(a, b)`` (``None``: no summary). Chunk
     ``j`` holds items ``j, j + K, j + 2K, ...`` (``K`` chunks): the stacked arrays are only
     reshaped, never transposed, so an item axis sharded across devices stays sharded in every
@@ -175,7 +178,7 @@ def run_chunks(
     chunk = max(1, min(int(chunk), n))
     num_chunks, rem = divmod(n, chunk)
     if num_chunks == 1 and not rem:
-        return block_fn(xs)
+        return block_fn(xs, *consts)
     _check_explicit_chunk(xs, n, chunk, where)
     main_n = num_chunks * chunk
     grid = jax.tree.map(lambda x: x[:main_n].reshape((chunk, num_chunks, *x.shape[1:])), xs)
@@ -188,14 +191,14 @@ def run_chunks(
     # loop: a second trace of the user's model (flax's Python) took half of an eager mc_dropout.
     # Not under disable_jit, where the loop runs in Python on values (prints, Python ifs: debugging).
     once = num_chunks > 1 and not jax.config.jax_disable_jit
-    chunk_fn = functools.partial(_eager.replay, *_eager.trace(block_fn, first_block)) if once else block_fn
-    summary, first = chunk_fn(first_block)
+    chunk_fn = functools.partial(_eager.replay, *_eager.trace(block_fn, first_block, *consts)) if once else block_fn
+    summary, first = chunk_fn(first_block, *consts)
     if num_chunks > 1:
         buffers = jax.tree.map(lambda o: jnp.repeat(jnp.expand_dims(o, 1), num_chunks, axis=1), first)
 
         def body(j: jax.Array, carry: tuple[PyTree, PyTree]) -> tuple[PyTree, PyTree]:
             acc, bufs = carry
-            s, out = chunk_fn(slice_at(j))
+            s, out = chunk_fn(slice_at(j), *consts)
             acc = combine(acc, s) if combine is not None else acc
             bufs = jax.tree.map(lambda b, o: jax.lax.dynamic_update_index_in_dim(b, o, j, axis=1), bufs, out)
             return acc, bufs
@@ -205,26 +208,49 @@ def run_chunks(
     else:
         outputs = first
     if rem:
-        s, tail = block_fn(jax.tree.map(lambda x: x[main_n:], xs))
+        s, tail = block_fn(jax.tree.map(lambda x: x[main_n:], xs), *consts)
         summary = combine(summary, s) if combine is not None else summary
         outputs = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), outputs, tail)
     return summary, outputs
 
 
-def map_chunks(fn: Callable[[PyTree], PyTree], xs: PyTree, chunk: int, *, where: str = "chunks") -> PyTree:
-    """``jax.vmap(fn)(xs)``, evaluated ``chunk`` items at a time by :func:`run_chunks`.
+def pass_arrays(fn: Callable[..., Any], consts: tuple) -> tuple[Callable[..., Any], tuple]:
+    """``(fn2, arrays)``: ``fn2(item, *arrays)`` is ``fn(item, *consts)``, with the jax arrays and
+    tracers of ``consts`` passed as arguments and its other leaves (Python numbers, strings)
+    closed over, as a closure keeps them (static: usable in Python control flow)."""
+    leaves, treedef = jax.tree.flatten(consts)
+    where = [i for i, leaf in enumerate(leaves) if isinstance(leaf, (jax.Array, jax.core.Tracer))]
 
+    def fn2(item: Any, *arrays: Any) -> Any:
+        full = list(leaves)
+        for i, a in zip(where, arrays):
+            full[i] = a
+        return fn(item, *jax.tree.unflatten(treedef, full))
+
+    return fn2, tuple(leaves[i] for i in where)
+
+
+def map_chunks(
+    fn: Callable[..., PyTree], xs: PyTree, chunk: int, *, consts: tuple = (), where: str = "chunks"
+) -> PyTree:
+    """``jax.vmap(fn, in_axes=(0, None, ...))(xs, *consts)``, ``chunk`` items at a time by :func:`run_chunks`.
+
+    ``consts``' arrays are passed through ``vmap`` (see :func:`run_chunks`; :func:`pass_arrays`).
     Chunks of one item call ``fn`` on the item itself (no ``vmap`` of size 1): the loop then
     runs the program a Python loop of ``jit(fn)`` would run.
     """
+    fn, consts = pass_arrays(fn, consts)
     if max(1, min(int(chunk), _leading(xs))) == 1:
 
-        def one(block: PyTree) -> tuple[None, PyTree]:
-            out = fn(jax.tree.map(lambda a: a[0], block))
+        def one(block: PyTree, *cs: Any) -> tuple[None, PyTree]:
+            out = fn(jax.tree.map(lambda a: a[0], block), *cs)
             return None, jax.tree.map(lambda a: jnp.expand_dims(a, 0), out)
 
-        return run_chunks(one, xs, 1, where=where)[1]
-    return run_chunks(lambda block: (None, jax.vmap(fn)(block)), xs, chunk, where=where)[1]
+        return run_chunks(one, xs, 1, consts=consts, where=where)[1]
+    in_axes = (0,) + (None,) * len(consts)
+    return run_chunks(
+        lambda block, *cs: (None, jax.vmap(fn, in_axes=in_axes)(block, *cs)), xs, chunk, consts=consts, where=where
+    )[1]
 
 
 # ----------------------------------------------------------------------------------------------

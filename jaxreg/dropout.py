@@ -301,8 +301,13 @@ def mc_dropout(
 
     Args:
       apply_fn: ``apply_fn(params, x, rng) -> outputs`` (an array or a pytree of arrays), with
-        dropout driven by ``rng`` (for flax linen: ``model.apply(params, x, rngs={"dropout": rng})``).
-      params: the model's parameters, shared by every mask.
+        dropout driven by ``rng`` (for flax linen: ``model.apply(params, x, rngs={"dropout": rng})``;
+        for flax nnx: ``m = nnx.merge(graphdef, state); nnx.reseed(m, dropout=rng); m(x)``, or
+        ``rngs=rng`` in the Dropout's call). A model that draws from a stream of its own and
+        ignores ``rng`` gives every mask the same draw: a variance of 0.
+      params: the model's parameters (for nnx, the state from ``nnx.split``), shared by every
+        mask; its arrays are passed through ``vmap`` unmapped, not closed over, so an nnx model
+        merged from them may reseed itself.
       x: the inputs, shared by every mask.
       rng: a PRNG key.
       num_samples: the number of masks, ``K >= 1``.
@@ -319,7 +324,9 @@ def mc_dropout(
 
     Returns:
       ``Prediction(mean, variance)`` with the structure of ``outputs``; the variance is over
-      masks with ``ddof=0``.
+      masks with ``ddof=0``. For a classifier returning logits, ``mean`` is the mean logit, not
+      the predictive distribution: take :func:`jaxreg.predictive_probs` of
+      :func:`mc_dropout_samples`, or return probabilities from ``apply_fn``.
 
     Raises:
       ValueError: if ``num_samples < 1``, ``chunk_size < 1`` or ``rng`` is not a PRNG key.
@@ -333,7 +340,7 @@ def mc_dropout(
     """
 
     def program(p: Any, x_: Any, keys: jax.Array, chunk: int) -> uncertainty.Prediction:
-        return uncertainty.predict_chunked(lambda k: apply_fn(p, x_, k), keys, chunk)
+        return uncertainty.predict_chunked(lambda k, p_, x__: apply_fn(p_, x__, k), keys, chunk, consts=(p, x_))
 
     return _run_masks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout", program)
 
@@ -375,6 +382,6 @@ def mc_dropout_samples(
     """
 
     def program(p: Any, x_: Any, keys: jax.Array, chunk: int) -> PyTree:
-        return _chunking.map_chunks(lambda k: apply_fn(p, x_, k), keys, chunk)
+        return _chunking.map_chunks(lambda k, p_, x__: apply_fn(p_, x__, k), keys, chunk, consts=(p, x_))
 
     return _run_masks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout_samples", program)

@@ -523,7 +523,9 @@ def map(
             return fn(*jax.tree.unflatten(treedef, full))
 
         def program(c: int) -> Callable[..., PyTree]:
-            return lambda cs, ms: _chunking.map_chunks(lambda m: call(cs, m), ms, c, where="ensemble.map")
+            return lambda cs, ms: _chunking.map_chunks(
+                lambda m, cs_: call(cs_, m), ms, c, consts=(cs,), where="ensemble.map"
+            )
 
         if chunk_arg is not None:
             return _eager.call(program(min(chunk_arg, n)), consts, xs, compiled=chunk_arg < n)
@@ -573,7 +575,9 @@ def predict(
     chunk = _chunking.check_chunk_size(chunk_size, "ensemble.predict")
 
     def program(c: int) -> Callable[..., Prediction]:
-        return lambda ps, x_: predict_chunked(lambda p: apply_fn(p, x_), ps, c, where="ensemble.predict")
+        return lambda ps, x_: predict_chunked(
+            lambda p, y: apply_fn(p, y), ps, c, consts=(x_,), where="ensemble.predict"
+        )
 
     if chunk is not None:
         return _eager.call(program(chunk), stacked_params, x, compiled=chunk < n)

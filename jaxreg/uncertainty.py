@@ -111,9 +111,9 @@ def _merge(a: tuple[Any, Any, jax.Array], b: tuple[Any, Any, jax.Array]) -> tupl
 
 
 def predict_chunked(
-    sample_fn: Callable[[Any], Any], items: Any, chunk: int, *, where: str = "predict_chunked"
+    sample_fn: Callable[..., Any], items: Any, chunk: int, *, consts: tuple = (), where: str = "predict_chunked"
 ) -> Prediction:
-    r"""``Prediction.from_samples(jax.vmap(sample_fn)(items))``, ``chunk`` items at a time.
+    r"""``Prediction.from_samples(jax.vmap(sample_fn, in_axes=(0, None, ...))(items, *consts))``, ``chunk`` items at a time.
 
     Each chunk's mean and sum of squared deviations are merged into the running ones (Chan et
     al.'s pairwise update), so memory holds one chunk of samples, never all of them:
@@ -124,10 +124,13 @@ def predict_chunked(
       M_2 = M_{2,a} + M_{2,b} + \delta^2 \frac{n_a n_b}{n}
 
     Args:
-      sample_fn: ``sample_fn(item) -> outputs`` (an array or pytree), for one item (a key, a
-        member's params).
+      sample_fn: ``sample_fn(item, *consts) -> outputs`` (an array or pytree), for one item (a
+        key, a member's params).
       items: a pytree whose leaves have a leading item axis.
       chunk: items evaluated together by one ``vmap`` (``>= len(items)``: one ``vmap``).
+      consts: arguments shared by every item (params, inputs), passed to ``sample_fn`` through
+        ``vmap`` rather than closed over: a flax nnx model merged from them may then mutate its
+        variables (``nnx.reseed``), which nnx refuses for values of an outer trace.
       where: the caller's name in error messages (a chunk that does not split over the devices
         of an explicitly sharded item axis).
 
@@ -152,13 +155,16 @@ def predict_chunked(
         )
     dtypes = []  # the outputs' dtypes, read while the first block is traced (no extra trace)
 
-    def block_moments(block: Any) -> tuple[tuple[Any, Any, jax.Array], None]:
-        samples = jax.vmap(sample_fn)(block)
+    sample_fn, consts = _chunking.pass_arrays(sample_fn, tuple(consts))
+    in_axes = (0,) + (None,) * len(consts)
+
+    def block_moments(block: Any, *cs: Any) -> tuple[tuple[Any, Any, jax.Array], None]:
+        samples = jax.vmap(sample_fn, in_axes=in_axes)(block, *cs)
         if not dtypes:
             dtypes.append(jax.tree.map(jnp.result_type, samples))
         return _moments(samples), None
 
-    moments, _ = _chunking.run_chunks(block_moments, items, chunk, combine=_merge, where=where)
+    moments, _ = _chunking.run_chunks(block_moments, items, chunk, combine=_merge, consts=consts, where=where)
     return Prediction(*_finish(moments, dtypes[0]))
 
 

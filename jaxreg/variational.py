@@ -509,8 +509,8 @@ def _run_samples(
 
     def program(c: int) -> Callable[..., Any]:
         if where == "variational.predict":  # the moments, merged over chunks
-            return lambda vp, x_, ks: predict_chunked(lambda k: one(vp, x_, k), ks, c)
-        return lambda vp, x_, ks: _chunking.map_chunks(lambda k: one(vp, x_, k), ks, c)
+            return lambda vp, x_, ks: predict_chunked(lambda k, v, y: one(v, y, k), ks, c, consts=(vp, x_))
+        return lambda vp, x_, ks: _chunking.map_chunks(lambda k, v, y: one(v, y, k), ks, c, consts=(vp, x_))
 
     if chunk is not None:
         return _eager.call(program(min(chunk, num_samples)), vparams, x, keys, compiled=chunk < num_samples)

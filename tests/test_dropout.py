@@ -268,6 +268,42 @@ def test_flax_nnx_model_feeds_mc_dropout():
     _assert_moments_of(pred, samples, hidden=16)
 
 
+class _NnxOwnStream(nnx.Module):
+    """nnx's usual form: the Dropout holds its own stream, which the caller reseeds per mask."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.l1 = nnx.Linear(5, 16, rngs=rngs)
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.l2 = nnx.Linear(16, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(self.drop(nnx.relu(self.l1(x))))
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, None])
+def test_an_nnx_model_reseeded_inside_apply_fn_feeds_mc_dropout(chunk_size):
+    # nnx refuses to mutate a variable (nnx.reseed) merged from values of an outer trace: the
+    # params and inputs closed over by the vmap failed with a TraceContextError (a plain
+    # jax.vmap with in_axes=None ran).
+    graphdef, state = nnx.split(_NnxOwnStream(nnx.Rngs(0, dropout=1)))
+
+    def apply_fn(state, x, rng):
+        model = nnx.merge(graphdef, state)
+        nnx.reseed(model, dropout=rng)
+        return model(x)
+
+    x = jax.random.normal(jax.random.key(0), (4, 5))
+    rng, k = jax.random.key(2), 8
+    keys = jax.random.split(rng, k)
+    single = jax.jit(apply_fn)
+    samples = np.stack([np.asarray(single(state, x, keys[i])) for i in range(k)]).astype(np.float64)
+    pred = jax.jit(lambda s, r: jr.mc_dropout(apply_fn, s, x, r, k, chunk_size=chunk_size))(state, rng)
+    _assert_moments_of(pred, samples, hidden=16)
+    assert float(pred.variance.max()) > 0.0  # the masks differ
+    eager = jr.mc_dropout_samples(apply_fn, state, x, rng, k, chunk_size=chunk_size)
+    np.testing.assert_allclose(np.asarray(eager), samples, rtol=4 * EPS32, atol=4 * EPS32 * np.abs(samples).max())
+
+
 @pytest.mark.slow
 def test_chunked_mc_dropout_memory_flat_in_num_samples():
     # XLA's own accounting of temporaries: with chunk_size the peak does not grow with K,
