@@ -1,7 +1,8 @@
 """jaxreg: regularization for JAX, as pure functions that compose with optax.
 
 This module only re-exports; see README "Layout" for what lives where. ``jr.benchmark`` (timing
-tools) loads on first attribute access, so ``import jaxreg`` stays free of it.
+tools) and ``jr.plots`` (figures) load on first attribute access, so ``import jaxreg`` stays free
+of them.
 """
 
 # Grouped by concern, not alphabetically.
@@ -65,6 +66,7 @@ __all__ = [
     "masks",
     "mixing",
     "noise",
+    "plots",
     "spectral",
     "stats",
     "variational",
@@ -143,9 +145,9 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # PEP 562: the benchmark tools load on first access, not with the package.
-    if name == "benchmark":
+    # PEP 562: the benchmark tools and the figures load on first access, not with the package.
+    if name in ("benchmark", "plots"):
         import importlib
 
-        return importlib.import_module("jaxreg.benchmark")
+        return importlib.import_module(f"jaxreg.{name}")
     raise AttributeError(f"module 'jaxreg' has no attribute {name!r}")

@@ -161,7 +161,11 @@ def paired_difference(
     (or the percentile bootstrap of the differences), i.e. :func:`mean_interval` of ``a - b``:
     scipy's paired t-test interval. Pairing removes the noise the two regimes share through their
     seed (the same init, data order and masks), so the interval of the difference is narrower than
-    the two intervals side by side suggest.
+    the two intervals side by side suggest. It holds when seed ``s`` of ``a`` and of ``b`` drew the
+    same randomness: two :func:`jaxreg.fit` runs with the same ``rng`` and ``num_members`` give
+    member ``m`` the same keys in both, but members of one run (keys from
+    ``split(rng, num_members)``) share nothing, so regimes stacked as members of one run are not
+    paired by seed.
 
     Args:
       a: results of one regime with a seed axis.

@@ -28,11 +28,13 @@ sys.path.insert(0, str(REPO_ROOT))  # the benchmarks/ package of the checkout
 def test_import_jaxreg_leaves_out_benchmark_plots_and_the_command_deps():
     code = (
         "import sys, jaxreg; "
-        "print(sorted(m for m in ('jaxreg.benchmark', 'matplotlib', 'sklearn', 'resource') if m in sys.modules)); "
-        "jaxreg.benchmark.compile_fn; print('jaxreg.benchmark' in sys.modules)"
+        "print(sorted(m for m in ('jaxreg.benchmark', 'jaxreg.plots', 'matplotlib', 'sklearn', 'resource') "
+        "if m in sys.modules)); "
+        "jaxreg.benchmark.compile_fn; print('jaxreg.benchmark' in sys.modules); "
+        "jaxreg.plots.band; print('jaxreg.plots' in sys.modules)"  # jr.plots without `import jaxreg.plots`
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(REPO_ROOT), capture_output=True, text=True, check=True)
-    assert proc.stdout.split("\n")[:2] == ["[]", "True"], proc.stdout
+    assert proc.stdout.split("\n")[:3] == ["[]", "True", "True"], proc.stdout
 
 
 def test_unknown_attribute_of_jaxreg_raises_attribute_error():
