@@ -204,10 +204,10 @@ def check_flag(name: str, value: Any, where: str = "") -> bool:
     return bool(value)
 
 
-def split_aux(out: Any, has_aux: bool, where: str) -> tuple[Any, Any]:
-    """``(loss, aux)`` of a ``loss_fn`` output, checked against ``has_aux`` and for a scalar loss (a
-    mismatch failed deep inside jax with an error naming neither; a per-example loss had a penalty
-    added to every element)."""
+def split_aux(out: Any, has_aux: bool, where: str, *, scalar: bool = True) -> tuple[Any, Any]:
+    """``(loss, aux)`` of a ``loss_fn`` output, checked against ``has_aux`` and, with ``scalar``, for
+    a scalar loss (a mismatch failed deep inside jax with an error naming neither; a per-example
+    loss had a penalty added to every element)."""
     if has_aux:
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             got = f"an array of shape {np.shape(out)}" if hasattr(out, "shape") else f"a {type(out).__name__}"
@@ -223,7 +223,7 @@ def split_aux(out: Any, has_aux: bool, where: str) -> tuple[Any, Any]:
         )
     else:
         loss, aux = out, None
-    if jnp.ndim(loss) != 0:  # known at trace time
+    if scalar and jnp.ndim(loss) != 0:  # known at trace time
         raise ValueError(
             f"{where}: loss_fn must return a scalar loss, got an output of shape {jnp.shape(loss)} (reduce "
             f"a per-example loss, e.g. with .mean())."

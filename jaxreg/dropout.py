@@ -184,7 +184,7 @@ def dropout(
     Raises:
       ValueError: if ``rng`` is not a PRNG key (an int seed: use ``jax.random.key(seed)``), a
         concrete ``rate`` is outside [0, 1) or not a scalar, ``precision`` is not 8, 16 or 32,
-        or ``broadcast_dims`` is not ints or names an axis ``x`` does not have.
+        or ``broadcast_dims`` is not ints, names an axis ``x`` does not have or repeats one.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr

@@ -636,7 +636,8 @@ def train_step(
       The ensemble step.
 
     Raises:
-      ValueError: at call time, if stacked leaves disagree on the member axis.
+      ValueError: at call time, if stacked leaves disagree on the member axis, or ``loss_fn``
+        returns a non-scalar loss or an output that does not match ``has_aux``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, jaxreg as jr

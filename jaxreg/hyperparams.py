@@ -141,9 +141,20 @@ _DOMAINS: dict[str, tuple[float, float | None]] = {
 }
 
 
-def _check_number(where: str, name: str, value: Any) -> None:
-    """Finite, and within optax's domain for the names in ``_DOMAINS`` (traced: under ``traced_checks``)."""
+# Numbers whose default is None (sgd's momentum): a bool there is a mistake too.
+_NUMBER_NAMES = frozenset(_DOMAINS) | {"momentum"}
+
+
+def _check_number(where: str, name: str, value: Any, param: inspect.Parameter | None) -> None:
+    """Finite, and within optax's domain for the names in ``_DOMAINS`` (traced: under ``traced_checks``).
+
+    The factory's own default is in its domain whatever the name says (``scale_by_sm3``'s
+    ``b2 = 1.0`` accumulates, where adam's would divide by 0).
+    """
     low, high = _DOMAINS.get(name, (None, None))
+    default = inspect.Parameter.empty if param is None else param.default
+    if low is not None and not isinstance(value, jax.core.Tracer) and _same_number(value, default):
+        low = None
     if low is None:
         _checks.check_finite(name, value, where)
     elif high is None:
@@ -152,9 +163,15 @@ def _check_number(where: str, name: str, value: Any) -> None:
         _checks.check_in_range(name, value, low, high, where)
 
 
+def _same_number(value: Any, default: Any) -> bool:
+    if not isinstance(default, (int, float)) or isinstance(default, bool):
+        return False
+    return bool(np.asarray(value, np.float64) == default)
+
+
 def _takes_number(name: str, param: inspect.Parameter | None) -> bool:
     """The argument is a number: one of optax's numeric names, or its default is a float or int."""
-    if name in _DOMAINS:
+    if name in _NUMBER_NAMES:
         return True
     default = inspect.Parameter.empty if param is None else param.default
     return isinstance(default, (int, float)) and not isinstance(default, bool)
@@ -202,7 +219,7 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
                     f"{where}: {name} must be a scalar (one value per optimizer; to sweep, build the optimizer "
                     f"inside jax.vmap with one value per member), got {name} with shape {np.shape(value)}."
                 )
-            _check_number(where, name, value)  # NaN or ascending updates otherwise
+            _check_number(where, name, value, param)  # NaN or ascending updates otherwise
             return "numeric"
         if isinstance(value, jax.core.Tracer):
             raise ValueError(
@@ -520,10 +537,11 @@ def sweepable(
     live in the state, so ``penalty=jr.l1(s)`` under ``vmap`` gives each member its own scale.
     Passing a traced value or an array for a bool or str argument, or a traced value for any
     static one, raises ``ValueError`` naming it, as does a bool or a string for a number (an
-    argument with a float or int default, or one of optax's names below). Numbers must be
+    argument with a float or int default, ``momentum``, or one of optax's names below). Numbers must be
     finite, and within optax's domain for these names: ``learning_rate``, ``weight_decay``,
-    ``eps`` and ``eps_root`` at least 0, ``b1`` and ``b2`` in [0, 1) (concrete values when
-    called; traced ones under :func:`jaxreg.traced_checks`). To sweep a schedule's numbers pass
+    ``eps`` and ``eps_root`` at least 0, ``b1`` and ``b2`` in [0, 1), unless the value is the
+    factory's own default (``scale_by_sm3``'s ``b2 = 1``); concrete values when called, traced
+    ones under :func:`jaxreg.traced_checks`. To sweep a schedule's numbers pass
     a :func:`schedule`.
 
     Numerics against the unwrapped ``factory(**concrete_values)`` (float32 params):

@@ -39,7 +39,8 @@ def regularize(
       ``jax.value_and_grad(fn, has_aux=True)``.
 
     Raises:
-      ValueError: if ``penalty`` is not a Penalty.
+      ValueError: if ``loss_fn`` is not callable or ``penalty`` is not a Penalty; when called, if
+        ``loss_fn`` returns a non-scalar loss or its output does not match ``has_aux``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr

@@ -427,10 +427,15 @@ def elbo_loss(
         _check_prior(prior_mean, prior_std, vparams, "variational.elbo_loss")
         _random.check_key(rng, "variational.elbo_loss")
 
-        def one(key: jax.Array) -> Any:
-            return _checks.split_aux(loss_fn(sample(key, vparams), *args, **kwargs), has_aux, "variational.elbo_loss")
+        def one(key: jax.Array, vp: MeanField, a: tuple, kw: dict) -> Any:
+            # a per-example loss is averaged with the samples (the mean NLL either way): scalar=False
+            out = loss_fn(sample(key, vp), *a, **kw)
+            return _checks.split_aux(out, has_aux, "variational.elbo_loss", scalar=False)
 
-        nlls, aux = jax.vmap(one)(jax.random.split(rng, num_samples))
+        # The shared arrays pass through vmap, not closed over: an nnx model merged from them may reseed.
+        one, shared = _chunking.pass_arrays(one, (vparams, args, kwargs))
+        keys = jax.random.split(rng, num_samples)
+        nlls, aux = jax.vmap(one, in_axes=(0,) + (None,) * len(shared))(keys, *shared)
         nll = jnp.mean(nlls)
         kl_value = kl(vparams, prior_mean, prior_std)
         total = nll + (kl_value / jnp.asarray(num_examples, kl_value.dtype)).astype(nll.dtype)

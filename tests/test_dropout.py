@@ -304,6 +304,27 @@ def test_an_nnx_model_reseeded_inside_apply_fn_feeds_mc_dropout(chunk_size):
     np.testing.assert_allclose(np.asarray(eager), samples, rtol=4 * EPS32, atol=4 * EPS32 * np.abs(samples).max())
 
 
+@pytest.mark.parametrize("chunk_size", [1, 4, None])
+def test_an_nnx_model_reseeded_inside_ensemble_map_with_a_shared_state(chunk_size):
+    # ensemble.map with in_axes=(None, 0): the shared state passes through vmap unmapped, as
+    # jax.vmap passes it, so the model merged from it may reseed (it was closed over: nnx's
+    # TraceContextError).
+    graphdef, state = nnx.split(_NnxOwnStream(nnx.Rngs(0, dropout=1)))
+    x = jax.random.normal(jax.random.key(0), (4, 5))
+
+    def masked(state, key):
+        model = nnx.merge(graphdef, state)
+        nnx.reseed(model, dropout=key)
+        return model(x)
+
+    keys = jax.random.split(jax.random.key(3), 8)
+    want = jax.vmap(masked, in_axes=(None, 0))(state, keys)
+    got = jr.ensemble.map(masked, in_axes=(None, 0), chunk_size=chunk_size)(state, keys)
+    np.testing.assert_allclose(
+        np.asarray(got), np.asarray(want), rtol=4 * EPS32, atol=4 * EPS32 * float(jnp.abs(want).max())
+    )
+
+
 @pytest.mark.slow
 def test_chunked_mc_dropout_memory_flat_in_num_samples():
     # XLA's own accounting of temporaries: with chunk_size the peak does not grow with K,

@@ -483,6 +483,19 @@ def test_a_has_aux_mismatch_is_named(make, match):
             jax.value_and_grad(fn, has_aux=True)(jnp.ones(3))
 
 
+def test_a_factory_default_outside_the_usual_domain_is_accepted():
+    # scale_by_sm3 accumulates with b2 = 1 (its default), where adam's b2 = 1 divides by 0.
+    params, grads = jnp.array([1.0, -2.0]), jnp.array([0.5, 0.25])
+    wrapped = jr.sweepable(optax.scale_by_sm3)(b1=0.9, b2=1.0)
+    plain = optax.scale_by_sm3(b1=0.9, b2=1.0)
+    got = wrapped.update(grads, wrapped.init(params), params)[0]
+    # within rounding: 1 - b1 from the float32-rounded b1 (the sweepable docstring's "within rounding")
+    want = plain.update(grads, plain.init(params), params)[0]
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=8 * EPS)
+    with pytest.raises(ValueError, match=r"^sweepable\(adam\): b2 must be in \[0, 1\), got b2 = 1\.0\."):
+        jr.sweepable(optax.adam)(learning_rate=0.1, b2=1.0)
+
+
 def test_a_per_example_loss_or_a_missing_has_aux_is_refused_by_name():
     # A vector loss had the penalty added to every element (sum(total) counted it 4 times); in
     # train_step it failed in jax's grad, as did a (loss, aux) pair without has_aux=True.
@@ -551,6 +564,10 @@ def test_an_integer_loss_does_not_truncate_the_penalty():
         (
             lambda: jr.sweepable(optax.adam)(learning_rate="0.1"),
             r"^sweepable\(adam\): learning_rate must be a number, got learning_rate = '0\.1'\.",
+        ),
+        (
+            lambda: jr.sweepable(optax.sgd)(learning_rate=0.1, momentum=True),
+            r"^sweepable\(sgd\): momentum must be a number, got momentum = True\.",
         ),
         # A function argument that is not one failed with jax's or Python's TypeError, some only
         # when called.

@@ -233,6 +233,36 @@ def test_elbo_loss_is_nll_plus_kl_per_example():
     np.testing.assert_allclose(float(total), np.mean(nlls) + float(terms.kl) / 30, rtol=32 * EPS32)
 
 
+def test_elbo_loss_passes_shared_arguments_through_vmap_and_averages_a_per_example_loss():
+    from flax import nnx
+
+    # A deterministic nnx feature layer in the loss's arguments, merged and reseeded per sample:
+    # closed over by the vmap over samples, nnx refused the mutation (TraceContextError).
+    class Features(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(2, 3, rngs=rngs)
+            self.drop = nnx.Dropout(0.0, rngs=rngs)  # rate 0: the reseed is the only mutation
+
+        def __call__(self, x):
+            return self.drop(self.lin(x))
+
+    graphdef, state = nnx.split(Features(nnx.Rngs(0, dropout=1)))
+    x = jnp.arange(6.0).reshape(3, 2)
+    y = jnp.array([1.0, 0.0, 2.0])
+
+    def per_example(p, state, x, y):
+        model = nnx.merge(graphdef, state)
+        nnx.reseed(model, dropout=jax.random.key(7))
+        return (model(x) @ p["w"] - y) ** 2  # (3,): averaged with the samples, as before
+
+    vparams = vi.init({"w": jnp.array([0.1, 0.2, -0.3])}, init_std=0.5)
+    rng = jax.random.key(3)
+    _, terms = vi.elbo_loss(per_example, num_examples=30, num_samples=4)(vparams, rng, state, x, y)
+    feats = nnx.merge(graphdef, state).lin(x)
+    nlls = [np.mean((feats @ vi.sample(k, vparams)["w"] - y) ** 2) for k in jax.random.split(rng, 4)]
+    np.testing.assert_allclose(float(terms.nll), np.mean(nlls), rtol=32 * EPS32)
+
+
 def test_elbo_optimum_is_the_exact_posterior_for_bayesian_linear_regression():
     # With one weight the mean-field family contains the exact Gaussian posterior, so Bayes by
     # Backprop must find it: precision = 1/prior^2 + sum(x^2)/noise^2, mean = sum(x y)/noise^2 / precision.
