@@ -422,6 +422,38 @@ def test_a_finding_says_higher_only_when_the_paired_interval_excludes_zero():
     assert line.split(": ", 1)[1].startswith("lower for l2 (-0.010 [")
 
 
+def test_the_same_difference_in_every_seed_is_not_called_and_the_header_says_what_intervals_cover():
+    # Steps counted on the evaluation grid gave +10 for each of 3 seeds: a zero-width t interval
+    # ("slower, +10 [+10, +10]") with no variance estimate behind it.
+    from jaxreg.experiments import report
+
+    none = np.asarray([0.90, 0.91, 0.92])
+    results = _synthetic_results(none + 0.0)
+    rows = {r["regime"]: r for r in results["regimes"]}
+    rows["none"]["measures"]["test_acc"]["values"] = [0.5, 0.25, 0.75]  # exact in binary: d = 0.125
+    rows["l2"]["measures"]["test_acc"]["values"] = [0.625, 0.375, 0.875]
+    line = _accuracy_finding(results)
+    assert "higher for l2" not in line
+    assert "the same difference in every seed, no spread to give an interval (n = 3) for l2 (+0.125)" in line
+    header = report.findings(results)[0]
+    assert "no correction" in header and "not that of the fixed split" in header
+
+
+def test_the_l2_sweep_finding_compares_the_chosen_scale_on_test_data():
+    from jaxreg.experiments import evaluate, report
+
+    # Chosen by validation accuracy, where it is far ahead; on test data it is not different.
+    results = _synthetic_results(np.asarray([0.90, 0.91, 0.92]))
+    values = {k: list(m["values"]) for k, m in results["regimes"][0]["measures"].items()}
+    values["val_acc"] = [v + 0.1 for v in values["val_acc"]]
+    measures = {k: evaluate.summarize(v) for k, v in values.items()}
+    results["regimes"].append(
+        {"regime": "l2=1e-03", "kind": "sweep", "hyper": {"l2": 1e-3}, "measures": measures, "val_acc": 0.6}
+    )
+    line = next(x for x in report.findings(results) if x.startswith("L2 sweep"))
+    assert "its test accuracy vs none: no difference detected" in line, line
+
+
 def test_masks_needed_reads_the_paired_intervals():
     from jaxreg.experiments import evaluate, report
 
