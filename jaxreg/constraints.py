@@ -138,7 +138,12 @@ class NonNegative(Constraint):
 
 
 def max_norm(max_value: ArrayLike, *, axis: Axis = 0, mask: Any = None) -> MaxNorm:
-    """Max-norm constraint: each vector over ``axis`` has L2 norm at most ``max_value``.
+    r"""Max-norm constraint: each vector over ``axis`` has L2 norm at most ``max_value``.
+
+    .. math:: w_v \leftarrow w_v \min\!\Big(1, \frac{c}{\lVert w_v \rVert_2}\Big)
+
+    for each vector :math:`w_v` over ``axis`` (the Euclidean projection onto the ball of radius
+    :math:`c`).
 
     Args:
       max_value: the bound, > 0; an array leaf (a sweep over bounds is a ``vmap``).
@@ -167,7 +172,20 @@ def max_norm(max_value: ArrayLike, *, axis: Axis = 0, mask: Any = None) -> MaxNo
 
 
 def unit_norm(*, axis: Axis = 0, mask: Any = None) -> UnitNorm:
-    """Unit-norm constraint over ``axis`` (an int or a tuple of ints, as in :func:`max_norm`; a zero vector stays zero).
+    r"""Unit-norm constraint: each vector over ``axis`` is scaled to L2 norm 1.
+
+    .. math:: w_v \leftarrow \frac{w_v}{\lVert w_v \rVert_2} \quad (w_v \ne 0; \text{ a zero vector stays zero})
+
+    Args:
+      axis: the axis, or tuple of axes, the norm runs over, as in :func:`max_norm`.
+      mask: which leaves to constrain (e.g. ``jr.masks.kernels``); default every leaf.
+
+    Returns:
+      A :class:`UnitNorm` projection.
+
+    Raises:
+      ValueError: if ``axis`` is not an int or a tuple of distinct ints, or does not exist for a
+        masked leaf.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -179,7 +197,13 @@ def unit_norm(*, axis: Axis = 0, mask: Any = None) -> UnitNorm:
 
 
 def non_negative(*, mask: Any = None) -> NonNegative:
-    """Non-negativity constraint.
+    r"""Non-negativity constraint: the projection onto :math:`w \ge 0`, :math:`w \leftarrow \max(w, 0)`.
+
+    Args:
+      mask: which leaves to constrain; default every leaf.
+
+    Returns:
+      A :class:`NonNegative` projection.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr

@@ -277,8 +277,11 @@ class EarlyStopping(metaclass=_CheckedConstruction):
     improvement beats.
 
     ``patience``, ``min_delta``, ``baseline`` and ``start_from`` are pytree leaves: pass the
-    stopper into a jitted function and a new value does not recompile, and ``jax.vmap`` over a
-    stopper with array leaves sweeps them. The state's ``wait``/``stopped`` work per member under
+    stopper into a jitted function and a new value does not recompile, and ``jax.vmap`` sweeps
+    them: build the stopper inside the vmapped function from the swept value
+    (``jax.vmap(lambda p: run(jr.EarlyStopping(p)))(patiences)``), or vmap over a built one
+    whose leaves all have the member axis (``jax.vmap`` maps every leaf, so a scalar
+    ``min_delta`` beside an array ``patience`` fails there). The state's ``wait``/``stopped`` work per member under
     ``vmap``, or batched directly: with ``state``, ``metric`` and the params stacked on a leading
     member axis, every member stops on its own.
 

@@ -667,7 +667,24 @@ def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L
 
 
 def l1(scale: ArrayLike, *, mask: Any = None) -> L1:
-    """L1 penalty ``scale * sum(mask * |w|)``; its prox is the soft threshold.
+    r"""L1 penalty ``scale * sum(mask * |w|)``; its prox is the soft threshold.
+
+    .. math::
+      \Omega(w) = \lambda \sum_i |w_i|, \qquad
+      \operatorname{prox}_{t\Omega}(w)_i = \operatorname{sign}(w_i) \max(|w_i| - t\lambda, 0)
+
+    The prox gives exact zeros (use it through :func:`jaxreg.proximal`); its gradient is
+    ``scale * sign(w)`` (0 at 0).
+
+    Args:
+      scale: the strength :math:`\lambda \ge 0`; an array leaf (a sweep is a ``vmap``).
+      mask: which leaves to penalize: a pytree of bools, a callable, or a :class:`jaxreg.masks.Mask`.
+
+    Returns:
+      An :class:`L1` penalty.
+
+    Raises:
+      ValueError: if a concrete ``scale`` is negative or not finite.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -679,7 +696,23 @@ def l1(scale: ArrayLike, *, mask: Any = None) -> L1:
 
 
 def elastic_net(l1: ArrayLike, l2: ArrayLike, *, mask: Any = None) -> ElasticNet:
-    """Elastic net ``l1 * sum(|w|) + l2 * sum(w**2)`` on the masked leaves.
+    r"""Elastic net ``l1 * sum(|w|) + l2 * sum(w**2)`` on the masked leaves.
+
+    .. math::
+      \Omega(w) = \lambda_1 \sum_i |w_i| + \lambda_2 \sum_i w_i^2, \qquad
+      \operatorname{prox}_{t\Omega}(w)_i =
+        \frac{\operatorname{sign}(w_i) \max(|w_i| - t\lambda_1, 0)}{1 + 2 t \lambda_2}
+
+    Args:
+      l1: the L1 strength :math:`\lambda_1 \ge 0`; an array leaf.
+      l2: the squared-L2 strength :math:`\lambda_2 \ge 0` (no 1/2, as :func:`l2`); an array leaf.
+      mask: which leaves to penalize: a pytree of bools, a callable, or a :class:`jaxreg.masks.Mask`.
+
+    Returns:
+      An :class:`ElasticNet` penalty.
+
+    Raises:
+      ValueError: if a concrete ``l1`` or ``l2`` is negative or not finite.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -692,7 +725,24 @@ def elastic_net(l1: ArrayLike, l2: ArrayLike, *, mask: Any = None) -> ElasticNet
 
 
 def tie(scale: ArrayLike, where: Callable[[PyTree], tuple[PyTree, PyTree]]) -> Tie:
-    """Soft tying ``scale * sum((a - b)**2)`` with ``(a, b) = where(params)``.
+    r"""Soft tying ``scale * sum((a - b)**2)`` with ``(a, b) = where(params)``.
+
+    .. math:: \Omega(w) = \lambda \sum_i (a_i - b_i)^2, \quad (a, b) = \mathrm{where}(w)
+
+    The prox pulls each pair toward its mean (:class:`Tie`).
+
+    Args:
+      scale: the strength :math:`\lambda \ge 0`; an array leaf.
+      where: ``params -> (a, b)``, two parts of the params with one structure and shape, selected
+        (keys, indices, slices), not computed.
+
+    Returns:
+      A :class:`Tie` penalty.
+
+    Raises:
+      ValueError: if a concrete ``scale`` is negative or not finite or ``where`` is not callable;
+        when applied, if ``where`` computes values, or the parts differ in structure, shape or kind
+        (a float leaf tied to an integer one).
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -707,7 +757,27 @@ def tie(scale: ArrayLike, where: Callable[[PyTree], tuple[PyTree, PyTree]]) -> T
 
 
 def group_lasso(scale: ArrayLike, *, axis: int = 0, mask: Any = None) -> GroupLasso:
-    """Group lasso: ``scale`` times the sum of the L2 norms of the slices along ``axis``.
+    r"""Group lasso: ``scale`` times the sum of the groups' L2 norms, one group per index of ``axis``.
+
+    .. math::
+      \Omega(w) = \lambda \sum_g \lVert w_g \rVert_2, \qquad
+      \operatorname{prox}_{t\Omega}(w)_g = \max\!\Big(1 - \frac{t\lambda}{\lVert w_g \rVert_2}, 0\Big)\, w_g
+
+    Group :math:`g` is ``w`` at index ``g`` of ``axis``, every other axis in it: with ``axis=0`` a
+    Dense kernel ``(in, out)`` has one group per input unit (its row), and the prox zeroes whole
+    inputs. (:func:`jaxreg.max_norm`'s ``axis`` is the other way round: the axes its norm runs
+    over.) A leaf with fewer than two axes has groups of one entry (the L1 penalty).
+
+    Args:
+      scale: the strength :math:`\lambda \ge 0`; an array leaf.
+      axis: the axis that indexes the groups (an int).
+      mask: which leaves to penalize: a pytree of bools, a callable, or a :class:`jaxreg.masks.Mask`.
+
+    Returns:
+      A :class:`GroupLasso` penalty.
+
+    Raises:
+      ValueError: if a concrete ``scale`` is negative or not finite or ``axis`` is not an int.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr

@@ -205,10 +205,28 @@ def verdict(
 ) -> str:
     """``higher`` if the interval of a difference lies above 0, ``lower`` if below, else ``same``.
 
-    A NaN bound (one seed) is never a difference.
+    A NaN bound (one seed) is never a difference. The rule is per interval: with many
+    comparisons, about 1 in 20 differences that are truly 0 is called at 95%.
+
+    Args:
+      difference: an :class:`Interval` of one difference (e.g. from :func:`paired_difference`).
+      higher: returned when ``lo > 0``.
+      lower: returned when ``hi < 0``.
+      same: returned otherwise.
+
+    Returns:
+      One of ``higher``, ``lower``, ``same``.
 
     Raises:
-      ValueError: if the bounds are arrays (the interval of several quantities).
+      ValueError: if ``difference`` is not an :class:`Interval` or its bounds are arrays (the
+        interval of several quantities).
+
+    Examples:
+      >>> import jaxreg as jr
+      >>> jr.stats.verdict(jr.stats.paired_difference([0.93, 0.95, 0.94], [0.90, 0.91, 0.92]))
+      'higher'
+      >>> jr.stats.verdict(jr.stats.paired_difference([0.93, 0.89, 0.94], [0.90, 0.91, 0.92]))
+      'no difference detected at this size'
     """
     if not isinstance(difference, Interval):
         raise ValueError(
