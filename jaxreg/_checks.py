@@ -49,7 +49,11 @@ def traced_checks() -> Iterator[None]:
     names the argument and the value, as the concrete check would. JAX's compilation caches are
     cleared on entry and on exit, so that traces with and without the checks never mix (a
     function traced before would otherwise run unchecked, and one traced inside would carry
-    checks that only ``checkify`` can run).
+    checks that only ``checkify`` can run). Those caches belong to the process, the switch to the
+    thread: while one thread is inside the context, another thread's jitted functions may pick up
+    its checked traces (and fail outside ``checkify``) or lend it their unchecked ones, so use it
+    where no other thread traces. Inside it, automatic chunk sizes are not measured (a cached
+    choice, else the static rule): candidates carrying checks run only under ``checkify``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -67,6 +71,11 @@ def traced_checks() -> Iterator[None]:
     finally:
         _TRACED_CHECKS.reset(token)
         jax.clear_caches()
+
+
+def checks_traced() -> bool:
+    """Whether this thread is inside :func:`traced_checks`."""
+    return _TRACED_CHECKS.get()
 
 
 def concrete(value: Any) -> np.ndarray | None:

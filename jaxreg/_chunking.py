@@ -51,6 +51,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
@@ -416,6 +417,23 @@ def pick_fastest(
 # The cache and the choice
 
 _CACHE: dict[Hashable, int] = {}
+# One measurement per key at a time: threads asking for the same program wait for its choice
+# (each measuring would time the others' work and cache whichever finished last).
+_KEY_LOCKS: dict[Hashable, threading.RLock] = {}
+_KEY_LOCKS_GUARD = threading.Lock()
+
+
+def _key_lock(key: Hashable) -> threading.RLock:
+    with _KEY_LOCKS_GUARD:
+        return _KEY_LOCKS.setdefault(key, threading.RLock())
+
+
+def callable_key(fn: Any) -> Any:
+    """A stable cache-key part for a function argument: its module and qualified name, not its
+    identity (a lambda written in each call was a new key, measured again every time)."""
+    if callable(fn) and not isinstance(fn, str):
+        return ("function", getattr(fn, "__module__", None), getattr(fn, "__qualname__", type(fn).__qualname__))
+    return fn
 
 
 def autotune_enabled() -> bool:
@@ -451,11 +469,27 @@ def _read_disk() -> dict[str, int]:
     if path is None:
         return {}
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable, not JSON, not UTF-8: ignored, then rewritten
         return {}
     return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Any:
+    """An exclusive lock on ``path + ".lock"`` (POSIX ``flock``): writers merge, none loses entries."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): a lost entry costs a measurement, nothing else
+        yield
+        return
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _write_disk(key: str, chunk: int) -> None:
@@ -464,12 +498,13 @@ def _write_disk(key: str, chunk: int) -> None:
         return
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        data = _read_disk()
-        data[key] = int(chunk)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=0, sort_keys=True)
-        os.replace(tmp, path)
+        with _locked(path):  # read, add, replace: another process's entry written meanwhile is kept
+            data = _read_disk()
+            data[key] = int(chunk)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=0, sort_keys=True)
+            os.replace(tmp, path)
     except OSError:  # a read-only home: the in-process cache still holds the choice
         pass
 
@@ -634,13 +669,18 @@ def _choose(
     traced = _is_traced(args, item_jaxpr)
     if traced and (jax.device_count() > 1 or not _stands_in(args, item_jaxpr)):  # closed-over tracers too
         return static, None
-    # Under jit: measure now, stage nothing into the trace. Outside, no such context: the eager
-    # cache's key is the jaxpr that a later call traces, constants not folded.
-    with jax.ensure_compile_time_eval() if traced else contextlib.nullcontext():
-        cands = candidates(static if memory_bound else num, static)
-        chosen, run = _measure(cands, args, program=program, clock=clock, traced=traced)
-    _CACHE[key] = chosen
-    _write_disk(disk_key, chosen)
+    if _checks.checks_traced():  # candidates would carry checks that only checkify can run
+        return static, None
+    with _key_lock(key):
+        if key in _CACHE:  # another thread measured it while this one waited
+            return _CACHE[key], None
+        # Under jit: measure now, stage nothing into the trace. Outside, no such context: the
+        # eager cache's key is the jaxpr that a later call traces, constants not folded.
+        with jax.ensure_compile_time_eval() if traced else contextlib.nullcontext():
+            cands = candidates(static if memory_bound else num, static)
+            chosen, run = _measure(cands, args, program=program, clock=clock, traced=traced)
+        _CACHE[key] = chosen
+        _write_disk(disk_key, chosen)
     return chosen, run
 
 

@@ -523,9 +523,9 @@ def map(
             return fn(*jax.tree.unflatten(treedef, full))
 
         def program(c: int) -> Callable[..., PyTree]:
-            return lambda cs, ms: _chunking.map_chunks(
-                lambda m, cs_: call(cs_, m), ms, c, consts=(cs,), where="ensemble.map"
-            )
+            # The shared leaves stay closed over: a concrete one is read as a value op by op (its
+            # sharding, in Python), as before; an nnx model merged from them may reseed all the same.
+            return lambda cs, ms: _chunking.map_chunks(lambda m: call(cs, m), ms, c, where="ensemble.map")
 
         if chunk_arg is not None:
             return _eager.call(program(min(chunk_arg, n)), consts, xs, compiled=chunk_arg < n)

@@ -342,7 +342,7 @@ def _gradient(
         items=(),  # the directions are drawn inside, never sharded
         item_jaxpr=jaxpr,
         static=static,
-        extra=(antithetic, fitness_shaping),
+        extra=(antithetic, _chunking.callable_key(fitness_shaping)),
     )
 
 

@@ -414,3 +414,92 @@ def test_under_disable_jit_each_chunk_runs_on_values():
         out = jr.ensemble.map(member, chunk_size=1)(w)
     np.testing.assert_array_equal(out, np.where(np.asarray(w) > 0.5, 2 * np.asarray(w), np.asarray(w)))
     assert seen == [float(v) for v in np.asarray(w)[:, 0]]
+
+
+def test_a_cache_file_that_is_not_utf8_is_ignored_and_rewritten(monkeypatch, tmp_path):
+    # A UnicodeDecodeError (neither OSError nor JSONDecodeError) failed every tuned call, and
+    # the file was never rewritten.
+    monkeypatch.setenv("JAXREG_AUTOTUNE_CACHE", str(tmp_path))
+    (tmp_path / "chunks.json").write_bytes(b'{"abc": \xff\xfe 3}')
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda cands, prepare, **kw: (4, {}))
+    assert _resolve(lambda c: lambda x: x, (jnp.zeros((8, 3)),)) == 4
+    assert list(json.loads((tmp_path / "chunks.json").read_text()).values()) == [4]
+
+
+def test_concurrent_writers_of_the_cache_file_keep_every_entry(monkeypatch, tmp_path):
+    # Read, add, replace without a lock lost the other writer's entries (235 of 400 kept).
+    import threading
+
+    monkeypatch.setenv("JAXREG_AUTOTUNE_CACHE", str(tmp_path))
+
+    def write(prefix):
+        for i in range(150):
+            _chunking._write_disk(f"{prefix}{i}", i + 1)
+
+    threads = [threading.Thread(target=write, args=(p,)) for p in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    data = json.loads((tmp_path / "chunks.json").read_text())
+    assert data == {f"{p}{i}": i + 1 for p in "ab" for i in range(150)}
+
+
+def test_threads_asking_for_the_same_program_measure_it_once(monkeypatch):
+    # Each thread measured (timing the others' work) and the last one's choice was cached.
+    import threading
+    import time as _time
+
+    measured = []
+
+    def slow_pick(cands, prepare, **kw):
+        measured.append(threading.get_ident())
+        _time.sleep(0.2)  # the other threads arrive meanwhile
+        return 4, {}
+
+    monkeypatch.setattr(_chunking, "pick_fastest", slow_pick)
+    program = lambda c: lambda x: x * 2.0  # noqa: E731
+    x = jnp.zeros((8, 3))
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(_resolve(program, (x,)))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [4, 4, 4, 4] and len(measured) == 1, (seen, measured)
+
+
+def test_no_measurement_inside_traced_checks_and_the_checks_still_run(monkeypatch):
+    # The candidates carried checks that only checkify can run: "Cannot abstractly evaluate a
+    # checkify.check which was not functionalized" from the tuner, with a valid rate.
+    from jax.experimental import checkify
+
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda *a, **k: pytest.fail("measured inside traced_checks"))
+    w, x = jnp.ones((4, 3)), jnp.ones((2, 4))
+
+    def mean(rate):
+        apply = lambda p, x_, k: jr.dropout(k, x_, rate) @ p  # noqa: E731
+        return jr.mc_dropout(apply, w, x, jax.random.key(0), 8).mean
+
+    with jr.traced_checks():
+        ok, value = checkify.checkify(jax.jit(mean))(0.0)
+        bad, _ = checkify.checkify(jax.jit(mean))(1.5)
+    assert ok.get() is None and np.allclose(np.asarray(value), 4.0)  # rate 0: x @ w, 4 everywhere
+    assert bad.get().startswith("dropout: rate must be in [0, 1), got rate = 1.5 (traced)")
+
+
+def test_a_function_argument_keys_the_tuner_by_name_not_identity(monkeypatch):
+    # es.gradient's fitness_shaping written as a lambda in each call was a new key every call:
+    # measured again each time, the cache growing (and on disk, a repr with an address).
+    measured = []
+    monkeypatch.setattr(_chunking, "pick_fastest", lambda cands, prepare, **kw: measured.append(1) or (2, {}))
+    for _ in range(3):
+        jr.es.gradient(
+            lambda p: jnp.sum(p**2),
+            jnp.ones(3),
+            jax.random.key(0),
+            sigma=0.1,
+            population=8,
+            fitness_shaping=lambda losses: losses - jnp.mean(losses),
+        )
+    assert len(measured) == 1, measured
