@@ -575,9 +575,9 @@ def predict(
     chunk = _chunking.check_chunk_size(chunk_size, "ensemble.predict")
 
     def program(c: int) -> Callable[..., Prediction]:
-        return lambda ps, x_: predict_chunked(
-            lambda p, y: apply_fn(p, y), ps, c, consts=(x_,), where="ensemble.predict"
-        )
+        # x stays closed over, as in map: the members' params are the mapped items (an nnx state
+        # stacked on the member axis merges from vmap's values).
+        return lambda ps, x_: predict_chunked(lambda p: apply_fn(p, x_), ps, c, where="ensemble.predict")
 
     if chunk is not None:
         return _eager.call(program(chunk), stacked_params, x, compiled=chunk < n)
