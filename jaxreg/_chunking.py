@@ -169,7 +169,8 @@ def run_chunks(
     chunk``, or the remainder) and the arguments shared by all items, passed rather than closed
     over: a flax nnx model merged from them inside may mutate its variables (``nnx.reseed``),
     which nnx refuses for values of an outer trace. ``outputs`` leaves have a leading axis ``b``
-    and are stacked back in item order; ``summary`` of the blocks are reduced with ``combine(a, b)`` (``None``: no summary). Chunk
+    and are stacked back in item order; ``summary`` of the blocks are reduced with
+    ``combine(a, b)`` (``None``: no summary). Chunk
     ``j`` holds items ``j, j + K, j + 2K, ...`` (``K`` chunks): the stacked arrays are only
     reshaped, never transposed, so an item axis sharded across devices stays sharded in every
     chunk. The first chunk is peeled to build the output buffers, which then inherit its dtype

@@ -281,8 +281,8 @@ class EarlyStopping(metaclass=_CheckedConstruction):
     them: build the stopper inside the vmapped function from the swept value
     (``jax.vmap(lambda p: run(jr.EarlyStopping(p)))(patiences)``), or vmap over a built one
     whose leaves all have the member axis (``jax.vmap`` maps every leaf, so a scalar
-    ``min_delta`` beside an array ``patience`` fails there). The state's ``wait``/``stopped`` work per member under
-    ``vmap``, or batched directly: with ``state``, ``metric`` and the params stacked on a leading
+    ``min_delta`` beside an array ``patience`` fails there). The state's ``wait``/``stopped``
+    work per member under ``vmap``, or batched directly: with ``state``, ``metric`` and the params stacked on a leading
     member axis, every member stops on its own.
 
     ``EarlyStopping(...)`` checks its arguments and converts them to arrays; the instance is a
@@ -504,8 +504,8 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
 
     Raises:
       ValueError: if ``factor`` is not in (0, 1), ``patience`` is not an integer >= 1,
-        ``cooldown`` not an integer >= 0, ``min_delta`` negative, ``min_scale`` not in [0, 1], or ``mode``
-        not "min"/"max".
+        ``cooldown`` not an integer >= 0, ``min_delta`` negative, ``min_scale`` not in [0, 1], or
+        ``mode`` not "min"/"max".
 
     Examples:
       >>> import jax, jax.numpy as jnp

@@ -537,8 +537,8 @@ def sweepable(
     live in the state, so ``penalty=jr.l1(s)`` under ``vmap`` gives each member its own scale.
     Passing a traced value or an array for a bool or str argument, or a traced value for any
     static one, raises ``ValueError`` naming it, as does a bool or a string for a number (an
-    argument with a float or int default, ``momentum``, or one of optax's names below). Numbers must be
-    finite, and within optax's domain for these names: ``learning_rate``, ``weight_decay``,
+    argument with a float or int default, ``momentum``, or one of optax's names below). Numbers
+    must be finite, and within optax's domain for these names: ``learning_rate``, ``weight_decay``,
     ``eps`` and ``eps_root`` at least 0, ``b1`` and ``b2`` in [0, 1), unless the value is the
     factory's own default (``scale_by_sm3``'s ``b2 = 1``); concrete values when called, traced
     ones under :func:`jaxreg.traced_checks`. To sweep a schedule's numbers pass
@@ -582,7 +582,8 @@ def sweepable(
     Raises:
       ValueError: when called, if the arguments do not fit ``factory``'s signature, a static
         argument is given a traced value (or a bool/str argument an array), a numeric argument
-        is not a finite scalar in its domain (or is a bool or a string), or ``factory`` uses a numeric argument in Python control flow; at
+        is not a finite scalar in its domain (or is a bool or a string), or ``factory`` uses a
+        numeric argument in Python control flow; at
         ``update`` time, if the state was not made by a sweepable optimizer with the same
         hyperparameter names.
 

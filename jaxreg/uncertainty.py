@@ -113,9 +113,9 @@ def _merge(a: tuple[Any, Any, jax.Array], b: tuple[Any, Any, jax.Array]) -> tupl
 def predict_chunked(
     sample_fn: Callable[..., Any], items: Any, chunk: int, *, consts: tuple = (), where: str = "predict_chunked"
 ) -> Prediction:
-    r"""``Prediction.from_samples(jax.vmap(sample_fn, in_axes=(0, None, ...))(items, *consts))``, ``chunk`` items at a time.
+    r"""``Prediction.from_samples(jax.vmap(sample_fn, in_axes=(0, None, ...))(items, *consts))``, in chunks.
 
-    Each chunk's mean and sum of squared deviations are merged into the running ones (Chan et
+    The items are evaluated ``chunk`` at a time; each chunk's mean and sum of squared deviations are merged into the running ones (Chan et
     al.'s pairwise update), so memory holds one chunk of samples, never all of them:
 
     .. math::
