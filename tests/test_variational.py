@@ -438,6 +438,10 @@ def _value(stdout: str, key: str) -> float:
     return float(lines[-1].split(":", 1)[1].split()[0])
 
 
+# The examples' full default runs, as a newcomer types them (25-30 s on 2 vCPUs together): out of
+# the default run, in `python -m pytest -m slow`; tests/test_examples.py runs both at small
+# settings in the default run.
+@pytest.mark.slow
 def test_example_bayesian_mlp():
     out = _run_example("bayesian_mlp.py")
     assert _value(out, "test accuracy") > 0.85, out
@@ -445,6 +449,7 @@ def test_example_bayesian_mlp():
     assert _value(out, "entropy off data") > _value(out, "entropy on test"), out
 
 
+@pytest.mark.slow
 def test_example_vae():
     out = _run_example("vae.py")
     assert _value(out, "final loss") < _value(out, "initial loss") - 5.0, out
