@@ -73,6 +73,15 @@ def traced_checks() -> Iterator[None]:
         jax.clear_caches()
 
 
+def broadcasts_to(shape: tuple, target: tuple) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``target`` without changing it (a hyperparameter
+    per vector, per member, per leaf: any other shape would broadcast the result into a new one)."""
+    try:
+        return tuple(np.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except ValueError:
+        return False
+
+
 def checks_traced() -> bool:
     """Whether this thread is inside :func:`traced_checks`."""
     return _TRACED_CHECKS.get()

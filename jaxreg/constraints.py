@@ -96,11 +96,8 @@ class MaxNorm(Constraint):
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         norm = _norm_over("max_norm", self.axis, path, x)
         bound = jnp.asarray(self.max_value).astype(x.dtype)
-        try:
-            fits = jnp.broadcast_shapes(bound.shape, norm.shape) == norm.shape
-        except ValueError:
-            fits = False
-        if not fits:  # one bound, or one per vector (broadcasting against the kept-dims norms)
+        # one bound, or one per vector (broadcasting against the kept-dims norms)
+        if not _checks.broadcasts_to(bound.shape, norm.shape):
             raise ValueError(
                 f"max_norm: max_value of shape {bound.shape} does not broadcast against the norms "
                 f"{norm.shape} of leaf {leaf_name(path)!r} of shape {jnp.shape(x)} (axis = {self.axis})."

@@ -152,11 +152,7 @@ def _check_hyperparameter_shapes(obj: Any, names: tuple[str, ...], state_shape: 
     """
     for name in names:
         shape = jnp.shape(getattr(obj, name))
-        try:
-            fits = jnp.broadcast_shapes(shape, state_shape) == state_shape
-        except ValueError:
-            fits = False
-        if not fits:
+        if not _checks.broadcasts_to(shape, state_shape):
             raise ValueError(
                 f"{where}: {name} must be a scalar or one per member of a state batched on a member axis, got "
                 f"{name}.shape = {shape} for a state of shape {state_shape} (to sweep it, jax.vmap over the "
@@ -181,11 +177,7 @@ def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> t
         # a bool was the metric 1.0 (a flag passed for the metric)
         raise ValueError(f"{where}: metric must be a number or an array of numbers, got a {metric.dtype} metric.")
     state_dtype, state_shape = state_best.dtype, jnp.shape(state_best)
-    try:
-        fits = jnp.broadcast_shapes(metric.shape, state_shape) == state_shape
-    except ValueError:
-        fits = False
-    if not fits:
+    if not _checks.broadcasts_to(metric.shape, state_shape):
         raise ValueError(
             f"{where}: metric must be a scalar or one per member, broadcasting to the state's best value "
             f"of shape {state_shape}, got metric.shape = {metric.shape}."

@@ -102,11 +102,7 @@ def _steps_like(step: Any, tree: PyTree, where: str) -> PyTree:
     if steps is not None:
         # Each step must broadcast to its leaf's shape (it failed in jax's broadcasting, unnamed).
         for (path, x), t in zip(jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(steps)):
-            try:
-                fits = np.broadcast_shapes(jnp.shape(t), jnp.shape(x)) == jnp.shape(x)
-            except ValueError:
-                fits = False
-            if not fits:
+            if not _checks.broadcasts_to(jnp.shape(t), jnp.shape(x)):
                 raise ValueError(
                     f"{where}: step must broadcast to each leaf's shape, got a step of shape {jnp.shape(t)} for "
                     f"leaf {leaf_name(path)!r} of shape {jnp.shape(x)}."
