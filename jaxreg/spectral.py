@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import kernels, optional_mask, resolve_mask, scaled_total
+from jaxreg._tree import kernels, key_path_str, optional_mask, resolve_mask, scaled_total
 from jaxreg.penalties import Penalty
 
 PyTree = Any
@@ -57,7 +58,9 @@ def _hyper(x: ArrayLike) -> jax.Array:
 
 
 def _path_str(path: Any) -> str:
-    return jax.tree_util.keystr(path, simple=True, separator="/")
+    # The masks' own key (an nnx ``Variable``'s ``value`` dropped): nnx.Optimizer inits on a
+    # ``State`` of Variables and updates on their arrays, and both must name a kernel alike.
+    return key_path_str(path)
 
 
 def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Array]]:
@@ -79,7 +82,8 @@ def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Arra
 
 def _as_matrix(x: jax.Array) -> jax.Array:
     """``x`` as ``(prod(shape[:-1]), shape[-1])``, in at least float32 (no bfloat16 SVDs or power iterations)."""
-    m = jnp.reshape(x, (-1, x.shape[-1]))
+    # Rows counted, not inferred: reshape cannot infer -1 beside a zero-size last axis.
+    m = jnp.reshape(x, (math.prod(x.shape[:-1]), x.shape[-1]))
     return m.astype(jnp.float32) if jnp.finfo(m.dtype).bits < 32 else m
 
 

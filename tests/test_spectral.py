@@ -450,3 +450,50 @@ def test_value_follows_the_params_dtype_not_the_scales(make):
         assert float(value) == pytest.approx(3 * ((1 + 1e-3) ** 2 - 1) ** 2, rel=1e-10)
     else:  # sigma_max^2 of (1 + 1e-3) I, which power iteration reaches exactly
         assert float(value) == pytest.approx((1 + 1e-3) ** 2, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# zero-size kernels and flax nnx
+
+
+def _orthogonal_reference(w, mode):
+    m = np.asarray(w, np.float64).reshape(int(np.prod(w.shape[:-1])), w.shape[-1])
+    g = m @ m.T if mode == "rows" else m.T @ m
+    return float(np.sum((g - np.eye(g.shape[0])) ** 2))
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (2, 3, 0), (0, 3), (2, 0, 4)])
+def test_zero_size_kernels(shape):
+    """||M Mᵀ - I||² of an empty M is the identity's size (rows of a 3x0 M: 3); the projections
+    leave an empty kernel empty, and project's state holds a vector of the last axis' size."""
+    w = jnp.zeros(shape)
+    for mode in ("rows", "columns"):
+        assert float(jr.orthogonal(1.0, mode=mode)({"k": w})) == _orthogonal_reference(np.zeros(shape), mode)
+    assert float(jr.spectral_penalty(1.0)({"k": w})) == 0.0
+    assert jr.spectral_norm(1.0)({"k": w})["k"].shape == shape
+    assert jr.orthogonalize()({"k": w})["k"].shape == shape
+    params = {"k": w, "d": jnp.full((2, 2), 3.0)}
+    tx = optax.chain(optax.sgd(0.1), jr.project(jr.spectral_norm(1.0)))
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    assert new["k"].shape == shape
+    np.testing.assert_allclose(_sigma_max(new["d"]), 1.0, rtol=1e-2)  # 6 -> 1 after one power iteration
+
+
+def test_spectral_norm_state_inside_nnx_optimizer():
+    """nnx.Optimizer inits on a State of Variables and updates on their arrays: the state's keys
+    match both, and the kernels end capped at the exact largest singular value."""
+    nnx = pytest.importorskip("flax.nnx")
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(3, 4, rngs=rngs)
+            self.l2 = nnx.Linear(4, 2, rngs=rngs)
+
+    model = MLP(nnx.Rngs(0))
+    tx = optax.chain(optax.sgd(0.1), jr.project(jr.spectral_norm(0.1, num_iters=50)))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    opt.update(model, grads)
+    for layer in (model.l1, model.l2):
+        np.testing.assert_allclose(_sigma_max(layer.kernel[...]), 0.1, rtol=1e-4)
