@@ -70,6 +70,19 @@ def key_path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
+def apply_updates(params: Any, updates: Any) -> Any:
+    """``params + updates`` (as ``optax.apply_updates``, in the wider dtype, under any promotion
+    mode); a ``None`` update (a frozen leaf, as optax allows) leaves the param as is."""
+
+    def one(u: Any, p: Any) -> Any:
+        if u is None:
+            return p
+        wide = wider_dtype(u, p)
+        return (jnp.asarray(p, wide) + jnp.asarray(u, wide)).astype(jnp.result_type(p))
+
+    return jax.tree.map(one, updates, params, is_leaf=lambda x: x is None)
+
+
 def leaf_name(path: tuple[Any, ...]) -> str:
     """:func:`key_path_str` for error messages: a bare array (the empty path) is ``"<root>"``."""
     return key_path_str(path) or "<root>"

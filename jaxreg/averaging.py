@@ -22,7 +22,7 @@ import optax
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _random, _rebuild
-from jaxreg._tree import compute_dtype, default_float
+from jaxreg._tree import apply_updates, compute_dtype, default_float
 
 PyTree = Any
 
@@ -91,12 +91,14 @@ def _is_float(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _need_params(where: str, params: Any, updates: Any) -> None:
+def _need_params(where: str, params: Any, updates: Any, average: Any) -> None:
     if params is None:
         raise ValueError(
             f"{where}: needs params (it averages params + updates); call update(updates, state, params), got params = None."
         )
     _checks.check_like("updates", updates, "params", params, where)
+    # a state made for other params (another model's checkpoint) failed in jnp's broadcasting
+    _checks.check_like("params", params, "init's params", average, where)
 
 
 def _rebuilt_with(state: Any, **closure: Any) -> Any:
@@ -228,7 +230,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
         return EmaState(jnp.zeros([], jnp.int32), jnp.asarray(decay, default_float()), _accumulator(params))
 
     def update_fn(updates, state, params=None):
-        _need_params("ema", params, updates)
+        _need_params("ema", params, updates, state.average)
         state = _rebuilt_with(state, decay=decay)
         count = optax.safe_increment(state.count)
         one_minus = 1.0 - state.decay
@@ -248,7 +250,7 @@ def ema(decay: ArrayLike, *, debias: bool = False) -> optax.GradientTransformati
             )
         else:
             weight = one_minus
-        average = _lerp(state.average, optax.apply_updates(params, updates), weight)
+        average = _lerp(state.average, apply_updates(params, updates), weight)
         return updates, EmaState(count, state.decay, average)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -302,10 +304,10 @@ def swa(start: ArrayLike, every: ArrayLike = 1) -> optax.GradientTransformation:
         return SwaState(jnp.zeros([], jnp.int32), num, start_, every_, _accumulator(params))
 
     def update_fn(updates, state, params=None):
-        _need_params("swa", params, updates)
+        _need_params("swa", params, updates, state.average)
         state = _rebuilt_with(state, start=start, every=every)
         count, snap, n, weight = _next_snapshot(state)
-        average = _lerp(state.average, optax.apply_updates(params, updates), weight)
+        average = _lerp(state.average, apply_updates(params, updates), weight)
         return updates, SwaState(count, n + snap.astype(jnp.int32), state.start, state.every, average)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -371,10 +373,10 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
         return SwagState(jnp.zeros([], jnp.int32), num, start_, every_, mean, sq, dev)
 
     def update_fn(updates, state, params=None):
-        _need_params("swag", params, updates)
+        _need_params("swag", params, updates, state.mean)
         state = _rebuilt_with(state, start=start, every=every)
         count, snap, n, weight = _next_snapshot(state)
-        new = optax.apply_updates(params, updates)
+        new = apply_updates(params, updates)
         mean = _lerp(state.mean, new, weight)
         squares = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, _accumulator(new))
         sq_mean = _lerp(state.sq_mean, squares, weight)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg import _checks
-from jaxreg._tree import compute_dtype, is_float, wider_dtype
+from jaxreg._tree import apply_updates, compute_dtype, is_float, wider_dtype
 from jaxreg.penalties import Penalty, non_separable, without_prox
 
 PyTree = Any
@@ -151,19 +151,6 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-def _stepped(params: PyTree, updates: PyTree) -> PyTree:
-    """``params + updates`` (as ``optax.apply_updates``, in the wider dtype, under any promotion
-    mode); a ``None`` update (a frozen leaf, as optax allows) leaves the param as is."""
-
-    def one(u: Any, p: Any) -> Any:
-        if u is None:
-            return p
-        wide = wider_dtype(u, p)
-        return (jnp.asarray(p, wide) + jnp.asarray(u, wide)).astype(jnp.result_type(p))
-
-    return jax.tree.map(one, updates, params, is_leaf=_is_none)
-
-
 def _per_coordinate_step(lr: jax.Array, nu_hat: jax.Array, eps: float, eps_root: float) -> jax.Array:
     """Adam's step size ``lr / (sqrt(nu_hat + eps_root) + eps)`` per coordinate."""
     lr, nu_hat = _with_lr(lr, nu_hat)
@@ -246,7 +233,7 @@ def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.G
     def update_fn(updates: PyTree, state: ProximalState, params: PyTree | None = None):
         _need_params("proximal", params, updates)
         step = _learning_rate_at(learning_rate, state.count, "proximal")
-        new = penalty.prox(_stepped(params, updates), step)
+        new = penalty.prox(apply_updates(params, updates), step)
         return _delta(new, params, updates), ProximalState(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -405,9 +392,15 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
     """
     stateful = callable(getattr(constraint, "init", None)) and callable(getattr(constraint, "update", None))
     if not stateful and not callable(constraint):
+        hint = ""
+        if isinstance(constraint, jax.Array):  # inject_hyperparams called a constraint as a schedule
+            hint = (
+                " (optax.inject_hyperparams calls every callable argument as a schedule: pass "
+                "static_args=('constraint',), or sweep with jr.sweepable)"
+            )
         raise ValueError(
             "project: constraint must be a callable params -> params or an object with init(params) and "
-            f"update(params, state), got constraint = {constraint!r}."
+            f"update(params, state), got constraint = {constraint!r}{hint}."
         )
     if isinstance(constraint, Penalty):  # callable too, but params -> scalar: broadcast over every leaf
         raise ValueError(
@@ -423,7 +416,7 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
 
     def update_fn(updates: PyTree, state: Any, params: PyTree | None = None):
         _need_params("project", params, updates)
-        stepped = _stepped(params, updates)
+        stepped = apply_updates(params, updates)
         if stateful:
             new, inner = constraint.update(stepped, state.constraint)
         else:

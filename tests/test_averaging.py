@@ -339,6 +339,16 @@ def test_bad_arguments(make, match):
         make()
 
 
+@pytest.mark.parametrize("make", [lambda: jr.ema(0.9), lambda: jr.swa(0), lambda: jr.swag(0, rank=2)])
+def test_a_state_made_for_other_params_is_refused_by_name(make):
+    opt = optax.chain(optax.sgd(0.1), make())
+    stale = opt.init({"w": jnp.ones((3, 2))})
+    with pytest.raises(
+        ValueError, match=r"params must be shaped like init's params, got leaf \['w'\] of shape \(2, 2\)"
+    ):
+        opt.update({"w": jnp.ones((2, 2))}, stale, {"w": jnp.ones((2, 2))})
+
+
 def test_swag_sample_refuses_an_int_seed():
     opt = optax.chain(optax.sgd(1.0), jr.swag(start=0, rank=1))
     state = opt.init(jnp.zeros(2))
@@ -473,3 +483,22 @@ def test_ema_count_saturates_and_keeps_averaging():
     assert int(state.count) == top
     ref = decay * np.asarray(w0) + (1 - decay) * np.asarray(w1)
     np.testing.assert_allclose(jr.averaged_params(state), ref, rtol=4 * EPS32)
+
+
+@pytest.mark.parametrize("make", [lambda: jr.ema(0.5), lambda: jr.swa(0), lambda: jr.swag(0, rank=2)])
+def test_a_frozen_leaf_with_a_none_update_is_averaged_as_the_unchanged_param(make):
+    """A ``None`` update (a frozen leaf, as optax allows) leaves the param as is: its average is
+    the param, and the other leaves average as they do without it."""
+    params = {"w": jnp.array([1.0, 2.0]), "frozen": jnp.array([3.0])}
+    opt, alone = make(), make()
+    state, state_alone = opt.init(params), alone.init({"w": params["w"]})
+    w = params["w"]
+    for g in ([0.5, -1.0], [0.25, 0.25], [-1.0, 0.5]):
+        u = jnp.asarray(g)
+        out, state = opt.update({"w": u, "frozen": None}, state, {"w": w, "frozen": params["frozen"]})
+        _, state_alone = alone.update({"w": u}, state_alone, {"w": w})
+        assert out["frozen"] is None
+        w = w + u
+    avg = jr.averaged_params(state)
+    np.testing.assert_array_equal(avg["frozen"], params["frozen"])
+    np.testing.assert_array_equal(avg["w"], jr.averaged_params(state_alone)["w"])
