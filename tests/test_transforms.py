@@ -342,6 +342,11 @@ def test_missing_params_raise(tx):
             r"proximal: penalty must be a jaxreg Penalty, got penalty = .* \(optax.inject_hyperparams calls every "
             r"callable argument as a schedule: pass static_args=\('penalty',\)",
         ),
+        (
+            lambda: optax.inject_hyperparams(jr.project)(constraint=jr.max_norm(1.0)).init(jnp.ones((2, 2))),
+            r"project: constraint must be a callable .* \(optax.inject_hyperparams calls every "
+            r"callable argument as a schedule: pass static_args=\('constraint',\)",
+        ),
     ],
     ids=[
         "negative-lr",
@@ -354,6 +359,7 @@ def test_missing_params_raise(tx):
         "non-separable",
         "array-lr",
         "inject-hyperparams",
+        "inject-hyperparams-project",
     ],
 )
 def test_bad_arguments_raise(build, message):
