@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _random
@@ -26,6 +27,14 @@ __all__ = ["cutmix", "mixup"]
 
 
 def _check_batch(where: str, x: Any, y: Any, min_ndim: int) -> tuple[jax.Array, jax.Array]:
+    for name, value in (("x", x), ("y", y)):
+        # A list or dict of inputs is not stacked into one batch: jnp.asarray would make the
+        # inputs the examples and mix input 1 with input 2.
+        if not isinstance(value, (jax.Array, np.ndarray)):
+            raise ValueError(
+                f"{where}: {name} must be an array (one batch, examples on the leading axis), got {type(value).__name__}; "
+                "for several inputs call it once per input with the same rng and alpha (the same lambda and partners)."
+            )
     x, y = jnp.asarray(x), jnp.asarray(y)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise ValueError(f"{where}: x must be a floating-point array, got x.dtype = {x.dtype}.")

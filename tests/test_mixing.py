@@ -178,6 +178,10 @@ YI = jnp.eye(2)
         (lambda: jr.cutmix(KEY, jnp.ones((2, 4, 4)), YI, 1.0), r"cutmix: x must have at least 4 axes"),
         (lambda: jr.cutmix(KEY, jnp.ones((2, 4, 4, 1, 1)), YI, 1.0), r"cutmix: x must be images \(N, H, W, C\)"),
         (lambda: jr.cutmix(1, XI, YI, 1.0), r"cutmix: rng must be a PRNG key"),
+        # two inputs of two examples each, stacked by jnp.asarray, would be mixed with each other
+        (lambda: jr.mixup(KEY, [XI[:, 0], XI[:, 1]], YI, 1.0), r"mixup: x must be an array .*got list"),
+        (lambda: jr.mixup(KEY, {"img": XI}, YI, 1.0), r"mixup: x must be an array .*got dict"),
+        (lambda: jr.cutmix(KEY, XI, [[1.0, 0.0], [0.0, 1.0]], 1.0), r"cutmix: y must be an array .*got list"),
     ],
 )
 def test_bad_input(call, match):
