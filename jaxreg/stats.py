@@ -57,17 +57,51 @@ def _numbers(values: ArrayLike, name: str, where: str) -> np.ndarray:
         raise ValueError(f"{where}: {name} must be numbers, got {name} = {values!r}.") from None
 
 
-def _check(values: ArrayLike, confidence: float, where: str) -> np.ndarray:
-    x = _numbers(values, "values", where)
-    if x.ndim == 0:
-        raise ValueError(f"{where}: values must have a seed axis, got a scalar {float(x)!r}.")
+def _check_confidence(confidence: float, where: str) -> None:
     try:  # a number (a 0-d array too); a string or a bool is not one
         number = None if isinstance(confidence, (str, bytes, bool, np.bool_)) else float(confidence)
     except (TypeError, ValueError):
         number = None
     if number is None or not 0.0 < number < 1.0:
         raise ValueError(f"{where}: confidence must be in (0, 1), got confidence = {confidence!r}.")
-    return x
+
+
+def _interval(
+    x: np.ndarray, name: str, where: str, axis: int, confidence: float, method: str, num_resamples: int, seed: int
+) -> Interval:
+    """:func:`mean_interval` of the numbers ``x`` (with a seed axis), its errors naming ``where``
+    and the input ``name``."""
+    _check_confidence(confidence, where)
+    if isinstance(axis, bool | np.bool_) or not isinstance(axis, int | np.integer) or not -x.ndim <= axis < x.ndim:
+        raise ValueError(
+            f"{where}: axis must be an int in [-{x.ndim}, {x.ndim}) for {name} of shape {x.shape}, got axis = {axis!r}."
+        )
+    if x.shape[int(axis)] == 0:
+        shape_name = "a.shape = b.shape" if name == "a and b" else f"{name}.shape"
+        raise ValueError(f"{where}: {name} must hold at least one seed, got {shape_name} = {x.shape}.")
+    x = np.moveaxis(x, int(axis), 0)  # no quantities (shape (seeds, 0)) gives empty intervals, as numpy's mean
+    if method == "bootstrap":
+        _checks.check_int_at_least("num_resamples", num_resamples, 1, where)
+        _checks.check_int_at_least("seed", seed, 0, where)
+    n = x.shape[0]
+    mean = x.mean(axis=0)
+    if method == "t":
+        if n < 2:
+            nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
+            return Interval(mean, nan, nan)
+        from scipy import stats as scipy_stats
+
+        half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(axis=0, ddof=1) / np.sqrt(n)
+        return Interval(mean, mean - half, mean + half)
+    if method == "bootstrap":
+        if n < 2:
+            nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
+            return Interval(mean, nan, nan)
+        idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
+        means = x[idx].mean(axis=1)
+        lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2], axis=0)
+        return Interval(mean, lo, hi)
+    raise ValueError(f"{where}: method must be 't' or 'bootstrap', got method = {method!r}.")
 
 
 def mean_interval(
@@ -111,37 +145,10 @@ def mean_interval(
       >>> round(float(iv.mean), 3), round(float(iv.hi - iv.mean), 4)
       (0.92, 0.0248)
     """
-    x = _check(values, confidence, "mean_interval")
-    if isinstance(axis, bool | np.bool_) or not isinstance(axis, int | np.integer) or not -x.ndim <= axis < x.ndim:
-        raise ValueError(
-            f"mean_interval: axis must be an int in [-{x.ndim}, {x.ndim}) for values of shape {x.shape}, "
-            f"got axis = {axis!r}."
-        )
-    if x.shape[int(axis)] == 0:
-        raise ValueError(f"mean_interval: values needs at least one seed, got values.shape = {x.shape}.")
-    x = np.moveaxis(x, int(axis), 0)  # no quantities (shape (seeds, 0)) gives empty intervals, as numpy's mean
-    if method == "bootstrap":
-        _checks.check_int_at_least("num_resamples", num_resamples, 1, "mean_interval")
-        _checks.check_int_at_least("seed", seed, 0, "mean_interval")
-    n = x.shape[0]
-    mean = x.mean(axis=0)
-    if method == "t":
-        if n < 2:
-            nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
-            return Interval(mean, nan, nan)
-        from scipy import stats as scipy_stats
-
-        half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(axis=0, ddof=1) / np.sqrt(n)
-        return Interval(mean, mean - half, mean + half)
-    if method == "bootstrap":
-        if n < 2:
-            nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
-            return Interval(mean, nan, nan)
-        idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
-        means = x[idx].mean(axis=1)
-        lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2], axis=0)
-        return Interval(mean, lo, hi)
-    raise ValueError(f"mean_interval: method must be 't' or 'bootstrap', got method = {method!r}.")
+    x = _numbers(values, "values", "mean_interval")
+    if x.ndim == 0:
+        raise ValueError(f"mean_interval: values must have a seed axis, got a scalar {float(x)!r}.")
+    return _interval(x, "values", "mean_interval", axis, confidence, method, num_resamples, seed)
 
 
 def paired_difference(
@@ -193,7 +200,11 @@ def paired_difference(
         raise ValueError(
             f"paired_difference: a and b must have one value per seed each, got shapes {a.shape} and {b.shape}."
         )
-    return mean_interval(a - b, axis=axis, confidence=confidence, method=method, num_resamples=num_resamples, seed=seed)
+    if a.ndim == 0:
+        raise ValueError(
+            f"paired_difference: a and b must have a seed axis, got scalars a = {float(a)!r}, b = {float(b)!r}."
+        )
+    return _interval(a - b, "a and b", "paired_difference", axis, confidence, method, num_resamples, seed)
 
 
 def verdict(

@@ -97,7 +97,7 @@ def test_one_seed_claims_no_interval():
         ),
         (
             lambda: jr.stats.mean_interval([]),
-            r"^mean_interval: values needs at least one seed, got values.shape = \(0,\)",
+            r"^mean_interval: values must hold at least one seed, got values.shape = \(0,\)",
         ),
         (
             lambda: jr.stats.mean_interval(np.ones((3, 2)), axis=2),
@@ -119,6 +119,23 @@ def test_one_seed_claims_no_interval():
             lambda: jr.stats.paired_difference(np.ones(2), ["x", "y"]),
             r"^paired_difference: b must be numbers, got b = \['x', 'y'\]\.",
         ),
+        # paired_difference's own name and arguments, not mean_interval's nor the difference's value
+        (
+            lambda: jr.stats.paired_difference(1.0, 2.0),
+            r"^paired_difference: a and b must have a seed axis, got scalars a = 1\.0, b = 2\.0\.",
+        ),
+        (
+            lambda: jr.stats.paired_difference([], []),
+            r"^paired_difference: a and b must hold at least one seed, got a\.shape = b\.shape = \(0,\)",
+        ),
+        (
+            lambda: jr.stats.paired_difference([1.0, 2.0], [0.0, 1.0], axis=3),
+            r"^paired_difference: axis must be an int in \[-1, 1\) for a and b of shape \(2,\), got axis = 3\.",
+        ),
+        (
+            lambda: jr.stats.paired_difference([1.0, 2.0], [0.0, 1.0], confidence=2),
+            r"^paired_difference: confidence must be in \(0, 1\), got confidence = 2\.",
+        ),
     ],
     ids=[
         "scalar",
@@ -134,6 +151,10 @@ def test_one_seed_claims_no_interval():
         "negative-seed",
         "confidence-string",
         "paired-strings",
+        "paired-scalars",
+        "paired-empty",
+        "paired-axis",
+        "paired-confidence",
     ],
 )
 def test_bad_input_raises(call, message):
@@ -157,7 +178,7 @@ def test_seeds_of_no_quantity_give_empty_intervals_as_numpy_gives_an_empty_mean(
     got = jr.stats.mean_interval(np.zeros((3, 0)), method=method)
     assert got.mean.shape == got.lo.shape == got.hi.shape == np.zeros((3, 0)).mean(axis=0).shape == (0,)
     with pytest.raises(
-        ValueError, match=r"^mean_interval: values needs at least one seed, got values.shape = \(3, 0\)"
+        ValueError, match=r"^mean_interval: values must hold at least one seed, got values.shape = \(3, 0\)"
     ):
         jr.stats.mean_interval(np.zeros((3, 0)), axis=1)
 
