@@ -25,7 +25,8 @@ def sam_gradient(
     adaptive: bool = False,
     mask: Any = None,
     eta: ArrayLike = 0.0,
-) -> tuple[jax.Array, PyTree]:
+    has_aux: bool = False,
+) -> tuple[Any, PyTree]:
     r"""The loss at ``params`` and the sharpness-aware gradient: the gradient at the worst nearby point.
 
     With :math:`g = \nabla L(w)` and, for ASAM (``adaptive=True``), :math:`T_w = |w| + \eta`
@@ -43,7 +44,7 @@ def sam_gradient(
     Two gradient evaluations; ``rho`` and ``eta`` may be traced (a sweep over radii is a ``vmap``).
 
     Args:
-      loss_fn: ``loss_fn(params, *args) -> scalar``.
+      loss_fn: ``loss_fn(params, *args) -> scalar``, or ``-> (scalar, aux)`` with ``has_aux``.
       params: the params.
       *args: passed to ``loss_fn`` (a batch, an rng...).
       rho: the radius :math:`\rho \ge 0` of the neighbourhood.
@@ -54,12 +55,17 @@ def sam_gradient(
         ignored without ``adaptive``. It applies to every selected leaf: ASAM's reference code
         takes :math:`T_w = |w| + \eta` for weights and :math:`T_w = 1` for biases, which this
         function does not offer (a ``mask`` leaves biases unperturbed instead).
+      has_aux: ``loss_fn`` returns ``(loss, aux)``, as in ``jax.value_and_grad(..., has_aux=True)``
+        (a model's updated batch statistics, metrics). Static.
 
     Returns:
-      ``(loss, grad)``: the loss at ``params`` and the gradient at ``params + epsilon``.
+      ``(loss, grad)``: the loss at ``params`` and the gradient at ``params + epsilon``; with
+      ``has_aux``, ``((loss, aux), grad)``, ``aux`` from the evaluation at ``params`` (the one at
+      the perturbed point is discarded).
 
     Raises:
-      ValueError: if ``rho`` or ``eta`` is negative or not a scalar, or ``mask`` does not match ``params``.
+      ValueError: if ``rho`` or ``eta`` is negative or not a scalar, ``mask`` does not match
+        ``params``, or ``loss_fn``'s output does not match ``has_aux`` or its loss is not a scalar.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -79,6 +85,7 @@ def sam_gradient(
     _checks.check_nonnegative("rho", rho, "sam_gradient", scalar=True)
     _checks.check_nonnegative("eta", eta, "sam_gradient", scalar=True)
     adaptive = _checks.check_flag("adaptive", adaptive, "sam_gradient")
+    has_aux = _checks.check_flag("has_aux", has_aux, "sam_gradient")
     selected = jax.tree.map(
         lambda keep, w: bool(keep) and jnp.issubdtype(jnp.result_type(w), jnp.inexact),
         resolve_mask(mask, params, "sam_gradient"),
@@ -87,13 +94,11 @@ def sam_gradient(
 
     # allow_int: integer leaves (a step counter, an index) get jax's float0 gradient, as in
     # jax.grad(..., allow_int=True), and are never perturbed.
-    def scalar_loss(p: PyTree, *a: Any) -> jax.Array:
-        out = loss_fn(p, *a)
-        if jnp.shape(out) != ():  # at trace time: jax's TypeError named neither loss_fn nor its shape
-            raise ValueError(f"sam_gradient: loss_fn must return a scalar, got an output of shape {jnp.shape(out)}.")
-        return out
+    # Checked at trace time: jax's TypeError named neither loss_fn nor its shape.
+    def loss_and_aux(p: PyTree, *a: Any) -> tuple[jax.Array, Any]:
+        return _checks.split_aux(loss_fn(p, *a), has_aux, "sam_gradient")
 
-    loss, g = jax.value_and_grad(scalar_loss, allow_int=True)(params, *args)
+    (loss, aux), g = jax.value_and_grad(loss_and_aux, has_aux=True, allow_int=True)(params, *args)
 
     # float32 at least (half-precision norms overflow, and rho/||g|| under a loss scale is
     # subnormal in float16); float64 when a selected leaf is
@@ -124,4 +129,5 @@ def sam_gradient(
         return w + (factor * ti * tgi).astype(w.dtype)  # eps = rho T^2 g / ||T g||, in acc
 
     perturbed = jax.tree.map(perturb, params, t, tg, is_leaf=lambda x: x is None)
-    return loss, jax.grad(scalar_loss, allow_int=True)(perturbed, *args)
+    sharp = jax.grad(lambda p, *a: loss_and_aux(p, *a)[0], allow_int=True)(perturbed, *args)
+    return ((loss, aux) if has_aux else loss), sharp

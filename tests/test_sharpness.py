@@ -120,9 +120,26 @@ def test_bad_arguments(kwargs, match):
 
 def test_a_loss_that_is_not_a_scalar_is_refused_by_name():
     with pytest.raises(
-        ValueError, match=r"^sam_gradient: loss_fn must return a scalar, got an output of shape \(2,\)\."
+        ValueError, match=r"^sam_gradient: loss_fn must return a scalar loss, got an output of shape \(2,\)"
     ):
         jr.sam_gradient(lambda w: 2.0 * w, jnp.ones(2), rho=0.1)
+
+
+def test_has_aux_returns_the_aux_at_params_and_the_same_gradient():
+    """With has_aux the gradient is the plain loss's SAM gradient (closed form w (1 + rho/|w|) for
+    |w|²/2) and aux comes from the evaluation at params, as jax.value_and_grad(has_aux=True)."""
+    w = jnp.array([3.0, 4.0])
+    (loss, aux), g = jr.sam_gradient(lambda v: (0.5 * jnp.sum(v**2), {"w_seen": v}), w, rho=0.5, has_aux=True)
+    np.testing.assert_allclose(g, np.array([3.0, 4.0]) * (1 + 0.5 / 5.0), rtol=4 * EPS32)
+    np.testing.assert_array_equal(aux["w_seen"], w)
+    assert float(loss) == 12.5
+
+
+def test_an_output_that_does_not_match_has_aux_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^sam_gradient: loss_fn returned a tuple of 2; pass has_aux=True"):
+        jr.sam_gradient(lambda v: (jnp.sum(v), v), jnp.ones(2), rho=0.1)
+    with pytest.raises(ValueError, match=r"^sam_gradient: with has_aux=True loss_fn must return \(loss, aux\)"):
+        jr.sam_gradient(lambda v: jnp.sum(v), jnp.ones(2), rho=0.1, has_aux=True)
 
 
 def test_integer_leaves_are_not_perturbed_and_get_a_float0_gradient():
