@@ -484,7 +484,11 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
 
     (exactly a learning rate times the scale for SGD or Adam, whose updates are linear in the
     learning rate), or, with ``optax.inject_hyperparams`` (or a ``jr.sweepable`` optimizer), set
-    ``opt_state.hyperparams["learning_rate"] = lr * plateau_state.scale`` before the update.
+    the learning rate before the update, in the state's dtype (float64 under x64, where the scale
+    is float32; a ``lax.scan`` carry keeps its dtype)::
+
+        hp = opt_state.hyperparams
+        hp["learning_rate"] = (lr * plateau_state.scale).astype(hp["learning_rate"].dtype)
 
     Args:
       factor: the factor the scale is multiplied by on a plateau, in (0, 1).

@@ -619,6 +619,34 @@ def test_plateau_scale_scales_the_updates_like_a_learning_rate():
     chex.assert_trees_all_close(scaled, expected, rtol=2 * float(jnp.finfo(jnp.float32).eps))
 
 
+@pytest.mark.parametrize("x64", [False, True])
+def test_plateau_scale_as_an_injected_learning_rate_in_a_scan(x64):
+    """The documented hyperparams recipe inside lax.scan, under x64 too (the carry keeps the
+    hyperparameter's dtype): the same params as sgd with the learning rate times the scale."""
+    import optax
+
+    with jax.enable_x64(x64):
+        lr = 0.1
+        opt = jr.sweepable(optax.sgd)(learning_rate=lr)
+        plateau = jr.ReduceOnPlateau(0.5, 1)
+        metrics = jnp.array([3.0, 2.0, 2.0, 2.0, 2.0])
+
+        def body(carry, metric):
+            p, s, ps = carry
+            ps = plateau.update(ps, metric)
+            hp = s.hyperparams
+            hp["learning_rate"] = (lr * ps.scale).astype(hp["learning_rate"].dtype)
+            u, s = opt.update(jnp.ones(2), s, p)
+            return (optax.apply_updates(p, u), s, ps), ps.scale
+
+        p0 = jnp.zeros(2)
+        (p, _, _), scales = jax.lax.scan(body, (p0, opt.init(p0), plateau.init()), metrics)
+        np.testing.assert_array_equal(scales, [1.0, 1.0, 0.5, 0.25, 0.125])
+        expected = -lr * float(np.sum(np.asarray(scales, np.float64)))
+        tol = 8 * float(jnp.finfo(p.dtype).eps) * abs(expected)
+        np.testing.assert_allclose(p, [expected, expected], atol=tol)
+
+
 PLATEAU_BAD = [
     (lambda: jr.ReduceOnPlateau(1.0, 2), r"ReduceOnPlateau: factor must be in \(0, 1\), got factor = 1\.0\."),
     (lambda: jr.ReduceOnPlateau(0.0, 2), r"got factor = 0\.0\."),
