@@ -277,6 +277,14 @@ def _split(
         kind = _classify(where, name, value, param, static_args)
         if kind == "numeric":
             numeric[name] = jnp.asarray(value, dtype)
+            if not isinstance(value, float) and jnp.issubdtype(jnp.result_type(value), jnp.integer):
+                exact = _checks.concrete(value)
+                if exact is not None and int(np.asarray(numeric[name])) != int(exact):
+                    # An integer leaf of the state (swa's start) was silently rounded: 2**24 + 1 ran as 2**24.
+                    raise ValueError(
+                        f"{where}: {name} = {int(exact)} is not exact in {np.dtype(dtype).name}, the dtype "
+                        f"hyperparameters are kept in; enable x64, or pass it in static_args."
+                    )
         elif kind == "tree":
             numeric[name] = value  # its leaves become state leaves as they are
         elif kind == "schedule":

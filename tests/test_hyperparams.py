@@ -595,6 +595,19 @@ def test_swa_start_changed_in_the_state_takes_effect():
     assert float(jr.averaged_params(state)) == 0.5
 
 
+def test_an_integer_not_exact_in_the_hyperparameter_dtype_is_refused_not_rounded():
+    """float32 holds every integer up to 2**24 and not 2**24 + 1 (it rounded to 2**24: averaging
+    began a step early); static, or under x64, the integer is kept exactly."""
+    make = jr.sweepable(jr.swa)
+    assert int(make(start=2**24).init(jnp.zeros(2)).hyperparams["start"]) == 2**24
+    with pytest.raises(ValueError, match=r"^sweepable\(swa\): start = 16777217 is not exact in float32"):
+        make(start=2**24 + 1)
+    static = jr.sweepable(jr.swa, static_args=("start",))(start=2**24 + 1)
+    assert int(static.init(jnp.zeros(2)).inner_state.start) == 2**24 + 1
+    with jax.enable_x64(True):
+        assert int(make(start=2**24 + 1).init(jnp.zeros(2)).hyperparams["start"]) == 2**24 + 1
+
+
 @pytest.mark.parametrize("key", [jax.random.key(5), jax.random.PRNGKey(5)], ids=["typed", "raw"])
 def test_a_prng_key_argument_is_static_and_the_noise_is_the_unwrapped_transforms(key):
     # A typed key crashed the argument check (TypeError); raw key words were taken for a
