@@ -627,7 +627,9 @@ def train_step(
 
     Args:
       loss_fn: ``loss_fn(params, batch, rng, hparams) -> loss`` or ``(loss, aux)``.
-      optimizer: an optax ``GradientTransformation``, applied per member.
+      optimizer: an optax ``GradientTransformation``, applied per member; its ``update`` gets the
+        member's loss as ``value=`` (for ``optax.contrib.reduce_on_plateau``, ``optax.polyak_sgd``;
+        optimizers that take no extra arguments never see it).
       has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
       batch_axis: ``None`` (shared batch) or the member axis of the batch's leaves.
       chunk_size: members per chunk, as in :func:`map` (a stacked state only).
@@ -666,6 +668,8 @@ def train_step(
             f"axis), got batch_axis = {batch_axis!r}."
         )
 
+    with_extra_args = optax.with_extra_args_support(optimizer)
+
     def checked_loss(params, batch, rng, hparams):
         loss, aux = _checks.split_aux(loss_fn(params, batch, rng, hparams), has_aux, "ensemble.train_step")
         return (loss, aux) if has_aux else loss
@@ -674,8 +678,10 @@ def train_step(
         out, grads = jax.value_and_grad(checked_loss, has_aux=has_aux)(params, batch, rng, hparams)
         # optax's scale_by_adam computes decay ** count (float ** int32): standard promotion
         # for the optimizer's own update only, so that a user running strict promotion can use it.
+        # value=: the member's loss, as optax's optimizers that read it expect
+        # (contrib.reduce_on_plateau, polyak_sgd); the others drop it.
         with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates, opt_state = with_extra_args.update(grads, opt_state, params, value=out[0] if has_aux else out)
         params = optax.apply_updates(params, updates)
         if has_aux:
             loss, aux = out

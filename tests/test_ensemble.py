@@ -208,6 +208,42 @@ def _setup(n=4):
     return params, opt_state, (xb, yb), hparams
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_train_step_gives_the_optimizer_each_members_loss_as_value(chunked):
+    """optax optimizers that read ``value=`` (reduce_on_plateau, polyak_sgd) get the member's own
+    loss: the same params and states as each member stepped alone with ``update(..., value=loss)``."""
+    import optax.contrib
+
+    opt = optax.chain(optax.sgd(0.5), optax.contrib.reduce_on_plateau(factor=0.5, patience=1, accumulation_size=1))
+    polyak = optax.polyak_sgd(max_learning_rate=1.0)
+    targets = jnp.array([[1.0, -2.0], [3.0, 0.5], [0.0, 0.0]])
+
+    def loss(p, target, rng, h):
+        return jnp.sum(jnp.abs(p - target)) + 0.1  # |.|: plateaus under sgd, so the scale moves
+
+    for tx in (opt, polyak):
+        params = jnp.zeros((3, 2))
+        state = jax.vmap(tx.init)(params)
+        step = jax.jit(jr.ensemble.train_step(loss, tx, batch_axis=0))
+        stateful = bool(jax.tree.leaves(state))  # polyak_sgd's is empty: train_step gives each block one
+        p, s = params, state
+        if chunked:
+            p, s = jr.ensemble.chunk(params, 2), jr.ensemble.chunk(state, 2) if stateful else state
+        for _ in range(6):
+            p, s, _ = step(p, s, targets, jax.random.key(0))
+        if chunked:
+            p, s = jr.ensemble.unchunk(p), jr.ensemble.unchunk(s) if stateful else state
+        for i in range(3):
+            pi, si = params[i], tx.init(params[i])
+            for _ in range(6):
+                value, g = jax.value_and_grad(loss)(pi, targets[i], None, None)
+                with jax.numpy_dtype_promotion("standard"):  # reduce_on_plateau mixes int32 counts in
+                    u, si = tx.update(g, si, pi, value=value)
+                pi = optax.apply_updates(pi, u)
+            np.testing.assert_allclose(p[i], pi, rtol=0, atol=8 * EPS32)
+            chex.assert_trees_all_close(jax.tree.map(lambda leaf, i=i: leaf[i], s), si, rtol=0, atol=8 * EPS32)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_train_step_equals_stepping_each_member_alone(chunk_size):
     n = 4
