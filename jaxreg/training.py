@@ -12,7 +12,8 @@ block to block and chunk to chunk). By default a chunk lasts about :data:`CHUNK_
 per program; see :class:`_ChunkPolicy`), so a short run is one chunk and one host sync. Between
 chunks the host updates a progress bar, calls an optional callback, saves an optional orbax
 checkpoint (:mod:`jaxreg._checkpoint`) and compacts the ensemble: members that stopped leave the
-computation. A chunk ends early once every member has stopped.
+computation. A chunk ends early once every member has stopped, or once few enough remain for a
+smaller stack (so compaction happens at the same block whatever the chunk lengths).
 
 Every random draw is derived from ``rng`` and the global step index (the shuffling of epoch ``e``
 from ``fold_in(data_key, e)``, the step's rng from ``fold_in(step_key, step)``), never from a
@@ -531,14 +532,16 @@ def _evaluate(
 
 
 @functools.partial(jax.jit, static_argnames=("plan",))
-def _run_chunk(state, es, perms, epochs, first_block, num_blocks, consts: _Consts, *, plan: _Plan):
-    """Up to ``num_blocks`` evaluation blocks from block ``first_block`` (both traced).
+def _run_chunk(state, es, perms, epochs, first_block, num_blocks, shrink_at, consts: _Consts, *, plan: _Plan):
+    """Up to ``num_blocks`` evaluation blocks from block ``first_block`` (all three traced).
 
     One program for every chunk of a run whatever its length (a ``while_loop`` over blocks, at
     most ``plan.max_blocks``), so the host may choose chunk lengths freely without compiling
-    again; the loop ends early once no member is active. Returns the carry, the permutation
-    cache, the records ``(max_blocks, members)`` of which the first ``blocks_run`` are written,
-    and ``blocks_run``.
+    again; the loop ends early once no member is active, or once ``shrink_at`` or fewer are
+    (compaction's next smaller stack: it then starts at that block, wherever the host's chunks
+    end, so the numbers do not depend on chunk lengths; ``-1`` without compaction). Returns the
+    carry, the permutation cache, the records ``(max_blocks, members)`` of which the first
+    ``blocks_run`` are written, and ``blocks_run``.
     """
     member = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
     batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((plan.batch_size, *a.shape[1:]), a.dtype), consts.train_data)
@@ -557,7 +560,8 @@ def _run_chunk(state, es, perms, epochs, first_block, num_blocks, consts: _Const
     def cond(carry):
         k, _, es, _, _ = carry
         t0 = (first_block + k) * plan.eval_every
-        return jnp.logical_and(k < num_blocks, jnp.any(active_at(es, t0)))
+        count = jnp.sum(active_at(es, t0), dtype=jnp.int32)
+        return jnp.logical_and(k < num_blocks, count > jnp.maximum(shrink_at, 0))
 
     def block(carry):
         k, state, es, cache, records = carry
@@ -670,6 +674,18 @@ def _compaction(active: np.ndarray, compact: bool) -> np.ndarray | None:
     return np.sort(np.argsort(~active, kind="stable")[:size]).astype(np.int32)
 
 
+def _shrink_at(stacked: int, compact: bool) -> np.int32:
+    """The active count at which :func:`_compaction` picks a smaller stack than ``stacked``: the
+    largest power of two below it (0 for one member; -1 without compaction). A chunk stops there,
+    so compaction happens at the first block where it can, not where a timed chunk happens to
+    end: a stack of another size rounds differently in the last bits (XLA's kernels depend on
+    it), and a run then depended on its chunk lengths, which are measured in wall time, and on
+    where it was interrupted and resumed."""
+    if not compact:
+        return np.int32(-1)
+    return np.int32(0 if stacked < 2 else 1 << (math.ceil(math.log2(stacked)) - 1))
+
+
 _SECONDS_PER_BLOCK: dict[tuple[Any, int], float] = {}  # (plan, stacked size) -> seconds, for the process
 
 
@@ -682,7 +698,8 @@ class _ChunkPolicy:
     so a first run on a new program goes 1 block (compiles), 1 block (measured), then chunks of
     the measured length, and later runs of the same program start at the measured length. A
     chunk never crosses a ``prune`` rung, so members pruned there leave the computation at once.
-    Results do not depend on the policy: every chunk length runs the same compiled program.
+    Results do not depend on the policy: every chunk length runs the same compiled program, and
+    compaction ends a chunk at the block where the stack shrinks (:func:`_shrink_at`).
     """
 
     def __init__(self, sched: _Schedule, plan: _Plan):
@@ -743,11 +760,12 @@ class _Loop:
             self.cache = _empty_cache(plan, self.sched.num_members)
         # numpy scalars: jit transfers them on its fast path (jnp.asarray is an eager op each).
         first, count = np.int32(self.blocks_done), np.int32(num_blocks)
+        shrink_at = _shrink_at(stacked, compact)
         compiled = _run_chunk._cache_size()
         t0 = time.perf_counter()
         if members is None:
             self.state, self.es, perms, epochs, records, ran = _run_chunk(
-                self.state, self.es, *self.cache, first, count, consts, plan=plan
+                self.state, self.es, *self.cache, first, count, shrink_at, consts, plan=plan
             )
             self.cache = (perms, epochs)
             rows = slice(None)
@@ -757,7 +775,7 @@ class _Loop:
             part = _sharded_like(_take_members(full, idx), full)
             sub = _Consts(consts.train_data, consts.val_data, *part[3])
             state, es, perms, epochs, records, ran = _run_chunk(
-                part[0], part[1], part[2], self.cache[1], first, count, sub, plan=plan
+                part[0], part[1], part[2], self.cache[1], first, count, shrink_at, sub, plan=plan
             )
             self.state, self.es, cache_perms = _put_members(
                 (self.state, self.es, self.cache[0]), idx, (state, es, perms)
@@ -776,7 +794,8 @@ class _Loop:
         self.chunks_done += 1
         self.blocks_done += ran
         self.member_steps += stacked * ran * self.sched.eval_every
-        return ran * self.sched.eval_every  # fewer blocks than asked: every member stopped, the run ends
+        # fewer blocks than asked: every member stopped (the run ends) or compaction's stack shrinks
+        return ran * self.sched.eval_every
 
     def history(self) -> History:
         k = self.blocks_done
@@ -970,14 +989,16 @@ def fit(
     ``snapshot_fn(state)``; then ``prune`` may stop more members. A stopped member's state is
     frozen from then on.
 
-    Compaction (``compact=True``): at each chunk boundary the members still training (not
-    stopped, ``member_steps`` not spent) are gathered into a stacked state of
-    :math:`2^{\lceil \log_2 n_\text{active} \rceil}` members (padded with stopped ones, capped at
-    :math:`N`), trained, and scattered back, so stopped members cost nothing and at most
-    :math:`\log_2 N + 1` programs compile. Each member's numbers are those of the run without
-    compaction up to float32 rounding (XLA may vectorize a smaller stack differently).
-    Within a chunk, members that stop are still computed until the chunk ends, their results
-    discarded.
+    Compaction (``compact=True``): the members still training (not stopped, ``member_steps``
+    not spent) are gathered into a stacked state of :math:`2^{\lceil \log_2 n_\text{active}
+    \rceil}` members (padded with stopped ones, capped at :math:`N`), trained, and scattered
+    back, so stopped members cost nothing and at most :math:`\log_2 N + 1` programs compile. A
+    chunk ends at the first evaluation after which that stack would be smaller, and the next one
+    runs on it: the stack shrinks at the same block whatever the chunk lengths (timed, given, or
+    cut by an interruption and resume), so they change no bit of the result. Each member's
+    numbers are those of the run without compaction up to float32 rounding (XLA's kernels for a
+    smaller stack round differently). Members that stop while the stack keeps its size are still
+    computed, frozen, until it shrinks.
 
     Args:
       step_fn: ``step_fn(state, batch, rng) -> (new_state, loss)`` for ONE member: pure and
@@ -1006,12 +1027,13 @@ def fit(
         define them once for repeated fits.
       member_steps: optional number of updates per member (an int or one per member); a member is
         frozen once it has done that many (used by :func:`retrain`).
-      steps_per_chunk: steps per chunk; a multiple of ``eval_every`` that divides ``num_steps``.
+      steps_per_chunk: steps per chunk; a multiple of ``eval_every`` that divides ``num_steps``
+        (with compaction a chunk also ends where the stack shrinks, see above).
         Default (``None``): chunks of about ``jaxreg.training.CHUNK_SECONDS`` (0.5 s) of wall
         time, measured per program and kept for the process (a first run does 1 block, 1 block,
         then the measured length), never across a ``prune`` rung. Progress, callbacks,
         checkpoints and compaction happen between chunks; the numbers do not depend on it (every
-        chunk length runs the same compiled program).
+        chunk length runs the same compiled program, and a stack shrinks at the same block).
       compact: remove stopped members from the computation between chunks (see above). Each
         stack size it reaches compiles its own program (seconds each for a model of a few layers):
         a cold one-off run in which few members stop early can be slower with it (1.7x in a

@@ -45,6 +45,55 @@ def test_results_bit_identical_across_chunk_policies(long_chunks, stopper):
         assert other.num_steps == runs[0].num_steps and other.member_steps_computed == runs[0].member_steps_computed
 
 
+STAGGERED = jr.EarlyStopping(jnp.asarray([1, 3, 100]), min_delta=jnp.asarray([1e-3, 1e-3, 0.0]))
+
+
+def _assert_same_run(a, b):
+    chex.assert_trees_all_equal(a.state, b.state)
+    chex.assert_trees_all_equal(a.history, b.history)
+    chex.assert_trees_all_equal(a.best, b.best)
+    chex.assert_trees_all_equal(a.best_num_steps, b.best_num_steps)
+    assert a.num_steps == b.num_steps and a.member_steps_computed == b.member_steps_computed
+
+
+def test_compacted_results_bit_identical_across_chunk_policies(monkeypatch):
+    """With compaction (the default) members stopping at different times shrink the stack 3 -> 2
+    -> 1, and a stack of another size rounds differently in the last bits: the stack shrinks at
+    the first block where it can, so where chunks end (given, or timed) changes no bit."""
+    runs = [run(steps_per_chunk=spc, early_stopping=STAGGERED)[0] for spc in (4, 8, 20, 40)]
+    for seconds in (1e-12, 1e9):  # the timed policy: one block per chunk, and chunks as long as allowed
+        monkeypatch.setattr(training, "CHUNK_SECONDS", seconds)
+        runs.append(run(early_stopping=STAGGERED)[0])
+    assert runs[0].member_steps_computed < MEMBERS * RUN["num_steps"]  # members did leave the stack
+    for other in runs[1:]:
+        _assert_same_run(other, runs[0])
+
+
+def test_a_compacted_run_resumed_with_other_chunk_ends_equals_the_uninterrupted_run(monkeypatch, tmp_path):
+    """The timed policy ends chunks where the machine's speed says; a run killed and resumed
+    ends them elsewhere than an uninterrupted one, and compacts at the same blocks."""
+    monkeypatch.setattr(training, "CHUNK_SECONDS", 1e9)
+    full, _ = run(early_stopping=STAGGERED)
+    assert full.member_steps_computed < MEMBERS * RUN["num_steps"]  # a member left the stack
+
+    class Killed(Exception):
+        pass
+
+    def kill(k, hist, state):
+        if k == 28:
+            raise Killed
+
+    monkeypatch.setattr(training, "CHUNK_SECONDS", 1e-12)  # one block per chunk until the kill
+    training._SECONDS_PER_BLOCK.clear()
+    with pytest.raises(Killed):
+        jr.fit(step, evaluate, states(), TRAIN, VAL, early_stopping=STAGGERED, checkpoint_dir=tmp_path, callback=kill,
+               **RUN)  # fmt: skip
+    monkeypatch.setattr(training, "CHUNK_SECONDS", 1e9)
+    training._SECONDS_PER_BLOCK.clear()  # a new process: the policy measures again, 1 block then 1 block
+    resumed = jr.fit(step, evaluate, states(), TRAIN, VAL, early_stopping=STAGGERED, checkpoint_dir=tmp_path, **RUN)
+    _assert_same_run(resumed, full)
+
+
 def test_default_policy_grows_chunks_to_the_measured_length(long_chunks):
     run()  # compiles, measures
     _, chunks = run()

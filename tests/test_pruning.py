@@ -66,30 +66,31 @@ def stacked_init(n):
     return jax.jit(jax.vmap(init_member))(jax.random.split(jax.random.key(3), n))
 
 
-def active_counts(stop_eval, budget, num_chunks, steps_per_chunk, evals_per_chunk):
-    """Members training at the start of each chunk: not stopped before it, budget not spent."""
+def active_counts(stop_eval, budget, num_evals, eval_every):
+    """Members training at the start of each evaluation block: not stopped before it, budget not spent."""
     counts = []
-    for c in range(num_chunks):
-        active = [s > c * evals_per_chunk and c * steps_per_chunk < b for s, b in zip(stop_eval, budget)]
+    for b in range(num_evals):
+        active = [s > b and b * eval_every < m for s, m in zip(stop_eval, budget)]
         if not any(active):
             break
         counts.append(sum(active))
     return counts
 
 
-def compacted_member_steps(counts, num_members, steps_per_chunk, end=None):
-    """The documented cost: each chunk runs the active count rounded up to a power of two (at most N)
-    for its steps; a run whose members have all stopped ends at that evaluation (``end`` steps)."""
-    end = len(counts) * steps_per_chunk if end is None else end
+def compacted_member_steps(counts, num_members, eval_every, end=None):
+    """The documented cost: each evaluation block runs the active count rounded up to a power of
+    two (at most N) for its steps, whatever the chunks (a chunk ends where the stack shrinks); a
+    run whose members have all stopped ends at that evaluation (``end`` steps)."""
+    end = len(counts) * eval_every if end is None else end
     return sum(
-        min(num_members, 2 ** math.ceil(math.log2(a))) * min(steps_per_chunk, end - c * steps_per_chunk)
-        for c, a in enumerate(counts)
+        min(num_members, 2 ** math.ceil(math.log2(a))) * min(eval_every, end - b * eval_every)
+        for b, a in enumerate(counts)
     )
 
 
 # ---- compaction against compact=False ----------------------------------------------------------
 N, EVERY, SPC, STEPS = 8, 2, 4, 24  # 12 evaluations, 6 chunks of 2 evaluations
-EVALS, EPC = STEPS // EVERY, SPC // EVERY
+EVALS = STEPS // EVERY
 PATIENCE = np.array([1, 1, 2, 3, 4, 6, 9, 20])  # member i stops after evaluation 1 + patience_i
 BUDGET = np.array([24, 3, 24, 8, 24, 13, 24, 5])  # some not multiples of eval_every (a masked block)
 
@@ -140,10 +141,10 @@ def test_compaction_equals_no_compaction_with_spread_out_early_stops():
     stop_eval = np.minimum(1 + PATIENCE, EVALS + 1)  # 1-based evaluation after which member i is stopped
     stopped = np.asarray(full.history.stopped)
     np.testing.assert_array_equal(stopped, np.arange(1, EVALS + 1)[None, :] >= stop_eval[:, None])
-    counts = active_counts(stop_eval, [STEPS] * N, STEPS // SPC, SPC, EPC)
-    assert counts == [8, 6, 4, 3, 2, 1]  # the spread the member-steps below depend on
-    assert full.member_steps_computed == N * SPC * len(counts)
-    assert compact.member_steps_computed == compacted_member_steps(counts, N, SPC)
+    counts = active_counts(stop_eval, [STEPS] * N, EVALS, EVERY)
+    assert counts == [8, 8, 6, 5, 4, 3, 3, 2, 2, 2, 1, 1]  # the spread the member-steps below depend on
+    assert full.member_steps_computed == N * EVERY * len(counts)
+    assert compact.member_steps_computed == compacted_member_steps(counts, N, EVERY)
     assert compact.member_steps_computed < full.member_steps_computed
     # a member that stopped is frozen at its stopping evaluation: its NaN losses from then on
     train = np.asarray(compact.history.train_loss)
@@ -154,8 +155,8 @@ def test_compaction_equals_no_compaction_with_spread_out_early_stops():
 def test_compaction_equals_no_compaction_with_member_budgets():
     compact, full = fit_both(member_steps=jnp.asarray(BUDGET, jnp.int32))
     assert_same_run(compact, full)
-    counts = active_counts([EVALS + 1] * N, BUDGET, STEPS // SPC, SPC, EPC)
-    assert compact.member_steps_computed == compacted_member_steps(counts, N, SPC) < full.member_steps_computed
+    counts = active_counts([EVALS + 1] * N, BUDGET, EVALS, EVERY)
+    assert compact.member_steps_computed == compacted_member_steps(counts, N, EVERY) < full.member_steps_computed
     # member i trained in the blocks holding its BUDGET[i] updates, and in no later one
     train = np.asarray(compact.history.train_loss)
     for i, b in enumerate(BUDGET):
@@ -272,8 +273,8 @@ def assert_matches_reference(values, eta, first_rung, spc, mode, patience, min_d
     stop_eval = np.where(stopped.any(1), np.argmax(stopped, 1) + 1, EVALS_T + 1)
     np.testing.assert_array_equal(result.state["t"], np.minimum(stop_eval, EVALS_T) * EVERY_T)
     # and the compiled programs ran the documented number of member-steps
-    counts = active_counts(stop_eval, [EVALS_T * EVERY_T] * N_T, EVALS_T * EVERY_T // spc, spc, spc // EVERY_T)
-    assert result.member_steps_computed == compacted_member_steps(counts, N_T, spc, end=k * EVERY_T)
+    counts = active_counts(stop_eval, [EVALS_T * EVERY_T] * N_T, EVALS_T, EVERY_T)
+    assert result.member_steps_computed == compacted_member_steps(counts, N_T, EVERY_T, end=k * EVERY_T)
     return result
 
 
