@@ -469,8 +469,9 @@ def predict_samples(
       chunk_size: samples evaluated together by one ``vmap`` (a loop over chunks bounds the
         activations' memory); ``None`` chooses by measurement on the first call or trace under
         ``jit`` (as :func:`jaxreg.mc_dropout` does: about 1 s of timing, cached; the static rule
-        under ``vmap``/``grad`` without a cached choice, or with ``JAXREG_AUTOTUNE=0``). The
-        result does not depend on it.
+        under ``vmap``/``grad`` without a cached choice, or with ``JAXREG_AUTOTUNE=0``). Each
+        sample's key does not depend on it; its values do only by float rounding (a chunk is
+        another program, whose products XLA may round differently).
 
     Returns:
       The outputs with a leading axis of size ``num_samples``.
