@@ -276,7 +276,10 @@ def _abs_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax
 
 
 def _soft_threshold(x: jax.Array, threshold: jax.Array) -> jax.Array:
-    return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
+    # sign(x) max(|x| - t, 0), the same values, written so that at t = 0 (a step or scale of 0)
+    # the map is the identity to jax's derivatives too: sign(x) max(...) had Jacobian 0 at x = 0.
+    # (a NaN fails the comparison and stays NaN).
+    return jnp.where(jnp.abs(x) < threshold, jnp.zeros_like(x), x - threshold * jnp.sign(x))
 
 
 @pytree_dataclass(data=["scale"], meta=["mask"])
@@ -543,7 +546,9 @@ class GroupLasso(Penalty):
                 return x
             norm = self._norms(path, x)
             threshold = _times(_as(step, x), _as(self.scale, x))
-            factor = jnp.where(norm > 0, jnp.maximum(0.0, 1.0 - threshold / jnp.where(norm > 0, norm, 1.0)), 0.0)
+            # a zero group stays zero; its factor 1 at threshold 0 keeps the identity's Jacobian there
+            zero_group = jnp.where(threshold > 0, 0.0, 1.0)
+            factor = jnp.where(norm > 0, jnp.maximum(0.0, 1.0 - threshold / jnp.where(norm > 0, norm, 1.0)), zero_group)
             return (_acc(x) * factor).astype(jnp.result_type(x))
 
         return jax.tree_util.tree_map_with_path(one, selection(self.mask, tree, "group_lasso"), tree)

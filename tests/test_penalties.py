@@ -174,6 +174,26 @@ def test_l1_prox_gives_exact_zeros_and_group_lasso_zeroes_whole_groups():
     np.testing.assert_allclose(np.asarray(g[1]), np.array([3.0, 4.0]) * (1 - 1 / 5), rtol=8 * EPS)
 
 
+@pytest.mark.parametrize(
+    "penalty",
+    [jr.l1(0.3), jr.elastic_net(0.3, 0.1), jr.group_lasso(0.3, axis=0), jr.l1(0.3) + jr.l2(0.1), jr.l1(0.0)],
+    ids=["l1", "elastic_net", "group_lasso", "sum", "l1-scale-0"],
+)
+@pytest.mark.parametrize("step", [0.0, 0.7])
+def test_prox_jacobian_at_zero_entries_matches_finite_differences(penalty, step):
+    """At a threshold of 0 (a step or a scale of 0) the prox is the identity, its Jacobian too,
+    zero entries and zero groups included (it was 0 there); above 0 a zero entry stays inside
+    the threshold (Jacobian 0). Central differences in float64, away from every kink by > h."""
+    with jax.enable_x64(True):
+        w = jnp.array([[0.5, -1.0], [0.0, 0.0]])  # row 1: zero entries, a zero group
+        f = lambda v: penalty.prox(v, step).reshape(-1)  # noqa: E731
+        h = 1e-6
+        basis = np.eye(4).reshape(4, 2, 2)
+        fd = np.stack([(np.asarray(f(w + h * e)) - np.asarray(f(w - h * e))) / (2 * h) for e in basis], axis=1)
+        for jac in (jax.jacrev(f)(w), jax.jacfwd(f)(w)):
+            np.testing.assert_allclose(np.asarray(jac).reshape(4, 4), fd, atol=1e-8)
+
+
 def test_masked_leaves_untouched_by_prox():
     w = {"kernel": jnp.full((2, 2), 0.1), "bias": jnp.full((2,), 0.1)}
     out = jr.l1(1.0, mask=jr.masks.kernels).prox(w, 1.0)
