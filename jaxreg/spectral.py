@@ -116,7 +116,10 @@ def power_iteration(matrix: jax.Array, v: jax.Array, num_iters: int = 1) -> tupl
 
     The vectors are under ``stop_gradient`` (Miyato et al. 2018), so the gradient of
     :math:`\hat\sigma` with respect to :math:`M` is :math:`u v^\top`, the gradient of
-    :math:`\sigma_{\max}` at convergence. :math:`\hat\sigma \le \sigma_{\max}` always; after
+    :math:`\sigma_{\max}` at convergence. First order only: second derivatives (``jax.hessian``,
+    Hessian-vector products) hold :math:`u, v` fixed and miss how they turn with :math:`M`
+    (the Hessian of :math:`\hat\sigma` is 0); for curvature differentiate
+    ``jnp.linalg.norm(M, 2)`` (an SVD) instead. :math:`\hat\sigma \le \sigma_{\max}` always; after
     :math:`k` iterations the angle between ``v`` and the top singular vector shrinks like
     :math:`(\sigma_2 / \sigma_1)^{2k}`, and the error of :math:`\hat\sigma` (a Rayleigh quotient)
     like its square, :math:`(\sigma_2 / \sigma_1)^{4k}`.
@@ -341,7 +344,11 @@ def spectral_penalty(scale: ArrayLike, *, mask: Any = None, num_iters: int = 10)
     ``num_iters`` power iterations from a fixed random start (:func:`power_iteration`, vectors
     under ``stop_gradient``), so the penalty is a pure function of the params; the estimate is
     a lower bound that converges like :math:`(\sigma_2/\sigma_1)^{2k}`. It has no closed-form
-    ``prox``: use it in the loss or through :func:`jaxreg.add_penalty_grad`.
+    ``prox``: use it in the loss or through :func:`jaxreg.add_penalty_grad`. Its gradient is
+    exact at convergence, its second derivatives are not: ``jax.hessian`` and Hessian-vector
+    products see only the rank-one term :math:`2\lambda\, \mathrm{vec}(u v^\top)
+    \mathrm{vec}(u v^\top)^\top` (the singular vectors are held fixed); for curvature
+    (Newton-CG, Hessian-based sharpness) penalize ``jnp.linalg.norm(M, 2) ** 2`` instead.
 
     Args:
       scale: :math:`\lambda \ge 0`; an array leaf (a sweep is a ``vmap``).
