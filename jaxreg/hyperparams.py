@@ -566,7 +566,11 @@ def sweepable(
       in float32 from the rounded ``b`` (exact, but of the rounded value): ``1 - 0.999`` differs by
       a relative 1.3e-5. Over 100 Adam steps the params agree within 2e-4 relative (5e-5
       measured with ``b2 = 0.999``);
-    * schedules: within float32 rounding of the schedule's own arithmetic (see :func:`schedule`).
+    * schedules: within float32 rounding of the schedule's own arithmetic (see :func:`schedule`);
+    * integers (an argument without an int default or annotation, e.g. :func:`jaxreg.swa`'s
+      ``start``) are stored in the float dtype too, exact up to :math:`2^{24}` in float32: a
+      concrete larger one is refused, a traced one (built under ``vmap``) is rounded. Enable x64
+      or name it in ``static_args`` for larger values.
 
     This is why defaults are not converted: ``optax.inject_hyperparams`` turns ``adam``'s
     default ``b1``, ``b2`` into float32 arrays too, and its trajectory drifts from plain

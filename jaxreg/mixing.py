@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import ArrayLike
 
 from jaxreg import _checks, _random
@@ -30,7 +29,7 @@ def _check_batch(where: str, x: Any, y: Any, min_ndim: int) -> tuple[jax.Array, 
     for name, value in (("x", x), ("y", y)):
         # A list or dict of inputs is not stacked into one batch: jnp.asarray would make the
         # inputs the examples and mix input 1 with input 2.
-        if not isinstance(value, (jax.Array, np.ndarray)):
+        if not jax.tree_util.treedef_is_leaf(jax.tree.structure(value)):  # array-likes (__array__) pass
             raise ValueError(
                 f"{where}: {name} must be an array (one batch, examples on the leading axis), got {type(value).__name__}; "
                 "for several inputs call it once per input with the same rng and alpha (the same lambda and partners)."

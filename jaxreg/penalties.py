@@ -276,10 +276,12 @@ def _abs_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax
 
 
 def _soft_threshold(x: jax.Array, threshold: jax.Array) -> jax.Array:
-    # sign(x) max(|x| - t, 0), the same values, written so that at t = 0 (a step or scale of 0)
-    # the map is the identity to jax's derivatives too: sign(x) max(...) had Jacobian 0 at x = 0.
-    # (a NaN fails the comparison and stays NaN).
-    return jnp.where(jnp.abs(x) < threshold, jnp.zeros_like(x), x - threshold * jnp.sign(x))
+    # sign(x) max(|x| - t, 0); at t = 0 (a step or scale of 0) written x - t sign(x), the identity
+    # to jax's derivatives too (sign(x) max(...) had Jacobian 0 at x = 0, cutting meta-gradients),
+    # with the same derivative in t.
+    shrunk = jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0.0)
+    identity = jnp.where(x == 0, x, x - threshold * jnp.sign(x))  # x == 0: keeps -0.0 as it was
+    return jnp.where(threshold == 0, identity, shrunk)
 
 
 @pytree_dataclass(data=["scale"], meta=["mask"])

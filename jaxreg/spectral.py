@@ -57,14 +57,12 @@ def _hyper(x: ArrayLike) -> jax.Array:
     return _checks.as_float_array(x)
 
 
-def _path_str(path: Any) -> str:
-    # The masks' own key (an nnx ``Variable``'s ``value`` dropped): nnx.Optimizer inits on a
-    # ``State`` of Variables and updates on their arrays, and both must name a kernel alike.
-    return key_path_str(path)
-
-
 def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Array]]:
-    """``(path, leaf)`` of the selected floating-point leaves; ``mask=None`` means every kernel (ndim >= 2)."""
+    """``(path, leaf)`` of the selected floating-point leaves; ``mask=None`` means every kernel (ndim >= 2).
+
+    Paths are the masks' own (an nnx ``Variable``'s ``value`` dropped): ``nnx.Optimizer`` inits
+    on a ``State`` of Variables and updates on their arrays, and both must name a kernel alike.
+    """
     explicit = mask is not None
     keep = jax.tree.leaves(resolve_mask(mask if explicit else kernels, params, where))
     out = []
@@ -73,10 +71,10 @@ def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Arra
             continue
         if jnp.ndim(x) < 2:
             raise ValueError(
-                f"{where}: leaf {_path_str(path)!r} of shape {jnp.shape(x)} is not a matrix (ndim < 2); "
+                f"{where}: leaf {key_path_str(path)!r} of shape {jnp.shape(x)} is not a matrix (ndim < 2); "
                 "select kernels only, e.g. mask=jr.masks.kernels."
             )
-        out.append((_path_str(path), x))
+        out.append((key_path_str(path), x))
     return out
 
 
@@ -223,7 +221,7 @@ class SpectralNorm:
         new_v = {}
 
         def one(path: Any, x: Any) -> Any:
-            key = _path_str(path)
+            key = key_path_str(path)
             if key not in leaves:
                 return x
             stored = state.v[key]
@@ -241,7 +239,7 @@ class SpectralNorm:
         leaves = dict(_selected("spectral_norm", self.mask, params))
 
         def one(path: Any, x: Any) -> Any:
-            if _path_str(path) not in leaves:
+            if key_path_str(path) not in leaves:
                 return x
             return _cap(x, jnp.linalg.norm(_as_matrix(x), 2), self.max_value).astype(x.dtype)
 
@@ -494,7 +492,7 @@ class Orthogonalize:
     def __call__(self, params: PyTree) -> PyTree:
         leaves = dict(_selected("orthogonalize", self.mask, params))
         return jax.tree_util.tree_map_with_path(
-            lambda path, x: _polar(x).astype(x.dtype) if _path_str(path) in leaves else x, params
+            lambda path, x: _polar(x).astype(x.dtype) if key_path_str(path) in leaves else x, params
         )
 
 

@@ -708,7 +708,9 @@ class _ChunkPolicy:
     def blocks(self, blocks_done: int, stacked: int) -> int:
         sched = self.sched
         if sched.steps_per_chunk is not None:
-            count = sched.steps_per_chunk // sched.eval_every
+            # to the next multiple: after a chunk that compaction ended early, the ends stay aligned
+            every = sched.steps_per_chunk // sched.eval_every
+            count = every - blocks_done % every
         else:
             per_block = _SECONDS_PER_BLOCK.get((self.plan, stacked))
             count = 1 if per_block is None else int(CHUNK_SECONDS / max(per_block, 1e-9))
@@ -1028,7 +1030,8 @@ def fit(
       member_steps: optional number of updates per member (an int or one per member); a member is
         frozen once it has done that many (used by :func:`retrain`).
       steps_per_chunk: steps per chunk; a multiple of ``eval_every`` that divides ``num_steps``
-        (with compaction a chunk also ends where the stack shrinks, see above).
+        (with compaction a chunk also ends where the stack shrinks, see above, and the next
+        one at the next multiple).
         Default (``None``): chunks of about ``jaxreg.training.CHUNK_SECONDS`` (0.5 s) of wall
         time, measured per program and kept for the process (a first run does 1 block, 1 block,
         then the measured length), never across a ``prune`` rung. Progress, callbacks,

@@ -69,6 +69,12 @@ def test_compacted_results_bit_identical_across_chunk_policies(monkeypatch):
         _assert_same_run(other, runs[0])
 
 
+def test_given_chunks_stay_aligned_after_compaction_ends_one_early():
+    # member 0 stops at the evaluation of step 20: that chunk ends there, the next at 24 again
+    _, chunks = run(steps_per_chunk=8, early_stopping=STAGGERED)
+    assert chunks == [8, 16, 20, 24, 32, 40]
+
+
 def test_a_compacted_run_resumed_with_other_chunk_ends_equals_the_uninterrupted_run(monkeypatch, tmp_path):
     """The timed policy ends chunks where the machine's speed says; a run killed and resumed
     ends them elsewhere than an uninterrupted one, and compacts at the same blocks."""

@@ -187,3 +187,18 @@ YI = jnp.eye(2)
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_an_array_like_from_another_framework_is_mixed_as_its_array():
+    """An object with __array__ (a torch or tf tensor on the host) is one batch, as jnp.asarray takes it."""
+
+    class HostTensor:
+        def __init__(self, a):
+            self.a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self.a
+
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    y = np.eye(4, dtype=np.float32)
+    chex.assert_trees_all_equal(jr.mixup(KEY, HostTensor(x), HostTensor(y), 1.0), jr.mixup(KEY, x, y, 1.0))

@@ -192,6 +192,10 @@ def test_prox_jacobian_at_zero_entries_matches_finite_differences(penalty, step)
         fd = np.stack([(np.asarray(f(w + h * e)) - np.asarray(f(w - h * e))) / (2 * h) for e in basis], axis=1)
         for jac in (jax.jacrev(f)(w), jax.jacfwd(f)(w)):
             np.testing.assert_allclose(np.asarray(jac).reshape(4, 4), fd, atol=1e-8)
+        # and in the step (a meta-gradient through a schedule's step), from one side: steps are >= 0
+        g = lambda s: penalty.prox(w, s).reshape(-1)  # noqa: E731
+        one_sided = (np.asarray(g(step + h)) - np.asarray(g(step))) / h
+        np.testing.assert_allclose(np.asarray(jax.jacfwd(g)(jnp.float64(step))), one_sided, atol=1e-5)
 
 
 def test_masked_leaves_untouched_by_prox():
