@@ -249,6 +249,16 @@ def split_aux(out: Any, has_aux: bool, where: str, *, scalar: bool = True) -> tu
     return loss, aux
 
 
+def need_params(params: Any, updates: Any, where: str) -> None:
+    """A transformation that reads the params got them, shaped like the updates."""
+    if params is None:
+        raise ValueError(
+            f"{where}: needs params (params = None; this transformation needs the current params): call "
+            "optimizer.update(updates, state, params), with the transformation in the chain."
+        )
+    check_like("updates", updates, "params", params, where)
+
+
 def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> None:
     """``tree`` has ``ref``'s structure and leaf shapes (updates against params, a snapshot against
     the params it replaces); a mismatch failed in jax's broadcasting or tree errors, unnamed.

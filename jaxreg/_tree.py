@@ -27,12 +27,14 @@ MaskLike = "Mask | Callable[[PyTree], PyTree] | PyTree | None"
 __all__ = [
     "Mask",
     "Slot",
+    "apply_updates",
     "as_mask",
     "by_path",
     "compute_dtype",
     "everything",
     "is_float",
     "is_mask_function",
+    "is_none",
     "key_path_str",
     "kernels",
     "pytree_dataclass",
@@ -70,6 +72,11 @@ def key_path_str(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
+def is_none(x: Any) -> bool:
+    """``is_leaf`` for trees holding ``None`` (a frozen leaf's update, as optax allows)."""
+    return x is None
+
+
 def apply_updates(params: Any, updates: Any) -> Any:
     """``params + updates`` (as ``optax.apply_updates``, in the wider dtype, under any promotion
     mode); a ``None`` update (a frozen leaf, as optax allows) leaves the param as is."""
@@ -80,7 +87,7 @@ def apply_updates(params: Any, updates: Any) -> Any:
         wide = wider_dtype(u, p)
         return (jnp.asarray(p, wide) + jnp.asarray(u, wide)).astype(jnp.result_type(p))
 
-    return jax.tree.map(one, updates, params, is_leaf=lambda x: x is None)
+    return jax.tree.map(one, updates, params, is_leaf=is_none)
 
 
 def leaf_name(path: tuple[Any, ...]) -> str:

@@ -92,11 +92,7 @@ def _is_float(x: Any) -> bool:
 
 
 def _need_params(where: str, params: Any, updates: Any, average: Any) -> None:
-    if params is None:
-        raise ValueError(
-            f"{where}: needs params (it averages params + updates); call update(updates, state, params), got params = None."
-        )
-    _checks.check_like("updates", updates, "params", params, where)
+    _checks.need_params(params, updates, where)
     # a state made for other params (another model's checkpoint) failed in jnp's broadcasting
     _checks.check_like("params", params, "init's params", average, where)
 

@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxreg import _checks, _chunking, _eager, _random
-from jaxreg._tree import key_path_str
+from jaxreg._tree import is_none, key_path_str
 from jaxreg.uncertainty import Prediction, predict_chunked
 
 PyTree = Any
@@ -42,10 +42,6 @@ __all__ = [
     "unchunk",
     "unstack",
 ]
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def _leaf_name(path: tuple[Any, ...], prefix: str = "") -> str:
@@ -388,7 +384,7 @@ def _broadcast_axes(in_axes: Any, args: tuple[Any, ...]) -> list[Any]:
             f"ensemble.map: in_axes has {len(in_axes)} entries but the function got {len(args)} arguments."
         )
     try:
-        full = jax.tree.map(lambda ax, sub: jax.tree.map(lambda _: ax, sub), in_axes, args, is_leaf=_is_none)
+        full = jax.tree.map(lambda ax, sub: jax.tree.map(lambda _: ax, sub), in_axes, args, is_leaf=is_none)
         axes = treedef.flatten_up_to(full)
     except (ValueError, TypeError) as e:
         raise ValueError(

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxreg._tree import selected_positions
+from jaxreg._tree import is_none, selected_positions
 
 PyTree = Any
 
@@ -20,10 +20,6 @@ class Shared(NamedTuple):
 
     params: PyTree
     shared: PyTree
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 class Share:
@@ -92,7 +88,7 @@ class Share:
     def compress(self, params: PyTree) -> Shared:
         """Stores the source once, in ``shared``; every use in ``params`` becomes ``None``."""
         positions, treedef, use_defs = self._uses(params)
-        leaves = jax.tree.leaves(params, is_leaf=_is_none)
+        leaves = jax.tree.leaves(params, is_leaf=is_none)
         source = jax.tree.unflatten(use_defs[0], [leaves[i] for i in positions[0]])
         for k in range(1, len(positions)):
             expected = self._transform(k, source)
@@ -117,7 +113,7 @@ class Share:
             )
         params, source = compact
         positions, treedef, _ = self._uses(params)
-        leaves = list(jax.tree.leaves(params, is_leaf=_is_none))
+        leaves = list(jax.tree.leaves(params, is_leaf=is_none))
         for k, pos in enumerate(positions):
             for i, value in zip(pos, jax.tree.leaves(self._transform(k, source))):
                 leaves[i] = value

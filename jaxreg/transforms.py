@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxreg import _checks
-from jaxreg._tree import apply_updates, compute_dtype, is_float, wider_dtype
+from jaxreg._tree import apply_updates, compute_dtype, is_float, is_none, wider_dtype
 from jaxreg.penalties import Penalty, non_separable, without_prox
 
 PyTree = Any
@@ -35,15 +35,6 @@ __all__ = [
     "proximal",
     "proximal_adam",
 ]
-
-
-def _need_params(name: str, params: Any, updates: Any) -> None:
-    if params is None:
-        raise ValueError(
-            f"{name}: params = None; this transformation needs the current params. Call "
-            "optimizer.update(updates, state, params), with the transformation in the chain."
-        )
-    _checks.check_like("updates", updates, "params", params, name)
 
 
 def _check_penalty(name: str, penalty: Any) -> None:
@@ -106,7 +97,7 @@ def add_penalty_grad(penalty: Penalty) -> optax.GradientTransformation:
         return optax.EmptyState()
 
     def update_fn(updates: PyTree, state: optax.EmptyState, params: PyTree | None = None):
-        _need_params("add_penalty_grad", params, updates)
+        _checks.need_params(params, updates, "add_penalty_grad")
         # allow_int: integer leaves (a step counter) get a float0 gradient and pass through.
         grads = jax.grad(penalty, allow_int=True)(params)
 
@@ -115,7 +106,7 @@ def add_penalty_grad(penalty: Penalty) -> optax.GradientTransformation:
                 return u
             return jnp.asarray(u) + g.astype(jnp.result_type(u))  # u may be a Python float
 
-        return jax.tree.map(add, updates, grads, is_leaf=_is_none), state
+        return jax.tree.map(add, updates, grads, is_leaf=is_none), state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -145,10 +136,6 @@ def _learning_rate_at(learning_rate: Any, count: jax.Array, where: str) -> jax.A
     elif not arr >= 0:
         raise ValueError(f"{message} {_checks.fmt(arr)} at count = {_checks.fmt(count)}.")
     return value
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
 
 
 def _per_coordinate_step(lr: jax.Array, nu_hat: jax.Array, eps: float, eps_root: float) -> jax.Array:
@@ -189,7 +176,7 @@ def _delta(new: PyTree, params: PyTree, updates: PyTree) -> PyTree:
             return u  # a flag: no penalty or constraint acts on it, and bools have no difference
         return (n - p).astype(wider_dtype(u, p))
 
-    return jax.tree.map(one, updates, new, params, is_leaf=_is_none)
+    return jax.tree.map(one, updates, new, params, is_leaf=is_none)
 
 
 def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.GradientTransformation:
@@ -231,7 +218,7 @@ def proximal(penalty: Penalty, learning_rate: optax.ScalarOrSchedule) -> optax.G
         return ProximalState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates: PyTree, state: ProximalState, params: PyTree | None = None):
-        _need_params("proximal", params, updates)
+        _checks.need_params(params, updates, "proximal")
         step = _learning_rate_at(learning_rate, state.count, "proximal")
         new = penalty.prox(apply_updates(params, updates), step)
         return _delta(new, params, updates), ProximalState(count=optax.safe_increment(state.count))
@@ -322,7 +309,7 @@ def proximal_adam(
         return ProximalAdamState(adam=adam.init(params), count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates: PyTree, state: ProximalAdamState, params: PyTree | None = None):
-        _need_params("proximal_adam", params, updates)
+        _checks.need_params(params, updates, "proximal_adam")
         lr = _learning_rate_at(learning_rate, state.count, "proximal_adam")
         # optax's bias correction computes ``decay ** count`` (a float to an int32 power), which
         # strict dtype promotion refuses; only that part runs under standard promotion.
@@ -345,7 +332,7 @@ def proximal_adam(
             updates,
             _delta(new, params, updates),
             params,
-            is_leaf=_is_none,
+            is_leaf=is_none,
         )
         return deltas, ProximalAdamState(adam=adam_state, count=optax.safe_increment(state.count))
 
@@ -415,7 +402,7 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
         return optax.EmptyState()
 
     def update_fn(updates: PyTree, state: Any, params: PyTree | None = None):
-        _need_params("project", params, updates)
+        _checks.need_params(params, updates, "project")
         stepped = apply_updates(params, updates)
         if stateful:
             new, inner = constraint.update(stepped, state.constraint)
