@@ -37,14 +37,19 @@ __all__ = [
 ]
 
 
+def _inject_hint(name: str, value: Any) -> str:
+    """Why an array came where a callable belongs: optax.inject_hyperparams called it as a schedule."""
+    if not isinstance(value, jax.Array):
+        return ""
+    return (
+        " (optax.inject_hyperparams calls every callable argument as a schedule: pass "
+        f"static_args=('{name}',), or sweep with jr.sweepable)"
+    )
+
+
 def _check_penalty(name: str, penalty: Any) -> None:
     if not isinstance(penalty, Penalty):
-        hint = ""
-        if isinstance(penalty, jax.Array):  # a Penalty is callable: inject_hyperparams took it for a schedule
-            hint = (
-                " (optax.inject_hyperparams calls every callable argument as a schedule: pass "
-                "static_args=('penalty',), or sweep with jr.sweepable)"
-            )
+        hint = _inject_hint("penalty", penalty)
         raise ValueError(f"{name}: penalty must be a jaxreg Penalty, got penalty = {penalty!r}{hint}.")
 
 
@@ -379,12 +384,7 @@ def project(constraint: Callable[[PyTree], PyTree]) -> optax.GradientTransformat
     """
     stateful = callable(getattr(constraint, "init", None)) and callable(getattr(constraint, "update", None))
     if not stateful and not callable(constraint):
-        hint = ""
-        if isinstance(constraint, jax.Array):  # inject_hyperparams called a constraint as a schedule
-            hint = (
-                " (optax.inject_hyperparams calls every callable argument as a schedule: pass "
-                "static_args=('constraint',), or sweep with jr.sweepable)"
-            )
+        hint = _inject_hint("constraint", constraint)
         raise ValueError(
             "project: constraint must be a callable params -> params or an object with init(params) and "
             f"update(params, state), got constraint = {constraint!r}{hint}."
