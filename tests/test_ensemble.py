@@ -233,13 +233,18 @@ def test_train_step_gives_the_optimizer_each_members_loss_as_value(chunked):
             p, s, _ = step(p, s, targets, jax.random.key(0))
         if chunked:
             p, s = jr.ensemble.unchunk(p), jr.ensemble.unchunk(s) if stateful else state
+
+        @jax.jit
+        def alone(pi, si, target, tx=tx):  # one member stepped by itself, the optimizer told its loss
+            value, g = jax.value_and_grad(loss)(pi, target, None, None)
+            with jax.numpy_dtype_promotion("standard"):  # reduce_on_plateau mixes int32 counts in
+                u, si = tx.update(g, si, pi, value=value)
+            return optax.apply_updates(pi, u), si
+
         for i in range(3):
             pi, si = params[i], tx.init(params[i])
             for _ in range(6):
-                value, g = jax.value_and_grad(loss)(pi, targets[i], None, None)
-                with jax.numpy_dtype_promotion("standard"):  # reduce_on_plateau mixes int32 counts in
-                    u, si = tx.update(g, si, pi, value=value)
-                pi = optax.apply_updates(pi, u)
+                pi, si = alone(pi, si, targets[i])
             np.testing.assert_allclose(p[i], pi, rtol=0, atol=8 * EPS32)
             chex.assert_trees_all_close(jax.tree.map(lambda leaf, i=i: leaf[i], s), si, rtol=0, atol=8 * EPS32)
 

@@ -193,13 +193,15 @@ def test_lr_leaf_chain_is_bitwise_the_float_chain(lr):
         @jax.jit
         def go(p):
             opt = make()
-            state = opt.init(p)
-            for _ in range(20):
+
+            def one_step(_, carry):
+                p, state = carry
                 g = jax.grad(_loss)(p, x, y, 0.0)
                 with jax.numpy_dtype_promotion("standard"):  # optax's scale_by_adam: float ** int32
                     u, state = opt.update(g, state, p)
-                p = optax.apply_updates(p, u)
-            return p
+                return optax.apply_updates(p, u), state
+
+            return jax.lax.fori_loop(0, 20, one_step, (p, opt.init(p)))[0]
 
         return go(p0)
 
