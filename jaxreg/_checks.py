@@ -342,13 +342,25 @@ def check_applied(where: str, **hyperparameters: Any) -> None:
             )
 
 
-def as_float_array(x: ArrayLike) -> jax.Array:
+def as_float_array(x: ArrayLike, name: str | None = None, where: str | None = None) -> jax.Array:
     """A hyperparameter as a strongly typed float array (default float dtype), tracers as they are.
 
     Python floats and float32 arrays then give the same jit cache key: no retrace between them.
+    With ``name`` and ``where``, a finite number that overflows the dtype (``1e39`` in float32)
+    raises ``ValueError``: the checks before this saw a finite value.
     """
     if isinstance(x, jax.core.Tracer):
         return x
+    given = x
     x = jnp.asarray(x)
     dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
+    exact = concrete(given) if name is not None else None  # numpy: inside jit, jnp.asarray is traced
+    if exact is not None and np.all(np.isfinite(exact.astype(np.float64))):
+        with np.errstate(over="ignore"):
+            held = exact.astype(dtype)
+        if not np.all(np.isfinite(held)):
+            raise ValueError(
+                f"{where}: {name} = {fmt(exact)} overflows {np.dtype(dtype).name}, the dtype it is kept in; "
+                f"got {name} = {fmt(held)} there."
+            )
     return jnp.asarray(x, dtype=dtype)

@@ -164,7 +164,9 @@ def max_norm(max_value: ArrayLike, *, axis: Axis = 0, mask: Any = None) -> MaxNo
     """
     _checks.check_positive("max_value", max_value, "max_norm")
     return MaxNorm(
-        _checks.as_float_array(max_value), axis=_check_axis("max_norm", axis), mask=optional_mask(mask, "max_norm")
+        _checks.as_float_array(max_value, "max_value", "max_norm"),
+        axis=_check_axis("max_norm", axis),
+        mask=optional_mask(mask, "max_norm"),
     )
 
 

@@ -321,7 +321,7 @@ def _gradient(
             loss_fn, params, rng, sigma, population, antithetic, fitness_shaping, chunk_size, where, mesh
         )
     # An array, not a Python float: the eager cache keys Python numbers by value (a compile per sigma).
-    sigma = _checks.as_float_array(sigma)
+    sigma = _checks.as_float_array(sigma, "sigma", where)
     num_dirs = population // 2 if antithetic else population
     signs = 2 if antithetic else 1
 

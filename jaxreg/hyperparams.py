@@ -271,27 +271,69 @@ def _split(
                 positional = (*positional, *(value if param.kind is inspect.Parameter.VAR_POSITIONAL else (value,)))
             else:
                 items.append((name, value, param))
-    static, numeric, schedules = {}, {}, {}
+    static, numeric, schedules, held = {}, {}, {}, {}
     dtype = _float_dtype()
     for name, value, param in items:
         kind = _classify(where, name, value, param, static_args)
         if kind == "numeric":
+            exact = _check_held(where, name, value, dtype, param)
+            if exact is not None:
+                held[name] = exact
             numeric[name] = jnp.asarray(value, dtype)
-            if not isinstance(value, float) and jnp.issubdtype(jnp.result_type(value), jnp.integer):
-                exact = _checks.concrete(value)
-                if exact is not None and int(np.asarray(numeric[name])) != int(exact):
-                    # An integer leaf of the state (swa's start) was silently rounded: 2**24 + 1 ran as 2**24.
-                    raise ValueError(
-                        f"{where}: {name} = {int(exact)} is not exact in {np.dtype(dtype).name}, the dtype "
-                        f"hyperparameters are kept in; enable x64, or pass it in static_args."
-                    )
         elif kind == "tree":
             numeric[name] = value  # its leaves become state leaves as they are
         elif kind == "schedule":
             schedules[name] = value
         else:
             static[name] = value
-    return positional, static, numeric, schedules
+    return positional, static, numeric, schedules, held
+
+
+def _check_held(
+    where: str, name: str, value: Any, dtype: np.dtype, param: inspect.Parameter | None
+) -> np.ndarray | None:
+    """The value the state holds, ``value`` rounded to ``dtype``, if concrete; it passes the checks
+    ``value`` passed.
+
+    Rounded in numpy: inside ``jit`` the stored ``jnp.asarray`` is a tracer even for a Python
+    number. A traced value is rounded as it is (documented).
+    """
+    exact = _checks.concrete(value)
+    if exact is None:
+        return None
+    with np.errstate(over="ignore"):  # 1e39 is inf in float32: refused below
+        held = np.asarray(exact, dtype)
+    if not isinstance(value, float) and jnp.issubdtype(exact.dtype, jnp.integer):
+        if int(held) != int(exact):
+            # An integer leaf of the state (swa's start) was silently rounded: 2**24 + 1 ran as 2**24.
+            raise ValueError(
+                f"{where}: {name} = {int(exact)} is not exact in {np.dtype(dtype).name}, the dtype "
+                f"hyperparameters are kept in; enable x64, or pass it in static_args."
+            )
+        return held
+    if held == exact:
+        return held
+    try:  # b2 = 0.99999999 is 1.0 in float32 (adam's updates NaN), 1e39 is inf
+        _check_number(where, name, held, param)
+    except ValueError as e:
+        raise ValueError(
+            f"{e} ({name} = {_checks.fmt(exact)} is {_checks.fmt(held)} in {np.dtype(dtype).name}, the dtype "
+            f"hyperparameters are kept in; enable x64 for more digits.)"
+        ) from None
+    return held
+
+
+def _check_factory(build: Callable[[dict], Any], held: dict[str, np.ndarray], values: dict[str, Any]) -> None:
+    """Builds the factory once with the concrete numbers given, as the state holds them.
+
+    Inside ``jit`` a number passed to ``make`` is stored as a tracer, so the factory's own checks
+    (``jr.ema``'s decay in [0, 1]) would see a tracer and skip; here they see the number (eagerly
+    they fire at ``init``, as they always did). Traced values, trees and schedules are passed as
+    they are.
+    """
+    if held:
+        with jax.numpy_dtype_promotion("standard"):
+            build({**values, **held})
 
 
 def _abstract(tree: PyTree) -> PyTree:
@@ -463,7 +505,7 @@ def schedule(fn: Callable[..., optax.Schedule], /, **kwargs: Any) -> SweepableSc
     where = f"schedule({_fn_name(fn)})"
     if not callable(fn):
         raise ValueError(f"schedule: fn must be a schedule factory (callable), got fn = {fn!r}.")
-    positional, static, numeric, nested = _split(where, fn, (), kwargs, frozenset())
+    positional, static, numeric, nested, _ = _split(where, fn, (), kwargs, frozenset())
     del positional
     if nested:
         name = next(iter(nested))
@@ -534,6 +576,14 @@ def sweepable(
       mid-run is ``optax.tree.get(state, "learning_rate")`` and
       ``optax.tree.set(state, learning_rate=jnp.float32(new))``;
     * the hyperparameters are differentiable inputs of ``update``.
+
+    Inside the factory, jaxreg's transformations that keep a hyperparameter in their state
+    (:func:`jaxreg.ema`'s decay, :func:`jaxreg.swa`'s and :func:`jaxreg.swag`'s ``start`` and
+    ``every``, :func:`jaxreg.add_gradient_noise`'s ``eta`` and ``gamma``) take the value the
+    rebuilt factory gives them on every ``update`` (this step's: a schedule's, or one computed
+    from the arguments), not the one in their state. So sweep such a value as an argument of the
+    factory; a value the factory only closes over is the same for every member (that of the
+    instance that runs ``update``), even in states built under ``vmap`` with other values.
 
     Which arguments become leaves. Only those passed (positionally or by keyword); defaults
     stay the factory's Python numbers. Python floats and ints, and float or int scalars
@@ -627,7 +677,7 @@ def sweepable(
     @functools.wraps(factory)
     def make(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         where = f"sweepable({fname})"
-        positional, static, numeric, schedules = _split(where, factory, args, kwargs, static_names)
+        positional, static, numeric, schedules, held = _split(where, factory, args, kwargs, static_names)
         sched_specs = {name: (s.fn, s.static) for name, s in schedules.items()}
         trees = {name for name, value in numeric.items() if not isinstance(value, jax.Array)}
 
@@ -642,6 +692,7 @@ def sweepable(
 
         probe_values = {**numeric, **{name: jnp.zeros((), _float_dtype()) for name in schedules}}
         _probe(where, fname, inner, probe_values, "keep {name} static with static_args or functools.partial")
+        _check_factory(inner, held, probe_values)
         # The only numbers the closure holds are init's; update reads the state's.
         initial = {**numeric, **{name: dict(s.values) for name, s in schedules.items()}}
 

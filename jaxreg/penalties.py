@@ -163,7 +163,7 @@ class Penalty:
         if isinstance(factor, Penalty):
             return NotImplemented
         _checks.check_nonnegative("factor", factor, "Scaled")
-        return Scaled(_checks.as_float_array(factor), self)
+        return Scaled(_checks.as_float_array(factor, "factor", "Scaled"), self)
 
     __rmul__ = __mul__
 
@@ -666,7 +666,7 @@ def l2(scale: ArrayLike, *, mask: Any = None, center: PyTree | None = None) -> L
     for path, c in jax.tree_util.tree_flatten_with_path(center)[0]:
         if jnp.issubdtype(jnp.result_type(c), jnp.floating):  # other leaves are left unpenalized
             _checks.check_finite(f"center{jax.tree_util.keystr(path)}", c, "l2")
-    return L2(_checks.as_float_array(scale), center=center, mask=optional_mask(mask, "l2"))
+    return L2(_checks.as_float_array(scale, "scale", "l2"), center=center, mask=optional_mask(mask, "l2"))
 
 
 def l1(scale: ArrayLike, *, mask: Any = None) -> L1:
@@ -695,7 +695,7 @@ def l1(scale: ArrayLike, *, mask: Any = None) -> L1:
       Array([-2.,  0.,  1.], dtype=float32)
     """
     _checks.check_nonnegative("scale", scale, "l1")
-    return L1(_checks.as_float_array(scale), mask=optional_mask(mask, "l1"))
+    return L1(_checks.as_float_array(scale, "scale", "l1"), mask=optional_mask(mask, "l1"))
 
 
 def elastic_net(l1: ArrayLike, l2: ArrayLike, *, mask: Any = None) -> ElasticNet:
@@ -724,7 +724,11 @@ def elastic_net(l1: ArrayLike, l2: ArrayLike, *, mask: Any = None) -> ElasticNet
     """
     _checks.check_nonnegative("l1", l1, "elastic_net")
     _checks.check_nonnegative("l2", l2, "elastic_net")
-    return ElasticNet(_checks.as_float_array(l1), _checks.as_float_array(l2), mask=optional_mask(mask, "elastic_net"))
+    return ElasticNet(
+        _checks.as_float_array(l1, "l1", "elastic_net"),
+        _checks.as_float_array(l2, "l2", "elastic_net"),
+        mask=optional_mask(mask, "elastic_net"),
+    )
 
 
 def tie(scale: ArrayLike, where: Callable[[PyTree], tuple[PyTree, PyTree]]) -> Tie:
@@ -756,7 +760,7 @@ def tie(scale: ArrayLike, where: Callable[[PyTree], tuple[PyTree, PyTree]]) -> T
     _checks.check_nonnegative("scale", scale, "tie")
     if not callable(where):
         raise ValueError(f"tie: where must be a callable params -> (a, b), got where = {where!r}.")
-    return Tie(_checks.as_float_array(scale), where)
+    return Tie(_checks.as_float_array(scale, "scale", "tie"), where)
 
 
 def group_lasso(scale: ArrayLike, *, axis: int = 0, mask: Any = None) -> GroupLasso:
@@ -790,5 +794,7 @@ def group_lasso(scale: ArrayLike, *, axis: int = 0, mask: Any = None) -> GroupLa
     """
     _checks.check_nonnegative("scale", scale, "group_lasso")
     return GroupLasso(
-        _checks.as_float_array(scale), axis=_check_axis("group_lasso", axis), mask=optional_mask(mask, "group_lasso")
+        _checks.as_float_array(scale, "scale", "group_lasso"),
+        axis=_check_axis("group_lasso", axis),
+        mask=optional_mask(mask, "group_lasso"),
     )

@@ -608,6 +608,52 @@ def test_an_integer_not_exact_in_the_hyperparameter_dtype_is_refused_not_rounded
         assert int(make(start=2**24 + 1).init(jnp.zeros(2)).hyperparams["start"]) == 2**24 + 1
 
 
+def test_python_integers_inside_jit_are_the_eager_values():
+    """A Python int built into the optimizer inside ``jit`` (or ``jit(vmap)``) is the value it is
+    eagerly (it raised TracerArrayConversionError: the exactness check read the traced leaf)."""
+    w, g = jnp.zeros(2), -jnp.ones(2)
+
+    def first_update(lr):
+        opt = optax.chain(jr.sweepable(optax.adamw)(learning_rate=lr, weight_decay=0), jr.sweepable(jr.swa)(start=1))
+        u, _ = opt.update(g, opt.init(w), w)
+        return u
+
+    eager = first_update(1)
+    # adamw's first step is lr * g / (|g| + eps): eager and compiled round it within 2 ulps
+    tol = 2 * float(np.finfo(np.float32).eps)
+    np.testing.assert_allclose(jax.jit(first_update, static_argnums=0)(1), eager, rtol=tol)
+    swept = jax.jit(jax.vmap(first_update))(jnp.array([1.0, 2.0]))
+    np.testing.assert_allclose(swept, np.stack([eager, 2 * eager]), rtol=tol)
+
+
+def test_a_concrete_value_given_inside_jit_meets_the_factorys_own_checks():
+    """Inside ``jit`` the numbers are stored as tracers; jaxreg's transforms check a concrete one
+    (it was skipped there and ema(1.5) averaged to garbage)."""
+    with pytest.raises(ValueError, match=r"^ema: decay must be in \[0, 1\], got decay = 1.5"):
+        jax.jit(lambda w: jr.sweepable(jr.ema)(decay=1.5).init(w))(jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"^add_gradient_noise: eta must be finite and >= 0, got eta = -1.0"):
+        key = jax.random.key(0)  # concrete: closed over
+        jax.jit(lambda w: jr.sweepable(jr.add_gradient_noise)(eta=-1, key=key).init(w))(jnp.zeros(2))
+    # a traced value is the caller's (as documented): no check, no error
+    states = jax.jit(jax.vmap(lambda d: jr.sweepable(jr.ema)(decay=d).init(jnp.zeros(2))))(jnp.array([0.5, 0.9]))
+    np.testing.assert_array_equal(states.hyperparams["decay"], np.float32([0.5, 0.9]))
+
+
+def test_a_value_that_rounds_out_of_its_domain_in_float32_is_refused():
+    """b2 = 0.99999999 is in [0, 1) but is 1.0 in float32: adam's first update was NaN."""
+    with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\), got b2 = 1.0\. \(b2 = 0.99999999 is 1.0 in float32"):
+        jr.sweepable(optax.adam)(learning_rate=0.1, b2=0.99999999)
+    with pytest.raises(ValueError, match=r"learning_rate = 1e\+39 is inf in float32"):
+        jr.sweepable(optax.sgd)(learning_rate=1e39)
+    with jax.enable_x64(True):  # float64 holds both
+        assert (
+            float(jr.sweepable(optax.adam)(b2=0.99999999, learning_rate=0.1).init(jnp.zeros(1)).hyperparams["b2"])
+            == 0.99999999
+        )
+    opt = jr.sweepable(optax.adam)(learning_rate=0.1, b2=0.9999999)  # 1 - 1.2e-7: below 1 in float32
+    assert float(opt.init(jnp.zeros(1)).hyperparams["b2"]) < 1.0
+
+
 @pytest.mark.parametrize("key", [jax.random.key(5), jax.random.PRNGKey(5)], ids=["typed", "raw"])
 def test_a_prng_key_argument_is_static_and_the_noise_is_the_unwrapped_transforms(key):
     # A typed key crashed the argument check (TypeError); raw key words were taken for a

@@ -563,3 +563,20 @@ def test_traced_negative_or_nan_prox_steps_are_reported_under_traced_checks():
     tx = jr.proximal(jr.l1(0.1), lambda count: jnp.nan)
     with pytest.raises(ValueError, match=r"^proximal: a learning_rate schedule must return values >= 0, got .* = nan"):
         tx.update(jnp.zeros(2), tx.init(jnp.ones(2)), jnp.ones(2))
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        (lambda: jr.l2(1e39), r"^l2: scale = 1e\+39 overflows float32"),
+        (lambda: jr.elastic_net(0.1, 1e40), r"^elastic_net: l2 = 1e\+40 overflows float32"),
+        (lambda: 1e39 * jr.l1(1.0), r"^Scaled: factor = 1e\+39 overflows float32"),
+        (lambda: jr.max_norm(1e39), r"^max_norm: max_value = 1e\+39 overflows float32"),
+    ],
+)
+def test_a_finite_hyperparameter_that_overflows_float32_is_refused(build, message):
+    """The checks saw a finite number; the penalty would have held inf (and its gradient NaN at 0)."""
+    with pytest.raises(ValueError, match=message):
+        build()
+    with jax.enable_x64(True):  # float64 holds it
+        assert np.isfinite(float(jax.tree.leaves(build())[0]))
