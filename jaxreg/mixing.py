@@ -103,6 +103,24 @@ def mixup(rng: jax.Array, x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> tuple
     return _mix(lam, x, jnp.flip(x, 0)), _mix(lam, y, jnp.flip(y, 0))
 
 
+def _box_side(side: int, lam: jax.Array) -> jax.Array:
+    """``floor(side * sqrt(1 - lam))``, timm's box side: the largest integer ``k`` with
+    ``k**2 <= side**2 * (1 - lam)``.
+
+    In float32, ``1 - lam`` is 1 for ``lam < 2**-25`` (1.6% of draws at ``alpha = 0.2``) and the
+    box covered the whole side where timm's float64 leaves one row out; the float32 estimate is
+    corrected by one either way against the exact integer ``side**2 - k**2``.
+    """
+    k = jnp.clip(jnp.floor(side * jnp.sqrt(1.0 - lam)).astype(jnp.int32), 0, side)
+    need = (side * side) * lam  # k fits iff side**2 * lam <= side**2 - k**2
+
+    def room(k):
+        return (side * side - k * k).astype(lam.dtype)
+
+    k = jnp.where(need > room(k), k - 1, k)
+    return jnp.where((k < side) & (need <= room(k + 1)), k + 1, k)
+
+
 def cutmix(rng: jax.Array, x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> tuple[jax.Array, jax.Array]:
     r"""CutMix: paste a box from each image's partner; labels mixed by the box's actual area.
 
@@ -151,9 +169,7 @@ def cutmix(rng: jax.Array, x: ArrayLike, y: ArrayLike, alpha: ArrayLike) -> tupl
     height, width = x.shape[1], x.shape[2]
     k_lam, k_y, k_x = jax.random.split(rng, 3)
     lam = jax.random.beta(k_lam, a, a, dtype=a.dtype)
-    cut = jnp.sqrt(1.0 - lam)
-    cut_h = jnp.floor(height * cut).astype(jnp.int32)
-    cut_w = jnp.floor(width * cut).astype(jnp.int32)
+    cut_h, cut_w = _box_side(height, lam), _box_side(width, lam)
     cy = jax.random.randint(k_y, (), 0, height, dtype=jnp.int32)
     cx = jax.random.randint(k_x, (), 0, width, dtype=jnp.int32)
     y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)

@@ -202,3 +202,27 @@ def test_an_array_like_from_another_framework_is_mixed_as_its_array():
     x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     y = np.eye(4, dtype=np.float32)
     chex.assert_trees_all_equal(jr.mixup(KEY, HostTensor(x), HostTensor(y), 1.0), jr.mixup(KEY, x, y, 1.0))
+
+
+def test_cutmix_box_side_is_the_exact_floor_for_tiny_and_boundary_lambdas():
+    """floor(side * sqrt(1 - lam)), exactly (timm's float64 differs only below lam = 2**-53). In
+    float32, 1 - lam rounded to 1 below lam = 2**-25 and the box took the whole side (1.6% of
+    draws at alpha = 0.2)."""
+    from fractions import Fraction
+
+    from jaxreg import mixing
+
+    sides = [1, 7, 8, 10, 32, 224]
+    lams = [0.0, 1e-30, 1e-10, 2.0**-26, 2.0**-24, 1e-6, 0.19, 0.36, 0.5, 0.75, 0.9999, 1.0]
+    lams += [1.0 - (k / 8) ** 2 for k in range(1, 8)]  # exact in float32: side 8's box is k exactly
+    for side in sides:
+        for lam in lams:
+            lam32 = Fraction(float(np.float32(lam)))
+            room = side * side * (1 - lam32)  # the largest k with k**2 <= room, in exact arithmetic
+            want = max(k for k in range(side + 1) if k * k <= room)
+            # side**2 * lam is rounded once in float32: within a few ulps of another square (below
+            # the whole side, where room = 0 is exact) either neighbour is float32's answer
+            gap = min(abs(room - k * k) for k in range(side))
+            if gap != 0 and gap <= side * side * Fraction(2) ** -22:
+                continue
+            assert int(mixing._box_side(side, jnp.float32(lam32))) == want, (side, lam)
