@@ -90,6 +90,13 @@ def apply_updates(params: Any, updates: Any) -> Any:
     return jax.tree.map(one, updates, params, is_leaf=is_none)
 
 
+def abs2(x: jax.Array) -> jax.Array:
+    """``|x|^2``, real: ``x**2`` for real leaves, ``re(x conj(x))`` for complex ones (not ``x**2``)."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x * jnp.conj(x))
+    return jnp.square(x)
+
+
 def leaf_name(path: tuple[Any, ...]) -> str:
     """:func:`key_path_str` for error messages: a bare array (the empty path) is ``"<root>"``."""
     return key_path_str(path) or "<root>"

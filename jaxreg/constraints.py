@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import compute_dtype, leaf_name, optional_mask, pytree_dataclass, selection
+from jaxreg._tree import abs2, compute_dtype, leaf_name, optional_mask, pytree_dataclass, selection
 
 PyTree = Any
 Axis = int | tuple[int, ...]
@@ -59,7 +59,7 @@ def _norm_over(where: str, axis: Axis, path: Any, x: jax.Array) -> jax.Array:
         raise ValueError(
             f"{where}: axis = {axis} names an axis twice for leaf {leaf_name(path)!r} of shape {jnp.shape(x)}."
         )
-    sq = jnp.sum(jnp.square(x), axis=axes, keepdims=True)
+    sq = jnp.sum(abs2(x), axis=axes, keepdims=True)  # |x|^2: a complex leaf's norm is real
     positive = sq > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
 
@@ -95,7 +95,7 @@ class MaxNorm(Constraint):
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         norm = _norm_over("max_norm", self.axis, path, x)
-        bound = jnp.asarray(self.max_value).astype(x.dtype)
+        bound = jnp.asarray(self.max_value).astype(norm.dtype)  # real: a complex leaf's norm is
         # one bound, or one per vector (broadcasting against the kept-dims norms)
         if not _checks.broadcasts_to(bound.shape, norm.shape):
             raise ValueError(
@@ -103,7 +103,7 @@ class MaxNorm(Constraint):
                 f"{norm.shape} of leaf {leaf_name(path)!r} of shape {jnp.shape(x)} (axis = {self.axis})."
             )
         bound = jnp.broadcast_to(bound, norm.shape)  # explicit: no implicit rank promotion
-        return x * jnp.where(norm > bound, bound / jnp.where(norm > 0, norm, 1.0), 1.0)
+        return x * jnp.where(norm > bound, bound / jnp.where(norm > 0, norm, 1.0), 1.0).astype(x.dtype)
 
 
 @pytree_dataclass(data=[], meta=["axis", "mask"])
@@ -119,7 +119,7 @@ class UnitNorm(Constraint):
 
     def _project_leaf(self, path: Any, x: jax.Array) -> jax.Array:
         norm = _norm_over("unit_norm", self.axis, path, x)
-        return x / jnp.where(norm > 0, norm, 1.0)
+        return x / jnp.where(norm > 0, norm, 1.0).astype(x.dtype)
 
 
 @pytree_dataclass(data=[], meta=["mask"])

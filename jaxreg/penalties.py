@@ -19,6 +19,7 @@ from jax.typing import ArrayLike
 
 from jaxreg import _checks
 from jaxreg._tree import (
+    abs2,
     compute_dtype,
     default_float,
     leaf_name,
@@ -210,7 +211,7 @@ class L2(Penalty):
         _checks.check_applied("l2", scale=self.scale)
         diffs = self._diffs(tree)
         keep = jax.tree.leaves(selection(self.mask, tree, "l2"))
-        terms = [jnp.sum(_abs2(_acc(d))) for d, k in zip(jax.tree.leaves(diffs), keep) if k]
+        terms = [jnp.sum(abs2(_acc(d))) for d, k in zip(jax.tree.leaves(diffs), keep) if k]
         return scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
@@ -248,13 +249,6 @@ def _times(step: ArrayLike, scale: ArrayLike) -> jax.Array:
     dtype = wider_dtype(step, scale)
     step, scale = step.astype(dtype), scale.astype(dtype)
     return jnp.where(jnp.isinf(step) & (scale == 0), jnp.zeros_like(step), step * scale)
-
-
-def _abs2(x: jax.Array) -> jax.Array:
-    """``|x|^2``, real: ``x**2`` for real leaves, ``re(x conj(x))`` for complex ones (not ``x**2``)."""
-    if jnp.iscomplexobj(x):
-        return jnp.real(x * jnp.conj(x))
-    return jnp.square(x)
 
 
 @jax.custom_jvp
@@ -334,7 +328,7 @@ class ElasticNet(Penalty):
     def __call__(self, tree: PyTree) -> jax.Array:
         _checks.check_applied("elastic_net", l1=self.l1, l2=self.l2)
         absolute = scaled_total(self.l1, _selected_terms(lambda x: jnp.sum(_abs(x)), tree, self.mask, "elastic_net"))
-        squared = scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(_abs2(x)), tree, self.mask, "elastic_net"))
+        squared = scaled_total(self.l2, _selected_terms(lambda x: jnp.sum(abs2(x)), tree, self.mask, "elastic_net"))
         return absolute + squared.astype(absolute.dtype)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
@@ -437,7 +431,7 @@ class Tie(Penalty):
         _checks.check_applied("tie", scale=self.scale)
         a, b = self._pair(tree)
         pairs = [_pair_acc(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if _is_float_pair(x, y)]
-        terms = [jnp.sum(_abs2(u - v)) for u, v in pairs]
+        terms = [jnp.sum(abs2(u - v)) for u, v in pairs]
         return scaled_total(self.scale, terms)
 
     def prox(self, tree: PyTree, step: ArrayLike | PyTree) -> PyTree:
@@ -528,7 +522,7 @@ class GroupLasso(Penalty):
         return tuple(i for i in range(ndim) if i != axis)
 
     def _norms(self, path: Any, x: jax.Array) -> jax.Array:
-        sq = jnp.sum(_abs2(_acc(x)), axis=self._other_axes(path, x), keepdims=True)
+        sq = jnp.sum(abs2(_acc(x)), axis=self._other_axes(path, x), keepdims=True)
         positive = sq > 0
         # Double where: the norm's gradient at a zero group is 0 (a subgradient), not NaN.
         return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)

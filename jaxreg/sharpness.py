@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxreg import _checks
-from jaxreg._tree import compute_dtype, resolve_mask
+from jaxreg._tree import compute_dtype, leaf_name, resolve_mask
 
 PyTree = Any
 
@@ -91,6 +91,14 @@ def sam_gradient(
         resolve_mask(mask, params, "sam_gradient"),
         params,
     )
+    for (path, w), keep in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(selected)):
+        if keep and jnp.iscomplexobj(w):
+            # jax.grad of a real loss is the conjugate of the ascent direction there: a perturbation
+            # along it (and a norm of g**2) would not be SAM's.
+            raise ValueError(
+                f"sam_gradient: leaf {leaf_name(path)!r} is complex ({jnp.result_type(w)}); SAM's "
+                "perturbation is defined here for real parameters. Leave it out with mask=."
+            )
 
     # allow_int: integer leaves (a step counter, an index) get jax's float0 gradient, as in
     # jax.grad(..., allow_int=True), and are never perturbed.

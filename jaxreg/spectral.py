@@ -74,8 +74,18 @@ def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Arra
                 f"{where}: leaf {key_path_str(path)!r} of shape {jnp.shape(x)} is not a matrix (ndim < 2); "
                 "select kernels only, e.g. mask=jr.masks.kernels."
             )
+        _check_real(where, f"leaf {key_path_str(path)!r}", x)
         out.append((key_path_str(path), x))
     return out
+
+
+def _check_real(where: str, what: str, x: Any) -> None:
+    # The power iterations, Gram matrices and polar factors here transpose without conjugating.
+    if jnp.iscomplexobj(x):
+        raise ValueError(
+            f"{where}: {what} is complex ({jnp.result_type(x)}); the spectral constraints and penalties take "
+            "real matrices." + (" Leave it out with mask=." if what.startswith("leaf") else "")
+        )
 
 
 def _as_matrix(x: jax.Array) -> jax.Array:
@@ -141,6 +151,7 @@ def power_iteration(matrix: jax.Array, v: jax.Array, num_iters: int = 1) -> tupl
       3.0
     """
     num_iters = _checks.check_int_at_least("num_iters", num_iters, 0, "power_iteration")
+    _check_real("power_iteration", "matrix", matrix)
     if jnp.ndim(matrix) != 2 or jnp.shape(v) != jnp.shape(matrix)[1:]:
         raise ValueError(
             f"power_iteration: matrix must be (m, n) and v (n,), got matrix.shape = {jnp.shape(matrix)} and "

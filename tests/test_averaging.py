@@ -502,3 +502,9 @@ def test_a_frozen_leaf_with_a_none_update_is_averaged_as_the_unchanged_param(mak
     avg = jr.averaged_params(state)
     np.testing.assert_array_equal(avg["frozen"], params["frozen"])
     np.testing.assert_array_equal(avg["w"], jr.averaged_params(state_alone)["w"])
+
+
+def test_swag_refuses_a_complex_leaf():
+    # its second moment was E[w**2] (-1 for snapshots j and -j, not E|w|^2 = 1) and the samples' spread 0
+    with pytest.raises(ValueError, match=r"^swag: leaf 'c' is complex \(complex64\)"):
+        jr.swag(0).init({"c": jnp.array([1j], jnp.complex64), "w": jnp.ones(2)})

@@ -127,3 +127,14 @@ def test_python_number_and_numpy_leaves_are_projected_as_arrays():
     assert float(out["w"]) == 0.0 and float(out["b"]) == 3.0
     np.testing.assert_allclose(jr.unit_norm(axis=0)({"w": np.array([3.0, 4.0])})["w"], [0.6, 0.8], rtol=4 * EPS)
     np.testing.assert_allclose(jr.max_norm(1.0, axis=0)(np.array([3.0, 4.0])), [0.6, 0.8], rtol=4 * EPS)
+
+
+def test_max_norm_and_unit_norm_of_complex_leaves_use_the_modulus():
+    """The norm of a complex vector is sqrt(sum |x|^2) (sum x**2 is complex: [3j, 4j] was left
+    as it was, its "norm" 5j not above 1)."""
+    rng = np.random.default_rng(0)
+    w = (rng.normal(size=(3, 4)) + 1j * rng.normal(size=(3, 4))).astype(np.complex64)
+    norms = np.sqrt(np.sum(np.abs(w.astype(np.complex128)) ** 2, axis=0, keepdims=True))
+    want = w * np.minimum(1.0, 0.5 / norms)
+    np.testing.assert_allclose(jr.max_norm(0.5)(jnp.asarray(w)), want, rtol=8 * EPS, atol=8 * EPS)
+    np.testing.assert_allclose(jr.unit_norm()(jnp.asarray(w)), w / norms, rtol=8 * EPS, atol=8 * EPS)

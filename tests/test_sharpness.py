@@ -177,3 +177,17 @@ def test_float16_params_under_a_loss_scale_get_the_full_radius(grad_norm):
     expected = rho / np.sqrt(n)  # all entries equal; up to the float16 spacing near w + eps
     spacing = float(np.spacing(np.float16(w0 + expected)))
     np.testing.assert_allclose(eps, expected, atol=spacing + 1e-3 * expected)
+
+
+def test_a_complex_leaf_is_refused_and_can_be_masked_out():
+    """jax.grad of a real loss is the conjugate of the ascent direction at a complex leaf, and
+    sum(g**2) is not its norm: SAM's perturbation was silently wrong there."""
+    params = {"c": jnp.array([1.0 + 2.0j]), "w": jnp.array([3.0, 4.0])}
+
+    def loss(p):
+        return jnp.sum(jnp.abs(p["c"]) ** 2) + 0.5 * jnp.sum(p["w"] ** 2)
+
+    with pytest.raises(ValueError, match=r"^sam_gradient: leaf 'c' is complex \(complex64\)"):
+        jr.sam_gradient(loss, params, rho=0.5)
+    _, g = jr.sam_gradient(loss, params, rho=0.5, mask={"c": False, "w": True})
+    np.testing.assert_allclose(g["w"], [3.3, 4.4], rtol=4 * EPS32)  # w + 0.5 w / |w|, the real leaf alone

@@ -497,3 +497,20 @@ def test_spectral_norm_state_inside_nnx_optimizer():
     opt.update(model, grads)
     for layer in (model.l1, model.l2):
         np.testing.assert_allclose(_sigma_max(layer.kernel[...]), 0.1, rtol=1e-4)
+
+
+def test_complex_matrices_are_refused_by_name():
+    """The power iterations and Gram matrices transpose without conjugating: orthogonal(1) of the
+    unitary diag(j, 1) was 4, not 0."""
+    w = {"k": jnp.diag(jnp.array([1j, 1.0], jnp.complex64))}
+    for name, call in [
+        ("orthogonal", lambda: jr.orthogonal(1.0)(w)),
+        ("spectral_penalty", lambda: jr.spectral_penalty(1.0)(w)),
+        ("spectral_norm", lambda: jr.spectral_norm(1.0)(w)),
+        ("orthogonalize", lambda: jr.orthogonalize()(w)),
+        ("spectral_norm", lambda: jr.project(jr.spectral_norm(1.0)).init(w)),
+    ]:
+        with pytest.raises(ValueError, match=rf"^{name}: leaf 'k' is complex \(complex64\)"):
+            call()
+    with pytest.raises(ValueError, match=r"^power_iteration: matrix is complex"):
+        power_iteration(w["k"], jnp.ones(2))
