@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import os
 import time
@@ -198,6 +199,8 @@ def _check_schedule(num_steps, batch_size, eval_every, steps_per_chunk, num_memb
             f"fit: steps_per_chunk must be a multiple of eval_every = {eval_every} that divides num_steps = "
             f"{num_steps}, got steps_per_chunk = {steps_per_chunk}."
         )
+    if not jax.tree.leaves(state):  # jax's vmap error named no argument
+        raise ValueError(f"fit: state must hold at least one array leaf, got state = {state!r}.")
     n = _num_examples(train_data)
     if batch_size > n:
         raise ValueError(f"fit: batch_size must be at most the {n} training examples, got batch_size = {batch_size}.")
@@ -223,10 +226,22 @@ def _check_callables(
             raise ValueError(f"{where}: {name} must be a function or None, got {name} = {value!r}.")
     if checkpoint_dir is not None and not isinstance(checkpoint_dir, str | os.PathLike):
         raise ValueError(f"fit: checkpoint_dir must be a path or None, got checkpoint_dir = {checkpoint_dir!r}.")
+    if checkpoint_dir is not None and os.fspath(checkpoint_dir) == "":  # os.path.abspath("") is the cwd
+        raise ValueError(f"fit: checkpoint_dir must name a directory, got checkpoint_dir = {checkpoint_dir!r}.")
     if checkpoint_dir is not None and os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
         raise ValueError(f"fit: checkpoint_dir must be a directory, got checkpoint_dir = {checkpoint_dir!r}, a file.")
     for name, value in (("compact", compact), ("progress", progress)):
         _checks.check_flag(name, value, "fit")
+    if callback is not None:
+        try:  # called after the first chunk otherwise: a TypeError once a chunk's work is done
+            inspect.signature(callback).bind(0, None, None)
+        except TypeError:
+            raise ValueError(
+                f"{where}: callback must take (num_steps, history, state), got callback = {callback!r} "
+                f"with signature {inspect.signature(callback)}."
+            ) from None
+        except ValueError:  # no signature to read (a builtin): called as it is
+            pass
 
 
 def _check_options(eval_fn, monitor, early_stopping, prune) -> str:
@@ -637,10 +652,27 @@ def _put_members(tree: PyTree, idx: jax.Array, part: PyTree) -> PyTree:
     return jax.tree.map(lambda a, b: a.at[idx].set(b, unique_indices=True), tree, part)
 
 
+def _checked_snapshot(snapshot_fn: Callable[[PyTree], PyTree]) -> Callable[[PyTree], PyTree]:
+    """``snapshot_fn``, whose output must be arrays (checked once, at trace time: jax's TypeError
+    from inside vmap named neither snapshot_fn nor the leaf)."""
+
+    def checked(state: PyTree) -> PyTree:
+        out = snapshot_fn(state)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(out)[0]:
+            if not isinstance(leaf, jax.Array | np.ndarray | np.generic | int | float):
+                raise ValueError(
+                    f"fit: snapshot_fn must return a pytree of arrays (the best snapshot is kept as one), got "
+                    f"snapshot{jax.tree_util.keystr(path)} = {leaf!r}."
+                )
+        return out
+
+    return checked
+
+
 @functools.partial(jax.jit, static_argnames=("snapshot_fn",))
 def _init_stopping(stopper: EarlyStopping, state: PyTree, *, snapshot_fn) -> EarlyStoppingState:
     if snapshot_fn is not None:
-        return jax.vmap(stopper.init)(jax.vmap(snapshot_fn)(state))
+        return jax.vmap(stopper.init)(jax.vmap(_checked_snapshot(snapshot_fn))(state))
     num_members = jax.tree.leaves(stopper)[0].shape[0]
     es = jax.vmap(stopper.init)(jnp.zeros((num_members,)))
     return es._replace(best_params=None)
@@ -827,10 +859,12 @@ def _checkpoint_meta(
     budget: np.ndarray,
     monitor: str,
     snapshot: Any,
+    compact: bool,
 ) -> dict[str, Any]:
     """What a checkpoint must agree on to be resumed: the schedule, the rng, the early stopper, the
-    member budgets, what is monitored (they decide which members stop when) and the snapshot's
-    structure (the best snapshot is part of the carry)."""
+    member budgets, what is monitored (they decide which members stop when), the snapshot's
+    structure (the best snapshot is part of the carry) and compaction (the stack's size decides
+    the rounding and the member-steps computed)."""
     key_data = np.asarray(
         jax.random.key_data(rng) if jnp.issubdtype(jnp.asarray(rng).dtype, jax.dtypes.prng_key) else rng
     )
@@ -846,6 +880,7 @@ def _checkpoint_meta(
         "member_steps": [int(v) for v in np.asarray(budget).reshape(-1)],
         "monitor": monitor,
         "snapshot": repr(snapshot),
+        "compact": compact,
         # As text: a baseline of inf is not JSON.
         "early_stopping": repr(
             {f.name: np.asarray(getattr(stopper, f.name)).tolist() for f in dataclasses.fields(stopper)}
@@ -994,7 +1029,7 @@ def fit(
     Compaction (``compact=True``): the members still training (not stopped, ``member_steps``
     not spent) are gathered into a stacked state of :math:`2^{\lceil \log_2 n_\text{active}
     \rceil}` members (padded with stopped ones, capped at :math:`N`), trained, and scattered
-    back, so stopped members cost nothing and at most :math:`\log_2 N + 1` programs compile. A
+    back, so stopped members cost nothing and at most :math:`\lceil \log_2 N \rceil + 1` programs compile. A
     chunk ends at the first evaluation after which that stack would be smaller, and the next one
     runs on it: the stack shrinks at the same block whatever the chunk lengths (timed, given, or
     cut by an interruption and resume), so they change no bit of the result. Each member's
@@ -1137,7 +1172,7 @@ def fit(
                 (jax.tree_util.keystr(path), a.shape, str(a.dtype))
                 for path, a in jax.tree_util.tree_flatten_with_path(shapes)[0]
             ]
-        meta = _checkpoint_meta(sched, rng, prune, stopper, budget, monitor, snapshot_shapes)
+        meta = _checkpoint_meta(sched, rng, prune, stopper, budget, monitor, snapshot_shapes, compact)
     _train(loop, consts, plan, compact, meta, checkpoint_dir, progress, callback)
     result = _result(loop, tracking)
     # An explicitly sharded state comes back placed as it was given.

@@ -373,6 +373,8 @@ def checkpoint_of_a_run(tmp_path_factory):
             r"another schedule: (early_stopping|monitor) = ",
         ),
         ({"snapshot_fn": lambda st: st["params"]}, r"another schedule: snapshot = "),
+        # the stack's size decides the rounding and the member-steps computed (it resumed silently)
+        ({"compact": False}, r"another schedule: compact = True there, compact = False in this call"),
     ],
 )
 def test_resume_with_other_arguments_is_refused(checkpoint_of_a_run, changed, match):
@@ -508,6 +510,18 @@ def test_resume_with_another_monitor_alone_is_refused(tmp_path):
         ({"snapshot_fn": 3}, r"^fit: snapshot_fn must be a function or None, got snapshot_fn = 3\."),
         ({"callback": 3}, r"^fit: callback must be a function or None, got callback = 3\."),  # was: after a chunk
         ({"checkpoint_dir": 3}, r"^fit: checkpoint_dir must be a path or None, got checkpoint_dir = 3\."),
+        # os.path.abspath("") is the working directory: the run wrote its checkpoints there
+        ({"checkpoint_dir": ""}, r"^fit: checkpoint_dir must name a directory, got checkpoint_dir = ''\."),
+        # called after the first chunk (a TypeError once its work was done)
+        (
+            {"callback": lambda k, hist: None},
+            r"^fit: callback must take \(num_steps, history, state\), got .* \(k, hist\)\.",
+        ),
+        # jax's TypeError from inside vmap, naming neither snapshot_fn nor the leaf
+        (
+            {"snapshot_fn": lambda st: {"w": "x"}},
+            r"^fit: snapshot_fn must return a pytree of arrays .* got snapshot\['w'\] = 'x'\.",
+        ),
         ({"compact": "no"}, r"^fit: compact must be True or False, got compact = 'no'\."),  # was: compaction on
         ({"progress": None}, r"^fit: progress must be True or False, got progress = None\."),
         # jax's TypeError naming no argument; bools were the losses 1 and 0
@@ -525,6 +539,11 @@ def test_fit_refuses_functions_flags_and_paths_that_are_not(changed, match):
     kwargs = {**BASE, **{k: v for k, v in changed.items() if k not in args}}
     with pytest.raises(ValueError, match=match):
         jr.fit({**args, **changed}["step_fn"], {**args, **changed}["eval_fn"], S0, TRAIN, VAL, **kwargs)
+
+
+def test_fit_refuses_a_state_without_leaves():
+    with pytest.raises(ValueError, match=r"^fit: state must hold at least one array leaf, got state = \{\}\."):
+        jr.fit(step, evaluate, {}, TRAIN, VAL, **BASE)
 
 
 def test_fit_refuses_a_checkpoint_dir_that_is_a_file(tmp_path):
