@@ -105,6 +105,21 @@ def test_predict_mean_and_population_variance():
         np.testing.assert_allclose(np.asarray(pred.variance), outs64.var(0, ddof=0), rtol=0, atol=64 * EPS32 * scale**2)
 
 
+@pytest.mark.parametrize("chunk", [None, 1, 2, 3, 9])
+def test_predict_variance_is_accurate_relative_to_itself_far_from_zero(chunk):
+    """Outputs of mean 1e4 and spread 1e-2: the variance to float32 rounding of the spread, not of
+    the mean. Chunk means rounded to eps * |mean| made merged variances 100-400x worse than one
+    float32 pass (0.12 relative at chunks of 2), and the deviations from a rounded mean put one
+    pass itself at 1.5e-2."""
+    outs = (1e4 + 1e-2 * np.random.default_rng(0).normal(size=(9, 50))).astype(np.float32)
+    want = outs.astype(np.float64).var(0)
+    pred = jax.jit(lambda p: jr.ensemble.predict(lambda m, x: m, p, None, chunk_size=chunk))(jnp.asarray(outs))
+    # The shifted samples are exact (within a factor 2 of each other: Sterbenz); their mean and
+    # squares round to a few eps relative to the spread: 8 samples' sums, 8 * 2 eps.
+    np.testing.assert_allclose(np.asarray(pred.variance), want, rtol=16 * EPS32)
+    np.testing.assert_allclose(np.asarray(pred.mean), outs.astype(np.float64).mean(0), rtol=4 * EPS32)
+
+
 _BAD = {"a": jnp.zeros((3, 2)), "b": {"c": jnp.zeros((4, 2))}}
 
 
