@@ -377,7 +377,13 @@ def _broadcast_axes(in_axes: Any, args: tuple[Any, ...]) -> list[Any]:
     treedef = jax.tree.structure(args)
     if isinstance(in_axes, list):
         in_axes = tuple(in_axes)
-    if not isinstance(in_axes, tuple) or in_axes is None:
+    if not (in_axes is None or isinstance(in_axes, int | tuple)) or isinstance(in_axes, bool):
+        # jax.vmap's rule: a dict here was read as every argument's prefix
+        raise ValueError(
+            f"ensemble.map: in_axes must be an int, None, or a tuple with an entry per positional argument, as "
+            f"jax.vmap's, got in_axes = {in_axes!r}."
+        )
+    if not isinstance(in_axes, tuple):
         in_axes = (in_axes,) * len(args)
     if len(in_axes) != len(args):
         raise ValueError(

@@ -85,11 +85,11 @@ class Prediction(NamedTuple):
 class _Moments(NamedTuple):
     """What a chunk's samples contribute to the mean and variance over all of them.
 
-    ``shift`` (the chunk's first sample) and ``offset`` (the mean minus ``shift``, computed as
-    the mean of the shifted samples) locate the mean to the precision of the samples' spread: two
-    chunk means each rounded to ``eps * |mean|`` differ by an error that Chan's ``delta**2`` term
-    turns into a relative error of ``eps * |mean| / spread`` in the variance (5e-4 at a mean of 1
-    and a spread of 1e-4, one sample per chunk; a single float32 pass gives 5e-6).
+    ``shift`` (the chunk's largest sample) and ``offset`` (the mean of the samples minus
+    ``shift``) locate the mean to the precision of the samples' spread: two chunk means each
+    rounded to ``eps * |mean|`` differ by an error that Chan's ``delta**2`` term turned into a
+    relative error of ``eps * |mean| / spread`` in the variance (5e-4 at a mean of 1 and a spread
+    of 1e-4, one sample per chunk, against 5e-6 for one float32 pass).
     """
 
     mean: Any
@@ -108,11 +108,15 @@ def _moments(samples: Any) -> _Moments:
     """
     samples = jax.tree.map(lambda o: o.astype(statistic_dtype(o.dtype)), samples)
     mean = jax.tree.map(lambda o: jnp.mean(o, axis=0), samples)
-    shift = jax.tree.map(lambda o: o[0], samples)
+    # The shift is a sample (the largest: a reduction, so an item axis sharded over devices needs
+    # no slice), not the mean: a computed shift is read by several fusions, and XLA may contract
+    # one reader's sum * (1/n) - x into an FMA that skips the rounding the others see (a 1.3e-2
+    # error in a loop of chunks). The deviations from it are exact (Sterbenz); their mean is the
+    # offset, and the squared deviations are taken from it: those from the rounded mean were off by
+    # its rounding, eps * |mean| (a relative 1.5e-2 in the variance at a mean of 1e4, spread 1e-2).
+    shift = jax.tree.map(lambda o: jnp.max(o, axis=0), samples)
     shifted = jax.tree.map(lambda o, s: o - s[None], samples, shift)
     offset = jax.tree.map(lambda d: jnp.mean(d, axis=0), shifted)
-    # deviations from the shifted mean: those from the rounded mean were off by eps * |mean|
-    # (a relative 1.5e-2 in the variance at a mean of 1e4 and a spread of 1e-2)
     m2 = jax.tree.map(lambda d, o: jnp.sum(jnp.square(d - o[None]), axis=0), shifted, offset)
     # float64 under x64: the merge weights n_b / n and n_a n_b / n of float64 outputs (float32 ones
     # left them 1e-8 from numpy's moments once more than one chunk ran)
@@ -122,8 +126,8 @@ def _moments(samples: Any) -> _Moments:
 
 def _merge(a: _Moments, b: _Moments) -> _Moments:
     """Chan et al.'s pairwise merge; the difference of the means is taken through the shifts
-    (``shift_b - shift_a``: exact for samples within a factor 2 of each other, Sterbenz) and the
-    offsets (of the size of the spread), not from the two rounded means."""
+    (``shift_b - shift_a``: exact for samples within a factor 2 of each other, Sterbenz) and
+    their offsets (of the size of the spread), not from the two rounded means."""
     n = a.count + b.count
     frac, w = b.count / n, a.count * b.count / n
     delta = jax.tree.map(lambda sa, oa, sb, ob: (sb - sa) + (ob - oa), a.shift, a.offset, b.shift, b.offset)
@@ -205,6 +209,9 @@ def _finish(moments: _Moments, dtypes: Any) -> tuple[Any, Any]:
 
 def _check_samples(samples: ArrayLike, where: str, from_logits: Any) -> tuple[jax.Array, bool]:
     from_logits = _checks.check_flag("from_logits", from_logits, where)
+    given = _checks.concrete(samples)
+    if given is not None and given.dtype.kind in "USOV":  # text or objects: jax's TypeError named no argument
+        raise ValueError(f"{where}: samples must be numbers, got samples of dtype {given.dtype}.")
     samples = jnp.asarray(samples)
     # integer or bool (one-hot) samples as floats, as jnp.mean would (strict promotion refused them)
     samples = samples.astype(statistic_dtype(samples.dtype))

@@ -102,10 +102,19 @@ def _leaves_like(value: Any, reference: PyTree, name: str, where: str) -> list[A
 
 
 def _check_prior(prior_mean: Any, prior_std: Any, vparams: MeanField, where: str) -> None:
-    """The prior's structure against the mean's, so that the error names the caller (not ``kl_normal``)."""
+    """The prior's structure against the mean's, and its values, so that the error names the
+    caller (not ``kl_normal``)."""
     if jax.tree.leaves(vparams.mean):
         for name, value in (("prior_mean", prior_mean), ("prior_std", prior_std)):
             _leaves_like(value, vparams.mean, name, where)
+    _check_prior_values(prior_mean, prior_std, where)
+
+
+def _check_prior_values(prior_mean: Any, prior_std: Any, where: str) -> None:
+    for leaf in jax.tree.leaves(prior_std):
+        _checks.check_positive("prior_std", leaf, where)
+    for leaf in jax.tree.leaves(prior_mean):
+        _checks.check_finite("prior_mean", leaf, where)
 
 
 def _broadcast(x: Any, shape: tuple[int, ...], name: str, where: str) -> jax.Array:
@@ -417,8 +426,7 @@ def elbo_loss(
     """
     _checks.check_callable("loss_fn", loss_fn, "variational.elbo_loss")
     _checks.check_positive("num_examples", num_examples, "variational.elbo_loss")
-    for leaf in jax.tree.leaves(prior_std):
-        _checks.check_positive("prior_std", leaf, "variational.elbo_loss")
+    _check_prior_values(prior_mean, prior_std, "variational.elbo_loss")  # a NaN mean failed at call time
     num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, "variational.elbo_loss")
     has_aux = _checks.check_flag("has_aux", has_aux, "variational.elbo_loss")
 

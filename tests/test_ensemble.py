@@ -356,6 +356,20 @@ def test_shard_on_eight_cpu_devices_equals_unsharded():
     assert "35 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
 
 
+@pytest.mark.parametrize("in_axes", [{"a": 0}, True, "0"])
+def test_map_refuses_in_axes_that_vmap_refuses(in_axes):
+    """jax.vmap takes an int, None or a tuple at the top; a dict was read as every argument's
+    prefix (the same call raised in jax.vmap)."""
+    tree = {"a": jnp.ones(3)}
+    with pytest.raises((ValueError, TypeError)):
+        jax.vmap(lambda t: t["a"], in_axes=in_axes)(tree)
+    with pytest.raises(ValueError, match=r"^ensemble.map: in_axes must be an int, None, or a tuple"):
+        jr.ensemble.map(lambda t: t["a"], in_axes=in_axes)(tree)
+    np.testing.assert_array_equal(
+        jr.ensemble.map(lambda t: t["a"], in_axes=(in_axes,) if in_axes == {"a": 0} else 0)(tree), tree["a"]
+    )
+
+
 @pytest.mark.parametrize("chunk_size", [None, 2])
 def test_map_maps_keyword_arguments_like_vmap(chunk_size):
     w, x, b = jnp.arange(16.0).reshape(4, 2, 2), jnp.ones(2), jnp.arange(8.0).reshape(4, 2)

@@ -219,6 +219,12 @@ def test_predict_chunked_equals_moments_of_all_samples(chunk):
     [
         (jr.predictive_entropy, (jnp.ones(3),), r"samples.shape = \(3,\)"),
         (jr.mutual_information, (jnp.ones(3),), r"samples.shape = \(3,\)"),
+        # jax's TypeError ("Error interpreting argument") named no argument
+        (
+            jr.predictive_entropy,
+            (np.array([["a", "b"]]),),
+            r"^predictive_entropy: samples must be numbers, got samples of dtype <U1",
+        ),
         (jr.expected_calibration_error, (jnp.ones((4, 2)), jnp.zeros(3, jnp.int32)), r"labels.shape = \(3,\)"),
     ],
 )

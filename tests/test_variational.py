@@ -409,6 +409,14 @@ _VP = vi.init({"w": jnp.zeros(2)}, init_std=0.1)
             lambda: vi.kl(_VP, prior_std=[1.0, 2.0]),
             r"^variational.kl: prior_std must be a scalar, an array, or a pytree with the structure of the mean",
         ),
+        # the values too name the function called (they named kl_normal, which kl calls)
+        (lambda: vi.kl(_VP, prior_std=0.0), r"^variational.kl: prior_std must be finite and > 0, got prior_std = 0.0"),
+        (lambda: vi.kl(_VP, prior_mean=np.nan), r"^variational.kl: prior_mean must be finite, got prior_mean = nan"),
+        # refused when built (it failed only at call time, naming kl_normal)
+        (
+            lambda: vi.elbo_loss(lambda p: 0.0, num_examples=10, prior_mean=np.nan),
+            r"^variational.elbo_loss: prior_mean must be finite, got prior_mean = nan",
+        ),
         (
             lambda: vi.predict_samples(lambda p, x: x, _VP, 0.0, 1, 4),
             r"variational.predict_samples: rng must be a PRNG key",
