@@ -351,6 +351,11 @@ def as_float_array(x: ArrayLike, name: str | None = None, where: str | None = No
     """
     if isinstance(x, jax.core.Tracer):
         return x
+    with jax.ensure_compile_time_eval():  # concrete inside a trace too (nnx.eval_shape, jit): not a leaked tracer
+        return _as_float_array(x, name, where)
+
+
+def _as_float_array(x: ArrayLike, name: str | None, where: str | None) -> jax.Array:
     given = x
     x = jnp.asarray(x)
     dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)

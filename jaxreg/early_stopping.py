@@ -125,12 +125,16 @@ def _float_dtype() -> np.dtype:
     return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
+# Concrete arrays even when built inside a trace (nnx.eval_shape's restore template, a jitted
+# init): a traced leaf leaked out of it, and the next call of the step failed.
 def _int_leaf(x: ArrayLike) -> jax.Array:
-    return jnp.asarray(x, jnp.int32)
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(x, jnp.int32)
 
 
-def _float_leaf(x: ArrayLike) -> jax.Array:
-    return jnp.asarray(x, _float_dtype())
+def _float_leaf(x: ArrayLike, dtype: Any = None) -> jax.Array:
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(x, _float_dtype() if dtype is None else dtype)
 
 
 def _check_mode(where: str, mode: Any) -> None:
@@ -544,11 +548,11 @@ class ReduceOnPlateau(metaclass=_CheckedConstruction):
         _checks.check_in_range("min_scale", min_scale, 0, 1, "ReduceOnPlateau", closed_high=True)
         _check_mode("ReduceOnPlateau", mode)
         return _ReduceOnPlateauData(
-            factor=jnp.asarray(factor, jnp.float32),
+            factor=_float_leaf(factor, jnp.float32),
             patience=_int_leaf(patience),
             min_delta=_float_leaf(min_delta),
             cooldown=_int_leaf(cooldown),
-            min_scale=jnp.asarray(min_scale, jnp.float32),
+            min_scale=_float_leaf(min_scale, jnp.float32),
             mode=mode,
         )
 

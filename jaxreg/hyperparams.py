@@ -279,7 +279,8 @@ def _split(
             exact = _check_held(where, name, value, dtype, param)
             if exact is not None:
                 held[name] = exact
-            numeric[name] = jnp.asarray(value, dtype)
+            with jax.ensure_compile_time_eval():  # a number given inside a trace stays concrete
+                numeric[name] = jnp.asarray(value, dtype)
         elif kind == "tree":
             numeric[name] = value  # its leaves become state leaves as they are
         elif kind == "schedule":

@@ -628,3 +628,41 @@ def test_a_centre_with_a_non_float_leaf_is_not_checked_for_finiteness():
     params = {"w": jnp.array([1.0, 2.0]), "frozen": jnp.array([True])}
     pen = jr.l2(0.5, center={"w": jnp.array([1.0, 0.0]), "frozen": jnp.array([False])})
     assert float(pen(params)) == 0.5 * 4.0  # (2 - 0)^2; the bool leaf is not penalized
+
+
+def test_regularizers_built_inside_a_trace_hold_no_tracer():
+    """flax's restore recipe builds the model and optimizer inside ``nnx.eval_shape`` and keeps its
+    graphdef, which holds the optax chain: a penalty or constraint built there held a leaked
+    tracer, and the second call of the jitted step failed ("supplied 3 arguments ... expected 5")."""
+    from flax import nnx
+
+    x = jnp.ones((4, 3))
+
+    def make():
+        return optax.chain(
+            jr.add_penalty_grad(jr.l2(0.1)),
+            jr.sweepable(optax.sgd)(learning_rate=0.05),
+            jr.proximal(jr.l1(0.01), 0.05),
+            jr.project(jr.max_norm(1.0)),
+        )
+
+    def build():
+        model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+        return model, nnx.Optimizer(model, make(), wrt=nnx.Param)
+
+    graphdef, _ = nnx.split(nnx.eval_shape(build))
+    model, opt = nnx.merge(graphdef, nnx.state(build()))  # the restored state, concretely
+
+    @nnx.jit
+    def step(model, opt):
+        opt.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))
+
+    ref_model, ref_opt = build()  # the chain built outside any trace
+    for _ in range(3):
+        step(model, opt)
+        step(ref_model, ref_opt)
+    chex.assert_trees_all_equal(nnx.state(model), nnx.state(ref_model))
+    # and the objects themselves: built in a trace, their numbers are concrete arrays
+    built = {}
+    jax.eval_shape(lambda: built.update(p=jr.l1(0.3), c=jr.max_norm(2.0), e=jr.EarlyStopping(3, min_delta=0.1)) or 0.0)
+    assert not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(built))
