@@ -20,9 +20,21 @@ import numpy as np
 from jaxreg._tree import compute_dtype, wider_dtype
 
 
+def _dtype(x: Any) -> Any:
+    """``x.dtype`` if it is a dtype (numpy's or a key's), else ``None``: an ``nnx.Rngs`` answers
+    ``.dtype`` with an ``RngStream`` (flax's fallback for unknown names), which numpy then refused
+    with a TypeError naming neither the argument nor the fix."""
+    dtype = getattr(x, "dtype", None)
+    try:
+        jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    except TypeError:
+        return None
+    return dtype
+
+
 def is_key_array(rng: Any) -> bool:
     """Whether ``rng`` is a typed key array (``jax.random.key``) of any shape."""
-    dtype = getattr(rng, "dtype", None)
+    dtype = _dtype(rng)
     return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
 
 
@@ -38,12 +50,18 @@ def check_key(rng: Any, where: str, *, stacked: bool = False, name: str = "rng")
         if jnp.ndim(rng) == 0 or (stacked and jnp.ndim(rng) == 1):
             return
         raise ValueError(f"{where}: {name} must be a single PRNG key, got a key array of shape {jnp.shape(rng)}.")
-    dtype = getattr(rng, "dtype", None)
+    dtype = _dtype(rng)
     shape = jnp.shape(rng) if dtype is not None else None
     if dtype is not None and dtype == np.uint32 and shape is not None and len(shape) >= 1 and shape[-1] == 2:
         if len(shape) == 1 or (stacked and len(shape) == 2):
             return  # a raw (legacy) jax.random.PRNGKey
-    shown = f"{name} = {rng!r}" if dtype is None else f"{name} of dtype {dtype} and shape {shape}"
+    if dtype is not None:
+        shown = f"{name} of dtype {dtype} and shape {shape}"
+    elif type(rng).__name__ in ("Rngs", "RngStream"):  # flax's, not imported here
+        shown = f"an nnx.{type(rng).__name__}; draw a key from it, e.g. rngs.dropout() or rngs()"
+    else:
+        text = repr(rng)
+        shown = f"{name} = {text}" if len(text) <= 120 else f"a {type(rng).__name__}"
     raise ValueError(f"{where}: {name} must be a PRNG key; {hint}. Got {shown}.")
 
 

@@ -398,3 +398,17 @@ def test_precision_is_static_and_checked_by_name(fn):
         ValueError, match=r"precision must be one of \(8, 16, 32\) \(bits per threshold\), got precision = 12"
     ):
         fn(12)
+
+
+def test_an_nnx_rngs_given_as_the_key_is_refused_with_the_fix():
+    """An nnx.Rngs answers .dtype with a stream (flax's fallback), and numpy's TypeError named
+    neither the argument nor what to pass."""
+    from flax import nnx
+
+    rngs = nnx.Rngs(0)
+    for rng, kind in ((rngs, "Rngs"), (rngs.dropout, "RngStream")):
+        with pytest.raises(ValueError, match=rf"^dropout: rng must be a PRNG key; .* Got an nnx.{kind}; draw a key"):
+            jr.dropout(rng, jnp.ones(3), 0.5)
+    with pytest.raises(ValueError, match=r"^ensemble.init: rng must be a PRNG key; .* Got an nnx.Rngs"):
+        jr.ensemble.init(lambda k: jnp.zeros(2), rngs, 2)
+    np.testing.assert_array_equal(jr.dropout(rngs.dropout(), jnp.ones(3), 0.0), jnp.ones(3))  # a drawn key works
