@@ -329,6 +329,22 @@ def optional_mask(mask: Any, where: str) -> Mask | None:
     return None if mask is None else as_mask(mask, where)
 
 
+def _is_flax_variable(x: Any) -> bool:
+    return hasattr(x, "get_value") and type(x).__module__.startswith("flax.")
+
+
+def _broadcast_mask(mask: Any, params: PyTree) -> PyTree:
+    """``mask`` broadcast to ``params``; a mask built over an nnx ``State`` of Variables also fits
+    the plain arrays ``nnx.Optimizer`` updates (its Variables' values are the bools)."""
+    try:
+        return jax.tree.broadcast(mask, params)
+    except (ValueError, TypeError):
+        if not any(_is_flax_variable(x) for x in jax.tree.leaves(mask, is_leaf=_is_flax_variable)):
+            raise
+    plain = jax.tree.map(lambda x: x.get_value() if _is_flax_variable(x) else x, mask, is_leaf=_is_flax_variable)
+    return jax.tree.broadcast(plain, params)
+
+
 def resolve_mask(mask: Any, params: PyTree, where: str = "") -> PyTree:
     """Returns a pytree of Python bools with exactly the structure of ``params``.
 
@@ -348,7 +364,7 @@ def resolve_mask(mask: Any, params: PyTree, where: str = "") -> PyTree:
     if is_mask_function(mask):
         mask = mask(params)
     try:
-        full = jax.tree.broadcast(mask, params)
+        full = _broadcast_mask(mask, params)
     except (ValueError, TypeError) as e:
         raise ValueError(
             f"{prefix}mask does not match the structure of the params: "

@@ -166,3 +166,26 @@ def test_masks_are_hashable_and_equal_by_value():
     b = jr.masks.kernels & ~jr.masks.by_path("bias")
     assert a == b and hash(a) == hash(b)
     assert a != (jr.masks.kernels & ~jr.masks.by_path("scale"))
+
+
+def test_a_mask_built_over_an_nnx_state_of_variables_fits_the_optimizers_plain_arrays():
+    """``jax.tree.map(f, nnx.state(model, nnx.Param))`` holds Variables of bools; nnx.Optimizer
+    inits on Variables and updates plain arrays, and the update refused the mask (with a message
+    telling the user to build it the way they had)."""
+    x = jnp.ones((4, 3))
+
+    def run(mask):
+        model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+        if mask == "state":
+            mask = jax.tree.map(lambda p: p.ndim > 1, nnx.state(model, nnx.Param))
+        tx = optax.chain(jr.add_penalty_grad(jr.l2(0.5, mask=mask)), optax.sgd(0.1))
+        opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        for _ in range(2):
+            opt.update(model, nnx.grad(lambda m: jnp.sum(m(x)))(model))
+        return nnx.state(model, nnx.Param)
+
+    masked, kernels, everything = run("state"), run(jr.masks.kernels), run(None)
+    for name in ("kernel", "bias"):
+        np.testing.assert_array_equal(masked[name][...], kernels[name][...])
+    # the mask did select: an unmasked penalty also pulls the bias
+    assert not np.array_equal(masked["bias"][...], everything["bias"][...])
