@@ -167,9 +167,14 @@ def split(
                 raise DataError(f"labels y must be integers for classification, got values like {y[:3].tolist()}.")
         elif not np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.bool_):
             raise DataError(f"labels y must be integers for classification, got dtype {y.dtype}.")
-        y = y.astype(np.int64)
+        # checked in y's own dtype: a uint64 label above 2**63 read as negative once cast
         if y.min() < 0:
-            raise DataError(f"labels y must be >= 0, got a label {int(y.min())}.")
+            raise DataError(f"labels y must be >= 0, got a label {y.min().item()}.")
+        if y.max() >= n:  # bincount would allocate a count per class up to it (7 TiB for 10**12)
+            raise DataError(
+                f"labels y must be 0..K-1 with every class present, got a label {y.max().item()} among {n} examples."
+            )
+        y = y.astype(np.int64)
         num_classes = int(y.max()) + 1
         counts = np.bincount(y, minlength=num_classes)
         if np.any(counts == 0):
@@ -307,6 +312,10 @@ def load_npz(
         raise DataError(f"data file not found: {path}")
     if os.path.isdir(path):
         raise DataError(f"data path is a directory, not an .npz file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not (magic.startswith(b"PK") or magic == b"\x93NUMPY"):  # numpy read any other file as a pickle
+        raise DataError(f"{path} is not an .npz archive (a zip of arrays x and y, as np.savez writes)")
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as e:  # zipfile.BadZipFile, OSError, ValueError (pickled objects), EOFError

@@ -112,6 +112,13 @@ def test_load_npz_roundtrip(tmp_path):
         (dict(x=np.zeros((30, 2)), y=np.linspace(0, 1, 30)), "labels y must be integers"),
         (dict(x=np.zeros((30, 2)), y=np.array(["a", "b", "c"] * 10)), "labels y must be integers"),
         (dict(x=np.zeros((30, 2)), y=np.repeat([-1, 0, 1], 10)), "labels y must be >= 0"),
+        # a count per class up to the label was allocated first: 7 TiB, a MemoryError traceback
+        (dict(x=np.zeros((30, 2)), y=np.repeat([0, 1, 10**12], 10)), r"got a label 1000000000000 among 30 examples"),
+        # checked before the cast to int64, where 2**63 + 1 read as a negative label
+        (
+            dict(x=np.zeros((30, 2)), y=np.repeat(np.array([0, 1, 2**63 + 1], np.uint64), 10)),
+            r"got a label 9223372036854775809 among 30 examples",
+        ),
         (dict(x=np.full((30, 2), np.nan), y=np.repeat([0, 1, 2], 10)), "x holds NaN"),
         (dict(x=np.zeros((30, 2)), y=np.repeat([0, 2], 15)), r"classes \[1\] are missing"),
     ],
@@ -126,8 +133,13 @@ def test_load_npz_rejects_bad_files(tmp_path):
         data.load_npz(tmp_path / "missing.npz")
     text = tmp_path / "notes.npz"
     text.write_text("not an archive\n")
-    with pytest.raises(data.DataError, match=r"cannot read .* as an .npz archive"):
+    # numpy read a text file as a pickle ("contains pickled (object) data ... allow_pickle")
+    with pytest.raises(data.DataError, match=r"notes.npz is not an .npz archive \(a zip of arrays x and y"):
         data.load_npz(text)
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(data.DataError, match=r"cannot read .* as an .npz archive"):
+        data.load_npz(broken)
     npy = tmp_path / "a.npy"
     np.save(npy, np.zeros(3))
     with pytest.raises(data.DataError, match=r"is a .npy array, not an .npz archive"):
