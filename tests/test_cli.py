@@ -471,6 +471,25 @@ def test_masks_needed_reads_the_paired_intervals():
         assert (diff.lo <= 0 <= diff.hi) == covers
 
 
+def test_masks_needed_when_no_smaller_k_matches_the_largest_says_so():
+    """Every K below the largest differs from it: the finding compared K = 8 with itself ("from
+    K = 8 on, no difference ... to K = 8"), as if K = 8 had been shown to be enough."""
+    from jaxreg.experiments import evaluate, report
+
+    ks = [1, 2, 4, 8]
+    acc = np.asarray([[0.80, 0.85, 0.88, 0.920], [0.81, 0.86, 0.89, 0.922], [0.79, 0.84, 0.87, 0.921]])
+    curve = {"num_masks": ks, "test_acc": [evaluate.summarize(acc[:, j]) for j in range(len(ks))]}
+    assert report.masks_needed(curve)["paired"] == 8
+    for j in range(3):  # by hand: each smaller K's paired difference to K = 8 excludes 0
+        diff = jaxreg.stats.paired_difference(acc[:, j], acc[:, -1])
+        assert not diff.lo <= 0 <= diff.hi
+    results = _synthetic_results([0.90, 0.91, 0.92])
+    results["mc_dropout_curve"] = curve
+    (line,) = [line for line in report.findings(results) if line.startswith("MC-dropout masks needed")]
+    assert line.startswith("MC-dropout masks needed: every K below 8 differs in test accuracy from K = 8")
+    assert "no smaller K to be enough" in line and "from K = 8 on" not in line
+
+
 def test_a_called_difference_prints_a_small_bound_with_the_digits_that_show_it():
     scipy_stats = pytest.importorskip("scipy.stats")
     none = np.asarray([0.90, 0.91, 0.92])
