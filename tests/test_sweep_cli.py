@@ -193,6 +193,12 @@ def test_help_lists_the_optimizer_hyperparameters_and_their_ranges(capsys):
             ["--reg", "l2", "--num", "1", "--min", "0.01", "--max", "0.1"],
             "num = 1 takes one value, got min = 0.01, max = 0.1; give them equal.",
         ),
+        # The same value num times, as rows of one name (replicates are --members).
+        (
+            ["--reg", "l2", "--num", "3", "--min", "0.001", "--max", "0.001"],
+            "num = 3 values from min = max = 0.001 are one value 3 times; give a range, or --num 1 (and --members "
+            "for replicates).",
+        ),
     ],
 )
 def test_bad_ranges_exit_2_with_one_line(argv, message, capsys, tmp_path):
@@ -235,3 +241,12 @@ def test_check_values_names_the_domains():
         sw.check_values("b1", [0.9, 1.5])
     with pytest.raises(ValueError, match="lr strengths must be finite"):
         sw.check_values("lr", [float("nan")])
+
+
+def test_the_sweep_figure_uses_a_log_axis_only_for_log_spaced_values():
+    """--linear (and b1's evenly spaced default) with positive values was drawn on a log axis."""
+    from jaxreg import plots
+
+    assert plots._log_spaced(sw.strengths(1e-4, 1e-1, 4, log=True))
+    assert not plots._log_spaced(sw.strengths(0.5, 0.99, 4, log=False))  # positive, evenly spaced
+    assert not plots._log_spaced(sw.strengths(0.0, 0.9, 4, log=False))  # 0 has no log

@@ -56,12 +56,18 @@ def strengths(low: float, high: float, num: int, *, log: bool = True) -> list[fl
 
     Raises:
       ValueError: if ``num < 1``, ``low > high``, ``num == 1`` with ``low != high`` (one value has
-        no range), or a log range does not start above 0.
+        no range), ``num > 1`` with ``low == high`` (the same value trained ``num`` times, under
+        one row name: replicates are ``--members``), or a log range does not start above 0.
     """
     if num < 1:
         raise ValueError(f"num must be >= 1, got num = {num}.")
     if num == 1 and low != high:
         raise ValueError(f"num = 1 takes one value, got min = {low}, max = {high}; give them equal.")
+    if num > 1 and low == high:
+        raise ValueError(
+            f"num = {num} values from min = max = {low} are one value {num} times; give a range, or --num 1 "
+            f"(and --members for replicates)."
+        )
     if low > high:
         raise ValueError(f"the range must have min <= max, got min = {low}, max = {high}.")
     if log and low <= 0:
