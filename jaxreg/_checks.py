@@ -259,6 +259,12 @@ def need_params(params: Any, updates: Any, where: str) -> None:
     check_like("updates", updates, "params", params, where)
 
 
+def check_real(what: str, x: Any, where: str, why: str) -> None:
+    """Raise ``ValueError`` if ``x`` is complex: ``what`` names it, ``why`` says what needs it real."""
+    if jnp.iscomplexobj(x):
+        raise ValueError(f"{where}: {what} is complex ({jnp.result_type(x)}); {why}")
+
+
 def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> None:
     """``tree`` has ``ref``'s structure and leaf shapes (updates against params, a snapshot against
     the params it replaces); a mismatch failed in jax's broadcasting or tree errors, unnamed.
@@ -356,10 +362,9 @@ def as_float_array(x: ArrayLike, name: str | None = None, where: str | None = No
 
 
 def _as_float_array(x: ArrayLike, name: str | None, where: str | None) -> jax.Array:
-    given = x
-    x = jnp.asarray(x)
-    dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.result_type(float)
-    exact = concrete(given) if name is not None else None  # numpy: inside jit, jnp.asarray is traced
+    dtype = jnp.result_type(x)
+    dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+    exact = concrete(x) if name is not None else None  # checked before the conversion, in numpy
     if exact is not None and np.all(np.isfinite(exact.astype(np.float64))):
         with np.errstate(over="ignore"):
             held = exact.astype(dtype)

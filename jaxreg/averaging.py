@@ -363,11 +363,8 @@ def swag(start: ArrayLike, every: ArrayLike = 1, rank: int = 20) -> optax.Gradie
 
     def init_fn(params):
         for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
-            if jnp.iscomplexobj(w):  # its second moment and samples would need E|w|^2 and a complex normal
-                raise ValueError(
-                    f"swag: leaf {leaf_name(path)!r} is complex ({jnp.result_type(w)}); SWAG's Gaussian "
-                    "is over real parameters."
-                )
+            # its second moment and samples would need E|w|^2 and a complex normal
+            _checks.check_real(f"leaf {leaf_name(path)!r}", w, "swag", "SWAG's Gaussian is over real parameters.")
         start_, every_, num = _schedule(start, every)
         mean = _accumulator(params)
         sq = jax.tree.map(lambda w: jnp.square(w) if _is_float(w) else w, _accumulator(params))  # own buffers

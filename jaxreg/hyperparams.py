@@ -325,16 +325,27 @@ def _check_held(
 
 
 def _check_factory(build: Callable[[dict], Any], held: dict[str, np.ndarray], values: dict[str, Any]) -> None:
-    """Builds the factory once with the concrete numbers given, as the state holds them.
+    """Traces the factory once with the concrete numbers given, as the state holds them.
 
-    Inside ``jit`` a number passed to ``make`` is stored as a tracer, so the factory's own checks
-    (``jr.ema``'s decay in [0, 1]) would see a tracer and skip; here they see the number (eagerly
-    they fire at ``init``, as they always did). Traced values, trees and schedules are passed as
-    they are.
+    Inside ``jit`` a number passed to ``make`` was stored as a tracer, so the factory's own checks
+    (``jr.ema``'s decay in [0, 1]) saw a tracer and skipped; here they see the number (eagerly
+    they fire at ``init``, as they always did). The other values (traced ones, trees, schedules)
+    stay abstract, so the checks skip them as at ``init``: a schedule's placeholder 0 was checked
+    as a ``max_norm`` bound once.
     """
-    if held:
+    if not held:
+        return
+    rest = {name: value for name, value in values.items() if name not in held}
+
+    def run(abstract_rest: dict[str, Any]) -> jax.Array:
         with jax.numpy_dtype_promotion("standard"):
-            build({**values, **held})
+            build({**abstract_rest, **held})
+        return jnp.zeros((), jnp.float32)
+
+    try:
+        jax.eval_shape(run, _abstract(rest))
+    except _CONCRETIZATION_ERRORS:
+        pass  # control flow on an abstract value: the probe's, which named it
 
 
 def _abstract(tree: PyTree) -> PyTree:

@@ -92,13 +92,11 @@ def sam_gradient(
         params,
     )
     for (path, w), keep in zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(selected)):
-        if keep and jnp.iscomplexobj(w):
-            # jax.grad of a real loss is the conjugate of the ascent direction there: a perturbation
-            # along it (and a norm of g**2) would not be SAM's.
-            raise ValueError(
-                f"sam_gradient: leaf {leaf_name(path)!r} is complex ({jnp.result_type(w)}); SAM's "
-                "perturbation is defined here for real parameters. Leave it out with mask=."
-            )
+        if keep:
+            # jax.grad of a real loss is the conjugate of the ascent direction at a complex leaf: a
+            # perturbation along it (and a norm of g**2) would not be SAM's.
+            why = "SAM's perturbation is defined here for real parameters. Leave it out with mask=."
+            _checks.check_real(f"leaf {leaf_name(path)!r}", w, "sam_gradient", why)
 
     # allow_int: integer leaves (a step counter, an index) get jax's float0 gradient, as in
     # jax.grad(..., allow_int=True), and are never perturbed.

@@ -81,11 +81,8 @@ def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Arra
 
 def _check_real(where: str, what: str, x: Any) -> None:
     # The power iterations, Gram matrices and polar factors here transpose without conjugating.
-    if jnp.iscomplexobj(x):
-        raise ValueError(
-            f"{where}: {what} is complex ({jnp.result_type(x)}); the spectral constraints and penalties take "
-            "real matrices." + (" Leave it out with mask=." if what.startswith("leaf") else "")
-        )
+    hint = " Leave it out with mask=." if what.startswith("leaf") else ""
+    _checks.check_real(what, x, where, "the spectral constraints and penalties take real matrices." + hint)
 
 
 def _as_matrix(x: jax.Array) -> jax.Array:

@@ -233,15 +233,18 @@ def _check_callables(
     for name, value in (("compact", compact), ("progress", progress)):
         _checks.check_flag(name, value, "fit")
     if callback is not None:
+        try:
+            signature = inspect.signature(callback)
+        except (TypeError, ValueError):  # no signature to read (a builtin): called as it is
+            signature = None
         try:  # called after the first chunk otherwise: a TypeError once a chunk's work is done
-            inspect.signature(callback).bind(0, None, None)
+            if signature is not None:
+                signature.bind(0, None, None)
         except TypeError:
             raise ValueError(
                 f"{where}: callback must take (num_steps, history, state), got callback = {callback!r} "
-                f"with signature {inspect.signature(callback)}."
+                f"with signature {signature}."
             ) from None
-        except ValueError:  # no signature to read (a builtin): called as it is
-            pass
 
 
 def _check_options(eval_fn, monitor, early_stopping, prune) -> str:
@@ -659,7 +662,11 @@ def _checked_snapshot(snapshot_fn: Callable[[PyTree], PyTree]) -> Callable[[PyTr
     def checked(state: PyTree) -> PyTree:
         out = snapshot_fn(state)
         for path, leaf in jax.tree_util.tree_flatten_with_path(out)[0]:
-            if not isinstance(leaf, jax.Array | np.ndarray | np.generic | int | float):
+            if isinstance(leaf, jax.Array):  # a tracer here: numbers
+                continue
+            if not isinstance(leaf, np.ndarray | np.number | np.bool_ | int | float | complex) or (
+                np.asarray(leaf).dtype.kind in "USOV"  # np.str_ is an np.generic
+            ):
                 raise ValueError(
                     f"fit: snapshot_fn must return a pytree of arrays (the best snapshot is kept as one), got "
                     f"snapshot{jax.tree_util.keystr(path)} = {leaf!r}."
@@ -880,7 +887,7 @@ def _checkpoint_meta(
         "member_steps": [int(v) for v in np.asarray(budget).reshape(-1)],
         "monitor": monitor,
         "snapshot": repr(snapshot),
-        "compact": compact,
+        "compact": bool(compact),  # np.True_ is not JSON
         # As text: a baseline of inf is not JSON.
         "early_stopping": repr(
             {f.name: np.asarray(getattr(stopper, f.name)).tolist() for f in dataclasses.fields(stopper)}

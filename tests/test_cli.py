@@ -472,7 +472,7 @@ def test_masks_needed_reads_the_paired_intervals():
 
 
 def test_masks_needed_when_no_smaller_k_matches_the_largest_says_so():
-    """Every K below the largest differs from it: the finding compared K = 8 with itself ("from
+    """The next smaller K differs from the largest: the finding compared K = 8 with itself ("from
     K = 8 on, no difference ... to K = 8"), as if K = 8 had been shown to be enough."""
     from jaxreg.experiments import evaluate, report
 
@@ -486,8 +486,8 @@ def test_masks_needed_when_no_smaller_k_matches_the_largest_says_so():
     results = _synthetic_results([0.90, 0.91, 0.92])
     results["mc_dropout_curve"] = curve
     (line,) = [line for line in report.findings(results) if line.startswith("MC-dropout masks needed")]
-    assert line.startswith("MC-dropout masks needed: every K below 8 differs in test accuracy from K = 8")
-    assert "no smaller K to be enough" in line and "from K = 8 on" not in line
+    assert line.startswith("MC-dropout masks needed: K = 4 already differs in test accuracy from K = 8")
+    assert "no K below 8 to be enough" in line and "from K = 8 on" not in line
 
 
 def test_a_called_difference_prints_a_small_bound_with_the_digits_that_show_it():

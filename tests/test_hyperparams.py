@@ -639,6 +639,27 @@ def test_a_concrete_value_given_inside_jit_meets_the_factorys_own_checks():
     np.testing.assert_array_equal(states.hyperparams["decay"], np.float32([0.5, 0.9]))
 
 
+def test_a_number_beside_a_schedule_is_checked_without_checking_the_schedule():
+    """The factory's checks see the concrete number, not a placeholder for the schedule (0 was
+    checked as max_norm's bound and as swa's every: valid calls were refused)."""
+
+    def opt(learning_rate, max_value):
+        return optax.chain(optax.sgd(learning_rate), jr.project(jr.max_norm(max_value)))
+
+    bound = jr.schedule(optax.linear_schedule, init_value=2.0, end_value=1.0, transition_steps=10)
+    tx = jr.sweepable(opt)(learning_rate=0.5, max_value=bound)
+    w = jnp.array([3.0, 4.0])
+    u, _ = tx.update(-jnp.ones(2), tx.init(w), w)
+    # sgd's step to [3.5, 4.5], then projected onto the norm ball of the schedule's first value, 2
+    np.testing.assert_allclose(
+        w + u, np.array([3.5, 4.5]) * 2.0 / np.hypot(3.5, 4.5), rtol=4 * float(np.finfo(np.float32).eps)
+    )
+    every = jr.schedule(optax.constant_schedule, value=2.0)
+    jr.sweepable(jr.swa)(start=1, every=every).init(w)
+    with pytest.raises(ValueError, match=r"^max_norm: max_value must be finite and > 0, got max_value = -1.0"):
+        jr.sweepable(lambda learning_rate, b: opt(learning_rate, b))(learning_rate=bound, b=-1.0)
+
+
 def test_a_value_that_rounds_out_of_its_domain_in_float32_is_refused():
     """b2 = 0.99999999 is in [0, 1) but is 1.0 in float32: adam's first update was NaN."""
     with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\), got b2 = 1.0\. \(b2 = 0.99999999 is 1.0 in float32"):

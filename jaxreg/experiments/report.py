@@ -354,14 +354,15 @@ def findings(results: dict[str, Any]) -> list[str]:
             need = masks_needed(curve)
             k_max = curve["num_masks"][-1]
             lo, hi = CLAIMED_MASKS
-            if need["paired"] is not None and need["paired"] == k_max:
-                # the largest K compared with itself is no finding: every smaller K differed from it
+            ks = curve["num_masks"]
+            if need["paired"] is not None and need["paired"] == k_max and len(ks) > 1:
+                # the largest K compared with itself is no finding: the next smaller K differs from it
                 out.append(
-                    f"MC-dropout masks needed: every K below {k_max} differs in test accuracy from K = {k_max} "
-                    f"(the paired 95% intervals exclude 0), so this run shows no smaller K to be enough; the "
-                    f"seed text claims {lo} to {hi} masks (masks tried: {', '.join(map(str, curve['num_masks']))})"
+                    f"MC-dropout masks needed: K = {ks[-2]} already differs in test accuracy from K = {k_max} "
+                    f"(the paired 95% interval excludes 0), so this run shows no K below {k_max} to be enough; "
+                    f"the seed text claims {lo} to {hi} masks (masks tried: {', '.join(map(str, ks))})"
                 )
-            elif need["paired"] is not None:
+            elif need["paired"] is not None and len(ks) > 1:
                 p = need["paired"]
                 out.append(
                     f"MC-dropout masks needed: from K = {p} on, no difference in test accuracy to K = {k_max} "
