@@ -109,7 +109,9 @@ def _box_side(side: int, lam: jax.Array) -> jax.Array:
 
     In float32, ``1 - lam`` is 1 for ``lam < 2**-25`` (1.6% of draws at ``alpha = 0.2``) and the
     box covered the whole side where timm's float64 leaves one row out; the float32 estimate is
-    corrected by one either way against the exact integer ``side**2 - k**2``.
+    corrected by one either way against the exact integer ``side**2 - k**2`` (exact in float32 up
+    to a side of 4096; ``side**2 * lam`` rounds once, so a ``lam`` within a few ulps of a square's
+    boundary may land on either side of it, as timm's float64 may).
     """
     k = jnp.clip(jnp.floor(side * jnp.sqrt(1.0 - lam)).astype(jnp.int32), 0, side)
     need = (side * side) * lam  # k fits iff side**2 * lam <= side**2 - k**2
