@@ -313,7 +313,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     steps = _whole_evaluations("sweep", args.steps, preset["eval_every"])
     split = _load(args)
     try:
-        values = sw.strengths(low, high, num, log=not (args.linear or linear))
+        log_spaced = not (args.linear or linear)
+        values = sw.strengths(low, high, num, log=log_spaced)
         sw.check_values(args.reg, values)  # before the output folder is made
         out = _out_dir(args)
         _prepare_out(out)
@@ -328,6 +329,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             replicates=args.members or 1,
             eval_every=preset["eval_every"],
             progress=not args.no_progress,
+            log_spaced=log_spaced,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -471,12 +471,11 @@ def draw_sweep(out_dir: str) -> str:
         baselines={"accuracy": base["val_acc"], "fraction of kernel weights exactly 0": base["zero_frac"]},
         xlabel=res["label"],
         title=f"{res['data']['name']}: {res['regularizer']} sweep",
-        log_x=_log_spaced(res["values"]),
+        log_x=_log_axis(res),
     )
 
 
-def _log_spaced(values: Sequence[float]) -> bool:
-    """A log x axis for positive values unless they are evenly spaced (``--linear``, or b1's default)."""
-    v = np.asarray(values, np.float64)
-    evenly = v.size > 2 and np.allclose(np.diff(v), v[1] - v[0], rtol=1e-9, atol=0)
-    return bool(v.min() > 0) and not evenly
+def _log_axis(res: Mapping[str, Any]) -> bool:
+    """A log x axis for positive values spaced by ``log`` (``--linear`` ones, and b1's default, were
+    drawn on a log axis); a ``sweep.json`` without ``spacing``: log for positive values."""
+    return min(res["values"]) > 0 and res.get("spacing") != "linear"

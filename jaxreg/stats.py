@@ -80,28 +80,25 @@ def _interval(
         shape_name = "a.shape = b.shape" if name == "a and b" else f"{name}.shape"
         raise ValueError(f"{where}: {name} must hold at least one seed, got {shape_name} = {x.shape}.")
     x = np.moveaxis(x, int(axis), 0)  # no quantities (shape (seeds, 0)) gives empty intervals, as numpy's mean
+    if method not in ("t", "bootstrap"):
+        raise ValueError(f"{where}: method must be 't' or 'bootstrap', got method = {method!r}.")
     if method == "bootstrap":
         _checks.check_int_at_least("num_resamples", num_resamples, 1, where)
         _checks.check_int_at_least("seed", seed, 0, where)
     n = x.shape[0]
     mean = x.mean(axis=0)
+    if n < 2:  # one seed: no interval
+        nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
+        return Interval(mean, nan, nan)
     if method == "t":
-        if n < 2:
-            nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
-            return Interval(mean, nan, nan)
         from scipy import stats as scipy_stats
 
         half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(axis=0, ddof=1) / np.sqrt(n)
         return Interval(mean, mean - half, mean + half)
-    if method == "bootstrap":
-        if n < 2:
-            nan = np.full_like(mean, np.nan)[()]  # np.float64 for one quantity, as the mean
-            return Interval(mean, nan, nan)
-        idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
-        means = x[idx].mean(axis=1)
-        lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2], axis=0)
-        return Interval(mean, lo, hi)
-    raise ValueError(f"{where}: method must be 't' or 'bootstrap', got method = {method!r}.")
+    idx = np.random.default_rng(seed).integers(0, n, size=(num_resamples, n))
+    means = x[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2], axis=0)
+    return Interval(mean, lo, hi)
 
 
 def mean_interval(

@@ -101,15 +101,6 @@ def _leaves_like(value: Any, reference: PyTree, name: str, where: str) -> list[A
     )
 
 
-def _check_prior(prior_mean: Any, prior_std: Any, vparams: MeanField, where: str) -> None:
-    """The prior's structure against the mean's, and its values, so that the error names the
-    caller (not ``kl_normal``)."""
-    if jax.tree.leaves(vparams.mean):
-        for name, value in (("prior_mean", prior_mean), ("prior_std", prior_std)):
-            _leaves_like(value, vparams.mean, name, where)
-    _check_prior_values(prior_mean, prior_std, where)
-
-
 def _check_prior_values(prior_mean: Any, prior_std: Any, where: str) -> None:
     for leaf in jax.tree.leaves(prior_std):
         _checks.check_positive("prior_std", leaf, where)
@@ -177,7 +168,11 @@ def kl_normal(
       >>> round(float(jr.kl_normal(1.0, jnp.log(2.0), parameterization="log_std")), 4)
       1.3069
     """
-    where = "kl_normal"
+    return _kl_normal(mean, std, prior_mean, prior_std, parameterization, "kl_normal")
+
+
+def _kl_normal(mean: Any, std: Any, prior_mean: Any, prior_std: Any, parameterization: str, where: str) -> jax.Array:
+    """:func:`kl_normal`, its errors naming ``where`` (the public function called)."""
     if parameterization not in _PARAMETERIZATIONS:
         raise ValueError(
             f"{where}: parameterization must be one of {_PARAMETERIZATIONS}, got parameterization = {parameterization!r}."
@@ -371,8 +366,7 @@ def kl(
       0.0
     """
     _check_meanfield(vparams, "variational.kl")
-    _check_prior(prior_mean, prior_std, vparams, "variational.kl")
-    return kl_normal(vparams.mean, vparams.raw_std, prior_mean, prior_std, parameterization="softplus")
+    return _kl_normal(vparams.mean, vparams.raw_std, prior_mean, prior_std, "softplus", "variational.kl")
 
 
 def elbo_loss(
@@ -432,8 +426,9 @@ def elbo_loss(
 
     def fn(vparams: MeanField, rng: jax.Array, *args: Any, **kwargs: Any) -> tuple[jax.Array, ElboTerms]:
         _check_meanfield(vparams, "variational.elbo_loss")
-        _check_prior(prior_mean, prior_std, vparams, "variational.elbo_loss")
         _random.check_key(rng, "variational.elbo_loss")
+        # first: a prior unlike the params is refused before the samples' losses run
+        kl_value = _kl_normal(vparams.mean, vparams.raw_std, prior_mean, prior_std, "softplus", "variational.elbo_loss")
 
         def one(key: jax.Array, vp: MeanField, a: tuple, kw: dict) -> Any:
             # a per-example loss is averaged with the samples (the mean NLL either way): scalar=False
@@ -445,7 +440,6 @@ def elbo_loss(
         keys = jax.random.split(rng, num_samples)
         nlls, aux = jax.vmap(one, in_axes=(0,) + (None,) * len(shared))(keys, *shared)
         nll = jnp.mean(nlls)
-        kl_value = kl(vparams, prior_mean, prior_std)
         total = nll + (kl_value / jnp.asarray(num_examples, kl_value.dtype)).astype(nll.dtype)
         return total, ElboTerms(nll, kl_value, aux)
 

@@ -247,6 +247,10 @@ def test_the_sweep_figure_uses_a_log_axis_only_for_log_spaced_values():
     """--linear (and b1's evenly spaced default) with positive values was drawn on a log axis."""
     from jaxreg import plots
 
-    assert plots._log_spaced(sw.strengths(1e-4, 1e-1, 4, log=True))
-    assert not plots._log_spaced(sw.strengths(0.5, 0.99, 4, log=False))  # positive, evenly spaced
-    assert not plots._log_spaced(sw.strengths(0.0, 0.9, 4, log=False))  # 0 has no log
+    def axis(low, high, num, log):
+        return plots._log_axis({"values": sw.strengths(low, high, num, log=log), "spacing": "log" if log else "linear"})
+
+    assert axis(1e-4, 1e-1, 4, True)
+    assert not axis(0.5, 0.99, 4, False)  # positive, evenly spaced
+    assert not axis(0.5, 0.99, 2, False)  # two values: evenly spaced too (the values alone cannot tell)
+    assert not axis(0.0, 0.9, 4, False)  # 0 has no log

@@ -126,6 +126,7 @@ def sweep(
     learning_rate: float = 1e-3,
     progress: bool = True,
     echo: Any = print,
+    log_spaced: bool | None = None,
 ) -> dict[str, Any]:
     """Trains ``len(values) * replicates + 1`` members as one program and writes the results.
 
@@ -135,6 +136,8 @@ def sweep(
         ``[0, 1)``, scales ``>= 0``).
       learning_rate: every member's learning rate but an ``lr`` sweep's swept members (the
         baseline's too).
+      log_spaced: how ``values`` were spaced (:func:`strengths`' ``log``), recorded as
+        ``spacing`` for the figure's x axis; ``None``: not known (log for positive values).
 
     Returns:
       The results written to ``sweep.json`` (``rows``: the baseline first, then one per value).
@@ -201,6 +204,7 @@ def sweep(
         "regularizer": reg,
         "label": label,
         "values": values,
+        "spacing": None if log_spaced is None else ("log" if log_spaced else "linear"),
         "replicates": replicates,
         "seed": seed,
         "num_steps": trained.num_steps,
