@@ -383,6 +383,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except MemoryError as e:  # numpy's: sizes too large for this machine
+        return _out_of_memory(args, str(e))
+    except RuntimeError as e:  # XLA's allocator: a jax.errors.JaxRuntimeError with RESOURCE_EXHAUSTED
+        import jax
+
+        if not (isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(e)):
+            raise
+        return _out_of_memory(args, str(e))
+
+
+def _out_of_memory(args: argparse.Namespace, detail: str) -> int:
+    first = detail.strip().splitlines()[0] if detail.strip() else "out of memory"
+    sizes = ", ".join(
+        f"--{k.replace('_', '-')} {v}" for k in ("hidden", "members", "mc_samples") if (v := getattr(args, k, None))
+    )
+    print(
+        f"{PROG} {args.command}: error: out of memory{f' with {sizes}' if sizes else ''}: {first} (try smaller sizes)",
+        file=sys.stderr,
+    )
+    return 2
 
 
 if __name__ == "__main__":

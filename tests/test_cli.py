@@ -727,3 +727,34 @@ def test_bench_without_benchmarks_exits_2(monkeypatch, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("jaxreg bench: error: the benchmarks are not installed")
     assert str(tmp_path) in err[0]
+
+
+@pytest.mark.parametrize("kind", ["numpy", "xla"])
+def test_out_of_memory_is_one_line_naming_the_sizes_and_exits_2(monkeypatch, capsys, tmp_path, kind):
+    import jax
+
+    from jaxreg.experiments import run as job
+
+    def run(*args, **kwargs):
+        if kind == "numpy":
+            raise MemoryError("Unable to allocate 954. GiB for an array with shape (64, 2000000000)")
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8000000000 bytes.\nmore")
+
+    monkeypatch.setattr(job, "run", run)
+    argv = ["run", "--quick", "--hidden", "2000000000", "--members", "3", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("jaxreg run: error: out of memory with --hidden 2000000000, --members 3: ")
+    assert ("954. GiB" if kind == "numpy" else "RESOURCE_EXHAUSTED") in lines[0]
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(monkeypatch, tmp_path):
+    from jaxreg.experiments import run as job
+
+    def run(*args, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(job, "run", run)
+    with pytest.raises(RuntimeError, match="something else"):
+        cli.main(["run", "--quick", "--out", str(tmp_path / "o")])
