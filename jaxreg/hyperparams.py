@@ -211,6 +211,12 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
         return "tree"
     if value is None or isinstance(value, (bool, np.bool_, str)) or callable(value):
         return "static"
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        # numpy holds it as an object, not a number: it would have stayed static without a word.
+        raise ValueError(
+            f"{where}: {name} = an int of {value.bit_length()} bits does not fit a 64-bit integer, so it cannot "
+            f"be held as a hyperparameter; pass a float (or a smaller int)."
+        )
     if isinstance(value, (float, int)) or _is_array(value):
         dtype = np.dtype(value.dtype if hasattr(value, "dtype") else np.result_type(value))
         if jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer):

@@ -608,6 +608,15 @@ def test_an_integer_not_exact_in_the_hyperparameter_dtype_is_refused_not_rounded
         assert int(make(start=2**24 + 1).init(jnp.zeros(2)).hyperparams["start"]) == 2**24 + 1
 
 
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 10**400], ids=["2**64", "-2**63-1", "10**400"])
+def test_an_int_beyond_64_bits_is_refused_not_kept_static(value):
+    """numpy holds such an int as an object, not a number: sgd kept it as a static learning rate
+    (10**400 ran without a word); a float of the same size is a number and is checked as one."""
+    with pytest.raises(ValueError, match=r"^sweepable\(sgd\): learning_rate = an int of \d+ bits does not fit"):
+        jr.sweepable(optax.sgd)(learning_rate=value)
+    assert jr.sweepable(optax.sgd)(learning_rate=2.0**70).init(jnp.zeros(2)).hyperparams["learning_rate"] == 2.0**70
+
+
 def test_python_integers_inside_jit_are_the_eager_values():
     """A Python int built into the optimizer inside ``jit`` (or ``jit(vmap)``) is the value it is
     eagerly (it raised TracerArrayConversionError: the exactness check read the traced leaf)."""
