@@ -272,6 +272,8 @@ def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> Non
     runs at trace time only."""
 
     def leaf(path: Any, x: Any, y: Any) -> None:
+        if x is not None and y is not None and jax.tree.structure(y).num_nodes != 1:
+            raise TypeError  # a leaf of tree where ref has a subtree: jnp.shape of a dict is ()
         if x is not None and y is not None and jnp.shape(x) != jnp.shape(y):
             raise _ShapeMismatch(
                 f"{where}: {name} must be shaped like {ref_name}, got leaf {jax.tree_util.keystr(path) or '<root>'} "

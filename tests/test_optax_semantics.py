@@ -209,6 +209,8 @@ def test_updates_shaped_unlike_the_params_are_named(make, where):
         tx.update({"w": jnp.ones((2, 3)), "b": jnp.zeros(2)}, state, params)
     with pytest.raises(ValueError, match=rf"^{where}: updates must have the tree structure of params"):
         tx.update({"w": jnp.ones((3, 2))}, state, params)
+    with pytest.raises(ValueError, match=rf"^{where}: updates must have the tree structure of params"):
+        tx.update(0.0, state, params)  # a leaf where params has a dict: it passed, then failed inside jax
 
 
 def test_early_stopping_and_freeze_name_a_snapshot_unlike_the_params():
@@ -219,6 +221,10 @@ def test_early_stopping_and_freeze_name_a_snapshot_unlike_the_params():
         ValueError, match=r"^EarlyStopping.update: params must have the tree structure of state.best_params"
     ):
         stopper.update(state, 1.0, (params, ()))
+    with pytest.raises(
+        ValueError, match=r"^EarlyStopping.update: params must have the tree structure of state.best_params"
+    ):
+        stopper.update(state, 1.0, 0.0)  # a TypeError from jnp.where
     with pytest.raises(ValueError, match=r"^EarlyStopping.update: params must be shaped like state.best_params"):
         stopper.update(state, 1.0, {"w": jnp.ones((2, 3))})
     with pytest.raises(ValueError, match=r"^freeze_stopped: new must be shaped like old, got leaf \['w'\]"):

@@ -265,8 +265,10 @@ def test_project_max_norm_in_chain():
             r"leaf <root> of shape \(\) in the constraint's output and \(3,\)",
         ),
         (lambda p: {"w": p["w"]}, {"w": jnp.ones(2), "b": jnp.ones(1)}, r"have the tree structure of params"),
+        # a scalar for a dict of params passed the check (jnp.shape of a dict is ()) and failed in jax's tree_map
+        (lambda p: 0.0, {"w": jnp.ones(2)}, r"have the tree structure of params, got PyTreeDef\(\*\)"),
     ],
-    ids=["scalar", "structure"],
+    ids=["scalar", "structure", "scalar-for-a-tree"],
 )
 def test_project_refuses_a_constraint_output_shaped_unlike_the_params(constraint, params, match):
     opt = jr.project(constraint)
