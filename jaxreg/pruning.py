@@ -103,19 +103,23 @@ class SuccessiveHalving:
         Returns:
           A bool array like ``running``; False for every member that is not running.
         """
-        mode = mode or self.mode or "min"
+        if mode is None:
+            mode = self.mode if self.mode is not None else "min"
         if mode not in _MODES:
             raise ValueError(f'SuccessiveHalving.keep: mode must be "min", "max" or None, got mode = {mode!r}.')
         value = jnp.asarray(value)  # ranked in its own dtype: rounding could tie distinct values
-        if not jnp.issubdtype(value.dtype, jnp.floating):
-            value = value.astype(jnp.float32)
+        if value.dtype == jnp.bool_:
+            value = value.astype(jnp.int32)
         running = jnp.asarray(running, jnp.bool_)
         if value.ndim != 1 or value.shape != running.shape:
             raise ValueError(
                 "SuccessiveHalving.keep: value and running must be one entry per member (1-D, the same "
                 f"shape), got value.shape = {value.shape}, running.shape = {running.shape}."
             )
-        score = value if mode == "min" else -value
+        if mode == "min":
+            score = value
+        else:  # ~x = -x - 1 for a signed int, MAX - x for an unsigned one: descending, never overflowing
+            score = -value if jnp.issubdtype(value.dtype, jnp.inexact) else jnp.invert(value)
         diverged = jnp.logical_not(jnp.isfinite(score))  # -inf for a loss is no best
         score = jnp.where(diverged, jnp.zeros_like(score), score)
         # lexsort: the last key is the primary one -> running first, then finite, then best score;

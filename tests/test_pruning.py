@@ -386,6 +386,8 @@ def test_numpy_integers_are_ints_and_keep_checks_its_arguments():
     assert sh.rungs(20) == (2, 6, 18)
     with pytest.raises(ValueError, match=r"keep: mode must be \"min\", \"max\" or None, got mode = 'minimum'\."):
         sh.keep(jnp.ones(3), jnp.ones(3, bool), mode="minimum")  # was read as "max"
+    with pytest.raises(ValueError, match=r"keep: mode must be \"min\", \"max\" or None, got mode = ''\."):
+        jr.SuccessiveHalving(mode="max").keep(jnp.ones(3), jnp.ones(3, bool), mode="")  # fell back to "max"
     with pytest.raises(ValueError, match=r"value.shape = \(3,\), running.shape = \(4,\)"):
         sh.keep(jnp.ones(3), jnp.ones(4, bool))
 
@@ -399,3 +401,22 @@ def test_keep_ranks_float64_values_without_rounding():
         np.testing.assert_array_equal(
             jr.SuccessiveHalving().keep(value, jnp.array([True, True]), mode="max"), [True, False]
         )
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int32, np.uint32])
+def test_keep_ranks_integer_values_in_their_own_dtype(dtype):
+    """Integers were ranked as float32: 2**24 + 1 and 2**24 tied and the lower index won. "max"
+    ranks by ~x, which does not wrap around as -x does at a signed minimum or any unsigned value."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(0)
+    value = np.concatenate([np.array([info.min, info.max], dtype), rng.integers(info.min, info.max, 14, dtype=dtype)])
+    assert value.dtype == dtype
+    running = np.ones(value.shape, bool)
+    for mode, order in (("min", np.argsort(value, kind="stable")), ("max", np.argsort(~value, kind="stable"))):
+        expected = np.zeros(value.shape, bool)
+        expected[order[: value.size // 2]] = True
+        np.testing.assert_array_equal(jr.SuccessiveHalving(eta=2).keep(value, running, mode=mode), expected)
+    if dtype == np.int32:
+        tied = np.array([2**24 + 1, 2**24], dtype)
+        np.testing.assert_array_equal(jr.SuccessiveHalving().keep(tied, np.ones(2, bool)), [False, True])
+        np.testing.assert_array_equal(jr.SuccessiveHalving().keep(tied, np.ones(2, bool), mode="max"), [True, False])
