@@ -265,6 +265,23 @@ def check_real(what: str, x: Any, where: str, why: str) -> None:
         raise ValueError(f"{where}: {what} is complex ({jnp.result_type(x)}); {why}")
 
 
+def as_inexact_array(x: Any, name: str, where: str, *, real: bool = False) -> jax.Array:
+    """``x`` as a jax array of a floating-point (or, unless ``real``, complex) dtype.
+
+    ``ValueError`` naming ``where`` and ``name`` otherwise: jnp.asarray's own message for ``None``
+    or text names neither.
+    """
+    try:
+        arr = jnp.asarray(x)
+    except (TypeError, ValueError):
+        got = f"{name} = None" if x is None else f"a {type(x).__name__}"
+        raise ValueError(f"{where}: {name} must be a floating-point array, got {got}.") from None
+    if not jnp.issubdtype(arr.dtype, jnp.floating if real else jnp.inexact):
+        kind = "a real floating-point" if real and jnp.iscomplexobj(arr) else "a floating-point"
+        raise ValueError(f"{where}: {name} must be {kind} array, got {name}.dtype = {arr.dtype}.")
+    return arr
+
+
 def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> None:
     """``tree`` has ``ref``'s structure and leaf shapes (updates against params, a snapshot against
     the params it replaces); a mismatch failed in jax's broadcasting or tree errors, unnamed.

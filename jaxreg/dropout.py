@@ -197,9 +197,7 @@ def dropout(
     _random.check_key(rng, "dropout")
     _checks.check_rate("rate", rate, "dropout", float32_mask=True)
     precision = _check_precision(precision, "dropout")
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        raise ValueError(f"dropout: x must be a floating-point array, got x.dtype = {x.dtype}.")
+    x = _checks.as_inexact_array(x, "x", "dropout")  # complex too: the mask is real
     if isinstance(broadcast_dims, (int, np.integer)) and not isinstance(broadcast_dims, bool):
         broadcast_dims = (broadcast_dims,)  # one axis, as an int
     try:  # any iterable of ints (a range, a numpy array); not floats nor bools

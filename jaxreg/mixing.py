@@ -34,9 +34,7 @@ def _check_batch(where: str, x: Any, y: Any, min_ndim: int) -> tuple[jax.Array, 
                 f"{where}: {name} must be an array (one batch, examples on the leading axis), got {type(value).__name__}; "
                 "for several inputs call it once per input with the same rng and alpha (the same lambda and partners)."
             )
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        raise ValueError(f"{where}: x must be a floating-point array, got x.dtype = {x.dtype}.")
+    x, y = _checks.as_inexact_array(x, "x", where), jnp.asarray(y)
     if not jnp.issubdtype(y.dtype, jnp.inexact) or y.ndim < 2:
         raise ValueError(
             f"{where}: y must be one-hot or soft labels (floating point, classes on the last axis), got y "

@@ -31,13 +31,6 @@ PyTree = Any
 __all__ = ["dropconnect", "drop_path", "gaussian_dropout", "gaussian_noise", "mc_dropconnect"]
 
 
-def _check_float(x: Any, name: str, where: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.inexact):
-        raise ValueError(f"{where}: {name} must be a floating-point array, got {name}.dtype = {x.dtype}.")
-    return x
-
-
 def _is_zero(value: Any) -> bool:
     v = _checks.concrete(value)
     return v is not None and float(v) == 0.0
@@ -61,7 +54,8 @@ def drop_path(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array:
 
     Args:
       rng: a PRNG key.
-      x: the branch output, examples on the leading axis (``ndim >= 1``), floating point.
+      x: the branch output, examples on the leading axis (``ndim >= 1``), floating point (or
+        complex: the mask is real).
       rate: drop probability in [0, 1); may be traced (a sweep over rates is a ``vmap``). A
         concrete 0 returns ``x`` unchanged.
 
@@ -83,7 +77,7 @@ def drop_path(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array:
     """
     _random.check_key(rng, "drop_path")
     _checks.check_rate("rate", rate, "drop_path", float32_mask=True)
-    x = _check_float(x, "x", "drop_path")
+    x = _checks.as_inexact_array(x, "x", "drop_path")  # complex too: the mask is real
     if x.ndim == 0:
         raise ValueError("drop_path: x must have a leading example axis (ndim >= 1), got a scalar x.")
     if _is_zero(rate):
@@ -103,7 +97,7 @@ def gaussian_dropout(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array
 
     Args:
       rng: a PRNG key.
-      x: the input, floating point.
+      x: the input, real floating point.
       rate: in [0, 1); may be traced. A concrete 0 returns ``x`` unchanged. A concrete rate's
         stddev is computed in float64, as keras does, so a rate just below 1 gives a finite one; a
         traced rate is used in ``x``'s compute dtype (float32 for float32 and half-precision
@@ -115,7 +109,7 @@ def gaussian_dropout(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array
 
     Raises:
       ValueError: if ``rng`` is not a PRNG key, a concrete ``rate`` is outside [0, 1), or ``x`` is
-        not floating point.
+        not real floating point.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -129,7 +123,7 @@ def gaussian_dropout(rng: jax.Array, x: ArrayLike, rate: ArrayLike) -> jax.Array
     """
     _random.check_key(rng, "gaussian_dropout")
     _checks.check_rate("rate", rate, "gaussian_dropout")
-    x = _check_float(x, "x", "gaussian_dropout")
+    x = _checks.as_inexact_array(x, "x", "gaussian_dropout", real=True)  # a complex x got a complex multiplier
     if _is_zero(rate):
         return x
     value = _checks.concrete(rate)
@@ -150,7 +144,7 @@ def gaussian_noise(rng: jax.Array, x: ArrayLike, stddev: ArrayLike) -> jax.Array
 
     Args:
       rng: a PRNG key.
-      x: the input, floating point.
+      x: the input, real floating point.
       stddev: :math:`\sigma \ge 0`, a scalar; may be traced. A concrete 0 returns ``x`` unchanged.
 
     Returns:
@@ -158,7 +152,7 @@ def gaussian_noise(rng: jax.Array, x: ArrayLike, stddev: ArrayLike) -> jax.Array
 
     Raises:
       ValueError: if ``rng`` is not a PRNG key, a concrete ``stddev`` is negative or not finite, or
-        ``x`` is not floating point.
+        ``x`` is not real floating point.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jaxreg as jr
@@ -168,7 +162,7 @@ def gaussian_noise(rng: jax.Array, x: ArrayLike, stddev: ArrayLike) -> jax.Array
     """
     _random.check_key(rng, "gaussian_noise")
     _checks.check_nonnegative("stddev", stddev, "gaussian_noise", scalar=True)
-    x = _check_float(x, "x", "gaussian_noise")
+    x = _checks.as_inexact_array(x, "x", "gaussian_noise", real=True)
     if _is_zero(stddev):
         return x
     sigma = jnp.asarray(stddev, compute_dtype(x.dtype)).astype(x.dtype)

@@ -268,6 +268,20 @@ X = jnp.ones((4, 3))
         (lambda: jr.drop_path(KEY, jnp.ones(()), 0.5), r"drop_path: x must have a leading example axis"),
         (lambda: jr.drop_path(KEY, jnp.ones(3, jnp.int32), 0.5), r"drop_path: x must be a floating-point array"),
         (lambda: jr.drop_path(jax.random.split(KEY, 2), X, 0.5), r"drop_path: rng must be a single PRNG key"),
+        # None reached jnp.asarray: "None is not a valid value for jnp.array", naming neither
+        (lambda: jr.drop_path(KEY, None, 0.5), r"^drop_path: x must be a floating-point array, got x = None\.$"),
+        (lambda: jr.gaussian_noise(KEY, None, 0.1), r"^gaussian_noise: x must be a floating-point array, got x = None"),
+        (lambda: jr.gaussian_dropout(KEY, "x", 0.1), r"^gaussian_dropout: x must be a floating-point array, got a str"),
+        (lambda: jr.dropout(KEY, None, 0.1), r"^dropout: x must be a floating-point array, got x = None\.$"),
+        # complex x: gaussian_noise drew complex noise, gaussian_dropout a complex multiplier (var 1/2 each part)
+        (
+            lambda: jr.gaussian_noise(KEY, X.astype(jnp.complex64), 0.1),
+            r"^gaussian_noise: x must be a real floating-point array, got x.dtype = complex64\.$",
+        ),
+        (
+            lambda: jr.gaussian_dropout(KEY, X.astype(jnp.complex64), 0.5),
+            r"^gaussian_dropout: x must be a real floating-point array, got x.dtype = complex64\.$",
+        ),
         (lambda: jr.gaussian_dropout(KEY, X, 1.0), r"gaussian_dropout: rate must be in \[0, 1\)"),
         (lambda: jr.gaussian_dropout(3, X, 0.5), r"gaussian_dropout: rng must be a PRNG key"),
         (lambda: jr.gaussian_noise(KEY, X, -1.0), r"gaussian_noise: stddev must be finite and >= 0, got stddev = -1.0"),
@@ -293,6 +307,18 @@ X = jnp.ones((4, 3))
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_drop_path_and_dropout_of_a_complex_input_are_a_real_mask():
+    """The masks are real, so a complex activation (a complex-valued network) is dropped as its
+    real and imaginary parts together: y = m * x with m in {0, 1 / (1 - p)}."""
+    x = jax.lax.complex(jax.random.normal(KEY, (64, 8)), jax.random.normal(jax.random.key(1), (64, 8)))
+    for y in (jr.drop_path(KEY, x, 0.5), jr.dropout(KEY, x, 0.5)):
+        assert y.dtype == x.dtype
+        y, x2 = np.asarray(y), 2 * np.asarray(x)  # 1 / (1 - p) = 2: exact, so y is 0 or 2x exactly
+        kept = y != 0
+        np.testing.assert_array_equal(y[kept], x2[kept])
+        assert 0 < kept.mean() < 1
 
 
 ONE_IN_FLOAT32 = 1 - 1e-9  # below 1 as a Python float, 1.0 in float32: every unit would drop
