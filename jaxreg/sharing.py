@@ -39,8 +39,8 @@ class Share:
         ``transforms[0]`` must be ``None``.
 
     Raises:
-      ValueError: if ``where`` selects fewer than two uses, or a use's structure or shapes do
-        not match the transformed source.
+      ValueError: if ``where`` selects fewer than two uses, or a use's structure, shapes or
+        dtypes do not match the transformed source.
 
     Examples:
       >>> import jax.numpy as jnp, jaxreg as jr
@@ -99,6 +99,12 @@ class Share:
                 raise ValueError(
                     f"Share: use {k} has shapes {[jnp.shape(g) for g in got]} but the transformed source has "
                     f"{[jnp.shape(e) for e in jax.tree.leaves(expected)]}."
+                )
+            dtypes = [jnp.result_type(g) for g in got], [jnp.result_type(e) for e in jax.tree.leaves(expected)]
+            if dtypes[0] != dtypes[1]:  # expand would hand the model the source's dtype in this use's place
+                raise ValueError(
+                    f"Share: use {k} has dtypes {[d.name for d in dtypes[0]]} but the transformed source has "
+                    f"{[d.name for d in dtypes[1]]}; cast in the use's transform (e.g. lambda w: w.T.astype(dtype))."
                 )
         drop = {i for pos in positions for i in pos}
         kept = [None if i in drop else x for i, x in enumerate(leaves)]

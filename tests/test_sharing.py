@@ -53,8 +53,13 @@ _PARAMS = {"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))}
             lambda: jr.Share(lambda p: (p["a"], p["b"]), transforms=(jnp.transpose, None)),
             r"transforms\[0\] must be None",
         ),
+        (
+            # expand handed back the source's float32 in the bfloat16 use's place
+            lambda: jr.Share(lambda p: (p["a"], p["b"])).compress({"a": jnp.ones(2), "b": jnp.ones(2, jnp.bfloat16)}),
+            r"^Share: use 1 has dtypes \['bfloat16'\] but the transformed source has \['float32'\]; cast",
+        ),
     ],
-    ids=["shape", "one-use", "computes", "first-transform"],
+    ids=["shape", "one-use", "computes", "first-transform", "dtype"],
 )
 def test_shape_mismatch_and_bad_where_raise(call, message):
     with pytest.raises(ValueError, match=message):
@@ -82,3 +87,14 @@ def test_share_names_a_non_callable_transform_and_an_expand_of_plain_params():
         share.expand(params)
     compact = share.compress(params)
     np.testing.assert_array_equal(share.expand(tuple(compact))["b"], params["a"])  # a plain pair works too
+
+
+def test_a_use_in_another_dtype_is_tied_through_a_casting_transform():
+    """The model gets each use in its own dtype; the gradient still sums over the uses."""
+    params = {"enc": jnp.arange(6.0).reshape(2, 3), "dec": jnp.zeros((3, 2), jnp.bfloat16)}
+    share = jr.Share(lambda p: (p["enc"], p["dec"]), transforms=(None, lambda w: w.T.astype(jnp.bfloat16)))
+    full = share.expand(share.compress(params))
+    assert full["dec"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(full["dec"], params["enc"].T.astype(jnp.bfloat16))
+    grad = jax.grad(lambda s: jnp.sum(share.expand(jr.Shared(share.compress(params).params, s))["dec"]))
+    np.testing.assert_array_equal(grad(params["enc"]), np.ones((2, 3)))
