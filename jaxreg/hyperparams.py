@@ -30,6 +30,7 @@ strings and integer structure arguments are static, and a traced value or an arr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 from collections.abc import Callable, Iterable
@@ -245,6 +246,9 @@ def _fn_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or getattr(getattr(fn, "func", None), "__qualname__", None) or repr(fn)
 
 
+_NOT_KEYWORD = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
 def _split(
     where: str, fn: Callable, args: tuple, kwargs: dict, static_args: frozenset
 ) -> tuple[tuple, dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -259,6 +263,17 @@ def _split(
         items = [(name, value, None) for name, value in kwargs.items()]
         positional: tuple = ()
     else:
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+        unknown = [k for k in kwargs if k not in signature.parameters or signature.parameters[k].kind in _NOT_KEYWORD]
+        if (
+            unknown and not takes_any
+        ):  # bind names a missing argument first: learning_rat=0.1 -> "missing learning_rate"
+            names = [n for n, p in signature.parameters.items() if p.kind not in _NOT_KEYWORD]
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            raise ValueError(
+                f"{where}: {_fn_name(fn)} has no argument {', '.join(map(repr, unknown))}"
+                f"{f' (did you mean {close[0]!r}?)' if close else ''}; its keyword arguments are {', '.join(names)}."
+            )
         try:
             bound = signature.bind(*args, **kwargs)
         except TypeError as e:

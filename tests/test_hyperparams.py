@@ -422,7 +422,14 @@ ERRORS = [
     (lambda: _in_vmap(lambda v: jr.sweepable(optax.sgd, static_args="momentum")(0.1, momentum=v)), r"static_args"),
     (lambda: _in_vmap(lambda v: jr.sweepable(optax.adamw)(0.1, mask={"w": v > 0}).init(W0)), r"mask is not a number"),
     (lambda: jr.sweepable(optax.sgd)(jnp.array([0.1, 0.2])), r"learning_rate must be a scalar .* shape \(2,\)"),
-    (lambda: jr.sweepable(optax.sgd)(0.1, momentun=0.9), r"do not fit"),
+    (
+        lambda: jr.sweepable(optax.sgd)(0.1, momentun=0.9),
+        r"^sweepable\(sgd\): sgd has no argument 'momentun' \(did you mean 'momentum'\?\); its keyword arguments "
+        r"are learning_rate, momentum, nesterov, accumulator_dtype\.$",
+    ),
+    # signature.bind named the missing learning_rate, not the misspelt one
+    (lambda: jr.sweepable(optax.sgd)(learning_rat=0.1), r"^sweepable\(sgd\): sgd has no argument 'learning_rat' \(did"),
+    (lambda: jr.sweepable(optax.sgd)(0.1, 0.9, momentum=0.9), r"do not fit"),
     (lambda: jr.sweepable(_branching_factory)(0.1, weight_decay=0.1), r"uses weight_decay in Python control flow"),
     (lambda: jr.sweepable(optax.sgd)(0.1).update(W0, optax.sgd(0.1).init(W0)), r"needs the state made by a sweepable"),
     (
