@@ -97,6 +97,10 @@ def test_lr_sweep_members_are_separate_optax_adam_runs_in_one_program(split, tmp
     assert res["regularizer"] == "lr" and res["values"] == lrs
     on_disk = json.loads((tmp_path / "sweep.json").read_text())
     assert [r["strength"] for r in on_disk["rows"]] == [None, *lrs]
+    # the settings that fix the numbers besides the values (--quick, --hidden) are in the file
+    assert on_disk["model"]["sizes"] == [split.num_features, HIDDEN, HIDDEN, split.num_classes]
+    assert on_disk["settings"]["hidden"] == [HIDDEN, HIDDEN] and on_disk["settings"]["eval_every"] == 5
+    assert on_disk["settings"]["learning_rate"] == 1e-3 and on_disk["settings"]["steps"] == STEPS
     finals = []
     for i, lr in enumerate([1e-3, *lrs]):  # the baseline runs at the sweep's default learning rate
         want = _optax_run(split, optax.adam(lr))

@@ -12,6 +12,7 @@ weight decay; a new value is new data, never a new program.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -208,6 +209,10 @@ def sweep(
         "replicates": replicates,
         "seed": seed,
         "num_steps": trained.num_steps,
+        # what fixes the numbers besides the values: --quick and --hidden change these
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()},
+        "optimizer": f"optax.scale_by_adam (b1 = {R.ADAM_B1} unless swept) then the learning rate, full batch",
+        "model": {"sizes": [split.num_features, hidden, hidden, split.num_classes]},
         "data": {"name": split.name, **split.sizes()},
         "rows": rows,
         "train_program_s": trained.wall_s,
