@@ -136,6 +136,17 @@ def _check_number(name: str, value: Any, where: str, requirement: str, ok: Calla
         return
     if not _numeric(arr) or np.any(~np.isfinite(arr)) or not np.all(ok(arr)):
         raise ValueError(f"{message} {fmt(value)}.")
+    held = held_dtype(arr)
+    if np.any(np.abs(arr.astype(np.float64)) > np.finfo(held).max):  # 1e39 is finite here, inf in float32
+        raise ValueError(f"{message} {fmt(value)}, which overflows {held.name}, the dtype it is kept in.")
+
+
+def held_dtype(arr: np.ndarray) -> np.dtype:
+    """The float dtype jax keeps a concrete number in: a float64 array or Python float is float32
+    without x64, an integer the default float dtype."""
+    if jnp.issubdtype(arr.dtype, jnp.floating):
+        return np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))
+    return np.dtype(jnp.result_type(float))
 
 
 def check_labels(name: str, labels: Any, num_classes: int, where: str = "") -> None:
