@@ -60,8 +60,8 @@ def _norm_over(where: str, axis: Axis, path: Any, x: jax.Array) -> jax.Array:
             f"{where}: axis = {axis} names an axis twice for leaf {leaf_name(path)!r} of shape {jnp.shape(x)}."
         )
     sq = jnp.sum(abs2(x), axis=axes, keepdims=True)  # |x|^2: a complex leaf's norm is real
-    positive = sq > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    zero = sq == 0  # not sq > 0: a NaN group's norm stays NaN
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
 def _check_axis(where: str, axis: Any) -> Axis:

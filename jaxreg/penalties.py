@@ -523,9 +523,9 @@ class GroupLasso(Penalty):
 
     def _norms(self, path: Any, x: jax.Array) -> jax.Array:
         sq = jnp.sum(abs2(_acc(x)), axis=self._other_axes(path, x), keepdims=True)
-        positive = sq > 0
+        zero = sq == 0  # not sq > 0: a NaN group stays NaN (l1 and l2 give NaN too)
         # Double where: the norm's gradient at a zero group is 0 (a subgradient), not NaN.
-        return jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+        return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
     def __call__(self, tree: PyTree) -> jax.Array:
         _checks.check_applied("group_lasso", scale=self.scale)
@@ -544,7 +544,8 @@ class GroupLasso(Penalty):
             threshold = _times(_as(step, x), _as(self.scale, x))
             # a zero group stays zero; its factor 1 at threshold 0 keeps the identity's Jacobian there
             zero_group = jnp.where(threshold > 0, 0.0, 1.0)
-            factor = jnp.where(norm > 0, jnp.maximum(0.0, 1.0 - threshold / jnp.where(norm > 0, norm, 1.0)), zero_group)
+            nonzero = norm != 0  # NaN too: its factor is NaN (jnp.maximum propagates it), not 0
+            factor = jnp.where(nonzero, jnp.maximum(0.0, 1.0 - threshold / jnp.where(nonzero, norm, 1.0)), zero_group)
             return (_acc(x) * factor).astype(jnp.result_type(x))
 
         return jax.tree_util.tree_map_with_path(one, selection(self.mask, tree, "group_lasso"), tree)

@@ -593,3 +593,17 @@ def test_a_finite_hyperparameter_that_overflows_float32_is_refused(build, messag
         if not isinstance(built, optax.GradientTransformation):  # a transform closes over it
             floats = [x for x in jax.tree.leaves(built) if jnp.issubdtype(x.dtype, jnp.floating)]
             assert any(np.any(np.asarray(x) >= 1e39) for x in floats)  # the value, as given
+
+
+def test_group_lasso_propagates_a_nan_weight_as_l1_and_l2_do():
+    """A NaN group's norm was taken as 0 (``sq > 0`` is False for NaN): the penalty hid it (1.414
+    here), its prox zeroed the group; a zero group keeps its 0 value, gradient and prox."""
+    w = {"w": jnp.array([[jnp.nan, 1.0], [1.0, 1.0]])}
+    penalty = jr.group_lasso(1.0)
+    assert np.isnan(float(penalty(w))) and np.isnan(float(jr.l2(1.0)(w)))
+    assert np.all(np.isnan(np.asarray(penalty.prox(w, 0.1)["w"][0])))
+    np.testing.assert_allclose(penalty.prox(w, 0.1)["w"][1], np.full(2, 1 - 0.1 / np.sqrt(2)), rtol=1e-6)
+    zero = {"w": jnp.zeros((2, 2))}
+    assert float(penalty(zero)) == 0.0
+    np.testing.assert_array_equal(jax.grad(penalty)(zero)["w"], 0.0)
+    np.testing.assert_array_equal(penalty.prox(zero, 0.1)["w"], 0.0)
