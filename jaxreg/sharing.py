@@ -93,9 +93,12 @@ class Share:
         for k in range(1, len(positions)):
             expected = self._transform(k, source)
             got = [leaves[i] for i in positions[k]]
-            if jax.tree.structure(expected) != use_defs[k] or any(
-                jnp.shape(e) != jnp.shape(g) for e, g in zip(jax.tree.leaves(expected), got)
-            ):
+            if jax.tree.structure(expected) != use_defs[k]:
+                raise ValueError(
+                    f"Share: use {k} has the tree structure {use_defs[k]} but the transformed source has "
+                    f"{jax.tree.structure(expected)}."
+                )
+            if any(jnp.shape(e) != jnp.shape(g) for e, g in zip(jax.tree.leaves(expected), got)):
                 raise ValueError(
                     f"Share: use {k} has shapes {[jnp.shape(g) for g in got]} but the transformed source has "
                     f"{[jnp.shape(e) for e in jax.tree.leaves(expected)]}."

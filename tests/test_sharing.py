@@ -48,6 +48,12 @@ _PARAMS = {"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))}
             r"Share: use 1 has shapes \[\(3, 3\)\] but the transformed source has \[\(2, 3\)\]",
         ),
         (lambda: jr.Share(lambda p: (p["a"],)).compress(_PARAMS), "Share: .* at least two uses"),
+        (
+            # "use 1 has shapes [(3, 3)] but the transformed source has [(3, 3)]"
+            lambda: jr.Share(lambda p: ({"x": p["b"]}, p["b"])).compress(_PARAMS),
+            r"^Share: use 1 has the tree structure PyTreeDef\(\*\) but the transformed source has "
+            r"PyTreeDef\(\{'x': \*\}\)\.$",
+        ),
         (lambda: jr.Share(lambda p: (p["a"], p["a"] * 2)).compress(_PARAMS), "Share: where must select subtrees"),
         (
             lambda: jr.Share(lambda p: (p["a"], p["b"]), transforms=(jnp.transpose, None)),
@@ -59,7 +65,7 @@ _PARAMS = {"a": jnp.ones((2, 3)), "b": jnp.ones((3, 3))}
             r"^Share: use 1 has dtypes \['bfloat16'\] but the transformed source has \['float32'\]; cast",
         ),
     ],
-    ids=["shape", "one-use", "computes", "first-transform", "dtype"],
+    ids=["shape", "one-use", "structure", "computes", "first-transform", "dtype"],
 )
 def test_shape_mismatch_and_bad_where_raise(call, message):
     with pytest.raises(ValueError, match=message):
