@@ -68,12 +68,17 @@ def quantize_rate(rate: ArrayLike, precision: int = 16) -> jax.Array:
     Returns:
       The quantized rate, a float32 scalar.
 
+    Raises:
+      ValueError: if a concrete ``rate`` is outside [0, 1) or not a scalar, or ``precision`` is
+        not 8, 16 or 32.
+
     Examples:
       >>> from jaxreg.dropout import quantize_rate
       >>> float(quantize_rate(0.1, precision=8)), float(quantize_rate(0.1))
       (0.1015625, 0.100006103515625)
     """
     precision = _check_precision(precision, "quantize_rate")
+    _checks.check_rate("rate", rate, "quantize_rate", float32_mask=True)
     levels = float(2**precision)
     return _drop_levels(rate, precision) / levels
 
@@ -107,7 +112,7 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
     Args:
       rng: a PRNG key (typed or raw ``uint32[2]``).
       shape: the mask's shape.
-      rate: drop probability; may be traced.
+      rate: drop probability in [0, 1); may be traced.
       precision: bits per threshold: 8 (four thresholds per random 32-bit word), 16 (the default,
         two per word) or 32 (one per word).
 
@@ -115,14 +120,20 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
       A bool array of ``shape``.
 
     Raises:
-      ValueError: if ``rng`` is not a PRNG key or ``precision`` is not 8, 16 or 32.
+      ValueError: if ``rng`` is not a PRNG key, a concrete ``rate`` is outside [0, 1) or not a
+        scalar, or ``precision`` is not 8, 16 or 32.
     """
     precision = _check_precision(precision, "keep_mask")
+    _checks.check_rate("rate", rate, "keep_mask", float32_mask=True)  # -1 kept all, 2.0 dropped all
+    return _keep_mask(rng, shape, rate, precision, "keep_mask")
+
+
+def _keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, precision: int, where: str) -> jax.Array:
     shape = tuple(int(s) for s in shape)
     size = math.prod(shape)
     per_word = 32 // precision
     # 8-bit thresholds: each hash feeds 8 of them; recomputing it per threshold cost more than a pass
-    words = _random_words(rng, max(1, -(-size // per_word)), "keep_mask", write_once=precision == 8)
+    words = _random_words(rng, max(1, -(-size // per_word)), where, write_once=precision == 8)
     dtype = _UINT[precision]
     u = words if precision == 32 else jax.lax.bitcast_convert_type(words, dtype).reshape(-1)
     if u.shape[0] != size:
@@ -223,7 +234,7 @@ def dropout(
     if rate_value is not None and float(rate_value) == 0.0:
         return x
     mask_shape = tuple(1 if i in dims else s for i, s in enumerate(x.shape))
-    keep = keep_mask(rng, mask_shape, rate, precision=precision)
+    keep = _keep_mask(rng, mask_shape, rate, precision, "dropout")  # rate checked above
     if mask_shape != x.shape:
         keep = jnp.broadcast_to(keep, x.shape)
     # float32 at least, float64 for float64 x: the survivors' scale is 1 / (1 - rate) rounded once

@@ -412,3 +412,20 @@ def test_an_nnx_rngs_given_as_the_key_is_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"^ensemble.init: rng must be a PRNG key; .* Got an nnx.Rngs"):
         jr.ensemble.init(lambda k: jnp.zeros(2), rngs, 2)
     np.testing.assert_array_equal(jr.dropout(rngs.dropout(), jnp.ones(3), 0.0), jnp.ones(3))  # a drawn key works
+
+
+@pytest.mark.parametrize("rate", [-1.0, 2.0, float("nan"), True, "0.5", jnp.array([0.1, 0.2])], ids=str)
+@pytest.mark.parametrize("fn", ["keep_mask", "quantize_rate"])
+def test_keep_mask_and_quantize_rate_check_the_rate_as_dropout_does(fn, rate):
+    """Both are public: -1 and NaN kept every unit, 2.0 and True dropped all, the text '0.5'
+    worked as 0.5, and a (2,) rate gave a (2,) "scalar"."""
+    from jaxreg.dropout import keep_mask, quantize_rate
+
+    call = {
+        "keep_mask": lambda: keep_mask(jax.random.key(0), (8,), rate),
+        "quantize_rate": lambda: quantize_rate(rate),
+    }[fn]
+    with pytest.raises(ValueError, match=rf"^{fn}: rate must be"):
+        call()
+    with pytest.raises(ValueError, match=r"^dropout: rate must be"):  # the same refusal as dropout's
+        jr.dropout(jax.random.key(0), jnp.ones(8), rate)
