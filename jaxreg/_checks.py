@@ -113,7 +113,7 @@ def _prefix(where: str) -> str:
     return f"{where}: " if where else ""
 
 
-def _numeric(arr: np.ndarray) -> bool:
+def is_real_numeric(arr: np.ndarray) -> bool:
     # jnp's dtype tree knows the ml_dtypes floats (bfloat16, float8) that numpy's calls non-numeric.
     # A complex number is not one (its imaginary part was dropped by the comparisons).
     return bool(jnp.issubdtype(arr.dtype, jnp.number)) and not jnp.issubdtype(arr.dtype, jnp.complexfloating)
@@ -134,7 +134,7 @@ def _check_number(name: str, value: Any, where: str, requirement: str, ok: Calla
         if isinstance(value, jax.core.Tracer):
             traced_check(jnp.isfinite(value) & ok(value), message, value)
         return
-    if not _numeric(arr) or np.any(~np.isfinite(arr)) or not np.all(ok(arr)):
+    if not is_real_numeric(arr) or np.any(~np.isfinite(arr)) or not np.all(ok(arr)):
         raise ValueError(f"{message} {fmt(value)}.")
     held = held_dtype(arr)
     if np.any(np.abs(arr.astype(np.float64)) > np.finfo(held).max):  # 1e39 is finite here, inf in float32
@@ -293,6 +293,19 @@ def as_inexact_array(x: Any, name: str, where: str, *, real: bool = False) -> ja
     return arr
 
 
+def as_real_array(x: Any, name: str, where: str) -> jax.Array:
+    """``x`` as a jax array of real numbers (integer or floating point); ``ValueError`` naming
+    ``where`` and ``name`` for text, ``None``, bools and complex numbers (a complex "KL")."""
+    try:
+        arr = jnp.asarray(x)
+    except (TypeError, ValueError):
+        got = f"{name} = None" if x is None else f"a {type(x).__name__}"
+        raise ValueError(f"{where}: {name} must be real numbers, got {got}.") from None
+    if not is_real_numeric(arr) or arr.dtype == jnp.bool_:
+        raise ValueError(f"{where}: {name} must be real numbers, got dtype {arr.dtype}.")
+    return arr
+
+
 def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> None:
     """``tree`` has ``ref``'s structure and leaf shapes (updates against params, a snapshot against
     the params it replaces); a mismatch failed in jax's broadcasting or tree errors, unnamed.
@@ -357,7 +370,7 @@ def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "",
         return
     if (
         arr.dtype == np.bool_
-        or not _numeric(arr)
+        or not is_real_numeric(arr)
         or np.any(~np.isfinite(arr))
         or np.any(arr != np.round(arr))
         or np.any(arr < minimum)

@@ -212,6 +212,9 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
         return "tree"
     if value is None or isinstance(value, (bool, np.bool_, str)) or callable(value):
         return "static"
+    if isinstance(value, complex) or (_is_array(value) and jnp.issubdtype(value.dtype, jnp.complexfloating)):
+        # it stayed static, so sgd(learning_rate=0.1 + 5j) gave complex updates
+        raise ValueError(f"{where}: {name} must be a real number, got {name} = {_describe(value)}.")
     if isinstance(value, int) and not -(2**63) <= value < 2**64:
         # numpy holds it as an object, not a number: it would have stayed static without a word.
         raise ValueError(

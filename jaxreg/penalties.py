@@ -86,7 +86,7 @@ def _check_step_values(step: Any, where: str) -> None:
         if arr is None:
             if isinstance(t, jax.core.Tracer):
                 _checks.traced_check(t >= 0, message, t)
-        elif not jnp.issubdtype(arr.dtype, jnp.number) or np.any(~(arr >= 0)):
+        elif not _checks.is_real_numeric(arr) or np.any(~(arr >= 0)):  # complex too: its imaginary part was dropped
             raise ValueError(f"{message} {_checks.fmt(arr)}.")
 
 

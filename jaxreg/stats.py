@@ -52,9 +52,12 @@ def _scalar(value: ArrayLike, where: str, name: str) -> float:
 
 def _numbers(values: ArrayLike, name: str, where: str) -> np.ndarray:
     try:
-        return np.asarray(values, np.float64)
+        arr = np.asarray(values)
+        if not np.iscomplexobj(arr):  # as float64 it lost its imaginary part, with a warning only
+            return arr.astype(np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: {name} must be numbers, got {name} = {values!r}.") from None
+    raise ValueError(f"{where}: {name} must be real numbers, got {name} of dtype {arr.dtype}.")
 
 
 def _check_confidence(confidence: float, where: str) -> None:

@@ -224,6 +224,7 @@ def _check_samples(samples: ArrayLike, where: str, from_logits: Any) -> tuple[ja
         if given is not None and given.dtype.kind in "USOV":  # text or objects: jax's TypeError named no argument
             raise ValueError(f"{where}: samples must be numbers, got samples of dtype {given.dtype}.")
     samples = jnp.asarray(samples)
+    _checks.check_real("samples", samples, where, "entropies are of real logits or probabilities.")
     # integer or bool (one-hot) samples as floats, as jnp.mean would (strict promotion refused them)
     samples = samples.astype(statistic_dtype(samples.dtype))
     if samples.ndim < 2:

@@ -615,6 +615,15 @@ def test_an_integer_not_exact_in_the_hyperparameter_dtype_is_refused_not_rounded
         assert int(make(start=2**24 + 1).init(jnp.zeros(2)).hyperparams["start"]) == 2**24 + 1
 
 
+@pytest.mark.parametrize("value", [0.1 + 5j, np.complex64(0.1), jnp.array(0.1j)], ids=["complex", "np", "jax"])
+def test_a_complex_hyperparameter_is_refused_not_kept_static(value):
+    """It stayed static: sgd(learning_rate=0.1 + 5j) gave complex updates [-0.01-0.5j, ...]."""
+    with pytest.raises(
+        ValueError, match=r"^sweepable\(sgd\): learning_rate must be a real number, got learning_rate ="
+    ):
+        jr.sweepable(optax.sgd)(learning_rate=value)
+
+
 @pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 10**400], ids=["2**64", "-2**63-1", "10**400"])
 def test_an_int_beyond_64_bits_is_refused_not_kept_static(value):
     """numpy holds such an int as an object, not a number: sgd kept it as a static learning rate

@@ -607,3 +607,12 @@ def test_group_lasso_propagates_a_nan_weight_as_l1_and_l2_do():
     assert float(penalty(zero)) == 0.0
     np.testing.assert_array_equal(jax.grad(penalty)(zero)["w"], 0.0)
     np.testing.assert_array_equal(penalty.prox(zero, 0.1)["w"], 0.0)
+
+
+def test_a_complex_prox_step_is_refused_not_taken_as_its_real_part():
+    """l1(0.1).prox(w, 0.1 + 5j) was the prox at step 0.1 (a complex scale is refused the same way)."""
+    for penalty in (jr.l1(0.1), jr.l2(0.1)):
+        with pytest.raises(
+            ValueError, match=r"\.prox: step must be >= 0 \(inf allowed, not NaN\), got step = \(0\.1\+5j\)"
+        ):
+            penalty.prox(jnp.ones(2), 0.1 + 5j)

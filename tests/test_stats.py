@@ -136,6 +136,15 @@ def test_one_seed_claims_no_interval():
             lambda: jr.stats.paired_difference([1.0, 2.0], [0.0, 1.0], confidence=2),
             r"^paired_difference: confidence must be in \(0, 1\), got confidence = 2\.",
         ),
+        # numpy dropped the imaginary part with a warning and the interval was of the real parts
+        (
+            lambda: jr.stats.mean_interval(np.arange(5) + 1j),
+            r"^mean_interval: values must be real numbers, got values of dtype complex128\.",
+        ),
+        (
+            lambda: jr.stats.paired_difference([1.0, 2.0], [0.0, 1j]),
+            r"^paired_difference: b must be real numbers, got b of dtype complex128\.",
+        ),
     ],
     ids=[
         "scalar",
@@ -155,6 +164,8 @@ def test_one_seed_claims_no_interval():
         "paired-empty",
         "paired-axis",
         "paired-confidence",
+        "complex",
+        "paired-complex",
     ],
 )
 def test_bad_input_raises(call, message):

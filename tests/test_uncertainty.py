@@ -226,6 +226,13 @@ def test_predict_chunked_equals_moments_of_all_samples(chunk):
             r"^predictive_entropy: samples must be numbers, got samples of dtype <U1",
         ),
         (jr.expected_calibration_error, (jnp.ones((4, 2)), jnp.zeros(3, jnp.int32)), r"labels.shape = \(3,\)"),
+        # complex logits gave a complex entropy, (1.0986-0j)
+        (
+            jr.predictive_entropy,
+            (jnp.ones((2, 3), jnp.complex64),),
+            r"^predictive_entropy: samples is complex \(complex64\); entropies are of real",
+        ),
+        (jr.mutual_information, (jnp.ones((2, 3), jnp.complex64),), r"^mutual_information: samples is complex"),
     ],
 )
 def test_bad_shapes(fn, args, match):
