@@ -9,7 +9,9 @@ static. Only floating-point leaves are ever penalized; others pass through uncha
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import jax
@@ -74,12 +76,29 @@ def _selected_terms(fn: Callable[[jax.Array], jax.Array], tree: PyTree, mask: An
     return [fn(_acc(x)) for x, k in zip(jax.tree.leaves(tree), keep) if k]
 
 
+_STEPS_FROM_CALLER = contextvars.ContextVar("jaxreg_prox_steps_from_caller", default=False)
+
+
+@contextlib.contextmanager
+def steps_from_caller() -> Iterator[None]:
+    """Inside, a prox does not check its step: the caller computed it from values it checked
+    (``proximal_adam``'s per-coordinate steps are NaN exactly where the gradient is, and a NaN
+    gradient passes through as NaN updates, as in optax, not as an error about a step)."""
+    token = _STEPS_FROM_CALLER.set(True)
+    try:
+        yield
+    finally:
+        _STEPS_FROM_CALLER.reset(token)
+
+
 def _check_step_values(step: Any, where: str) -> None:
     """A prox's step is a length: each concrete value ``>= 0`` (not NaN).
 
     ``inf`` is allowed (the prox is then the penalty's minimizer, as for Adam's step at an
     untouched coordinate with ``eps=0``); traced steps are checked under :func:`jaxreg.traced_checks`.
     """
+    if _STEPS_FROM_CALLER.get():
+        return
     message = f"{where}: step must be >= 0 (inf allowed, not NaN), got step ="
     for t in jax.tree.leaves(step):
         arr = _checks.concrete(t)

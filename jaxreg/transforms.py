@@ -22,7 +22,7 @@ import optax
 
 from jaxreg import _checks
 from jaxreg._tree import apply_updates, compute_dtype, is_float, is_none, wider_dtype
-from jaxreg.penalties import Penalty, non_separable, without_prox
+from jaxreg.penalties import Penalty, non_separable, steps_from_caller, without_prox
 
 PyTree = Any
 
@@ -315,6 +315,8 @@ def proximal_adam(
 
     def update_fn(updates: PyTree, state: ProximalAdamState, params: PyTree | None = None):
         _checks.need_params(params, updates, "proximal_adam")
+        # a state from init on other params failed in jax's tree_map or broadcasting, unnamed
+        _checks.check_like("params", params, "init's params", state.adam.mu, "proximal_adam")
         lr = _learning_rate_at(learning_rate, state.count, "proximal_adam")
         # optax's bias correction computes ``decay ** count`` (a float to an int32 power), which
         # strict dtype promotion refuses; only that part runs under standard promotion.
@@ -330,7 +332,8 @@ def proximal_adam(
             params,
         )
         z = jax.tree.map(lambda p, d: p - _lr_times(lr, d).astype(p.dtype) if is_float(p) else p, params, direction)
-        new = penalty.prox(z, steps)
+        with steps_from_caller():  # lr is checked; a step is NaN only where the gradient is
+            new = penalty.prox(z, steps)
         # Adam only moves floating-point leaves: an integer leaf's update passes through unchanged.
         deltas = jax.tree.map(
             lambda u, d, p: d if u is None or is_float(p) else u,

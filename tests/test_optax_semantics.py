@@ -229,3 +229,35 @@ def test_early_stopping_and_freeze_name_a_snapshot_unlike_the_params():
         stopper.update(state, 1.0, {"w": jnp.ones((2, 3))})
     with pytest.raises(ValueError, match=r"^freeze_stopped: new must be shaped like old, got leaf \['w'\]"):
         jr.freeze_stopped(True, params, {"w": jnp.ones((2, 3))})
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: jr.proximal_adam(jr.l1(0.1), 0.1), lambda: jr.ema(0.9)], ids=["proximal_adam", "ema"]
+)
+def test_a_state_from_init_on_other_params_is_named(make):
+    """proximal_adam's stale state failed in jax's tree_map or broadcasting; ema named it."""
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones(4)}
+    tx = make()
+    where = "proximal_adam" if "proximal" in str(tx.update) else "ema"
+    with pytest.raises(ValueError, match=rf"^{where}: params must have the tree structure of init's params"):
+        tx.update(params, tx.init({"w": params["w"]}), params)
+    with pytest.raises(ValueError, match=rf"^{where}: params must be shaped like init's params, got leaf \['w'\]"):
+        tx.update(params, tx.init({"w": jnp.ones((4, 3)), "b": params["b"]}), params)
+
+
+def test_proximal_adam_passes_a_nan_gradient_through_as_optax_adam_does_eagerly_and_jitted():
+    """Eagerly it raised "l1.prox: step must be >= 0, got step = [0.99 nan ...]", a step the user
+    never passed; jitted it gave NaN updates. Now NaN where the gradient is NaN, both ways, and
+    the other coordinates as without the NaN (Adam is per coordinate)."""
+    params = jnp.ones(4)
+    grads = jnp.array([0.1, jnp.nan, 0.1, 0.1])
+    tx = jr.proximal_adam(jr.l1(0.1), 0.1)
+    state = tx.init(params)
+    eager, _ = tx.update(grads, state, params)
+    jitted, _ = jax.jit(tx.update)(grads, state, params)
+    clean, _ = tx.update(jnp.full(4, 0.1), state, params)
+    for out in (eager, jitted):
+        assert np.isnan(float(out[1]))
+        np.testing.assert_allclose(np.delete(np.asarray(out), 1), np.delete(np.asarray(clean), 1), rtol=1e-6)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: float ** int32
+        assert np.isnan(float(optax.adam(0.1).update(grads, optax.adam(0.1).init(params))[0][1]))
