@@ -35,6 +35,7 @@ __all__ = [
     "traced_checks",
 ]
 
+INT32_MAX = int(np.iinfo(np.int32).max)
 _TRACED_CHECKS = contextvars.ContextVar("jaxreg_traced_checks", default=False)
 
 
@@ -341,14 +342,20 @@ def _short(treedef: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def check_int_at_least(name: str, value: Any, minimum: int, where: str = "") -> int:
-    """A static Python (or numpy) int ``>= minimum`` (a shape, a count); returns it as an ``int``."""
+def check_int_at_least(name: str, value: Any, minimum: int, where: str = "", *, maximum: int | None = None) -> int:
+    """A static Python (or numpy) int ``>= minimum`` (a shape, a count); returns it as an ``int``.
+
+    ``maximum`` defaults to the int32 maximum: jax counts and indexes in int32 (without x64), so
+    a larger count failed inside jax or MLIR (10**400) or asked for terabytes; ``maximum=-1``
+    sets no bound (a numpy seed).
+    """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{_prefix(where)}{name} must be an int >= {minimum}, got {name} = {value!r}.")
+    maximum = INT32_MAX if maximum is None else maximum
+    if maximum >= 0 and value > maximum:
+        shown = f"an int of {int(value).bit_length()} bits" if value >= 10**18 else repr(int(value))
+        raise ValueError(f"{_prefix(where)}{name} must be an int in [{minimum}, {maximum}], got {name} = {shown}.")
     return int(value)
-
-
-INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def check_integer_at_least(name: str, value: Any, minimum: int, where: str = "", *, maximum: int | None = None) -> None:
@@ -405,7 +412,15 @@ def as_float_array(x: ArrayLike, name: str | None = None, where: str | None = No
 
 
 def _as_float_array(x: ArrayLike, name: str | None, where: str | None) -> jax.Array:
-    dtype = jnp.result_type(x)
+    try:
+        dtype = jnp.result_type(x)
+    except TypeError:  # a list: jax's "Cannot determine dtype of [0.1]" named no argument
+        if name is None:
+            raise
+        raise ValueError(
+            f"{where}: {name} must be a number or an array, got a {type(x).__name__}; pass jnp.asarray({name}) "
+            f"for one value per member."
+        ) from None
     dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
     exact = concrete(x) if name is not None else None  # checked before the conversion, in numpy
     if exact is not None and np.all(np.isfinite(exact.astype(np.float64))):

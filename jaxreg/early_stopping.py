@@ -351,7 +351,9 @@ class EarlyStopping(metaclass=_CheckedConstruction):
         if baseline is None:
             baseline = jnp.inf if mode == "min" else -jnp.inf
         arr = _checks.concrete(baseline)
-        if arr is not None and (not np.issubdtype(arr.dtype, np.number) or np.any(np.isnan(arr))):
+        if arr is not None and (
+            not _checks.is_real_numeric(arr) or np.any(np.isnan(arr))
+        ):  # complex: float()'s TypeError
             raise ValueError(f"EarlyStopping: baseline must be a number or None, got baseline = {_checks.fmt(arr)}.")
         return _EarlyStoppingData(
             patience=_int_leaf(patience),

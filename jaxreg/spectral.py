@@ -51,12 +51,6 @@ __all__ = [
 _MODES = ("rows", "columns")
 
 
-def _hyper(x: ArrayLike) -> jax.Array:
-    """A hyperparameter as a strongly typed float array leaf (a Python float and a float32 array
-    then share a jit cache entry); tracers as they are."""
-    return _checks.as_float_array(x)
-
-
 def _selected(where: str, mask: Any, params: PyTree) -> list[tuple[str, jax.Array]]:
     """``(path, leaf)`` of the selected floating-point leaves; ``mask=None`` means every kernel (ndim >= 2).
 
@@ -303,7 +297,9 @@ def spectral_norm(max_value: ArrayLike, *, mask: Any = None, num_iters: int = 1)
     """
     _checks.check_positive("max_value", max_value, "spectral_norm", scalar=True)
     return SpectralNorm(
-        _hyper(max_value), optional_mask(mask, "spectral_norm"), _check_num_iters("spectral_norm", num_iters, 1)
+        _checks.as_float_array(max_value, "max_value", "spectral_norm"),
+        optional_mask(mask, "spectral_norm"),
+        _check_num_iters("spectral_norm", num_iters, 1),
     )
 
 
@@ -378,7 +374,9 @@ def spectral_penalty(scale: ArrayLike, *, mask: Any = None, num_iters: int = 10)
     """
     _checks.check_nonnegative("scale", scale, "spectral_penalty")
     return SpectralPenalty(
-        _hyper(scale), optional_mask(mask, "spectral_penalty"), _check_num_iters("spectral_penalty", num_iters, 1)
+        _checks.as_float_array(scale, "scale", "spectral_penalty"),
+        optional_mask(mask, "spectral_penalty"),
+        _check_num_iters("spectral_penalty", num_iters, 1),
     )
 
 
@@ -456,7 +454,11 @@ def orthogonal(scale: ArrayLike, *, mode: str = "rows", mask: Any = None) -> Ort
       <https://arxiv.org/abs/1609.07093>`_, ICLR 2017 (orthogonal regularization).
     """
     _checks.check_nonnegative("scale", scale, "orthogonal")
-    return Orthogonal(_hyper(scale), _check_mode("orthogonal", mode), optional_mask(mask, "orthogonal"))
+    return Orthogonal(
+        _checks.as_float_array(scale, "scale", "orthogonal"),
+        _check_mode("orthogonal", mode),
+        optional_mask(mask, "orthogonal"),
+    )
 
 
 @jax.custom_jvp

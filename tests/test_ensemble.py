@@ -426,3 +426,29 @@ def test_an_empty_member_axis_is_refused_by_name():
     ):
         with pytest.raises(ValueError, match=r"the member axis is empty"):
             call()
+
+
+KEY0 = jax.random.key(0)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda n: jr.ensemble.split_keys(KEY0, n), r"^split_keys: num_members must be an int in \[1, 2147483647\]"),
+        (lambda n: jr.ensemble.bootstrap_weights(KEY0, 2, n), r"^bootstrap_weights: num_examples must be an int in"),
+        (lambda n: jr.ensemble.replicate(jnp.ones(2), n), r"^replicate: num must be an int in \[1, 2147483647\]"),
+        (lambda n: jr.swag(0, 1, rank=n), r"^swag: rank must be an int in \[0, 2147483647\]"),
+        (
+            lambda n: jr.mc_dropout(lambda p, x, k: x, {}, jnp.ones(2), KEY0, n),
+            r"^mc_dropout: num_samples must be an int in \[1, 2147483647\]",
+        ),
+    ],
+    ids=["split_keys", "bootstrap_weights", "replicate", "swag", "mc_dropout"],
+)
+@pytest.mark.parametrize("count", [2**31, 10**400], ids=["2**31", "10**400"])
+def test_a_count_beyond_int32_is_refused_by_name(call, match, count):
+    """jax counts and indexes in int32: 10**400 failed inside MLIR ("get(): incompatible function
+    arguments"), 2**40 in jax's OverflowError or a 20 TB allocation."""
+    shown = "an int of 1329 bits" if count == 10**400 else "2147483648"
+    with pytest.raises(ValueError, match=match + rf".*, got .* = {shown}\.$"):
+        call(count)

@@ -616,3 +616,27 @@ def test_a_complex_prox_step_is_refused_not_taken_as_its_real_part():
             ValueError, match=r"\.prox: step must be >= 0 \(inf allowed, not NaN\), got step = \(0\.1\+5j\)"
         ):
             penalty.prox(jnp.ones(2), 0.1 + 5j)
+
+
+@pytest.mark.parametrize(
+    ("build", "where", "name"),
+    [
+        (lambda: jr.l2([0.1]), "l2", "scale"),
+        (lambda: jr.elastic_net([0.1], 0.1), "elastic_net", "l1"),
+        (lambda: jr.max_norm([1.0]), "max_norm", "max_value"),
+        (lambda: [0.1] * jr.l1(0.1), "Scaled", "factor"),
+        (lambda: jr.orthogonal([0.1]), "orthogonal", "scale"),
+        (lambda: jr.spectral_penalty([0.1]), "spectral_penalty", "scale"),
+    ],
+)
+def test_a_list_hyperparameter_is_named(build, where, name):
+    """jax's TypeError "Cannot determine dtype of [0.1]" named neither the function nor the argument."""
+    with pytest.raises(ValueError, match=rf"^{where}: {name} must be a number or an array, got a list"):
+        build()
+
+
+@pytest.mark.parametrize("baseline", [0.1 + 0.1j, np.complex64(1.0)])
+def test_early_stopping_refuses_a_complex_baseline_by_name(baseline):
+    # float() raised "argument must be a string or a real number, not 'complex'"
+    with pytest.raises(ValueError, match=r"^EarlyStopping: baseline must be a number or None, got baseline = "):
+        jr.EarlyStopping(3, baseline=baseline)
