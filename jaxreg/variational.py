@@ -419,7 +419,7 @@ def elbo_loss(
       [0.0, 0.0, 0.0]
     """
     _checks.check_callable("loss_fn", loss_fn, "variational.elbo_loss")
-    _checks.check_positive("num_examples", num_examples, "variational.elbo_loss")
+    _checks.check_positive("num_examples", num_examples, "variational.elbo_loss", scalar=True)  # (2,): a vector loss
     _check_prior_values(prior_mean, prior_std, "variational.elbo_loss")  # a NaN mean failed at call time
     num_samples = _checks.check_int_at_least("num_samples", num_samples, 1, "variational.elbo_loss")
     has_aux = _checks.check_flag("has_aux", has_aux, "variational.elbo_loss")

@@ -400,6 +400,11 @@ _VP = vi.init({"w": jnp.zeros(2)}, init_std=0.1)
             lambda: vi.elbo_loss(lambda p: 0.0, num_examples=10)(_VP, 5),
             r"variational.elbo_loss: rng must be a PRNG key",
         ),
+        # outside vmap it gave a (2,) "loss", which failed later in value_and_grad
+        (
+            lambda: vi.elbo_loss(lambda p: 0.0, num_examples=jnp.array([100.0, 200.0])),
+            r"^variational.elbo_loss: num_examples must be a scalar, got num_examples.shape = \(2,\)",
+        ),
         (
             lambda: vi.predict(lambda p, x: x, _VP, 0.0, jax.random.key(0), 0),
             r"num_samples must be an int >= 1, got num_samples = 0",
