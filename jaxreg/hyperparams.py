@@ -197,6 +197,9 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
             raise ValueError(
                 f"{where}: {name} is {why}, static, so it cannot be swept; got {name} = {_describe(value)}."
             )
+        if kind == "int" and name not in static_args and _not_one_finite_number(value):
+            # a (2,) array failed in the factory's `if steps <= 0`, a NaN step count made NaN values
+            raise ValueError(f"{where}: {name} must be one finite number (an int), got {name} = {_describe(value)}.")
         return "static"
     if _is_key(value):
         # A PRNG key (typed, or raw uint32 words) is not a number to sweep: static, concrete.
@@ -243,6 +246,17 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
             f"holding traced values. Sweep scalar float arguments (or a jr.schedule's numbers) instead."
         )
     return "static"
+
+
+def _not_one_finite_number(value: Any) -> bool:
+    if (
+        value is None
+        or isinstance(value, (bool, np.bool_))
+        or (not isinstance(value, (int, float)) and not _is_array(value))
+    ):
+        return False  # None (the factory's "unset") and non-numbers are the factory's to judge
+    arr = np.asarray(value)
+    return arr.ndim != 0 or not jnp.issubdtype(arr.dtype, jnp.number) or not np.isfinite(arr.astype(np.float64))
 
 
 def _fn_name(fn: Any) -> str:
@@ -552,7 +566,14 @@ def schedule(fn: Callable[..., optax.Schedule], /, **kwargs: Any) -> SweepableSc
     def build(vals):
         _evaluate(fn, static_items, vals, jnp.zeros((), jnp.int32))
 
-    _probe(where, _fn_name(fn), build, numeric, "keep {name} a Python value with functools.partial(fn, ...)")
+    try:
+        _probe(where, _fn_name(fn), build, numeric, "keep {name} a Python value with functools.partial(fn, ...)")
+    except (TypeError, ValueError) as e:
+        if str(e).startswith(where):
+            raise
+        # the factory's own error on a static argument (init_value='a': "unsupported operand type(s) for -")
+        given = ", ".join(f"{k}={_describe(v)}" for k, v in kwargs.items())
+        raise ValueError(f"{where}: {_fn_name(fn)}({given}) failed: {type(e).__name__}: {e}") from None
     return SweepableSchedule(fn, static_items, numeric)
 
 

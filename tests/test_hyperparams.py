@@ -733,3 +733,31 @@ def test_a_rebuilt_transform_keeps_its_own_value_whatever_the_arguments_are_name
     state = state._replace(hyperparams={"halflife": jnp.float32(2.0)})  # a changed value
     _, state = opt.update(grads, state, w)
     assert float(state.inner_state.decay) == pytest.approx(0.5**0.5, rel=4 * float(jnp.finfo(jnp.float32).eps))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        # optax's own TypeError from inside the trace, naming neither the schedule nor the argument
+        (
+            dict(init_value="a", end_value=0.0, transition_steps=10),
+            r"^schedule\(linear_schedule\): linear_schedule\(init_value='a', end_value=0.0, transition_steps=10\) "
+            r"failed: TypeError: ",
+        ),
+        (dict(init_value=None, end_value=0.0, transition_steps=10), r"linear_schedule\(init_value=None, .*failed"),
+        # "The truth value of an array with more than one element is ambiguous", from optax's `if`
+        (
+            dict(init_value=0.1, end_value=0.0, transition_steps=jnp.array([10, 20])),
+            r"^schedule\(linear_schedule\): transition_steps must be one finite number \(an int\), got "
+            r"transition_steps = an array of dtype int32\.$",
+        ),
+        # a schedule of NaN values
+        (dict(init_value=0.1, end_value=0.0, transition_steps=float("nan")), r"transition_steps = nan\.$"),
+    ],
+    ids=["str", "none", "array-steps", "nan-steps"],
+)
+def test_schedule_names_arguments_its_factory_cannot_take(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jr.schedule(optax.linear_schedule, **kwargs)
+    s = jr.schedule(optax.linear_schedule, init_value=0.1, end_value=0.0, transition_steps=10.0)  # a float count
+    assert float(s(5)) == pytest.approx(float(optax.linear_schedule(0.1, 0.0, 10)(5)), rel=1e-6)
