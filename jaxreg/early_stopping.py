@@ -175,8 +175,9 @@ def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> t
     """
     try:
         metric = jnp.asarray(metric)
-    except (TypeError, ValueError):  # a string, None, an object
-        raise ValueError(f"{where}: metric must be a number or an array of numbers, got metric = {metric!r}.") from None
+    except (TypeError, ValueError, OverflowError):  # a string, None, an object, an int beyond 64 bits
+        shown = f"an int of {metric.bit_length()} bits" if isinstance(metric, int) else repr(metric)
+        raise ValueError(f"{where}: metric must be a number or an array of numbers, got metric = {shown}.") from None
     if not (jnp.issubdtype(metric.dtype, jnp.integer) or jnp.issubdtype(metric.dtype, jnp.floating)):
         # a bool was the metric 1.0 (a flag passed for the metric)
         raise ValueError(f"{where}: metric must be a number or an array of numbers, got a {metric.dtype} metric.")

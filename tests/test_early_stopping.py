@@ -708,6 +708,9 @@ def test_a_metric_that_is_not_a_number_is_refused_by_name():
         stopper.update(stopper.init(jnp.zeros(3)), "loss", jnp.zeros(3))
     with pytest.raises(ValueError, match=r"^ReduceOnPlateau.update: metric must be a number .*, got metric = None\."):
         plateau.update(plateau.init(), None)
+    # jax's OverflowError ("An overflow was encountered while parsing an argument")
+    with pytest.raises(ValueError, match=r"^EarlyStopping.update: metric must .*, got metric = an int of 1329 bits\."):
+        stopper.update(stopper.init(jnp.zeros(3)), 10**400, jnp.zeros(3))
 
 
 def test_init_holds_its_own_copy_so_a_step_may_donate_params_and_state():
