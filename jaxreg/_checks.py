@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -137,17 +137,24 @@ def _check_number(name: str, value: Any, where: str, requirement: str, ok: Calla
         return
     if not is_real_numeric(arr) or np.any(~np.isfinite(arr)) or not np.all(ok(arr)):
         raise ValueError(f"{message} {fmt(value)}.")
-    held = held_dtype(arr)
-    if np.any(np.abs(arr.astype(np.float64)) > np.finfo(held).max):  # 1e39 is finite here, inf in float32
+    held = overflowing_dtype(arr)
+    if held is not None:  # 1e39 is finite here, inf in float32
         raise ValueError(f"{message} {fmt(value)}, which overflows {held.name}, the dtype it is kept in.")
 
 
-def held_dtype(arr: np.ndarray) -> np.dtype:
-    """The float dtype jax keeps a concrete number in: a float64 array or Python float is float32
-    without x64, an integer the default float dtype."""
-    if jnp.issubdtype(arr.dtype, jnp.floating):
-        return np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype))
-    return np.dtype(jnp.result_type(float))
+def overflowing_dtype(arr: np.ndarray, dtype: Any = None) -> np.dtype | None:
+    """The float dtype a finite concrete number is kept in (``dtype``, else jax's: a float64 array
+    or Python float is float32 without x64, an integer the default float dtype) if it rounds to
+    inf there, else ``None``. No pass over an array already in that dtype (a pre-trained centre)."""
+    if dtype is None:
+        floating = jnp.issubdtype(arr.dtype, jnp.floating)
+        dtype = jax.dtypes.canonicalize_dtype(arr.dtype if floating else np.float64)
+    dtype = np.dtype(dtype)
+    if arr.dtype == dtype or not is_real_numeric(arr):
+        return None
+    with np.errstate(over="ignore"):
+        held = arr.astype(dtype)
+    return dtype if not np.all(np.isfinite(held)) else None
 
 
 def check_labels(name: str, labels: Any, num_classes: int, where: str = "") -> None:
@@ -214,16 +221,18 @@ def check_scalar(name: str, value: Any, where: str = "") -> None:
         raise ValueError(f"{_prefix(where)}{name} must be a scalar, got {name}.shape = {jnp.shape(value)}.")
 
 
-def check_rate(name: str, value: Any, where: str = "", *, float32_mask: bool = False) -> None:
-    """A probability of dropping: a scalar in [0, 1) (a traced rate is checked under :func:`traced_checks`).
+def check_rate(name: str, value: Any, where: str = "", *, float32_mask: bool = False, scalar: bool = True) -> None:
+    """A probability of dropping in [0, 1), a scalar unless ``scalar=False`` (a traced rate is
+    checked under :func:`traced_checks`).
 
     ``float32_mask``: the rate becomes a float32 keep threshold (dropout's masks), so a concrete
     rate that rounds to 1 in float32 (``0.9999999999``) is refused too: it would drop every unit.
     """
-    check_in_range(name, value, 0, 1, where, scalar=True)
+    check_in_range(name, value, 0, 1, where, scalar=scalar)
     rate = concrete(value) if float32_mask else None
-    if rate is not None and np.float32(rate) >= 1.0:
-        raise ValueError(f"{_prefix(where)}{name} must be below 1 in float32, got {name} = {float(rate)!r}.")
+    if rate is not None and np.any(np.asarray(rate, np.float32) >= 1.0):
+        shown = float(rate) if np.ndim(rate) == 0 else fmt(rate)
+        raise ValueError(f"{_prefix(where)}{name} must be below 1 in float32, got {name} = {shown!r}.")
 
 
 def check_flag(name: str, value: Any, where: str = "") -> bool:
@@ -277,17 +286,19 @@ def check_real(what: str, x: Any, where: str, why: str) -> None:
         raise ValueError(f"{where}: {what} is complex ({jnp.result_type(x)}); {why}")
 
 
-def as_inexact_array(x: Any, name: str, where: str, *, real: bool = False) -> jax.Array:
-    """``x`` as a jax array of a floating-point (or, unless ``real``, complex) dtype.
-
-    ``ValueError`` naming ``where`` and ``name`` otherwise: jnp.asarray's own message for ``None``
-    or text names neither.
-    """
+def _as_array(x: Any, name: str, where: str, what: str) -> jax.Array:
+    """``jnp.asarray(x)``; its error for ``None``, text or a ragged list named neither ``where`` nor ``name``."""
     try:
-        arr = jnp.asarray(x)
-    except (TypeError, ValueError):
-        got = f"{name} = None" if x is None else f"a {type(x).__name__}"
-        raise ValueError(f"{where}: {name} must be a floating-point array, got {got}.") from None
+        return jnp.asarray(x)
+    except (TypeError, ValueError, OverflowError) as e:
+        got = f"{name} = None" if x is None else f"a {type(x).__name__} that is not an array ({str(e).splitlines()[0]})"
+        raise ValueError(f"{where}: {name} must be {what}, got {got}.") from None
+
+
+def as_inexact_array(x: Any, name: str, where: str, *, real: bool = False) -> jax.Array:
+    """``x`` as a jax array of a floating-point (or, unless ``real``, complex) dtype; ``ValueError``
+    naming ``where`` and ``name`` otherwise."""
+    arr = _as_array(x, name, where, "a floating-point array")
     if not jnp.issubdtype(arr.dtype, jnp.floating if real else jnp.inexact):
         kind = "a real floating-point" if real and jnp.iscomplexobj(arr) else "a floating-point"
         raise ValueError(f"{where}: {name} must be {kind} array, got {name}.dtype = {arr.dtype}.")
@@ -297,11 +308,7 @@ def as_inexact_array(x: Any, name: str, where: str, *, real: bool = False) -> ja
 def as_real_array(x: Any, name: str, where: str) -> jax.Array:
     """``x`` as a jax array of real numbers (integer or floating point); ``ValueError`` naming
     ``where`` and ``name`` for text, ``None``, bools and complex numbers (a complex "KL")."""
-    try:
-        arr = jnp.asarray(x)
-    except (TypeError, ValueError):
-        got = f"{name} = None" if x is None else f"a {type(x).__name__}"
-        raise ValueError(f"{where}: {name} must be real numbers, got {got}.") from None
+    arr = _as_array(x, name, where, "real numbers")
     if not is_real_numeric(arr) or arr.dtype == jnp.bool_:
         raise ValueError(f"{where}: {name} must be real numbers, got dtype {arr.dtype}.")
     return arr
@@ -315,7 +322,12 @@ def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> Non
 
     def leaf(path: Any, x: Any, y: Any) -> None:
         if x is not None and y is not None and jax.tree.structure(y).num_nodes != 1:
-            raise TypeError  # a leaf of tree where ref has a subtree: jnp.shape of a dict is ()
+            # a leaf of tree where ref has a subtree (jnp.shape of a dict is ()); a one-leaf box
+            # (an nnx Param of init's params, a pure array in the update, as optax takes) is its leaf
+            inner = jax.tree.leaves(y)
+            if len(inner) != 1 or isinstance(y, (Mapping, list, tuple)):
+                raise TypeError
+            y = inner[0]
         if x is not None and y is not None and jnp.shape(x) != jnp.shape(y):
             raise _ShapeMismatch(
                 f"{where}: {name} must be shaped like {ref_name}, got leaf {jax.tree_util.keystr(path) or '<root>'} "
@@ -342,19 +354,24 @@ def _short(treedef: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def check_int_at_least(name: str, value: Any, minimum: int, where: str = "", *, maximum: int | None = None) -> int:
+def describe_int(value: int) -> str:
+    """``repr`` of an int, or its size in bits when it would print 19 digits or more (10**400)."""
+    return f"an int of {int(value).bit_length()} bits" if abs(int(value)) >= 10**18 else repr(int(value))
+
+
+def check_int_at_least(name: str, value: Any, minimum: int, where: str = "", *, maximum: int | None = INT32_MAX) -> int:
     """A static Python (or numpy) int ``>= minimum`` (a shape, a count); returns it as an ``int``.
 
     ``maximum`` defaults to the int32 maximum: jax counts and indexes in int32 (without x64), so
-    a larger count failed inside jax or MLIR (10**400) or asked for terabytes; ``maximum=-1``
-    sets no bound (a numpy seed).
+    a larger count failed inside jax or MLIR (10**400) or asked for terabytes; ``None`` sets no
+    bound (a numpy seed, a count used in host arithmetic only).
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{_prefix(where)}{name} must be an int >= {minimum}, got {name} = {value!r}.")
-    maximum = INT32_MAX if maximum is None else maximum
-    if maximum >= 0 and value > maximum:
-        shown = f"an int of {int(value).bit_length()} bits" if value >= 10**18 else repr(int(value))
-        raise ValueError(f"{_prefix(where)}{name} must be an int in [{minimum}, {maximum}], got {name} = {shown}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(
+            f"{_prefix(where)}{name} must be an int in [{minimum}, {maximum}], got {name} = {describe_int(value)}."
+        )
     return int(value)
 
 
@@ -423,12 +440,8 @@ def _as_float_array(x: ArrayLike, name: str | None, where: str | None) -> jax.Ar
         ) from None
     dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
     exact = concrete(x) if name is not None else None  # checked before the conversion, in numpy
-    if exact is not None and np.all(np.isfinite(exact.astype(np.float64))):
-        with np.errstate(over="ignore"):
-            held = exact.astype(dtype)
-        if not np.all(np.isfinite(held)):
-            raise ValueError(
-                f"{where}: {name} = {fmt(exact)} overflows {np.dtype(dtype).name}, the dtype it is kept in; "
-                f"got {name} = {fmt(held)} there."
-            )
+    if exact is not None and is_real_numeric(exact) and np.all(np.isfinite(exact)):
+        held = overflowing_dtype(exact, dtype)
+        if held is not None:
+            raise ValueError(f"{where}: {name} = {fmt(exact)} overflows {held.name}, the dtype it is kept in.")
     return jnp.asarray(x, dtype=dtype)

@@ -396,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _out_of_memory(args: argparse.Namespace, detail: str) -> int:
     first = detail.strip().splitlines()[0] if detail.strip() else "out of memory"
     sizes = ", ".join(
-        f"--{k.replace('_', '-')} {v}" for k in ("hidden", "members", "mc_samples") if (v := getattr(args, k, None))
+        f"--{k.replace('_', '-')} {v}"
+        for k in ("hidden", "members", "mc_samples", "seeds", "num")
+        if (v := getattr(args, k, None))
     )
     print(
         f"{PROG} {args.command}: error: out of memory{f' with {sizes}' if sizes else ''}: {first} (try smaller sizes)",

@@ -75,7 +75,7 @@ _SEED_MAX = 2**32 - 2  # the second shuffle is seeded with seed + 1; numpy takes
 
 
 def _check_seed(seed: Any, where: str) -> int:
-    seed = _checks.check_int_at_least("seed", seed, 0, where, maximum=-1)
+    seed = _checks.check_int_at_least("seed", seed, 0, where, maximum=None)
     if seed > _SEED_MAX:
         raise ValueError(f"{where}: seed must be an int in [0, {_SEED_MAX}], got seed = {seed!r}.")
     return seed

@@ -62,15 +62,14 @@ def quantize_rate(rate: ArrayLike, precision: int = 16) -> jax.Array:
     ``precision=32`` the resolution is that of float32.
 
     Args:
-      rate: drop probability in [0, 1); may be traced.
+      rate: drop probability in [0, 1) (or an array of them); may be traced.
       precision: bits per random threshold, 8, 16 or 32.
 
     Returns:
-      The quantized rate, a float32 scalar.
+      The quantized rate, float32, of ``rate``'s shape.
 
     Raises:
-      ValueError: if a concrete ``rate`` is outside [0, 1) or not a scalar, or ``precision`` is
-        not 8, 16 or 32.
+      ValueError: if a concrete ``rate`` is outside [0, 1), or ``precision`` is not 8, 16 or 32.
 
     Examples:
       >>> from jaxreg.dropout import quantize_rate
@@ -78,7 +77,7 @@ def quantize_rate(rate: ArrayLike, precision: int = 16) -> jax.Array:
       (0.1015625, 0.100006103515625)
     """
     precision = _check_precision(precision, "quantize_rate")
-    _checks.check_rate("rate", rate, "quantize_rate", float32_mask=True)
+    _checks.check_rate("rate", rate, "quantize_rate", float32_mask=True, scalar=False)
     levels = float(2**precision)
     return _drop_levels(rate, precision) / levels
 
@@ -112,7 +111,8 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
     Args:
       rng: a PRNG key (typed or raw ``uint32[2]``).
       shape: the mask's shape.
-      rate: drop probability in [0, 1); may be traced.
+      rate: drop probability in [0, 1), a scalar or an array broadcasting to ``shape`` (a rate
+        per unit); may be traced.
       precision: bits per threshold: 8 (four thresholds per random 32-bit word), 16 (the default,
         two per word) or 32 (one per word).
 
@@ -120,11 +120,14 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
       A bool array of ``shape``.
 
     Raises:
-      ValueError: if ``rng`` is not a PRNG key, a concrete ``rate`` is outside [0, 1) or not a
-        scalar, or ``precision`` is not 8, 16 or 32.
+      ValueError: if ``rng`` is not a PRNG key, a concrete ``rate`` is outside [0, 1), ``rate``
+        does not broadcast to ``shape``, or ``precision`` is not 8, 16 or 32.
     """
     precision = _check_precision(precision, "keep_mask")
-    _checks.check_rate("rate", rate, "keep_mask", float32_mask=True)  # -1 kept all, 2.0 dropped all
+    _checks.check_rate("rate", rate, "keep_mask", float32_mask=True, scalar=False)  # -1 kept all, 2.0 dropped all
+    shape = tuple(int(s) for s in shape)
+    if not _checks.broadcasts_to(jnp.shape(rate), shape):
+        raise ValueError(f"keep_mask: rate must broadcast to shape {shape}, got rate.shape = {jnp.shape(rate)}.")
     return _keep_mask(rng, shape, rate, precision, "keep_mask")
 
 
@@ -140,6 +143,8 @@ def _keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, precision:
         u = u[:size]
     u = u.reshape(shape)
     threshold = _drop_levels(rate, precision).astype(dtype)
+    if threshold.ndim:  # a rate per unit; explicit, for jax_numpy_rank_promotion="raise"
+        threshold = jnp.broadcast_to(threshold, shape)
     return u >= threshold
 
 

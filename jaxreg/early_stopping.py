@@ -176,7 +176,7 @@ def _metric_and_dtype(metric: ArrayLike, state_best: jax.Array, where: str) -> t
     try:
         metric = jnp.asarray(metric)
     except (TypeError, ValueError, OverflowError):  # a string, None, an object, an int beyond 64 bits
-        shown = f"an int of {metric.bit_length()} bits" if isinstance(metric, int) else repr(metric)
+        shown = _checks.describe_int(metric) if isinstance(metric, int) else repr(metric)
         raise ValueError(f"{where}: metric must be a number or an array of numbers, got metric = {shown}.") from None
     if not (jnp.issubdtype(metric.dtype, jnp.integer) or jnp.issubdtype(metric.dtype, jnp.floating)):
         # a bool was the metric 1.0 (a flag passed for the metric)
@@ -663,6 +663,9 @@ def retrain_budget(
     return checked_retrain_budget(num_updates, num_train, num_val, batch_size, policy, "retrain_budget")
 
 
+_INT64_MAX = int(np.iinfo(np.int64).max) // 2  # num_train + num_val must fit too
+
+
 def checked_retrain_budget(
     num_updates: ArrayLike, num_train: int, num_val: int, batch_size: int, policy: str, where: str
 ) -> jax.Array:
@@ -670,16 +673,17 @@ def checked_retrain_budget(
     if policy not in _POLICIES:
         raise ValueError(f'{where}: policy must be "updates" or "epochs", got policy = {policy!r}.')
     _checks.check_integer_at_least("num_updates", num_updates, 0, where, maximum=_checks.INT32_MAX)
-    batch_size = _checks.check_int_at_least("batch_size", batch_size, 1, where)
+    # host arithmetic in int64: data sets beyond int32 examples are counts like any other
+    batch_size = _checks.check_int_at_least("batch_size", batch_size, 1, where, maximum=_INT64_MAX)
     if where == "retrain_budget":
-        num_train = _checks.check_int_at_least("num_train", num_train, 1, where)
+        num_train = _checks.check_int_at_least("num_train", num_train, 1, where, maximum=_INT64_MAX)
     if num_train < batch_size:  # one batch must fit the training data
         examples = f"num_train = {num_train}" if where == "retrain_budget" else f"{num_train}"
         data = "training examples" if where == "retrain_budget" else "train_data examples"
         raise ValueError(
             f"{where}: batch_size must be at most the number of {data} ({examples}), got batch_size = {batch_size}."
         )
-    num_val = _checks.check_int_at_least("num_val", num_val, 0, where)
+    num_val = _checks.check_int_at_least("num_val", num_val, 0, where, maximum=_INT64_MAX)
     u = jnp.asarray(num_updates, jnp.int32)
     if policy == "updates":
         return u

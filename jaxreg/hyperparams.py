@@ -111,7 +111,12 @@ def _describe(value: Any) -> str:
     if isinstance(value, jax.core.Tracer):
         return f"a traced value of dtype {value.dtype} (static arguments cannot be vmapped or jitted over)"
     if _is_array(value):
-        return f"an array of dtype {np.asarray(value).dtype}"
+        arr = np.asarray(value)
+        return (
+            f"{arr.item()!r} ({arr.dtype})" if arr.ndim == 0 else f"an array of shape {arr.shape} and dtype {arr.dtype}"
+        )
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _checks.describe_int(value)
     return repr(value)
 
 
@@ -221,7 +226,7 @@ def _classify(where: str, name: str, value: Any, param: inspect.Parameter | None
     if isinstance(value, int) and not -(2**63) <= value < 2**64:
         # numpy holds it as an object, not a number: it would have stayed static without a word.
         raise ValueError(
-            f"{where}: {name} = an int of {value.bit_length()} bits does not fit a 64-bit integer, so it cannot "
+            f"{where}: {name} = {_checks.describe_int(value)} does not fit a 64-bit integer, so it cannot "
             f"be held as a hyperparameter; pass a float (or a smaller int)."
         )
     if isinstance(value, (float, int)) or _is_array(value):
@@ -573,7 +578,7 @@ def schedule(fn: Callable[..., optax.Schedule], /, **kwargs: Any) -> SweepableSc
             raise
         # the factory's own error on a static argument (init_value='a': "unsupported operand type(s) for -")
         given = ", ".join(f"{k}={_describe(v)}" for k, v in kwargs.items())
-        raise ValueError(f"{where}: {_fn_name(fn)}({given}) failed: {type(e).__name__}: {e}") from None
+        raise ValueError(f"{where}: {_fn_name(fn)}({given}) failed: {type(e).__name__}: {e}") from e
     return SweepableSchedule(fn, static_items, numeric)
 
 

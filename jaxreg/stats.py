@@ -87,7 +87,7 @@ def _interval(
         raise ValueError(f"{where}: method must be 't' or 'bootstrap', got method = {method!r}.")
     if method == "bootstrap":
         _checks.check_int_at_least("num_resamples", num_resamples, 1, where)
-        _checks.check_int_at_least("seed", seed, 0, where, maximum=-1)
+        _checks.check_int_at_least("seed", seed, 0, where, maximum=None)
     n = x.shape[0]
     mean = x.mean(axis=0)
     if n < 2:  # one seed: no interval

@@ -414,11 +414,11 @@ def test_an_nnx_rngs_given_as_the_key_is_refused_with_the_fix():
     np.testing.assert_array_equal(jr.dropout(rngs.dropout(), jnp.ones(3), 0.0), jnp.ones(3))  # a drawn key works
 
 
-@pytest.mark.parametrize("rate", [-1.0, 2.0, float("nan"), True, "0.5", jnp.array([0.1, 0.2])], ids=str)
+@pytest.mark.parametrize("rate", [-1.0, 2.0, float("nan"), True, "0.5", jnp.array([0.1, 1.5])], ids=str)
 @pytest.mark.parametrize("fn", ["keep_mask", "quantize_rate"])
 def test_keep_mask_and_quantize_rate_check_the_rate_as_dropout_does(fn, rate):
     """Both are public: -1 and NaN kept every unit, 2.0 and True dropped all, the text '0.5'
-    worked as 0.5, and a (2,) rate gave a (2,) "scalar"."""
+    worked as 0.5."""
     from jaxreg.dropout import keep_mask, quantize_rate
 
     call = {
@@ -429,3 +429,17 @@ def test_keep_mask_and_quantize_rate_check_the_rate_as_dropout_does(fn, rate):
         call()
     with pytest.raises(ValueError, match=r"^dropout: rate must be"):  # the same refusal as dropout's
         jr.dropout(jax.random.key(0), jnp.ones(8), rate)
+
+
+def test_keep_mask_and_quantize_rate_take_a_rate_per_unit():
+    """An array of rates broadcasting to the mask (a rate per column) is each unit's own rate."""
+    from jaxreg.dropout import keep_mask, quantize_rate
+
+    rates = jnp.array([0.1, 0.5, 0.9])
+    np.testing.assert_array_equal(quantize_rate(rates, 8), [float(quantize_rate(r, 8)) for r in (0.1, 0.5, 0.9)])
+    n = 20_000
+    kept = np.asarray(keep_mask(jax.random.key(0), (n, 3), rates)).mean(axis=0)
+    p_keep = 1 - np.asarray(quantize_rate(rates))
+    assert np.all(np.abs(kept - p_keep) < 6 * np.sqrt(p_keep * (1 - p_keep) / n))  # 6 binomial sds
+    with pytest.raises(ValueError, match=r"^keep_mask: rate must broadcast to shape \(4, 3\), got rate.shape = \(2,\)"):
+        keep_mask(jax.random.key(0), (4, 3), jnp.array([0.1, 0.2]))

@@ -749,7 +749,7 @@ def test_a_rebuilt_transform_keeps_its_own_value_whatever_the_arguments_are_name
         (
             dict(init_value=0.1, end_value=0.0, transition_steps=jnp.array([10, 20])),
             r"^schedule\(linear_schedule\): transition_steps must be one finite number \(an int\), got "
-            r"transition_steps = an array of dtype int32\.$",
+            r"transition_steps = an array of shape \(2,\) and dtype int32\.$",
         ),
         # a schedule of NaN values
         (dict(init_value=0.1, end_value=0.0, transition_steps=float("nan")), r"transition_steps = nan\.$"),

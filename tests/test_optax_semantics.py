@@ -261,3 +261,22 @@ def test_proximal_adam_passes_a_nan_gradient_through_as_optax_adam_does_eagerly_
         np.testing.assert_allclose(np.delete(np.asarray(out), 1), np.delete(np.asarray(clean), 1), rtol=1e-6)
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: float ** int32
         assert np.isnan(float(optax.adam(0.1).update(grads, optax.adam(0.1).init(params))[0][1]))
+
+
+def test_a_state_made_on_nnx_variables_takes_pure_array_updates_as_optax_does():
+    """init on nnx.state(model, nnx.Param), update with nnx.as_pure arrays: optax.adam takes it; the
+    structure check took each Param (a one-leaf box) for a subtree the update lacked."""
+    from flax import nnx
+
+    wrapped = nnx.state(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.Param)
+    pure = nnx.as_pure(wrapped)
+    grads = jax.tree.map(jnp.ones_like, pure)
+    tx = jr.proximal_adam(jr.l1(0.0), 0.1)
+    reference = optax.adam(0.1)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: float ** int32
+        want, _ = reference.update(grads, reference.init(wrapped), pure)
+    got, _ = tx.update(grads, tx.init(wrapped), pure)
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+    stopper = jr.EarlyStopping(2)
+    state = stopper.update(stopper.init(wrapped), 1.0, pure)
+    assert float(state.best_metric) == 1.0

@@ -182,7 +182,11 @@ def _paired_verdict(va: np.ndarray, vb: np.ndarray, higher: str = "higher", lowe
     va, vb = np.asarray(va, np.float64), np.asarray(vb, np.float64)
     d = va - vb
     rounding = 4 * np.finfo(np.float64).eps * max(np.max(np.abs(va), initial=0), np.max(np.abs(vb), initial=0))
-    if d.size > 1 and np.ptp(d) <= rounding and abs(d[0]) > rounding:
+    if d.size > 1 and np.ptp(d) <= rounding:
+        if abs(d[0]) <= rounding:  # equal up to rounding in every seed: a zero-width interval would call it
+            return f"no difference detected at this size (n = {d.size})", jr.stats.Interval(
+                float(np.mean(d)), float("nan"), float("nan")
+            )
         return f"the same difference in every seed, no spread to give an interval (n = {d.size})", jr.stats.Interval(
             float(d[0]), float("nan"), float("nan")
         )
