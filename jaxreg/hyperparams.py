@@ -345,8 +345,7 @@ def _check_held(
     exact = _checks.concrete(value)
     if exact is None:
         return None
-    with np.errstate(over="ignore"):  # 1e39 is inf in float32: refused below
-        held = np.asarray(exact, dtype)
+    held = np.asarray(exact, dtype)  # an overflow (1e39 in float32) was refused by _check_number
     if not isinstance(value, float) and jnp.issubdtype(exact.dtype, jnp.integer):
         if int(held) != int(exact):
             # An integer leaf of the state (swa's start) was silently rounded: 2**24 + 1 ran as 2**24.
@@ -357,7 +356,7 @@ def _check_held(
         return held
     if held == exact:
         return held
-    try:  # b2 = 0.99999999 is 1.0 in float32 (adam's updates NaN), 1e39 is inf
+    try:  # b2 = 0.99999999 is 1.0 in float32 (adam's updates NaN)
         _check_number(where, name, held, param)
     except ValueError as e:
         raise ValueError(
