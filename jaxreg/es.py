@@ -136,6 +136,16 @@ def _one_direction(loss_fn: Callable[[PyTree], Any], treedef: Any, antithetic: b
     return one
 
 
+def _one_output(out: Any, where: str) -> jax.Array:
+    """``loss_fn``'s output as one array; a pair ``(loss, aux)`` or ``None`` is named (np.shape of a
+    tuple of tracers raised jax's TracerArrayConversionError)."""
+    if out is None or not jax.tree_util.treedef_is_leaf(jax.tree.structure(out)):
+        hint = "" if out is None else "; for a loss with aux pass lambda p: loss_fn(p)[0]"
+        got = "None" if out is None else f"a {type(out).__name__}"
+        raise ValueError(f"{where}: loss_fn must return a scalar, got {got}{hint}.")
+    return jnp.asarray(out)
+
+
 def _perturbed_losses(
     loss_fn: Callable[[PyTree], Any], treedef: Any, leaves: list[Any], deltas: list[Any], antithetic: bool
 ) -> list[Any]:
@@ -204,13 +214,13 @@ def _estimate(
             # One direction: loss_fn on each perturbed params itself, as a loop of jitted
             # evaluations runs it (a vmap over the signs would batch every matmul of the loss).
             outs = _perturbed_losses(loss_fn, treedef, leaves, [d[0] for d in steps], antithetic)
-            losses = jnp.stack([jnp.asarray(o) for o in outs])  # a non-scalar loss: the check below
+            losses = jnp.stack([_one_output(o, where) for o in outs])  # a non-scalar loss: the check below
         else:
             perturbed = []
             for x, d in zip(leaves, steps):
                 block = [x[None] + d, x[None] - d] if antithetic else [x[None] + d]
                 perturbed.append(jnp.concatenate(block, axis=0))
-            losses = jax.vmap(lambda ls: loss_fn(jax.tree.unflatten(treedef, ls)))(perturbed)
+            losses = _one_output(jax.vmap(lambda ls: loss_fn(jax.tree.unflatten(treedef, ls)))(perturbed), where)
         if jnp.shape(losses) != (signs * b,):
             raise ValueError(f"{where}: loss_fn must return a scalar, got an output of shape {jnp.shape(losses)[1:]}.")
         losses = losses.astype(wider_dtype(losses.dtype, jnp.float32))
@@ -313,6 +323,7 @@ def _gradient(
 ) -> PyTree:
     """Resolves the directions per chunk (explicit, measured, cached or static) and estimates."""
     _random.check_key(rng, where)
+    params = jax.tree.map(jnp.asarray, params)  # a Python float leaf has no x[None] ("not subscriptable")
     leaves, treedef = jax.tree.flatten(params)
     if not leaves:
         return params

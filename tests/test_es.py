@@ -279,6 +279,16 @@ def _es_call(loss=quadratic, params=PARAMS, rng=None, fn=jr.es.gradient, **kw):
         ({"rng": jnp.zeros(2, jnp.float32)}, r"rng must be a PRNG key.*dtype float32"),
         ({"rng": 3, "fn": jr.es.value_and_gradient}, r"es.value_and_gradient: rng must be a PRNG key"),
         ({"mesh": jax.devices()}, r"es.gradient: mesh must be a jax.sharding.Mesh or None, got mesh = \[Cpu"),
+        # a has_aux loss reused for ES: np.shape of a tuple of tracers, jax's TracerArrayConversionError
+        (
+            {"loss": lambda p: (jnp.sum(p["a"]), {}), "population": 4},
+            r"^es.gradient: loss_fn must return a scalar, got a tuple; for a loss with aux pass lambda p: loss_fn\(p\)\[0\]",
+        ),
+        (
+            {"loss": lambda p: (jnp.sum(p["a"]), {}), "population": 4, "chunk_size": 2},
+            r"^es.gradient: loss_fn must return a scalar, got a tuple",
+        ),
+        ({"loss": lambda p: None, "population": 4}, r"^es.gradient: loss_fn must return a scalar, got None\.$"),
     ],
 )
 def test_bad_input(kwargs, match):
@@ -313,3 +323,11 @@ def test_odd_population_is_allowed_without_antithetic_pairs():
 def test_a_raw_uint32_key_is_accepted_like_the_typed_one():
     # jax.random.PRNGKey(0) (raw uint32[2]) and jax.random.key(0) hold the same threefry key.
     chex.assert_trees_all_close(_es_call(rng=jax.random.PRNGKey(0)), _es_call(rng=jax.random.key(0)), rtol=0, atol=0)
+
+
+def test_python_float_params_are_a_0d_array():
+    """A Python float is a pytree leaf: it failed in the chunking ('float' object is not subscriptable)."""
+    loss = lambda q: q**2  # noqa: E731
+    key = jax.random.key(0)
+    want = jr.es.gradient(loss, jnp.float32(1.0), key, sigma=0.1, population=8)
+    np.testing.assert_array_equal(jr.es.gradient(loss, 1.0, key, sigma=0.1, population=8), want)
