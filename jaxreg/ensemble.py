@@ -827,9 +827,12 @@ def shard(tree: PyTree, mesh: Mesh, *, axis_name: str | None = None) -> PyTree:
       ``optax.sgd``'s ``EmptyState``, as it is).
 
     Raises:
-      ValueError: if the leaves disagree on the member axis, ``axis_name`` is not an axis of
-        ``mesh``, or the number of members is not a multiple of that axis's size.
+      ValueError: if ``mesh`` is not a ``Mesh``, the leaves disagree on the member axis,
+        ``axis_name`` is not an axis of ``mesh``, or the number of members is not a multiple of
+        that axis's size.
     """
+    if not isinstance(mesh, Mesh):  # None or a device name: "'NoneType' object has no attribute 'axis_names'"
+        raise ValueError(f"shard: mesh must be a jax.sharding.Mesh, got mesh = {mesh!r}.")
     axis_name = mesh.axis_names[0] if axis_name is None else axis_name
     if axis_name not in mesh.axis_names:
         raise ValueError(

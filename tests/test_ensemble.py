@@ -452,3 +452,10 @@ def test_a_count_beyond_int32_is_refused_by_name(call, match, count):
     shown = "an int of 1329 bits" if count == 10**400 else "2147483648"
     with pytest.raises(ValueError, match=match + rf".*, got .* = {shown}\.$"):
         call(count)
+
+
+@pytest.mark.parametrize("mesh", [None, "cpu", jax.devices()], ids=["None", "str", "devices"])
+def test_shard_refuses_what_is_not_a_mesh_by_name(mesh):
+    # AttributeError: 'NoneType' object has no attribute 'axis_names'
+    with pytest.raises(ValueError, match=r"^shard: mesh must be a jax.sharding.Mesh, got mesh = "):
+        jr.ensemble.shard({"w": jnp.ones((2, 3))}, mesh)
