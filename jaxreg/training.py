@@ -301,7 +301,13 @@ def _shapes(tree: PyTree) -> PyTree:
 
 def _check_step_contract(step_fn: StepFn, state: PyTree, batch: PyTree, rng: Any) -> None:
     """``step_fn(state, batch, rng) -> (new_state, scalar loss)`` with new_state shaped like state."""
-    out = jax.eval_shape(step_fn, state, batch, rng)
+
+    def no_text(out: Any) -> Any:  # a string loss failed in jax's eval_shape, naming neither
+        if isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[1], str | bytes):
+            raise ValueError(f"fit: step_fn must return a real scalar loss, got loss = {out[1]!r}.")
+        return out
+
+    out = jax.eval_shape(lambda *a: no_text(step_fn(*a)), state, batch, rng)
     if not (isinstance(out, tuple | list) and len(out) == 2):
         raise ValueError(
             f"fit: step_fn must return a pair (new_state, loss) for one member, got {_shapes(out)} "
@@ -322,6 +328,9 @@ def _check_step_contract(step_fn: StepFn, state: PyTree, batch: PyTree, rng: Any
             )
     if not hasattr(loss, "shape") or loss.shape != ():
         raise ValueError(f"fit: step_fn must return a scalar loss for one member, got loss = {_shapes(loss)}.")
+    if not (jnp.issubdtype(loss.dtype, jnp.integer) or jnp.issubdtype(loss.dtype, jnp.floating)):
+        # complex: its imaginary part was dropped from the history; bool: the losses 1 and 0 (as eval_fn's)
+        raise ValueError(f"fit: step_fn must return a real scalar loss, got a loss of dtype {loss.dtype}.")
 
 
 def _check_eval_contract(eval_fn: EvalFn, state: PyTree, val_data: PyTree) -> None:

@@ -532,6 +532,20 @@ def test_resume_with_another_monitor_alone_is_refused(tmp_path):
         ),
         # three numbers: the structure is named, not the numbers
         ({"eval_fn": lambda s, v: (0.5, 0.5, 0.5)}, r"^fit: eval_fn must return a scalar val_loss or a pair"),
+        # step_fn's loss as eval_fn's: complex lost its imaginary part in the history, bool was 1 and 0,
+        # text failed in jax's eval_shape
+        (
+            {"step_fn": lambda st, b, r: (step(st, b, r)[0], step(st, b, r)[1].astype(jnp.complex64))},
+            r"^fit: step_fn must return a real scalar loss, got a loss of dtype complex64\.",
+        ),
+        (
+            {"step_fn": lambda st, b, r: (step(st, b, r)[0], step(st, b, r)[1] > 0)},
+            r"^fit: step_fn must return a real scalar loss, got a loss of dtype bool\.",
+        ),
+        (
+            {"step_fn": lambda st, b, r: (step(st, b, r)[0], "nan")},
+            r"^fit: step_fn must return a real scalar loss, got loss = 'nan'\.",
+        ),
     ],
 )
 def test_fit_refuses_functions_flags_and_paths_that_are_not(changed, match):
