@@ -859,3 +859,24 @@ def test_under_x64_a_float64_metric_reaches_the_stopper_unrounded():
         assert int(res.stopping.best_step) == int(ref.best_step)
         assert float(res.stopping.best_metric) == float(ref.best_metric)
         assert res.history.val_loss.dtype == jnp.float32
+
+
+def test_resume_into_a_state_of_another_dtype_is_refused_without_eval_fn(tmp_path):
+    """Without eval_fn no snapshot's dtypes were compared: orbax cast the saved float32 carry
+    into the float16 state given and the run went on with numbers no uninterrupted run gives."""
+    x = jnp.linspace(0.0, 1.0, 8)[:, None]
+
+    def sgd_step(w, batch, rng):
+        r = w[None] * batch[0] - 1.0
+        g = jnp.mean(2 * r * batch[0], axis=0)
+        return (w - 0.1 * g).astype(w.dtype), jnp.mean(r**2).astype(jnp.float32)
+
+    kw = dict(rng=jax.random.key(0), num_steps=8, batch_size=4, eval_every=2, steps_per_chunk=4, progress=False)
+    w = jnp.full((1,), 0.123456789, jnp.float32)
+    jr.fit(sgd_step, None, w, (x,), checkpoint_dir=tmp_path, **kw)
+    with pytest.raises(
+        ValueError, match=r"^fit: checkpoint_dir holds a run of another schedule: state = .*'float32'.* "
+    ):
+        jr.fit(sgd_step, None, w.astype(jnp.float16), (x,), checkpoint_dir=tmp_path, **kw)
+    resumed = jr.fit(sgd_step, None, w, (x,), checkpoint_dir=tmp_path, **kw)  # the same state resumes
+    chex.assert_trees_all_equal(resumed.state, jr.fit(sgd_step, None, w, (x,), **kw).state)
