@@ -35,7 +35,9 @@ def open_manager(directory: str | os.PathLike) -> Any:
 
 
 def _numbered(tree: PyTree) -> dict[str, Any]:
-    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+    # a zero-size leaf holds no numbers and orbax refuses it ("Cannot save arrays with zero size"):
+    # restore takes it from the carry given
+    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree)) if np.size(leaf) != 0}
 
 
 def _describe(value: Any) -> str:
@@ -89,7 +91,10 @@ def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.n
                 carry=ocp.args.StandardRestore(target["carry"]), history=ocp.args.StandardRestore(target["history"])
             ),
         )
-    carry = jax.tree.unflatten(treedef, [jnp.asarray(item["carry"][str(i)]) for i in range(len(leaves))])
+    saved = item["carry"]
+    carry = jax.tree.unflatten(
+        treedef, [jnp.asarray(saved[str(i)]) if str(i) in saved else leaf for i, leaf in enumerate(leaves)]
+    )
     records = {name: np.array(item["history"][name]) for name in records}
     return records.pop("progress"), carry, records
 

@@ -880,3 +880,29 @@ def test_resume_into_a_state_of_another_dtype_is_refused_without_eval_fn(tmp_pat
         jr.fit(sgd_step, None, w.astype(jnp.float16), (x,), checkpoint_dir=tmp_path, **kw)
     resumed = jr.fit(sgd_step, None, w, (x,), checkpoint_dir=tmp_path, **kw)  # the same state resumes
     chex.assert_trees_all_equal(resumed.state, jr.fit(sgd_step, None, w, (x,), **kw).state)
+
+
+def test_a_zero_size_leaf_is_checkpointed_and_resumed(tmp_path):
+    """orbax refuses zero-size arrays: the first checkpoint failed after a chunk of training
+    ("Cannot save arrays with zero size"); it holds no numbers, so resume takes it as given."""
+    x = jnp.ones((8, 2))
+
+    def decay(s, batch, rng):
+        w, buf = s
+        return (w - 0.1 * w * jnp.mean(batch[0]), buf), jnp.sum(w**2)
+
+    state = (jnp.ones(2), jnp.zeros((0, 3)))
+    kw = dict(rng=jax.random.key(0), num_steps=8, batch_size=4, eval_every=2, steps_per_chunk=4, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args):
+        raise Stop
+
+    with pytest.raises(Stop):  # killed after the first chunk's checkpoint
+        jr.fit(decay, None, state, (x,), checkpoint_dir=tmp_path, callback=stop, **kw)
+    resumed = jr.fit(decay, None, state, (x,), checkpoint_dir=tmp_path, **kw)
+    full = jr.fit(decay, None, state, (x,), **kw)
+    chex.assert_trees_all_equal(resumed.state, full.state)
+    assert resumed.state[1].shape == (0, 3)
