@@ -340,8 +340,8 @@ def check_like(name: str, tree: Any, ref_name: str, ref: Any, where: str) -> Non
         raise ValueError(str(e)) from None
     except (ValueError, TypeError):
         raise ValueError(
-            f"{where}: {name} must have the tree structure of {ref_name}, got {_short(jax.tree.structure(tree))} "
-            f"for {ref_name}'s {_short(jax.tree.structure(ref))}."
+            f"{where}: {name} must have the tree structure of {ref_name}, got {short_treedef(jax.tree.structure(tree))} "
+            f"for {ref_name}'s {short_treedef(jax.tree.structure(ref))}."
         ) from None
 
 
@@ -349,7 +349,7 @@ class _ShapeMismatch(Exception):
     pass
 
 
-def _short(treedef: Any, limit: int = 200) -> str:
+def short_treedef(treedef: Any, limit: int = 200) -> str:
     text = str(treedef)
     return text if len(text) <= limit else text[:limit] + "..."
 

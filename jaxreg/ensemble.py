@@ -598,6 +598,32 @@ def predict(
     )
 
 
+def _check_member_state(params: PyTree, opt_state: PyTree, optimizer: optax.GradientTransformation) -> None:
+    """One member's params are differentiable and its opt_state is ``optimizer.init``'s for them
+    (trace time only): an integer leaf failed in jax.grad, naming no leaf; a state of another
+    structure in jax's tree errors; moments of other shapes broadcast against the gradients."""
+    where = "ensemble.train_step"
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            raise ValueError(
+                f"{where}: params must be floating point (jax.grad differentiates them), got leaf "
+                f"{_leaf_name(path)!r} of dtype {jnp.result_type(leaf)}; keep integer state outside params."
+            )
+    expected = jax.eval_shape(optimizer.init, params)
+    if jax.tree.structure(expected) != jax.tree.structure(opt_state):
+        raise ValueError(
+            f"{where}: opt_state must be jax.vmap(optimizer.init)(params), got a state of another structure: "
+            f"{_checks.short_treedef(jax.tree.structure(opt_state))} for "
+            f"{_checks.short_treedef(jax.tree.structure(expected))}."
+        )
+    for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(opt_state)[0], jax.tree.leaves(expected)):
+        if jnp.shape(got) != want.shape:
+            raise ValueError(
+                f"{where}: opt_state must be jax.vmap(optimizer.init)(params), got leaf {_leaf_name(path)!r} of "
+                f"shape {jnp.shape(got)} per member where init gives {want.shape} (built for other params?)."
+            )
+
+
 def train_step(
     loss_fn: Callable[..., Any],
     optimizer: optax.GradientTransformation,
@@ -677,6 +703,7 @@ def train_step(
         return (loss, aux) if has_aux else loss
 
     def member_step(params, opt_state, batch, rng, hparams):
+        _check_member_state(params, opt_state, optimizer)
         out, grads = jax.value_and_grad(checked_loss, has_aux=has_aux)(params, batch, rng, hparams)
         # optax's scale_by_adam computes decay ** count (float ** int32): standard promotion
         # for the optimizer's own update only, so that a user running strict promotion can use it.

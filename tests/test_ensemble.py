@@ -459,3 +459,30 @@ def test_shard_refuses_what_is_not_a_mesh_by_name(mesh):
     # AttributeError: 'NoneType' object has no attribute 'axis_names'
     with pytest.raises(ValueError, match=r"^shard: mesh must be a jax.sharding.Mesh, got mesh = "):
         jr.ensemble.shard({"w": jnp.ones((2, 3))}, mesh)
+
+
+def test_train_step_names_an_opt_state_for_other_params_and_integer_params():
+    """Only the member axis was checked: Adam moments of shape (1, 3) broadcast against (4, 3)
+    gradients (the state changed shape and the params moved by 0.17 too much); an integer leaf
+    failed in jax.grad, a state of another structure in jax's tree errors, naming nothing."""
+    loss = lambda p, batch, rng, h: jnp.sum(p["w"] ** 2)  # noqa: E731
+    opt = optax.adam(0.1)
+    params = {"w": jnp.ones((2, 4, 3))}
+    step = jr.ensemble.train_step(loss, opt)
+    key = jax.random.key(0)
+    stale = jax.vmap(opt.init)({"w": jnp.ones((2, 1, 3))})
+    with pytest.raises(ValueError, match=r"^ensemble.train_step: opt_state must be .* leaf '0/mu/w' of shape \(1, 3\)"):
+        step(params, stale, None, key)
+    with pytest.raises(ValueError, match=r"^ensemble.train_step: opt_state must be .* another structure"):
+        step(params, jax.vmap(optax.sgd(0.1).init)(params), None, key)
+    with pytest.raises(
+        ValueError, match=r"^ensemble.train_step: params must be floating point .* leaf 'n' of dtype int32"
+    ):
+        step(
+            {**params, "n": jnp.zeros((2,), jnp.int32)},
+            jax.vmap(opt.init)({**params, "n": jnp.zeros((2,), jnp.int32)}),
+            None,
+            key,
+        )
+    new, _, _ = step(params, jax.vmap(opt.init)(params), None, key)  # the state init gives is taken
+    np.testing.assert_allclose(new["w"], 0.9, rtol=1e-6)  # Adam's first step: lr * sign(g)
