@@ -231,8 +231,8 @@ def check_rate(name: str, value: Any, where: str = "", *, float32_mask: bool = F
     check_in_range(name, value, 0, 1, where, scalar=scalar)
     rate = concrete(value) if float32_mask else None
     if rate is not None and np.any(np.asarray(rate, np.float32) >= 1.0):
-        shown = float(rate) if np.ndim(rate) == 0 else fmt(rate)
-        raise ValueError(f"{_prefix(where)}{name} must be below 1 in float32, got {name} = {shown!r}.")
+        shown = repr(float(rate)) if np.ndim(rate) == 0 else fmt(rate)
+        raise ValueError(f"{_prefix(where)}{name} must be below 1 in float32, got {name} = {shown}.")
 
 
 def check_flag(name: str, value: Any, where: str = "") -> bool:

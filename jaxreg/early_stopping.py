@@ -352,9 +352,8 @@ class EarlyStopping(metaclass=_CheckedConstruction):
         if baseline is None:
             baseline = jnp.inf if mode == "min" else -jnp.inf
         arr = _checks.concrete(baseline)
-        if arr is not None and (
-            not _checks.is_real_numeric(arr) or np.any(np.isnan(arr))
-        ):  # complex: float()'s TypeError
+        # a complex baseline reached float() (its TypeError)
+        if arr is not None and (not _checks.is_real_numeric(arr) or np.any(np.isnan(arr))):
             raise ValueError(f"EarlyStopping: baseline must be a number or None, got baseline = {_checks.fmt(arr)}.")
         return _EarlyStoppingData(
             patience=_int_leaf(patience),
@@ -663,7 +662,7 @@ def retrain_budget(
     return checked_retrain_budget(num_updates, num_train, num_val, batch_size, policy, "retrain_budget")
 
 
-_INT64_MAX = int(np.iinfo(np.int64).max) // 2  # num_train + num_val must fit too
+_HOST_COUNT_MAX = int(np.iinfo(np.int64).max) // 2  # counted in int64 on the host; num_train + num_val must fit too
 
 
 def checked_retrain_budget(
@@ -674,16 +673,16 @@ def checked_retrain_budget(
         raise ValueError(f'{where}: policy must be "updates" or "epochs", got policy = {policy!r}.')
     _checks.check_integer_at_least("num_updates", num_updates, 0, where, maximum=_checks.INT32_MAX)
     # host arithmetic in int64: data sets beyond int32 examples are counts like any other
-    batch_size = _checks.check_int_at_least("batch_size", batch_size, 1, where, maximum=_INT64_MAX)
+    batch_size = _checks.check_int_at_least("batch_size", batch_size, 1, where, maximum=_HOST_COUNT_MAX)
     if where == "retrain_budget":
-        num_train = _checks.check_int_at_least("num_train", num_train, 1, where, maximum=_INT64_MAX)
+        num_train = _checks.check_int_at_least("num_train", num_train, 1, where, maximum=_HOST_COUNT_MAX)
     if num_train < batch_size:  # one batch must fit the training data
         examples = f"num_train = {num_train}" if where == "retrain_budget" else f"{num_train}"
         data = "training examples" if where == "retrain_budget" else "train_data examples"
         raise ValueError(
             f"{where}: batch_size must be at most the number of {data} ({examples}), got batch_size = {batch_size}."
         )
-    num_val = _checks.check_int_at_least("num_val", num_val, 0, where, maximum=_INT64_MAX)
+    num_val = _checks.check_int_at_least("num_val", num_val, 0, where, maximum=_HOST_COUNT_MAX)
     u = jnp.asarray(num_updates, jnp.int32)
     if policy == "updates":
         return u

@@ -287,9 +287,8 @@ def _split(
     else:
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
         unknown = [k for k in kwargs if k not in signature.parameters or signature.parameters[k].kind in _NOT_KEYWORD]
-        if (
-            unknown and not takes_any
-        ):  # bind names a missing argument first: learning_rat=0.1 -> "missing learning_rate"
+        # bind would name a missing argument first: learning_rat=0.1 -> "missing learning_rate"
+        if unknown and not takes_any:
             names = [n for n, p in signature.parameters.items() if p.kind not in _NOT_KEYWORD]
             close = difflib.get_close_matches(unknown[0], names, n=1)
             raise ValueError(
