@@ -61,6 +61,24 @@ def _readable(directory: Any, step: int) -> Iterator[None]:
         ) from e
 
 
+def _other_state(saved: list, given: list, directory: Any) -> str:
+    """Names the first state leaf whose path, shape or dtype differs (the whole list ran to 16k characters)."""
+    for a, b in zip(saved, given):
+        if a != b:
+            where = f"state leaf {b[0] or '<root>'}"
+            there, here = f"{a[2]} {tuple(a[1])}", f"{b[2]} {tuple(b[1])}"
+            if a[0] != b[0]:
+                where, there, here = "the state", f"leaf {a[0]!r}", f"leaf {b[0]!r}"
+            break
+    else:
+        where, there, here = "the state", f"{len(saved)} leaves", f"{len(given)} leaves"
+    return (
+        f"fit: checkpoint_dir holds a run of another state: {where} is {there} there, {here} in this call "
+        f"(a resume would cast the saved numbers); pass the state of that run, or another checkpoint_dir; "
+        f"got checkpoint_dir = {os.fspath(directory)!r}."
+    )
+
+
 def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.ndarray], meta: dict[str, Any]):
     """The latest checkpoint as ``(progress, carry, records)``, or ``None`` if there is none.
 
@@ -76,6 +94,8 @@ def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.n
         saved = manager.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     for name, value in meta.items():
         # A key the checkpoint lacks was not recorded by the version that wrote it: not compared.
+        if name == "state" and name in saved and saved[name] != value:
+            raise ValueError(_other_state(saved[name], value, directory))
         if name in saved and saved[name] != value:
             raise ValueError(
                 f"fit: checkpoint_dir holds a run of another schedule: {name} = {_describe(saved.get(name))} "

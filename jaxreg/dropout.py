@@ -354,7 +354,9 @@ def mc_dropout(
     """
 
     def program(p: Any, x_: Any, keys: jax.Array, chunk: int) -> uncertainty.Prediction:
-        return uncertainty.predict_chunked(lambda k, p_, x__: apply_fn(p_, x__, k), keys, chunk, consts=(p, x_))
+        return uncertainty.predict_chunked(
+            lambda k, p_, x__: apply_fn(p_, x__, k), keys, chunk, consts=(p, x_), where="mc_dropout"
+        )
 
     return _run_masks(apply_fn, params, x, rng, num_samples, chunk_size, "mc_dropout", program)
 

@@ -11,6 +11,7 @@ blocks of members, which :func:`train_step` updates where they lie.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -609,14 +610,22 @@ def _check_member_state(params: PyTree, opt_state: PyTree, optimizer: optax.Grad
                 f"{where}: params must be floating point (jax.grad differentiates them), got leaf "
                 f"{_leaf_name(path)!r} of dtype {jnp.result_type(leaf)}; keep integer state outside params."
             )
-    expected = jax.eval_shape(optimizer.init, params)
-    if jax.tree.structure(expected) != jax.tree.structure(opt_state):
+    try:
+        expected = jax.eval_shape(optimizer.init, params)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return  # an init that reads values on the host: nothing to compare against
+    # Leaf paths, not treedefs: those hold static data (a mask function built twice differs) and
+    # tell a list from a tuple (a restored state), which optax does not.
+    got_leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    want_leaves = jax.tree_util.tree_flatten_with_path(expected)[0]
+    got_paths, want_paths = [_leaf_name(p) for p, _ in got_leaves], [_leaf_name(p) for p, _ in want_leaves]
+    if got_paths != want_paths:
+        first = next((g, w) for g, w in itertools.zip_longest(got_paths, want_paths) if g != w)
         raise ValueError(
-            f"{where}: opt_state must be jax.vmap(optimizer.init)(params), got a state of another structure: "
-            f"{_checks.short_treedef(jax.tree.structure(opt_state))} for "
-            f"{_checks.short_treedef(jax.tree.structure(expected))}."
+            f"{where}: opt_state must be jax.vmap(optimizer.init)(params), got a state of another structure: leaf "
+            f"{first[0]!r} where init's state has {first[1]!r} ({len(got_paths)} leaves for {len(want_paths)})."
         )
-    for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(opt_state)[0], jax.tree.leaves(expected)):
+    for (path, got), (_, want) in zip(got_leaves, want_leaves):
         if jnp.shape(got) != want.shape:
             raise ValueError(
                 f"{where}: opt_state must be jax.vmap(optimizer.init)(params), got leaf {_leaf_name(path)!r} of "
@@ -666,8 +675,10 @@ def train_step(
       The ensemble step.
 
     Raises:
-      ValueError: at call time, if stacked leaves disagree on the member axis, or ``loss_fn``
-        returns a non-scalar loss or an output that does not match ``has_aux``.
+      ValueError: at call time, if stacked leaves disagree on the member axis, a params leaf is
+        not floating point, a member's ``opt_state`` has other leaves or shapes than
+        ``optimizer.init`` gives for its params, or ``loss_fn`` returns a non-scalar loss or an
+        output that does not match ``has_aux``.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, jaxreg as jr

@@ -140,7 +140,7 @@ def _one_output(out: Any, where: str) -> jax.Array:
     """``loss_fn``'s output as one array; a pair ``(loss, aux)`` or ``None`` is named (np.shape of a
     tuple of tracers raised jax's TracerArrayConversionError)."""
     if out is None or not jax.tree_util.treedef_is_leaf(jax.tree.structure(out)):
-        hint = "" if out is None else "; for a loss with aux pass lambda p: loss_fn(p)[0]"
+        hint = "; for a loss with aux pass lambda p: loss_fn(p)[0]" if isinstance(out, tuple | list) else ""
         got = "None" if out is None else f"a {type(out).__name__}"
         raise ValueError(f"{where}: loss_fn must return a scalar, got {got}{hint}.")
     return jnp.asarray(out)

@@ -1190,12 +1190,11 @@ def fit(
             ]
         meta = _checkpoint_meta(sched, rng, prune, stopper, budget, monitor, snapshot_shapes, compact)
         # the state's dtypes: orbax casts the saved carry into the given state's (float32 -> float16)
-        meta["state"] = repr(
-            [
-                (jax.tree_util.keystr(p), jnp.shape(a), jnp.result_type(a).name)
-                for p, a in jax.tree_util.tree_flatten_with_path(state)[0]
-            ]
-        )
+        meta["state"] = [  # JSON lists: compared as they come back
+            [jax.tree_util.keystr(p), list(jnp.shape(a)), jnp.result_type(a).name]
+            for p, a in jax.tree_util.tree_flatten_with_path(state)[0]
+        ]
+
     _train(loop, consts, plan, compact, meta, checkpoint_dir, progress, callback)
     result = _result(loop, tracking)
     # An explicitly sharded state comes back placed as it was given.

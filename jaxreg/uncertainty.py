@@ -185,7 +185,8 @@ def predict_chunked(
     """
     chunk = _checks.check_int_at_least("chunk", chunk, 1, where)
     if not isinstance(consts, (tuple, list)):  # an array was unpacked row by row into sample_fn's arguments
-        raise ValueError(f"{where}: consts must be a tuple of arguments, got a {type(consts).__name__}; pass (x,).")
+        kind = "jax.Array" if isinstance(consts, jax.Array) else type(consts).__name__
+        raise ValueError(f"{where}: consts must be a tuple of arguments, got consts of type {kind}; pass (x,).")
     sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(items)}
     if not sizes or None in sizes or len(sizes) != 1 or 0 in sizes:
         raise ValueError(
@@ -200,7 +201,8 @@ def predict_chunked(
     def block_moments(block: Any, *cs: Any) -> tuple[_Moments, None]:
         samples = jax.vmap(sample_fn, in_axes=in_axes)(block, *cs)
         if not jax.tree.leaves(samples):  # a forgotten return: an IndexError below
-            raise ValueError(f"{where}: the function predicted from must return arrays, got {samples!r}.")
+            fn = "sample_fn" if where == "predict_chunked" else "apply_fn"
+            raise ValueError(f"{where}: {fn} must return arrays, got {samples!r}.")
         if not dtypes:
             dtypes.append(jax.tree.map(jnp.result_type, samples))
         return _moments(samples), None

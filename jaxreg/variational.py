@@ -517,7 +517,7 @@ def _run_samples(
 
     def program(c: int) -> Callable[..., Any]:
         if where == "variational.predict":  # the moments, merged over chunks
-            return lambda vp, x_, ks: predict_chunked(lambda k, v, y: one(v, y, k), ks, c, consts=(vp, x_))
+            return lambda vp, x_, ks: predict_chunked(lambda k, v, y: one(v, y, k), ks, c, consts=(vp, x_), where=where)
         return lambda vp, x_, ks: _chunking.map_chunks(lambda k, v, y: one(v, y, k), ks, c, consts=(vp, x_))
 
     if chunk is not None:

@@ -486,3 +486,34 @@ def test_train_step_names_an_opt_state_for_other_params_and_integer_params():
         )
     new, _, _ = step(params, jax.vmap(opt.init)(params), None, key)  # the state init gives is taken
     np.testing.assert_allclose(new["w"], 0.9, rtol=1e-6)  # Adam's first step: lr * sign(g)
+
+
+def test_train_step_takes_states_that_differ_from_init_only_in_static_data():
+    """The state check compares leaf paths and shapes, not treedefs: a mask function built anew
+    per member (a Mask of another lambda), a restored state of lists, optax.identity's () and an
+    init that reads values on the host all ran before the check and still do."""
+    params = {"w": jnp.ones((2, 3, 2)), "b": jnp.ones((2, 2))}
+    loss = lambda p, batch, rng, h: jnp.sum(p["w"] ** 2) + jnp.sum(p["b"] ** 2)  # noqa: E731
+    key = jax.random.key(0)
+
+    def opt_for(scale):  # a new mask function each time: its Mask compares by identity
+        penalty = jr.l2(scale, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p))
+        return optax.chain(jr.add_penalty_grad(penalty), optax.sgd(1.0))
+
+    states = jax.vmap(lambda p: opt_for(0.0).init(p))(params)
+    new, _, _ = jax.jit(jr.ensemble.train_step(loss, opt_for(0.0)))(params, states, None, key)
+    np.testing.assert_allclose(new["w"], -1.0)  # w - 1.0 * 2w
+    adam = optax.adam(0.1)
+    as_lists = jax.tree.map(lambda x: x, list(jax.vmap(adam.init)(params)), is_leaf=lambda x: isinstance(x, tuple))
+    new, _, _ = jr.ensemble.train_step(loss, adam)(params, as_lists, None, key)
+    np.testing.assert_allclose(new["w"], 0.9, rtol=1e-6)
+    new, _, _ = jr.ensemble.train_step(loss, optax.identity())(params, (), None, key)
+    np.testing.assert_allclose(new["w"], 1.0 + 2.0)  # identity: the gradient itself is added
+
+    def host_init(p):  # reads values: jax.eval_shape cannot trace it
+        return {"scale": jax.tree.map(lambda x: jnp.asarray(float(np.asarray(x).max())), p)}
+
+    host = optax.GradientTransformation(host_init, lambda u, s, p=None: (u, s))
+    state = jax.tree.map(lambda x: jnp.stack([x, x]), host_init({"w": params["w"][0], "b": params["b"][0]}))
+    new, _, _ = jr.ensemble.train_step(loss, host)(params, state, None, key)
+    np.testing.assert_allclose(new["b"], 3.0)

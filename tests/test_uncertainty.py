@@ -407,12 +407,14 @@ def test_predict_chunked_names_empty_items_and_a_zero_chunk(items, chunk, match)
 def test_predict_chunked_names_consts_that_are_not_a_tuple_and_outputs_that_are_not_arrays():
     x = jnp.arange(3.0)
     # an array was unpacked row by row: "<lambda>() takes 2 positional arguments but 4 were given"
-    with pytest.raises(ValueError, match=r"^predict_chunked: consts must be a tuple of arguments, got a ArrayImpl"):
+    with pytest.raises(
+        ValueError, match=r"^predict_chunked: consts must be a tuple of arguments, got consts of type jax.Array"
+    ):
         jr.uncertainty.predict_chunked(lambda i, v: v * i, jnp.arange(4.0), 2, consts=x)
     p = jr.uncertainty.predict_chunked(lambda i, v: v * i, jnp.arange(4.0), 2, consts=(x,))
     np.testing.assert_allclose(p.mean, 1.5 * x, rtol=1e-6)
     # a forgotten return: an IndexError from inside the merge
-    with pytest.raises(
-        ValueError, match=r"^ensemble.predict: the function predicted from must return arrays, got None"
-    ):
+    with pytest.raises(ValueError, match=r"^ensemble.predict: apply_fn must return arrays, got None"):
         jr.ensemble.predict(lambda p, v: None, {"w": jnp.ones((2, 3))}, x)
+    with pytest.raises(ValueError, match=r"^mc_dropout: apply_fn must return arrays, got None"):
+        jr.mc_dropout(lambda p, v, k: None, {}, x, jax.random.key(0), 4)
