@@ -112,9 +112,25 @@ def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.n
             ),
         )
     saved = item["carry"]
-    carry = jax.tree.unflatten(
-        treedef, [jnp.asarray(saved[str(i)]) if str(i) in saved else leaf for i, leaf in enumerate(leaves)]
-    )
+
+    def placed(i: int, leaf: Any) -> Any:
+        if str(i) not in saved:
+            return leaf
+        # where the run placed it: a sharded state's early-stopping leaves came back on one device
+        # and the next chunk refused the mix ("incompatible devices for jitted computation")
+        if isinstance(leaf, jax.Array) and getattr(leaf, "committed", False):
+            return jax.device_put(saved[str(i)], leaf.sharding)
+        return _uncommitted(saved[str(i)])
+
+
+def _uncommitted(x: Any) -> Any:
+    """``x`` as an array jit may place anywhere, as the run's own leaf was (orbax commits what it
+    restores to one device)."""
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(np.asarray(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return jnp.asarray(np.asarray(x))
+
+    carry = jax.tree.unflatten(treedef, [placed(i, leaf) for i, leaf in enumerate(leaves)])
     records = {name: np.array(item["history"][name]) for name in records}
     return records.pop("progress"), carry, records
 

@@ -233,6 +233,29 @@ def test_fit_on_an_explicitly_sharded_ensemble_equals_unsharded():
     assert out.state[0]["w"].sharding == sharded[0]["w"].sharding
 
 
+def test_fit_resumes_a_sharded_state_from_its_checkpoint(tmp_path):
+    """orbax restored the early-stopping leaves committed to one device while the state came
+    back sharded: the next chunk refused the mix ("incompatible devices for jitted computation")."""
+    params, state, _, pens = _setup()
+    x, y = jax.random.normal(jax.random.key(1), (32, 3)), jax.random.normal(jax.random.key(2), (32, 1))
+    kw = dict(rng=jax.random.key(5), num_steps=20, batch_size=8, eval_every=5, num_members=N, progress=False)
+    sharded = jr.ensemble.shard((params, state, pens), _auto_mesh())
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args):
+        raise Stop
+
+    with pytest.raises(Stop):  # killed after the first chunk's checkpoint
+        jr.fit(_fit_step, None, sharded, (x, y), checkpoint_dir=tmp_path, callback=stop, steps_per_chunk=10, **kw)
+    resumed = jr.fit(_fit_step, None, sharded, (x, y), checkpoint_dir=tmp_path, steps_per_chunk=10, **kw)
+    full = jr.fit(_fit_step, None, sharded, (x, y), steps_per_chunk=10, **kw)
+    chex.assert_trees_all_equal(resumed.state, full.state)
+    chex.assert_trees_all_equal(resumed.history, full.history)
+    assert resumed.state[0]["w"].sharding == sharded[0]["w"].sharding
+
+
 @pytest.mark.parametrize("mesh", [_mesh, _auto_mesh])
 def test_fit_keeps_the_member_axis_sharded_after_compaction(mesh):
     # Members 0-7 stop at their second evaluation (patience 1, an improvement of 1e9 needed);
