@@ -79,6 +79,14 @@ def _other_state(saved: list, given: list, directory: Any) -> str:
     )
 
 
+def _uncommitted(x: Any) -> Any:
+    """``x`` as an array jit may place anywhere, as the run's own leaf was (orbax commits what it
+    restores to one device)."""
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(np.asarray(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return jnp.asarray(np.asarray(x))
+
+
 def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.ndarray], meta: dict[str, Any]):
     """The latest checkpoint as ``(progress, carry, records)``, or ``None`` if there is none.
 
@@ -121,14 +129,6 @@ def restore(manager: Any, directory: Any, carry: PyTree, records: dict[str, np.n
         if isinstance(leaf, jax.Array) and getattr(leaf, "committed", False):
             return jax.device_put(saved[str(i)], leaf.sharding)
         return _uncommitted(saved[str(i)])
-
-
-def _uncommitted(x: Any) -> Any:
-    """``x`` as an array jit may place anywhere, as the run's own leaf was (orbax commits what it
-    restores to one device)."""
-    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return jax.random.wrap_key_data(np.asarray(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-    return jnp.asarray(np.asarray(x))
 
     carry = jax.tree.unflatten(treedef, [placed(i, leaf) for i, leaf in enumerate(leaves)])
     records = {name: np.array(item["history"][name]) for name in records}

@@ -249,7 +249,12 @@ def test_fit_resumes_a_sharded_state_from_its_checkpoint(tmp_path):
 
     with pytest.raises(Stop):  # killed after the first chunk's checkpoint
         jr.fit(_fit_step, None, sharded, (x, y), checkpoint_dir=tmp_path, callback=stop, steps_per_chunk=10, **kw)
-    resumed = jr.fit(_fit_step, None, sharded, (x, y), checkpoint_dir=tmp_path, steps_per_chunk=10, **kw)
+    seen = []  # the steps done at each chunk's end: a resume runs only the second chunk
+    resumed = jr.fit(
+        _fit_step, None, sharded, (x, y), checkpoint_dir=tmp_path, steps_per_chunk=10,
+        callback=lambda n, h, s: seen.append(n), **kw,
+    )  # fmt: skip
+    assert seen == [20]
     full = jr.fit(_fit_step, None, sharded, (x, y), steps_per_chunk=10, **kw)
     chex.assert_trees_all_equal(resumed.state, full.state)
     chex.assert_trees_all_equal(resumed.history, full.history)

@@ -880,7 +880,9 @@ def test_resume_into_a_state_of_another_dtype_is_refused_without_eval_fn(tmp_pat
         r"float16 \(1, 1\) in this call",
     ):
         jr.fit(sgd_step, None, w.astype(jnp.float16), (x,), checkpoint_dir=tmp_path, **kw)
-    resumed = jr.fit(sgd_step, None, w, (x,), checkpoint_dir=tmp_path, **kw)  # the same state resumes
+    seen = []
+    resumed = jr.fit(sgd_step, None, w, (x,), checkpoint_dir=tmp_path, callback=lambda n, h, s: seen.append(n), **kw)
+    assert seen == []  # the same state resumes: the run had finished, nothing is run again
     chex.assert_trees_all_equal(resumed.state, jr.fit(sgd_step, None, w, (x,), **kw).state)
 
 
@@ -904,7 +906,9 @@ def test_a_zero_size_leaf_is_checkpointed_and_resumed(tmp_path):
 
     with pytest.raises(Stop):  # killed after the first chunk's checkpoint
         jr.fit(decay, None, state, (x,), checkpoint_dir=tmp_path, callback=stop, **kw)
-    resumed = jr.fit(decay, None, state, (x,), checkpoint_dir=tmp_path, **kw)
+    seen = []  # the steps done at each chunk's end: a resume runs only the second chunk
+    resumed = jr.fit(decay, None, state, (x,), checkpoint_dir=tmp_path, callback=lambda n, h, s: seen.append(n), **kw)
+    assert seen == [8]
     full = jr.fit(decay, None, state, (x,), **kw)
     chex.assert_trees_all_equal(resumed.state, full.state)
     assert resumed.state[1].shape == (0, 3)
