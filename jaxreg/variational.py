@@ -192,10 +192,10 @@ def _kl_normal(mean: Any, std: Any, prior_mean: Any, prior_std: Any, parameteriz
             _checks.check_positive("std", s, where)
         _checks.check_positive("prior_std", ps, where)
         _checks.check_finite("prior_mean", pm, where)
-        m = _checks.as_real_array(m, "mean" + (f" (leaf {path!r})" if path else ""), where)
+        leaf_name = f" (leaf {path!r})" if path else ""
+        m = _checks.as_real_array(m, "mean" + leaf_name, where)
         with jax.numpy_dtype_promotion("standard"):  # the dtype is chosen here, also under 'strict'
             dtype = jnp.result_type(m, s, pm, ps, jnp.float32)
-        leaf_name = f" (leaf {path!r})" if path else ""
         # Broadcast jointly, as the numpy formula would (a scalar mean with an array std is fine).
         try:
             shape = jnp.broadcast_shapes(m.shape, jnp.shape(s), jnp.shape(pm), jnp.shape(ps))

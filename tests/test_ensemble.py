@@ -353,7 +353,7 @@ def test_shard_on_eight_cpu_devices_equals_unsharded():
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     # Every check ran and passed (a skip would mean the process did not get its 8 devices).
-    assert "35 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
+    assert "36 passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
 
 
 @pytest.mark.parametrize("in_axes", [{"a": 0}, True, "0"])
