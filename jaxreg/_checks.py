@@ -142,14 +142,12 @@ def _check_number(name: str, value: Any, where: str, requirement: str, ok: Calla
         raise ValueError(f"{message} {fmt(value)}, which overflows {held.name}, the dtype it is kept in.")
 
 
-def overflowing_dtype(arr: np.ndarray, dtype: Any = None) -> np.dtype | None:
-    """The float dtype a finite concrete number is kept in (``dtype``, else jax's: a float64 array
-    or Python float is float32 without x64, an integer the default float dtype) if it rounds to
-    inf there, else ``None``. No pass over an array already in that dtype (a pre-trained centre)."""
-    if dtype is None:
-        floating = jnp.issubdtype(arr.dtype, jnp.floating)
-        dtype = jax.dtypes.canonicalize_dtype(arr.dtype if floating else np.float64)
-    dtype = np.dtype(dtype)
+def overflowing_dtype(arr: np.ndarray) -> np.dtype | None:
+    """The float dtype jax keeps a finite concrete number in (a float64 array or Python float is
+    float32 without x64, an integer the default float dtype) if it rounds to inf there, else
+    ``None``. No pass over an array already in that dtype (a pre-trained centre)."""
+    floating = jnp.issubdtype(arr.dtype, jnp.floating)
+    dtype = np.dtype(jax.dtypes.canonicalize_dtype(arr.dtype if floating else np.float64))
     if arr.dtype == dtype or not is_real_numeric(arr):
         return None
     with np.errstate(over="ignore"):
@@ -419,8 +417,9 @@ def as_float_array(x: ArrayLike, name: str | None = None, where: str | None = No
     """A hyperparameter as a strongly typed float array (default float dtype), tracers as they are.
 
     Python floats and float32 arrays then give the same jit cache key: no retrace between them.
-    With ``name`` and ``where``, a finite number that overflows the dtype (``1e39`` in float32)
-    raises ``ValueError``: the checks before this saw a finite value.
+    With ``name`` and ``where``, a list (not a number or an array) raises ``ValueError`` naming
+    them; a value that overflows the dtype is refused by the numeric check every caller runs
+    first (:func:`overflowing_dtype`).
     """
     if isinstance(x, jax.core.Tracer):
         return x
@@ -439,9 +438,4 @@ def _as_float_array(x: ArrayLike, name: str | None, where: str | None) -> jax.Ar
             f"for one value per member."
         ) from None
     dtype = dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
-    exact = concrete(x) if name is not None else None  # checked before the conversion, in numpy
-    if exact is not None and is_real_numeric(exact) and np.all(np.isfinite(exact)):
-        held = overflowing_dtype(exact, dtype)
-        if held is not None:
-            raise ValueError(f"{where}: {name} = {fmt(exact)} overflows {held.name}, the dtype it is kept in.")
     return jnp.asarray(x, dtype=dtype)

@@ -131,8 +131,7 @@ def keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, *, precisio
     return _keep_mask(rng, shape, rate, precision, "keep_mask")
 
 
-def _keep_mask(rng: jax.Array, shape: Sequence[int], rate: ArrayLike, precision: int, where: str) -> jax.Array:
-    shape = tuple(int(s) for s in shape)
+def _keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: ArrayLike, precision: int, where: str) -> jax.Array:
     size = math.prod(shape)
     per_word = 32 // precision
     # 8-bit thresholds: each hash feeds 8 of them; recomputing it per threshold cost more than a pass
